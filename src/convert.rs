@@ -1,0 +1,315 @@
+//! Creating images and copying one virtual disk into another.
+//!
+//! Output files are built under a temporary name in the destination folder
+//! and renamed into place only when complete, so a failed or interrupted
+//! run never leaves a half-written image under the requested name.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::disk::{ExtentKind, VirtualDisk, is_zero};
+use crate::error::{Error, ErrorKind, Result};
+use crate::io::{FileStorage, Storage};
+use crate::raw::RawDisk;
+use crate::report::{DiskType, Format};
+use crate::vhd::VhdBuilder;
+
+/// Bytes copied per step: a whole default VHD block.
+pub const COPY_CHUNK: usize = 2 << 20;
+/// Granularity of zero detection when writing: zero pieces of this size are
+/// not written, so outputs stay sparse.
+pub const ZERO_PIECE: usize = 64 << 10;
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct ImageSpec {
+    /// Container format.
+    pub format: Format,
+    /// Disk type.
+    pub disk_type: DiskType,
+    /// Block size for sparse formats (format default when `None`).
+    pub block_size: Option<u64>,
+    /// Parent of a differencing image.
+    pub parent: Option<PathBuf>,
+}
+
+impl ImageSpec {
+    /// A spec with the format's default type.
+    pub fn new(format: Format) -> Self {
+        ImageSpec {
+            format,
+            disk_type: match format {
+                Format::Raw => DiskType::Fixed,
+                _ => DiskType::Dynamic,
+            },
+            block_size: None,
+            parent: None,
+        }
+    }
+}
+
+/// A file being written under a temporary name; removed on drop unless
+/// [`PendingFile::commit`] renamed it into place.
+#[derive(Debug)]
+pub struct PendingFile {
+    tmp: PathBuf,
+    dest: PathBuf,
+    done: bool,
+}
+
+impl PendingFile {
+    /// Reserve a temporary name beside `dest`.
+    pub fn new(dest: &Path) -> Self {
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into());
+        let tmp = dest.with_file_name(format!(".{name}.vhdkit-{}.tmp", std::process::id()));
+        PendingFile {
+            tmp,
+            dest: dest.to_path_buf(),
+            done: false,
+        }
+    }
+
+    /// The temporary path.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Rename into place.
+    pub fn commit(mut self) -> Result<()> {
+        fs::rename(&self.tmp, &self.dest).map_err(|e| {
+            Error::io(e, "cannot rename the finished image into place").with_path(&self.dest)
+        })?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Create an image per `spec` of `size` bytes in `storage`; `path` is where
+/// it will finally live (for relative parent locators).
+pub fn create_in(
+    storage: Box<dyn Storage>,
+    path: Option<&Path>,
+    spec: &ImageSpec,
+    size: u64,
+) -> Result<Box<dyn VirtualDisk>> {
+    match spec.format {
+        Format::Raw => {
+            if spec.disk_type != DiskType::Fixed {
+                return Err(Error::invalid_argument("raw images are always fixed"));
+            }
+            Ok(Box::new(RawDisk::create(storage, size)?))
+        }
+        Format::Vhd => {
+            let mut b = VhdBuilder::new(size);
+            if let Some(bs) = spec.block_size {
+                let bs = u32::try_from(bs)
+                    .map_err(|_| Error::invalid_argument("block size too large for VHD"))?;
+                b = b.block_size(bs);
+            }
+            b = match spec.disk_type {
+                DiskType::Fixed => b.fixed(),
+                DiskType::Dynamic => b.dynamic(),
+                DiskType::Differencing => {
+                    let p = spec.parent.clone().ok_or_else(|| {
+                        Error::invalid_argument("a differencing image needs a parent")
+                    })?;
+                    b.differencing(p)
+                }
+            };
+            let mut d = b.create(storage, path)?;
+            // A fresh image in a temporary file needs no per-block barriers:
+            // it is synced once, before it is renamed into place.
+            d.set_write_barriers(false);
+            Ok(Box::new(d))
+        }
+        other => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("creating {} images is not supported yet", other.as_str()),
+        )),
+    }
+}
+
+/// Create a new image file at `dest` (replacing nothing unless `overwrite`),
+/// let `fill` write into it, then sync and rename it into place.
+pub fn create_file(
+    dest: &Path,
+    spec: &ImageSpec,
+    size: u64,
+    overwrite: bool,
+    fill: impl FnOnce(&mut dyn VirtualDisk) -> Result<()>,
+) -> Result<()> {
+    if !overwrite && dest.exists() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "the file exists (pass --force to replace it)",
+        )
+        .with_path(dest));
+    }
+    let pending = PendingFile::new(dest);
+    let storage = FileStorage::create_new(pending.path())?;
+    let mut disk =
+        create_in(Box::new(storage), Some(dest), spec, size).map_err(|e| e.with_path(dest))?;
+    fill(disk.as_mut()).map_err(|e| e.with_path(dest))?;
+    disk.flush().map_err(|e| e.with_path(dest))?;
+    drop(disk);
+    pending.commit()
+}
+
+/// Read `buf` from `disk` at `offset`; bytes past its end read as zeros.
+fn read_or_zero(disk: &dyn VirtualDisk, buf: &mut [u8], offset: u64) -> Result<()> {
+    let avail = disk
+        .virtual_size()
+        .saturating_sub(offset)
+        .min(buf.len() as u64) as usize;
+    if avail > 0 {
+        disk.read_at(&mut buf[..avail], offset)?;
+    }
+    buf[avail..].fill(0);
+    Ok(())
+}
+
+/// Write the non-zero pieces of `buf` (at `offset`) into a fresh disk,
+/// merging neighbouring pieces into one write.
+fn write_nonzero(dst: &mut dyn VirtualDisk, buf: &[u8], offset: u64) -> Result<()> {
+    let mut run_start: Option<usize> = None;
+    let mut pos = 0;
+    while pos < buf.len() {
+        let end = (pos + ZERO_PIECE).min(buf.len());
+        if is_zero(&buf[pos..end]) {
+            if let Some(s) = run_start.take() {
+                dst.write_at(&buf[s..pos], offset + s as u64)?;
+            }
+        } else if run_start.is_none() {
+            run_start = Some(pos);
+        }
+        pos = end;
+    }
+    if let Some(s) = run_start {
+        dst.write_at(&buf[s..], offset + s as u64)?;
+    }
+    Ok(())
+}
+
+/// Copy every byte of `src` into the freshly created `dst` (which reads as
+/// zeros), skipping ranges that read as zeros. `progress` gets bytes done.
+pub fn copy_into(
+    src: &dyn VirtualDisk,
+    dst: &mut dyn VirtualDisk,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let size = src.virtual_size().min(dst.virtual_size());
+    let mut buf = vec![0u8; COPY_CHUNK];
+    for ext in src.map(0, size)? {
+        if ext.kind == ExtentKind::Zero {
+            progress(ext.end());
+            continue;
+        }
+        let mut pos = ext.start;
+        while pos < ext.end() {
+            let n = (ext.end() - pos).min(COPY_CHUNK as u64) as usize;
+            src.read_at(&mut buf[..n], pos)?;
+            write_nonzero(dst, &buf[..n], pos)?;
+            pos += n as u64;
+            progress(pos);
+        }
+    }
+    Ok(())
+}
+
+/// Write into `dst`, a fresh differencing image over `base`, only the
+/// sectors where `src` differs from `base`.
+pub fn copy_delta(
+    src: &dyn VirtualDisk,
+    base: &dyn VirtualDisk,
+    dst: &mut dyn VirtualDisk,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let size = src.virtual_size().min(dst.virtual_size());
+    let sector = dst.logical_sector_size() as usize;
+    let mut a = vec![0u8; COPY_CHUNK];
+    let mut b = vec![0u8; COPY_CHUNK];
+    let mut pos = 0u64;
+    while pos < size {
+        let n = (size - pos).min(COPY_CHUNK as u64) as usize;
+        src.read_at(&mut a[..n], pos)?;
+        read_or_zero(base, &mut b[..n], pos)?;
+        if a[..n] != b[..n] {
+            let mut s = 0;
+            while s < n {
+                let e = (s + sector).min(n);
+                if a[s..e] == b[s..e] {
+                    s = e;
+                    continue;
+                }
+                let start = s;
+                while s < n && a[s..(s + sector).min(n)] != b[s..(s + sector).min(n)] {
+                    s = (s + sector).min(n);
+                }
+                dst.write_at(&a[start..s], pos + start as u64)?;
+            }
+        }
+        pos += n as u64;
+        progress(pos);
+    }
+    Ok(())
+}
+
+/// Stream the whole virtual disk as raw bytes to `out`.
+pub fn stream_raw(
+    src: &dyn VirtualDisk,
+    out: &mut dyn Write,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let size = src.virtual_size();
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut pos = 0u64;
+    while pos < size {
+        let n = (size - pos).min(COPY_CHUNK as u64) as usize;
+        src.read_at(&mut buf[..n], pos)?;
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::io(e, "writing to the output stream"))?;
+        pos += n as u64;
+        progress(pos);
+    }
+    out.flush()
+        .map_err(|e| Error::io(e, "writing to the output stream"))
+}
+
+/// The first offset where `a` and `b` differ, or `None` when their content
+/// is the same. Disks of different sizes differ at the shorter one's end.
+pub fn first_difference(a: &dyn VirtualDisk, b: &dyn VirtualDisk) -> Result<Option<u64>> {
+    let size = a.virtual_size().min(b.virtual_size());
+    let mut x = vec![0u8; COPY_CHUNK];
+    let mut y = vec![0u8; COPY_CHUNK];
+    let mut pos = 0u64;
+    while pos < size {
+        let n = (size - pos).min(COPY_CHUNK as u64) as usize;
+        a.read_at(&mut x[..n], pos)?;
+        b.read_at(&mut y[..n], pos)?;
+        if x[..n] != y[..n] {
+            let i = x[..n]
+                .iter()
+                .zip(&y[..n])
+                .position(|(p, q)| p != q)
+                .unwrap_or(0);
+            return Ok(Some(pos + i as u64));
+        }
+        pos += n as u64;
+    }
+    if a.virtual_size() != b.virtual_size() {
+        return Ok(Some(size));
+    }
+    Ok(None)
+}

@@ -1,0 +1,144 @@
+//! The core abstraction: a virtual disk, whatever its container format.
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::report::ImageInfo;
+
+/// Where the bytes of a range of the virtual disk come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtentKind {
+    /// Stored in this image file.
+    Data,
+    /// Reads as zeros without being stored.
+    Zero,
+    /// Not stored here: read from the parent image.
+    Parent,
+}
+
+/// A run of the virtual disk with one kind of backing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Extent {
+    /// First byte of the run on the virtual disk.
+    pub start: u64,
+    /// Length of the run in bytes.
+    pub length: u64,
+    /// Where the run's bytes come from.
+    pub kind: ExtentKind,
+    /// For data runs, the byte offset of `start` in the image file.
+    pub file_offset: Option<u64>,
+}
+
+impl Extent {
+    /// One past the last byte of the run.
+    pub fn end(&self) -> u64 {
+        self.start + self.length
+    }
+}
+
+/// Collects extents, merging each new one into the previous when they form one
+/// maximal run (same kind and, for data, contiguous in the file).
+#[derive(Debug, Default)]
+pub struct ExtentList(Vec<Extent>);
+
+impl ExtentList {
+    /// Append a run that starts where the previous one ended.
+    pub fn push(&mut self, start: u64, length: u64, kind: ExtentKind, file_offset: Option<u64>) {
+        if length == 0 {
+            return;
+        }
+        if let Some(last) = self.0.last_mut() {
+            let contiguous = match (last.file_offset, file_offset) {
+                (Some(a), Some(b)) => a + last.length == b,
+                (None, None) => true,
+                _ => false,
+            };
+            if last.kind == kind && last.end() == start && contiguous {
+                last.length += length;
+                return;
+            }
+        }
+        self.0.push(Extent {
+            start,
+            length,
+            kind,
+            file_offset,
+        });
+    }
+
+    /// The collected runs.
+    pub fn into_vec(self) -> Vec<Extent> {
+        self.0
+    }
+}
+
+/// A virtual disk: the one interface every image kind implements.
+///
+/// Reads take `&self` and are positional, so they may run concurrently;
+/// writes take `&mut self`.
+pub trait VirtualDisk: Send + Sync {
+    /// Size of the virtual disk in bytes.
+    fn virtual_size(&self) -> u64;
+
+    /// Logical sector size in bytes (512 or 4096).
+    fn logical_sector_size(&self) -> u32 {
+        512
+    }
+
+    /// Physical sector size in bytes (512 or 4096).
+    fn physical_sector_size(&self) -> u32 {
+        512
+    }
+
+    /// Fill `buf` with the virtual disk's bytes starting at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+
+    /// Write `buf` to the virtual disk at `offset`.
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()>;
+
+    /// Make every completed write durable.
+    fn flush(&mut self) -> Result<()>;
+
+    /// The allocation map of `[offset, offset + length)` as maximal runs.
+    fn map(&self, offset: u64, length: u64) -> Result<Vec<Extent>>;
+
+    /// Everything known about the image, for `info`.
+    fn info(&self) -> ImageInfo;
+
+    /// The identifier a differencing child records to name this disk as its
+    /// parent (VHD: the footer's unique id; VHDX: the DataWriteGuid).
+    fn parent_link_id(&self) -> Option<Uuid> {
+        None
+    }
+}
+
+/// Check that `[offset, offset + len)` lies inside a disk of `size` bytes.
+pub fn check_range(size: u64, offset: u64, len: usize) -> Result<()> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::new(
+            ErrorKind::OutOfBounds,
+            format!("range {offset:#x}+{len:#x} lies outside the virtual disk of {size} bytes"),
+        )),
+    }
+}
+
+/// Whether every byte of `buf` is zero.
+///
+/// Works over 256-byte pieces folded into one word each, which the compiler
+/// vectorises, and stops at the first piece that is not zero.
+pub fn is_zero(buf: &[u8]) -> bool {
+    const PIECE: usize = 256;
+    let mut pieces = buf.chunks_exact(PIECE);
+    for piece in &mut pieces {
+        let or = piece.chunks_exact(16).fold(0u128, |acc, w| {
+            acc | u128::from_ne_bytes(w.try_into().expect("16-byte chunk"))
+        });
+        if or != 0 {
+            return false;
+        }
+    }
+    pieces.remainder().iter().all(|&b| b == 0)
+}

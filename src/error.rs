@@ -1,0 +1,173 @@
+//! The one error type of the library.
+//!
+//! Every error carries a stable [`ErrorKind`] that callers can match on, and
+//! context for people: the file, the on-disk structure, the byte offset and
+//! what was expected against what was found.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What went wrong, stable across releases (new kinds may be added).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The operating system refused an I/O operation.
+    Io,
+    /// The file is damaged or is not what its signature claims.
+    Corrupt,
+    /// The file uses a feature or value this library does not implement.
+    Unsupported,
+    /// A differencing image's parent could not be found.
+    ParentMissing,
+    /// A parent was found but its identity does not match the child's record.
+    ParentMismatch,
+    /// The caller passed an invalid argument (size, offset, option).
+    InvalidArgument,
+    /// A write was attempted on an image opened read-only.
+    ReadOnly,
+    /// A write was refused because the image is damaged and must be repaired first.
+    NeedsRepair,
+    /// A read or write went past the end of the virtual disk.
+    OutOfBounds,
+}
+
+impl ErrorKind {
+    /// Short lowercase name, used in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Io => "io",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::ParentMissing => "parent-missing",
+            ErrorKind::ParentMismatch => "parent-mismatch",
+            ErrorKind::InvalidArgument => "invalid-argument",
+            ErrorKind::ReadOnly => "read-only",
+            ErrorKind::NeedsRepair => "needs-repair",
+            ErrorKind::OutOfBounds => "out-of-bounds",
+        }
+    }
+}
+
+/// An error with its context.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    path: Option<PathBuf>,
+    structure: Option<&'static str>,
+    offset: Option<u64>,
+    message: String,
+    source: Option<io::Error>,
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A new error of `kind` with a message and no further context.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            path: None,
+            structure: None,
+            offset: None,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Damage in `structure` at byte `offset` of the file.
+    pub fn corrupt(structure: &'static str, offset: u64, message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Corrupt, message).at(structure, offset)
+    }
+
+    /// An unsupported feature in `structure` at byte `offset` of the file.
+    pub fn unsupported(structure: &'static str, offset: u64, message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Unsupported, message).at(structure, offset)
+    }
+
+    /// A bad argument from the caller.
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::InvalidArgument, message)
+    }
+
+    /// An I/O failure while accessing `what`.
+    pub fn io(err: io::Error, what: impl Into<String>) -> Self {
+        let mut e = Error::new(ErrorKind::Io, what);
+        e.source = Some(err);
+        e
+    }
+
+    /// Attach the structure name and file offset where the problem lies.
+    pub fn at(mut self, structure: &'static str, offset: u64) -> Self {
+        self.structure = Some(structure);
+        self.offset = Some(offset);
+        self
+    }
+
+    /// Attach the path of the file concerned, unless one is already set
+    /// (the innermost file, e.g. a parent, is the most useful one).
+    pub fn with_path(mut self, path: &Path) -> Self {
+        if self.path.is_none() {
+            self.path = Some(path.to_path_buf());
+        }
+        self
+    }
+
+    /// The stable kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The file the error concerns, if known.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The on-disk structure involved, if any.
+    pub fn structure(&self) -> Option<&'static str> {
+        self.structure
+    }
+
+    /// The byte offset in the file, if known.
+    pub fn offset(&self) -> Option<u64> {
+        self.offset
+    }
+
+    /// The message without the context prefix.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(p) = &self.path {
+            write!(f, "{}: ", p.display())?;
+        }
+        match (self.structure, self.offset) {
+            (Some(s), Some(o)) => write!(f, "{s} at offset {o:#x}: ")?,
+            (Some(s), None) => write!(f, "{s}: ")?,
+            _ => {}
+        }
+        f.write_str(&self.message)?;
+        if let Some(src) = &self.source {
+            write!(f, ": {src}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(err: io::Error) -> Self {
+        Error::io(err, "I/O error")
+    }
+}

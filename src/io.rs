@@ -1,0 +1,276 @@
+//! Storage backends: positional I/O on a file or on memory.
+//!
+//! Every format reads and writes its container through [`Storage`], never
+//! through a shared seek cursor, so reads can run from several threads.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::Path;
+use std::sync::RwLock;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Positional byte storage holding an image file.
+pub trait Storage: Send + Sync {
+    /// Fill `buf` from `offset`; reading past the end is an `UnexpectedEof` error.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Write all of `buf` at `offset`, extending the storage if needed.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Truncate or extend (with zeros) to `len` bytes.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Make everything written so far durable.
+    fn flush(&self) -> io::Result<()>;
+    /// Whether writes are allowed.
+    fn is_writable(&self) -> bool;
+
+    /// Whether the storage is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Read up to `buf.len()` bytes, filling whatever lies past the end with zeros.
+    fn read_at_or_zero(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let len = self.len()?;
+        let avail = len.saturating_sub(offset).min(buf.len() as u64) as usize;
+        if avail > 0 {
+            self.read_at(&mut buf[..avail], offset)?;
+        }
+        buf[avail..].fill(0);
+        Ok(())
+    }
+}
+
+/// An image file accessed with `pread`/`pwrite`.
+#[derive(Debug)]
+pub struct FileStorage {
+    file: File,
+    writable: bool,
+}
+
+impl FileStorage {
+    /// Open an existing file, read-only or read-write.
+    pub fn open(path: &Path, writable: bool) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(|e| Error::io(e, "cannot open file").with_path(path))?;
+        if file
+            .metadata()
+            .map_err(|e| Error::io(e, "cannot stat file").with_path(path))?
+            .is_dir()
+        {
+            return Err(Error::invalid_argument("is a directory").with_path(path));
+        }
+        Ok(FileStorage { file, writable })
+    }
+
+    /// Create a new file, failing if it exists.
+    pub fn create_new(path: &Path) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Error::io(e, "cannot create file").with_path(path))?;
+        Ok(FileStorage {
+            file,
+            writable: true,
+        })
+    }
+}
+
+#[cfg(unix)]
+impl Storage for FileStorage {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if !self.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "opened read-only",
+            ));
+        }
+        std::os::unix::fs::FileExt::write_all_at(&self.file, buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+    fn flush(&self) -> io::Result<()> {
+        if self.writable {
+            self.file.sync_data()
+        } else {
+            Ok(())
+        }
+    }
+    fn is_writable(&self) -> bool {
+        self.writable
+    }
+}
+
+#[cfg(windows)]
+impl Storage for FileStorage {
+    fn read_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+        use std::os::windows::fs::FileExt;
+        while !buf.is_empty() {
+            match self.file.seek_read(buf, offset)? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+    fn write_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+        use std::os::windows::fs::FileExt;
+        if !self.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "opened read-only",
+            ));
+        }
+        while !buf.is_empty() {
+            let n = self.file.seek_write(buf, offset)?;
+            buf = &buf[n..];
+            offset += n as u64;
+        }
+        Ok(())
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn is_writable(&self) -> bool {
+        self.writable
+    }
+}
+
+/// An image held in memory, for tests and for building images before writing them out.
+#[derive(Debug, Default)]
+pub struct MemStorage {
+    data: RwLock<Vec<u8>>,
+    read_only: bool,
+}
+
+impl MemStorage {
+    /// Empty, writable storage.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Storage holding `data`.
+    pub fn from_vec(data: Vec<u8>) -> Self {
+        MemStorage {
+            data: RwLock::new(data),
+            read_only: false,
+        }
+    }
+
+    /// Storage holding `data` that refuses writes.
+    pub fn read_only(data: Vec<u8>) -> Self {
+        MemStorage {
+            data: RwLock::new(data),
+            read_only: true,
+        }
+    }
+
+    /// A copy of the current contents.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.data.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Storage for MemStorage {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let data = self.data.read().unwrap_or_else(|e| e.into_inner());
+        let start = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;
+        let end = start
+            .checked_add(buf.len())
+            .filter(|&e| e <= data.len())
+            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(&data[start..end]);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "opened read-only",
+            ));
+        }
+        let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
+        let start = usize::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let end = start
+            .checked_add(buf.len())
+            .ok_or(io::ErrorKind::InvalidInput)?;
+        if end > data.len() {
+            data.resize(end, 0);
+        }
+        data[start..end].copy_from_slice(buf);
+        Ok(())
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.data.read().unwrap_or_else(|e| e.into_inner()).len() as u64)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let len = usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+        self.data
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .resize(len, 0);
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn is_writable(&self) -> bool {
+        !self.read_only
+    }
+}
+
+/// Read exactly `buf.len()` bytes of `structure` at `offset`, turning a short
+/// file into a `Corrupt` error that names the structure.
+pub(crate) fn read_struct(
+    storage: &dyn Storage,
+    structure: &'static str,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<()> {
+    storage.read_at(buf, offset).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            Error::corrupt(
+                structure,
+                offset,
+                format!("file ends before the {} bytes of this structure", buf.len()),
+            )
+        } else {
+            Error::io(e, format!("reading {structure}")).at(structure, offset)
+        }
+    })
+}
+
+/// Map an I/O error on the container to a library error naming the structure.
+pub(crate) fn io_err(structure: &'static str, offset: u64) -> impl FnOnce(io::Error) -> Error {
+    move |e| {
+        let kind = e.kind();
+        let mut err = Error::io(e, format!("accessing {structure}")).at(structure, offset);
+        if kind == io::ErrorKind::PermissionDenied {
+            err = Error::new(ErrorKind::ReadOnly, "the image is opened read-only")
+                .at(structure, offset);
+        }
+        err
+    }
+}

@@ -1,0 +1,245 @@
+//! Finding, verifying and reading the parent of a differencing image.
+//!
+//! Every format hands its recorded locations to [`resolve`], which tries them
+//! in order, opens the first that exists read-only, checks its identity and
+//! bounds the chain so that hostile images cannot loop or recurse forever.
+
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::disk::VirtualDisk;
+use crate::error::{Error, ErrorKind, Result};
+use crate::report::ParentInfo;
+
+/// Longest parent chain we follow. Hyper-V checkpoint trees rarely exceed a
+/// few dozen levels; a longer chain is almost certainly a loop or an attack.
+pub const MAX_CHAIN_DEPTH: usize = 64;
+
+/// Files already open in the chain being built, for depth and loop checks.
+#[derive(Debug, Clone, Default)]
+pub struct Chain {
+    files: Vec<PathBuf>,
+}
+
+impl Chain {
+    /// The chain with `path` added; fails on a loop or when too deep.
+    pub fn enter(&self, path: &Path) -> Result<Chain> {
+        let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if self.files.contains(&canon) {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "parent chain loops back to {} (chain: {})",
+                    canon.display(),
+                    self.describe()
+                ),
+            ));
+        }
+        if self.files.len() >= MAX_CHAIN_DEPTH {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("parent chain is deeper than {MAX_CHAIN_DEPTH} images"),
+            ));
+        }
+        let mut files = self.files.clone();
+        files.push(canon);
+        Ok(Chain { files })
+    }
+
+    fn describe(&self) -> String {
+        self.files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" -> ")
+    }
+}
+
+/// One place where the parent may be, as recorded in the child.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The path as stored (Windows separators allowed).
+    pub recorded: String,
+    /// Whether it is relative to the child's folder.
+    pub relative: bool,
+}
+
+impl Candidate {
+    /// The recorded path as a path on this system.
+    pub fn resolve(&self, child_dir: &Path) -> PathBuf {
+        let mut s = self.recorded.replace('\\', std::path::MAIN_SEPARATOR_STR);
+        let dot = format!(".{}", std::path::MAIN_SEPARATOR);
+        while let Some(rest) = s.strip_prefix(&dot) {
+            s = rest.to_string();
+        }
+        // A recorded absolute path (perhaps a Windows one such as `C:\x`,
+        // which is never absolute here) is taken as it is.
+        if self.relative {
+            child_dir.join(s)
+        } else {
+            PathBuf::from(s)
+        }
+    }
+}
+
+/// What a child knows about its parent.
+#[derive(Debug, Clone)]
+pub struct ParentSpec {
+    /// Where to look, best first.
+    pub candidates: Vec<Candidate>,
+    /// The identity the parent must have (see [`VirtualDisk::parent_link_id`]).
+    pub expected_id: Uuid,
+}
+
+/// The parent of a differencing image.
+pub enum Parent {
+    /// Found, verified and open read-only.
+    Open {
+        /// The open parent.
+        disk: Box<dyn VirtualDisk>,
+        /// Where it was found.
+        path: PathBuf,
+        /// The identity the child expected.
+        expected_id: Uuid,
+    },
+    /// Not found; reading a range that needs it fails with `ParentMissing`.
+    Missing {
+        /// The most telling recorded location.
+        recorded: String,
+        /// The identity the child expected.
+        expected_id: Uuid,
+    },
+}
+
+impl std::fmt::Debug for Parent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let i = self.info();
+        write!(f, "Parent({:?}, found={})", i.path, i.found)
+    }
+}
+
+impl Parent {
+    /// Read from the parent; bytes past its end read as zeros.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        match self {
+            Parent::Open { disk, .. } => {
+                let size = disk.virtual_size();
+                let avail = size.saturating_sub(offset).min(buf.len() as u64) as usize;
+                if avail > 0 {
+                    disk.read_at(&mut buf[..avail], offset)?;
+                }
+                buf[avail..].fill(0);
+                Ok(())
+            }
+            Parent::Missing {
+                recorded,
+                expected_id,
+            } => Err(missing_error(recorded, *expected_id, &[])),
+        }
+    }
+
+    /// For `info`.
+    pub fn info(&self) -> ParentInfo {
+        match self {
+            Parent::Open {
+                path, expected_id, ..
+            } => ParentInfo {
+                path: Some(path.display().to_string()),
+                id: Some(expected_id.to_string()),
+                found: true,
+            },
+            Parent::Missing {
+                recorded,
+                expected_id,
+            } => ParentInfo {
+                path: Some(recorded.clone()),
+                id: Some(expected_id.to_string()),
+                found: false,
+            },
+        }
+    }
+}
+
+fn missing_error(recorded: &str, id: Uuid, tried: &[PathBuf]) -> Error {
+    let mut msg = format!("parent image {recorded} (id {id}) not found");
+    if !tried.is_empty() {
+        let t: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+        msg.push_str(&format!("; looked at: {}", t.join(", ")));
+    }
+    Error::new(ErrorKind::ParentMissing, msg)
+}
+
+/// Find and open the parent described by `spec` for the child at `child`.
+pub fn resolve(
+    child: Option<&Path>,
+    spec: &ParentSpec,
+    opts: &crate::OpenOptions,
+    chain: &Chain,
+) -> Result<Parent> {
+    let recorded = spec
+        .candidates
+        .first()
+        .map(|c| c.recorded.clone())
+        .unwrap_or_else(|| "(no recorded path)".to_string());
+    let child_dir = child
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let paths: Vec<PathBuf> = match &opts.parent_path {
+        Some(p) => vec![p.clone()],
+        None => {
+            let mut v: Vec<PathBuf> = Vec::new();
+            for c in &spec.candidates {
+                let p = c.resolve(&child_dir);
+                if !v.contains(&p) {
+                    v.push(p);
+                }
+            }
+            v
+        }
+    };
+    let parent_opts = crate::OpenOptions {
+        writable: false,
+        parent_path: None,
+        ..opts.clone()
+    };
+    let mut mismatch: Option<Error> = None;
+    for p in &paths {
+        if !p.is_file() {
+            continue;
+        }
+        let disk = crate::open_in_chain(p, &parent_opts, chain)?;
+        let found = disk.parent_link_id();
+        if found != Some(spec.expected_id) && !opts.ignore_parent_id {
+            mismatch = Some(
+                Error::new(
+                    ErrorKind::ParentMismatch,
+                    format!(
+                        "parent candidate has id {}, but the child expects {} (override with --ignore-parent-id)",
+                        found.map(|u| u.to_string()).unwrap_or_else(|| "(none)".into()),
+                        spec.expected_id
+                    ),
+                )
+                .with_path(p),
+            );
+            continue;
+        }
+        return Ok(Parent::Open {
+            disk,
+            path: p.clone(),
+            expected_id: spec.expected_id,
+        });
+    }
+    if let Some(e) = mismatch {
+        return Err(e);
+    }
+    if opts.allow_missing_parent {
+        Ok(Parent::Missing {
+            recorded,
+            expected_id: spec.expected_id,
+        })
+    } else {
+        Err(missing_error(&recorded, spec.expected_id, &paths))
+    }
+}

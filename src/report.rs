@@ -1,0 +1,317 @@
+//! What `info`, `check` and `map` report, and how they print for people.
+//!
+//! The printing lives here, in the library, writing to any `io::Write`, so
+//! the CLI stays thin and the output can be tested.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::disk::{Extent, ExtentKind};
+
+/// The container format of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// A flat image: the file is the disk.
+    Raw,
+    /// Virtual Hard Disk (footer-based, 2006 specification).
+    Vhd,
+    /// Virtual Hard Disk v2 ([MS-VHDX]).
+    Vhdx,
+    /// The vhdkit encrypted container.
+    Evhd,
+}
+
+impl Format {
+    /// Lowercase name as used on the command line and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Vhd => "vhd",
+            Format::Vhdx => "vhdx",
+            Format::Evhd => "evhd",
+        }
+    }
+}
+
+/// How the disk stores its blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskType {
+    /// Every byte is stored, in order.
+    Fixed,
+    /// Blocks are allocated on first write.
+    Dynamic,
+    /// Blocks not written here come from a parent image.
+    Differencing,
+}
+
+impl DiskType {
+    /// Lowercase name as used on the command line and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskType::Fixed => "fixed",
+            DiskType::Dynamic => "dynamic",
+            DiskType::Differencing => "differencing",
+        }
+    }
+}
+
+/// A differencing image's parent as recorded and as resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParentInfo {
+    /// The path the parent was found at, or the best recorded path when not found.
+    pub path: Option<String>,
+    /// The identifier the child expects of its parent.
+    pub id: Option<String>,
+    /// Whether the parent was found and opened.
+    pub found: bool,
+}
+
+/// Everything `info` reports about an image.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageInfo {
+    /// Container format.
+    pub format: Format,
+    /// Disk type.
+    #[serde(rename = "type")]
+    pub disk_type: DiskType,
+    /// Size of the virtual disk in bytes.
+    pub virtual_size: u64,
+    /// Size of the image file in bytes.
+    pub file_size: u64,
+    /// Logical sector size in bytes.
+    pub logical_sector_size: u32,
+    /// Physical sector size in bytes.
+    pub physical_sector_size: u32,
+    /// Allocation unit of sparse formats; `None` for fixed and raw.
+    pub block_size: Option<u64>,
+    /// The disk's unique identifier.
+    pub disk_id: Option<String>,
+    /// The program that created the image, as recorded in it.
+    pub creator: Option<String>,
+    /// Bytes of the virtual disk that are stored in this file.
+    pub allocated_bytes: u64,
+    /// The parent of a differencing image.
+    pub parent: Option<ParentInfo>,
+    /// Problems found while opening (damage that did not prevent reading).
+    pub warnings: Vec<String>,
+    /// VHD footer, dynamic header and locators.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vhd: Option<serde_json::Value>,
+}
+
+/// Print `info` as an aligned, readable summary.
+pub fn write_info_text(info: &ImageInfo, out: &mut dyn Write) -> io::Result<()> {
+    let mut rows: Vec<(String, String)> = vec![
+        ("format".into(), info.format.as_str().into()),
+        ("type".into(), info.disk_type.as_str().into()),
+        ("virtual size".into(), human_size(info.virtual_size)),
+        ("file size".into(), human_size(info.file_size)),
+        (
+            "sector size".into(),
+            format!(
+                "{} logical, {} physical",
+                info.logical_sector_size, info.physical_sector_size
+            ),
+        ),
+    ];
+    if let Some(bs) = info.block_size {
+        rows.push(("block size".into(), human_size(bs)));
+    }
+    rows.push(("allocated".into(), human_size(info.allocated_bytes)));
+    if let Some(id) = &info.disk_id {
+        rows.push(("disk id".into(), id.clone()));
+    }
+    if let Some(c) = &info.creator {
+        rows.push(("creator".into(), c.clone()));
+    }
+    if let Some(p) = &info.parent {
+        let state = if p.found { "found" } else { "NOT FOUND" };
+        rows.push((
+            "parent".into(),
+            format!(
+                "{} (id {}, {state})",
+                p.path.as_deref().unwrap_or("?"),
+                p.id.as_deref().unwrap_or("?")
+            ),
+        ));
+    }
+    for w in &info.warnings {
+        rows.push(("WARNING".into(), w.clone()));
+    }
+    if let Some(v) = &info.vhd {
+        flatten("vhd", v, &mut rows);
+    }
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in rows {
+        writeln!(out, "{k:<width$}  {v}")?;
+    }
+    Ok(())
+}
+
+/// Turn nested JSON into `a.b.c  value` rows.
+fn flatten(prefix: &str, v: &serde_json::Value, rows: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                flatten(&format!("{prefix}.{k}"), v, rows);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            if items.is_empty() {
+                rows.push((prefix.to_string(), "(none)".into()));
+            }
+            for (i, v) in items.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), v, rows);
+            }
+        }
+        serde_json::Value::String(s) => rows.push((prefix.to_string(), s.clone())),
+        serde_json::Value::Null => rows.push((prefix.to_string(), "-".into())),
+        other => rows.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+/// `1048576` -> `1 MiB (1048576 bytes)`.
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} bytes")
+    } else if v.fract() == 0.0 {
+        format!("{v:.0} {} ({n} bytes)", UNITS[u])
+    } else {
+        format!("{v:.2} {} ({n} bytes)", UNITS[u])
+    }
+}
+
+/// How serious a `check` finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Worth knowing, harmless to the data (e.g. a missing parent).
+    Info,
+    /// Space in the file that nothing references.
+    Leak,
+    /// Damage: data may be wrong or unreachable.
+    Error,
+}
+
+/// One problem `check` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// How serious it is.
+    pub severity: Severity,
+    /// The on-disk structure concerned.
+    pub structure: String,
+    /// Byte offset in the file.
+    pub offset: Option<u64>,
+    /// What is wrong, with expected and found values.
+    pub message: String,
+}
+
+/// The result of `check`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    /// Everything found, in file order where possible.
+    pub findings: Vec<Finding>,
+    /// What `--repair` changed.
+    pub repaired: Vec<String>,
+}
+
+impl CheckReport {
+    /// Record a finding.
+    pub fn add(
+        &mut self,
+        severity: Severity,
+        structure: &str,
+        offset: Option<u64>,
+        message: impl Into<String>,
+    ) {
+        self.findings.push(Finding {
+            severity,
+            structure: structure.to_string(),
+            offset,
+            message: message.into(),
+        });
+    }
+
+    /// The worst severity found, if any.
+    pub fn worst(&self) -> Option<Severity> {
+        self.findings.iter().map(|f| f.severity).max()
+    }
+
+    /// CLI exit status: 0 clean, 2 corruption, 3 only leaked space.
+    pub fn exit_code(&self) -> i32 {
+        match self.worst() {
+            Some(Severity::Error) => 2,
+            Some(Severity::Leak) => 3,
+            _ => 0,
+        }
+    }
+}
+
+/// Print a check report for people.
+pub fn write_check_text(report: &CheckReport, out: &mut dyn Write) -> io::Result<()> {
+    for f in &report.findings {
+        let sev = match f.severity {
+            Severity::Info => "info",
+            Severity::Leak => "leak",
+            Severity::Error => "error",
+        };
+        match f.offset {
+            Some(o) => writeln!(out, "{sev}: {} at {o:#x}: {}", f.structure, f.message)?,
+            None => writeln!(out, "{sev}: {}: {}", f.structure, f.message)?,
+        }
+    }
+    for r in &report.repaired {
+        writeln!(out, "repaired: {r}")?;
+    }
+    let errors = report
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    let leaks = report
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Leak)
+        .count();
+    if errors == 0 && leaks == 0 {
+        writeln!(out, "No errors found.")
+    } else {
+        writeln!(out, "{errors} error(s), {leaks} leak(s) found.")
+    }
+}
+
+/// Print a map for people: one run per line.
+pub fn write_map_text(extents: &[Extent], out: &mut dyn Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:>18}  {:>18}  {:<6}  {:>18}",
+        "start", "length", "kind", "file offset"
+    )?;
+    for e in extents {
+        let kind = match e.kind {
+            ExtentKind::Data => "data",
+            ExtentKind::Zero => "zero",
+            ExtentKind::Parent => "parent",
+        };
+        let fo = e
+            .file_offset
+            .map(|o| format!("{o:#x}"))
+            .unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:>#18x}  {:>#18x}  {kind:<6}  {fo:>18}",
+            e.start, e.length
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,52 @@
+//! Sizes as people write them: `64M`, `10G`, `1.5T`, `4096`.
+
+use crate::error::{Error, Result};
+
+/// Parse a size with an optional binary suffix (K, M, G, T, P; an optional
+/// trailing `B` or `iB` is accepted). Plain numbers are bytes.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let body = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (num, shift) = match body.chars().last() {
+        Some('k') => (&body[..body.len() - 1], 10),
+        Some('m') => (&body[..body.len() - 1], 20),
+        Some('g') => (&body[..body.len() - 1], 30),
+        Some('t') => (&body[..body.len() - 1], 40),
+        Some('p') => (&body[..body.len() - 1], 50),
+        _ => (body, 0),
+    };
+    let bad = || {
+        Error::invalid_argument(format!(
+            "cannot parse size {s:?} (examples: 4096, 64M, 10G)"
+        ))
+    };
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(1u64 << shift).ok_or_else(bad);
+    }
+    let f: f64 = num.parse().map_err(|_| bad())?;
+    let v = f * (1u64 << shift) as f64;
+    if !(0.0..1.8e19).contains(&v) || v.fract() != 0.0 {
+        return Err(bad());
+    }
+    Ok(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("1.5k").unwrap(), 1536);
+        assert_eq!(parse_size("2MiB").unwrap(), 2 << 20);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999P").is_err());
+    }
+}

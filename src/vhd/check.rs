@@ -1,0 +1,419 @@
+//! Consistency check and repair of a VHD, working on the file itself so that
+//! it also reports images too damaged to open.
+
+use super::bat;
+use super::dynamic_header::{DynamicHeader, HEADER_SIZE};
+use super::footer::{FOOTER_COOKIE, FOOTER_SIZE, Footer, VhdType};
+use super::geometry::SECTOR;
+use super::{LEGACY_FOOTER_SIZE, read_footer_at};
+use crate::error::Result;
+use crate::io::{Storage, io_err, read_struct};
+use crate::report::{CheckReport, Severity};
+
+/// A byte range of the file and what occupies it.
+#[derive(Debug, Clone)]
+struct Region {
+    start: u64,
+    end: u64,
+    what: String,
+}
+
+/// What the checker learnt about the footers, for repair.
+struct Footers {
+    end: Option<Footer>,
+    end_offset: u64,
+    copy: Option<Footer>,
+}
+
+fn read_footers(storage: &dyn Storage, len: u64) -> Result<Footers> {
+    let mut end = None;
+    let mut end_offset = len.saturating_sub(FOOTER_SIZE as u64);
+    for size in [FOOTER_SIZE, LEGACY_FOOTER_SIZE as usize] {
+        if len < size as u64 {
+            continue;
+        }
+        let off = len - size as u64;
+        let f = read_footer_at(storage, off, size)?;
+        if f.cookie == FOOTER_COOKIE {
+            end = Some(f);
+            end_offset = off;
+            break;
+        }
+    }
+    let copy = if len >= 2 * FOOTER_SIZE as u64 {
+        let f = read_footer_at(storage, 0, FOOTER_SIZE)?;
+        (f.cookie == FOOTER_COOKIE).then_some(f)
+    } else {
+        None
+    };
+    Ok(Footers {
+        end,
+        end_offset,
+        copy,
+    })
+}
+
+/// Check the VHD in `storage`, adding findings to `report`. With `repair`,
+/// fix what can be fixed without guessing: checksums, a damaged or missing
+/// footer copy, a missing end footer.
+pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> Result<()> {
+    let len = storage.len().map_err(io_err("VHD file", 0))?;
+    let fs = read_footers(storage, len)?;
+    let sparse_kind =
+        |f: &Footer| matches!(f.vhd_type(), Some(VhdType::Dynamic | VhdType::Differencing));
+
+    // Pick the footer to trust: a valid end footer, else a valid copy, else
+    // whichever exists.
+    let end_valid = fs.end.as_ref().is_some_and(Footer::checksum_ok);
+    let copy_valid = fs.copy.as_ref().is_some_and(Footer::checksum_ok);
+    let footer = match (&fs.end, &fs.copy) {
+        (Some(e), _) if end_valid => e.clone(),
+        (_, Some(c)) if copy_valid && sparse_kind(c) => c.clone(),
+        (Some(e), _) => e.clone(),
+        (None, Some(c)) => c.clone(),
+        (None, None) => {
+            report.add(
+                Severity::Error,
+                "VHD footer",
+                Some(fs.end_offset),
+                "no \"conectix\" cookie at the end of the file or at offset 0",
+            );
+            return Ok(());
+        }
+    };
+    match &fs.end {
+        None => report.add(
+            Severity::Error,
+            "VHD footer",
+            Some(fs.end_offset),
+            "the footer at the end of the file is missing (truncated or overwritten)",
+        ),
+        Some(e) if !e.checksum_ok() => report.add(
+            Severity::Error,
+            "VHD footer",
+            Some(fs.end_offset + 64),
+            format!(
+                "bad checksum: stored {:#010x}, computed {:#010x}",
+                e.checksum,
+                e.compute_checksum()
+            ),
+        ),
+        _ => {}
+    }
+    if fs.end.is_some() && len - fs.end_offset == LEGACY_FOOTER_SIZE {
+        report.add(
+            Severity::Info,
+            "VHD footer",
+            Some(fs.end_offset),
+            "legacy 511-byte footer (written before Virtual PC 2004)",
+        );
+    }
+    let footer_at = if fs.end.is_some() { fs.end_offset } else { 0 };
+    let kind = match footer.validate(footer_at) {
+        Ok(k) => k,
+        Err(e) => {
+            report.add(
+                Severity::Error,
+                "VHD footer",
+                e.offset(),
+                e.message().to_string(),
+            );
+            return Ok(());
+        }
+    };
+
+    let data_end = if fs.end.is_some() { fs.end_offset } else { len };
+    if kind == VhdType::Fixed {
+        if data_end < footer.current_size {
+            report.add(
+                Severity::Error,
+                "VHD data",
+                Some(data_end),
+                format!(
+                    "file is truncated: {data_end} data bytes, but the disk is {} bytes",
+                    footer.current_size
+                ),
+            );
+        } else if data_end > footer.current_size {
+            report.add(
+                Severity::Leak,
+                "VHD data",
+                Some(footer.current_size),
+                format!(
+                    "{} bytes between the end of the data and the footer are unused",
+                    data_end - footer.current_size
+                ),
+            );
+        }
+        if repair
+            && !end_valid
+            && let Some(e) = &fs.end
+        {
+            let mut good = e.clone();
+            good.checksum = good.compute_checksum();
+            storage
+                .write_at(&good.to_bytes(), fs.end_offset)
+                .map_err(io_err("VHD footer", fs.end_offset))?;
+            storage.flush().map_err(io_err("VHD file", 0))?;
+            report.repaired.push(format!(
+                "rewrote the footer checksum at {:#x}",
+                fs.end_offset + 64
+            ));
+        }
+        return Ok(());
+    }
+
+    // Dynamic and differencing disks: the copy at offset 0.
+    match &fs.copy {
+        None => report.add(
+            Severity::Error,
+            "VHD footer copy",
+            Some(0),
+            "the footer copy at offset 0 is missing",
+        ),
+        Some(c) if !c.checksum_ok() => report.add(
+            Severity::Error,
+            "VHD footer copy",
+            Some(64),
+            format!(
+                "bad checksum: stored {:#010x}, computed {:#010x}",
+                c.checksum,
+                c.compute_checksum()
+            ),
+        ),
+        Some(c) if fs.end.as_ref().is_some_and(|e| e.checksum_ok() && e != c) => report.add(
+            Severity::Error,
+            "VHD footer copy",
+            Some(0),
+            "the copy at offset 0 differs from the footer at the end",
+        ),
+        _ => {}
+    }
+
+    let hoff = footer.data_offset;
+    if hoff.checked_add(HEADER_SIZE as u64).is_none_or(|e| e > len) {
+        report.add(
+            Severity::Error,
+            "VHD footer",
+            Some(footer_at + 16),
+            format!("dynamic header offset {hoff:#x} lies outside the {len}-byte file"),
+        );
+        return Ok(());
+    }
+    let mut hb = [0u8; HEADER_SIZE];
+    read_struct(storage, "VHD dynamic header", &mut hb, hoff)?;
+    let header = DynamicHeader::parse(&hb, hoff)?;
+    if let Err(e) = header.validate(hoff, footer.current_size, len) {
+        report.add(
+            Severity::Error,
+            "VHD dynamic header",
+            e.offset(),
+            e.message().to_string(),
+        );
+        return Ok(());
+    }
+    if !header.checksum_ok() {
+        report.add(
+            Severity::Error,
+            "VHD dynamic header",
+            Some(hoff + 36),
+            format!(
+                "bad checksum: stored {:#010x}, computed {:#010x}",
+                header.checksum,
+                header.compute_checksum()
+            ),
+        );
+    }
+
+    // Everything that occupies the file besides blocks.
+    let mut meta = vec![
+        Region {
+            start: 0,
+            end: FOOTER_SIZE as u64,
+            what: "footer copy".into(),
+        },
+        Region {
+            start: hoff,
+            end: hoff + HEADER_SIZE as u64,
+            what: "dynamic header".into(),
+        },
+        Region {
+            start: header.table_offset,
+            end: header.table_offset + bat::table_bytes(header.max_table_entries),
+            what: "block allocation table".into(),
+        },
+    ];
+    for (i, e) in header.parent_locators.iter().enumerate() {
+        if !e.is_used() || e.platform_data_length == 0 {
+            continue;
+        }
+        let off = e.platform_data_offset;
+        let loc_off = hoff + super::dynamic_header::LOCATORS_FIELD + i as u64 * 24;
+        match off.checked_add(u64::from(e.platform_data_length)) {
+            Some(end) if end <= data_end => meta.push(Region {
+                start: off,
+                end: end.div_ceil(SECTOR) * SECTOR,
+                what: format!("parent locator {i} data"),
+            }),
+            _ => report.add(
+                Severity::Error,
+                "VHD parent locator",
+                Some(loc_off),
+                format!(
+                    "locator {i} data at {off:#x} ({} bytes) lies outside the file",
+                    e.platform_data_length
+                ),
+            ),
+        }
+    }
+
+    let block_size = u64::from(header.block_size);
+    let bitmap_size = (block_size / SECTOR).div_ceil(8).div_ceil(SECTOR) * SECTOR;
+    let span = bitmap_size + block_size;
+    let used = footer.current_size.div_ceil(block_size) as usize;
+    let table = bat::load(storage, header.table_offset, header.max_table_entries)?;
+    let mut blocks: Vec<(u64, usize)> = Vec::new();
+    for (i, &e) in table.iter().enumerate() {
+        if e == bat::UNUSED {
+            continue;
+        }
+        let entry_off = bat::entry_offset(header.table_offset, i);
+        if i >= used {
+            report.add(
+                Severity::Info,
+                "VHD block allocation table",
+                Some(entry_off),
+                format!(
+                    "entry {i} lies beyond the virtual size but points to {:#x}",
+                    u64::from(e) * SECTOR
+                ),
+            );
+            continue;
+        }
+        let start = u64::from(e) * SECTOR;
+        let end = start + span;
+        if end > data_end {
+            report.add(
+                Severity::Error,
+                "VHD block allocation table",
+                Some(entry_off),
+                format!(
+                    "block {i} at {start:#x}..{end:#x} extends past the end of the data at {data_end:#x}"
+                ),
+            );
+        }
+        for m in &meta {
+            if start < m.end && m.start < end {
+                report.add(
+                    Severity::Error,
+                    "VHD block allocation table",
+                    Some(entry_off),
+                    format!(
+                        "block {i} at {start:#x} overlaps the {} at {:#x}..{:#x}",
+                        m.what, m.start, m.end
+                    ),
+                );
+            }
+        }
+        blocks.push((start, i));
+    }
+    blocks.sort_unstable();
+    for w in blocks.windows(2) {
+        let ((a, ia), (b, ib)) = (w[0], w[1]);
+        if b < a + span {
+            report.add(
+                Severity::Error,
+                "VHD block allocation table",
+                Some(bat::entry_offset(header.table_offset, ib)),
+                format!(
+                    "blocks {ia} and {ib} overlap: {a:#x}..{:#x} and {b:#x}..{:#x}",
+                    a + span,
+                    b + span
+                ),
+            );
+        }
+    }
+
+    // Leaked space: gaps after the first block big enough to have held a
+    // block (a block allocated but never linked, e.g. after a crash).
+    // Smaller gaps and the space before the first block are alignment
+    // padding: Windows puts each block's data on a 4 KiB boundary.
+    let mut covered: Vec<(u64, u64)> = meta.iter().map(|m| (m.start, m.end)).collect();
+    covered.extend(blocks.iter().map(|&(s, _)| (s, s + span)));
+    covered.push((data_end, data_end));
+    covered.sort_unstable();
+    let meta_end = meta.iter().map(|m| m.end).max().unwrap_or(0);
+    let mut pos = blocks.first().map_or(data_end.max(meta_end), |&(s, _)| s);
+    for (s, e) in covered {
+        if s > pos && s - pos >= span.max(4096) {
+            report.add(
+                Severity::Leak,
+                "VHD file",
+                Some(pos),
+                format!(
+                    "{} bytes at {pos:#x}..{s:#x} are referenced by no structure",
+                    s - pos
+                ),
+            );
+        }
+        pos = pos.max(e);
+    }
+
+    if repair {
+        repair_footers(storage, &fs, &footer, &header, hoff, pos, report)?;
+    }
+    Ok(())
+}
+
+/// Rewrite what the checks showed to be damaged and can be rebuilt from a
+/// trusted copy: checksums, the footer copy, the end footer.
+fn repair_footers(
+    storage: &dyn Storage,
+    fs: &Footers,
+    footer: &Footer,
+    header: &DynamicHeader,
+    hoff: u64,
+    end_of_data: u64,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let mut good = footer.clone();
+    good.checksum = good.compute_checksum();
+    let fb = good.to_bytes();
+    if fs.end.as_ref() != Some(&good) {
+        let at = if fs.end.is_some() {
+            fs.end_offset.div_ceil(SECTOR) * SECTOR
+        } else {
+            end_of_data.div_ceil(SECTOR) * SECTOR
+        };
+        storage
+            .write_at(&fb, at)
+            .map_err(io_err("VHD footer", at))?;
+        storage
+            .set_len(at + FOOTER_SIZE as u64)
+            .map_err(io_err("VHD file", at))?;
+        report
+            .repaired
+            .push(format!("rewrote the footer at {at:#x}"));
+    }
+    if fs.copy.as_ref() != Some(&good) {
+        storage
+            .write_at(&fb, 0)
+            .map_err(io_err("VHD footer copy", 0))?;
+        report
+            .repaired
+            .push("rewrote the footer copy at 0x0".into());
+    }
+    if !header.checksum_ok() {
+        let mut h = header.clone();
+        h.checksum = h.compute_checksum();
+        storage
+            .write_at(&h.to_bytes(), hoff)
+            .map_err(io_err("VHD dynamic header", hoff))?;
+        report.repaired.push(format!(
+            "rewrote the dynamic header checksum at {:#x}",
+            hoff + 36
+        ));
+    }
+    storage.flush().map_err(io_err("VHD file", 0))?;
+    Ok(())
+}

@@ -1,0 +1,848 @@
+//! Virtual Hard Disk (VHD): fixed, dynamic and differencing disks, as in
+//! the "Virtual Hard Disk Image Format Specification" (2006).
+//!
+//! Layout: fixed disks are the data followed by a [`footer::Footer`];
+//! dynamic and differencing disks are a footer copy, a
+//! [`dynamic_header::DynamicHeader`], the [`bat`], blocks (each a sector
+//! bitmap then data) and the footer.
+
+pub mod bat;
+pub mod check;
+pub mod create;
+pub mod dynamic_header;
+pub mod footer;
+pub mod geometry;
+pub mod parent_locator;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::disk::{Extent, ExtentKind, ExtentList, VirtualDisk, check_range, is_zero};
+use crate::error::{Error, ErrorKind, Result};
+use crate::io::{Storage, io_err, read_struct};
+use crate::parent::{Candidate, Chain, Parent, ParentSpec};
+use crate::report::{DiskType, Format, ImageInfo};
+use dynamic_header::{DynamicHeader, HEADER_SIZE};
+use footer::{FOOTER_COOKIE, FOOTER_SIZE, Footer, VhdType};
+use geometry::SECTOR;
+
+pub use create::{VhdBuilder, create};
+
+/// Largest virtual size: 0xFF000000 sectors (about 2040 GiB), the limit of
+/// the specification and of Windows.
+pub const MAX_VIRTUAL_SIZE: u64 = 0xFF00_0000 * SECTOR;
+/// Size of a legacy (pre Virtual PC 2004) footer that lacks its last byte.
+pub const LEGACY_FOOTER_SIZE: u64 = 511;
+
+/// Where the footer in use was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FooterSource {
+    /// The 512 bytes at the end of the file.
+    End,
+    /// A legacy 511-byte footer at the end of the file.
+    EndLegacy,
+    /// The copy at offset 0 (the end one is missing or damaged).
+    Copy,
+}
+
+/// State of a dynamic or differencing disk.
+#[derive(Debug)]
+struct Sparse {
+    header: DynamicHeader,
+    header_offset: u64,
+    bat: Vec<u32>,
+    block_size: u64,
+    /// Bytes of the sector bitmap in front of each block (whole sectors).
+    bitmap_size: u64,
+    /// Where the next block is placed: the footer's offset at the end.
+    next_free: u64,
+}
+
+impl Sparse {
+    fn block_file_offset(&self, entry: u32) -> u64 {
+        u64::from(entry) * SECTOR
+    }
+}
+
+/// An open VHD.
+pub struct VhdDisk {
+    storage: Box<dyn Storage>,
+    path: Option<PathBuf>,
+    footer: Footer,
+    footer_source: FooterSource,
+    /// Whether the copy at offset 0 is present and matches (dynamic disks).
+    copy_ok: bool,
+    sparse: Option<Sparse>,
+    parent: Option<Parent>,
+    warnings: Vec<String>,
+    /// Sync data to disk before linking a new block into the BAT.
+    barriers: bool,
+}
+
+impl std::fmt::Debug for VhdDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VhdDisk")
+            .field("path", &self.path)
+            .field("type", &self.footer.vhd_type())
+            .field("size", &self.footer.current_size)
+            .finish()
+    }
+}
+
+/// Whether `storage` holds a VHD: a footer cookie at the end (512 or 511
+/// bytes before it) or a footer copy at offset 0.
+pub fn probe(storage: &dyn Storage) -> bool {
+    let len = storage.len().unwrap_or(0);
+    let mut cookie = [0u8; 8];
+    for back in [FOOTER_SIZE as u64, LEGACY_FOOTER_SIZE] {
+        if len >= back
+            && storage.read_at(&mut cookie, len - back).is_ok()
+            && cookie == FOOTER_COOKIE
+        {
+            return true;
+        }
+    }
+    len >= FOOTER_SIZE as u64 && storage.read_at(&mut cookie, 0).is_ok() && cookie == FOOTER_COOKIE
+}
+
+fn read_footer_at(storage: &dyn Storage, offset: u64, size: usize) -> Result<Footer> {
+    let mut b = [0u8; FOOTER_SIZE];
+    read_struct(storage, "VHD footer", &mut b[..size], offset)?;
+    Footer::parse(&b, offset)
+}
+
+impl VhdDisk {
+    /// Open a VHD held in `storage`.
+    pub fn open(
+        storage: Box<dyn Storage>,
+        path: Option<PathBuf>,
+        opts: &crate::OpenOptions,
+        chain: &Chain,
+    ) -> Result<VhdDisk> {
+        let len = storage.len().map_err(io_err("VHD file", 0))?;
+        if len < FOOTER_SIZE as u64 {
+            return Err(Error::corrupt(
+                "VHD footer",
+                0,
+                format!("file of {len} bytes is too small to hold a 512-byte footer"),
+            ));
+        }
+        let mut warnings = Vec::new();
+
+        // The footer at the end: 512 bytes, or 511 in legacy images.
+        let mut end: Option<(Footer, FooterSource, u64)> = None;
+        for (size, src) in [
+            (FOOTER_SIZE, FooterSource::End),
+            (LEGACY_FOOTER_SIZE as usize, FooterSource::EndLegacy),
+        ] {
+            let off = len - size as u64;
+            let f = read_footer_at(storage.as_ref(), off, size)?;
+            if f.cookie == FOOTER_COOKIE {
+                end = Some((f, src, off));
+                break;
+            }
+        }
+        let end_ok = end.as_ref().is_some_and(|(f, _, _)| f.checksum_ok());
+        // The copy at offset 0, present in dynamic and differencing disks.
+        let copy = if len >= 2 * FOOTER_SIZE as u64 {
+            let f = read_footer_at(storage.as_ref(), 0, FOOTER_SIZE)?;
+            (f.cookie == FOOTER_COOKIE).then_some(f)
+        } else {
+            None
+        };
+        let copy_valid = copy.as_ref().is_some_and(|f| f.checksum_ok());
+
+        let (footer, source, footer_offset) = match (end, copy) {
+            (Some((f, src, off)), _) if end_ok => (f, src, off),
+            (Some((f, _, off)), Some(c)) if copy_valid => {
+                warnings.push(format!(
+                    "footer at {off:#x} has a bad checksum (stored {:#010x}, computed {:#010x}); using the copy at offset 0",
+                    f.checksum,
+                    f.compute_checksum()
+                ));
+                (c, FooterSource::Copy, off)
+            }
+            (Some((f, src, off)), _) => {
+                warnings.push(format!(
+                    "footer at {off:#x} has a bad checksum (stored {:#010x}, computed {:#010x})",
+                    f.checksum,
+                    f.compute_checksum()
+                ));
+                (f, src, off)
+            }
+            (None, Some(c)) => {
+                if !copy_valid {
+                    warnings.push(format!(
+                        "footer copy at 0x0 has a bad checksum (stored {:#010x}, computed {:#010x})",
+                        c.checksum,
+                        c.compute_checksum()
+                    ));
+                }
+                warnings.push(format!(
+                    "no footer at the end of the file (offset {:#x}); using the copy at offset 0",
+                    len - FOOTER_SIZE as u64
+                ));
+                (c, FooterSource::Copy, len)
+            }
+            (None, None) => {
+                return Err(Error::corrupt(
+                    "VHD footer",
+                    len - FOOTER_SIZE as u64,
+                    "no \"conectix\" cookie at the end of the file or at offset 0",
+                ));
+            }
+        };
+        let footer_at = if source == FooterSource::Copy {
+            0
+        } else {
+            footer_offset
+        };
+        let kind = footer.validate(footer_at)?;
+
+        let mut copy_ok = true;
+        if kind != VhdType::Fixed && source != FooterSource::Copy {
+            let c = read_footer_at(storage.as_ref(), 0, FOOTER_SIZE)?;
+            copy_ok = c.cookie == FOOTER_COOKIE && c.checksum_ok() && c == footer;
+            if !copy_ok {
+                warnings.push(if c.cookie != FOOTER_COOKIE {
+                    "footer copy at offset 0 is missing".to_string()
+                } else if !c.checksum_ok() {
+                    "footer copy at offset 0 has a bad checksum".to_string()
+                } else {
+                    "footer copy at offset 0 differs from the footer at the end".to_string()
+                });
+            }
+        }
+
+        let mut disk = VhdDisk {
+            storage,
+            path,
+            footer,
+            footer_source: source,
+            copy_ok,
+            sparse: None,
+            parent: None,
+            warnings,
+            barriers: true,
+        };
+        match kind {
+            VhdType::Fixed => {
+                let data_end = footer_offset;
+                if data_end < disk.footer.current_size {
+                    disk.warnings.push(format!(
+                        "file holds {data_end} data bytes before the footer but the disk is {} bytes; the rest reads as zeros",
+                        disk.footer.current_size
+                    ));
+                }
+            }
+            VhdType::Dynamic | VhdType::Differencing => {
+                disk.load_sparse(len, footer_offset)?;
+            }
+        }
+        if kind == VhdType::Differencing {
+            let spec = disk.parent_spec()?;
+            let parent = crate::parent::resolve(disk.path.as_deref(), &spec, opts, chain)?;
+            disk.parent = Some(parent);
+        }
+        Ok(disk)
+    }
+
+    fn load_sparse(&mut self, len: u64, footer_offset: u64) -> Result<()> {
+        let header_offset = self.footer.data_offset;
+        if header_offset
+            .checked_add(HEADER_SIZE as u64)
+            .is_none_or(|e| e > len)
+        {
+            return Err(Error::corrupt(
+                "VHD footer",
+                16,
+                format!(
+                    "dynamic header offset {header_offset:#x} lies outside the {len}-byte file"
+                ),
+            ));
+        }
+        let mut b = [0u8; HEADER_SIZE];
+        read_struct(
+            self.storage.as_ref(),
+            "VHD dynamic header",
+            &mut b,
+            header_offset,
+        )?;
+        let header = DynamicHeader::parse(&b, header_offset)?;
+        header.validate(header_offset, self.footer.current_size, len)?;
+        if !header.checksum_ok() {
+            self.warnings.push(format!(
+                "dynamic header at {header_offset:#x} has a bad checksum (stored {:#010x}, computed {:#010x})",
+                header.checksum,
+                header.compute_checksum()
+            ));
+        }
+        let bat = bat::load(
+            self.storage.as_ref(),
+            header.table_offset,
+            header.max_table_entries,
+        )?;
+        let block_size = u64::from(header.block_size);
+        let bitmap_size = (block_size / SECTOR).div_ceil(8).div_ceil(SECTOR) * SECTOR;
+        let used = self.footer.current_size.div_ceil(block_size) as usize;
+        let mut next_free = footer_offset.div_ceil(SECTOR) * SECTOR;
+        for (i, &e) in bat.iter().enumerate().take(used) {
+            if e == bat::UNUSED {
+                continue;
+            }
+            let start = u64::from(e) * SECTOR;
+            let stop = start + bitmap_size + block_size;
+            if stop > footer_offset {
+                self.warnings.push(format!(
+                    "block {i} at {start:#x} extends past the end of the data at {footer_offset:#x}; its missing part reads as zeros"
+                ));
+            }
+            next_free = next_free.max(stop);
+        }
+        self.sparse = Some(Sparse {
+            header,
+            header_offset,
+            bat,
+            block_size,
+            bitmap_size,
+            next_free,
+        });
+        Ok(())
+    }
+
+    /// Where the parent may be, best first: the relative locators (W2ru,
+    /// Wi2r), the absolute ones (W2ku, Wi2k, MacX), then the parent's name
+    /// beside the child.
+    fn parent_spec(&self) -> Result<ParentSpec> {
+        let sparse = self.sparse.as_ref().expect("differencing disks are sparse");
+        let mut relative = Vec::new();
+        let mut absolute = Vec::new();
+        for loc in self.locators()? {
+            if let Some(p) = loc.path.filter(|p| !p.is_empty()) {
+                let c = Candidate {
+                    recorded: p,
+                    relative: loc.relative,
+                };
+                if loc.relative {
+                    relative.push(c);
+                } else {
+                    absolute.push(c);
+                }
+            }
+        }
+        let mut candidates = relative;
+        candidates.extend(absolute);
+        let name = sparse.header.parent_name();
+        if let Some(base) = name.rsplit(['\\', '/']).next().filter(|b| !b.is_empty()) {
+            candidates.push(Candidate {
+                recorded: base.to_string(),
+                relative: true,
+            });
+        }
+        Ok(ParentSpec {
+            candidates,
+            expected_id: sparse.header.parent_unique_id(),
+        })
+    }
+
+    /// The decoded parent locators of a sparse disk.
+    pub fn locators(&self) -> Result<Vec<parent_locator::Locator>> {
+        let Some(sparse) = &self.sparse else {
+            return Ok(Vec::new());
+        };
+        sparse
+            .header
+            .parent_locators
+            .iter()
+            .filter(|e| e.is_used())
+            .map(|e| e.decode(self.storage.as_ref()))
+            .collect()
+    }
+
+    /// The footer in use.
+    pub fn footer(&self) -> &Footer {
+        &self.footer
+    }
+
+    /// The dynamic header, for dynamic and differencing disks.
+    pub fn dynamic_header(&self) -> Option<&DynamicHeader> {
+        self.sparse.as_ref().map(|s| &s.header)
+    }
+
+    /// The block allocation table, for dynamic and differencing disks.
+    pub fn bat(&self) -> Option<&[u32]> {
+        self.sparse.as_ref().map(|s| s.bat.as_slice())
+    }
+
+    /// The disk type.
+    pub fn vhd_type(&self) -> VhdType {
+        self.footer.vhd_type().expect("validated at open")
+    }
+
+    /// Problems found at open.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The open parent of a differencing disk.
+    pub fn parent(&self) -> Option<&Parent> {
+        self.parent.as_ref()
+    }
+
+    /// Whether new blocks are synced to disk before the BAT links them
+    /// (on by default; off for images being built into a temporary file).
+    pub fn set_write_barriers(&mut self, on: bool) {
+        self.barriers = on;
+    }
+
+    pub(crate) fn from_parts(
+        storage: Box<dyn Storage>,
+        path: Option<PathBuf>,
+        footer: Footer,
+        parent: Option<Parent>,
+    ) -> Result<VhdDisk> {
+        let len = storage.len().map_err(io_err("VHD file", 0))?;
+        let mut d = VhdDisk {
+            storage,
+            path,
+            footer,
+            footer_source: FooterSource::End,
+            copy_ok: true,
+            sparse: None,
+            parent,
+            warnings: Vec::new(),
+            barriers: true,
+        };
+        if d.vhd_type() != VhdType::Fixed {
+            d.load_sparse(len, len - FOOTER_SIZE as u64)?;
+        }
+        Ok(d)
+    }
+
+    fn is_differencing(&self) -> bool {
+        self.vhd_type() == VhdType::Differencing
+    }
+
+    fn parent_read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        match &self.parent {
+            Some(p) => p.read_at(buf, offset),
+            None => {
+                buf.fill(0);
+                Ok(())
+            }
+        }
+    }
+
+    fn read_bitmap(&self, sparse: &Sparse, entry: u32) -> Result<Vec<u8>> {
+        let off = sparse.block_file_offset(entry);
+        let mut bm = vec![0u8; sparse.bitmap_size as usize];
+        self.storage
+            .read_at_or_zero(&mut bm, off)
+            .map_err(io_err("VHD sector bitmap", off))?;
+        Ok(bm)
+    }
+
+    /// Read `out` from block `block` at `in_off` inside it; `vpos` is the
+    /// virtual disk offset of `out[0]`.
+    fn read_block(&self, block: usize, in_off: u64, out: &mut [u8], vpos: u64) -> Result<()> {
+        let sparse = self.sparse.as_ref().expect("sparse");
+        let entry = sparse.bat[block];
+        if entry == bat::UNUSED {
+            return if self.is_differencing() {
+                self.parent_read(out, vpos)
+            } else {
+                out.fill(0);
+                Ok(())
+            };
+        }
+        let data = sparse.block_file_offset(entry) + sparse.bitmap_size;
+        if !self.is_differencing() {
+            return self
+                .storage
+                .read_at_or_zero(out, data + in_off)
+                .map_err(io_err("VHD block", data + in_off));
+        }
+        let bitmap = self.read_bitmap(sparse, entry)?;
+        for (start, len, present) in sector_runs(&bitmap, in_off, out.len() as u64) {
+            let piece = &mut out[(start - in_off) as usize..(start - in_off + len) as usize];
+            if present {
+                self.storage
+                    .read_at_or_zero(piece, data + start)
+                    .map_err(io_err("VHD block", data + start))?;
+            } else {
+                self.parent_read(piece, vpos + (start - in_off))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn ensure_writable(&self) -> Result<()> {
+        if !self.storage.is_writable() {
+            return Err(Error::new(
+                ErrorKind::ReadOnly,
+                "the image is opened read-only",
+            ));
+        }
+        if !self.warnings.is_empty() {
+            return Err(Error::new(
+                ErrorKind::NeedsRepair,
+                format!(
+                    "the image is damaged ({}); repair it with `vhdkit check --repair` before writing",
+                    self.warnings.join("; ")
+                ),
+            ));
+        }
+        if let Some(Parent::Missing { .. }) = &self.parent {
+            return Err(Error::new(
+                ErrorKind::ParentMissing,
+                "cannot write to a differencing image whose parent is missing",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Append a new block: footer at the new end first (so the file always
+    /// ends in a valid footer), then the bitmap. The caller writes the data
+    /// and links the block into the BAT last.
+    fn allocate_block(&mut self) -> Result<u32> {
+        let diff = self.is_differencing();
+        let sparse = self.sparse.as_mut().expect("sparse");
+        let start = sparse.next_free;
+        let entry = u32::try_from(start / SECTOR)
+            .ok()
+            .filter(|&e| e != bat::UNUSED)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unsupported,
+                    "the file has grown past the 2 TiB that VHD block offsets can address",
+                )
+            })?;
+        let new_end = start + sparse.bitmap_size + sparse.block_size;
+        let fb = self.footer.to_bytes();
+        self.storage
+            .write_at(&fb, new_end)
+            .map_err(io_err("VHD footer", new_end))?;
+        // Dynamic disks mark every sector present (the block reads as
+        // zeros until written); differencing disks start with none present.
+        let fill = if diff { 0x00 } else { 0xff };
+        let bm = vec![fill; sparse.bitmap_size as usize];
+        self.storage
+            .write_at(&bm, start)
+            .map_err(io_err("VHD sector bitmap", start))?;
+        sparse.next_free = new_end;
+        Ok(entry)
+    }
+
+    fn link_block(&mut self, block: usize, entry: u32) -> Result<()> {
+        if self.barriers {
+            self.storage.flush().map_err(io_err("VHD file", 0))?;
+        }
+        let sparse = self.sparse.as_mut().expect("sparse");
+        let off = bat::entry_offset(sparse.header.table_offset, block);
+        self.storage
+            .write_at(&entry.to_be_bytes(), off)
+            .map_err(io_err("VHD block allocation table", off))?;
+        sparse.bat[block] = entry;
+        Ok(())
+    }
+
+    /// Write `data` into block `block` at `in_off` (sector-aligned for
+    /// differencing disks).
+    fn write_block(&mut self, block: usize, in_off: u64, data: &[u8]) -> Result<()> {
+        let diff = self.is_differencing();
+        let sparse = self.sparse.as_ref().expect("sparse");
+        let mut entry = sparse.bat[block];
+        let fresh = entry == bat::UNUSED;
+        if fresh {
+            if !diff && is_zero(data) {
+                return Ok(());
+            }
+            entry = self.allocate_block()?;
+        }
+        let sparse = self.sparse.as_ref().expect("sparse");
+        let base = sparse.block_file_offset(entry);
+        let data_off = base + sparse.bitmap_size + in_off;
+        self.storage
+            .write_at(data, data_off)
+            .map_err(io_err("VHD block", data_off))?;
+        if diff {
+            let mut bm = self.read_bitmap(sparse, entry)?;
+            let first = in_off / SECTOR;
+            let last = (in_off + data.len() as u64).div_ceil(SECTOR);
+            let mut changed = false;
+            for s in first..last {
+                let (byte, mask) = ((s / 8) as usize, 0x80u8 >> (s % 8));
+                if bm[byte] & mask == 0 {
+                    bm[byte] |= mask;
+                    changed = true;
+                }
+            }
+            if changed {
+                self.storage
+                    .write_at(&bm, base)
+                    .map_err(io_err("VHD sector bitmap", base))?;
+            }
+        }
+        if fresh {
+            self.link_block(block, entry)?;
+        }
+        Ok(())
+    }
+
+    fn write_sparse(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        let bs = self.sparse.as_ref().expect("sparse").block_size;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let block = (pos / bs) as usize;
+            let in_off = pos % bs;
+            let n = ((bs - in_off) as usize).min(buf.len() - done);
+            self.write_block(block, in_off, &buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// Runs of equal presence in a VHD sector bitmap (most-significant bit
+/// first) over the byte range `[in_off, in_off + len)` of a block, as
+/// `(start, length, present)` in bytes from the block's start.
+pub fn sector_runs(bitmap: &[u8], in_off: u64, len: u64) -> Vec<(u64, u64, bool)> {
+    let bit = |s: u64| {
+        bitmap
+            .get((s / 8) as usize)
+            .is_some_and(|b| b & (0x80 >> (s % 8)) != 0)
+    };
+    let end = in_off + len;
+    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+    let mut pos = in_off;
+    while pos < end {
+        let s = pos / SECTOR;
+        let present = bit(s);
+        let mut next = s + 1;
+        while next * SECTOR < end && bit(next) == present {
+            next += 1;
+        }
+        let stop = (next * SECTOR).min(end);
+        runs.push((pos, stop - pos, present));
+        pos = stop;
+    }
+    runs
+}
+
+impl VirtualDisk for VhdDisk {
+    fn virtual_size(&self) -> u64 {
+        self.footer.current_size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(self.virtual_size(), offset, buf.len())?;
+        let Some(sparse) = &self.sparse else {
+            return self
+                .storage
+                .read_at_or_zero(buf, offset)
+                .map_err(io_err("VHD data", offset));
+        };
+        let bs = sparse.block_size;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let in_off = pos % bs;
+            let n = ((bs - in_off) as usize).min(buf.len() - done);
+            self.read_block((pos / bs) as usize, in_off, &mut buf[done..done + n], pos)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        check_range(self.virtual_size(), offset, buf.len())?;
+        self.ensure_writable()?;
+        if self.sparse.is_none() {
+            return self
+                .storage
+                .write_at(buf, offset)
+                .map_err(io_err("VHD data", offset));
+        }
+        let end = offset + buf.len() as u64;
+        if self.is_differencing() && (!offset.is_multiple_of(SECTOR) || !end.is_multiple_of(SECTOR))
+        {
+            // A sector becomes present as a whole: merge partial sectors
+            // with what they read as now (possibly from the parent).
+            let a = offset / SECTOR * SECTOR;
+            let b = (end.div_ceil(SECTOR) * SECTOR).min(self.virtual_size());
+            let mut merged = vec![0u8; (b - a) as usize];
+            self.read_at(&mut merged, a)?;
+            merged[(offset - a) as usize..(end - a) as usize].copy_from_slice(buf);
+            return self.write_sparse(&merged, a);
+        }
+        self.write_sparse(buf, offset)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.storage.flush().map_err(io_err("VHD file", 0))
+    }
+
+    fn map(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
+        let size = self.virtual_size();
+        let end = offset.saturating_add(length).min(size);
+        let mut list = ExtentList::default();
+        let Some(sparse) = &self.sparse else {
+            list.push(
+                offset,
+                end.saturating_sub(offset),
+                ExtentKind::Data,
+                Some(offset),
+            );
+            return Ok(list.into_vec());
+        };
+        let absent = if self.is_differencing() {
+            ExtentKind::Parent
+        } else {
+            ExtentKind::Zero
+        };
+        let bs = sparse.block_size;
+        let mut pos = offset;
+        while pos < end {
+            let block = (pos / bs) as usize;
+            let in_off = pos % bs;
+            let n = (bs - in_off).min(end - pos);
+            let entry = sparse.bat[block];
+            if entry == bat::UNUSED {
+                list.push(pos, n, absent, None);
+            } else {
+                let data = sparse.block_file_offset(entry) + sparse.bitmap_size;
+                if self.is_differencing() {
+                    let bm = self.read_bitmap(sparse, entry)?;
+                    for (s, l, present) in sector_runs(&bm, in_off, n) {
+                        let vpos = pos - in_off + s;
+                        if present {
+                            list.push(vpos, l, ExtentKind::Data, Some(data + s));
+                        } else {
+                            list.push(vpos, l, ExtentKind::Parent, None);
+                        }
+                    }
+                } else {
+                    list.push(pos, n, ExtentKind::Data, Some(data + in_off));
+                }
+            }
+            pos += n;
+        }
+        Ok(list.into_vec())
+    }
+
+    fn info(&self) -> ImageInfo {
+        let f = &self.footer;
+        let kind = self.vhd_type();
+        let file_size = self.storage.len().unwrap_or(0);
+        let (block_size, allocated) = match &self.sparse {
+            Some(s) => {
+                let used = self.footer.current_size.div_ceil(s.block_size) as usize;
+                let n = s
+                    .bat
+                    .iter()
+                    .take(used)
+                    .filter(|&&e| e != bat::UNUSED)
+                    .count() as u64;
+                (Some(s.block_size), (n * s.block_size).min(f.current_size))
+            }
+            None => (None, f.current_size),
+        };
+        let g = f.geometry();
+        let mut details = json!({
+            "footer": {
+                "source": match self.footer_source {
+                    FooterSource::End => "end",
+                    FooterSource::EndLegacy => "end-511",
+                    FooterSource::Copy => "copy-at-0",
+                },
+                "cookie": String::from_utf8_lossy(&f.cookie),
+                "features": format!("{:#010x}", f.features),
+                "temporary": f.features & footer::FEATURE_TEMPORARY != 0,
+                "file_format_version": format!("{}.{}", f.file_format_version >> 16, f.file_format_version & 0xffff),
+                "data_offset": if f.data_offset == footer::NO_DATA_OFFSET { serde_json::Value::Null } else { json!(f.data_offset) },
+                "timestamp": footer::timestamp_iso(f.timestamp),
+                "creator_application": f.creator_app_str(),
+                "creator_version": format!("{}.{}", f.creator_version >> 16, f.creator_version & 0xffff),
+                "creator_host_os": f.host_os_str(),
+                "original_size": f.original_size,
+                "current_size": f.current_size,
+                "geometry": {
+                    "cylinders": g.cylinders,
+                    "heads": g.heads,
+                    "sectors_per_track": g.sectors_per_track,
+                    "chs_size": g.size(),
+                },
+                "disk_type": f.disk_type,
+                "checksum": format!("{:#010x}", f.checksum),
+                "checksum_ok": f.checksum_ok(),
+                "unique_id": f.unique_id().to_string(),
+                "saved_state": f.saved_state != 0,
+            },
+            "footer_copy_ok": if kind == VhdType::Fixed { serde_json::Value::Null } else { json!(self.copy_ok) },
+        });
+        if let Some(s) = &self.sparse {
+            let h = &s.header;
+            let used = f.current_size.div_ceil(s.block_size);
+            let locators: Vec<serde_json::Value> = self
+                .locators()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|l| serde_json::to_value(l).unwrap_or_default())
+                .collect();
+            details["dynamic_header"] = json!({
+                "offset": s.header_offset,
+                "cookie": String::from_utf8_lossy(&h.cookie),
+                "data_offset": format!("{:#018x}", h.data_offset),
+                "table_offset": h.table_offset,
+                "header_version": format!("{}.{}", h.header_version >> 16, h.header_version & 0xffff),
+                "max_table_entries": h.max_table_entries,
+                "block_size": h.block_size,
+                "checksum": format!("{:#010x}", h.checksum),
+                "checksum_ok": h.checksum_ok(),
+                "parent_unique_id": if kind == VhdType::Differencing { json!(h.parent_unique_id().to_string()) } else { serde_json::Value::Null },
+                "parent_timestamp": if kind == VhdType::Differencing { json!(footer::timestamp_iso(h.parent_timestamp)) } else { serde_json::Value::Null },
+                "parent_unicode_name": h.parent_name(),
+                "parent_locators": locators,
+            });
+            details["blocks"] = json!({
+                "total": used,
+                "allocated": s.bat.iter().take(used as usize).filter(|&&e| e != bat::UNUSED).count(),
+                "bitmap_size": s.bitmap_size,
+            });
+        }
+        ImageInfo {
+            format: Format::Vhd,
+            disk_type: match kind {
+                VhdType::Fixed => DiskType::Fixed,
+                VhdType::Dynamic => DiskType::Dynamic,
+                VhdType::Differencing => DiskType::Differencing,
+            },
+            virtual_size: f.current_size,
+            file_size,
+            logical_sector_size: SECTOR as u32,
+            physical_sector_size: SECTOR as u32,
+            block_size,
+            disk_id: Some(f.unique_id().to_string()),
+            creator: Some(f.creator_summary()),
+            allocated_bytes: allocated,
+            parent: self.parent.as_ref().map(Parent::info),
+            warnings: self.warnings.clone(),
+            vhd: Some(details),
+        }
+    }
+
+    fn parent_link_id(&self) -> Option<Uuid> {
+        Some(self.footer.unique_id())
+    }
+}
+
+/// The path of an open VHD, if it came from a file.
+impl VhdDisk {
+    /// Path the image was opened from.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+}
