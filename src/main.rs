@@ -110,6 +110,9 @@ enum Command {
         /// Replace DST if it exists.
         #[arg(long)]
         force: bool,
+        /// Sync DST to stable storage before renaming it into place.
+        #[arg(long)]
+        sync: bool,
         /// Never show a progress bar.
         #[arg(short = 'q', long)]
         quiet: bool,
@@ -304,7 +307,11 @@ fn run(cmd: Command) -> Outcome {
                     "a differencing image needs --parent",
                 )));
             }
-            convert::create_file(&image, &spec, size, force, |_| Ok(())).map_err(fail1)?;
+            let out = convert::OutputOptions {
+                overwrite: force,
+                sync: true,
+            };
+            convert::create_file(&image, &spec, size, out, |_| Ok(())).map_err(fail1)?;
             Ok(0)
         }
         Command::Convert {
@@ -313,6 +320,7 @@ fn run(cmd: Command) -> Outcome {
             block_size,
             base,
             force,
+            sync,
             quiet,
             src,
             dst,
@@ -337,6 +345,10 @@ fn run(cmd: Command) -> Outcome {
             } else {
                 refuse_same_file(&src, &dst).map_err(fail1)?;
                 let format = output_format(format, &dst).map_err(fail1)?;
+                let out = convert::OutputOptions {
+                    overwrite: force,
+                    sync,
+                };
                 let mut spec = ImageSpec::new(format);
                 spec.block_size = block_size
                     .as_deref()
@@ -352,7 +364,7 @@ fn run(cmd: Command) -> Outcome {
                         let base_disk = vhdkit::open(&b, &OpenOptions::new()).map_err(fail1)?;
                         spec.disk_type = DiskType::Differencing;
                         spec.parent = Some(b);
-                        convert::create_file(&dst, &spec, size, force, |out| {
+                        convert::create_file(&dst, &spec, size, out, |out| {
                             convert::copy_delta(disk.as_ref(), base_disk.as_ref(), out, &mut tick)
                         })
                         .map_err(fail1)?;
@@ -363,7 +375,7 @@ fn run(cmd: Command) -> Outcome {
                                 "use -B BASE to convert into a differencing image",
                             )));
                         }
-                        convert::create_file(&dst, &spec, size, force, |out| {
+                        convert::create_file(&dst, &spec, size, out, |out| {
                             convert::copy_into(disk.as_ref(), out, &mut tick)
                         })
                         .map_err(fail1)?;
