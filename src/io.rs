@@ -139,12 +139,47 @@ impl FileStorage {
 }
 
 #[cfg(unix)]
+fn pread_exact(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(unix)]
+fn pwrite_all(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn pread_exact(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(windows)]
+fn pwrite_all(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        let n = file.seek_write(buf, offset)?;
+        buf = &buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
 impl Storage for FileStorage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         if self.read_mapped(buf, offset) {
             return Ok(());
         }
-        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
+        pread_exact(&self.file, buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         if !self.writable {
@@ -153,58 +188,7 @@ impl Storage for FileStorage {
                 "opened read-only",
             ));
         }
-        std::os::unix::fs::FileExt::write_all_at(&self.file, buf, offset)
-    }
-    fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.file.set_len(len)
-    }
-    fn flush(&self) -> io::Result<()> {
-        if self.writable && self.sync {
-            self.file.sync_data()
-        } else {
-            Ok(())
-        }
-    }
-    fn is_writable(&self) -> bool {
-        self.writable
-    }
-}
-
-#[cfg(windows)]
-impl Storage for FileStorage {
-    fn read_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
-        use std::os::windows::fs::FileExt;
-        if self.read_mapped(buf, offset) {
-            return Ok(());
-        }
-        while !buf.is_empty() {
-            match self.file.seek_read(buf, offset)? {
-                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-                n => {
-                    buf = &mut buf[n..];
-                    offset += n as u64;
-                }
-            }
-        }
-        Ok(())
-    }
-    fn write_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
-        use std::os::windows::fs::FileExt;
-        if !self.writable {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "opened read-only",
-            ));
-        }
-        while !buf.is_empty() {
-            let n = self.file.seek_write(buf, offset)?;
-            buf = &buf[n..];
-            offset += n as u64;
-        }
-        Ok(())
+        pwrite_all(&self.file, buf, offset)
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
