@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use vhdkit::io::MemStorage;
 use vhdkit::parent::Chain;
-use vhdkit::{OpenOptions, VirtualDisk};
+use vhdkit::OpenOptions;
 
 /// Read at most this much of the virtual disk per input.
 const READ_LIMIT: u64 = 16 << 20;
