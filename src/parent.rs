@@ -204,15 +204,23 @@ pub fn resolve(
         parent_path: None,
         ..opts.clone()
     };
-    let mut mismatch: Option<Error> = None;
+    // The first candidate that opens and matches wins; otherwise the most
+    // telling failure is reported: a mismatch or an open error beats "not found".
+    let mut failure: Option<Error> = None;
     for p in &paths {
         if !p.is_file() {
             continue;
         }
-        let disk = crate::open_in_chain(p, &parent_opts, chain)?;
+        let disk = match crate::open_in_chain(p, &parent_opts, chain) {
+            Ok(d) => d,
+            Err(e) => {
+                failure.get_or_insert(e);
+                continue;
+            }
+        };
         let found = disk.parent_link_id();
         if found != Some(spec.expected_id) && !opts.ignore_parent_id {
-            mismatch = Some(
+            failure = Some(
                 Error::new(
                     ErrorKind::ParentMismatch,
                     format!(
@@ -231,7 +239,7 @@ pub fn resolve(
             expected_id: spec.expected_id,
         });
     }
-    if let Some(e) = mismatch {
+    if let Some(e) = failure {
         return Err(e);
     }
     if opts.allow_missing_parent {

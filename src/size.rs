@@ -3,9 +3,15 @@
 use crate::error::{Error, Result};
 
 /// Parse a size with an optional binary suffix (K, M, G, T, P; an optional
-/// trailing `B` or `iB` is accepted). Plain numbers are bytes.
+/// trailing `B` or `iB` is accepted). Plain numbers are bytes; `0x` numbers
+/// are hexadecimal bytes (as `map` and error messages print offsets).
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
+    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16).map_err(|_| {
+            Error::invalid_argument(format!("cannot parse hexadecimal number {s:?}"))
+        });
+    }
     let lower = t.to_ascii_lowercase();
     let body = lower
         .strip_suffix("ib")
@@ -46,6 +52,8 @@ mod tests {
         assert_eq!(parse_size("10G").unwrap(), 10 << 30);
         assert_eq!(parse_size("1.5k").unwrap(), 1536);
         assert_eq!(parse_size("2MiB").unwrap(), 2 << 20);
+        assert_eq!(parse_size("0x1ff").unwrap(), 0x1ff);
+        assert!(parse_size("0xzz").is_err());
         assert!(parse_size("lots").is_err());
         assert!(parse_size("99999999999P").is_err());
     }

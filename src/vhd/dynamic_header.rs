@@ -183,19 +183,28 @@ impl DynamicHeader {
                 ),
             ));
         }
-        let bat_bytes = u64::from(self.max_table_entries) * 4;
-        if !self.table_offset.is_multiple_of(512)
-            || self
-                .table_offset
-                .checked_add(bat_bytes)
-                .is_none_or(|end| end > file_len)
-        {
+        if !self.table_offset.is_multiple_of(512) || self.table_offset >= file_len {
             return Err(Error::corrupt(
                 s,
                 offset + 16,
                 format!(
-                    "block allocation table at {:#x} with {} entries does not fit in the {file_len}-byte file (or is not sector-aligned)",
-                    self.table_offset, self.max_table_entries
+                    "block allocation table offset {:#x} is not a sector inside the {file_len}-byte file",
+                    self.table_offset
+                ),
+            ));
+        }
+        let bat_bytes = u64::from(self.max_table_entries) * 4;
+        if self
+            .table_offset
+            .checked_add(bat_bytes)
+            .is_none_or(|end| end > file_len)
+        {
+            return Err(Error::corrupt(
+                s,
+                offset + 28,
+                format!(
+                    "max table entries {} ({bat_bytes} bytes from {:#x}) do not fit in the {file_len}-byte file",
+                    self.max_table_entries, self.table_offset
                 ),
             ));
         }

@@ -35,6 +35,9 @@ pub use create::{VhdBuilder, create};
 pub const MAX_VIRTUAL_SIZE: u64 = 0xFF00_0000 * SECTOR;
 /// Size of a legacy (pre Virtual PC 2004) footer that lacks its last byte.
 pub const LEGACY_FOOTER_SIZE: u64 = 511;
+/// Differencing writes mark sectors present in groups of this many bytes:
+/// eight sectors, one byte of the sector bitmap.
+pub const BITMAP_GROUP: u64 = 8 * SECTOR;
 
 /// Where the footer in use was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +82,9 @@ pub struct VhdDisk {
     warnings: Vec<String>,
     /// Sync data to disk before linking a new block into the BAT.
     barriers: bool,
+    /// Fixed disks: where the data ends in the file (the footer's offset).
+    /// Bytes of the disk past it read as zeros, never as the footer.
+    data_end: u64,
 }
 
 impl std::fmt::Debug for VhdDisk {
@@ -242,6 +248,7 @@ impl VhdDisk {
             parent: None,
             warnings,
             barriers: true,
+            data_end: footer_offset,
         };
         match kind {
             VhdType::Fixed => {
@@ -271,9 +278,13 @@ impl VhdDisk {
             .checked_add(HEADER_SIZE as u64)
             .is_none_or(|e| e > len)
         {
+            let footer_at = match self.footer_source {
+                FooterSource::Copy => 0,
+                _ => footer_offset,
+            };
             return Err(Error::corrupt(
                 "VHD footer",
-                16,
+                footer_at + 16,
                 format!(
                     "dynamic header offset {header_offset:#x} lies outside the {len}-byte file"
                 ),
@@ -317,6 +328,12 @@ impl VhdDisk {
             }
             next_free = next_free.max(stop);
         }
+        self.warn_overlaps(
+            &header,
+            header_offset,
+            &bat[..used.min(bat.len())],
+            bitmap_size + block_size,
+        );
         self.sparse = Some(Sparse {
             header,
             header_offset,
@@ -326,6 +343,80 @@ impl VhdDisk {
             next_free,
         });
         Ok(())
+    }
+
+    /// Warn about blocks that overlap the metadata or each other: a write
+    /// through one would corrupt the other, so such an image must be
+    /// repaired before it is written. One warning per kind of overlap, so
+    /// that a hostile table cannot make millions of messages.
+    fn warn_overlaps(&mut self, header: &DynamicHeader, hoff: u64, bat: &[u32], span: u64) {
+        let mut meta: Vec<(u64, u64, String)> = vec![
+            (0, FOOTER_SIZE as u64, "footer copy".to_string()),
+            (
+                hoff,
+                hoff + HEADER_SIZE as u64,
+                "dynamic header".to_string(),
+            ),
+            (
+                header.table_offset,
+                header.table_offset + bat::table_bytes(header.max_table_entries),
+                "block allocation table".to_string(),
+            ),
+        ];
+        for (i, e) in header.parent_locators.iter().enumerate() {
+            if e.is_used() && e.platform_data_length > 0 {
+                let start = e.platform_data_offset;
+                if let Some(end) = start.checked_add(u64::from(e.platform_data_length)) {
+                    meta.push((start, end, format!("parent locator {i} data")));
+                }
+            }
+        }
+        let mut blocks: Vec<(u64, usize)> = bat
+            .iter()
+            .enumerate()
+            .filter(|&(_, &e)| e != bat::UNUSED)
+            .map(|(i, &e)| (u64::from(e) * SECTOR, i))
+            .collect();
+        let mut on_meta: Option<String> = None;
+        let mut on_meta_count = 0usize;
+        for &(start, i) in &blocks {
+            if let Some((ms, me, what)) = meta
+                .iter()
+                .find(|(ms, me, _)| start < *me && *ms < start + span)
+            {
+                on_meta_count += 1;
+                on_meta.get_or_insert_with(|| {
+                    format!(
+                        "block {i} at {start:#x} (BAT entry at {:#x}) overlaps the {what} at {ms:#x}..{me:#x}",
+                        bat::entry_offset(header.table_offset, i)
+                    )
+                });
+            }
+        }
+        if let Some(w) = on_meta {
+            self.warnings
+                .push(format!("{w} ({on_meta_count} such block(s))"));
+        }
+        blocks.sort_unstable();
+        let mut shared: Option<String> = None;
+        let mut shared_count = 0usize;
+        for w in blocks.windows(2) {
+            let ((a, ia), (b, ib)) = (w[0], w[1]);
+            if b < a + span {
+                shared_count += 1;
+                shared.get_or_insert_with(|| {
+                    format!(
+                        "blocks {ia} and {ib} overlap at {a:#x} and {b:#x} (BAT entries at {:#x} and {:#x})",
+                        bat::entry_offset(header.table_offset, ia),
+                        bat::entry_offset(header.table_offset, ib)
+                    )
+                });
+            }
+        }
+        if let Some(w) = shared {
+            self.warnings
+                .push(format!("{w} ({shared_count} overlap(s))"));
+        }
     }
 
     /// Where the parent may be, best first: the relative locators (W2ru,
@@ -430,6 +521,7 @@ impl VhdDisk {
             parent,
             warnings: Vec::new(),
             barriers: true,
+            data_end: len.saturating_sub(FOOTER_SIZE as u64),
         };
         if d.vhd_type() != VhdType::Fixed {
             d.load_sparse(len, len - FOOTER_SIZE as u64)?;
@@ -519,9 +611,10 @@ impl VhdDisk {
         Ok(())
     }
 
-    /// Append a new block: footer at the new end first (so the file always
-    /// ends in a valid footer), then the bitmap. The caller writes the data
-    /// and links the block into the BAT last.
+    /// Append a new block: footer at the new end first, made durable
+    /// before the bitmap overwrites the old footer (otherwise a crash could
+    /// leave the file ending in a bitmap), then the bitmap. The caller
+    /// writes the data and links the block into the BAT last.
     fn allocate_block(&mut self) -> Result<u32> {
         let diff = self.is_differencing();
         let sparse = self.sparse.as_mut().expect("sparse");
@@ -540,6 +633,9 @@ impl VhdDisk {
         self.storage
             .write_at(&fb, new_end)
             .map_err(io_err("VHD footer", new_end))?;
+        if self.barriers {
+            self.storage.flush().map_err(io_err("VHD file", 0))?;
+        }
         // Dynamic disks mark every sector present (the block reads as
         // zeros until written); differencing disks start with none present.
         let fill = if diff { 0x00 } else { 0xff };
@@ -596,6 +692,12 @@ impl VhdDisk {
                 }
             }
             if changed {
+                // In a linked block, sectors must not become present
+                // before their data is durable, or a crash would expose
+                // stale bytes in place of the parent's.
+                if !fresh && self.barriers {
+                    self.storage.flush().map_err(io_err("VHD file", 0))?;
+                }
                 self.storage
                     .write_at(&bm, base)
                     .map_err(io_err("VHD sector bitmap", base))?;
@@ -656,9 +758,11 @@ impl VirtualDisk for VhdDisk {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range(self.virtual_size(), offset, buf.len())?;
         let Some(sparse) = &self.sparse else {
+            let avail = self.data_end.saturating_sub(offset).min(buf.len() as u64) as usize;
+            buf[avail..].fill(0);
             return self
                 .storage
-                .read_at_or_zero(buf, offset)
+                .read_at_or_zero(&mut buf[..avail], offset)
                 .map_err(io_err("VHD data", offset));
         };
         let bs = sparse.block_size;
@@ -676,6 +780,9 @@ impl VirtualDisk for VhdDisk {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         check_range(self.virtual_size(), offset, buf.len())?;
         self.ensure_writable()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
         if self.sparse.is_none() {
             return self
                 .storage
@@ -683,16 +790,28 @@ impl VirtualDisk for VhdDisk {
                 .map_err(io_err("VHD data", offset));
         }
         let end = offset + buf.len() as u64;
-        if self.is_differencing() && (!offset.is_multiple_of(SECTOR) || !end.is_multiple_of(SECTOR))
-        {
-            // A sector becomes present as a whole: merge partial sectors
-            // with what they read as now (possibly from the parent).
-            let a = offset / SECTOR * SECTOR;
-            let b = (end.div_ceil(SECTOR) * SECTOR).min(self.virtual_size());
-            let mut merged = vec![0u8; (b - a) as usize];
-            self.read_at(&mut merged, a)?;
-            merged[(offset - a) as usize..(end - a) as usize].copy_from_slice(buf);
-            return self.write_sparse(&merged, a);
+        if self.is_differencing() {
+            // Sectors become present in whole groups of eight (one bitmap
+            // byte): merge the partial groups at both ends with what they
+            // read as now (possibly from the parent). Whole bytes are also
+            // what libvhdi reads right; it misreads a byte that is neither
+            // 0x00 nor 0xff.
+            let size = self.virtual_size();
+            let a = offset / BITMAP_GROUP * BITMAP_GROUP;
+            let b = (end.div_ceil(BITMAP_GROUP) * BITMAP_GROUP).min(size);
+            if a < offset || end < b {
+                let mut merged = vec![0u8; (b - a) as usize];
+                let head_end = (a + BITMAP_GROUP).min(b);
+                if a < offset {
+                    self.read_at(&mut merged[..(head_end - a) as usize], a)?;
+                }
+                let tail = (end - 1) / BITMAP_GROUP * BITMAP_GROUP;
+                if end < b && (a == offset || tail >= head_end) {
+                    self.read_at(&mut merged[(tail - a) as usize..], tail)?;
+                }
+                merged[(offset - a) as usize..(end - a) as usize].copy_from_slice(buf);
+                return self.write_sparse(&merged, a);
+            }
         }
         self.write_sparse(buf, offset)
     }

@@ -1,0 +1,496 @@
+//! Helpers shared by the integration tests: real fixtures, oracles (qemu-img,
+//! libvhdi), the CLI binary, content generators and hashing.
+//!
+//! Each test file uses a different subset of these, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+use sha2::{Digest, Sha256};
+
+/// `../shared/fixtures/real` beside the crate, or `None` (with a message)
+/// when a clone has no shared folder.
+pub fn shared_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/real");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        println!("skipping: {} absent", dir.display());
+        None
+    }
+}
+
+/// The decompressed real image `name` (e.g. `dfvfs/image.vhd`), or `None`
+/// when the shared fixtures are absent.
+///
+/// Images are gunzipped once into `CARGO_TARGET_TMPDIR/real/` keeping the
+/// `dissect/` and `dfvfs/` folders, so images that refer to each other stay
+/// side by side. The cache is re-made when the `.gz` changes (size and mtime
+/// recorded in a stamp file) and is checked once per process. Treat the files
+/// as read-only: copy them with [`real_image_copy`] before damaging them.
+pub fn real_image(name: &str) -> Option<PathBuf> {
+    static DONE: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let src = shared_dir()?.join(format!("{name}.gz"));
+    assert!(src.is_file(), "fixture {} is missing", src.display());
+    let done = DONE.get_or_init(Default::default);
+    let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = done.get(name) {
+        return Some(p.clone());
+    }
+    let dest = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("real")
+        .join(name);
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    let meta = std::fs::metadata(&src).unwrap();
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let stamp_text = format!("{} {}", meta.len(), mtime);
+    let stamp = dest.with_extension("stamp");
+    let fresh =
+        dest.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&stamp_text);
+    if !fresh {
+        // Unique temporary name then rename: other test processes may be
+        // reading or making the same file at the same time.
+        let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
+        let out = std::fs::File::create(&tmp).unwrap();
+        let status = Command::new("gzip")
+            .arg("-dc")
+            .arg(&src)
+            .stdout(out)
+            .status()
+            .expect("gzip must be installed to decompress the real fixtures");
+        assert!(status.success(), "gzip -dc {} failed", src.display());
+        std::fs::rename(&tmp, &dest).unwrap();
+        std::fs::write(&stamp, stamp_text).unwrap();
+    }
+    done.insert(name.to_string(), dest.clone());
+    Some(dest)
+}
+
+/// A private, writable copy of real image `name` in `dir`.
+pub fn real_image_copy(name: &str, dir: &Path) -> Option<PathBuf> {
+    let src = real_image(name)?;
+    let dest = dir.join(src.file_name().unwrap());
+    std::fs::copy(&src, &dest).unwrap();
+    Some(dest)
+}
+
+/// Whether an oracle is installed: `qemu-img`, `vhdiinfo` or `pyvhdi` (the
+/// Python module under /usr/bin/python3). When it is missing the test should
+/// return early; under CI (`CI` set) a missing oracle is a failure instead.
+pub fn require_tool(name: &str) -> bool {
+    static SEEN: OnceLock<Mutex<HashMap<String, bool>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    let present = *seen.entry(name.to_string()).or_insert_with(|| {
+        let mut cmd = match name {
+            "pyvhdi" => {
+                let mut c = Command::new("/usr/bin/python3");
+                c.args(["-c", "import pyvhdi"]);
+                c
+            }
+            "vhdiinfo" => {
+                let mut c = Command::new("vhdiinfo");
+                c.arg("-V");
+                c
+            }
+            other => {
+                let mut c = Command::new(other);
+                c.arg("--version");
+                c
+            }
+        };
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !present {
+        if std::env::var_os("CI").is_some() {
+            panic!("{name} is not installed, and CI requires every oracle");
+        }
+        println!("skipping: {name} not installed");
+    }
+    present
+}
+
+/// The `vhdkit` binary built for these tests.
+pub fn vhdkit_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vhdkit")
+}
+
+/// Run `vhdkit` with `args`; asserts it did not panic.
+pub fn vhdkit<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = Command::new(vhdkit_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vhdkit");
+    assert_no_panic(&out);
+    out
+}
+
+/// Neither a Rust panic (exit status 101) nor "panicked" on stderr.
+pub fn assert_no_panic(out: &Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() != Some(101) && !err.contains("panicked"),
+        "vhdkit panicked: status {:?}, stderr:\n{err}",
+        out.status
+    );
+}
+
+/// Exit code, stdout and stderr (lossy) of a finished command.
+pub fn code_out_err(out: &Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Run `vhdkit` and require exit status 0; returns stdout.
+pub fn vhdkit_ok<I, S>(args: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let out = vhdkit(&args);
+    assert!(
+        out.status.success(),
+        "vhdkit {args:?} failed with {:?}:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// `vhdkit info --json` of `path`, parsed.
+pub fn info_json(path: &Path) -> serde_json::Value {
+    let out = vhdkit_ok([OsStr::new("info"), OsStr::new("--json"), path.as_os_str()]);
+    serde_json::from_slice(&out).expect("info --json prints JSON")
+}
+
+/// Run `qemu-img` and require success; returns stdout.
+pub fn qemu_img<I, S>(args: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let out = Command::new("qemu-img")
+        .args(&args)
+        .output()
+        .expect("run qemu-img");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The virtual size qemu-img reports for a VHD.
+pub fn qemu_virtual_size(path: &Path) -> u64 {
+    let out = qemu_img([
+        OsStr::new("info"),
+        OsStr::new("-f"),
+        OsStr::new("vpc"),
+        OsStr::new("--output=json"),
+        path.as_os_str(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    v["virtual-size"].as_u64().expect("virtual-size")
+}
+
+/// The whole virtual disk as qemu-img reads it (`convert -f vpc -O raw`).
+pub fn qemu_read_vpc(path: &Path) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("out.raw");
+    qemu_img([
+        OsStr::new("convert"),
+        OsStr::new("-f"),
+        OsStr::new("vpc"),
+        OsStr::new("-O"),
+        OsStr::new("raw"),
+        path.as_os_str(),
+        raw.as_os_str(),
+    ]);
+    std::fs::read(raw).unwrap()
+}
+
+/// Reads an image with libvhdi's Python binding; the arguments are the
+/// image then its parents, nearest first. Prints the media size as 8
+/// little-endian bytes, then the content.
+const PYVHDI_READ: &str = r#"
+import sys, pyvhdi
+files = []
+for p in sys.argv[1:]:
+    f = pyvhdi.file()
+    f.open(p)
+    files.append(f)
+for i in range(len(files) - 1, 0, -1):
+    files[i - 1].set_parent(files[i])
+f = files[0]
+n = f.get_media_size()
+out = sys.stdout.buffer
+out.write(n.to_bytes(8, "little"))
+off = 0
+while off < n:
+    k = min(1 << 20, n - off)
+    out.write(f.read_buffer_at_offset(k, off))
+    off += k
+out.flush()
+"#;
+
+/// Media size and content of `chain[0]` as libvhdi reads it, with
+/// `chain[1..]` as its parents.
+pub fn pyvhdi_read(chain: &[&Path]) -> (u64, Vec<u8>) {
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(PYVHDI_READ)
+        .args(chain)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "pyvhdi could not read {chain:?}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let size = u64::from_le_bytes(out.stdout[..8].try_into().unwrap());
+    (size, out.stdout[8..].to_vec())
+}
+
+/// Media size `vhdiinfo` prints for an image.
+pub fn vhdiinfo_media_size(path: &Path) -> u64 {
+    let out = Command::new("vhdiinfo")
+        .arg(path)
+        .output()
+        .expect("run vhdiinfo");
+    assert!(
+        out.status.success(),
+        "vhdiinfo failed on {}",
+        path.display()
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Media size"))
+        .unwrap_or_else(|| panic!("no media size in vhdiinfo output:\n{text}"));
+    // "Media size : 10 MiB (10485760 bytes)"
+    let inner = line.rsplit('(').next().unwrap();
+    inner
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .trim_end_matches(" bytes")
+        .parse()
+        .unwrap_or_else(|_| panic!("cannot parse {line:?}"))
+}
+
+/// Lower-case hex SHA-256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The whole content of a virtual disk, read through the library.
+pub fn read_disk(disk: &dyn vhdkit::VirtualDisk) -> Vec<u8> {
+    let mut buf = vec![0u8; disk.virtual_size() as usize];
+    disk.read_at(&mut buf, 0).unwrap();
+    buf
+}
+
+/// Open `path` read-only through the library and read everything.
+pub fn read_image(path: &Path) -> Vec<u8> {
+    let disk = vhdkit::open(path, &vhdkit::OpenOptions::new())
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    read_disk(disk.as_ref())
+}
+
+/// A small deterministic pseudo-random generator (xorshift64*).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// Mixed content for a disk of `size` bytes: random stretches, text,
+/// runs of 0xff and zeros (including whole 2 MiB blocks of zeros when the
+/// disk is large enough), starting and ending at unaligned offsets, with a
+/// non-zero last sector so that the disk's end matters.
+pub fn mixed_content(size: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut v = vec![0u8; size];
+    let text = b"vhdkit test content: the quick brown fox jumps over the lazy dog. ";
+    let mut pos = 0usize;
+    let mut piece = 0u64;
+    while pos < size {
+        let len = (1000 + rng.below(700_000) as usize).min(size - pos);
+        match piece % 4 {
+            0 => rng.fill(&mut v[pos..pos + len]),
+            1 => {
+                for (i, b) in v[pos..pos + len].iter_mut().enumerate() {
+                    *b = text[i % text.len()];
+                }
+            }
+            2 => {} // zeros; the long gap below makes whole zero blocks too
+            _ => v[pos..pos + len].fill(0xff),
+        }
+        pos += len;
+        if piece % 4 == 2 {
+            pos += 2_200_000 + rng.below(100_000) as usize;
+        }
+        piece += 1;
+    }
+    if size >= 512 {
+        let tail = size - 300;
+        rng.fill(&mut v[tail..]);
+    }
+    v
+}
+
+/// Write `data` into a raw file at `path`.
+pub fn write_raw(path: &Path, data: &[u8]) {
+    std::fs::write(path, data).unwrap();
+}
+
+/// Patch `bytes` at `offset` of the file at `path`.
+pub fn patch_file(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+/// Read `len` bytes at `offset` of the file at `path`.
+pub fn file_bytes(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).unwrap();
+    let mut b = vec![0u8; len];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b
+}
+
+/// VHD checksum: one's complement of the byte sum with the 4-byte field at
+/// `field` taken as zero (written here independently of the library).
+pub fn vhd_checksum(bytes: &[u8], field: usize) -> u32 {
+    let mut sum = 0u32;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !(field..field + 4).contains(&i) {
+            sum = sum.wrapping_add(u32::from(b));
+        }
+    }
+    !sum
+}
+
+/// Recompute and store the checksum of the 512-byte footer at `offset`.
+pub fn fix_footer_checksum(path: &Path, offset: u64) {
+    let mut f = file_bytes(path, offset, 512);
+    let c = vhd_checksum(&f, 64);
+    f[64..68].copy_from_slice(&c.to_be_bytes());
+    patch_file(path, offset, &f);
+}
+
+/// Recompute and store the checksum of the 1024-byte dynamic header at `offset`.
+pub fn fix_header_checksum(path: &Path, offset: u64) {
+    let mut h = file_bytes(path, offset, 1024);
+    let c = vhd_checksum(&h, 36);
+    h[36..40].copy_from_slice(&c.to_be_bytes());
+    patch_file(path, offset, &h);
+}
+
+/// Big-endian u32 at `offset` of a byte slice.
+pub fn be32(b: &[u8], offset: usize) -> u32 {
+    u32::from_be_bytes(b[offset..offset + 4].try_into().unwrap())
+}
+
+/// Big-endian u64 at `offset` of a byte slice.
+pub fn be64(b: &[u8], offset: usize) -> u64 {
+    u64::from_be_bytes(b[offset..offset + 8].try_into().unwrap())
+}
+
+/// Layout of a sparse VHD read straight from its bytes, independently of
+/// the library: where the header, the BAT and each block are.
+#[derive(Debug, Clone)]
+pub struct SparseLayout {
+    pub file_len: u64,
+    pub header_offset: u64,
+    pub table_offset: u64,
+    pub max_table_entries: u32,
+    pub block_size: u64,
+    pub bat: Vec<u32>,
+}
+
+impl SparseLayout {
+    pub fn read(path: &Path) -> SparseLayout {
+        let file_len = std::fs::metadata(path).unwrap().len();
+        let footer = file_bytes(path, file_len - 512, 512);
+        assert_eq!(&footer[..8], b"conectix");
+        let header_offset = be64(&footer, 16);
+        let h = file_bytes(path, header_offset, 1024);
+        assert_eq!(&h[..8], b"cxsparse");
+        let table_offset = be64(&h, 16);
+        let max_table_entries = be32(&h, 28);
+        let block_size = u64::from(be32(&h, 32));
+        let raw = file_bytes(path, table_offset, max_table_entries as usize * 4);
+        let bat = raw.chunks(4).map(|c| be32(c, 0)).collect();
+        SparseLayout {
+            file_len,
+            header_offset,
+            table_offset,
+            max_table_entries,
+            block_size,
+            bat,
+        }
+    }
+
+    /// File offset of BAT entry `i`.
+    pub fn entry_offset(&self, i: usize) -> u64 {
+        self.table_offset + 4 * i as u64
+    }
+
+    /// Bytes of the sector bitmap before each block.
+    pub fn bitmap_size(&self) -> u64 {
+        (self.block_size / 512).div_ceil(8).div_ceil(512) * 512
+    }
+}
+
+/// The error opening `path` gives; panics if it opens.
+pub fn open_err(path: &Path, opts: &vhdkit::OpenOptions) -> vhdkit::Error {
+    match vhdkit::open(path, opts) {
+        Ok(_) => panic!("{} opened, but an error was expected", path.display()),
+        Err(e) => e,
+    }
+}
