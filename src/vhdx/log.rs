@@ -291,20 +291,21 @@ impl Sequence {
             .unwrap_or(0)
     }
 
-    /// Refuse a log written against a longer file: its FlushedFileOffset
-    /// lies past the end, so the file was truncated after the log was written.
+    /// Refuse a log written against a longer file: the head entry's
+    /// FlushedFileOffset lies past the end, so the file was truncated after
+    /// the log was written ([MS-VHDX] 2.3.3).
     pub fn check_file_length(&self, file_len: u64, log_offset: u64) -> Result<()> {
-        for e in &self.entries {
-            if e.header.flushed_file_offset > file_len {
-                return Err(Error::corrupt(
-                    "VHDX log entry",
-                    log_offset + e.position,
-                    format!(
-                        "flushed file offset {:#x} lies past the end of the {file_len:#x}-byte file (truncated file)",
-                        e.header.flushed_file_offset
-                    ),
-                ));
-            }
+        if let Some(e) = self.entries.last()
+            && e.header.flushed_file_offset > file_len
+        {
+            return Err(Error::corrupt(
+                "VHDX log entry",
+                log_offset + e.position,
+                format!(
+                    "flushed file offset {:#x} lies past the end of the {file_len:#x}-byte file (truncated file)",
+                    e.header.flushed_file_offset
+                ),
+            ));
         }
         Ok(())
     }
