@@ -456,3 +456,43 @@ fn cli_info_map_check_on_vhdx() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented"));
 }
+
+#[test]
+fn damaged_metadata_and_bat_never_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((img, _)) = damage_base(tmp.path()) else {
+        return;
+    };
+    let pristine = std::fs::read(&img).unwrap();
+    let l = layout(&pristine);
+    let regions = [
+        (l.metadata_offset as usize, 512usize),
+        (l.metadata_offset as usize + (64 << 10), 128),
+        (l.bat_offset as usize, 128),
+    ];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let path = tmp.path().join("fuzz.vhdx");
+    for round in 0..150 {
+        let mut f = pristine.clone();
+        for _ in 0..1 + round % 4 {
+            let (start, len) = regions[(next() % regions.len() as u64) as usize];
+            let at = start + (next() % len as u64) as usize;
+            f[at] = next() as u8;
+        }
+        std::fs::write(&path, &f).unwrap();
+        if let Ok(disk) = vhdkit::open(&path, &OpenOptions::new().allow_missing_parent(true)) {
+            let _ = disk.info();
+            let _ = disk.map(0, disk.virtual_size());
+            let size = disk.virtual_size().min(16 << 20) as usize;
+            let mut buf = vec![0u8; size];
+            let _ = disk.read_at(&mut buf, 0);
+        }
+        let _ = vhdkit::check(&path, &OpenOptions::new(), false);
+    }
+}
