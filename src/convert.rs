@@ -141,15 +141,26 @@ pub fn create_in(
     }
 }
 
-/// Create a new image file at `dest` (replacing nothing unless `overwrite`),
-/// let `fill` write into it, then sync and rename it into place.
+/// How [`create_file`] treats the destination.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutputOptions {
+    /// Replace an existing file.
+    pub overwrite: bool,
+    /// Sync the new file to stable storage before renaming it into place
+    /// (off by default, as in qemu-img: the system writes it back).
+    pub sync: bool,
+}
+
+/// Create a new image file at `dest`, let `fill` write into it, then
+/// (optionally sync and) rename it into place.
 pub fn create_file(
     dest: &Path,
     spec: &ImageSpec,
     size: u64,
-    overwrite: bool,
+    out: OutputOptions,
     fill: impl FnOnce(&mut dyn VirtualDisk) -> Result<()>,
 ) -> Result<()> {
+    let overwrite = out.overwrite;
     if !overwrite && dest.exists() {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
@@ -158,7 +169,10 @@ pub fn create_file(
         .with_path(dest));
     }
     let pending = PendingFile::new(dest);
-    let storage = FileStorage::create_new(pending.path())?;
+    let mut storage = FileStorage::create_new(pending.path())?;
+    if !out.sync {
+        storage = storage.without_sync();
+    }
     let mut disk =
         create_in(Box::new(storage), Some(dest), spec, size).map_err(|e| e.with_path(dest))?;
     fill(disk.as_mut()).map_err(|e| e.with_path(dest))?;
@@ -202,6 +216,53 @@ fn write_nonzero(dst: &mut dyn VirtualDisk, buf: &[u8], offset: u64) -> Result<(
     Ok(())
 }
 
+/// Chunks read ahead of the consumer: enough to keep both cores busy
+/// without holding much memory (READ_AHEAD * COPY_CHUNK bytes).
+const READ_AHEAD: usize = 4;
+
+/// Read `ranges` of `src` in order on a second thread, in pieces of at most
+/// [`COPY_CHUNK`], and hand each piece with its offset to `consume` on this
+/// thread, so reading overlaps with whatever `consume` does (writing).
+pub fn read_pipelined(
+    src: &dyn VirtualDisk,
+    ranges: &[(u64, u64)],
+    mut consume: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    use std::sync::mpsc::sync_channel;
+    let (full_tx, full_rx) = sync_channel::<Result<(u64, Vec<u8>)>>(READ_AHEAD);
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(READ_AHEAD + 2);
+    for _ in 0..READ_AHEAD + 2 {
+        free_tx
+            .send(vec![0u8; COPY_CHUNK])
+            .expect("the channel has room for every buffer");
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for &(start, len) in ranges {
+                let mut pos = start;
+                while pos < start + len {
+                    let Ok(mut buf) = free_rx.recv() else { return };
+                    let n = (start + len - pos).min(COPY_CHUNK as u64) as usize;
+                    buf.resize(n, 0);
+                    let item = src.read_at(&mut buf, pos).map(|_| (pos, buf));
+                    let failed = item.is_err();
+                    if full_tx.send(item).is_err() || failed {
+                        return;
+                    }
+                    pos += n as u64;
+                }
+            }
+        });
+        for item in full_rx {
+            let (pos, buf) = item?;
+            consume(pos, &buf)?;
+            // The reader may have stopped; a lost buffer does not matter then.
+            let _ = free_tx.send(buf);
+        }
+        Ok(())
+    })
+}
+
 /// Copy every byte of `src` into the freshly created `dst` (which reads as
 /// zeros), skipping ranges that read as zeros. `progress` gets bytes done.
 pub fn copy_into(
@@ -210,21 +271,18 @@ pub fn copy_into(
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     let size = src.virtual_size().min(dst.virtual_size());
-    let mut buf = vec![0u8; COPY_CHUNK];
-    for ext in src.map(0, size)? {
-        if ext.kind == ExtentKind::Zero {
-            progress(ext.end());
-            continue;
-        }
-        let mut pos = ext.start;
-        while pos < ext.end() {
-            let n = (ext.end() - pos).min(COPY_CHUNK as u64) as usize;
-            src.read_at(&mut buf[..n], pos)?;
-            write_nonzero(dst, &buf[..n], pos)?;
-            pos += n as u64;
-            progress(pos);
-        }
-    }
+    let ranges: Vec<(u64, u64)> = src
+        .map(0, size)?
+        .into_iter()
+        .filter(|e| e.kind != ExtentKind::Zero)
+        .map(|e| (e.start, e.length))
+        .collect();
+    read_pipelined(src, &ranges, |pos, buf| {
+        write_nonzero(dst, buf, pos)?;
+        progress(pos + buf.len() as u64);
+        Ok(())
+    })?;
+    progress(size);
     Ok(())
 }
 
@@ -272,17 +330,12 @@ pub fn stream_raw(
     out: &mut dyn Write,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
-    let size = src.virtual_size();
-    let mut buf = vec![0u8; COPY_CHUNK];
-    let mut pos = 0u64;
-    while pos < size {
-        let n = (size - pos).min(COPY_CHUNK as u64) as usize;
-        src.read_at(&mut buf[..n], pos)?;
-        out.write_all(&buf[..n])
+    read_pipelined(src, &[(0, src.virtual_size())], |pos, buf| {
+        out.write_all(buf)
             .map_err(|e| Error::io(e, "writing to the output stream"))?;
-        pos += n as u64;
-        progress(pos);
-    }
+        progress(pos + buf.len() as u64);
+        Ok(())
+    })?;
     out.flush()
         .map_err(|e| Error::io(e, "writing to the output stream"))
 }

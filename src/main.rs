@@ -110,6 +110,9 @@ enum Command {
         /// Replace DST if it exists.
         #[arg(long)]
         force: bool,
+        /// Sync DST to stable storage before renaming it into place.
+        #[arg(long)]
+        sync: bool,
         /// Never show a progress bar.
         #[arg(short = 'q', long)]
         quiet: bool,
@@ -217,13 +220,7 @@ fn run(cmd: Command) -> Outcome {
         } => {
             let disk = vhdkit::open(&image, &parent.options().allow_missing_parent(true))
                 .map_err(fail1)?;
-            let info = disk.info();
-            let mut out = std::io::stdout().lock();
-            if json {
-                print_json(&info, &mut out)?;
-            } else {
-                report::write_info_text(&info, &mut out).map_err(stdout_err)?;
-            }
+            emit(json, &disk.info(), report::write_info_text)?;
             Ok(0)
         }
         Command::Check {
@@ -233,17 +230,7 @@ fn run(cmd: Command) -> Outcome {
             parent,
         } => {
             let r = vhdkit::check(&image, &parent.options(), repair).map_err(fail1)?;
-            let mut out = std::io::stdout().lock();
-            if json {
-                let v = serde_json::json!({
-                    "status": match r.exit_code() { 0 => "clean", 2 => "corrupt", _ => "leaks" },
-                    "findings": r.findings,
-                    "repaired": r.repaired,
-                });
-                print_json(&v, &mut out)?;
-            } else {
-                report::write_check_text(&r, &mut out).map_err(stdout_err)?;
-            }
+            emit(json, &r, report::write_check_text)?;
             Ok(r.exit_code() as u8)
         }
         Command::Map {
@@ -256,12 +243,7 @@ fn run(cmd: Command) -> Outcome {
             let extents = disk
                 .map(0, disk.virtual_size())
                 .map_err(|e| fail1(e.with_path(&image)))?;
-            let mut out = std::io::stdout().lock();
-            if json {
-                print_json(&extents, &mut out)?;
-            } else {
-                report::write_map_text(&extents, &mut out).map_err(stdout_err)?;
-            }
+            emit(json, &extents[..], report::write_map_text)?;
             Ok(0)
         }
         Command::Create {
@@ -304,7 +286,11 @@ fn run(cmd: Command) -> Outcome {
                     "a differencing image needs --parent",
                 )));
             }
-            convert::create_file(&image, &spec, size, force, |_| Ok(())).map_err(fail1)?;
+            let out = convert::OutputOptions {
+                overwrite: force,
+                sync: true,
+            };
+            convert::create_file(&image, &spec, size, out, |_| Ok(())).map_err(fail1)?;
             Ok(0)
         }
         Command::Convert {
@@ -313,6 +299,7 @@ fn run(cmd: Command) -> Outcome {
             block_size,
             base,
             force,
+            sync,
             quiet,
             src,
             dst,
@@ -337,6 +324,10 @@ fn run(cmd: Command) -> Outcome {
             } else {
                 refuse_same_file(&src, &dst).map_err(fail1)?;
                 let format = output_format(format, &dst).map_err(fail1)?;
+                let out = convert::OutputOptions {
+                    overwrite: force,
+                    sync,
+                };
                 let mut spec = ImageSpec::new(format);
                 spec.block_size = block_size
                     .as_deref()
@@ -352,7 +343,7 @@ fn run(cmd: Command) -> Outcome {
                         let base_disk = vhdkit::open(&b, &OpenOptions::new()).map_err(fail1)?;
                         spec.disk_type = DiskType::Differencing;
                         spec.parent = Some(b);
-                        convert::create_file(&dst, &spec, size, force, |out| {
+                        convert::create_file(&dst, &spec, size, out, |out| {
                             convert::copy_delta(disk.as_ref(), base_disk.as_ref(), out, &mut tick)
                         })
                         .map_err(fail1)?;
@@ -363,7 +354,7 @@ fn run(cmd: Command) -> Outcome {
                                 "use -B BASE to convert into a differencing image",
                             )));
                         }
-                        convert::create_file(&dst, &spec, size, force, |out| {
+                        convert::create_file(&dst, &spec, size, out, |out| {
                             convert::copy_into(disk.as_ref(), out, &mut tick)
                         })
                         .map_err(fail1)?;
@@ -484,10 +475,20 @@ fn run(cmd: Command) -> Outcome {
     }
 }
 
-fn print_json(v: &impl serde::Serialize, out: &mut dyn Write) -> Result<(), (Error, u8)> {
-    serde_json::to_writer_pretty(&mut *out, v)
-        .map_err(|e| fail1(Error::invalid_argument(format!("cannot print JSON: {e}"))))?;
-    writeln!(out).map_err(stdout_err)
+/// Print a report to stdout as JSON or as text for people.
+fn emit<T: serde::Serialize + ?Sized>(
+    json: bool,
+    value: &T,
+    text: fn(&T, &mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), (Error, u8)> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, value)
+            .map_err(|e| fail1(Error::invalid_argument(format!("cannot print JSON: {e}"))))?;
+        writeln!(out).map_err(stdout_err)
+    } else {
+        text(value, &mut out).map_err(stdout_err)
+    }
 }
 
 /// A reader that stopped reading our output (`vhdkit ... | head`) is not an error.

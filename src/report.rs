@@ -222,8 +222,9 @@ pub struct Finding {
     pub message: String,
 }
 
-/// The result of `check`.
-#[derive(Debug, Clone, Default, Serialize)]
+/// The result of `check`. Serializes as `{status, findings, repaired}`,
+/// `status` being `clean`, `corrupt` or `leaks`.
+#[derive(Debug, Clone, Default)]
 pub struct CheckReport {
     /// Everything found, in file order where possible.
     pub findings: Vec<Finding>,
@@ -231,7 +232,27 @@ pub struct CheckReport {
     pub repaired: Vec<String>,
 }
 
+impl Serialize for CheckReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("CheckReport", 3)?;
+        st.serialize_field("status", self.status())?;
+        st.serialize_field("findings", &self.findings)?;
+        st.serialize_field("repaired", &self.repaired)?;
+        st.end()
+    }
+}
+
 impl CheckReport {
+    /// `clean`, `corrupt` or `leaks`.
+    pub fn status(&self) -> &'static str {
+        match self.exit_code() {
+            2 => "corrupt",
+            3 => "leaks",
+            _ => "clean",
+        }
+    }
+
     /// Record a finding.
     pub fn add(
         &mut self,

@@ -104,7 +104,23 @@ pub fn probe(storage: &dyn Storage) -> bool {
             return true;
         }
     }
-    len >= FOOTER_SIZE as u64 && storage.read_at(&mut cookie, 0).is_ok() && cookie == FOOTER_COOKIE
+    // A copy at offset 0 alone (the end footer lost) counts only for the
+    // types that keep one: dynamic and differencing.
+    let mut head = [0u8; 64];
+    len >= 2 * FOOTER_SIZE as u64
+        && storage.read_at(&mut head, 0).is_ok()
+        && head[..8] == FOOTER_COOKIE
+        && sparse_type_code(&head)
+}
+
+/// Whether the footer bytes `head` (at least 64) name a dynamic or
+/// differencing disk.
+fn sparse_type_code(head: &[u8]) -> bool {
+    let code = u32::from_be_bytes([head[60], head[61], head[62], head[63]]);
+    matches!(
+        VhdType::from_code(code),
+        Some(VhdType::Dynamic | VhdType::Differencing)
+    )
 }
 
 fn read_footer_at(storage: &dyn Storage, offset: u64, size: usize) -> Result<Footer> {
@@ -148,7 +164,7 @@ impl VhdDisk {
         // The copy at offset 0, present in dynamic and differencing disks.
         let copy = if len >= 2 * FOOTER_SIZE as u64 {
             let f = read_footer_at(storage.as_ref(), 0, FOOTER_SIZE)?;
-            (f.cookie == FOOTER_COOKIE).then_some(f)
+            (f.cookie == FOOTER_COOKIE && sparse_type_code(&f.to_bytes())).then_some(f)
         } else {
             None
         };
