@@ -22,6 +22,7 @@ pub mod raw;
 pub mod report;
 pub mod size;
 pub mod vhd;
+pub mod vhdx;
 
 use std::path::{Path, PathBuf};
 
@@ -79,7 +80,9 @@ impl OpenOptions {
 
 /// Detect the container format from signatures.
 pub fn detect(storage: &dyn Storage) -> Format {
-    if vhd::probe(storage) {
+    if vhdx::probe(storage) {
+        Format::Vhdx
+    } else if vhd::probe(storage) {
         Format::Vhd
     } else {
         Format::Raw
@@ -112,6 +115,7 @@ pub fn open_storage(
     let path_buf = path.map(Path::to_path_buf);
     Ok(match detect(storage.as_ref()) {
         Format::Vhd => Box::new(vhd::VhdDisk::open(storage, path_buf, opts, chain)?),
+        Format::Vhdx => Box::new(vhdx::VhdxDisk::open(storage, path_buf, opts, chain)?),
         _ => Box::new(raw::RawDisk::open(storage, path_buf)?),
     })
 }
@@ -123,6 +127,7 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
     let mut report = CheckReport::default();
     match detect(&storage) {
         Format::Vhd => vhd::check::check(&storage, &mut report, repair),
+        Format::Vhdx => vhdx::check::check(&storage, &mut report, repair),
         _ => Ok(()),
     }
     .map_err(|e| e.with_path(path))?;

@@ -1,0 +1,633 @@
+//! The metadata log: a circular buffer of entries, each describing 4 KiB
+//! sector writes and zeroed ranges of the file ([MS-VHDX] 2.3). A file whose
+//! header carries a LogGuid may hold updates that were logged but not
+//! applied; they are replayed before anything else is read, into memory
+//! ([`Overlay`]) for a read-only open, onto the file ([`replay_on_disk`])
+//! otherwise.
+
+use std::collections::BTreeMap;
+use std::io::{self, Cursor};
+
+use binrw::{BinRead, binrw};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::checksum::crc32c_with_zeroed_field;
+use crate::error::{Error, Result};
+use crate::guid::from_ms_bytes;
+use crate::io::{Storage, io_err, read_struct};
+
+/// Unit of the log: entries, descriptors areas and data sectors are 4 KiB.
+pub const LOG_SECTOR: u64 = 4096;
+/// Entry signature, "loge".
+pub const ENTRY_SIGNATURE: [u8; 4] = *b"loge";
+/// Zero descriptor signature, "zero".
+pub const ZERO_SIGNATURE: [u8; 4] = *b"zero";
+/// Data descriptor signature, "desc".
+pub const DESC_SIGNATURE: [u8; 4] = *b"desc";
+/// Data sector signature, "data".
+pub const DATA_SIGNATURE: [u8; 4] = *b"data";
+/// Size of the entry header.
+pub const ENTRY_HEADER_SIZE: u64 = 64;
+/// Size of one descriptor.
+pub const DESCRIPTOR_SIZE: u64 = 32;
+/// Byte offset of the checksum field in the entry header.
+pub const CHECKSUM_FIELD: usize = 4;
+/// Bytes of a data sector's payload (the first 8 and last 4 bytes of the
+/// target sector live in the descriptor).
+pub const DATA_PAYLOAD: usize = 4084;
+/// Largest log we load into memory to search it. Hyper-V and qemu use 1 MiB
+/// logs; a pending log larger than this is refused rather than read.
+pub const MAX_LOG_LENGTH: u64 = 256 << 20;
+/// Highest file offset a descriptor or entry may name: 64 TiB of payload
+/// plus generous room for metadata. Beyond is damage, not a real file.
+pub const MAX_FILE_OFFSET: u64 = 1 << 47;
+
+/// A log entry header as stored.
+#[binrw]
+#[brw(little)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryHeader {
+    /// "loge".
+    pub signature: [u8; 4],
+    /// CRC-32C of the whole entry with this field zeroed.
+    pub checksum: u32,
+    /// Bytes of the entry, a multiple of 4 KiB.
+    pub entry_length: u32,
+    /// Log offset of the oldest entry still needed.
+    pub tail: u32,
+    /// Increases by one per entry.
+    pub sequence_number: u64,
+    /// Descriptors after the header.
+    pub descriptor_count: u32,
+    /// Reserved.
+    pub reserved: u32,
+    /// Must match the header's LogGuid.
+    pub log_guid: [u8; 16],
+    /// File size that was durable when the entry was written.
+    pub flushed_file_offset: u64,
+    /// File size the entry's updates need.
+    pub last_file_offset: u64,
+}
+
+/// A zero or data descriptor as stored (the two share one layout).
+#[binrw]
+#[brw(little)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Descriptor {
+    /// "zero" or "desc".
+    pub signature: [u8; 4],
+    /// Data: the last 4 bytes of the sector; zero: reserved.
+    pub trailing_bytes: u32,
+    /// Data: the first 8 bytes of the sector; zero: length of the range.
+    pub leading_bytes: u64,
+    /// Target file offset, a multiple of 4 KiB.
+    pub file_offset: u64,
+    /// Must match the entry's sequence number.
+    pub sequence_number: u64,
+}
+
+/// One update of the file described by the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Write zeros over `[offset, offset + length)`.
+    Zero {
+        /// File offset.
+        offset: u64,
+        /// Bytes, a multiple of 4 KiB.
+        length: u64,
+    },
+    /// Write a 4 KiB sector.
+    Data {
+        /// File offset.
+        offset: u64,
+        /// The rebuilt sector.
+        sector: Box<[u8]>,
+    },
+}
+
+/// A valid entry of the log.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Offset of the entry inside the log.
+    pub position: u64,
+    /// Its header.
+    pub header: EntryHeader,
+    /// Its updates, in order.
+    pub ops: Vec<Op>,
+}
+
+/// The log region loaded for searching.
+struct LogBuf<'a> {
+    data: &'a [u8],
+    guid: Uuid,
+}
+
+impl LogBuf<'_> {
+    fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    /// `n` bytes from `pos`, wrapping around the end of the buffer.
+    fn read_wrapped(&self, pos: u64, n: u64) -> Vec<u8> {
+        let len = self.len();
+        let mut out = Vec::with_capacity(n as usize);
+        let mut p = pos % len;
+        while (out.len() as u64) < n {
+            let take = (len - p).min(n - out.len() as u64);
+            out.extend_from_slice(&self.data[p as usize..(p + take) as usize]);
+            p = (p + take) % len;
+        }
+        out
+    }
+
+    /// The entry at `pos`, or why there is no valid entry there.
+    fn entry_at(&self, pos: u64) -> std::result::Result<Entry, String> {
+        let head = self.read_wrapped(pos, ENTRY_HEADER_SIZE);
+        let h = EntryHeader::read(&mut Cursor::new(&head[..])).map_err(|e| e.to_string())?;
+        if h.signature != ENTRY_SIGNATURE {
+            return Err("no \"loge\" signature".into());
+        }
+        let len = u64::from(h.entry_length);
+        if len == 0 || !len.is_multiple_of(LOG_SECTOR) || len > self.len() {
+            return Err(format!(
+                "entry length {len:#x} is not a non-zero multiple of 4 KiB within the {:#x}-byte log",
+                self.len()
+            ));
+        }
+        if h.sequence_number == 0 {
+            return Err("sequence number is 0".into());
+        }
+        if from_ms_bytes(h.log_guid) != self.guid {
+            return Err(format!(
+                "log GUID {} is not the header's {}",
+                from_ms_bytes(h.log_guid),
+                self.guid
+            ));
+        }
+        if !u64::from(h.tail).is_multiple_of(LOG_SECTOR) || u64::from(h.tail) >= self.len() {
+            return Err(format!(
+                "tail {:#x} is not a 4 KiB offset in the log",
+                h.tail
+            ));
+        }
+        let count = u64::from(h.descriptor_count);
+        let desc_area =
+            (ENTRY_HEADER_SIZE + count * DESCRIPTOR_SIZE).div_ceil(LOG_SECTOR) * LOG_SECTOR;
+        if desc_area > len {
+            return Err(format!(
+                "{count} descriptors do not fit in the {len:#x}-byte entry"
+            ));
+        }
+        if h.flushed_file_offset > MAX_FILE_OFFSET || h.last_file_offset > MAX_FILE_OFFSET {
+            return Err("flushed or last file offset is implausibly large".into());
+        }
+        let bytes = self.read_wrapped(pos, len);
+        let computed = crc32c_with_zeroed_field(&bytes, CHECKSUM_FIELD);
+        if computed != h.checksum {
+            return Err(format!(
+                "bad CRC-32C: stored {:#010x}, computed {computed:#010x}",
+                h.checksum
+            ));
+        }
+        let mut c = Cursor::new(&bytes[ENTRY_HEADER_SIZE as usize..]);
+        let mut data_pos = desc_area;
+        let mut ops = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let d = Descriptor::read(&mut c).map_err(|e| e.to_string())?;
+            if d.sequence_number != h.sequence_number {
+                return Err(format!(
+                    "descriptor {i} has sequence number {:#x}, the entry {:#x}",
+                    d.sequence_number, h.sequence_number
+                ));
+            }
+            if !d.file_offset.is_multiple_of(LOG_SECTOR) {
+                return Err(format!(
+                    "descriptor {i} targets file offset {:#x}, not a multiple of 4 KiB",
+                    d.file_offset
+                ));
+            }
+            match d.signature {
+                ZERO_SIGNATURE => {
+                    let length = d.leading_bytes;
+                    if !length.is_multiple_of(LOG_SECTOR)
+                        || d.file_offset
+                            .checked_add(length)
+                            .is_none_or(|e| e > MAX_FILE_OFFSET)
+                    {
+                        return Err(format!(
+                            "zero descriptor {i} covers {:#x}+{length:#x}, not whole 4 KiB sectors in range",
+                            d.file_offset
+                        ));
+                    }
+                    ops.push(Op::Zero {
+                        offset: d.file_offset,
+                        length,
+                    });
+                }
+                DESC_SIGNATURE => {
+                    if d.file_offset >= MAX_FILE_OFFSET {
+                        return Err(format!("data descriptor {i} targets an implausible offset"));
+                    }
+                    if data_pos + LOG_SECTOR > len {
+                        return Err(format!(
+                            "data descriptor {i} has no data sector inside the entry"
+                        ));
+                    }
+                    let s = &bytes[data_pos as usize..(data_pos + LOG_SECTOR) as usize];
+                    let seq_high = u32::from_le_bytes(s[4..8].try_into().expect("4 bytes"));
+                    let seq_low = u32::from_le_bytes(s[4092..].try_into().expect("4 bytes"));
+                    let seq = (u64::from(seq_high) << 32) | u64::from(seq_low);
+                    if s[..4] != DATA_SIGNATURE || seq != h.sequence_number {
+                        return Err(format!(
+                            "data sector at entry offset {data_pos:#x} has no \"data\" signature or a wrong sequence number"
+                        ));
+                    }
+                    let mut sector = vec![0u8; LOG_SECTOR as usize].into_boxed_slice();
+                    sector[..8].copy_from_slice(&d.leading_bytes.to_le_bytes());
+                    sector[8..8 + DATA_PAYLOAD].copy_from_slice(&s[8..8 + DATA_PAYLOAD]);
+                    sector[8 + DATA_PAYLOAD..].copy_from_slice(&d.trailing_bytes.to_le_bytes());
+                    ops.push(Op::Data {
+                        offset: d.file_offset,
+                        sector,
+                    });
+                    data_pos += LOG_SECTOR;
+                }
+                other => {
+                    return Err(format!(
+                        "descriptor {i} has signature {:?}, expected \"zero\" or \"desc\"",
+                        String::from_utf8_lossy(&other)
+                    ));
+                }
+            }
+        }
+        Ok(Entry {
+            position: pos,
+            header: h,
+            ops,
+        })
+    }
+}
+
+/// The active sequence: the entries to replay, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct Sequence {
+    /// Entries from the tail to the head.
+    pub entries: Vec<Entry>,
+}
+
+impl Sequence {
+    /// Whether there is nothing to replay.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Highest file size any entry needs.
+    pub fn last_file_offset(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|e| e.header.last_file_offset)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Refuse a log written against a longer file: the head entry's
+    /// FlushedFileOffset lies past the end, so the file was truncated after
+    /// the log was written ([MS-VHDX] 2.3.3).
+    pub fn check_file_length(&self, file_len: u64, log_offset: u64) -> Result<()> {
+        if let Some(e) = self.entries.last()
+            && e.header.flushed_file_offset > file_len
+        {
+            return Err(Error::corrupt(
+                "VHDX log entry",
+                log_offset + e.position,
+                format!(
+                    "flushed file offset {:#x} lies past the end of the {file_len:#x}-byte file (truncated file)",
+                    e.header.flushed_file_offset
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// For `info`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match (self.entries.first(), self.entries.last()) {
+            (Some(t), Some(h)) => json!({
+                "entries": self.entries.len(),
+                "tail_offset": t.position,
+                "head_offset": h.position,
+                "first_sequence_number": t.header.sequence_number,
+                "last_sequence_number": h.header.sequence_number,
+                "descriptors": self.entries.iter().map(|e| e.ops.len()).sum::<usize>(),
+            }),
+            _ => json!({ "entries": 0 }),
+        }
+    }
+}
+
+/// Load the log region at `offset` (`length` bytes) of a file whose header
+/// names `guid`, and find its active sequence ([MS-VHDX] 2.3.3): the
+/// consecutive valid entries ending at the newest head whose tail lies
+/// within its run.
+pub fn find_active(
+    storage: &dyn Storage,
+    offset: u64,
+    length: u64,
+    guid: Uuid,
+) -> Result<Sequence> {
+    if length == 0 {
+        return Ok(Sequence::default());
+    }
+    if length > MAX_LOG_LENGTH {
+        return Err(Error::unsupported(
+            "VHDX log",
+            offset,
+            format!(
+                "a pending log of {length} bytes is larger than the {MAX_LOG_LENGTH} bytes we replay"
+            ),
+        ));
+    }
+    let mut data = vec![0u8; length as usize];
+    read_struct(storage, "VHDX log", &mut data, offset)?;
+    let log = LogBuf { data: &data, guid };
+    let sectors = length / LOG_SECTOR;
+    let mut best: Option<Vec<Entry>> = None;
+    let mut pos_sector = 0u64;
+    while pos_sector < sectors {
+        let pos = pos_sector * LOG_SECTOR;
+        let Ok(first) = log.entry_at(pos) else {
+            pos_sector += 1;
+            continue;
+        };
+        // Extend the run with consecutive sequence numbers, never covering
+        // more than the whole buffer.
+        let mut covered = u64::from(first.header.entry_length);
+        let mut run = vec![first];
+        loop {
+            let last = run.last().expect("non-empty run");
+            let next = (last.position + u64::from(last.header.entry_length)) % length;
+            if covered >= length {
+                break;
+            }
+            match log.entry_at(next) {
+                Ok(e)
+                    if Some(e.header.sequence_number)
+                        == last.header.sequence_number.checked_add(1)
+                        && covered + u64::from(e.header.entry_length) <= length =>
+                {
+                    covered += u64::from(e.header.entry_length);
+                    run.push(e);
+                }
+                _ => break,
+            }
+        }
+        let run_sectors = covered / LOG_SECTOR;
+        // The run is a valid sequence from the head's tail when that tail is
+        // the start of one of its entries.
+        let head = run.last().expect("non-empty run");
+        let tail = u64::from(head.header.tail);
+        if let Some(start) = run.iter().position(|e| e.position == tail) {
+            let better = best.as_ref().is_none_or(|b| {
+                b.last().expect("non-empty").header.sequence_number < head.header.sequence_number
+            });
+            if better {
+                best = Some(run.split_off(start));
+            }
+        }
+        pos_sector += run_sectors.max(1);
+    }
+    Ok(Sequence {
+        entries: best.unwrap_or_default(),
+    })
+}
+
+/// Why the log at `offset` has no valid entry at each sector where one starts
+/// with a "loge" signature, for `check`.
+pub fn entry_problems(
+    storage: &dyn Storage,
+    offset: u64,
+    length: u64,
+    guid: Uuid,
+) -> Result<Vec<(u64, String)>> {
+    if length == 0 || length > MAX_LOG_LENGTH {
+        return Ok(Vec::new());
+    }
+    let mut data = vec![0u8; length as usize];
+    read_struct(storage, "VHDX log", &mut data, offset)?;
+    let log = LogBuf { data: &data, guid };
+    let mut out = Vec::new();
+    for s in 0..length / LOG_SECTOR {
+        let pos = s * LOG_SECTOR;
+        if data[pos as usize..pos as usize + 4] == ENTRY_SIGNATURE
+            && let Err(why) = log.entry_at(pos)
+        {
+            out.push((offset + pos, why));
+        }
+    }
+    Ok(out)
+}
+
+/// The file as the log says it should be, kept in memory: replayed sectors
+/// and zeroed ranges over the unchanged file.
+#[derive(Debug, Clone, Default)]
+pub struct Overlay {
+    /// 4 KiB-aligned file offset -> the sector's replayed bytes.
+    sectors: BTreeMap<u64, Box<[u8]>>,
+    /// Zeroed ranges, start -> end, disjoint and disjoint from `sectors`.
+    zeros: BTreeMap<u64, u64>,
+    /// File length after the replay.
+    len: u64,
+}
+
+impl Overlay {
+    /// Replay `seq` over a file of `file_len` bytes.
+    pub fn build(seq: &Sequence, file_len: u64) -> Overlay {
+        let mut o = Overlay {
+            len: file_len.max(seq.last_file_offset()),
+            ..Overlay::default()
+        };
+        for e in &seq.entries {
+            for op in &e.ops {
+                o.apply(op);
+            }
+        }
+        o
+    }
+
+    /// File length after the replay.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was replayed.
+    pub fn is_empty(&self) -> bool {
+        self.sectors.is_empty() && self.zeros.is_empty()
+    }
+
+    fn cut_zeros(&mut self, start: u64, end: u64) {
+        let hits: Vec<(u64, u64)> = self
+            .zeros
+            .range(..end)
+            .filter(|&(_, &e)| e > start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in hits {
+            self.zeros.remove(&s);
+            if s < start {
+                self.zeros.insert(s, start);
+            }
+            if e > end {
+                self.zeros.insert(end, e);
+            }
+        }
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Zero { offset, length } => {
+                let end = offset + length;
+                let keys: Vec<u64> = self.sectors.range(*offset..end).map(|(&k, _)| k).collect();
+                for k in keys {
+                    self.sectors.remove(&k);
+                }
+                self.cut_zeros(*offset, end);
+                if *length > 0 {
+                    self.zeros.insert(*offset, end);
+                }
+                self.len = self.len.max(end);
+            }
+            Op::Data { offset, sector } => {
+                self.cut_zeros(*offset, offset + LOG_SECTOR);
+                self.sectors.insert(*offset, sector.clone());
+                self.len = self.len.max(offset + LOG_SECTOR);
+            }
+        }
+    }
+
+    /// Read through the overlay: `inner` holds the unreplayed file.
+    pub fn read(&self, inner: &dyn Storage, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.len)
+            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        inner.read_at_or_zero(buf, offset)?;
+        for (&s, &e) in self.zeros.range(..end) {
+            if e > offset {
+                let a = s.max(offset);
+                let b = e.min(end);
+                buf[(a - offset) as usize..(b - offset) as usize].fill(0);
+            }
+        }
+        let first = offset / LOG_SECTOR * LOG_SECTOR;
+        for (&s, data) in self.sectors.range(first..end) {
+            let a = s.max(offset);
+            let b = (s + LOG_SECTOR).min(end);
+            if a < b {
+                buf[(a - offset) as usize..(b - offset) as usize]
+                    .copy_from_slice(&data[(a - s) as usize..(b - s) as usize]);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A storage seen through the replayed log: a read-only open reads every
+/// structure through this view so that it sees what a replay would write.
+pub struct LogView {
+    inner: Box<dyn Storage>,
+    overlay: Option<Overlay>,
+}
+
+impl LogView {
+    /// A view of `inner` with `overlay` (if any) on top.
+    pub fn new(inner: Box<dyn Storage>, overlay: Option<Overlay>) -> LogView {
+        LogView { inner, overlay }
+    }
+
+    /// Whether a replayed log is held in memory.
+    pub fn has_overlay(&self) -> bool {
+        self.overlay.is_some()
+    }
+
+    /// The storage under the view.
+    pub fn inner(&self) -> &dyn Storage {
+        self.inner.as_ref()
+    }
+}
+
+impl Storage for LogView {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match &self.overlay {
+            Some(o) => o.read(self.inner.as_ref(), buf, offset),
+            None => self.inner.read_at(buf, offset),
+        }
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.overlay.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the log is replayed in memory only",
+            ));
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        match &self.overlay {
+            Some(o) => Ok(o.len()),
+            None => self.inner.len(),
+        }
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        if self.overlay.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the log is replayed in memory only",
+            ));
+        }
+        self.inner.set_len(len)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.inner.flush()
+    }
+    fn is_writable(&self) -> bool {
+        self.overlay.is_none() && self.inner.is_writable()
+    }
+}
+
+/// Apply `seq` to the file itself and make it durable. The caller then
+/// clears the LogGuid with a header update.
+pub fn replay_on_disk(storage: &dyn Storage, seq: &Sequence) -> Result<()> {
+    const S: &str = "VHDX log replay";
+    let zeros = vec![0u8; 1 << 20];
+    for e in &seq.entries {
+        for op in &e.ops {
+            match op {
+                Op::Data { offset, sector } => storage
+                    .write_at(sector, *offset)
+                    .map_err(io_err(S, *offset))?,
+                Op::Zero { offset, length } => {
+                    let len = storage.len().map_err(io_err(S, *offset))?;
+                    let end = offset + length;
+                    let mut p = *offset;
+                    while p < end.min(len) {
+                        let n = (end.min(len) - p).min(zeros.len() as u64);
+                        storage
+                            .write_at(&zeros[..n as usize], p)
+                            .map_err(io_err(S, p))?;
+                        p += n;
+                    }
+                    if end > len {
+                        storage.set_len(end).map_err(io_err(S, end))?;
+                    }
+                }
+            }
+        }
+    }
+    let len = storage.len().map_err(io_err(S, 0))?;
+    let want = seq.last_file_offset();
+    if want > len {
+        storage.set_len(want).map_err(io_err(S, want))?;
+    }
+    storage.flush().map_err(io_err(S, 0))
+}

@@ -1,0 +1,783 @@
+//! Virtual Hard Disk v2 (VHDX): fixed, dynamic and differencing disks with
+//! 512 or 4096-byte logical sectors, as in [MS-VHDX] v1.0.
+//!
+//! Layout: a 1 MiB header area ([`file_identifier`], two [`header`]s, two
+//! [`region_table`]s), then regions on 1 MiB boundaries: the [`log`], the
+//! [`bat`] and the [`metadata`] region, and the payload and sector-bitmap
+//! blocks the BAT points to. A pending log is replayed before anything else
+//! is read (into memory when the file is opened read-only).
+
+pub mod bat;
+pub mod check;
+pub mod file_identifier;
+pub mod header;
+pub mod log;
+pub mod metadata;
+pub mod parent_locator;
+pub mod region_table;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::disk::{Extent, ExtentKind, ExtentList, VirtualDisk, check_range};
+use crate::error::{Error, ErrorKind, Result};
+use crate::io::{Storage, io_err, read_struct};
+use crate::parent::{Candidate, Chain, Parent, ParentSpec};
+use crate::report::{DiskType, Format, ImageInfo};
+use bat::Layout;
+use file_identifier::{DECODED_SIZE, FileIdentifier};
+use header::HeaderSlot;
+use log::{LogView, Overlay, Sequence};
+use metadata::Metadata;
+use region_table::{
+    HEADER_AREA, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE, RegionTable, RegionTableEntry,
+};
+
+/// Whether `storage` starts with the VHDX file identifier signature.
+pub fn probe(storage: &dyn Storage) -> bool {
+    let mut sig = [0u8; 8];
+    storage.read_at(&mut sig, 0).is_ok() && sig == file_identifier::SIGNATURE
+}
+
+/// What happened to the log at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogReplay {
+    /// The LogGuid was nil: nothing to replay.
+    Empty,
+    /// The LogGuid was set but no active sequence was found.
+    NoActiveSequence,
+    /// Replayed into memory; the file is unchanged.
+    InMemory,
+    /// Replayed onto the file and the LogGuid cleared.
+    OnDisk,
+}
+
+impl LogReplay {
+    fn as_str(self) -> &'static str {
+        match self {
+            LogReplay::Empty => "empty",
+            LogReplay::NoActiveSequence => "no-active-sequence",
+            LogReplay::InMemory => "replayed-in-memory",
+            LogReplay::OnDisk => "replayed-on-disk",
+        }
+    }
+}
+
+/// The structures every VHDX reader needs, read through the replayed log.
+#[derive(Debug)]
+pub struct Structure {
+    /// The creator recorded in the file identifier.
+    pub creator: String,
+    /// Both header slots.
+    pub slots: [HeaderSlot; 2],
+    /// Index of the current header.
+    pub current: usize,
+    /// The region table in use.
+    pub region_table: RegionTable,
+    /// Which copy (0 or 1) is in use.
+    pub region_table_used: usize,
+    /// Why each copy is unusable, if it is.
+    pub region_table_problems: [Option<String>; 2],
+    /// The BAT region.
+    pub bat_region: RegionTableEntry,
+    /// The metadata region.
+    pub metadata_region: RegionTableEntry,
+    /// The metadata items.
+    pub metadata: Metadata,
+    /// The BAT's shape.
+    pub layout: Layout,
+    /// The BAT.
+    pub bat: Vec<u64>,
+    /// File length (after the replay).
+    pub file_len: u64,
+}
+
+/// Read the file identifier.
+pub fn read_file_identifier(storage: &dyn Storage) -> Result<FileIdentifier> {
+    let mut b = [0u8; DECODED_SIZE];
+    read_struct(storage, "VHDX file identifier", &mut b, 0)?;
+    FileIdentifier::parse(&b)
+}
+
+/// Read both region tables; the first valid one is used.
+#[allow(clippy::type_complexity)]
+pub fn read_region_tables(
+    storage: &dyn Storage,
+) -> Result<(RegionTable, usize, [Option<String>; 2])> {
+    let mut tables: [Option<RegionTable>; 2] = [None, None];
+    let mut problems: [Option<String>; 2] = [None, None];
+    for (i, &off) in REGION_TABLE_OFFSETS.iter().enumerate() {
+        let mut b = vec![0u8; REGION_TABLE_SIZE];
+        match read_struct(storage, "VHDX region table", &mut b, off)
+            .and_then(|_| RegionTable::parse(&b, off))
+        {
+            Ok(t) => tables[i] = Some(t),
+            Err(e) => problems[i] = Some(e.to_string()),
+        }
+    }
+    let [a, b] = tables;
+    match (a, b) {
+        (Some(t), _) => Ok((t, 0, problems)),
+        (None, Some(t)) => Ok((t, 1, problems)),
+        (None, None) => Err(Error::corrupt(
+            "VHDX region table",
+            REGION_TABLE_OFFSETS[0],
+            format!(
+                "neither region table is valid: {}; {}",
+                problems[0].as_deref().unwrap_or("?"),
+                problems[1].as_deref().unwrap_or("?")
+            ),
+        )),
+    }
+}
+
+impl Structure {
+    /// Read everything past the headers from `storage` (already showing the
+    /// replayed log), given the header slots and the current one.
+    pub fn load(
+        storage: &dyn Storage,
+        creator: String,
+        slots: [HeaderSlot; 2],
+        current: usize,
+    ) -> Result<Structure> {
+        let file_len = storage.len().map_err(io_err("VHDX file", 0))?;
+        let (region_table, region_table_used, region_table_problems) = read_region_tables(storage)?;
+        let (bat_region, metadata_region) = region_table.validate(file_len)?;
+        let h = &slots[current].header;
+        if h.log_length > 0 {
+            let (ls, le) = (h.log_offset, h.log_offset + u64::from(h.log_length));
+            for e in &region_table.entries {
+                if e.file_offset < le && ls < e.end() {
+                    return Err(Error::corrupt(
+                        "VHDX region table",
+                        region_table.offset,
+                        format!(
+                            "region {} at {:#x}+{:#x} overlaps the log at {ls:#x}+{:#x}",
+                            e.guid(),
+                            e.file_offset,
+                            e.length,
+                            h.log_length
+                        ),
+                    ));
+                }
+            }
+        }
+        let metadata =
+            Metadata::load(storage, metadata_region.file_offset, metadata_region.length)?;
+        let layout = Layout::new(
+            metadata.virtual_size,
+            metadata.block_size,
+            metadata.logical_sector_size,
+            metadata.has_parent,
+        );
+        let bat = bat::load(storage, bat_region.file_offset, bat_region.length, &layout)?;
+        Ok(Structure {
+            creator,
+            slots,
+            current,
+            region_table,
+            region_table_used,
+            region_table_problems,
+            bat_region,
+            metadata_region,
+            metadata,
+            layout,
+            bat,
+            file_len,
+        })
+    }
+
+    /// The current header.
+    pub fn header(&self) -> &header::Header {
+        &self.slots[self.current].header
+    }
+
+    /// File offset of BAT entry `index`.
+    pub fn entry_offset(&self, index: u64) -> u64 {
+        self.bat_region.file_offset + index * bat::ENTRY_SIZE
+    }
+
+    /// Fixed regions a block must not overlap: header area, log, BAT,
+    /// metadata and any other region.
+    pub fn reserved_ranges(&self) -> Vec<(u64, u64, String)> {
+        let mut v = vec![(0, HEADER_AREA, "the header area".to_string())];
+        let h = self.header();
+        if h.log_length > 0 {
+            v.push((
+                h.log_offset,
+                h.log_offset + u64::from(h.log_length),
+                "the log".into(),
+            ));
+        }
+        for e in &self.region_table.entries {
+            let name = e
+                .name()
+                .map(|n| format!("the {n} region"))
+                .unwrap_or_else(|| format!("region {}", e.guid()));
+            v.push((e.file_offset, e.end(), name));
+        }
+        v
+    }
+
+    /// Why the block of BAT entry `index` (`size` bytes at its offset)
+    /// cannot be used, if it cannot: it must lie past the header area,
+    /// start inside the file and not overlap a region. A block the file
+    /// ends inside is allowed (the missing tail reads as zeros).
+    pub fn block_problem(&self, index: u64, size: u64) -> Option<String> {
+        let off = bat::file_offset(self.bat[index as usize]);
+        if off >= self.file_len {
+            return Some(format!(
+                "block offset {off:#x} lies past the end of the {:#x}-byte file",
+                self.file_len
+            ));
+        }
+        let end = off.saturating_add(size);
+        for (s, e, what) in self.reserved_ranges() {
+            if off < e && s < end {
+                return Some(format!(
+                    "block at {off:#x}+{size:#x} overlaps {what} at {s:#x}..{e:#x}"
+                ));
+            }
+        }
+        None
+    }
+
+    fn corrupt_entry(&self, index: u64, msg: String) -> Error {
+        Error::corrupt("VHDX BAT entry", self.entry_offset(index), msg)
+    }
+}
+
+/// An open VHDX.
+pub struct VhdxDisk {
+    storage: LogView,
+    path: Option<PathBuf>,
+    s: Structure,
+    log_replay: LogReplay,
+    log_sequence: Sequence,
+    parent: Option<Parent>,
+    warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for VhdxDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VhdxDisk")
+            .field("path", &self.path)
+            .field("size", &self.s.metadata.virtual_size)
+            .field("log", &self.log_replay)
+            .finish()
+    }
+}
+
+/// Find the active log sequence of the current header, if the log is pending.
+pub(crate) fn pending_log(
+    storage: &dyn Storage,
+    h: &header::Header,
+    file_len: u64,
+) -> Result<Option<Sequence>> {
+    if h.log_guid().is_nil() || h.log_length == 0 {
+        return Ok(None);
+    }
+    let seq = log::find_active(storage, h.log_offset, u64::from(h.log_length), h.log_guid())?;
+    seq.check_file_length(file_len, h.log_offset)?;
+    Ok(Some(seq))
+}
+
+/// Replay `seq` onto the file, then clear the LogGuid (and take a new
+/// FileWriteGuid, the file having changed) with the two-header update.
+pub(crate) fn replay_and_clear(
+    storage: &dyn Storage,
+    slots: &[HeaderSlot; 2],
+    current: usize,
+    seq: &Sequence,
+) -> Result<([HeaderSlot; 2], usize)> {
+    log::replay_on_disk(storage, seq)?;
+    let mut h = slots[current].header.clone();
+    h.set_log_guid(Uuid::nil());
+    h.set_file_write_guid(Uuid::new_v4());
+    let slots = header::update(storage, slots, current, &h)?;
+    let cur = header::current(&slots)?;
+    Ok((slots, cur))
+}
+
+impl VhdxDisk {
+    /// Open a VHDX held in `storage`.
+    pub fn open(
+        storage: Box<dyn Storage>,
+        path: Option<PathBuf>,
+        opts: &crate::OpenOptions,
+        chain: &Chain,
+    ) -> Result<VhdxDisk> {
+        let len = storage.len().map_err(io_err("VHDX file", 0))?;
+        if len < HEADER_AREA {
+            return Err(Error::corrupt(
+                "VHDX file",
+                0,
+                format!("file of {len} bytes is smaller than the 1 MiB header area"),
+            ));
+        }
+        let creator = read_file_identifier(storage.as_ref())?.creator();
+        let mut warnings = Vec::new();
+        let mut slots = header::read_slots(storage.as_ref())?;
+        let mut current = header::current(&slots)?;
+        for s in &slots {
+            if let Some(p) = &s.problem {
+                warnings.push(format!(
+                    "header at {:#x} is invalid ({p}); using the header at {:#x}",
+                    s.offset, slots[current].offset
+                ));
+            }
+        }
+        slots[current].header.validate(slots[current].offset, len)?;
+
+        let mut log_replay = LogReplay::Empty;
+        let mut overlay = None;
+        let mut log_sequence = Sequence::default();
+        if let Some(seq) = pending_log(storage.as_ref(), &slots[current].header, len)? {
+            if seq.is_empty() {
+                log_replay = LogReplay::NoActiveSequence;
+            } else if opts.writable {
+                (slots, current) = replay_and_clear(storage.as_ref(), &slots, current, &seq)?;
+                log_replay = LogReplay::OnDisk;
+            } else {
+                overlay = Some(Overlay::build(&seq, len));
+                log_replay = LogReplay::InMemory;
+            }
+            log_sequence = seq;
+        }
+        let storage = LogView::new(storage, overlay);
+        let s = Structure::load(&storage, creator, slots, current)?;
+        if let Some(p) = &s.region_table_problems[1 - s.region_table_used] {
+            warnings.push(format!("region table copy is unusable: {p}"));
+        }
+
+        let mut bad = 0usize;
+        for i in 0..s.layout.total_entries {
+            let st = bat::state(s.bat[i as usize]);
+            let ok = if s.layout.is_bitmap_index(i) {
+                bat::bitmap_state_name(st).is_some()
+            } else {
+                bat::payload_state_name(st, s.metadata.has_parent).is_some()
+            };
+            if !ok {
+                if bad < 4 {
+                    warnings.push(format!(
+                        "BAT entry {i} at {:#x} has invalid state {st}; reading its block fails",
+                        s.entry_offset(i)
+                    ));
+                }
+                bad += 1;
+            }
+        }
+        if bad > 4 {
+            warnings.push(format!("{} more BAT entries have invalid states", bad - 4));
+        }
+
+        let mut disk = VhdxDisk {
+            storage,
+            path,
+            s,
+            log_replay,
+            log_sequence,
+            parent: None,
+            warnings,
+        };
+        if disk.s.metadata.has_parent {
+            let spec = disk.parent_spec()?;
+            disk.parent = Some(crate::parent::resolve(
+                disk.path.as_deref(),
+                &spec,
+                opts,
+                chain,
+            )?);
+        }
+        Ok(disk)
+    }
+
+    /// Where the parent may be: relative path first, then the volume and
+    /// absolute Windows paths.
+    fn parent_spec(&self) -> Result<ParentSpec> {
+        let loc = self.s.metadata.parent_locator.as_ref().ok_or_else(|| {
+            Error::corrupt(
+                "VHDX metadata table",
+                self.s.metadata.region_offset,
+                "HasParent is set but there is no parent locator",
+            )
+        })?;
+        let expected_id = loc.parent_linkage().ok_or_else(|| {
+            Error::corrupt(
+                "VHDX parent locator",
+                self.s.metadata.region_offset,
+                format!(
+                    "parent_linkage {:?} is missing or not a GUID",
+                    loc.get(parent_locator::KEY_PARENT_LINKAGE)
+                ),
+            )
+        })?;
+        let mut candidates = Vec::new();
+        for (key, relative) in [
+            (parent_locator::KEY_RELATIVE_PATH, true),
+            (parent_locator::KEY_VOLUME_PATH, false),
+            (parent_locator::KEY_ABSOLUTE_WIN32_PATH, false),
+        ] {
+            if let Some(p) = loc.get(key).filter(|p| !p.is_empty()) {
+                candidates.push(Candidate {
+                    recorded: p.to_string(),
+                    relative,
+                });
+            }
+        }
+        Ok(ParentSpec {
+            candidates,
+            expected_id,
+        })
+    }
+
+    /// The structures read at open.
+    pub fn structure(&self) -> &Structure {
+        &self.s
+    }
+
+    /// What happened to the log at open.
+    pub fn log_replay(&self) -> LogReplay {
+        self.log_replay
+    }
+
+    /// Problems found at open.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The open parent of a differencing disk.
+    pub fn parent(&self) -> Option<&Parent> {
+        self.parent.as_ref()
+    }
+
+    /// Path the image was opened from.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    fn is_differencing(&self) -> bool {
+        self.s.metadata.has_parent
+    }
+
+    fn parent_read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        match &self.parent {
+            Some(p) => p.read_at(buf, offset),
+            None => {
+                buf.fill(0);
+                Ok(())
+            }
+        }
+    }
+
+    /// File offset of the block of BAT entry `index`, checked.
+    fn block_offset(&self, index: u64, size: u64) -> Result<u64> {
+        match self.s.block_problem(index, size) {
+            None => Ok(bat::file_offset(self.s.bat[index as usize])),
+            Some(p) => Err(self.s.corrupt_entry(index, p)),
+        }
+    }
+
+    /// The sector-bitmap bits of payload block `block` for sectors
+    /// `[first, last)` of the block, as (bytes, bit index of `first`).
+    fn bitmap_bits(&self, block: u64, first: u64, last: u64) -> Result<(Vec<u8>, u64)> {
+        let l = &self.s.layout;
+        let chunk = block / l.chunk_ratio;
+        let idx = l.bitmap_index(chunk);
+        let entry = self.s.bat[idx as usize];
+        if bat::state(entry) != bat::BITMAP_PRESENT {
+            return Err(self.s.corrupt_entry(
+                idx,
+                format!(
+                    "payload block {block} is partially present but its sector bitmap has state {}",
+                    bat::state(entry)
+                ),
+            ));
+        }
+        let base = self.block_offset(idx, bat::BITMAP_BLOCK_SIZE)?;
+        let bit0 = (block % l.chunk_ratio) * l.sectors_per_block() + first;
+        let bit1 = (block % l.chunk_ratio) * l.sectors_per_block() + last;
+        let byte0 = bit0 / 8;
+        let byte1 = bit1.div_ceil(8);
+        let mut bits = vec![0u8; (byte1 - byte0) as usize];
+        self.storage
+            .read_at_or_zero(&mut bits, base + byte0)
+            .map_err(io_err("VHDX sector bitmap", base + byte0))?;
+        Ok((bits, bit0 - byte0 * 8))
+    }
+
+    /// Runs of equal presence over `[in_off, in_off + len)` of a partially
+    /// present block, as (start in block, length, present).
+    fn sector_runs(&self, block: u64, in_off: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
+        let ss = self.s.layout.sector_size;
+        let first = in_off / ss;
+        let last = (in_off + len).div_ceil(ss);
+        let (bits, shift) = self.bitmap_bits(block, first, last)?;
+        // Least-significant bit first: bit 0 of byte 0 is the first sector.
+        let bit = |s: u64| {
+            let b = s - first + shift;
+            bits[(b / 8) as usize] & (1 << (b % 8)) != 0
+        };
+        let end = in_off + len;
+        let mut runs = Vec::new();
+        let mut pos = in_off;
+        while pos < end {
+            let s = pos / ss;
+            let present = bit(s);
+            let mut next = s + 1;
+            while next * ss < end && bit(next) == present {
+                next += 1;
+            }
+            let stop = (next * ss).min(end);
+            runs.push((pos, stop - pos, present));
+            pos = stop;
+        }
+        Ok(runs)
+    }
+
+    fn read_block(&self, block: u64, in_off: u64, buf: &mut [u8], vpos: u64) -> Result<()> {
+        let l = &self.s.layout;
+        let idx = l.payload_index(block);
+        let entry = self.s.bat[idx as usize];
+        match bat::state(entry) {
+            bat::PAYLOAD_FULLY_PRESENT => {
+                let off = self.block_offset(idx, l.block_size)? + in_off;
+                self.storage
+                    .read_at_or_zero(buf, off)
+                    .map_err(io_err("VHDX payload block", off))
+            }
+            bat::PAYLOAD_NOT_PRESENT if self.is_differencing() => self.parent_read(buf, vpos),
+            bat::PAYLOAD_NOT_PRESENT
+            | bat::PAYLOAD_UNDEFINED
+            | bat::PAYLOAD_ZERO
+            | bat::PAYLOAD_UNMAPPED => {
+                buf.fill(0);
+                Ok(())
+            }
+            bat::PAYLOAD_PARTIALLY_PRESENT if self.is_differencing() => {
+                let data = self.block_offset(idx, l.block_size)?;
+                for (start, len, present) in self.sector_runs(block, in_off, buf.len() as u64)? {
+                    let piece =
+                        &mut buf[(start - in_off) as usize..(start - in_off + len) as usize];
+                    if present {
+                        self.storage
+                            .read_at_or_zero(piece, data + start)
+                            .map_err(io_err("VHDX payload block", data + start))?;
+                    } else {
+                        self.parent_read(piece, vpos + (start - in_off))?;
+                    }
+                }
+                Ok(())
+            }
+            st => Err(self
+                .s
+                .corrupt_entry(idx, format!("payload block {block} has invalid state {st}"))),
+        }
+    }
+
+    fn count_states(
+        &self,
+    ) -> (
+        serde_json::Map<String, serde_json::Value>,
+        serde_json::Map<String, serde_json::Value>,
+        u64,
+    ) {
+        let l = &self.s.layout;
+        let diff = self.is_differencing();
+        let mut payload = serde_json::Map::new();
+        let mut bitmaps = serde_json::Map::new();
+        let mut stored = 0u64;
+        for i in 0..l.total_entries {
+            let st = bat::state(self.s.bat[i as usize]);
+            let (map, name) = if l.is_bitmap_index(i) {
+                (&mut bitmaps, bat::bitmap_state_name(st))
+            } else {
+                if i - i / (l.chunk_ratio + 1) >= l.data_blocks {
+                    continue;
+                }
+                if matches!(
+                    st,
+                    bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT
+                ) {
+                    stored += 1;
+                }
+                (&mut payload, bat::payload_state_name(st, diff))
+            };
+            let key = name
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("invalid_{st}"));
+            let n = map.get(&key).and_then(|v| v.as_u64()).unwrap_or(0);
+            map.insert(key, json!(n + 1));
+        }
+        (payload, bitmaps, stored)
+    }
+}
+
+impl VirtualDisk for VhdxDisk {
+    fn virtual_size(&self) -> u64 {
+        self.s.metadata.virtual_size
+    }
+
+    fn logical_sector_size(&self) -> u32 {
+        self.s.metadata.logical_sector_size
+    }
+
+    fn physical_sector_size(&self) -> u32 {
+        self.s.metadata.physical_sector_size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(self.virtual_size(), offset, buf.len())?;
+        let bs = self.s.layout.block_size;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let in_off = pos % bs;
+            let n = ((bs - in_off) as usize).min(buf.len() - done);
+            self.read_block(pos / bs, in_off, &mut buf[done..done + n], pos)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        check_range(self.virtual_size(), offset, buf.len())?;
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "VHDX writing is not implemented yet",
+        ))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.storage.flush().map_err(io_err("VHDX file", 0))
+    }
+
+    fn map(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
+        let size = self.virtual_size();
+        let end = offset.saturating_add(length).min(size);
+        let l = &self.s.layout;
+        let bs = l.block_size;
+        let diff = self.is_differencing();
+        let mut list = ExtentList::default();
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / bs;
+            let in_off = pos % bs;
+            let n = (bs - in_off).min(end - pos);
+            let idx = l.payload_index(block);
+            match bat::state(self.s.bat[idx as usize]) {
+                bat::PAYLOAD_FULLY_PRESENT => {
+                    let data = self.block_offset(idx, bs)?;
+                    list.push(pos, n, ExtentKind::Data, Some(data + in_off));
+                }
+                bat::PAYLOAD_NOT_PRESENT if diff => list.push(pos, n, ExtentKind::Parent, None),
+                bat::PAYLOAD_NOT_PRESENT
+                | bat::PAYLOAD_UNDEFINED
+                | bat::PAYLOAD_ZERO
+                | bat::PAYLOAD_UNMAPPED => list.push(pos, n, ExtentKind::Zero, None),
+                bat::PAYLOAD_PARTIALLY_PRESENT if diff => {
+                    let data = self.block_offset(idx, bs)?;
+                    for (s, len, present) in self.sector_runs(block, in_off, n)? {
+                        let vpos = pos - in_off + s;
+                        if present {
+                            list.push(vpos, len, ExtentKind::Data, Some(data + s));
+                        } else {
+                            list.push(vpos, len, ExtentKind::Parent, None);
+                        }
+                    }
+                }
+                st => {
+                    return Err(self.s.corrupt_entry(
+                        idx,
+                        format!("payload block {block} has invalid state {st}"),
+                    ));
+                }
+            }
+            pos += n;
+        }
+        Ok(list.into_vec())
+    }
+
+    fn info(&self) -> ImageInfo {
+        let s = &self.s;
+        let m = &s.metadata;
+        let (payload, bitmaps, stored) = self.count_states();
+        let headers: Vec<serde_json::Value> = s
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| {
+                let mut v = slot.header.to_json();
+                v["slot"] = json!(i + 1);
+                v["offset"] = json!(slot.offset);
+                v["valid"] = json!(slot.is_valid());
+                v["problem"] = json!(slot.problem);
+                v["current"] = json!(i == s.current);
+                v
+            })
+            .collect();
+        let h = s.header();
+        let details = json!({
+            "creator": s.creator,
+            "headers": headers,
+            "region_table": {
+                "copy_used": s.region_table_used + 1,
+                "problems": s.region_table_problems,
+                "entries": s.region_table.entries.iter().map(RegionTableEntry::to_json).collect::<Vec<_>>(),
+            },
+            "metadata": m.to_json(),
+            "file_parameters": {
+                "block_size": m.block_size,
+                "leave_block_allocated": m.leave_block_allocated,
+                "has_parent": m.has_parent,
+            },
+            "chunk_ratio": s.layout.chunk_ratio,
+            "bat": {
+                "offset": s.bat_region.file_offset,
+                "entries": s.layout.total_entries,
+                "payload_blocks": s.layout.data_blocks,
+                "sector_bitmap_blocks": s.layout.bitmap_blocks,
+                "payload_states": payload,
+                "sector_bitmap_states": bitmaps,
+            },
+            "log": {
+                "offset": h.log_offset,
+                "length": h.log_length,
+                "guid": h.log_guid().to_string(),
+                "state": self.log_replay.as_str(),
+                "replayed": self.log_sequence.to_json(),
+            },
+            "parent_locator": m.parent_locator.as_ref().map(|p| p.to_json()),
+        });
+        let allocated = (stored * s.layout.block_size).min(m.virtual_size);
+        ImageInfo {
+            format: Format::Vhdx,
+            disk_type: if m.has_parent {
+                DiskType::Differencing
+            } else if m.leave_block_allocated {
+                DiskType::Fixed
+            } else {
+                DiskType::Dynamic
+            },
+            virtual_size: m.virtual_size,
+            file_size: self.storage.inner().len().unwrap_or(0),
+            logical_sector_size: m.logical_sector_size,
+            physical_sector_size: m.physical_sector_size,
+            block_size: Some(u64::from(m.block_size)),
+            disk_id: Some(m.page_83.to_string()),
+            creator: Some(s.creator.clone()),
+            allocated_bytes: allocated,
+            parent: self.parent.as_ref().map(Parent::info),
+            warnings: self.warnings.clone(),
+            vhd: None,
+            vhdx: Some(details),
+        }
+    }
+
+    fn parent_link_id(&self) -> Option<Uuid> {
+        Some(self.s.header().data_write_guid())
+    }
+}
