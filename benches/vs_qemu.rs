@@ -4,7 +4,12 @@
 //! the rest zeros, interleaved in 1 MiB pieces), then times
 //! raw -> dynamic VHD and dynamic VHD -> raw with both tools and prints the
 //! ratios (qemu-img time / vhdkit time: above 1 means vhdkit is faster).
-//! Each conversion is run `VHDKIT_BENCH_RUNS` times (default 3) and the best
+//! Then, on a dynamic VHDX made from the same image by qemu-img: VHDX -> raw
+//! with both tools, and 4 KiB reads at a fixed stride that scatters them over
+//! the whole disk (the same offsets for both), through the library and with
+//! `qemu-img bench` (page cache, queue depth 1 and 16; the better qemu figure
+//! is the one compared).
+//! Each measurement is run `VHDKIT_BENCH_RUNS` times (default 3) and the best
 //! time kept. Run with `cargo bench --bench vs_qemu`; set
 //! `VHDKIT_BENCH_SIZE` (e.g. `256M`) for a quicker look.
 
@@ -32,27 +37,20 @@ fn main() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-vs-qemu");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("bench dir");
-    let src = dir.join("mixed.raw");
-    make_mixed(&src, size);
-    let vhdkit = env!("CARGO_BIN_EXE_vhdkit");
     let p = |n: &str| dir.join(n).to_string_lossy().into_owned();
-    let s = src.to_string_lossy().into_owned();
-
+    let src = p("mixed.raw");
+    make_mixed(Path::new(&src), size);
     println!(
         "source: {} MiB mixed raw image, best of {runs} runs",
         size / MIB
     );
-    let mut rows = Vec::new();
-    let ours = best(runs, &p("v.vhd"), || {
-        run(
-            vhdkit,
-            &["convert", "-q", "--force", "-O", "vhd", &s, &p("v.vhd")],
-        )
-    });
-    let theirs = best(runs, &p("q.vhd"), || {
-        run(
-            "qemu-img",
-            &[
+
+    // (name, vhdkit args, qemu-img args, output of each)
+    let conversions: [(&str, Vec<String>, Vec<String>, String, String); 3] = [
+        (
+            "raw -> dynamic VHD",
+            args(&["convert", "-q", "--force", "-O", "vhd", &src, &p("v.vhd")]),
+            args(&[
                 "convert",
                 "-f",
                 "raw",
@@ -60,16 +58,15 @@ fn main() {
                 "vpc",
                 "-o",
                 "subformat=dynamic,force_size=on",
-                &s,
+                &src,
                 &p("q.vhd"),
-            ],
-        )
-    });
-    rows.push(("raw -> dynamic VHD", ours, theirs));
-    let ours = best(runs, &p("v.raw"), || {
-        run(
-            vhdkit,
-            &[
+            ]),
+            p("v.vhd"),
+            p("q.vhd"),
+        ),
+        (
+            "dynamic VHD -> raw",
+            args(&[
                 "convert",
                 "-q",
                 "--force",
@@ -77,13 +74,8 @@ fn main() {
                 "raw",
                 &p("q.vhd"),
                 &p("v.raw"),
-            ],
-        )
-    });
-    let theirs = best(runs, &p("q.raw"), || {
-        run(
-            "qemu-img",
-            &[
+            ]),
+            args(&[
                 "convert",
                 "-f",
                 "vpc",
@@ -91,26 +83,58 @@ fn main() {
                 "raw",
                 &p("q.vhd"),
                 &p("q.raw"),
-            ],
-        )
-    });
-    rows.push(("dynamic VHD -> raw", ours, theirs));
+            ]),
+            p("v.raw"),
+            p("q.raw"),
+        ),
+        (
+            "dynamic VHDX -> raw",
+            args(&[
+                "convert",
+                "-q",
+                "--force",
+                "-O",
+                "raw",
+                &p("q.vhdx"),
+                &p("x.raw"),
+            ]),
+            args(&[
+                "convert",
+                "-f",
+                "vhdx",
+                "-O",
+                "raw",
+                &p("q.vhdx"),
+                &p("y.raw"),
+            ]),
+            p("x.raw"),
+            p("y.raw"),
+        ),
+    ];
+    // The VHDX input, written by qemu-img.
+    assert!(run(
+        "qemu-img",
+        &args(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vhdx",
+            "-o",
+            "subformat=dynamic",
+            &src,
+            &p("q.vhdx")
+        ])
+    ));
 
-    // Both tools must have produced the same content.
-    assert!(
-        run("cmp", &[&s, &p("v.raw")]),
-        "vhdkit output differs from the source"
-    );
-    assert!(
-        run("cmp", &[&s, &p("q.raw")]),
-        "qemu-img output differs from the source"
-    );
-
+    let vhdkit = env!("CARGO_BIN_EXE_vhdkit");
     println!(
         "{:<22} {:>10} {:>10} {:>8}",
         "conversion", "vhdkit", "qemu-img", "ratio"
     );
-    for (name, ours, theirs) in rows {
+    for (name, ours_args, qemu_args, ours_out, qemu_out) in &conversions {
+        let ours = best(runs, ours_out, || run(vhdkit, ours_args));
+        let theirs = best(runs, qemu_out, || run("qemu-img", qemu_args));
         println!(
             "{name:<22} {:>9.3}s {:>9.3}s {:>7.2}x",
             ours.as_secs_f64(),
@@ -118,7 +142,81 @@ fn main() {
             theirs.as_secs_f64() / ours.as_secs_f64()
         );
     }
+    // Both tools must have produced the same content.
+    for out in [p("v.raw"), p("q.raw"), p("x.raw"), p("y.raw")] {
+        assert!(
+            run("cmp", &args(&[&src, &out])),
+            "{out} differs from the source"
+        );
+    }
+
+    let count = 200_000u64;
+    let ours = (0..runs)
+        .map(|_| strided_reads(&dir.join("q.vhdx"), size, count))
+        .min()
+        .expect("runs");
+    let theirs = [1u32, 16]
+        .iter()
+        .map(|depth| {
+            best(runs, &p("unused"), || {
+                run(
+                    "qemu-img",
+                    &args(&[
+                        "bench",
+                        "-q",
+                        "-f",
+                        "vhdx",
+                        "-t",
+                        "writeback",
+                        "-c",
+                        &count.to_string(),
+                        "-d",
+                        &depth.to_string(),
+                        "-s",
+                        "4096",
+                        "-S",
+                        &STRIDE.to_string(),
+                        &p("q.vhdx"),
+                    ]),
+                )
+            })
+        })
+        .min()
+        .expect("depths");
+    let rate = |d: Duration| count as f64 / d.as_secs_f64();
+    println!(
+        "4 KiB strided reads, dynamic VHDX: vhdkit {:.0}/s, qemu-img bench {:.0}/s, ratio {:.2}x",
+        rate(ours),
+        rate(theirs),
+        rate(ours) / rate(theirs)
+    );
     let _ = fs::remove_dir_all(&dir);
+}
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+/// Distance between consecutive 4 KiB reads: a prime number of 4 KiB units
+/// (about 31 MiB), so the offsets visit blocks all over the disk.
+const STRIDE: u64 = 7_919 * 4096;
+
+/// Time `count` 4 KiB reads through the library at the offsets `qemu-img
+/// bench -S STRIDE` uses: start at 0, add the stride, wrap at the end.
+fn strided_reads(path: &Path, size: u64, count: u64) -> Duration {
+    let disk = vhdkit::open(path, &vhdkit::OpenOptions::new()).expect("open VHDX");
+    assert_eq!(disk.virtual_size(), size);
+    let mut buf = [0u8; 4096];
+    let mut off = 0u64;
+    let t = Instant::now();
+    for _ in 0..count {
+        disk.read_at(&mut buf, off).expect("read");
+        off += STRIDE;
+        if off + 4096 > size {
+            off = 0;
+        }
+    }
+    t.elapsed()
 }
 
 /// Best wall time of `runs` runs of `f`, removing `out` before each.
@@ -134,9 +232,10 @@ fn best(runs: usize, out: &str, f: impl Fn() -> bool) -> Duration {
         .expect("at least one run")
 }
 
-fn run(cmd: &str, args: &[&str]) -> bool {
+fn run(cmd: &str, args: &[String]) -> bool {
     Command::new(cmd)
         .args(args)
+        .stdout(std::process::Stdio::null())
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
