@@ -45,9 +45,8 @@ fn main() {
         size / MIB
     );
 
-    // (name, vhdkit args, qemu-img args, output of each)
-    let conversions: [(&str, Vec<String>, Vec<String>, String, String); 3] = [
-        (
+    let conversions: [Conversion; 3] = [
+        conversion(
             "raw -> dynamic VHD",
             args(&["convert", "-q", "--force", "-O", "vhd", &src, &p("v.vhd")]),
             args(&[
@@ -64,7 +63,7 @@ fn main() {
             p("v.vhd"),
             p("q.vhd"),
         ),
-        (
+        conversion(
             "dynamic VHD -> raw",
             args(&[
                 "convert",
@@ -87,7 +86,7 @@ fn main() {
             p("v.raw"),
             p("q.raw"),
         ),
-        (
+        conversion(
             "dynamic VHDX -> raw",
             args(&[
                 "convert",
@@ -132,9 +131,10 @@ fn main() {
         "{:<22} {:>10} {:>10} {:>8}",
         "conversion", "vhdkit", "qemu-img", "ratio"
     );
-    for (name, ours_args, qemu_args, ours_out, qemu_out) in &conversions {
-        let ours = best(runs, ours_out, || run(vhdkit, ours_args));
-        let theirs = best(runs, qemu_out, || run("qemu-img", qemu_args));
+    for c in &conversions {
+        let name = c.name;
+        let ours = best(runs, &c.ours_out, || run(vhdkit, &c.ours));
+        let theirs = best(runs, &c.qemu_out, || run("qemu-img", &c.qemu));
         println!(
             "{name:<22} {:>9.3}s {:>9.3}s {:>7.2}x",
             ours.as_secs_f64(),
@@ -191,6 +191,31 @@ fn main() {
         rate(ours) / rate(theirs)
     );
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// One conversion run by both tools.
+struct Conversion {
+    name: &'static str,
+    ours: Vec<String>,
+    qemu: Vec<String>,
+    ours_out: String,
+    qemu_out: String,
+}
+
+fn conversion(
+    name: &'static str,
+    ours: Vec<String>,
+    qemu: Vec<String>,
+    ours_out: String,
+    qemu_out: String,
+) -> Conversion {
+    Conversion {
+        name,
+        ours,
+        qemu,
+        ours_out,
+        qemu_out,
+    }
 }
 
 fn args(a: &[&str]) -> Vec<String> {
