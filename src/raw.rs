@@ -92,6 +92,7 @@ impl VirtualDisk for RawDisk {
             parent: None,
             warnings: Vec::new(),
             vhd: None,
+            evhd: None,
         }
     }
 }

@@ -100,6 +100,9 @@ pub struct ImageInfo {
     /// VHD footer, dynamic header and locators.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vhd: Option<serde_json::Value>,
+    /// EVHD header, recipients and origin record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evhd: Option<serde_json::Value>,
 }
 
 /// Print `info` as an aligned, readable summary.
@@ -143,6 +146,9 @@ pub fn write_info_text(info: &ImageInfo, out: &mut dyn Write) -> io::Result<()> 
     }
     if let Some(v) = &info.vhd {
         flatten("vhd", v, &mut rows);
+    }
+    if let Some(v) = &info.evhd {
+        flatten("evhd", v, &mut rows);
     }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in rows {

@@ -831,6 +831,7 @@ impl VirtualDisk for VhdDisk {
             parent: self.parent.as_ref().map(Parent::info),
             warnings: self.warnings.clone(),
             vhd: Some(details),
+            evhd: None,
         }
     }
 
