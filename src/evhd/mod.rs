@@ -187,11 +187,10 @@ impl EvhdBuilder {
                 "EVHD block size {bs}; expected a power of two from 4 KiB to 1 MiB"
             )));
         }
-        if self.size == 0 || !self.size.is_multiple_of(512) {
-            return Err(Error::invalid_argument(format!(
-                "virtual size {}; expected a non-zero multiple of 512",
-                self.size
-            )));
+        if self.size == 0 {
+            return Err(Error::invalid_argument(
+                "an EVHD needs a virtual size above zero",
+            ));
         }
         for s in [self.logical_sector_size, self.physical_sector_size] {
             if s != 512 && s != 4096 {
