@@ -143,11 +143,11 @@ fn components(text: &str) -> Vec<(String, Vec<u8>)> {
     for line in text.lines() {
         if let Some(name) = line.strip_suffix(':').filter(|l| !l.starts_with(' ')) {
             out.push((name.to_string(), Vec::new()));
-        } else if line.starts_with("    ") {
-            if let Some((_, v)) = out.last_mut() {
-                for h in line.trim().trim_end_matches(':').split(':') {
-                    v.push(u8::from_str_radix(h, 16).unwrap());
-                }
+        } else if line.starts_with("    ")
+            && let Some((_, v)) = out.last_mut()
+        {
+            for h in line.trim().trim_end_matches(':').split(':') {
+                v.push(u8::from_str_radix(h, 16).unwrap());
             }
         }
     }
