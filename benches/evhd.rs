@@ -45,21 +45,50 @@ fn main() {
     }
     run(vhdkit, &["keygen", "--bits", "2048", "-o", &p("k.xml")]);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("source: {} MiB random raw image, best of {runs} runs, {threads} cores", size >> 20);
+    println!(
+        "source: {} MiB random raw image, best of {runs} runs, {threads} cores",
+        size >> 20
+    );
     for cipher in ["aes-256-gcm", "aes-256-gcm-siv"] {
         let enc = best(runs, &p("x.evhd"), || {
             run(
                 vhdkit,
                 &[
-                    "convert", "-q", "--force", "-O", "evhd", "--cipher", cipher, "--recipient",
-                    &p("k.xml"), &p("src.raw"), &p("x.evhd"),
+                    "convert",
+                    "-q",
+                    "--force",
+                    "-O",
+                    "evhd",
+                    "--cipher",
+                    cipher,
+                    "--recipient",
+                    &p("k.xml"),
+                    &p("src.raw"),
+                    &p("x.evhd"),
                 ],
             )
         });
         let dec = best(runs, &p("x.raw"), || {
-            run(vhdkit, &["convert", "-q", "--force", "-O", "raw", "--key", &p("k.xml"), &p("x.evhd"), &p("x.raw")])
+            run(
+                vhdkit,
+                &[
+                    "convert",
+                    "-q",
+                    "--force",
+                    "-O",
+                    "raw",
+                    "--key",
+                    &p("k.xml"),
+                    &p("x.evhd"),
+                    &p("x.raw"),
+                ],
+            )
         });
-        println!("{cipher:<16} raw -> evhd {:>6.2} GB/s   evhd -> raw {:>6.2} GB/s", gbps(size, enc), gbps(size, dec));
+        println!(
+            "{cipher:<16} raw -> evhd {:>6.2} GB/s   evhd -> raw {:>6.2} GB/s",
+            gbps(size, enc),
+            gbps(size, dec)
+        );
     }
     match (openssl_speed(None), openssl_speed(Some(threads))) {
         (Some(one), Some(all)) => println!(
@@ -75,7 +104,11 @@ fn gbps(bytes: u64, t: Duration) -> f64 {
 
 fn run(bin: &str, args: &[&str]) {
     let out = Command::new(bin).args(args).output().expect("run");
-    assert!(out.status.success(), "{bin} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{bin} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn best(runs: usize, output: &str, mut f: impl FnMut()) -> Duration {
@@ -92,7 +125,13 @@ fn best(runs: usize, output: &str, mut f: impl FnMut()) -> Duration {
 
 /// GB/s of `openssl speed -evp aes-256-gcm` on 64 KiB buffers.
 fn openssl_speed(multi: Option<usize>) -> Option<f64> {
-    let mut args = vec!["speed".to_string(), "-seconds".into(), "2".into(), "-bytes".into(), "65536".into()];
+    let mut args = vec![
+        "speed".to_string(),
+        "-seconds".into(),
+        "2".into(),
+        "-bytes".into(),
+        "65536".into(),
+    ];
     if let Some(n) = multi {
         args.extend(["-multi".into(), n.to_string()]);
     }
@@ -100,7 +139,15 @@ fn openssl_speed(multi: Option<usize>) -> Option<f64> {
     let out = Command::new("openssl").args(&args).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     // Last line: "AES-256-GCM   1234567.89k" (thousands of bytes per second).
-    let line = text.lines().rev().find(|l| l.to_ascii_lowercase().starts_with("aes-256-gcm"))?;
-    let v = line.split_whitespace().last()?.trim_end_matches('k').parse::<f64>().ok()?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.to_ascii_lowercase().starts_with("aes-256-gcm"))?;
+    let v = line
+        .split_whitespace()
+        .last()?
+        .trim_end_matches('k')
+        .parse::<f64>()
+        .ok()?;
     Some(v * 1000.0 / 1e9)
 }
