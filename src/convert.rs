@@ -32,6 +32,8 @@ pub struct ImageSpec {
     pub block_size: Option<u64>,
     /// Parent of a differencing image.
     pub parent: Option<PathBuf>,
+    /// Recipients, cipher and origin record of an EVHD output.
+    pub evhd: Option<crate::evhd::EvhdOptions>,
 }
 
 impl ImageSpec {
@@ -45,6 +47,7 @@ impl ImageSpec {
             },
             block_size: None,
             parent: None,
+            evhd: None,
         }
     }
 }
@@ -133,6 +136,27 @@ pub fn create_in(
             // it is synced once, before it is renamed into place.
             d.set_write_barriers(false);
             Ok(Box::new(d))
+        }
+        Format::Evhd => {
+            let o = spec.evhd.as_ref().ok_or_else(|| {
+                Error::invalid_argument("an EVHD needs at least one recipient (--recipient)")
+            })?;
+            if spec.disk_type != DiskType::Dynamic {
+                return Err(Error::invalid_argument("EVHD images are always dynamic"));
+            }
+            let mut b = crate::evhd::EvhdBuilder::new(size)
+                .cipher(o.cipher)
+                .origin(o.origin);
+            if o.origin.logical_sector_size == 4096 {
+                b = b.sector_sizes(4096, o.origin.physical_sector_size.max(4096));
+            }
+            if let Some(bs) = spec.block_size {
+                b = b.block_size(bs);
+            }
+            for (k, l) in &o.recipients {
+                b = b.recipient(k.clone(), l);
+            }
+            Ok(Box::new(b.create(storage, path.map(Path::to_path_buf))?))
         }
         other => Err(Error::new(
             ErrorKind::Unsupported,

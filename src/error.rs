@@ -30,6 +30,14 @@ pub enum ErrorKind {
     NeedsRepair,
     /// A read or write went past the end of the virtual disk.
     OutOfBounds,
+    /// An encrypted image was opened without a key; only public fields can be read.
+    KeyRequired,
+    /// None of the given keys is a recipient of the encrypted image.
+    KeyMismatch,
+    /// A key file is malformed or its components are inconsistent.
+    InvalidKey,
+    /// A MAC or authentication tag did not verify: tampering, damage or a wrong key.
+    Authentication,
 }
 
 impl ErrorKind {
@@ -45,6 +53,10 @@ impl ErrorKind {
             ErrorKind::ReadOnly => "read-only",
             ErrorKind::NeedsRepair => "needs-repair",
             ErrorKind::OutOfBounds => "out-of-bounds",
+            ErrorKind::KeyRequired => "key-required",
+            ErrorKind::KeyMismatch => "key-mismatch",
+            ErrorKind::InvalidKey => "invalid-key",
+            ErrorKind::Authentication => "authentication",
         }
     }
 }

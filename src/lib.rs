@@ -15,6 +15,7 @@ pub mod checksum;
 pub mod convert;
 pub mod disk;
 pub mod error;
+pub mod evhd;
 pub mod guid;
 pub mod io;
 pub mod parent;
@@ -25,6 +26,7 @@ pub mod vhd;
 pub mod vhdx;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use disk::{Extent, ExtentKind, VirtualDisk};
 pub use error::{Error, ErrorKind, Result};
@@ -45,6 +47,8 @@ pub struct OpenOptions {
     pub ignore_parent_id: bool,
     /// Use this file as the parent instead of the recorded locations.
     pub parent_path: Option<PathBuf>,
+    /// Private keys to try on encrypted (EVHD) images.
+    pub keys: Vec<Arc<evhd::keys::PrivateKey>>,
 }
 
 impl OpenOptions {
@@ -76,12 +80,20 @@ impl OpenOptions {
         self.parent_path = path;
         self
     }
+
+    /// Also try `key` on encrypted images.
+    pub fn key(mut self, key: Arc<evhd::keys::PrivateKey>) -> Self {
+        self.keys.push(key);
+        self
+    }
 }
 
 /// Detect the container format from signatures.
 pub fn detect(storage: &dyn Storage) -> Format {
     if vhdx::probe(storage) {
         Format::Vhdx
+    } else if evhd::probe(storage) {
+        Format::Evhd
     } else if vhd::probe(storage) {
         Format::Vhd
     } else {
@@ -116,6 +128,7 @@ pub fn open_storage(
     Ok(match detect(storage.as_ref()) {
         Format::Vhd => Box::new(vhd::VhdDisk::open(storage, path_buf, opts, chain)?),
         Format::Vhdx => Box::new(vhdx::VhdxDisk::open(storage, path_buf, opts, chain)?),
+        Format::Evhd => Box::new(evhd::EvhdDisk::open(storage, path_buf, opts)?),
         _ => Box::new(raw::RawDisk::open(storage, path_buf)?),
     })
 }
@@ -128,6 +141,11 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
     match detect(&storage) {
         Format::Vhd => vhd::check::check(&storage, &mut report, repair),
         Format::Vhdx => vhdx::check::check(&storage, &mut report, repair),
+        Format::Evhd => evhd::check::check(
+            Box::new(FileStorage::open(path, false)?),
+            &opts.keys,
+            &mut report,
+        ),
         _ => Ok(()),
     }
     .map_err(|e| e.with_path(path))?;

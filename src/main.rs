@@ -3,11 +3,15 @@
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use vhdkit::convert::{self, ImageSpec};
+use vhdkit::evhd::cipher::CipherId;
+use vhdkit::evhd::header::Origin;
+use vhdkit::evhd::keys::{DEFAULT_BITS, KeyFile, PrivateKey, PublicKey};
 use vhdkit::report::{self, DiskType, Format};
 use vhdkit::size::parse_size;
 use vhdkit::{Error, ErrorKind, OpenOptions};
@@ -32,13 +36,87 @@ struct ParentArgs {
     /// Accept a parent whose identity does not match the child's record.
     #[arg(long)]
     ignore_parent_id: bool,
+    /// Private key (KeyPair.xml or PEM) for encrypted (EVHD) images; repeatable.
+    #[arg(long = "key", value_name = "KEY", value_parser = parse_private_key)]
+    key: Vec<Arc<PrivateKey>>,
 }
 
 impl ParentArgs {
     fn options(&self) -> OpenOptions {
-        OpenOptions::new()
+        let mut o = OpenOptions::new()
             .ignore_parent_id(self.ignore_parent_id)
-            .parent_path(self.parent_file.clone())
+            .parent_path(self.parent_file.clone());
+        o.keys = self.key.clone();
+        o
+    }
+}
+
+/// A private key given on the command line, loaded while parsing.
+fn parse_private_key(s: &str) -> Result<Arc<PrivateKey>, String> {
+    KeyFile::read(Path::new(s))
+        .and_then(KeyFile::into_private)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+/// A recipient given on the command line: its key and a default label
+/// (the key file's name).
+#[derive(Clone)]
+struct RecipientArg {
+    key: PublicKey,
+    name: String,
+}
+
+fn parse_recipient(s: &str) -> Result<RecipientArg, String> {
+    let path = Path::new(s);
+    let key = KeyFile::read(path).map_err(|e| e.to_string())?;
+    Ok(RecipientArg {
+        key: key.public().clone(),
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    })
+}
+
+/// Recipients of a new EVHD: `--recipient` keys with `--label`s in order.
+#[derive(Args, Clone, Default)]
+struct RecipientArgs {
+    /// EVHD output: a recipient's public or private key (KeyPair.xml or PEM); repeatable.
+    #[arg(long = "recipient", value_name = "PUB", value_parser = parse_recipient)]
+    recipient: Vec<RecipientArg>,
+    /// Label of the recipient in the same position (default: the key file's name).
+    #[arg(long = "label", value_name = "TEXT")]
+    label: Vec<String>,
+}
+
+impl RecipientArgs {
+    fn list(&self) -> Vec<(PublicKey, String)> {
+        self.recipient
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let label = self.label.get(i).cloned().unwrap_or_else(|| r.name.clone());
+                (r.key.clone(), label)
+            })
+            .collect()
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CipherArg {
+    #[value(name = "aes-256-gcm")]
+    Aes256Gcm,
+    #[value(name = "aes-256-gcm-siv")]
+    Aes256GcmSiv,
+}
+
+impl From<CipherArg> for CipherId {
+    fn from(c: CipherArg) -> CipherId {
+        match c {
+            CipherArg::Aes256Gcm => CipherId::Aes256Gcm,
+            CipherArg::Aes256GcmSiv => CipherId::Aes256GcmSiv,
+        }
     }
 }
 
@@ -120,6 +198,11 @@ enum Command {
         dst: PathBuf,
         #[command(flatten)]
         parent: ParentArgs,
+        #[command(flatten)]
+        recipients: RecipientArgs,
+        /// Cipher of an EVHD output.
+        #[arg(long, default_value = "aes-256-gcm")]
+        cipher: CipherArg,
     },
     /// Compare the content of two images (exit 0 same, 1 different, 2 error).
     Compare {
@@ -153,6 +236,95 @@ enum Command {
         length: Option<String>,
         #[command(flatten)]
         parent: ParentArgs,
+    },
+    /// Create a new RSA key pair in the .NET KeyPair.xml form.
+    Keygen {
+        /// Modulus size in bits (at least 2048).
+        #[arg(long, default_value_t = DEFAULT_BITS)]
+        bits: usize,
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Inspect and convert key files.
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+    /// List, add or remove the recipients of an EVHD.
+    Recipients {
+        #[command(subcommand)]
+        cmd: RecipientsCmd,
+    },
+    /// Give an EVHD a new master key and re-encrypt every block (resumable).
+    Rekey {
+        image: PathBuf,
+        /// Private key of a recipient.
+        #[arg(long = "key", value_name = "KEY", value_parser = parse_private_key, required = true)]
+        key: Vec<Arc<PrivateKey>>,
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Show a key's fingerprint, size and kind.
+    Show {
+        key: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the public half as KeyPair.xml (Modulus and Exponent only).
+    Public {
+        key: PathBuf,
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write the key as PEM (PKCS#8 private key, or with --public the public key).
+    ExportPem {
+        key: PathBuf,
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+        /// Export only the public key.
+        #[arg(long)]
+        public: bool,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecipientsCmd {
+    /// List the recipients (no key needed).
+    List {
+        image: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add recipients; needs the key of an existing recipient.
+    Add {
+        image: PathBuf,
+        #[arg(long = "key", value_name = "KEY", value_parser = parse_private_key, required = true)]
+        key: Vec<Arc<PrivateKey>>,
+        #[command(flatten)]
+        recipients: RecipientArgs,
+    },
+    /// Remove a recipient by fingerprint (at least 8 hex digits) or key file.
+    Remove {
+        image: PathBuf,
+        #[arg(long = "key", value_name = "KEY", value_parser = parse_private_key, required = true)]
+        key: Vec<Arc<PrivateKey>>,
+        /// Fingerprint (prefix) of the recipient to remove.
+        #[arg(long, required_unless_present = "recipient")]
+        fingerprint: Option<String>,
+        /// Key file of the recipient to remove.
+        #[arg(long, value_parser = parse_recipient)]
+        recipient: Option<RecipientArg>,
     },
 }
 
@@ -304,8 +476,12 @@ fn run(cmd: Command) -> Outcome {
             src,
             dst,
             parent,
+            recipients,
+            cipher,
         } => {
             let disk = vhdkit::open(&src, &parent.options()).map_err(fail1)?;
+            let src_info = disk.info();
+            let origin = Origin::from_info(&src_info);
             let size = disk.virtual_size();
             let bar = progress_bar(size, quiet);
             let mut tick = |done: u64| {
@@ -323,7 +499,18 @@ fn run(cmd: Command) -> Outcome {
                 convert::stream_raw(disk.as_ref(), &mut out, &mut tick).map_err(fail1)?;
             } else {
                 refuse_same_file(&src, &dst).map_err(fail1)?;
-                let format = output_format(format, &dst).map_err(fail1)?;
+                // From an EVHD, an unknown extension restores the origin format.
+                let format = match (output_format(format, &dst), origin.and_then(|o| o.format)) {
+                    (Ok(f), _) => f,
+                    (Err(_), Some(f)) if f != Format::Evhd => f,
+                    (Err(e), _) => return Err(fail1(e)),
+                };
+                if format == Format::Vhdx {
+                    return Err(fail1(Error::new(
+                        ErrorKind::Unsupported,
+                        "VHDX output is not available yet; pass -O vhd or -O raw",
+                    )));
+                }
                 let out = convert::OutputOptions {
                     overwrite: force,
                     sync,
@@ -336,6 +523,24 @@ fn run(cmd: Command) -> Outcome {
                     .map_err(fail1)?;
                 if let Some(t) = disk_type {
                     spec.disk_type = t.into();
+                }
+                // Restore the origin's type and block size unless overridden.
+                if let Some(o) = origin.filter(|o| o.format == Some(format)) {
+                    if disk_type.is_none()
+                        && let Some(t) = o.disk_type
+                    {
+                        spec.disk_type = t;
+                    }
+                    if spec.block_size.is_none() && o.block_size != 0 && format != Format::Raw {
+                        spec.block_size = Some(u64::from(o.block_size));
+                    }
+                }
+                if format == Format::Evhd {
+                    spec.evhd = Some(vhdkit::evhd::EvhdOptions {
+                        recipients: recipients.list(),
+                        cipher: cipher.into(),
+                        origin: Origin::of(&src_info),
+                    });
                 }
                 match base {
                     Some(b) => {
@@ -472,6 +677,51 @@ fn run(cmd: Command) -> Outcome {
                 .map_err(|e| fail1(e.with_path(&image)))?;
             Ok(0)
         }
+        Command::Keygen {
+            bits,
+            output,
+            force,
+        } => {
+            let key = PrivateKey::generate(bits).map_err(fail1)?;
+            write_key_file(&output, key.to_xml().as_bytes(), true, force).map_err(fail1)?;
+            println!(
+                "{}  {} bits  {}",
+                key.fingerprint().short(),
+                bits,
+                output.display()
+            );
+            Ok(0)
+        }
+        Command::Key { cmd } => run_key(cmd),
+        Command::Recipients { cmd } => run_recipients(cmd),
+        Command::Rekey { image, key, quiet } => {
+            let mut opts = OpenOptions::new().writable(true);
+            opts.keys = key;
+            let mut disk = vhdkit::evhd::EvhdDisk::open(
+                Box::new(vhdkit::io::FileStorage::open(&image, true).map_err(fail1)?),
+                Some(image.clone()),
+                &opts,
+            )
+            .map_err(|e| fail1(e.with_path(&image)))?;
+            let resumed = disk.rekey_in_progress();
+            let bar = progress_bar(0, quiet);
+            disk.rekey(&mut |done, total| {
+                if let Some(b) = &bar {
+                    b.set_length(total);
+                    b.set_position(done);
+                }
+            })
+            .map_err(|e| fail1(e.with_path(&image)))?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            println!(
+                "rekeyed{}: new master key, key epoch {}",
+                if resumed { " (resumed)" } else { "" },
+                disk.header().epoch
+            );
+            Ok(0)
+        }
     }
 }
 
@@ -489,6 +739,188 @@ fn emit<T: serde::Serialize + ?Sized>(
     } else {
         text(value, &mut out).map_err(stdout_err)
     }
+}
+
+fn run_key(cmd: KeyCmd) -> Outcome {
+    let read = |p: &Path| KeyFile::read(p).map_err(fail1);
+    match cmd {
+        KeyCmd::Show { key, json } => {
+            let k = read(&key)?;
+            let p = k.public();
+            let kind = match k {
+                KeyFile::Private(_) => "private",
+                KeyFile::Public(_) => "public",
+            };
+            let mut out = std::io::stdout().lock();
+            if json {
+                let v = serde_json::json!({
+                    "fingerprint": p.fingerprint().hex(),
+                    "short": p.fingerprint().short(),
+                    "bits": p.bits(),
+                    "kind": kind,
+                });
+                print_json(&v, &mut out)?;
+            } else {
+                writeln!(out, "fingerprint  {}", p.fingerprint().hex()).map_err(stdout_err)?;
+                writeln!(out, "short        {}", p.fingerprint().short()).map_err(stdout_err)?;
+                writeln!(out, "bits         {}", p.bits()).map_err(stdout_err)?;
+                writeln!(out, "kind         {kind}").map_err(stdout_err)?;
+            }
+            Ok(0)
+        }
+        KeyCmd::Public { key, output, force } => {
+            let k = read(&key)?;
+            write_key_file(&output, k.public().to_xml().as_bytes(), false, force).map_err(fail1)?;
+            Ok(0)
+        }
+        KeyCmd::ExportPem {
+            key,
+            output,
+            public,
+            force,
+        } => {
+            let k = read(&key)?;
+            if public {
+                let pem = k.public().to_pem().map_err(fail1)?;
+                write_key_file(&output, pem.as_bytes(), false, force).map_err(fail1)?;
+            } else {
+                let pem = k.into_private().and_then(|k| k.to_pem()).map_err(fail1)?;
+                write_key_file(&output, pem.as_bytes(), true, force).map_err(fail1)?;
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn open_evhd(
+    image: &Path,
+    keys: Vec<Arc<PrivateKey>>,
+    writable: bool,
+) -> Result<vhdkit::evhd::EvhdDisk, (Error, u8)> {
+    let mut opts = OpenOptions::new().writable(writable);
+    opts.keys = keys;
+    let storage = vhdkit::io::FileStorage::open(image, writable).map_err(fail1)?;
+    if !vhdkit::evhd::probe(&storage) {
+        return Err(fail1(
+            Error::invalid_argument("not an EVHD image").with_path(image),
+        ));
+    }
+    vhdkit::evhd::EvhdDisk::open(Box::new(storage), Some(image.to_path_buf()), &opts)
+        .map_err(|e| fail1(e.with_path(image)))
+}
+
+fn run_recipients(cmd: RecipientsCmd) -> Outcome {
+    match cmd {
+        RecipientsCmd::List { image, json } => {
+            let disk = open_evhd(&image, Vec::new(), false)?;
+            let mut out = std::io::stdout().lock();
+            let list: Vec<_> = disk
+                .recipients()
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "fingerprint": s.key.fingerprint().hex(),
+                        "short": s.key.fingerprint().short(),
+                        "bits": s.key.bits(),
+                        "label": s.label,
+                    })
+                })
+                .collect();
+            if json {
+                print_json(&list, &mut out)?;
+            } else {
+                for s in disk.recipients() {
+                    writeln!(
+                        out,
+                        "{}  {:>5} bits  {}",
+                        s.key.fingerprint().hex(),
+                        s.key.bits(),
+                        s.label
+                    )
+                    .map_err(stdout_err)?;
+                }
+            }
+            Ok(0)
+        }
+        RecipientsCmd::Add {
+            image,
+            key,
+            recipients,
+        } => {
+            let list = recipients.list();
+            if list.is_empty() {
+                return Err(fail1(Error::invalid_argument(
+                    "give the keys to add with --recipient",
+                )));
+            }
+            let mut disk = open_evhd(&image, key, true)?;
+            for (k, label) in list {
+                disk.add_recipient(&k, &label)
+                    .map_err(|e| fail1(e.with_path(&image)))?;
+                println!("added {}  {label}", k.fingerprint().short());
+            }
+            Ok(0)
+        }
+        RecipientsCmd::Remove {
+            image,
+            key,
+            fingerprint,
+            recipient,
+        } => {
+            let prefix = match (fingerprint, recipient) {
+                (Some(f), _) => f,
+                (None, Some(r)) => r.key.fingerprint().hex(),
+                (None, None) => {
+                    return Err(fail1(Error::invalid_argument(
+                        "give --fingerprint or --recipient",
+                    )));
+                }
+            };
+            let mut disk = open_evhd(&image, key, true)?;
+            let removed = disk
+                .remove_recipient(&prefix)
+                .map_err(|e| fail1(e.with_path(&image)))?;
+            println!(
+                "removed {}  {}",
+                removed.key.fingerprint().short(),
+                removed.label
+            );
+            eprintln!(
+                "note: a removed recipient who kept the master key can still read the image; run `vhdkit rekey` to revoke it"
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// Write a key file; private keys get owner-only permissions.
+fn write_key_file(path: &Path, bytes: &[u8], private: bool, force: bool) -> vhdkit::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true);
+    if force {
+        o.create(true).truncate(true);
+    } else {
+        o.create_new(true);
+    }
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut f = o.open(path).map_err(|e| {
+        Error::io(e, "cannot create the key file (--force replaces it)").with_path(path)
+    })?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(e, "cannot write the key file").with_path(path))
+}
+
+fn print_json(v: &impl serde::Serialize, out: &mut dyn Write) -> Result<(), (Error, u8)> {
+    serde_json::to_writer_pretty(&mut *out, v)
+        .map_err(|e| fail1(Error::invalid_argument(format!("cannot print JSON: {e}"))))?;
+    writeln!(out).map_err(stdout_err)
 }
 
 /// A reader that stopped reading our output (`vhdkit ... | head`) is not an error.

@@ -93,6 +93,7 @@ impl VirtualDisk for RawDisk {
             warnings: Vec::new(),
             vhd: None,
             vhdx: None,
+            evhd: None,
         }
     }
 }

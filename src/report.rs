@@ -103,6 +103,9 @@ pub struct ImageInfo {
     /// VHDX headers, region table, metadata, BAT and log.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vhdx: Option<serde_json::Value>,
+    /// EVHD header, recipients and origin record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evhd: Option<serde_json::Value>,
 }
 
 /// Print `info` as an aligned, readable summary.
@@ -144,11 +147,14 @@ pub fn write_info_text(info: &ImageInfo, out: &mut dyn Write) -> io::Result<()> 
     for w in &info.warnings {
         rows.push(("WARNING".into(), w.clone()));
     }
-    if let Some(v) = &info.vhd {
-        flatten("vhd", v, &mut rows);
-    }
-    if let Some(v) = &info.vhdx {
-        flatten("vhdx", v, &mut rows);
+    for (name, details) in [
+        ("vhd", &info.vhd),
+        ("vhdx", &info.vhdx),
+        ("evhd", &info.evhd),
+    ] {
+        if let Some(v) = details {
+            flatten(name, v, &mut rows);
+        }
     }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in rows {

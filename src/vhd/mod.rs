@@ -967,6 +967,7 @@ impl VirtualDisk for VhdDisk {
             warnings: self.warnings.clone(),
             vhd: Some(details),
             vhdx: None,
+            evhd: None,
         }
     }
 

@@ -774,6 +774,7 @@ impl VirtualDisk for VhdxDisk {
             warnings: self.warnings.clone(),
             vhd: None,
             vhdx: Some(details),
+            evhd: None,
         }
     }
 

@@ -1,0 +1,441 @@
+//! RSA key files: the .NET `KeyPair.xml` form (`RSAKeyValue`) and PEM
+//! (PKCS#8, PKCS#1, SubjectPublicKeyInfo), and key fingerprints.
+//!
+//! Reading is lenient (whitespace, element order, a namespace prefix,
+//! leading zero bytes); validation is strict: a private key whose components
+//! do not form one consistent key is refused with the reason.
+
+use std::fmt;
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use quick_xml::events::Event;
+use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
+use rsa::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
+use rsa::traits::{PrivateKeyParts, PublicKeyParts};
+use rsa::{BigUint, Oaep, RsaPrivateKey, RsaPublicKey};
+use sha2_10::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Smallest modulus `keygen` creates and recipients may have: 2048 bits is
+/// the floor NIST SP 800-57 sets for RSA keys in use after 2010.
+pub const MIN_BITS: usize = 2048;
+/// Largest modulus accepted: bounds the size of a recipient stanza (the
+/// wrapped key is as long as the modulus) and the cost of hostile keys.
+pub const MAX_BITS: usize = 8192;
+/// Default modulus size of `keygen` (NIST: 128-bit security).
+pub const DEFAULT_BITS: usize = 3072;
+/// Domain separation of key fingerprints.
+pub const FINGERPRINT_DOMAIN: &[u8] = b"evhd/v1/rsa-fp";
+/// OAEP label under which the master key is wrapped for each recipient.
+pub const OAEP_LABEL: &str = "evhd/v1/mk";
+/// Hex digits of the short fingerprint form shown in messages.
+pub const SHORT_FINGERPRINT_DIGITS: usize = 16;
+
+/// SHA-256 of `"evhd/v1/rsa-fp" || u32be(len n) || n || u32be(len e) || e`,
+/// with `n` and `e` big-endian without leading zeros.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of the public key `(n, e)`.
+    pub fn of(key: &RsaPublicKey) -> Self {
+        let n = key.n().to_bytes_be();
+        let e = key.e().to_bytes_be();
+        let mut h = Sha256::new();
+        h.update(FINGERPRINT_DOMAIN);
+        h.update((n.len() as u32).to_be_bytes());
+        h.update(&n);
+        h.update((e.len() as u32).to_be_bytes());
+        h.update(&e);
+        Fingerprint(h.finalize().into())
+    }
+
+    /// Lowercase hex of all 32 bytes.
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The first 16 hex digits.
+    pub fn short(&self) -> String {
+        self.hex()[..SHORT_FINGERPRINT_DIGITS].to_string()
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({})", self.short())
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+/// A recipient's public key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    key: RsaPublicKey,
+    fingerprint: Fingerprint,
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "PublicKey({}, {} bits)",
+            self.fingerprint.short(),
+            self.bits()
+        )
+    }
+}
+
+impl PublicKey {
+    fn new(key: RsaPublicKey) -> Result<Self> {
+        let bits = key.n().bits();
+        if !(MIN_BITS..=MAX_BITS).contains(&bits) {
+            return Err(Error::new(
+                ErrorKind::InvalidKey,
+                format!("RSA modulus of {bits} bits; expected {MIN_BITS} to {MAX_BITS}"),
+            ));
+        }
+        let fingerprint = Fingerprint::of(&key);
+        Ok(PublicKey { key, fingerprint })
+    }
+
+    /// The public key of modulus `n` and exponent `e`.
+    pub fn from_parts(n: BigUint, e: BigUint) -> Result<Self> {
+        let k = RsaPublicKey::new(n, e).map_err(|e| invalid(format!("public key: {e}")))?;
+        Self::new(k)
+    }
+
+    /// The key's fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// Big-endian public exponent without leading zeros.
+    pub fn rsa_exponent(&self) -> Vec<u8> {
+        self.key.e().to_bytes_be()
+    }
+
+    /// Modulus size in bits.
+    pub fn bits(&self) -> usize {
+        self.key.n().bits()
+    }
+
+    /// Modulus size in bytes: the length of an OAEP ciphertext.
+    pub fn modulus_len(&self) -> usize {
+        self.key.size()
+    }
+
+    /// Big-endian modulus without leading zeros.
+    pub fn modulus(&self) -> Vec<u8> {
+        self.key.n().to_bytes_be()
+    }
+
+    /// The `rsa` crate's key.
+    pub fn rsa(&self) -> &RsaPublicKey {
+        &self.key
+    }
+
+    /// RSA-OAEP-SHA256 (MGF1-SHA256, label [`OAEP_LABEL`]) encryption of a
+    /// master key.
+    pub fn wrap(&self, secret: &[u8]) -> Result<Vec<u8>> {
+        let padding = Oaep::new_with_label::<Sha256, _>(OAEP_LABEL);
+        self.key
+            .encrypt(&mut rand_core::OsRng, padding, secret)
+            .map_err(|e| Error::new(ErrorKind::InvalidKey, format!("RSA-OAEP encryption: {e}")))
+    }
+
+    /// The .NET `RSAKeyValue` form with Modulus and Exponent only.
+    pub fn to_xml(&self) -> String {
+        format!(
+            "<RSAKeyValue><Modulus>{}</Modulus><Exponent>{}</Exponent></RSAKeyValue>",
+            BASE64.encode(self.key.n().to_bytes_be()),
+            BASE64.encode(self.key.e().to_bytes_be())
+        )
+    }
+
+    /// SubjectPublicKeyInfo PEM (`BEGIN PUBLIC KEY`).
+    pub fn to_pem(&self) -> Result<String> {
+        self.key
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| Error::new(ErrorKind::InvalidKey, format!("PEM encoding: {e}")))
+    }
+}
+
+/// A private key. The `rsa` crate zeroizes its components on drop; every
+/// serialized form this type hands out is in a [`Zeroizing`] buffer.
+#[derive(Clone)]
+pub struct PrivateKey {
+    key: RsaPrivateKey,
+    public: PublicKey,
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "PrivateKey({}, {} bits)",
+            self.public.fingerprint.short(),
+            self.public.bits()
+        )
+    }
+}
+
+impl PrivateKey {
+    fn new(key: RsaPrivateKey) -> Result<Self> {
+        let public = PublicKey::new(key.to_public_key())?;
+        Ok(PrivateKey { key, public })
+    }
+
+    /// Generate a new key pair of `bits` bits (at least [`MIN_BITS`]).
+    pub fn generate(bits: usize) -> Result<Self> {
+        if !(MIN_BITS..=MAX_BITS).contains(&bits) {
+            return Err(Error::invalid_argument(format!(
+                "key size of {bits} bits; expected {MIN_BITS} to {MAX_BITS}"
+            )));
+        }
+        let key = RsaPrivateKey::new(&mut rand_core::OsRng, bits)
+            .map_err(|e| Error::new(ErrorKind::InvalidKey, format!("key generation: {e}")))?;
+        Self::new(key)
+    }
+
+    /// The public half.
+    pub fn public(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// The key's fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.public.fingerprint
+    }
+
+    /// Undo [`PublicKey::wrap`]. Uses blinded decryption
+    /// (RUSTSEC-2023-0071: the unblinded path leaks timing).
+    pub fn unwrap_key(&self, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let padding = Oaep::new_with_label::<Sha256, _>(OAEP_LABEL);
+        self.key
+            .decrypt_blinded(&mut rand_core::OsRng, padding, wrapped)
+            .map(Zeroizing::new)
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Authentication,
+                    "RSA-OAEP unwrapping failed: the recipient stanza or the key file is damaged",
+                )
+            })
+    }
+
+    /// The .NET `RSA.ToXmlString(true)` form: fixed element order, no
+    /// whitespace, D padded to the modulus length and P, Q, DP, DQ,
+    /// InverseQ to half of it.
+    pub fn to_xml(&self) -> Zeroizing<String> {
+        let k = &self.key;
+        let len = k.size();
+        let half = len.div_ceil(2);
+        let enc = |v: &BigUint, width: usize| -> String {
+            let b = Zeroizing::new(v.to_bytes_be());
+            let mut padded = Zeroizing::new(vec![0u8; width.saturating_sub(b.len())]);
+            padded.extend_from_slice(&b);
+            BASE64.encode(&padded[..])
+        };
+        let p = &k.primes()[0];
+        let q = &k.primes()[1];
+        let dp = k.dp().cloned().unwrap_or_default();
+        let dq = k.dq().cloned().unwrap_or_default();
+        let qinv = k.crt_coefficient().unwrap_or_default();
+        Zeroizing::new(format!(
+            "<RSAKeyValue><Modulus>{}</Modulus><Exponent>{}</Exponent><P>{}</P><Q>{}</Q><DP>{}</DP><DQ>{}</DQ><InverseQ>{}</InverseQ><D>{}</D></RSAKeyValue>",
+            BASE64.encode(k.n().to_bytes_be()),
+            BASE64.encode(k.e().to_bytes_be()),
+            enc(p, half),
+            enc(q, half),
+            enc(&dp, half),
+            enc(&dq, half),
+            enc(&qinv, half),
+            enc(k.d(), len),
+        ))
+    }
+
+    /// PKCS#8 PEM (`BEGIN PRIVATE KEY`), as `openssl` writes it.
+    pub fn to_pem(&self) -> Result<Zeroizing<String>> {
+        self.key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| Error::new(ErrorKind::InvalidKey, format!("PEM encoding: {e}")))
+    }
+}
+
+/// A key file's content: a key pair or a public key.
+#[derive(Debug, Clone)]
+pub enum KeyFile {
+    /// A private key (which includes its public key).
+    Private(Box<PrivateKey>),
+    /// A public key only.
+    Public(PublicKey),
+}
+
+impl KeyFile {
+    /// Parse a `KeyPair.xml` or PEM text.
+    pub fn parse(text: &str) -> Result<KeyFile> {
+        if text.contains("-----BEGIN") {
+            parse_pem(text)
+        } else {
+            parse_xml(text)
+        }
+    }
+
+    /// Read and parse the key file at `path`.
+    pub fn read(path: &Path) -> Result<KeyFile> {
+        let bytes = Zeroizing::new(
+            std::fs::read(path)
+                .map_err(|e| Error::io(e, "cannot read key file").with_path(path))?,
+        );
+        let text = std::str::from_utf8(&bytes).map_err(|_| {
+            Error::new(ErrorKind::InvalidKey, "key file is not UTF-8 text").with_path(path)
+        })?;
+        Self::parse(text).map_err(|e| e.with_path(path))
+    }
+
+    /// The public key.
+    pub fn public(&self) -> &PublicKey {
+        match self {
+            KeyFile::Private(k) => k.public(),
+            KeyFile::Public(k) => k,
+        }
+    }
+
+    /// The private key, or an error saying a private key is needed.
+    pub fn into_private(self) -> Result<PrivateKey> {
+        match self {
+            KeyFile::Private(k) => Ok(*k),
+            KeyFile::Public(k) => Err(Error::new(
+                ErrorKind::InvalidKey,
+                format!(
+                    "key {} is a public key; this needs the private key (KeyPair.xml with D, P, Q)",
+                    k.fingerprint().short()
+                ),
+            )),
+        }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidKey, msg)
+}
+
+fn parse_pem(text: &str) -> Result<KeyFile> {
+    let text = text.trim();
+    if text.contains("BEGIN PRIVATE KEY") {
+        let k = RsaPrivateKey::from_pkcs8_pem(text)
+            .map_err(|e| invalid(format!("PKCS#8 private key: {e}")))?;
+        Ok(KeyFile::Private(Box::new(PrivateKey::new(k)?)))
+    } else if text.contains("BEGIN RSA PRIVATE KEY") {
+        let k = RsaPrivateKey::from_pkcs1_pem(text)
+            .map_err(|e| invalid(format!("PKCS#1 private key: {e}")))?;
+        Ok(KeyFile::Private(Box::new(PrivateKey::new(k)?)))
+    } else if text.contains("BEGIN PUBLIC KEY") {
+        let k = RsaPublicKey::from_public_key_pem(text)
+            .map_err(|e| invalid(format!("public key: {e}")))?;
+        Ok(KeyFile::Public(PublicKey::new(k)?))
+    } else if text.contains("BEGIN RSA PUBLIC KEY") {
+        let k = RsaPublicKey::from_pkcs1_pem(text)
+            .map_err(|e| invalid(format!("PKCS#1 public key: {e}")))?;
+        Ok(KeyFile::Public(PublicKey::new(k)?))
+    } else {
+        Err(invalid(
+            "PEM file holds no RSA key (expected PRIVATE KEY, RSA PRIVATE KEY or PUBLIC KEY)",
+        ))
+    }
+}
+
+/// The `RSAKeyValue` element names, in .NET's order.
+const XML_FIELDS: [&str; 8] = ["Modulus", "Exponent", "P", "Q", "DP", "DQ", "InverseQ", "D"];
+
+fn parse_xml(text: &str) -> Result<KeyFile> {
+    let mut reader = quick_xml::Reader::from_str(text);
+    let mut values: [Option<Zeroizing<Vec<u8>>>; 8] = Default::default();
+    let mut current: Option<usize> = None;
+    let mut saw_root = false;
+    loop {
+        let ev = reader
+            .read_event()
+            .map_err(|e| invalid(format!("KeyPair.xml is not well-formed XML: {e}")))?;
+        match ev {
+            Event::Start(e) => {
+                let name = e.local_name();
+                let name = std::str::from_utf8(name.as_ref()).unwrap_or("");
+                if name == "RSAKeyValue" {
+                    saw_root = true;
+                }
+                current = XML_FIELDS.iter().position(|f| *f == name);
+            }
+            Event::Text(t) => {
+                if let Some(i) = current {
+                    let raw = t
+                        .unescape()
+                        .map_err(|e| invalid(format!("KeyPair.xml <{}>: {e}", XML_FIELDS[i])))?;
+                    let clean: Zeroizing<String> =
+                        Zeroizing::new(raw.chars().filter(|c| !c.is_whitespace()).collect());
+                    let bytes = BASE64.decode(clean.as_bytes()).map_err(|e| {
+                        invalid(format!(
+                            "KeyPair.xml <{}> is not base64: {e}",
+                            XML_FIELDS[i]
+                        ))
+                    })?;
+                    if values[i].is_some() {
+                        return Err(invalid(format!(
+                            "KeyPair.xml has <{}> twice",
+                            XML_FIELDS[i]
+                        )));
+                    }
+                    values[i] = Some(Zeroizing::new(bytes));
+                }
+            }
+            Event::End(_) => current = None,
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if !saw_root {
+        return Err(invalid(
+            "not a key file: no <RSAKeyValue> element and no PEM block",
+        ));
+    }
+    let num = |i: usize| -> Result<BigUint> {
+        values[i]
+            .as_ref()
+            .map(|b| BigUint::from_bytes_be(b))
+            .ok_or_else(|| invalid(format!("KeyPair.xml lacks <{}>", XML_FIELDS[i])))
+    };
+    let n = num(0)?;
+    let e = num(1)?;
+    let private_parts = values[2..].iter().filter(|v| v.is_some()).count();
+    if private_parts == 0 {
+        let k = RsaPublicKey::new(n, e).map_err(|e| invalid(format!("public key: {e}")))?;
+        return Ok(KeyFile::Public(PublicKey::new(k)?));
+    }
+    let (p, q, dp, dq, qinv, d) = (num(2)?, num(3)?, num(4)?, num(5)?, num(6)?, num(7)?);
+    let key = RsaPrivateKey::from_components(n.clone(), e, d, vec![p.clone(), q.clone()])
+        .map_err(|e| invalid(format!("inconsistent private key: {e}")))?;
+    if &p * &q != n {
+        return Err(invalid("inconsistent private key: P * Q != Modulus"));
+    }
+    if key.dp() != Some(&dp) {
+        return Err(invalid("inconsistent private key: DP != D mod (P - 1)"));
+    }
+    if key.dq() != Some(&dq) {
+        return Err(invalid("inconsistent private key: DQ != D mod (Q - 1)"));
+    }
+    if key.crt_coefficient().as_ref() != Some(&qinv) {
+        return Err(invalid("inconsistent private key: InverseQ != Q^-1 mod P"));
+    }
+    Ok(KeyFile::Private(Box::new(PrivateKey::new(key)?)))
+}

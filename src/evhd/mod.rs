@@ -1,0 +1,1481 @@
+//! EVHD: vhdkit's encrypted virtual disk container (format version 1).
+//!
+//! The container holds its own sparse, encrypted copy of the virtual disk's
+//! blocks. Layout of the file:
+//!
+//! | offset | size | region |
+//! |---|---|---|
+//! | 0 | 64 KiB | [`header`] copy A |
+//! | 64 KiB | 64 KiB | header copy B |
+//! | 128 KiB | [`journal::region_len`] | [`journal`] |
+//! | table offset | 4 KiB per page | block [`table`] |
+//! | data offset (1 MiB aligned) | block size per slot | data slots |
+//!
+//! Keys are in [`keys`] (RSA key files) and [`cipher`] (the symmetric key
+//! hierarchy); recipients in [`recipient`]; `check` in [`check`]. The byte
+//! layout is described in `docs/evhd-format.md`.
+
+pub mod check;
+pub mod cipher;
+pub mod header;
+pub mod journal;
+pub mod keys;
+pub mod recipient;
+pub mod table;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use serde_json::json;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::disk::{Extent, ExtentKind, ExtentList, VirtualDisk, check_range, is_zero};
+use crate::error::{Error, ErrorKind, Result};
+use crate::io::{Storage, io_err, read_struct};
+use crate::report::{DiskType, Format, ImageInfo};
+use cipher::{CipherId, DataKey, MasterKey, NONCE_LEN, block_aad, random_bytes, random_secret};
+use header::{COPY_OFFSETS, EpochKey, HEADER_SIZE, Header, Origin};
+use keys::{Fingerprint, PrivateKey, PublicKey};
+use recipient::Stanza;
+use table::{ENTRIES_PER_PAGE, Entry, PAGE_SIZE};
+
+/// File offset of the journal: right after the two header copies.
+pub const JOURNAL_OFFSET: u64 = 2 * HEADER_SIZE as u64;
+/// Alignment of the data area, so slots line up with large device blocks.
+pub const DATA_ALIGN: u64 = 1 << 20;
+/// Default block shift: 64 KiB blocks.
+pub const DEFAULT_BLOCK_SHIFT: u8 = 16;
+/// Block writes per key epoch before a new data key is started: random
+/// 96-bit nonces under one AES-GCM key are safe for about 2^32 messages
+/// (NIST SP 800-38D 8.3).
+pub const EPOCH_WRITE_LIMIT: u64 = 1 << 32;
+/// Blocks re-encrypted between two commits of a rekey (64 MiB at the
+/// default block size): bounds the work a crash can lose.
+pub const REKEY_BATCH: usize = 1024;
+/// Bytes encrypted per step of a large write: bounds the ciphertext buffer.
+const WRITE_BATCH_BYTES: usize = 8 << 20;
+/// Structure names in errors.
+const DATA: &str = "EVHD data block";
+const TABLE: &str = "EVHD block table";
+
+/// Whether `storage` holds an EVHD container: the signature at the start of
+/// header copy A or B.
+pub fn probe(storage: &dyn Storage) -> bool {
+    COPY_OFFSETS.iter().any(|&o| {
+        let mut m = [0u8; 8];
+        storage.read_at(&mut m, o).is_ok() && m == header::MAGIC
+    })
+}
+
+/// Threads used for block crypto.
+fn threads() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Run `f` over `items`, split into contiguous groups on up to
+/// [`threads`] threads; the first error wins.
+fn par_each<T: Send>(items: Vec<T>, f: impl Fn(T) -> Result<()> + Sync) -> Result<()> {
+    let n = threads().min(items.len() / 2).max(1);
+    if n == 1 {
+        return items.into_iter().try_for_each(f);
+    }
+    let per = items.len().div_ceil(n);
+    let mut groups: Vec<Vec<T>> = Vec::with_capacity(n);
+    let mut it = items.into_iter();
+    loop {
+        let g: Vec<T> = it.by_ref().take(per).collect();
+        if g.is_empty() {
+            break;
+        }
+        groups.push(g);
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        let last = groups.pop();
+        for g in groups {
+            handles.push(s.spawn(move || g.into_iter().try_for_each(f)));
+        }
+        let mut result = last.map_or(Ok(()), |g| g.into_iter().try_for_each(f));
+        for h in handles {
+            let r = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    })
+}
+
+/// What `convert` needs to create an EVHD.
+#[derive(Debug, Clone, Default)]
+pub struct EvhdOptions {
+    /// Recipients and their labels.
+    pub recipients: Vec<(PublicKey, String)>,
+    /// Data block cipher.
+    pub cipher: CipherId,
+    /// What the content was converted from.
+    pub origin: Origin,
+}
+
+/// Creates a container: consuming setters, then [`EvhdBuilder::create`].
+#[derive(Debug, Clone)]
+pub struct EvhdBuilder {
+    size: u64,
+    block_size: u64,
+    cipher: CipherId,
+    recipients: Vec<(PublicKey, String)>,
+    origin: Origin,
+    logical_sector_size: u32,
+    physical_sector_size: u32,
+}
+
+impl EvhdBuilder {
+    /// A container for a virtual disk of `size` bytes, 64 KiB blocks, AES-256-GCM.
+    pub fn new(size: u64) -> Self {
+        EvhdBuilder {
+            size,
+            block_size: 1 << DEFAULT_BLOCK_SHIFT,
+            cipher: CipherId::Aes256Gcm,
+            recipients: Vec::new(),
+            origin: Origin::default(),
+            logical_sector_size: 512,
+            physical_sector_size: 512,
+        }
+    }
+
+    /// Block size: a power of two from 4 KiB to 1 MiB.
+    pub fn block_size(mut self, bytes: u64) -> Self {
+        self.block_size = bytes;
+        self
+    }
+
+    /// Data block cipher.
+    pub fn cipher(mut self, c: CipherId) -> Self {
+        self.cipher = c;
+        self
+    }
+
+    /// Add a recipient.
+    pub fn recipient(mut self, key: PublicKey, label: &str) -> Self {
+        self.recipients
+            .push((key, recipient::truncate_label(label)));
+        self
+    }
+
+    /// Record what the content was converted from.
+    pub fn origin(mut self, origin: Origin) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// Logical and physical sector sizes (512 or 4096).
+    pub fn sector_sizes(mut self, logical: u32, physical: u32) -> Self {
+        self.logical_sector_size = logical;
+        self.physical_sector_size = physical;
+        self
+    }
+
+    /// Lay out and write an empty container into `storage`.
+    pub fn create(self, storage: Box<dyn Storage>, path: Option<PathBuf>) -> Result<EvhdDisk> {
+        let bs = self.block_size;
+        if !bs.is_power_of_two() || !header::BLOCK_SHIFTS.contains(&(bs.trailing_zeros() as u8)) {
+            return Err(Error::invalid_argument(format!(
+                "EVHD block size {bs}; expected a power of two from 4 KiB to 1 MiB"
+            )));
+        }
+        if self.size == 0 {
+            return Err(Error::invalid_argument(
+                "an EVHD needs a virtual size above zero",
+            ));
+        }
+        for s in [self.logical_sector_size, self.physical_sector_size] {
+            if s != 512 && s != 4096 {
+                return Err(Error::invalid_argument(format!(
+                    "sector size {s}; expected 512 or 4096"
+                )));
+            }
+        }
+        if self.recipients.is_empty() {
+            return Err(Error::invalid_argument(
+                "an EVHD needs at least one recipient (--recipient)",
+            ));
+        }
+        let fps: BTreeSet<[u8; 32]> = self
+            .recipients
+            .iter()
+            .map(|(k, _)| k.fingerprint().0)
+            .collect();
+        if fps.len() != self.recipients.len() {
+            return Err(Error::invalid_argument(
+                "the same recipient key is given twice",
+            ));
+        }
+        let mut container_id = [0u8; 16];
+        random_bytes(&mut container_id);
+        let mk = MasterKey::generate(&container_id);
+        let data_key = DataKey::new(self.cipher, 0, random_secret());
+        let (nonce, wrapped) = cipher::wrap_epoch_key(&mk, &container_id, 0, data_key.secret());
+        let recipients = self
+            .recipients
+            .iter()
+            .map(|(k, l)| Stanza::wrap(k, l, mk.bytes()))
+            .collect::<Result<Vec<_>>>()?;
+        let block_shift = bs.trailing_zeros() as u8;
+        let blocks = self.size.div_ceil(bs);
+        let table_pages = table::pages_for(blocks);
+        let journal_len = journal::region_len(table_pages);
+        let table_offset = JOURNAL_OFFSET + journal_len;
+        let data_offset =
+            (table_offset + table_pages * PAGE_SIZE as u64).next_multiple_of(DATA_ALIGN);
+        let entries = vec![Entry::default(); blocks as usize];
+        let mut table_bytes = Vec::with_capacity((table_pages as usize) * PAGE_SIZE);
+        let mut macs = Vec::with_capacity(table_pages as usize);
+        for p in 0..table_pages {
+            let (page, mac) = table::encode_page(&mk.table_mac, &container_id, p, &[]);
+            table_bytes.extend_from_slice(&page);
+            macs.push(mac);
+        }
+        let header = Header {
+            sequence: 1,
+            container_id,
+            virtual_size: self.size,
+            logical_sector_size: self.logical_sector_size,
+            physical_sector_size: self.physical_sector_size,
+            block_shift,
+            cipher: self.cipher,
+            flags: 0,
+            table_offset,
+            table_pages,
+            data_offset,
+            slot_count: 0,
+            epoch: 0,
+            table_root: table::root(&macs),
+            epoch_writes: 0,
+            journal_offset: JOURNAL_OFFSET,
+            journal_len,
+            origin: self.origin,
+            epoch_keys: vec![EpochKey {
+                epoch: 0,
+                nonce,
+                wrapped,
+            }],
+            recipients,
+        };
+        let bytes = header.encode(&mk)?;
+        storage.set_len(0).map_err(io_err("EVHD file", 0))?;
+        storage
+            .write_at(&table_bytes, table_offset)
+            .map_err(io_err(TABLE, table_offset))?;
+        for o in COPY_OFFSETS {
+            storage
+                .write_at(&bytes, o)
+                .map_err(io_err(header::STRUCTURE, o))?;
+        }
+        storage
+            .set_len(data_offset)
+            .map_err(io_err("EVHD file", 0))?;
+        storage.flush().map_err(io_err("EVHD file", 0))?;
+        Ok(EvhdDisk {
+            storage,
+            path,
+            header,
+            current_copy: 0,
+            writable: true,
+            warnings: Vec::new(),
+            epoch_write_limit: EPOCH_WRITE_LIMIT,
+            rekey_batch: REKEY_BATCH,
+            state: Some(Unlocked {
+                mk,
+                key: None,
+                data_keys: vec![data_key],
+                entries,
+                macs,
+                bad_pages: BTreeMap::new(),
+                dirty: BTreeSet::new(),
+                header_dirty: false,
+                committed: Vec::new(),
+                pending_free: Vec::new(),
+                free: BTreeSet::new(),
+            }),
+        })
+    }
+}
+
+/// Secrets and the decoded table of an unlocked container.
+struct Unlocked {
+    mk: MasterKey,
+    /// Fingerprint of the key that opened it (`None` right after create).
+    key: Option<Fingerprint>,
+    data_keys: Vec<DataKey>,
+    entries: Vec<Entry>,
+    /// MAC of every page as last encoded (stored or about to be).
+    macs: Vec<[u8; 32]>,
+    /// Pages whose MAC failed, with the reason.
+    bad_pages: BTreeMap<u64, String>,
+    /// Pages changed since the last flush.
+    dirty: BTreeSet<u64>,
+    /// Header fields changed since the last flush.
+    header_dirty: bool,
+    /// Slots referenced by the committed table (index = slot).
+    committed: Vec<bool>,
+    /// Committed slots superseded since the last flush: free after it.
+    pending_free: Vec<u64>,
+    /// Slots nothing references.
+    free: BTreeSet<u64>,
+}
+
+impl Unlocked {
+    fn data_key(&self, epoch: u16) -> Option<&DataKey> {
+        self.data_keys.iter().find(|k| k.epoch() == epoch)
+    }
+
+    fn release(&mut self, slot: u64) {
+        if slot == 0 {
+            return;
+        }
+        if self.committed.get(slot as usize).copied().unwrap_or(false) {
+            self.pending_free.push(slot);
+        } else {
+            self.free.insert(slot);
+        }
+    }
+
+    fn recompute_committed(&mut self, slot_count: u64) {
+        let mut c = vec![false; slot_count as usize + 1];
+        for e in &self.entries {
+            if e.slot != 0 {
+                c[e.slot as usize] = true;
+            }
+        }
+        self.committed = c;
+    }
+}
+
+/// An open EVHD container.
+pub struct EvhdDisk {
+    storage: Box<dyn Storage>,
+    path: Option<PathBuf>,
+    /// The committed header with the pending in-memory changes.
+    header: Header,
+    /// Which copy (0 = A, 1 = B) holds the committed header.
+    current_copy: usize,
+    writable: bool,
+    warnings: Vec<String>,
+    epoch_write_limit: u64,
+    rekey_batch: usize,
+    /// `None` when opened without a key: only public fields are known.
+    state: Option<Unlocked>,
+}
+
+impl std::fmt::Debug for EvhdDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EvhdDisk")
+            .field("path", &self.path)
+            .field("size", &self.header.virtual_size)
+            .field("locked", &self.state.is_none())
+            .finish()
+    }
+}
+
+/// The error for keys none of which is a recipient.
+fn no_recipient(keys: &[Arc<PrivateKey>], header: &Header) -> Error {
+    let tried: Vec<String> = keys.iter().map(|k| k.fingerprint().short()).collect();
+    let to: Vec<String> = header
+        .recipients
+        .iter()
+        .map(|s| format!("{} {:?}", s.key.fingerprint().short(), s.label))
+        .collect();
+    Error::new(
+        ErrorKind::KeyMismatch,
+        format!(
+            "no recipient for key {}; this image is addressed to {}",
+            tried.join(", "),
+            to.join(", ")
+        ),
+    )
+}
+
+/// Read both header copies: each decoded or the reason it is unusable.
+pub(crate) fn read_copies(storage: &dyn Storage, len: u64) -> [Result<(Header, Vec<u8>)>; 2] {
+    COPY_OFFSETS.map(|o| {
+        let mut b = vec![0u8; HEADER_SIZE];
+        read_struct(storage, header::STRUCTURE, &mut b, o)?;
+        Header::decode(&b, o, len).map(|h| (h, b))
+    })
+}
+
+/// Unwrap the master key of `h` with one of `keys` and verify the header
+/// MAC and the epoch keys. Writes nothing.
+fn unlock(
+    h: &Header,
+    bytes: &[u8],
+    at: u64,
+    keys: &[Arc<PrivateKey>],
+) -> Result<(MasterKey, Fingerprint, Vec<DataKey>)> {
+    let mut stanza_off = at + header::RECIPIENTS_OFFSET as u64;
+    let mut found = None;
+    for s in &h.recipients {
+        if let Some(k) = keys.iter().find(|k| k.fingerprint() == s.key.fingerprint()) {
+            found = Some((k, s, stanza_off));
+            break;
+        }
+        stanza_off += s.encoded_len() as u64;
+    }
+    let (key, stanza, off) = found.ok_or_else(|| no_recipient(keys, h))?;
+    let raw = key.unwrap_key(&stanza.wrapped).map_err(|e| {
+        Error::new(
+            ErrorKind::Authentication,
+            format!("recipient {}: {}", key.fingerprint().short(), e.message()),
+        )
+        .at("EVHD recipient stanza", off)
+    })?;
+    let mk = MasterKey::from_unwrapped(&raw, &h.container_id)
+        .map_err(|e| e.at("EVHD recipient stanza", off))?;
+    if !header::verify_mac(bytes, &mk) {
+        return Err(Error::new(
+            ErrorKind::Authentication,
+            "header MAC mismatch: the header was modified or damaged",
+        )
+        .at(header::STRUCTURE, at + header::MAC_OFFSET as u64));
+    }
+    let mut data_keys = Vec::new();
+    for (i, ek) in h.epoch_keys.iter().enumerate() {
+        let secret =
+            cipher::unwrap_epoch_key(&mk, &h.container_id, ek.epoch, &ek.nonce, &ek.wrapped)
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Authentication,
+                        format!("epoch {} data key does not unwrap", ek.epoch),
+                    )
+                    .at(
+                        header::STRUCTURE,
+                        at + (header::EPOCH_KEYS_OFFSET + i * header::EPOCH_KEY_RECORD) as u64,
+                    )
+                })?;
+        data_keys.push(DataKey::new(h.cipher, ek.epoch, secret));
+    }
+    Ok((mk, key.fingerprint(), data_keys))
+}
+
+impl EvhdDisk {
+    /// Open the container in `storage`. Without keys in `opts` the image
+    /// opens locked: `info` works, reads and writes fail with `KeyRequired`.
+    /// Nothing is written before a key has unwrapped the master key and the
+    /// header MAC verified.
+    pub fn open(
+        storage: Box<dyn Storage>,
+        path: Option<PathBuf>,
+        opts: &crate::OpenOptions,
+    ) -> Result<EvhdDisk> {
+        let len = storage.len().map_err(io_err("EVHD file", 0))?;
+        let [a, b] = read_copies(storage.as_ref(), len);
+        let mut warnings = Vec::new();
+        let (current_copy, header, bytes) = match (a, b) {
+            (Ok((ha, ba)), Ok((hb, bb))) => {
+                if hb.sequence > ha.sequence {
+                    (1, hb, bb)
+                } else {
+                    (0, ha, ba)
+                }
+            }
+            (Ok((h, b)), Err(e)) => {
+                warnings.push(format!("header copy B unusable ({e}); using copy A"));
+                (0, h, b)
+            }
+            (Err(e), Ok((h, b))) => {
+                warnings.push(format!("header copy A unusable ({e}); using copy B"));
+                (1, h, b)
+            }
+            (Err(ea), Err(eb)) => {
+                return Err(Error::corrupt(
+                    header::STRUCTURE,
+                    0,
+                    format!("no usable header copy: A: {ea}; B: {eb}"),
+                ));
+            }
+        };
+        let mut disk = EvhdDisk {
+            storage,
+            path,
+            header,
+            current_copy,
+            writable: opts.writable,
+            warnings,
+            epoch_write_limit: EPOCH_WRITE_LIMIT,
+            rekey_batch: REKEY_BATCH,
+            state: None,
+        };
+        if opts.keys.is_empty() {
+            if opts.writable {
+                return Err(disk.key_required());
+            }
+            return Ok(disk);
+        }
+        disk.unlock_and_load(bytes, &opts.keys, len)?;
+        Ok(disk)
+    }
+
+    fn key_required(&self) -> Error {
+        let to: Vec<String> = self
+            .header
+            .recipients
+            .iter()
+            .map(|s| format!("{} {:?}", s.key.fingerprint().short(), s.label))
+            .collect();
+        Error::new(
+            ErrorKind::KeyRequired,
+            format!(
+                "this image is encrypted (EVHD); pass --key with the private key of one of its recipients: {}",
+                to.join(", ")
+            ),
+        )
+    }
+
+    fn unlock_and_load(
+        &mut self,
+        bytes: Vec<u8>,
+        keys: &[Arc<PrivateKey>],
+        len: u64,
+    ) -> Result<()> {
+        let cur = self.header.clone();
+        let record = journal::decode(
+            cur.journal_len,
+            &cur.container_id,
+            cur.table_pages,
+            |buf, o| {
+                read_struct(
+                    self.storage.as_ref(),
+                    journal::STRUCTURE,
+                    buf,
+                    cur.journal_offset + o,
+                )
+            },
+        )?;
+        // A record one sequence ahead is a flush that did not finish
+        // installing: its header and pages are the newest state. A record
+        // of the current sequence is complete (the pages were synced before
+        // the header), so it is ignored: replaying it would hide damage to
+        // the table from the MAC checks.
+        if let Some(rec) = record.as_ref().filter(|r| r.sequence == cur.sequence + 1) {
+            let at = cur.journal_offset + journal::RECORD_HEADER as u64;
+            if let Ok(h) = Header::decode(&rec.header, at, len)
+                && h.container_id == cur.container_id
+                && h.sequence == rec.sequence
+                && let Ok(u) = unlock(&h, &rec.header, at, keys)
+            {
+                return self.finish_load(h, rec.header.clone(), Some(rec), u);
+            }
+        }
+        let at = COPY_OFFSETS[self.current_copy];
+        let u = unlock(&cur, &bytes, at, keys)?;
+        self.finish_load(cur, bytes, None, u)
+    }
+
+    fn finish_load(
+        &mut self,
+        h: Header,
+        bytes: Vec<u8>,
+        record: Option<&journal::Record>,
+        (mk, key, data_keys): (MasterKey, Fingerprint, Vec<DataKey>),
+    ) -> Result<()> {
+        let pages = h.table_pages as usize;
+        let mut tbl = vec![0u8; pages * PAGE_SIZE];
+        read_struct(self.storage.as_ref(), TABLE, &mut tbl, h.table_offset)?;
+        let mut replay_pages = Vec::new();
+        if let Some(rec) = record {
+            for (p, page) in &rec.pages {
+                let dst = &mut tbl[*p as usize * PAGE_SIZE..(*p as usize + 1) * PAGE_SIZE];
+                if dst != &page[..] {
+                    dst.copy_from_slice(page);
+                    replay_pages.push(*p);
+                }
+            }
+        }
+        let mut macs = Vec::with_capacity(pages);
+        let mut bad_pages = BTreeMap::new();
+        let blocks = h.blocks() as usize;
+        let mut entries = Vec::with_capacity(blocks);
+        for p in 0..pages {
+            let page = &tbl[p * PAGE_SIZE..(p + 1) * PAGE_SIZE];
+            macs.push(table::stored_mac(page));
+            if let Err(f) = table::verify_page(&mk.table_mac, &h.container_id, p as u64, page) {
+                let why = match f {
+                    table::PageFault::Mac => "page MAC mismatch: the page was modified or damaged",
+                    table::PageFault::Reserved => "reserved bytes after the page MAC are not zero",
+                };
+                bad_pages.insert(p as u64, why.to_string());
+            }
+            for i in 0..ENTRIES_PER_PAGE {
+                let e = Entry::decode(&page[i * table::ENTRY_SIZE..(i + 1) * table::ENTRY_SIZE]);
+                if entries.len() < blocks {
+                    entries.push(e);
+                }
+            }
+        }
+        if table::root(&macs) != h.table_root {
+            return Err(Error::new(
+                ErrorKind::Authentication,
+                "table root mismatch: a page MAC was damaged or a table page was replaced by an older copy",
+            )
+            .at(TABLE, h.table_offset));
+        }
+        // Entries of verified pages are trusted; still refuse impossible
+        // values rather than index with them.
+        let mut seen = vec![false; h.slot_count as usize + 1];
+        for (i, e) in entries.iter().enumerate() {
+            let page = (i / ENTRIES_PER_PAGE) as u64;
+            if e.slot == 0 || bad_pages.contains_key(&page) {
+                continue;
+            }
+            let off = h.table_offset
+                + ((i / ENTRIES_PER_PAGE) * PAGE_SIZE + (i % ENTRIES_PER_PAGE) * table::ENTRY_SIZE)
+                    as u64;
+            if e.slot > h.slot_count || seen[e.slot as usize] {
+                return Err(Error::corrupt(
+                    TABLE,
+                    off,
+                    format!(
+                        "block {i}: slot {} is beyond the {} slots or used twice",
+                        e.slot, h.slot_count
+                    ),
+                ));
+            }
+            seen[e.slot as usize] = true;
+            if !data_keys.iter().any(|k| k.epoch() == e.epoch) {
+                return Err(Error::corrupt(
+                    TABLE,
+                    off,
+                    format!("block {i}: epoch {} has no key", e.epoch),
+                ));
+            }
+        }
+        let free = (1..=h.slot_count).filter(|&s| !seen[s as usize]).collect();
+        let install = record.is_some() && h.sequence != self.header.sequence;
+        // The key is verified: a pending journal record may now be installed.
+        if self.writable && (install || !replay_pages.is_empty()) {
+            for &p in &replay_pages {
+                let o = h.table_offset + p * PAGE_SIZE as u64;
+                self.storage
+                    .write_at(
+                        &tbl[p as usize * PAGE_SIZE..(p as usize + 1) * PAGE_SIZE],
+                        o,
+                    )
+                    .map_err(io_err(TABLE, o))?;
+            }
+            self.storage
+                .flush()
+                .map_err(io_err(TABLE, h.table_offset))?;
+            if install {
+                let target = 1 - self.current_copy;
+                let o = COPY_OFFSETS[target];
+                self.storage
+                    .write_at(&bytes, o)
+                    .map_err(io_err(header::STRUCTURE, o))?;
+                self.storage.flush().map_err(io_err(header::STRUCTURE, o))?;
+                self.current_copy = target;
+            }
+        } else if install {
+            self.warnings.push(format!(
+                "an unfinished flush (sequence {}) was found in the journal and applied in memory; open writable to install it",
+                h.sequence
+            ));
+        }
+        for (p, why) in &bad_pages {
+            self.warnings.push(format!(
+                "block table page {p} at {:#x}: {why}; its blocks cannot be read",
+                h.table_offset + p * PAGE_SIZE as u64
+            ));
+        }
+        self.header = h;
+        self.state = Some(Unlocked {
+            mk,
+            key: Some(key),
+            data_keys,
+            entries,
+            macs,
+            bad_pages,
+            dirty: BTreeSet::new(),
+            header_dirty: false,
+            committed: seen,
+            pending_free: Vec::new(),
+            free,
+        });
+        Ok(())
+    }
+
+    /// The header as committed plus pending changes.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Whether a key unlocked the container.
+    pub fn is_unlocked(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// The recipients of the master key.
+    pub fn recipients(&self) -> &[Stanza] {
+        &self.header.recipients
+    }
+
+    /// Warnings from opening.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Block table pages whose MAC failed, with the reason.
+    pub fn bad_pages(&self) -> Vec<(u64, String)> {
+        self.state
+            .as_ref()
+            .map(|s| s.bad_pages.iter().map(|(p, w)| (*p, w.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Lower the per-epoch write limit (tests exercise epoch changes with it).
+    #[doc(hidden)]
+    pub fn set_epoch_write_limit(&mut self, n: u64) {
+        self.epoch_write_limit = n.max(1);
+    }
+
+    /// Commit a rekey every `n` blocks (tests interrupt rekeys with it).
+    #[doc(hidden)]
+    pub fn set_rekey_batch(&mut self, n: usize) {
+        self.rekey_batch = n.max(1);
+    }
+
+    fn unlocked(&self) -> Result<&Unlocked> {
+        self.state.as_ref().ok_or_else(|| self.key_required())
+    }
+
+    fn ensure_writable(&self) -> Result<()> {
+        if !self.writable {
+            return Err(Error::new(
+                ErrorKind::ReadOnly,
+                "the image is opened read-only",
+            ));
+        }
+        self.unlocked().map(|_| ())
+    }
+
+    fn block_size(&self) -> u64 {
+        self.header.block_size()
+    }
+
+    /// File offset of the entry of `block`.
+    fn entry_offset(&self, block: u64) -> u64 {
+        let page = block / ENTRIES_PER_PAGE as u64;
+        self.header.table_offset
+            + page * PAGE_SIZE as u64
+            + (block % ENTRIES_PER_PAGE as u64) * table::ENTRY_SIZE as u64
+    }
+
+    fn check_page(&self, st: &Unlocked, block: u64) -> Result<()> {
+        let page = block / ENTRIES_PER_PAGE as u64;
+        if let Some(why) = st.bad_pages.get(&page) {
+            return Err(Error::new(
+                ErrorKind::Authentication,
+                format!("block {block}: its table page {page} failed verification: {why}"),
+            )
+            .at(TABLE, self.header.table_offset + page * PAGE_SIZE as u64));
+        }
+        Ok(())
+    }
+
+    /// Decrypt `buf` (the ciphertext of `block`) in place.
+    fn decrypt(&self, st: &Unlocked, block: u64, buf: &mut [u8]) -> Result<()> {
+        let e = &st.entries[block as usize];
+        let off = self.header.slot_offset(e.slot);
+        let key = st.data_key(e.epoch).ok_or_else(|| {
+            Error::corrupt(
+                TABLE,
+                self.entry_offset(block),
+                format!("block {block}: epoch {} has no key", e.epoch),
+            )
+        })?;
+        let aad = block_aad(&self.header.container_id, block, e.generation);
+        if !key.open(&e.nonce, &aad, buf, &e.tag) {
+            return Err(Error::new(
+                ErrorKind::Authentication,
+                format!(
+                    "block {block} (slot {}): authentication tag mismatch: the data was modified, damaged, moved or replaced by an older copy",
+                    e.slot
+                ),
+            )
+            .at(DATA, off));
+        }
+        Ok(())
+    }
+
+    /// The plaintext of one whole block.
+    fn read_block(&self, st: &Unlocked, block: u64) -> Result<Zeroizing<Vec<u8>>> {
+        self.check_page(st, block)?;
+        let bs = self.block_size() as usize;
+        let mut buf = Zeroizing::new(vec![0u8; bs]);
+        let e = &st.entries[block as usize];
+        if e.slot != 0 {
+            let off = self.header.slot_offset(e.slot);
+            read_struct(self.storage.as_ref(), DATA, &mut buf, off)?;
+            self.decrypt(st, block, &mut buf)?;
+        }
+        Ok(buf)
+    }
+
+    /// Read whole blocks `first..` into `out` (a multiple of the block
+    /// size), reading runs of consecutive slots at once and decrypting in
+    /// parallel in place.
+    fn read_full_blocks(&self, st: &Unlocked, first: u64, out: &mut [u8]) -> Result<()> {
+        let bs = self.block_size() as usize;
+        let n = out.len() / bs;
+        for b in first..first + n as u64 {
+            self.check_page(st, b)?;
+        }
+        // Runs of blocks whose slots follow each other.
+        let mut i = 0;
+        while i < n {
+            let b = first + i as u64;
+            let slot = st.entries[b as usize].slot;
+            if slot == 0 {
+                out[i * bs..(i + 1) * bs].fill(0);
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < n && st.entries[(first + j as u64) as usize].slot == slot + (j - i) as u64 {
+                j += 1;
+            }
+            let off = self.header.slot_offset(slot);
+            read_struct(self.storage.as_ref(), DATA, &mut out[i * bs..j * bs], off)?;
+            i = j;
+        }
+        let jobs: Vec<(u64, &mut [u8])> = out
+            .chunks_mut(bs)
+            .enumerate()
+            .map(|(i, c)| (first + i as u64, c))
+            .filter(|(b, _)| st.entries[*b as usize].slot != 0)
+            .collect();
+        par_each(jobs, |(b, c)| self.decrypt(st, b, c))
+    }
+
+    /// Encrypt and store whole-block plaintexts `blocks` (index, data),
+    /// copy-on-write into free slots. All-zero blocks become unallocated.
+    fn write_blocks(&mut self, blocks: &[(u64, &[u8])]) -> Result<()> {
+        let bs = self.block_size() as usize;
+        let (zero, data): (Vec<_>, Vec<_>) = blocks.iter().partition(|(_, d)| is_zero(d));
+        let cid = self.header.container_id;
+        {
+            let st = self.state.as_mut().expect("checked by the caller");
+            for &(b, _) in &zero {
+                let e = &mut st.entries[b as usize];
+                let old = e.slot;
+                let generation = e.generation + 1;
+                *e = Entry {
+                    generation,
+                    ..Entry::default()
+                };
+                st.release(old);
+                st.dirty.insert(b / ENTRIES_PER_PAGE as u64);
+            }
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        if self.header.epoch_writes + data.len() as u64 > self.epoch_write_limit {
+            self.new_epoch()?;
+        }
+        let epoch = self.header.epoch;
+        // Slots: free ones first, then new ones at the end of the data area.
+        let mut slots = Vec::with_capacity(data.len());
+        {
+            let st = self.state.as_mut().expect("checked by the caller");
+            while slots.len() < data.len() {
+                match st.free.pop_first() {
+                    Some(s) => slots.push(s),
+                    None => break,
+                }
+            }
+        }
+        while slots.len() < data.len() {
+            self.header.slot_count += 1;
+            slots.push(self.header.slot_count);
+        }
+        let mut nonces = vec![0u8; NONCE_LEN * data.len()];
+        random_bytes(&mut nonces);
+        let mut ct = vec![0u8; bs * data.len()];
+        let st = self.state.as_ref().expect("checked by the caller");
+        let key = st.data_key(epoch).expect("the current epoch has a key");
+        let mut tags = vec![[0u8; 16]; data.len()];
+        {
+            let jobs: Vec<_> = ct
+                .chunks_mut(bs)
+                .zip(tags.iter_mut())
+                .zip(nonces.chunks(NONCE_LEN))
+                .zip(data.iter())
+                .collect();
+            par_each(jobs, |(((c, tag), nonce), (b, d))| {
+                c.copy_from_slice(d);
+                let generation = st.entries[*b as usize].generation + 1;
+                let nonce: &[u8; NONCE_LEN] = nonce.try_into().expect("12 bytes");
+                *tag = key.seal(nonce, &block_aad(&cid, *b, generation), c);
+                Ok(())
+            })?;
+        }
+        // Write runs of consecutive slots with one call each.
+        let mut i = 0;
+        while i < slots.len() {
+            let mut j = i + 1;
+            while j < slots.len() && slots[j] == slots[j - 1] + 1 {
+                j += 1;
+            }
+            let off = self.header.slot_offset(slots[i]);
+            self.storage
+                .write_at(&ct[i * bs..j * bs], off)
+                .map_err(io_err(DATA, off))?;
+            i = j;
+        }
+        let st = self.state.as_mut().expect("checked by the caller");
+        for (k, (b, _)) in data.iter().enumerate() {
+            let e = &mut st.entries[*b as usize];
+            let old = e.slot;
+            *e = Entry {
+                slot: slots[k],
+                generation: e.generation + 1,
+                nonce: nonces[k * NONCE_LEN..(k + 1) * NONCE_LEN]
+                    .try_into()
+                    .expect("12 bytes"),
+                tag: tags[k],
+                epoch,
+                flags: 0,
+            };
+            st.release(old);
+            st.dirty.insert(b / ENTRIES_PER_PAGE as u64);
+        }
+        self.header.epoch_writes += data.len() as u64;
+        Ok(())
+    }
+
+    /// Start a new key epoch with a fresh random data key.
+    fn new_epoch(&mut self) -> Result<()> {
+        self.prune_epoch_keys();
+        let st = self.state.as_mut().expect("checked by the caller");
+        if self.header.epoch_keys.len() >= header::MAX_EPOCH_KEYS {
+            return Err(Error::new(
+                ErrorKind::NeedsRepair,
+                format!(
+                    "all {} epoch key records are in use; run `vhdkit rekey`",
+                    header::MAX_EPOCH_KEYS
+                ),
+            ));
+        }
+        let epoch = self
+            .header
+            .epoch_keys
+            .iter()
+            .map(|k| k.epoch)
+            .max()
+            .unwrap_or(0)
+            .wrapping_add(1);
+        let key = DataKey::new(self.header.cipher, epoch, random_secret());
+        let (nonce, wrapped) =
+            cipher::wrap_epoch_key(&st.mk, &self.header.container_id, epoch, key.secret());
+        self.header.epoch_keys.push(EpochKey {
+            epoch,
+            nonce,
+            wrapped,
+        });
+        st.data_keys.push(key);
+        self.header.epoch = epoch;
+        self.header.epoch_writes = 0;
+        st.header_dirty = true;
+        Ok(())
+    }
+
+    /// Drop the keys of epochs no block uses any more (never the current one).
+    fn prune_epoch_keys(&mut self) {
+        let Some(st) = self.state.as_mut() else {
+            return;
+        };
+        if self.header.epoch_keys.len() <= 1 {
+            return;
+        }
+        let used: BTreeSet<u16> = st
+            .entries
+            .iter()
+            .filter(|e| e.slot != 0)
+            .map(|e| e.epoch)
+            .collect();
+        let cur = self.header.epoch;
+        let before = self.header.epoch_keys.len();
+        self.header
+            .epoch_keys
+            .retain(|k| k.epoch == cur || used.contains(&k.epoch));
+        st.data_keys
+            .retain(|k| k.epoch() == cur || used.contains(&k.epoch()));
+        if self.header.epoch_keys.len() != before {
+            st.header_dirty = true;
+        }
+    }
+
+    /// Commit: journal record (header + changed pages), sync, install the
+    /// pages, sync, write the other header copy, sync. See [`journal`].
+    fn commit(&mut self) -> Result<()> {
+        let Some(st) = self.state.as_mut() else {
+            return Ok(());
+        };
+        if st.dirty.is_empty() && !st.header_dirty {
+            return self.storage.flush().map_err(io_err("EVHD file", 0));
+        }
+        // Data slots must be durable before anything references them.
+        self.storage
+            .flush()
+            .map_err(io_err(DATA, self.header.data_offset))?;
+        let cid = self.header.container_id;
+        let mut pages = Vec::with_capacity(st.dirty.len());
+        for &p in &st.dirty {
+            let start = p as usize * ENTRIES_PER_PAGE;
+            let end = (start + ENTRIES_PER_PAGE).min(st.entries.len());
+            let (bytes, mac) =
+                table::encode_page(&st.mk.table_mac, &cid, p, &st.entries[start..end]);
+            st.macs[p as usize] = mac;
+            pages.push((p, bytes));
+        }
+        let mut h = self.header.clone();
+        h.sequence += 1;
+        h.table_root = table::root(&st.macs);
+        let hbytes = h.encode(&st.mk)?;
+        let refs: Vec<(u64, &[u8])> = pages.iter().map(|(p, b)| (*p, &b[..])).collect();
+        let rec = journal::encode(&cid, h.sequence, &hbytes, &refs);
+        if rec.len() as u64 > h.journal_len {
+            return Err(Error::corrupt(
+                journal::STRUCTURE,
+                h.journal_offset,
+                format!(
+                    "a record of {} bytes does not fit the journal of {}",
+                    rec.len(),
+                    h.journal_len
+                ),
+            ));
+        }
+        let s = self.storage.as_ref();
+        s.write_at(&rec, h.journal_offset)
+            .map_err(io_err(journal::STRUCTURE, h.journal_offset))?;
+        s.flush()
+            .map_err(io_err(journal::STRUCTURE, h.journal_offset))?;
+        for (p, bytes) in &pages {
+            let o = h.table_offset + p * PAGE_SIZE as u64;
+            s.write_at(bytes, o).map_err(io_err(TABLE, o))?;
+        }
+        s.flush().map_err(io_err(TABLE, h.table_offset))?;
+        let target = 1 - self.current_copy;
+        let o = COPY_OFFSETS[target];
+        s.write_at(&hbytes, o)
+            .map_err(io_err(header::STRUCTURE, o))?;
+        s.flush().map_err(io_err(header::STRUCTURE, o))?;
+        self.current_copy = target;
+        self.header = h;
+        st.dirty.clear();
+        st.header_dirty = false;
+        st.recompute_committed(self.header.slot_count);
+        let freed: Vec<u64> = st.pending_free.drain(..).collect();
+        st.free.extend(freed);
+        Ok(())
+    }
+
+    /// Add a recipient (needs the container unlocked and writable); commits.
+    pub fn add_recipient(&mut self, key: &PublicKey, label: &str) -> Result<()> {
+        self.ensure_writable()?;
+        if self
+            .header
+            .recipients
+            .iter()
+            .any(|s| s.key.fingerprint() == key.fingerprint())
+        {
+            return Err(Error::invalid_argument(format!(
+                "key {} is already a recipient",
+                key.fingerprint().short()
+            )));
+        }
+        let st = self.state.as_mut().expect("checked");
+        let stanza = Stanza::wrap(key, label, st.mk.bytes())?;
+        self.header.recipients.push(stanza);
+        st.header_dirty = true;
+        self.commit().inspect_err(|_| {
+            self.header.recipients.pop();
+        })
+    }
+
+    /// Remove the recipient whose fingerprint starts with `prefix` (hex, at
+    /// least 8 digits); commits. The last recipient cannot be removed.
+    pub fn remove_recipient(&mut self, prefix: &str) -> Result<Stanza> {
+        self.ensure_writable()?;
+        let prefix = prefix.to_ascii_lowercase();
+        if prefix.len() < 8 {
+            return Err(Error::invalid_argument(
+                "give at least 8 hex digits of the fingerprint",
+            ));
+        }
+        let matches: Vec<usize> = self
+            .header
+            .recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.key.fingerprint().hex().starts_with(&prefix))
+            .map(|(i, _)| i)
+            .collect();
+        let i = match matches[..] {
+            [i] => i,
+            [] => {
+                return Err(Error::invalid_argument(format!(
+                    "no recipient has a fingerprint starting with {prefix}"
+                )));
+            }
+            _ => {
+                return Err(Error::invalid_argument(format!(
+                    "fingerprint prefix {prefix} is ambiguous"
+                )));
+            }
+        };
+        if self.header.recipients.len() == 1 {
+            return Err(Error::invalid_argument("cannot remove the last recipient"));
+        }
+        let removed = self.header.recipients.remove(i);
+        self.state.as_mut().expect("checked").header_dirty = true;
+        if let Err(e) = self.commit() {
+            self.header.recipients.insert(i, removed);
+            return Err(e);
+        }
+        Ok(removed)
+    }
+
+    /// Whether a rekey was started and has not finished.
+    pub fn rekey_in_progress(&self) -> bool {
+        self.header.flags & header::FLAG_REKEYING != 0
+    }
+
+    /// Replace the master key and re-encrypt every block under a fresh data
+    /// key, committing every [`REKEY_BATCH`] blocks. Resumes an interrupted
+    /// rekey. `progress` gets (blocks done, blocks to do).
+    pub fn rekey(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        self.ensure_writable()?;
+        if !self.state.as_ref().expect("checked").bad_pages.is_empty() {
+            return Err(Error::new(
+                ErrorKind::NeedsRepair,
+                "the block table has damaged pages; rekey would lose their blocks",
+            ));
+        }
+        self.commit()?;
+        if !self.rekey_in_progress() {
+            let cid = self.header.container_id;
+            let new_mk = MasterKey::generate(&cid);
+            let st = self.state.as_mut().expect("checked");
+            let epoch = self
+                .header
+                .epoch_keys
+                .iter()
+                .map(|k| k.epoch)
+                .max()
+                .unwrap_or(0)
+                .wrapping_add(1);
+            st.data_keys
+                .push(DataKey::new(self.header.cipher, epoch, random_secret()));
+            if st.data_keys.len() > header::MAX_EPOCH_KEYS {
+                st.data_keys.pop();
+                return Err(Error::new(
+                    ErrorKind::NeedsRepair,
+                    "too many live key epochs to start a rekey",
+                ));
+            }
+            let mut h = self.header.clone();
+            h.epoch_keys = st
+                .data_keys
+                .iter()
+                .map(|k| {
+                    let (nonce, wrapped) =
+                        cipher::wrap_epoch_key(&new_mk, &cid, k.epoch(), k.secret());
+                    EpochKey {
+                        epoch: k.epoch(),
+                        nonce,
+                        wrapped,
+                    }
+                })
+                .collect();
+            h.recipients = h
+                .recipients
+                .iter()
+                .map(|s| Stanza::wrap(&s.key, &s.label, new_mk.bytes()))
+                .collect::<Result<_>>()?;
+            h.flags |= header::FLAG_REKEYING;
+            h.epoch = epoch;
+            h.epoch_writes = 0;
+            self.header = h;
+            st.mk = new_mk;
+            st.header_dirty = true;
+            st.dirty = (0..self.header.table_pages).collect();
+            self.commit()?;
+        }
+        let todo: Vec<u64> = {
+            let st = self.state.as_ref().expect("checked");
+            let cur = self.header.epoch;
+            (0..st.entries.len() as u64)
+                .filter(|&b| {
+                    let e = &st.entries[b as usize];
+                    e.slot != 0 && e.epoch != cur
+                })
+                .collect()
+        };
+        let total = todo.len() as u64;
+        let mut done = 0;
+        progress(0, total);
+        for batch in todo.chunks(self.rekey_batch) {
+            let plain: Vec<(u64, Zeroizing<Vec<u8>>)> = {
+                let st = self.state.as_ref().expect("checked");
+                batch
+                    .iter()
+                    .map(|&b| self.read_block(st, b).map(|p| (b, p)))
+                    .collect::<Result<_>>()?
+            };
+            let refs: Vec<(u64, &[u8])> = plain.iter().map(|(b, p)| (*b, &p[..])).collect();
+            self.write_blocks(&refs)?;
+            self.commit()?;
+            done += batch.len() as u64;
+            progress(done, total);
+        }
+        self.header.flags &= !header::FLAG_REKEYING;
+        self.state.as_mut().expect("checked").header_dirty = true;
+        self.prune_epoch_keys();
+        self.commit()
+    }
+
+    /// The path the image was opened from.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Public facts about the container, as JSON for `info`.
+    fn evhd_json(&self) -> serde_json::Value {
+        let h = &self.header;
+        let o = &h.origin;
+        json!({
+            "version": header::VERSION,
+            "container_id": h.container_uuid().to_string(),
+            "cipher": h.cipher.as_str(),
+            "block_size": h.block_size(),
+            "sequence": h.sequence,
+            "header_copy": if self.current_copy == 0 { "A" } else { "B" },
+            "key_epoch": h.epoch,
+            "live_epochs": h.epoch_keys.len(),
+            "rekey_in_progress": self.rekey_in_progress(),
+            "locked": self.state.is_none(),
+            "unlocked_with": self.state.as_ref().and_then(|s| s.key).map(|k| k.short()),
+            "recipients": h.recipients.iter().map(|s| json!({
+                "fingerprint": s.key.fingerprint().hex(),
+                "short": s.key.fingerprint().short(),
+                "bits": s.key.bits(),
+                "label": s.label,
+            })).collect::<Vec<_>>(),
+            "origin": {
+                "format": o.format.map(|f| f.as_str()),
+                "type": o.disk_type.map(|t| t.as_str()),
+                "block_size": (o.block_size != 0).then_some(o.block_size),
+                "logical_sector_size": o.logical_sector_size,
+                "physical_sector_size": o.physical_sector_size,
+                "disk_id": o.disk_id.map(|u| u.to_string()),
+            },
+        })
+    }
+}
+
+impl Origin {
+    /// The origin recorded in an EVHD's `info` (its `evhd.origin` object).
+    pub fn from_info(info: &ImageInfo) -> Option<Origin> {
+        let o = info.evhd.as_ref()?.get("origin")?;
+        let format = match o.get("format")?.as_str() {
+            Some("raw") => Some(Format::Raw),
+            Some("vhd") => Some(Format::Vhd),
+            Some("vhdx") => Some(Format::Vhdx),
+            _ => None,
+        };
+        let disk_type = match o.get("type")?.as_str() {
+            Some("fixed") => Some(DiskType::Fixed),
+            Some("dynamic") => Some(DiskType::Dynamic),
+            Some("differencing") => Some(DiskType::Differencing),
+            _ => None,
+        };
+        let num = |k: &str| o.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        Some(Origin {
+            format,
+            disk_type,
+            block_size: num("block_size"),
+            logical_sector_size: num("logical_sector_size"),
+            physical_sector_size: num("physical_sector_size"),
+            disk_id: o
+                .get("disk_id")
+                .and_then(|v| v.as_str())
+                .and_then(|s| Uuid::parse_str(s).ok()),
+        })
+    }
+
+    /// The origin of converting `src` (an EVHD keeps its own origin).
+    pub fn of(info: &ImageInfo) -> Origin {
+        if info.format == Format::Evhd {
+            return Origin::from_info(info).unwrap_or_default();
+        }
+        Origin {
+            format: Some(info.format),
+            disk_type: Some(match info.disk_type {
+                DiskType::Differencing => DiskType::Dynamic,
+                t => t,
+            }),
+            block_size: info
+                .block_size
+                .and_then(|b| u32::try_from(b).ok())
+                .unwrap_or(0),
+            logical_sector_size: info.logical_sector_size,
+            physical_sector_size: info.physical_sector_size,
+            disk_id: info
+                .disk_id
+                .as_deref()
+                .and_then(|s| Uuid::parse_str(s).ok()),
+        }
+    }
+}
+
+impl VirtualDisk for EvhdDisk {
+    fn virtual_size(&self) -> u64 {
+        self.header.virtual_size
+    }
+
+    fn logical_sector_size(&self) -> u32 {
+        self.header.logical_sector_size
+    }
+
+    fn physical_sector_size(&self) -> u32 {
+        self.header.physical_sector_size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(self.header.virtual_size, offset, buf.len())?;
+        let st = self.unlocked()?;
+        let bs = self.block_size();
+        let mut pos = offset;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let block = pos / bs;
+            let in_off = (pos % bs) as usize;
+            let left = buf.len() - done;
+            if in_off == 0 && left >= bs as usize {
+                let n = left / bs as usize;
+                let len = n * bs as usize;
+                self.read_full_blocks(st, block, &mut buf[done..done + len])?;
+                done += len;
+                pos += len as u64;
+                continue;
+            }
+            let take = (bs as usize - in_off).min(left);
+            let plain = self.read_block(st, block)?;
+            buf[done..done + take].copy_from_slice(&plain[in_off..in_off + take]);
+            done += take;
+            pos += take as u64;
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        check_range(self.header.virtual_size, offset, buf.len())?;
+        self.ensure_writable()?;
+        let bs = self.block_size() as usize;
+        let first = offset / bs as u64;
+        let last = (offset + buf.len() as u64).div_ceil(bs as u64);
+        {
+            let st = self.unlocked()?;
+            for b in first..last {
+                self.check_page(st, b)?;
+            }
+        }
+        let mut pos = offset;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let block = pos / bs as u64;
+            let in_off = (pos % bs as u64) as usize;
+            let left = buf.len() - done;
+            if in_off == 0 && left >= bs {
+                let n = (left / bs).min(WRITE_BATCH_BYTES / bs).max(1);
+                let items: Vec<(u64, &[u8])> = (0..n)
+                    .map(|i| (block + i as u64, &buf[done + i * bs..done + (i + 1) * bs]))
+                    .collect();
+                self.write_blocks(&items)?;
+                done += n * bs;
+                pos += (n * bs) as u64;
+                continue;
+            }
+            let take = (bs - in_off).min(left);
+            let mut plain = self.read_block(self.unlocked()?, block)?;
+            plain[in_off..in_off + take].copy_from_slice(&buf[done..done + take]);
+            self.write_blocks(&[(block, &plain[..])])?;
+            done += take;
+            pos += take as u64;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        self.commit()
+    }
+
+    fn map(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
+        let st = self.unlocked()?;
+        let end = offset.saturating_add(length).min(self.header.virtual_size);
+        let bs = self.block_size();
+        let mut list = ExtentList::default();
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / bs;
+            let in_off = pos % bs;
+            let n = (bs - in_off).min(end - pos);
+            let e = &st.entries[block as usize];
+            if e.slot == 0 {
+                list.push(pos, n, ExtentKind::Zero, None);
+            } else {
+                list.push(
+                    pos,
+                    n,
+                    ExtentKind::Data,
+                    Some(self.header.slot_offset(e.slot) + in_off),
+                );
+            }
+            pos += n;
+        }
+        Ok(list.into_vec())
+    }
+
+    fn info(&self) -> ImageInfo {
+        let bs = self.block_size();
+        let allocated = match &self.state {
+            Some(st) => st.entries.iter().filter(|e| e.slot != 0).count() as u64 * bs,
+            None => self.header.slot_count * bs,
+        };
+        ImageInfo {
+            format: Format::Evhd,
+            disk_type: DiskType::Dynamic,
+            virtual_size: self.header.virtual_size,
+            file_size: self.storage.len().unwrap_or(0),
+            logical_sector_size: self.header.logical_sector_size,
+            physical_sector_size: self.header.physical_sector_size,
+            block_size: Some(bs),
+            disk_id: Some(self.header.container_uuid().to_string()),
+            creator: None,
+            allocated_bytes: allocated,
+            parent: None,
+            warnings: self.warnings.clone(),
+            vhd: None,
+            vhdx: None,
+            evhd: Some(self.evhd_json()),
+        }
+    }
+}

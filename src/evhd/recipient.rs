@@ -1,0 +1,208 @@
+//! Recipient stanzas: the master key wrapped for each RSA key that may open
+//! the container, stored in the header from byte 1024.
+//!
+//! Stanza layout (little-endian):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 2 | type: 1 = RSA-OAEP-SHA256 with MGF1-SHA256, label `evhd/v1/mk` |
+//! | 2 | 2 | stanza length in bytes, padding included (a multiple of 8) |
+//! | 4 | 32 | key fingerprint (see [`keys::Fingerprint`](super::keys::Fingerprint)) |
+//! | 36 | 2 | modulus bits |
+//! | 38 | 2 | label length L (at most 64) |
+//! | 40 | 2 | public exponent length E |
+//! | 42 | 2 | reserved, zero |
+//! | 44 | L | label, UTF-8 |
+//! | 44+L | E | public exponent, big-endian |
+//! | 44+L+E | M | modulus, big-endian, M = ceil(bits / 8) |
+//! | 44+L+E+M | M | wrapped master key |
+//! | ... | | zero padding to a multiple of 8 |
+//!
+//! The public key is stored so that `rekey` can wrap a new master key for
+//! every recipient without asking for their key files.
+
+use rsa::BigUint;
+
+use super::keys::{Fingerprint, MAX_BITS, MIN_BITS, PublicKey};
+use crate::error::{Error, Result};
+
+/// Stanza type of RSA-OAEP-SHA256 recipients.
+pub const TYPE_RSA_OAEP_SHA256: u16 = 1;
+/// Longest label in bytes: enough for a host or team name, short enough
+/// that the header holds many recipients.
+pub const MAX_LABEL: usize = 64;
+/// Longest public exponent accepted, in bytes (65537 takes 3).
+pub const MAX_EXPONENT_LEN: usize = 8;
+/// Bytes before the label.
+pub const FIXED_LEN: usize = 44;
+/// Structure name in errors.
+const STRUCTURE: &str = "EVHD recipient stanza";
+
+/// One recipient of the master key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Stanza {
+    /// The recipient's public key.
+    pub key: PublicKey,
+    /// A free-form name for people (host, team).
+    pub label: String,
+    /// The master key, RSA-OAEP-wrapped for `key`.
+    pub wrapped: Vec<u8>,
+}
+
+impl std::fmt::Debug for Stanza {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Stanza({} {:?})",
+            self.key.fingerprint().short(),
+            self.label
+        )
+    }
+}
+
+impl Stanza {
+    /// Wrap `mk` for `key` under `label`.
+    pub fn wrap(key: &PublicKey, label: &str, mk: &[u8]) -> Result<Stanza> {
+        let label = truncate_label(label);
+        Ok(Stanza {
+            key: key.clone(),
+            wrapped: key.wrap(mk)?,
+            label,
+        })
+    }
+
+    /// Encoded length, padding included.
+    pub fn encoded_len(&self) -> usize {
+        let e = self.key.rsa_exponent().len();
+        let m = self.key.modulus_len();
+        (FIXED_LEN + self.label.len() + e + 2 * m).next_multiple_of(8)
+    }
+
+    /// Append the encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        let len = self.encoded_len();
+        let m = self.key.modulus_len();
+        let e = self.key.rsa_exponent();
+        out.extend_from_slice(&TYPE_RSA_OAEP_SHA256.to_le_bytes());
+        out.extend_from_slice(&(len as u16).to_le_bytes());
+        out.extend_from_slice(&self.key.fingerprint().0);
+        out.extend_from_slice(&(self.key.bits() as u16).to_le_bytes());
+        out.extend_from_slice(&(self.label.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(e.len() as u16).to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(self.label.as_bytes());
+        out.extend_from_slice(&e);
+        let n = self.key.modulus();
+        out.resize(out.len() + m - n.len(), 0);
+        out.extend_from_slice(&n);
+        out.resize(out.len() + m - self.wrapped.len(), 0);
+        out.extend_from_slice(&self.wrapped);
+        out.resize(start + len, 0);
+    }
+
+    /// Decode one stanza from the start of `buf`, which lies at `offset` in
+    /// the file; returns it and its length.
+    pub fn decode(buf: &[u8], offset: u64) -> Result<(Stanza, usize)> {
+        let bad = |at: usize, msg: String| Error::corrupt(STRUCTURE, offset + at as u64, msg);
+        if buf.len() < FIXED_LEN {
+            return Err(bad(
+                0,
+                format!(
+                    "{} bytes left, a stanza needs at least {FIXED_LEN}",
+                    buf.len()
+                ),
+            ));
+        }
+        let u16_at = |i: usize| u16::from_le_bytes([buf[i], buf[i + 1]]) as usize;
+        let kind = u16_at(0) as u16;
+        if kind != TYPE_RSA_OAEP_SHA256 {
+            return Err(Error::unsupported(
+                STRUCTURE,
+                offset,
+                format!("stanza type {kind}; expected {TYPE_RSA_OAEP_SHA256} (RSA-OAEP-SHA256)"),
+            ));
+        }
+        let len = u16_at(2);
+        let bits = u16_at(36);
+        let label_len = u16_at(38);
+        let e_len = u16_at(40);
+        if !(MIN_BITS..=MAX_BITS).contains(&bits) {
+            return Err(bad(
+                36,
+                format!("modulus of {bits} bits; expected {MIN_BITS} to {MAX_BITS}"),
+            ));
+        }
+        if label_len > MAX_LABEL {
+            return Err(bad(
+                38,
+                format!("label of {label_len} bytes; at most {MAX_LABEL}"),
+            ));
+        }
+        if e_len == 0 || e_len > MAX_EXPONENT_LEN {
+            return Err(bad(
+                40,
+                format!("exponent of {e_len} bytes; expected 1 to {MAX_EXPONENT_LEN}"),
+            ));
+        }
+        if u16_at(42) != 0 {
+            return Err(bad(42, "reserved field is not zero".into()));
+        }
+        let m = bits.div_ceil(8);
+        let need = (FIXED_LEN + label_len + e_len + 2 * m).next_multiple_of(8);
+        if len != need || len > buf.len() {
+            return Err(bad(
+                2,
+                format!(
+                    "stanza length {len}; expected {need} within the {} bytes left",
+                    buf.len()
+                ),
+            ));
+        }
+        let mut p = FIXED_LEN;
+        let label = std::str::from_utf8(&buf[p..p + label_len])
+            .map_err(|_| bad(p, "label is not UTF-8".into()))?
+            .to_string();
+        p += label_len;
+        let e = BigUint::from_bytes_be(&buf[p..p + e_len]);
+        p += e_len;
+        let n = BigUint::from_bytes_be(&buf[p..p + m]);
+        p += m;
+        let wrapped = buf[p..p + m].to_vec();
+        let key = PublicKey::from_parts(n, e).map_err(|e| bad(44, e.message().to_string()))?;
+        if key.bits() != bits {
+            return Err(bad(
+                36,
+                format!("modulus bits {bits}; the stored modulus has {}", key.bits()),
+            ));
+        }
+        let fp = Fingerprint(buf[4..36].try_into().expect("32 bytes"));
+        if fp != key.fingerprint() {
+            return Err(bad(
+                4,
+                format!(
+                    "fingerprint {} does not match the stored public key ({})",
+                    fp.short(),
+                    key.fingerprint().short()
+                ),
+            ));
+        }
+        Ok((
+            Stanza {
+                key,
+                label,
+                wrapped,
+            },
+            len,
+        ))
+    }
+}
+
+/// Cut `label` to at most [`MAX_LABEL`] bytes at a character boundary.
+pub fn truncate_label(label: &str) -> String {
+    let mut end = label.len().min(MAX_LABEL);
+    while !label.is_char_boundary(end) {
+        end -= 1;
+    }
+    label[..end].to_string()
+}
