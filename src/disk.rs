@@ -114,6 +114,70 @@ pub trait VirtualDisk: Send + Sync {
     }
 }
 
+/// One block's share of a byte range, from [`block_pieces`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockPiece {
+    /// Index of the block.
+    pub block: u64,
+    /// Offset of the piece inside the block.
+    pub in_block: u64,
+    /// Offset of the piece on the virtual disk.
+    pub pos: u64,
+    /// Offset of the piece from the start of the range (an index into the
+    /// caller's buffer).
+    pub done: usize,
+    /// Length of the piece in bytes.
+    pub len: usize,
+}
+
+/// Split `[offset, offset + len)` where it crosses multiples of `block_size`.
+pub fn block_pieces(offset: u64, len: u64, block_size: u64) -> impl Iterator<Item = BlockPiece> {
+    let end = offset + len;
+    let mut pos = offset;
+    std::iter::from_fn(move || {
+        (pos < end).then(|| {
+            let in_block = pos % block_size;
+            let n = (block_size - in_block).min(end - pos);
+            let piece = BlockPiece {
+                block: pos / block_size,
+                in_block,
+                pos,
+                done: (pos - offset) as usize,
+                len: n as usize,
+            };
+            pos += n;
+            piece
+        })
+    })
+}
+
+/// Runs of equal presence over the byte range `[start, start + len)` of a
+/// block whose units (sectors) of `unit` bytes are present when `present(i)`
+/// says so for unit `i`: `(start, length, present)` in bytes from the block's
+/// start. Used for the sector bitmaps of differencing disks.
+pub fn presence_runs(
+    start: u64,
+    len: u64,
+    unit: u64,
+    present: impl Fn(u64) -> bool,
+) -> Vec<(u64, u64, bool)> {
+    let end = start + len;
+    let mut runs = Vec::new();
+    let mut pos = start;
+    while pos < end {
+        let s = pos / unit;
+        let here = present(s);
+        let mut next = s + 1;
+        while next * unit < end && present(next) == here {
+            next += 1;
+        }
+        let stop = (next * unit).min(end);
+        runs.push((pos, stop - pos, here));
+        pos = stop;
+    }
+    runs
+}
+
 /// Check that `[offset, offset + len)` lies inside a disk of `size` bytes.
 pub fn check_range(size: u64, offset: u64, len: usize) -> Result<()> {
     match offset.checked_add(len as u64) {
@@ -141,4 +205,36 @@ pub fn is_zero(buf: &[u8]) -> bool {
         }
     }
     pieces.remainder().iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_split_at_block_boundaries() {
+        let p: Vec<_> = block_pieces(1000, 3000, 1024)
+            .map(|p| (p.block, p.in_block, p.done, p.len))
+            .collect();
+        assert_eq!(
+            p,
+            vec![
+                (0, 1000, 0, 24),
+                (1, 0, 24, 1024),
+                (2, 0, 1048, 1024),
+                (3, 0, 2072, 928)
+            ]
+        );
+        assert_eq!(block_pieces(5, 0, 512).count(), 0);
+    }
+
+    #[test]
+    fn presence_runs_merge_equal_units() {
+        let bits = [true, true, false, true];
+        let r = presence_runs(100, 1948, 512, |i| bits[i as usize]);
+        assert_eq!(
+            r,
+            vec![(100, 924, true), (1024, 512, false), (1536, 512, true)]
+        );
+    }
 }

@@ -31,7 +31,9 @@ use serde_json::json;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use crate::disk::{Extent, ExtentKind, ExtentList, VirtualDisk, check_range, is_zero};
+use crate::disk::{
+    Extent, ExtentKind, ExtentList, VirtualDisk, block_pieces, check_range, is_zero,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::{Storage, io_err, read_struct};
 use crate::report::{DiskType, Format, ImageInfo};
@@ -1431,25 +1433,17 @@ impl VirtualDisk for EvhdDisk {
     fn map(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
         let st = self.unlocked()?;
         let end = offset.saturating_add(length).min(self.header.virtual_size);
-        let bs = self.block_size();
         let mut list = ExtentList::default();
-        let mut pos = offset;
-        while pos < end {
-            let block = pos / bs;
-            let in_off = pos % bs;
-            let n = (bs - in_off).min(end - pos);
-            let e = &st.entries[block as usize];
-            if e.slot == 0 {
-                list.push(pos, n, ExtentKind::Zero, None);
-            } else {
-                list.push(
-                    pos,
-                    n,
+        for p in block_pieces(offset, end.saturating_sub(offset), self.block_size()) {
+            let e = &st.entries[p.block as usize];
+            let (kind, file_offset) = match e.slot {
+                0 => (ExtentKind::Zero, None),
+                slot => (
                     ExtentKind::Data,
-                    Some(self.header.slot_offset(e.slot) + in_off),
-                );
-            }
-            pos += n;
+                    Some(self.header.slot_offset(slot) + p.in_block),
+                ),
+            };
+            list.push(p.pos, p.len as u64, kind, file_offset);
         }
         Ok(list.into_vec())
     }

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::disk::{Extent, ExtentKind, ExtentList, VirtualDisk, check_range, is_zero};
+use crate::disk::{
+    Extent, ExtentKind, ExtentList, VirtualDisk, block_pieces, check_range, is_zero, presence_runs,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::{Storage, io_err, read_struct};
 use crate::parent::{Candidate, Chain, Parent, ParentSpec};
@@ -711,14 +713,8 @@ impl VhdDisk {
 
     fn write_sparse(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         let bs = self.sparse.as_ref().expect("sparse").block_size;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let block = (pos / bs) as usize;
-            let in_off = pos % bs;
-            let n = ((bs - in_off) as usize).min(buf.len() - done);
-            self.write_block(block, in_off, &buf[done..done + n])?;
-            done += n;
+        for p in block_pieces(offset, buf.len() as u64, bs) {
+            self.write_block(p.block as usize, p.in_block, &buf[p.done..p.done + p.len])?;
         }
         Ok(())
     }
@@ -728,26 +724,11 @@ impl VhdDisk {
 /// first) over the byte range `[in_off, in_off + len)` of a block, as
 /// `(start, length, present)` in bytes from the block's start.
 pub fn sector_runs(bitmap: &[u8], in_off: u64, len: u64) -> Vec<(u64, u64, bool)> {
-    let bit = |s: u64| {
+    presence_runs(in_off, len, SECTOR, |s| {
         bitmap
             .get((s / 8) as usize)
             .is_some_and(|b| b & (0x80 >> (s % 8)) != 0)
-    };
-    let end = in_off + len;
-    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
-    let mut pos = in_off;
-    while pos < end {
-        let s = pos / SECTOR;
-        let present = bit(s);
-        let mut next = s + 1;
-        while next * SECTOR < end && bit(next) == present {
-            next += 1;
-        }
-        let stop = (next * SECTOR).min(end);
-        runs.push((pos, stop - pos, present));
-        pos = stop;
-    }
-    runs
+    })
 }
 
 impl VirtualDisk for VhdDisk {
@@ -765,14 +746,9 @@ impl VirtualDisk for VhdDisk {
                 .read_at_or_zero(&mut buf[..avail], offset)
                 .map_err(io_err("VHD data", offset));
         };
-        let bs = sparse.block_size;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let in_off = pos % bs;
-            let n = ((bs - in_off) as usize).min(buf.len() - done);
-            self.read_block((pos / bs) as usize, in_off, &mut buf[done..done + n], pos)?;
-            done += n;
+        for p in block_pieces(offset, buf.len() as u64, sparse.block_size) {
+            let out = &mut buf[p.done..p.done + p.len];
+            self.read_block(p.block as usize, p.in_block, out, p.pos)?;
         }
         Ok(())
     }
@@ -838,13 +814,9 @@ impl VirtualDisk for VhdDisk {
         } else {
             ExtentKind::Zero
         };
-        let bs = sparse.block_size;
-        let mut pos = offset;
-        while pos < end {
-            let block = (pos / bs) as usize;
-            let in_off = pos % bs;
-            let n = (bs - in_off).min(end - pos);
-            let entry = sparse.bat[block];
+        for p in block_pieces(offset, end.saturating_sub(offset), sparse.block_size) {
+            let (pos, in_off, n) = (p.pos, p.in_block, p.len as u64);
+            let entry = sparse.bat[p.block as usize];
             if entry == bat::UNUSED {
                 list.push(pos, n, absent, None);
             } else {
@@ -863,7 +835,6 @@ impl VirtualDisk for VhdDisk {
                     list.push(pos, n, ExtentKind::Data, Some(data + in_off));
                 }
             }
-            pos += n;
         }
         Ok(list.into_vec())
     }
