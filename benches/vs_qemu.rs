@@ -9,8 +9,9 @@
 //! the whole disk (the same offsets for both), through the library and with
 //! `qemu-img bench` (page cache, queue depth 1 and 16; the better qemu figure
 //! is the one compared).
-//! Each measurement is run `VHDKIT_BENCH_RUNS` times (default 3) and the best
-//! time kept. Run with `cargo bench --bench vs_qemu`; set
+//! Each measurement is run `VHDKIT_BENCH_RUNS` times (default 3), after a
+//! `sync`, and the best time kept. Outputs are not synced by either tool
+//! (qemu-img's default; vhdkit without `--sync`). Run with `cargo bench --bench vs_qemu`; set
 //! `VHDKIT_BENCH_SIZE` (e.g. `256M`) for a quicker look.
 
 use std::fs;
@@ -249,6 +250,9 @@ fn best(runs: usize, out: &str, f: impl Fn() -> bool) -> Duration {
     (0..runs)
         .map(|_| {
             let _ = fs::remove_file(out);
+            // Start every run with no dirty pages pending, so that one run's
+            // write-back does not throttle the next one.
+            let _ = Command::new("sync").status();
             let t = Instant::now();
             assert!(f(), "command failed");
             t.elapsed()

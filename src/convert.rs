@@ -218,21 +218,24 @@ fn read_or_zero(disk: &dyn VirtualDisk, buf: &mut [u8], offset: u64) -> Result<(
     Ok(())
 }
 
-/// Write the non-zero pieces of `buf` (at `offset`) into a fresh disk,
-/// merging neighbouring pieces into one write.
-fn write_nonzero(dst: &mut dyn VirtualDisk, buf: &[u8], offset: u64) -> Result<()> {
+/// Which [`ZERO_PIECE`]-sized pieces of `buf` are all zeros.
+fn zero_pieces(buf: &[u8]) -> Vec<bool> {
+    buf.chunks(ZERO_PIECE).map(is_zero).collect()
+}
+
+/// Write the pieces of `buf` (at `offset`) that `zeros` marks as not zero
+/// into a fresh disk, merging neighbouring pieces into one write.
+fn write_nonzero(dst: &mut dyn VirtualDisk, buf: &[u8], zeros: &[bool], offset: u64) -> Result<()> {
     let mut run_start: Option<usize> = None;
-    let mut pos = 0;
-    while pos < buf.len() {
-        let end = (pos + ZERO_PIECE).min(buf.len());
-        if is_zero(&buf[pos..end]) {
+    for (i, &zero) in zeros.iter().enumerate() {
+        let pos = i * ZERO_PIECE;
+        if zero {
             if let Some(s) = run_start.take() {
                 dst.write_at(&buf[s..pos], offset + s as u64)?;
             }
         } else if run_start.is_none() {
             run_start = Some(pos);
         }
-        pos = end;
     }
     if let Some(s) = run_start {
         dst.write_at(&buf[s..], offset + s as u64)?;
@@ -244,16 +247,21 @@ fn write_nonzero(dst: &mut dyn VirtualDisk, buf: &[u8], offset: u64) -> Result<(
 /// without holding much memory (READ_AHEAD * COPY_CHUNK bytes).
 const READ_AHEAD: usize = 4;
 
+/// A chunk read by [`read_pipelined`]: its offset, bytes, and which of its
+/// [`ZERO_PIECE`]s are zeros (computed on the reading thread).
+type Chunk = (u64, Vec<u8>, Vec<bool>);
+
 /// Read `ranges` of `src` in order on a second thread, in pieces of at most
-/// [`COPY_CHUNK`], and hand each piece with its offset to `consume` on this
-/// thread, so reading overlaps with whatever `consume` does (writing).
+/// [`COPY_CHUNK`], and hand each piece with its offset and zero map to
+/// `consume` on this thread, so reading and zero detection overlap with
+/// whatever `consume` does (writing).
 pub fn read_pipelined(
     src: &dyn VirtualDisk,
     ranges: &[(u64, u64)],
-    mut consume: impl FnMut(u64, &[u8]) -> Result<()>,
+    mut consume: impl FnMut(u64, &[u8], &[bool]) -> Result<()>,
 ) -> Result<()> {
     use std::sync::mpsc::sync_channel;
-    let (full_tx, full_rx) = sync_channel::<Result<(u64, Vec<u8>)>>(READ_AHEAD);
+    let (full_tx, full_rx) = sync_channel::<Result<Chunk>>(READ_AHEAD);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(READ_AHEAD + 2);
     for _ in 0..READ_AHEAD + 2 {
         free_tx
@@ -268,7 +276,10 @@ pub fn read_pipelined(
                     let Ok(mut buf) = free_rx.recv() else { return };
                     let n = (start + len - pos).min(COPY_CHUNK as u64) as usize;
                     buf.resize(n, 0);
-                    let item = src.read_at(&mut buf, pos).map(|_| (pos, buf));
+                    let item = src.read_at(&mut buf, pos).map(|_| {
+                        let zeros = zero_pieces(&buf);
+                        (pos, buf, zeros)
+                    });
                     let failed = item.is_err();
                     if full_tx.send(item).is_err() || failed {
                         return;
@@ -278,8 +289,8 @@ pub fn read_pipelined(
             }
         });
         for item in full_rx {
-            let (pos, buf) = item?;
-            consume(pos, &buf)?;
+            let (pos, buf, zeros) = item?;
+            consume(pos, &buf, &zeros)?;
             // The reader may have stopped; a lost buffer does not matter then.
             let _ = free_tx.send(buf);
         }
@@ -301,8 +312,8 @@ pub fn copy_into(
         .filter(|e| e.kind != ExtentKind::Zero)
         .map(|e| (e.start, e.length))
         .collect();
-    read_pipelined(src, &ranges, |pos, buf| {
-        write_nonzero(dst, buf, pos)?;
+    read_pipelined(src, &ranges, |pos, buf, zeros| {
+        write_nonzero(dst, buf, zeros, pos)?;
         progress(pos + buf.len() as u64);
         Ok(())
     })?;
@@ -354,7 +365,7 @@ pub fn stream_raw(
     out: &mut dyn Write,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
-    read_pipelined(src, &[(0, src.virtual_size())], |pos, buf| {
+    read_pipelined(src, &[(0, src.virtual_size())], |pos, buf, _| {
         out.write_all(buf)
             .map_err(|e| Error::io(e, "writing to the output stream"))?;
         progress(pos + buf.len() as u64);
