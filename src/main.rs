@@ -86,6 +86,8 @@ enum Command {
         /// Parent of a differencing image.
         #[arg(long)]
         parent: Option<PathBuf>,
+        #[command(flatten)]
+        sectors: SectorArgs,
         /// Replace IMAGE if it exists.
         #[arg(long)]
         force: bool,
@@ -107,6 +109,8 @@ enum Command {
         /// Make DST a differencing image over BASE holding only what differs from it.
         #[arg(short = 'B', long = "base")]
         base: Option<PathBuf>,
+        #[command(flatten)]
+        sectors: SectorArgs,
         /// Replace DST if it exists.
         #[arg(long)]
         force: bool,
@@ -154,6 +158,29 @@ enum Command {
         #[command(flatten)]
         parent: ParentArgs,
     },
+}
+
+/// Sector sizes of a new VHDX.
+#[derive(Args, Clone, Default)]
+struct SectorArgs {
+    /// Logical sector size of a VHDX: 512 or 4096 (default 512, or the
+    /// source's or parent's).
+    #[arg(
+        long = "sector-size",
+        alias = "logical-sector-size",
+        value_name = "BYTES"
+    )]
+    logical: Option<u32>,
+    /// Physical sector size of a VHDX: 512 or 4096 (default 4096).
+    #[arg(long = "physical-sector-size", value_name = "BYTES")]
+    physical: Option<u32>,
+}
+
+impl SectorArgs {
+    fn apply(&self, spec: &mut ImageSpec) {
+        spec.logical_sector_size = self.logical;
+        spec.physical_sector_size = self.physical;
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -251,12 +278,14 @@ fn run(cmd: Command) -> Outcome {
             disk_type,
             block_size,
             parent,
+            sectors,
             force,
             image,
             size,
         } => {
             let format = output_format(format, &image).map_err(fail1)?;
             let mut spec = ImageSpec::new(format);
+            sectors.apply(&mut spec);
             spec.block_size = block_size
                 .as_deref()
                 .map(parse_size)
@@ -298,6 +327,7 @@ fn run(cmd: Command) -> Outcome {
             disk_type,
             block_size,
             base,
+            sectors,
             force,
             sync,
             quiet,
@@ -329,6 +359,15 @@ fn run(cmd: Command) -> Outcome {
                     sync,
                 };
                 let mut spec = ImageSpec::new(format);
+                sectors.apply(&mut spec);
+                if format == Format::Vhdx
+                    && spec.logical_sector_size.is_none()
+                    && base.is_none()
+                    && disk.logical_sector_size() != 512
+                {
+                    // Keep the source's sector size.
+                    spec.logical_sector_size = Some(disk.logical_sector_size());
+                }
                 spec.block_size = block_size
                     .as_deref()
                     .map(parse_size)
