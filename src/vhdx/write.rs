@@ -400,7 +400,13 @@ impl VhdxDisk {
                 _ => false,
             };
             if !zeros_already {
-                self.reserve_pages(1)?;
+                self.reserve_pages(3 + l.sectors_per_block().div_ceil(8 * PAGE))?;
+                if st == bat::PAYLOAD_PARTIALLY_PRESENT {
+                    // No stale bits for readers that look at them anyway.
+                    self.load_bitmap(block / l.chunk_ratio, false)?;
+                    let sectors = bs.min(size - block * bs) / l.sector_size;
+                    self.set_bits(block, 0, sectors, false);
+                }
                 self.set_entry(idx, bat::entry(target, 0));
             }
             discarded += bs.min(size - block * bs);
