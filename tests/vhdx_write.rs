@@ -155,7 +155,7 @@ fn written_fixed_and_dynamic_images_pass_qemu_check_and_read_like_qemu() {
                 if e & 7 == 6 {
                     let off = e & !0xF_FFFF;
                     assert!(
-                        off >= l.bat_offset + MIB && off % MIB == 0,
+                        off >= l.bat_offset + MIB && off.is_multiple_of(MIB),
                         "{ctx}: block {i} at {off:#x}"
                     );
                 }
