@@ -26,8 +26,12 @@ use crate::io::{Storage, io_err};
 use crate::parent::Chain;
 use crate::report::Format;
 
-/// Default payload block size: 32 MiB, as Hyper-V uses for dynamic disks.
+/// Default payload block size of fixed and dynamic disks: 32 MiB, as
+/// Hyper-V uses.
 pub const DEFAULT_BLOCK_SIZE: u32 = 32 << 20;
+/// Default payload block size of differencing disks: 2 MiB, as Hyper-V
+/// uses, so that small changes allocate little.
+pub const DEFAULT_DIFFERENCING_BLOCK_SIZE: u32 = 2 << 20;
 /// Default log size: 1 MiB, as Hyper-V and qemu use.
 pub const DEFAULT_LOG_SIZE: u32 = 1 << 20;
 /// Size of the metadata region we write: the 64 KiB table and a few
@@ -56,7 +60,7 @@ enum Kind {
 pub struct VhdxBuilder {
     size: u64,
     kind: Kind,
-    block_size: u32,
+    block_size: Option<u32>,
     logical_sector_size: Option<u32>,
     physical_sector_size: Option<u32>,
     log_size: u32,
@@ -89,7 +93,7 @@ impl VhdxBuilder {
         VhdxBuilder {
             size,
             kind: Kind::Dynamic,
-            block_size: DEFAULT_BLOCK_SIZE,
+            block_size: None,
             logical_sector_size: None,
             physical_sector_size: None,
             log_size: DEFAULT_LOG_SIZE,
@@ -116,10 +120,18 @@ impl VhdxBuilder {
         self
     }
 
-    /// Payload block size: a power of two from 1 MiB to 256 MiB.
+    /// Payload block size: a power of two from 1 MiB to 256 MiB (default
+    /// 32 MiB, or 2 MiB for differencing disks).
     pub fn block_size(mut self, bs: u32) -> Self {
-        self.block_size = bs;
+        self.block_size = Some(bs);
         self
+    }
+
+    fn effective_block_size(&self) -> u32 {
+        self.block_size.unwrap_or(match self.kind {
+            Kind::Differencing(_) => DEFAULT_DIFFERENCING_BLOCK_SIZE,
+            _ => DEFAULT_BLOCK_SIZE,
+        })
     }
 
     /// Logical sector size, 512 (default) or 4096.
@@ -161,7 +173,7 @@ impl VhdxBuilder {
                 "VHDX size {size} must be a non-zero multiple of the {lss}-byte logical sector up to 64 TiB"
             )));
         }
-        let bs = self.block_size;
+        let bs = self.effective_block_size();
         if !bs.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) {
             return Err(Error::invalid_argument(format!(
                 "VHDX block size {bs} must be a power of two from 1 MiB to 256 MiB"
@@ -267,7 +279,7 @@ impl VhdxBuilder {
         w(&area, 0, "VHDX header area")?;
 
         let meta = NewMetadata {
-            block_size: self.block_size,
+            block_size: self.effective_block_size(),
             leave_block_allocated: fixed,
             virtual_size: size,
             page_83: self.page_83.unwrap_or_else(Uuid::new_v4),
