@@ -255,15 +255,17 @@ impl VhdxBuilder {
             storage.write_at(buf, off).map_err(io_err(what, off))
         };
 
-        // The header area: identifier, two headers, two region tables.
-        let mut area = vec![0u8; HEADER_AREA as usize];
-        let id = FileIdentifier::new(&creator()).to_bytes();
-        area[..id.len()].copy_from_slice(&id);
+        // The header area: identifier, two headers, two region tables; the
+        // rest stays a hole (reads as zeros).
+        w(
+            &FileIdentifier::new(&creator()).to_bytes(),
+            0,
+            "VHDX file identifier",
+        )?;
         let (fwg, dwg) = (Uuid::new_v4(), Uuid::new_v4());
         for (seq, &off) in HEADER_OFFSETS.iter().enumerate() {
             let h = Header::new(seq as u64, fwg, dwg, fl.log_offset, fl.log_length);
-            let b = h.to_bytes();
-            area[off as usize..off as usize + b.len()].copy_from_slice(&b);
+            w(&h.to_bytes(), off, "VHDX header")?;
         }
         let table = RegionTable::encode(&[
             RegionTableEntry::required_region(BAT_GUID, fl.bat_offset, fl.bat_length),
@@ -274,9 +276,8 @@ impl VhdxBuilder {
             ),
         ]);
         for &off in &REGION_TABLE_OFFSETS {
-            area[off as usize..off as usize + table.len()].copy_from_slice(&table);
+            w(&table, off, "VHDX region table")?;
         }
-        w(&area, 0, "VHDX header area")?;
 
         let meta = NewMetadata {
             block_size: self.effective_block_size(),
@@ -287,11 +288,9 @@ impl VhdxBuilder {
             physical_sector_size: pss,
             parent_locator: locator,
         };
-        w(
-            &meta.encode(METADATA_REGION_SIZE as usize),
-            fl.metadata_offset,
-            "VHDX metadata region",
-        )?;
+        let region = meta.encode(METADATA_REGION_SIZE as usize);
+        let used = region.len() - region.iter().rev().take_while(|&&b| b == 0).count();
+        w(&region[..used], fl.metadata_offset, "VHDX metadata region")?;
 
         let mut end = fl.data_offset;
         if fixed {
