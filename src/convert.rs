@@ -14,6 +14,7 @@ use crate::io::{FileStorage, Storage};
 use crate::raw::RawDisk;
 use crate::report::{DiskType, Format};
 use crate::vhd::VhdBuilder;
+use crate::vhdx::VhdxBuilder;
 
 /// Bytes copied per step: a whole default VHD block.
 pub const COPY_CHUNK: usize = 2 << 20;
@@ -34,6 +35,11 @@ pub struct ImageSpec {
     pub parent: Option<PathBuf>,
     /// Recipients, cipher and origin record of an EVHD output.
     pub evhd: Option<crate::evhd::EvhdOptions>,
+    /// Logical sector size (format default, or the parent's, when `None`).
+    /// VHDX takes 512 or 4096; the other formats only 512.
+    pub logical_sector_size: Option<u32>,
+    /// Physical sector size (format default when `None`); VHDX only.
+    pub physical_sector_size: Option<u32>,
 }
 
 impl ImageSpec {
@@ -48,6 +54,8 @@ impl ImageSpec {
             block_size: None,
             parent: None,
             evhd: None,
+            logical_sector_size: None,
+            physical_sector_size: None,
         }
     }
 }
@@ -107,6 +115,20 @@ pub fn create_in(
     spec: &ImageSpec,
     size: u64,
 ) -> Result<Box<dyn VirtualDisk>> {
+    if spec.format != Format::Vhdx {
+        if spec.logical_sector_size.is_some_and(|s| s != 512) {
+            return Err(Error::invalid_argument(format!(
+                "{} images have 512-byte sectors; only VHDX takes 4096",
+                spec.format.as_str()
+            )));
+        }
+        if spec.physical_sector_size.is_some() {
+            return Err(Error::invalid_argument(format!(
+                "{} images have no physical sector size setting; only VHDX does",
+                spec.format.as_str()
+            )));
+        }
+    }
     match spec.format {
         Format::Raw => {
             if spec.disk_type != DiskType::Fixed {
@@ -158,10 +180,31 @@ pub fn create_in(
             }
             Ok(Box::new(b.create(storage, path.map(Path::to_path_buf))?))
         }
-        other => Err(Error::new(
-            ErrorKind::Unsupported,
-            format!("creating {} images is not supported yet", other.as_str()),
-        )),
+        Format::Vhdx => {
+            let mut b = VhdxBuilder::new(size);
+            if let Some(bs) = spec.block_size {
+                let bs = u32::try_from(bs)
+                    .map_err(|_| Error::invalid_argument("block size too large for VHDX"))?;
+                b = b.block_size(bs);
+            }
+            if let Some(s) = spec.logical_sector_size {
+                b = b.logical_sector_size(s);
+            }
+            if let Some(s) = spec.physical_sector_size {
+                b = b.physical_sector_size(s);
+            }
+            b = match spec.disk_type {
+                DiskType::Fixed => b.fixed(),
+                DiskType::Dynamic => b.dynamic(),
+                DiskType::Differencing => {
+                    let p = spec.parent.clone().ok_or_else(|| {
+                        Error::invalid_argument("a differencing image needs a parent")
+                    })?;
+                    b.differencing(p)
+                }
+            };
+            Ok(Box::new(b.create(storage, path)?))
+        }
     }
 }
 
@@ -200,7 +243,7 @@ pub fn create_file(
     let mut disk =
         create_in(Box::new(storage), Some(dest), spec, size).map_err(|e| e.with_path(dest))?;
     fill(disk.as_mut()).map_err(|e| e.with_path(dest))?;
-    disk.flush().map_err(|e| e.with_path(dest))?;
+    disk.close().map_err(|e| e.with_path(dest))?;
     drop(disk);
     pending.commit()
 }

@@ -101,6 +101,12 @@ pub trait VirtualDisk: Send + Sync {
     /// Make every completed write durable.
     fn flush(&mut self) -> Result<()>;
 
+    /// Flush and leave the file in its at-rest form (VHDX: the log emptied).
+    /// Dropping the disk does the same but cannot report errors.
+    fn close(&mut self) -> Result<()> {
+        self.flush()
+    }
+
     /// The allocation map of `[offset, offset + length)` as maximal runs.
     fn map(&self, offset: u64, length: u64) -> Result<Vec<Extent>>;
 
@@ -176,6 +182,16 @@ pub fn presence_runs(
         pos = stop;
     }
     runs
+}
+
+/// Optional ability: give back the storage of whole blocks (trim).
+pub trait Discard {
+    /// Deallocate every whole block inside `[offset, offset + len)`: those
+    /// blocks read as zeros afterwards (never from a parent). Parts of
+    /// blocks at the edges of the range are left as they are, and images
+    /// that keep their blocks allocated (fixed) change nothing. Returns the
+    /// bytes of the whole blocks in the range.
+    fn discard(&mut self, offset: u64, len: u64) -> Result<u64>;
 }
 
 /// Check that `[offset, offset + len)` lies inside a disk of `size` bytes.

@@ -164,6 +164,8 @@ enum Command {
         /// Parent of a differencing image.
         #[arg(long)]
         parent: Option<PathBuf>,
+        #[command(flatten)]
+        sectors: SectorArgs,
         /// Replace IMAGE if it exists.
         #[arg(long)]
         force: bool,
@@ -185,6 +187,8 @@ enum Command {
         /// Make DST a differencing image over BASE holding only what differs from it.
         #[arg(short = 'B', long = "base")]
         base: Option<PathBuf>,
+        #[command(flatten)]
+        sectors: SectorArgs,
         /// Replace DST if it exists.
         #[arg(long)]
         force: bool,
@@ -328,6 +332,29 @@ enum RecipientsCmd {
     },
 }
 
+/// Sector sizes of a new VHDX.
+#[derive(Args, Clone, Default)]
+struct SectorArgs {
+    /// Logical sector size of a VHDX: 512 or 4096 (default 512, or the
+    /// source's or parent's).
+    #[arg(
+        long = "sector-size",
+        alias = "logical-sector-size",
+        value_name = "BYTES"
+    )]
+    logical: Option<u32>,
+    /// Physical sector size of a VHDX: 512 or 4096 (default 4096).
+    #[arg(long = "physical-sector-size", value_name = "BYTES")]
+    physical: Option<u32>,
+}
+
+impl SectorArgs {
+    fn apply(&self, spec: &mut ImageSpec) {
+        spec.logical_sector_size = self.logical;
+        spec.physical_sector_size = self.physical;
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum FormatArg {
     Raw,
@@ -423,12 +450,14 @@ fn run(cmd: Command) -> Outcome {
             disk_type,
             block_size,
             parent,
+            sectors,
             force,
             image,
             size,
         } => {
             let format = output_format(format, &image).map_err(fail1)?;
             let mut spec = ImageSpec::new(format);
+            sectors.apply(&mut spec);
             spec.block_size = block_size
                 .as_deref()
                 .map(parse_size)
@@ -470,6 +499,7 @@ fn run(cmd: Command) -> Outcome {
             disk_type,
             block_size,
             base,
+            sectors,
             force,
             sync,
             quiet,
@@ -505,17 +535,20 @@ fn run(cmd: Command) -> Outcome {
                     (Err(_), Some(f)) if f != Format::Evhd => f,
                     (Err(e), _) => return Err(fail1(e)),
                 };
-                if format == Format::Vhdx {
-                    return Err(fail1(Error::new(
-                        ErrorKind::Unsupported,
-                        "VHDX output is not available yet; pass -O vhd or -O raw",
-                    )));
-                }
                 let out = convert::OutputOptions {
                     overwrite: force,
                     sync,
                 };
                 let mut spec = ImageSpec::new(format);
+                sectors.apply(&mut spec);
+                if format == Format::Vhdx
+                    && spec.logical_sector_size.is_none()
+                    && base.is_none()
+                    && disk.logical_sector_size() != 512
+                {
+                    // Keep the source's sector size.
+                    spec.logical_sector_size = Some(disk.logical_sector_size());
+                }
                 spec.block_size = block_size
                     .as_deref()
                     .map(parse_size)
@@ -533,6 +566,9 @@ fn run(cmd: Command) -> Outcome {
                     }
                     if spec.block_size.is_none() && o.block_size != 0 && format != Format::Raw {
                         spec.block_size = Some(u64::from(o.block_size));
+                    }
+                    if format == Format::Vhdx && spec.physical_sector_size.is_none() {
+                        spec.physical_sector_size = Some(o.physical_sector_size);
                     }
                 }
                 if format == Format::Evhd {

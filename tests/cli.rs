@@ -515,7 +515,14 @@ fn failed_conversions_leave_no_output_behind() {
             s(&raw),
             s(&env.p("o1.vhd")),
         ],
-        vec!["convert", "-q", "-O", "vhdx", s(&raw), s(&env.p("o2.vhdx"))],
+        vec![
+            "convert",
+            "-q",
+            "--sector-size",
+            "4096",
+            s(&raw),
+            s(&env.p("o2.vhd")),
+        ],
         vec![
             "convert",
             "-q",

@@ -203,7 +203,7 @@ fn file_timestamp(p: &Path) -> u32 {
 }
 
 /// `target` relative to the folder `from`, in Windows form (`.\a`, `..\b\c`).
-fn relative_path(from: &Path, target: &Path) -> Option<String> {
+pub(crate) fn relative_path(from: &Path, target: &Path) -> Option<String> {
     let f: Vec<Component> = from.components().collect();
     let t: Vec<Component> = target.components().collect();
     let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();

@@ -43,6 +43,12 @@ pub fn file_offset(entry: u64) -> u64 {
     entry & OFFSET_MASK
 }
 
+/// An entry of `state` pointing at byte offset `offset` (a multiple of 1 MiB).
+pub fn entry(state: u8, offset: u64) -> u64 {
+    debug_assert!(offset & !OFFSET_MASK == 0, "block offsets are whole MiB");
+    (offset & OFFSET_MASK) | u64::from(state)
+}
+
 /// Name of a payload state, or `None` if the value is not one.
 pub fn payload_state_name(s: u8, differencing: bool) -> Option<&'static str> {
     Some(match s {

@@ -3,7 +3,7 @@
 
 use std::io::Cursor;
 
-use binrw::{BinRead, binrw};
+use binrw::{BinRead, BinWrite, binrw};
 
 use crate::error::{Error, Result};
 
@@ -46,6 +46,28 @@ impl FileIdentifier {
             ));
         }
         Ok(id)
+    }
+
+    /// An identifier naming `creator` (cut to 256 UTF-16 units).
+    pub fn new(creator: &str) -> FileIdentifier {
+        let mut units = [0u16; 256];
+        for (u, c) in units.iter_mut().zip(creator.encode_utf16()) {
+            *u = c;
+        }
+        FileIdentifier {
+            signature: SIGNATURE,
+            creator: units,
+        }
+    }
+
+    /// The stored bytes (signature and creator; the rest of the 64 KiB is zero).
+    pub fn to_bytes(&self) -> [u8; DECODED_SIZE] {
+        let mut c = Cursor::new(Vec::with_capacity(DECODED_SIZE));
+        self.write(&mut c)
+            .expect("writing a fixed-size struct to memory cannot fail");
+        c.into_inner()
+            .try_into()
+            .expect("identifier layout is 520 bytes")
     }
 
     /// The creator string up to its first NUL.

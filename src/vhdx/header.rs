@@ -124,6 +124,37 @@ impl Header {
         self.file_write_guid = to_ms_bytes(g);
     }
 
+    /// Set the DataWriteGuid.
+    pub fn set_data_write_guid(&mut self, g: Uuid) {
+        self.data_write_guid = to_ms_bytes(g);
+    }
+
+    /// A new header: the given GUIDs, an empty log at `log_offset` of
+    /// `log_length` bytes, checksum computed.
+    pub fn new(
+        sequence_number: u64,
+        file_write_guid: Uuid,
+        data_write_guid: Uuid,
+        log_offset: u64,
+        log_length: u32,
+    ) -> Header {
+        let mut h = Header {
+            signature: SIGNATURE,
+            checksum: 0,
+            sequence_number,
+            file_write_guid: to_ms_bytes(file_write_guid),
+            data_write_guid: to_ms_bytes(data_write_guid),
+            log_guid: [0; 16],
+            log_version: LOG_VERSION,
+            version: VERSION,
+            log_length,
+            log_offset,
+            reserved: [0; 4016],
+        };
+        h.checksum = h.compute_checksum();
+        h
+    }
+
     /// Check the values a reader depends on (header at `offset`).
     pub fn validate(&self, offset: u64, file_len: u64) -> Result<()> {
         if self.version != VERSION {

@@ -4,13 +4,13 @@
 
 use std::io::Cursor;
 
-use binrw::{BinRead, binrw};
+use binrw::{BinRead, BinWrite, binrw};
 use serde_json::json;
 use uuid::Uuid;
 
 use super::parent_locator::ParentLocator;
 use crate::error::{Error, Result};
-use crate::guid::from_ms_bytes;
+use crate::guid::{from_ms_bytes, to_ms_bytes};
 use crate::io::{Storage, read_struct};
 
 /// Size of the table at the start of the region; item values lie after it.
@@ -377,5 +377,91 @@ impl Metadata {
             })
             .collect();
         json!({ "offset": self.region_offset, "items": items })
+    }
+}
+
+/// The items of a new file's metadata region.
+#[derive(Debug, Clone)]
+pub struct NewMetadata {
+    /// Payload block size.
+    pub block_size: u32,
+    /// Fixed disks keep every block allocated.
+    pub leave_block_allocated: bool,
+    /// Virtual disk size in bytes.
+    pub virtual_size: u64,
+    /// The disk's Page 83 id.
+    pub page_83: Uuid,
+    /// Logical sector size.
+    pub logical_sector_size: u32,
+    /// Physical sector size.
+    pub physical_sector_size: u32,
+    /// The encoded parent locator of a differencing disk.
+    pub parent_locator: Option<Vec<u8>>,
+}
+
+impl NewMetadata {
+    /// Encode the region of `region_length` bytes: the table, then each
+    /// value in turn after it ([MS-VHDX] 2.6.1). File Parameters and the
+    /// parent locator describe the file; the other items the virtual disk.
+    pub fn encode(&self, region_length: usize) -> Vec<u8> {
+        let mut flags = 0;
+        if self.leave_block_allocated {
+            flags |= LEAVE_BLOCK_ALLOCATED;
+        }
+        if self.parent_locator.is_some() {
+            flags |= HAS_PARENT;
+        }
+        let mut fp = self.block_size.to_le_bytes().to_vec();
+        fp.extend_from_slice(&flags.to_le_bytes());
+        let disk = FLAG_IS_REQUIRED | FLAG_IS_VIRTUAL_DISK;
+        let mut items: Vec<(Uuid, u32, Vec<u8>)> = vec![
+            (FILE_PARAMETERS, FLAG_IS_REQUIRED, fp),
+            (
+                VIRTUAL_DISK_SIZE,
+                disk,
+                self.virtual_size.to_le_bytes().to_vec(),
+            ),
+            (PAGE_83_DATA, disk, to_ms_bytes(self.page_83).to_vec()),
+            (
+                LOGICAL_SECTOR_SIZE,
+                disk,
+                self.logical_sector_size.to_le_bytes().to_vec(),
+            ),
+            (
+                PHYSICAL_SECTOR_SIZE,
+                disk,
+                self.physical_sector_size.to_le_bytes().to_vec(),
+            ),
+        ];
+        if let Some(p) = &self.parent_locator {
+            items.push((PARENT_LOCATOR, FLAG_IS_REQUIRED, p.clone()));
+        }
+        let mut out = vec![0u8; region_length];
+        let mut c = Cursor::new(Vec::with_capacity(TABLE_SIZE));
+        TableHeader {
+            signature: SIGNATURE,
+            reserved: 0,
+            entry_count: items.len() as u16,
+            reserved2: [0; 20],
+        }
+        .write(&mut c)
+        .expect("writing to memory cannot fail");
+        let mut next = TABLE_SIZE;
+        for (id, flags, value) in &items {
+            TableEntry {
+                item_id: to_ms_bytes(*id),
+                offset: next as u32,
+                length: value.len() as u32,
+                flags: *flags,
+                reserved: 0,
+            }
+            .write(&mut c)
+            .expect("writing to memory cannot fail");
+            out[next..next + value.len()].copy_from_slice(value);
+            next += value.len();
+        }
+        let table = c.into_inner();
+        out[..table.len()].copy_from_slice(&table);
+        out
     }
 }

@@ -9,20 +9,24 @@
 
 pub mod bat;
 pub mod check;
+pub mod create;
 pub mod file_identifier;
 pub mod header;
 pub mod log;
 pub mod metadata;
 pub mod parent_locator;
 pub mod region_table;
+pub mod sector_bitmap;
+mod write;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::disk::{Extent, ExtentKind, ExtentList, VirtualDisk, check_range};
-use crate::error::{Error, ErrorKind, Result};
+use crate::disk::{Discard, Extent, ExtentKind, ExtentList, VirtualDisk, check_range};
+use crate::error::{Error, Result};
 use crate::io::{Storage, io_err, read_struct};
 use crate::parent::{Candidate, Chain, Parent, ParentSpec};
 use crate::report::{DiskType, Format, ImageInfo};
@@ -34,6 +38,8 @@ use metadata::Metadata;
 use region_table::{
     HEADER_AREA, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE, RegionTable, RegionTableEntry,
 };
+
+pub use create::{VhdxBuilder, create};
 
 /// Whether `storage` starts with the VHDX file identifier signature.
 pub fn probe(storage: &dyn Storage) -> bool {
@@ -234,6 +240,19 @@ impl Structure {
             ));
         }
         let end = off.saturating_add(size);
+        // The common case without building the list and its names.
+        let h = self.header();
+        let log_end = h.log_offset + u64::from(h.log_length);
+        let hits = off < HEADER_AREA
+            || (h.log_length > 0 && off < log_end && h.log_offset < end)
+            || self
+                .region_table
+                .entries
+                .iter()
+                .any(|e| off < e.end() && e.file_offset < end);
+        if !hits {
+            return None;
+        }
         for (s, e, what) in self.reserved_ranges() {
             if off < e && s < end {
                 return Some(format!(
@@ -258,6 +277,18 @@ pub struct VhdxDisk {
     log_sequence: Sequence,
     parent: Option<Parent>,
     warnings: Vec<String>,
+    /// Sector bitmaps held in memory, by chunk: every bitmap a write
+    /// changed (they reach the file through the log).
+    bitmaps: HashMap<u64, Box<[u8]>>,
+    /// The write session, from the first change until close.
+    session: Option<write::Session>,
+}
+
+impl Drop for VhdxDisk {
+    fn drop(&mut self) {
+        // Best effort; `close` reports errors.
+        let _ = self.close_session();
+    }
 }
 
 impl std::fmt::Debug for VhdxDisk {
@@ -382,6 +413,8 @@ impl VhdxDisk {
             log_sequence,
             parent: None,
             warnings,
+            bitmaps: HashMap::new(),
+            session: None,
         };
         if disk.s.metadata.has_parent {
             let spec = disk.parent_spec()?;
@@ -503,9 +536,13 @@ impl VhdxDisk {
         let byte0 = bit0 / 8;
         let byte1 = bit1.div_ceil(8);
         let mut bits = vec![0u8; (byte1 - byte0) as usize];
-        self.storage
-            .read_at_or_zero(&mut bits, base + byte0)
-            .map_err(io_err("VHDX sector bitmap", base + byte0))?;
+        match self.bitmaps.get(&chunk) {
+            Some(bm) => bits.copy_from_slice(&bm[byte0 as usize..byte1 as usize]),
+            None => self
+                .storage
+                .read_at_or_zero(&mut bits, base + byte0)
+                .map_err(io_err("VHDX sector bitmap", base + byte0))?,
+        }
         Ok((bits, bit0 - byte0 * 8))
     }
 
@@ -644,15 +681,15 @@ impl VirtualDisk for VhdxDisk {
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        check_range(self.virtual_size(), offset, buf.len())?;
-        Err(Error::new(
-            ErrorKind::Unsupported,
-            "VHDX writing is not implemented yet",
-        ))
+        self.write_impl(buf, offset)
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.storage.flush().map_err(io_err("VHDX file", 0))
+        self.flush_impl()
+    }
+
+    fn close(&mut self) -> Result<()> {
+        self.close_session()
     }
 
     fn map(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
@@ -780,5 +817,14 @@ impl VirtualDisk for VhdxDisk {
 
     fn parent_link_id(&self) -> Option<Uuid> {
         Some(self.s.header().data_write_guid())
+    }
+}
+
+impl Discard for VhdxDisk {
+    /// Whole blocks become UNMAPPED (dynamic) or ZERO (differencing, so
+    /// that they do not fall through to the parent); fixed disks keep
+    /// their blocks and discard nothing.
+    fn discard(&mut self, offset: u64, len: u64) -> Result<u64> {
+        self.discard_impl(offset, len)
     }
 }

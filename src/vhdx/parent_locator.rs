@@ -3,12 +3,12 @@
 
 use std::io::Cursor;
 
-use binrw::{BinRead, binrw};
+use binrw::{BinRead, BinWrite, binrw};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::guid::from_ms_bytes;
+use crate::guid::{from_ms_bytes, to_ms_bytes};
 
 /// The VHDX locator type, B04AEFB7-D19E-4A81-B789-25B8E9445913.
 pub const VHDX_LOCATOR_TYPE: Uuid = Uuid::from_u128(0xB04AEFB7_D19E_4A81_B789_25B8E9445913);
@@ -117,6 +117,59 @@ impl ParentLocator {
             locator_type,
             entries,
         })
+    }
+
+    /// A VHDX locator holding `entries` in order.
+    pub fn new(entries: Vec<(String, String)>) -> ParentLocator {
+        ParentLocator {
+            locator_type: VHDX_LOCATOR_TYPE,
+            entries,
+        }
+    }
+
+    /// Encode the item: header, key/value entries, then the UTF-16LE keys
+    /// and values they point at. Fails when a key or value exceeds the
+    /// 65535 bytes its length field can hold.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let utf16 = |s: &str| -> Vec<u8> { s.encode_utf16().flat_map(u16::to_le_bytes).collect() };
+        let mut strings = Vec::new();
+        let mut table = Vec::new();
+        let mut next = (HEADER_SIZE + self.entries.len() * ENTRY_SIZE) as u32;
+        for (k, v) in &self.entries {
+            let (kb, vb) = (utf16(k), utf16(v));
+            let too_long = |b: &[u8]| {
+                u16::try_from(b.len()).map_err(|_| {
+                    Error::invalid_argument(format!(
+                        "parent locator entry {k:?} is longer than 65535 bytes"
+                    ))
+                })
+            };
+            let entry = KeyValueEntry {
+                key_offset: next,
+                value_offset: next + kb.len() as u32,
+                key_length: too_long(&kb)?,
+                value_length: too_long(&vb)?,
+            };
+            next += (kb.len() + vb.len()) as u32;
+            table.push(entry);
+            strings.extend_from_slice(&kb);
+            strings.extend_from_slice(&vb);
+        }
+        let mut c = Cursor::new(Vec::with_capacity(next as usize));
+        LocatorHeader {
+            locator_type: to_ms_bytes(self.locator_type),
+            reserved: 0,
+            key_value_count: u16::try_from(self.entries.len())
+                .map_err(|_| Error::invalid_argument("too many parent locator entries"))?,
+        }
+        .write(&mut c)
+        .expect("writing to memory cannot fail");
+        for e in &table {
+            e.write(&mut c).expect("writing to memory cannot fail");
+        }
+        let mut out = c.into_inner();
+        out.extend_from_slice(&strings);
+        Ok(out)
     }
 
     /// The value of `key`, if present.

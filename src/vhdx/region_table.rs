@@ -3,13 +3,13 @@
 
 use std::io::Cursor;
 
-use binrw::{BinRead, binrw};
+use binrw::{BinRead, BinWrite, binrw};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::checksum::crc32c_with_zeroed_field;
 use crate::error::{Error, Result};
-use crate::guid::from_ms_bytes;
+use crate::guid::{from_ms_bytes, to_ms_bytes};
 
 /// File offsets of region table 1 and region table 2.
 pub const REGION_TABLE_OFFSETS: [u64; 2] = [192 * 1024, 256 * 1024];
@@ -67,6 +67,16 @@ pub struct RegionTableEntry {
 }
 
 impl RegionTableEntry {
+    /// A required region `guid` at `file_offset` of `length` bytes.
+    pub fn required_region(guid: Uuid, file_offset: u64, length: u32) -> RegionTableEntry {
+        RegionTableEntry {
+            guid: to_ms_bytes(guid),
+            file_offset,
+            length,
+            flags: FLAG_REQUIRED,
+        }
+    }
+
     /// The region's GUID.
     pub fn guid(&self) -> Uuid {
         from_ms_bytes(self.guid)
@@ -168,6 +178,26 @@ impl RegionTable {
             header,
             entries,
         })
+    }
+
+    /// Encode a 64 KiB table holding `entries`, checksum computed.
+    pub fn encode(entries: &[RegionTableEntry]) -> Vec<u8> {
+        let mut c = Cursor::new(Vec::with_capacity(REGION_TABLE_SIZE));
+        let header = RegionTableHeader {
+            signature: SIGNATURE,
+            checksum: 0,
+            entry_count: entries.len() as u32,
+            reserved: 0,
+        };
+        header.write(&mut c).expect("writing to memory cannot fail");
+        for e in entries {
+            e.write(&mut c).expect("writing to memory cannot fail");
+        }
+        let mut bytes = c.into_inner();
+        bytes.resize(REGION_TABLE_SIZE, 0);
+        let crc = crc32c_with_zeroed_field(&bytes, CHECKSUM_FIELD);
+        bytes[CHECKSUM_FIELD..CHECKSUM_FIELD + 4].copy_from_slice(&crc.to_le_bytes());
+        bytes
     }
 
     /// File offset of entry `i`.

@@ -174,3 +174,205 @@ pub fn layout(file: &[u8]) -> Layout {
         metadata_offset: meta,
     }
 }
+
+/// A small deterministic generator (xorshift64*), so that failures print
+/// a seed that reproduces them.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in `[0, n)`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+/// How a [`FaultStorage`] decides what survives the crash.
+#[derive(Debug, Clone, Copy)]
+pub enum CrashMode {
+    /// Storage operations persist in order up to the crash; the operation
+    /// at the crash point, if a write, persists only its first `k` 512-byte
+    /// sectors (`k` random, possibly 0) when `tear` is set.
+    Prefix { tear: bool },
+    /// Everything before the last flush persists; of the writes since
+    /// then, a random subset persists (the system may write back in any
+    /// order), and the write at the crash point is torn.
+    Subset,
+}
+
+/// The atomic unit of the simulated device: writes tear between sectors,
+/// never inside one.
+pub const DEVICE_SECTOR: usize = 512;
+
+#[derive(Debug, Clone)]
+enum Pending {
+    Write(u64, Vec<u8>),
+    SetLen(u64),
+}
+
+#[derive(Debug)]
+struct FaultState {
+    /// What the running program sees (the page cache).
+    volatile: Vec<u8>,
+    /// What survives the crash.
+    durable: Vec<u8>,
+    /// Changes since the last flush, not yet in `durable` (subset mode).
+    pending: Vec<Pending>,
+    /// Storage operations (writes, length changes, flushes) so far.
+    count: u64,
+    /// Index of the operation at which the power fails.
+    crash_at: u64,
+    mode: CrashMode,
+    rng: Rng,
+    crashed: bool,
+}
+
+fn apply(image: &mut Vec<u8>, p: &Pending) {
+    match p {
+        Pending::Write(off, data) => {
+            let (s, e) = (*off as usize, *off as usize + data.len());
+            if image.len() < e {
+                image.resize(e, 0);
+            }
+            image[s..e].copy_from_slice(data);
+        }
+        Pending::SetLen(len) => image.resize(*len as usize, 0),
+    }
+}
+
+/// A fault-injecting storage: it behaves like memory until operation
+/// number `crash_at` (counting writes, length changes and flushes from 0),
+/// where the power fails: that operation and every later one returns an
+/// error, and [`FaultStorage::durable`] holds what a reboot would find.
+#[derive(Debug, Clone)]
+pub struct FaultStorage(std::sync::Arc<std::sync::Mutex<FaultState>>);
+
+impl FaultStorage {
+    pub fn new(image: Vec<u8>, crash_at: u64, mode: CrashMode, seed: u64) -> Self {
+        FaultStorage(std::sync::Arc::new(std::sync::Mutex::new(FaultState {
+            durable: image.clone(),
+            volatile: image,
+            pending: Vec::new(),
+            count: 0,
+            crash_at,
+            mode,
+            rng: Rng::new(seed),
+            crashed: false,
+        })))
+    }
+    /// Storage operations so far.
+    pub fn count(&self) -> u64 {
+        self.0.lock().unwrap().count
+    }
+    pub fn crashed(&self) -> bool {
+        self.0.lock().unwrap().crashed
+    }
+    /// The image as it would be found after the crash (or now, with every
+    /// pending change persisted, when there was none).
+    pub fn durable(&self) -> Vec<u8> {
+        let st = self.0.lock().unwrap();
+        let mut d = st.durable.clone();
+        if !st.crashed {
+            for p in &st.pending {
+                apply(&mut d, p);
+            }
+        }
+        d
+    }
+
+    fn op(&self, p: Option<Pending>) -> std::io::Result<()> {
+        let mut guard = self.0.lock().unwrap();
+        let st = &mut *guard;
+        if st.crashed {
+            return Err(std::io::Error::other("simulated power failure"));
+        }
+        let index = st.count;
+        st.count += 1;
+        if index == st.crash_at {
+            st.crashed = true;
+            if let CrashMode::Subset = st.mode {
+                let pending = std::mem::take(&mut st.pending);
+                for q in &pending {
+                    if st.rng.below(2) == 0 {
+                        apply(&mut st.durable, q);
+                    }
+                }
+            }
+            let tear = matches!(
+                st.mode,
+                CrashMode::Subset | CrashMode::Prefix { tear: true }
+            );
+            if let (true, Some(Pending::Write(off, data))) = (tear, &p) {
+                let sectors = data.len().div_ceil(DEVICE_SECTOR) as u64;
+                let keep = st.rng.below(sectors) as usize * DEVICE_SECTOR;
+                if keep > 0 {
+                    apply(
+                        &mut st.durable,
+                        &Pending::Write(*off, data[..keep].to_vec()),
+                    );
+                }
+            }
+            return Err(std::io::Error::other("simulated power failure"));
+        }
+        match (p, st.mode) {
+            (None, _) => {
+                let pending = std::mem::take(&mut st.pending);
+                for q in &pending {
+                    apply(&mut st.durable, q);
+                }
+            }
+            (Some(q), CrashMode::Prefix { .. }) => {
+                apply(&mut st.volatile, &q);
+                apply(&mut st.durable, &q);
+            }
+            (Some(q), CrashMode::Subset) => {
+                apply(&mut st.volatile, &q);
+                st.pending.push(q);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl vhdkit::io::Storage for FaultStorage {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let st = self.0.lock().unwrap();
+        let s = offset as usize;
+        let src = st
+            .volatile
+            .get(s..s + buf.len())
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.op(Some(Pending::Write(offset, buf.to_vec())))
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.0.lock().unwrap().volatile.len() as u64)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.op(Some(Pending::SetLen(len)))
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.op(None)
+    }
+    fn is_writable(&self) -> bool {
+        true
+    }
+}
