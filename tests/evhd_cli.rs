@@ -1,6 +1,5 @@
 //! EVHD through the command line: round trips from raw and VHD with the
 //! origin restored, two recipients, remove, rekey, key commands.
-//! (VHDX round trips are pending: the VHDX writer does not exist yet.)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -79,7 +78,7 @@ fn mixed_raw(path: &Path, size: usize) {
 }
 
 #[test]
-fn raw_and_vhd_round_trips_keep_content_and_origin() {
+fn raw_vhd_and_vhdx_round_trips_keep_content_and_origin() {
     let (_, k) = keys();
     let dir = tempfile::tempdir().unwrap();
     let d = |n: &str| dir.path().join(n);
@@ -104,11 +103,58 @@ fn raw_and_vhd_round_trips_keep_content_and_origin() {
         s(&d("src.raw")),
         s(&d("fixed.vhd")),
     ]);
+    ok(&[
+        "convert",
+        "-q",
+        "-O",
+        "vhdx",
+        "--block-size",
+        "8M",
+        s(&d("src.raw")),
+        s(&d("dyn.vhdx")),
+    ]);
+    ok(&[
+        "convert",
+        "-q",
+        "-O",
+        "vhdx",
+        "-t",
+        "fixed",
+        "--block-size",
+        "1M",
+        "--sector-size",
+        "4096",
+        s(&d("src.raw")),
+        s(&d("fixed4k.vhdx")),
+    ]);
     for cipher in ["aes-256-gcm", "aes-256-gcm-siv"] {
-        for (src, back_name, format, ty, bs) in [
-            ("src.raw", "back.img", "raw", "fixed", None),
-            ("dyn.vhd", "back.vhd", "vhd", "dynamic", Some(512 << 10)),
-            ("fixed.vhd", "backf.vhd", "vhd", "fixed", None),
+        for (src, back_name, format, ty, bs, sectors) in [
+            ("src.raw", "back.img", "raw", "fixed", None, (512, 512)),
+            (
+                "dyn.vhd",
+                "back.vhd",
+                "vhd",
+                "dynamic",
+                Some(512 << 10),
+                (512, 512),
+            ),
+            ("fixed.vhd", "backf.vhd", "vhd", "fixed", None, (512, 512)),
+            (
+                "dyn.vhdx",
+                "back.vhdx",
+                "vhdx",
+                "dynamic",
+                Some(8 << 20),
+                (512, 4096),
+            ),
+            (
+                "fixed4k.vhdx",
+                "back4k.vhdx",
+                "vhdx",
+                "fixed",
+                Some(1 << 20),
+                (4096, 4096),
+            ),
         ] {
             let e = d("x.evhd");
             let back = d(back_name);
@@ -151,6 +197,8 @@ fn raw_and_vhd_round_trips_keep_content_and_origin() {
             if let Some(bs) = bs {
                 assert_eq!(bi["block_size"], bs, "{src}");
             }
+            assert_eq!(bi["logical_sector_size"], sectors.0, "{src}");
+            assert_eq!(bi["physical_sector_size"], sectors.1, "{src}");
             if format == "raw" {
                 assert_eq!(
                     std::fs::read(&back).unwrap(),
