@@ -290,6 +290,7 @@ impl EvhdBuilder {
             warnings: Vec::new(),
             epoch_write_limit: EPOCH_WRITE_LIMIT,
             rekey_batch: REKEY_BATCH,
+            scratch: Vec::new(),
             state: Some(Unlocked {
                 mk,
                 key: None,
@@ -371,6 +372,10 @@ pub struct EvhdDisk {
     rekey_batch: usize,
     /// `None` when opened without a key: only public fields are known.
     state: Option<Unlocked>,
+    /// Ciphertext buffer reused across writes: allocating (and having the
+    /// kernel zero) a fresh one per write cost more than the encryption.
+    /// It only ever holds ciphertext.
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for EvhdDisk {
@@ -509,6 +514,7 @@ impl EvhdDisk {
             warnings,
             epoch_write_limit: EPOCH_WRITE_LIMIT,
             rekey_batch: REKEY_BATCH,
+            scratch: Vec::new(),
             state: None,
         };
         if opts.keys.is_empty() {
@@ -906,7 +912,8 @@ impl EvhdDisk {
         }
         let mut nonces = vec![0u8; NONCE_LEN * data.len()];
         random_bytes(&mut nonces);
-        let mut ct = vec![0u8; bs * data.len()];
+        let mut ct = std::mem::take(&mut self.scratch);
+        ct.resize(bs * data.len(), 0);
         let st = self.state.as_ref().expect("checked by the caller");
         let key = st.data_key(epoch).expect("the current epoch has a key");
         let mut tags = vec![[0u8; 16]; data.len()];
@@ -938,6 +945,7 @@ impl EvhdDisk {
                 .map_err(io_err(DATA, off))?;
             i = j;
         }
+        self.scratch = ct;
         let st = self.state.as_mut().expect("checked by the caller");
         for (k, (b, _)) in data.iter().enumerate() {
             let e = &mut st.entries[*b as usize];
