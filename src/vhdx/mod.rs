@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::disk::{Discard, Extent, ExtentKind, ExtentList, VirtualDisk, check_range};
+use crate::disk::{
+    Discard, Extent, ExtentKind, ExtentList, VirtualDisk, block_pieces, check_range, presence_runs,
+};
 use crate::error::{Error, Result};
 use crate::io::{Storage, io_err, read_struct};
 use crate::parent::{Candidate, Chain, Parent, ParentSpec};
@@ -558,21 +560,7 @@ impl VhdxDisk {
             let b = s - first + shift;
             bits[(b / 8) as usize] & (1 << (b % 8)) != 0
         };
-        let end = in_off + len;
-        let mut runs = Vec::new();
-        let mut pos = in_off;
-        while pos < end {
-            let s = pos / ss;
-            let present = bit(s);
-            let mut next = s + 1;
-            while next * ss < end && bit(next) == present {
-                next += 1;
-            }
-            let stop = (next * ss).min(end);
-            runs.push((pos, stop - pos, present));
-            pos = stop;
-        }
-        Ok(runs)
+        Ok(presence_runs(in_off, len, ss, bit))
     }
 
     fn read_block(&self, block: u64, in_off: u64, buf: &mut [u8], vpos: u64) -> Result<()> {
@@ -668,14 +656,9 @@ impl VirtualDisk for VhdxDisk {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range(self.virtual_size(), offset, buf.len())?;
-        let bs = self.s.layout.block_size;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let in_off = pos % bs;
-            let n = ((bs - in_off) as usize).min(buf.len() - done);
-            self.read_block(pos / bs, in_off, &mut buf[done..done + n], pos)?;
-            done += n;
+        for p in block_pieces(offset, buf.len() as u64, self.s.layout.block_size) {
+            let out = &mut buf[p.done..p.done + p.len];
+            self.read_block(p.block, p.in_block, out, p.pos)?;
         }
         Ok(())
     }
@@ -699,11 +682,8 @@ impl VirtualDisk for VhdxDisk {
         let bs = l.block_size;
         let diff = self.is_differencing();
         let mut list = ExtentList::default();
-        let mut pos = offset;
-        while pos < end {
-            let block = pos / bs;
-            let in_off = pos % bs;
-            let n = (bs - in_off).min(end - pos);
+        for p in block_pieces(offset, end.saturating_sub(offset), bs) {
+            let (block, in_off, pos, n) = (p.block, p.in_block, p.pos, p.len as u64);
             let idx = l.payload_index(block);
             match bat::state(self.s.bat[idx as usize]) {
                 bat::PAYLOAD_FULLY_PRESENT => {
@@ -733,7 +713,6 @@ impl VirtualDisk for VhdxDisk {
                     ));
                 }
             }
-            pos += n;
         }
         Ok(list.into_vec())
     }

@@ -28,7 +28,7 @@ use super::header;
 use super::log::{LOG_SECTOR, LogWriter, Op};
 use super::region_table::REGION_ALIGNMENT;
 use super::sector_bitmap;
-use crate::disk::{check_range, is_zero};
+use crate::disk::{block_pieces, check_range, is_zero};
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::{Storage, io_err};
 use crate::parent::Parent;
@@ -268,14 +268,8 @@ impl VhdxDisk {
     }
 
     fn write_blocks(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        let bs = self.s.layout.block_size;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let in_off = pos % bs;
-            let n = ((bs - in_off) as usize).min(buf.len() - done);
-            self.write_block(pos / bs, in_off, &buf[done..done + n])?;
-            done += n;
+        for p in block_pieces(offset, buf.len() as u64, self.s.layout.block_size) {
+            self.write_block(p.block, p.in_block, &buf[p.done..p.done + p.len])?;
         }
         Ok(())
     }
