@@ -194,6 +194,37 @@ pub trait Discard {
     fn discard(&mut self, offset: u64, len: u64) -> Result<u64>;
 }
 
+/// Whether an image may be written: opened read-write, undamaged (no
+/// warnings from its open: repair first), and with its parent present.
+pub(crate) fn ensure_writable(
+    storage: &dyn crate::io::Storage,
+    warnings: &[String],
+    parent: Option<&crate::parent::Parent>,
+) -> Result<()> {
+    if !storage.is_writable() {
+        return Err(Error::new(
+            ErrorKind::ReadOnly,
+            "the image is opened read-only",
+        ));
+    }
+    if !warnings.is_empty() {
+        return Err(Error::new(
+            ErrorKind::NeedsRepair,
+            format!(
+                "the image is damaged ({}); repair it with `vhdkit check --repair` before writing",
+                warnings.join("; ")
+            ),
+        ));
+    }
+    if let Some(crate::parent::Parent::Missing { .. }) = parent {
+        return Err(Error::new(
+            ErrorKind::ParentMissing,
+            "cannot write to a differencing image whose parent is missing",
+        ));
+    }
+    Ok(())
+}
+
 /// Check that `[offset, offset + len)` lies inside a disk of `size` bytes.
 pub fn check_range(size: u64, offset: u64, len: usize) -> Result<()> {
     match offset.checked_add(len as u64) {

@@ -589,28 +589,7 @@ impl VhdDisk {
     }
 
     fn ensure_writable(&self) -> Result<()> {
-        if !self.storage.is_writable() {
-            return Err(Error::new(
-                ErrorKind::ReadOnly,
-                "the image is opened read-only",
-            ));
-        }
-        if !self.warnings.is_empty() {
-            return Err(Error::new(
-                ErrorKind::NeedsRepair,
-                format!(
-                    "the image is damaged ({}); repair it with `vhdkit check --repair` before writing",
-                    self.warnings.join("; ")
-                ),
-            ));
-        }
-        if let Some(Parent::Missing { .. }) = &self.parent {
-            return Err(Error::new(
-                ErrorKind::ParentMissing,
-                "cannot write to a differencing image whose parent is missing",
-            ));
-        }
-        Ok(())
+        crate::disk::ensure_writable(self.storage.as_ref(), &self.warnings, self.parent.as_ref())
     }
 
     /// Append a new block: footer at the new end first, made durable

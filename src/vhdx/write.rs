@@ -31,7 +31,6 @@ use super::sector_bitmap;
 use crate::disk::{block_pieces, check_range, is_zero};
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::{Storage, io_err};
-use crate::parent::Parent;
 
 /// Size of the pages the log carries.
 const PAGE: u64 = LOG_SECTOR;
@@ -62,34 +61,7 @@ fn align_mib(x: u64) -> u64 {
 
 impl VhdxDisk {
     fn ensure_writable(&self) -> Result<()> {
-        if !self.storage.is_writable() {
-            return Err(Error::new(
-                ErrorKind::ReadOnly,
-                "the image is opened read-only",
-            ));
-        }
-        if !self.warnings.is_empty() {
-            return Err(Error::new(
-                ErrorKind::NeedsRepair,
-                format!(
-                    "the image is damaged ({}); repair it with `vhdkit check --repair` before writing",
-                    self.warnings.join("; ")
-                ),
-            ));
-        }
-        if let Some(Parent::Missing { .. }) = &self.parent {
-            return Err(Error::new(
-                ErrorKind::ParentMissing,
-                "cannot write to a differencing image whose parent is missing",
-            ));
-        }
-        if self.s.header().log_length == 0 {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "the image has no log region, so it cannot be updated safely",
-            ));
-        }
-        Ok(())
+        crate::disk::ensure_writable(&self.storage, &self.warnings, self.parent.as_ref())
     }
 
     /// Start a session if none is open: new FileWriteGuid, DataWriteGuid
