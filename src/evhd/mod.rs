@@ -112,6 +112,26 @@ fn par_each<T: Send>(items: Vec<T>, f: impl Fn(T) -> Result<()> + Sync) -> Resul
     })
 }
 
+/// Run `f` on every item, each on its own thread (the last on this one);
+/// the first error wins.
+fn par_all<T: Send>(mut items: Vec<T>, f: impl Fn(T) -> Result<()> + Sync) -> Result<()> {
+    let Some(last) = items.pop() else {
+        return Ok(());
+    };
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items.into_iter().map(|it| s.spawn(move || f(it))).collect();
+        let mut result = f(last);
+        for h in handles {
+            let r = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    })
+}
+
 /// What `convert` needs to create an EVHD.
 #[derive(Debug, Clone, Default)]
 pub struct EvhdOptions {
@@ -917,34 +937,46 @@ impl EvhdDisk {
         let st = self.state.as_ref().expect("checked by the caller");
         let key = st.data_key(epoch).expect("the current epoch has a key");
         let mut tags = vec![[0u8; 16]; data.len()];
-        {
-            let jobs: Vec<_> = ct
-                .chunks_mut(bs)
-                .zip(tags.iter_mut())
-                .zip(nonces.chunks(NONCE_LEN))
-                .zip(data.iter())
-                .collect();
-            par_each(jobs, |(((c, tag), nonce), (b, d))| {
-                c.copy_from_slice(d);
-                let generation = st.entries[*b as usize].generation + 1;
-                let nonce: &[u8; NONCE_LEN] = nonce.try_into().expect("12 bytes");
-                *tag = key.seal(nonce, &block_aad(&cid, *b, generation), c);
-                Ok(())
-            })?;
-        }
-        // Write runs of consecutive slots with one call each.
-        let mut i = 0;
-        while i < slots.len() {
-            let mut j = i + 1;
-            while j < slots.len() && slots[j] == slots[j - 1] + 1 {
-                j += 1;
+        let storage = self.storage.as_ref();
+        let header = &self.header;
+        // Each thread encrypts a contiguous share of the blocks and writes it
+        // itself, so the copy into the page cache runs on every core too (it
+        // costs more than the encryption).
+        let per = data.len().div_ceil(threads());
+        let shares: Vec<_> = ct
+            .chunks_mut(per * bs)
+            .zip(tags.chunks_mut(per))
+            .enumerate()
+            .collect();
+        par_all(shares, |(k, (c, t))| {
+            let lo = k * per;
+            for (i, tag) in t.iter_mut().enumerate() {
+                let (b, d) = data[lo + i];
+                let cb = &mut c[i * bs..(i + 1) * bs];
+                cb.copy_from_slice(d);
+                let generation = st.entries[b as usize].generation + 1;
+                let nonce: &[u8; NONCE_LEN] = nonces
+                    [(lo + i) * NONCE_LEN..(lo + i + 1) * NONCE_LEN]
+                    .try_into()
+                    .expect("12 bytes");
+                *tag = key.seal(nonce, &block_aad(&cid, b, generation), cb);
             }
-            let off = self.header.slot_offset(slots[i]);
-            self.storage
-                .write_at(&ct[i * bs..j * bs], off)
-                .map_err(io_err(DATA, off))?;
-            i = j;
-        }
+            // Write runs of consecutive slots with one call each.
+            let n = t.len();
+            let mut i = 0;
+            while i < n {
+                let mut j = i + 1;
+                while j < n && slots[lo + j] == slots[lo + j - 1] + 1 {
+                    j += 1;
+                }
+                let off = header.slot_offset(slots[lo + i]);
+                storage
+                    .write_at(&c[i * bs..j * bs], off)
+                    .map_err(io_err(DATA, off))?;
+                i = j;
+            }
+            Ok(())
+        })?;
         self.scratch = ct;
         let st = self.state.as_mut().expect("checked by the caller");
         for (k, (b, _)) in data.iter().enumerate() {
