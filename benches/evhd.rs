@@ -115,6 +115,8 @@ fn best(runs: usize, output: &str, mut f: impl FnMut()) -> Duration {
     (0..runs)
         .map(|_| {
             let _ = fs::remove_file(output);
+            // No dirty pages from the previous run may throttle this one.
+            let _ = Command::new("sync").status();
             let t = Instant::now();
             f();
             t.elapsed()
