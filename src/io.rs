@@ -42,6 +42,29 @@ pub trait Storage: Send + Sync {
     }
 }
 
+/// Shared storage: an `Arc` of a storage is a storage, so a test (or a
+/// caller) can keep a handle on what a disk writes.
+impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        (**self).len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        (**self).set_len(len)
+    }
+    fn flush(&self) -> io::Result<()> {
+        (**self).flush()
+    }
+    fn is_writable(&self) -> bool {
+        (**self).is_writable()
+    }
+}
+
 /// An image file accessed with `pread`/`pwrite`.
 #[derive(Debug)]
 pub struct FileStorage {

@@ -110,31 +110,10 @@ fn opts(writable: bool) -> OpenOptions {
 /// A fresh, flushed, empty image.
 fn base_image() -> Vec<u8> {
     let mem = Arc::new(MemStorage::new());
-    struct M(Arc<MemStorage>);
-    impl Storage for M {
-        fn read_at(&self, b: &mut [u8], o: u64) -> io::Result<()> {
-            self.0.read_at(b, o)
-        }
-        fn write_at(&self, b: &[u8], o: u64) -> io::Result<()> {
-            self.0.write_at(b, o)
-        }
-        fn len(&self) -> io::Result<u64> {
-            self.0.len()
-        }
-        fn set_len(&self, l: u64) -> io::Result<()> {
-            self.0.set_len(l)
-        }
-        fn flush(&self) -> io::Result<()> {
-            Ok(())
-        }
-        fn is_writable(&self) -> bool {
-            true
-        }
-    }
     let d = EvhdBuilder::new(SIZE)
         .block_size(BS)
         .recipient(key().public().clone(), "crash")
-        .create(Box::new(M(mem.clone())), None)
+        .create(Box::new(mem.clone()), None)
         .unwrap();
     drop(d);
     mem.to_vec()

@@ -1,14 +1,13 @@
 //! Model test: random writes, flushes, reopens and unflushed drops on an
 //! EVHD against a flat `Vec<u8>`, for both ciphers.
 
-use std::io;
 use std::sync::{Arc, OnceLock};
 
 use proptest::prelude::*;
 use vhdkit::evhd::cipher::CipherId;
 use vhdkit::evhd::keys::PrivateKey;
 use vhdkit::evhd::{EvhdBuilder, EvhdDisk};
-use vhdkit::io::{MemStorage, Storage};
+use vhdkit::io::MemStorage;
 use vhdkit::{OpenOptions, VirtualDisk};
 
 fn key() -> &'static Arc<PrivateKey> {
@@ -16,29 +15,8 @@ fn key() -> &'static Arc<PrivateKey> {
     K.get_or_init(|| Arc::new(PrivateKey::generate(2048).expect("keygen")))
 }
 
-#[derive(Clone)]
-struct Shared(Arc<MemStorage>);
-
-impl Storage for Shared {
-    fn read_at(&self, b: &mut [u8], o: u64) -> io::Result<()> {
-        self.0.read_at(b, o)
-    }
-    fn write_at(&self, b: &[u8], o: u64) -> io::Result<()> {
-        self.0.write_at(b, o)
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.0.len()
-    }
-    fn set_len(&self, l: u64) -> io::Result<()> {
-        self.0.set_len(l)
-    }
-    fn flush(&self) -> io::Result<()> {
-        Ok(())
-    }
-    fn is_writable(&self) -> bool {
-        true
-    }
-}
+/// A memory image shared between the test and the disk.
+type Shared = Arc<MemStorage>;
 
 const BS: u64 = 4096;
 const SIZE: u64 = 40 * BS;
@@ -80,7 +58,7 @@ fn open(mem: &Shared) -> EvhdDisk {
 }
 
 fn run(cipher: CipherId, ops: &[Op]) {
-    let mem = Shared(Arc::new(MemStorage::new()));
+    let mem = Arc::new(MemStorage::new());
     let mut disk = EvhdBuilder::new(SIZE)
         .block_size(BS)
         .cipher(cipher)

@@ -352,7 +352,7 @@ fn verify(s: &Setup, ops: &[Op], crash_at: u64, mode: CrashMode, seed: u64) -> R
         let mem = MemStorage::from_vec(image);
         let shared = std::sync::Arc::new(mem);
         let mut disk = s
-            .open(Box::new(ArcStorage(shared.clone())), true)
+            .open(Box::new(shared.clone()), true)
             .map_err(|e| ctx(format!("read-write open: {e}")))?;
         let mut expect = read_all(&disk);
         let data = vec![0xa5u8; 8192];
@@ -372,30 +372,6 @@ fn verify(s: &Setup, ops: &[Op], crash_at: u64, mode: CrashMode, seed: u64) -> R
         }
     }
     Ok(fs.count())
-}
-
-/// Shares a memory storage with the test.
-struct ArcStorage(std::sync::Arc<MemStorage>);
-
-impl Storage for ArcStorage {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.0.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.0.write_at(buf, offset)
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.0.len()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.0.set_len(len)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-    fn is_writable(&self) -> bool {
-        true
-    }
 }
 
 /// Crash at every operation of the workload in both fault models.
