@@ -1,0 +1,48 @@
+//! Arbitrary bytes as an EVHD container opened with the fixed test key
+//! `fuzz/test-key.xml` (seeds are made for it): check, open, info, map and
+//! read (bounded). Damage must give errors, never panics.
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+
+use libfuzzer_sys::fuzz_target;
+use vhdkit::evhd::keys::{KeyFile, PrivateKey};
+use vhdkit::io::MemStorage;
+use vhdkit::parent::Chain;
+use vhdkit::OpenOptions;
+
+/// Read at most this much of the virtual disk per input.
+const READ_LIMIT: u64 = 4 << 20;
+
+fn key() -> Arc<PrivateKey> {
+    static KEY: OnceLock<Arc<PrivateKey>> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let text = include_str!("../test-key.xml");
+        let k = KeyFile::parse(text).expect("the test key parses");
+        Arc::new(k.into_private().expect("the test key is private"))
+    })
+    .clone()
+}
+
+fuzz_target!(|data: &[u8]| {
+    let keys = [key()];
+    let mut report = vhdkit::CheckReport::default();
+    let storage = Box::new(MemStorage::read_only(data.to_vec()));
+    let _ = vhdkit::evhd::check::check(storage, &keys, &mut report);
+
+    let opts = OpenOptions::new().key(key());
+    let storage = Box::new(MemStorage::read_only(data.to_vec()));
+    let Ok(disk) = vhdkit::open_storage(storage, None, &opts, &Chain::default()) else {
+        return;
+    };
+    let _ = disk.info();
+    let size = disk.virtual_size();
+    let _ = disk.map(0, size);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    while pos < size.min(READ_LIMIT) {
+        let n = (size - pos).min(buf.len() as u64) as usize;
+        let _ = disk.read_at(&mut buf[..n], pos);
+        pos += n as u64;
+    }
+});
