@@ -6,10 +6,9 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
+use vhdkit::OpenOptions;
 use vhdkit::evhd::keys::{KeyFile, PrivateKey};
 use vhdkit::io::MemStorage;
-use vhdkit::parent::Chain;
-use vhdkit::OpenOptions;
 
 /// Read at most this much of the virtual disk per input.
 const READ_LIMIT: u64 = 4 << 20;
@@ -31,18 +30,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = vhdkit::evhd::check::check(storage, &keys, &mut report);
 
     let opts = OpenOptions::new().key(key());
-    let storage = Box::new(MemStorage::read_only(data.to_vec()));
-    let Ok(disk) = vhdkit::open_storage(storage, None, &opts, &Chain::default()) else {
-        return;
-    };
-    let _ = disk.info();
-    let size = disk.virtual_size();
-    let _ = disk.map(0, size);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0;
-    while pos < size.min(READ_LIMIT) {
-        let n = (size - pos).min(buf.len() as u64) as usize;
-        let _ = disk.read_at(&mut buf[..n], pos);
-        pos += n as u64;
-    }
+    vhdkit_fuzz::exercise(data, &opts, READ_LIMIT);
 });
