@@ -1,13 +1,42 @@
 #!/usr/bin/env bash
-# Builds small seed corpora for the fuzz targets in fuzz/corpus/<target>/
-# (not committed: rebuild them with this script). Needs a release build of
-# vhdkit (cargo build --release) and qemu-img.
+# Builds seed corpora for the fuzz targets in fuzz/corpus/<target>/ from
+# images vhdkit and qemu-img write and from the real images in
+# ../shared/fixtures/real (when present). VHDX and EVHD files are written in
+# the sparse input form (see src/lib.rs: image_bytes) so that a seed of a
+# few KiB stands for a file of several MiB. Needs a release build of vhdkit
+# (cargo build --release) and qemu-img. The committed corpora are these
+# seeds grown by fuzzing and minimized with `cargo fuzz cmin`.
 set -euo pipefail
 cd "$(dirname "$0")"
 B=../target/release/vhdkit
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-mkdir -p corpus/open_vhd corpus/open_vhdx corpus/open_evhd corpus/keypair_xml
+mkdir -p corpus/open_vhd corpus/open_vhdx corpus/open_evhd corpus/keypair_xml \
+  corpus/vhdx_log corpus/write_ops
+
+# The sparse form: records [u32 offset][u16 length][bytes] after a magic,
+# one per run of non-zero 512-byte sectors, and a last empty record at the
+# file's length.
+sparse() {
+  python3 - "$1" "$2" <<'PY'
+import struct, sys
+data = open(sys.argv[1], "rb").read()
+out = bytearray(b"vhdkSPRS")
+i, n = 0, len(data)
+while i < n:
+    if not any(data[i:i + 512]):
+        i += 512
+        continue
+    j = i
+    while j < n and j - i < 65024 and any(data[j:j + 512]):
+        j += 512
+    j = min(j, n)
+    out += struct.pack("<IH", i, j - i) + data[i:j]
+    i = j
+out += struct.pack("<IH", n, 0)
+open(sys.argv[2], "wb").write(out)
+PY
+}
 
 # VHD: dynamic with small blocks, fixed, differencing.
 $B create -t dynamic --block-size 4K --force "$tmp/d.vhd" 64K
@@ -23,13 +52,35 @@ cp "$tmp"/{d,f,c}.vhd corpus/open_vhd/
 $B create -f vhdx --block-size 1M --force "$tmp/d.vhdx" 4M
 $B write "$tmp/d.vhdx" --offset 1M --pattern 0x22 --length 4096
 qemu-img create -q -f vhdx -o subformat=dynamic,log_size=1M "$tmp/q.vhdx" 4M
-cp "$tmp"/{d,q}.vhdx corpus/open_vhdx/
+for f in d q; do sparse "$tmp/$f.vhdx" "corpus/open_vhdx/$f.vhdx.sparse"; done
+real=../../shared/fixtures/real
+if [ -d "$real" ]; then
+  for gz in "$real"/*/*.vhdx.gz "$real"/*/*.avhdx.gz "$real"/*/*.vhd.gz; do
+    [ -e "$gz" ] || continue
+    name=$(basename "$gz" .gz)
+    gunzip -c "$gz" > "$tmp/$name"
+    # Only the small ones: the sparse form caps files at 64 MiB.
+    [ "$(stat -c %s "$tmp/$name")" -le $((64 << 20)) ] || continue
+    case $name in
+      *.vhdx | *.avhdx) sparse "$tmp/$name" "corpus/open_vhdx/$name.sparse" ;;
+      *.vhd) sparse "$tmp/$name" "corpus/open_vhd/$name.sparse" ;;
+    esac
+  done
+  # Seeds past the fuzzing runs' -max_len (256 KiB) would only be cut.
+  find corpus/open_vhd corpus/open_vhdx -name '*.sparse' -size +256k -delete
+fi
 
 # EVHD addressed to the fixed test key.
 $B key public test-key.xml -o "$tmp/pub.xml" --force
 head -c 65536 /dev/urandom > "$tmp/r.raw"
 $B convert -q --force -O evhd --block-size 4K --recipient "$tmp/pub.xml" "$tmp/r.raw" "$tmp/e.evhd"
-cp "$tmp/e.evhd" corpus/open_evhd/
+sparse "$tmp/e.evhd" corpus/open_evhd/e.evhd.sparse
+
+# Structured targets: a few random inputs to start from.
+for i in 1 2 3 4; do
+  head -c 256 /dev/urandom > "corpus/vhdx_log/random-$i"
+  head -c 256 /dev/urandom > "corpus/write_ops/random-$i"
+done
 
 # Key files: the test key, its public half, PEM forms.
 cp test-key.xml "$tmp/pub.xml" corpus/keypair_xml/
