@@ -43,6 +43,12 @@ pub const MAX_LOG_LENGTH: u64 = 256 << 20;
 /// plus generous room for metadata. Beyond is damage, not a real file.
 pub const MAX_FILE_OFFSET: u64 = 1 << 47;
 
+/// The header section (file identifier, both headers, both region tables)
+/// fills the first 1 MiB. Writers update it in place, never through the
+/// log, so an entry that writes there is refused: replaying it could
+/// destroy the file identifier or the headers.
+pub const HEADER_SECTION_SIZE: u64 = 1 << 20;
+
 /// A log entry header as stored.
 #[binrw]
 #[brw(little)]
@@ -121,6 +127,8 @@ pub struct Entry {
 struct LogBuf<'a> {
     data: &'a [u8],
     guid: Uuid,
+    /// File offset of the log region.
+    offset: u64,
 }
 
 impl LogBuf<'_> {
@@ -139,6 +147,19 @@ impl LogBuf<'_> {
             p = (p + take) % len;
         }
         out
+    }
+
+    /// Why an update of `len` bytes at file offset `start` may not be
+    /// replayed: it would write into the header section or the log itself.
+    fn protected(&self, start: u64, len: u64) -> Option<&'static str> {
+        let end = start.saturating_add(len.max(1));
+        if start < HEADER_SECTION_SIZE {
+            Some("the header section (first 1 MiB)")
+        } else if start < self.offset + self.len() && self.offset < end {
+            Some("the log region")
+        } else {
+            None
+        }
     }
 
     /// The entry at `pos`, or why there is no valid entry there.
@@ -204,6 +225,16 @@ impl LogBuf<'_> {
             if !d.file_offset.is_multiple_of(LOG_SECTOR) {
                 return Err(format!(
                     "descriptor {i} targets file offset {:#x}, not a multiple of 4 KiB",
+                    d.file_offset
+                ));
+            }
+            let target_len = match d.signature {
+                ZERO_SIGNATURE => d.leading_bytes,
+                _ => LOG_SECTOR,
+            };
+            if let Some(what) = self.protected(d.file_offset, target_len) {
+                return Err(format!(
+                    "descriptor {i} writes {:#x}+{target_len:#x}, inside {what}",
                     d.file_offset
                 ));
             }
@@ -350,7 +381,11 @@ pub fn find_active(
     }
     let mut data = vec![0u8; length as usize];
     read_struct(storage, "VHDX log", &mut data, offset)?;
-    let log = LogBuf { data: &data, guid };
+    let log = LogBuf {
+        data: &data,
+        guid,
+        offset,
+    };
     let sectors = length / LOG_SECTOR;
     let mut best: Option<Vec<Entry>> = None;
     let mut pos_sector = 0u64;
@@ -415,7 +450,11 @@ pub fn entry_problems(
     }
     let mut data = vec![0u8; length as usize];
     read_struct(storage, "VHDX log", &mut data, offset)?;
-    let log = LogBuf { data: &data, guid };
+    let log = LogBuf {
+        data: &data,
+        guid,
+        offset,
+    };
     let mut out = Vec::new();
     for s in 0..length / LOG_SECTOR {
         let pos = s * LOG_SECTOR;
