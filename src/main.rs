@@ -14,7 +14,7 @@ use vhdkit::evhd::header::Origin;
 use vhdkit::evhd::keys::{DEFAULT_BITS, KeyFile, PrivateKey, PublicKey};
 use vhdkit::report::{self, DiskType, Format};
 use vhdkit::size::parse_size;
-use vhdkit::{Error, ErrorKind, OpenOptions};
+use vhdkit::{Error, ErrorKind, OpenOptions, VirtualDisk};
 
 #[derive(Parser)]
 #[command(
@@ -405,6 +405,40 @@ fn main() -> ExitCode {
 
 type Outcome = Result<u8, (Error, u8)>;
 
+/// A source image read by a command that writes another file: its read
+/// errors name it, rather than the file being written.
+struct Named<'a>(&'a dyn VirtualDisk, &'a Path);
+
+impl VirtualDisk for Named<'_> {
+    fn virtual_size(&self) -> u64 {
+        self.0.virtual_size()
+    }
+    fn logical_sector_size(&self) -> u32 {
+        self.0.logical_sector_size()
+    }
+    fn physical_sector_size(&self) -> u32 {
+        self.0.physical_sector_size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+        self.0.read_at(buf, offset).map_err(|e| e.with_path(self.1))
+    }
+    fn write_at(&mut self, _: &[u8], _: u64) -> Result<(), Error> {
+        Err(Error::new(ErrorKind::ReadOnly, "the source image is read-only").with_path(self.1))
+    }
+    fn flush(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
+    fn map(&self, offset: u64, length: u64) -> Result<Vec<vhdkit::Extent>, Error> {
+        self.0.map(offset, length).map_err(|e| e.with_path(self.1))
+    }
+    fn info(&self) -> vhdkit::ImageInfo {
+        self.0.info()
+    }
+    fn parent_link_id(&self) -> Option<uuid::Uuid> {
+        self.0.parent_link_id()
+    }
+}
+
 /// Errors of ordinary commands exit 1.
 fn fail1(e: Error) -> (Error, u8) {
     (e, 1)
@@ -526,7 +560,8 @@ fn run(cmd: Command) -> Outcome {
                     )));
                 }
                 let mut out = std::io::stdout().lock();
-                convert::stream_raw(disk.as_ref(), &mut out, &mut tick).map_err(fail1)?;
+                convert::stream_raw(&Named(disk.as_ref(), &src), &mut out, &mut tick)
+                    .map_err(fail1)?;
             } else {
                 refuse_same_file(&src, &dst).map_err(fail1)?;
                 // From an EVHD, an unknown extension restores the origin format.
@@ -583,9 +618,11 @@ fn run(cmd: Command) -> Outcome {
                         refuse_same_file(&b, &dst).map_err(fail1)?;
                         let base_disk = vhdkit::open(&b, &OpenOptions::new()).map_err(fail1)?;
                         spec.disk_type = DiskType::Differencing;
+                        let b_path = b.clone();
                         spec.parent = Some(b);
                         convert::create_file(&dst, &spec, size, out, |out| {
-                            convert::copy_delta(disk.as_ref(), base_disk.as_ref(), out, &mut tick)
+                            let base = Named(base_disk.as_ref(), &b_path);
+                            convert::copy_delta(&Named(disk.as_ref(), &src), &base, out, &mut tick)
                         })
                         .map_err(fail1)?;
                     }
@@ -596,7 +633,7 @@ fn run(cmd: Command) -> Outcome {
                             )));
                         }
                         convert::create_file(&dst, &spec, size, out, |out| {
-                            convert::copy_into(disk.as_ref(), out, &mut tick)
+                            convert::copy_into(&Named(disk.as_ref(), &src), out, &mut tick)
                         })
                         .map_err(fail1)?;
                     }
@@ -611,7 +648,11 @@ fn run(cmd: Command) -> Outcome {
             let opts = parent.options();
             let da = vhdkit::open(&a, &opts).map_err(|e| (e, 2))?;
             let db = vhdkit::open(&b, &opts).map_err(|e| (e, 2))?;
-            match convert::first_difference(da.as_ref(), db.as_ref()).map_err(|e| (e, 2))? {
+            let diff = convert::first_difference_named(
+                (da.as_ref(), Some(a.as_path())),
+                (db.as_ref(), Some(b.as_path())),
+            );
+            match diff.map_err(|e| (e, 2))? {
                 None => {
                     println!("Images are identical.");
                     Ok(0)

@@ -47,6 +47,12 @@ impl Chain {
         Ok(Chain { files })
     }
 
+    /// Whether `path` is already open in the chain.
+    pub fn contains(&self, path: &Path) -> bool {
+        let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        self.files.contains(&canon)
+    }
+
     fn describe(&self) -> String {
         self.files
             .iter()
@@ -63,6 +69,10 @@ pub struct Candidate {
     pub recorded: String,
     /// Whether it is relative to the child's folder.
     pub relative: bool,
+    /// The child's structure that records it, for errors.
+    pub structure: &'static str,
+    /// Byte offset of that record in the child.
+    pub offset: u64,
 }
 
 impl Candidate {
@@ -186,14 +196,15 @@ pub fn resolve(
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let paths: Vec<PathBuf> = match &opts.parent_path {
-        Some(p) => vec![p.clone()],
+    // Each path with the record that names it (none for an explicit path).
+    let paths: Vec<(PathBuf, Option<&Candidate>)> = match &opts.parent_path {
+        Some(p) => vec![(p.clone(), None)],
         None => {
-            let mut v: Vec<PathBuf> = Vec::new();
+            let mut v: Vec<(PathBuf, Option<&Candidate>)> = Vec::new();
             for c in &spec.candidates {
                 let p = c.resolve(&child_dir);
-                if !v.contains(&p) {
-                    v.push(p);
+                if !v.iter().any(|(q, _)| *q == p) {
+                    v.push((p, Some(c)));
                 }
             }
             v
@@ -207,8 +218,28 @@ pub fn resolve(
     // The first candidate that opens and matches wins; otherwise the most
     // telling failure is reported: a mismatch or an open error beats "not found".
     let mut failure: Option<Error> = None;
-    for p in &paths {
+    for (p, candidate) in &paths {
         if !p.is_file() {
+            continue;
+        }
+        // A record that leads back into the chain is reported where it is
+        // recorded, before the loop is entered.
+        if let Some(c) = candidate
+            && chain.contains(p)
+        {
+            failure.get_or_insert(
+                Error::corrupt(
+                    c.structure,
+                    c.offset,
+                    format!(
+                        "parent path {:?} leads to {}, which is already in the parent chain ({}); expected a different image",
+                        c.recorded,
+                        p.display(),
+                        chain.describe()
+                    ),
+                )
+                .with_path(child.unwrap_or(p)),
+            );
             continue;
         }
         let disk = match crate::open_in_chain(p, &parent_opts, chain) {
@@ -248,6 +279,7 @@ pub fn resolve(
             expected_id: spec.expected_id,
         })
     } else {
-        Err(missing_error(&recorded, spec.expected_id, &paths))
+        let tried: Vec<PathBuf> = paths.into_iter().map(|(p, _)| p).collect();
+        Err(missing_error(&recorded, spec.expected_id, &tried))
     }
 }

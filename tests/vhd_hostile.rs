@@ -313,37 +313,160 @@ fn fuzz_base(dir: &Path) -> PathBuf {
     dest
 }
 
+/// Every command that takes an image, on a damaged `path` (compared with
+/// the undamaged `orig`; `key` for EVHD), exits without a panic, and a
+/// failure names the damaged file.
+fn every_command_on(path: &Path, orig: &Path, key: Option<&Path>, out: &Path) {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let o = |s: &'static str| OsStr::new(s);
+    let commands: Vec<Vec<&OsStr>> = vec![
+        vec![o("info"), o("--json"), path.as_os_str()],
+        vec![o("info"), path.as_os_str()],
+        vec![o("check"), path.as_os_str()],
+        vec![o("check"), o("--json"), path.as_os_str()],
+        vec![o("map"), o("--json"), path.as_os_str()],
+        vec![
+            o("read"),
+            path.as_os_str(),
+            o("--offset"),
+            o("0"),
+            o("--length"),
+            o("1M"),
+        ],
+        vec![
+            o("convert"),
+            o("-q"),
+            o("--force"),
+            path.as_os_str(),
+            out.as_os_str(),
+        ],
+        vec![o("compare"), path.as_os_str(), orig.as_os_str()],
+        vec![o("compare"), orig.as_os_str(), path.as_os_str()],
+    ];
+    for mut args in commands {
+        if let Some(k) = key {
+            args.extend([o("--key"), k.as_os_str()]);
+        }
+        let out = vhdkit(&args); // asserts no panic
+        let (code, _, stderr) = code_out_err(&out);
+        // `check` reports damage on stdout (exit 2); `compare` exits 1 when
+        // the images differ. Otherwise a failure is an error naming the file.
+        let reported = (args[0] == "check" && code == 2) || (args[0] == "compare" && code == 1);
+        // `compare` may fail on the undamaged image first (no key).
+        let orig_name = orig.file_name().unwrap().to_string_lossy();
+        let named =
+            stderr.contains(&name) || (args[0] == "compare" && stderr.contains(&*orig_name));
+        if code != 0 && !reported {
+            assert!(named, "{args:?} exit {code}: {stderr}");
+        }
+    }
+}
+
+/// Damage `n` random bytes of `path` inside `[lo, hi)` ranges, one range
+/// picked at random each time.
+fn damage(path: &Path, rng: &mut common::Rng, ranges: &[(u64, u64)], n: usize) {
+    for _ in 0..n {
+        let (lo, hi) = ranges[rng.below(ranges.len() as u64) as usize];
+        patch_file(path, lo + rng.below(hi - lo), &[rng.below(256) as u8]);
+    }
+}
+
 #[test]
 fn damaged_images_never_panic_the_cli() {
     let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.raw");
     let mut rng = common::Rng::new(99);
+    let orig = sample(dir.path(), "orig.vhd");
     for i in 0..12 {
-        let path = sample(dir.path(), &format!("z{i}.vhd"));
+        let path = dir.path().join(format!("z{i}.vhd"));
+        std::fs::copy(&orig, &path).unwrap();
         let len = std::fs::metadata(&path).unwrap().len();
-        for _ in 0..6 {
-            let off = if rng.below(2) == 0 {
-                rng.below(3072)
-            } else {
-                len - 512 + rng.below(512)
-            };
-            patch_file(&path, off, &[rng.below(256) as u8]);
-        }
+        damage(&path, &mut rng, &[(0, 3072), (len - 512, len)], 6);
         if i % 2 == 0 {
             fix_footer_checksum(&path, 0);
             fix_footer_checksum(&path, len - 512);
             fix_header_checksum(&path, 512);
         }
-        for args in [vec!["info", "--json"], vec!["check"], vec!["map", "--json"]] {
-            let mut a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-            a.push(path.as_os_str());
-            vhdkit(&a); // asserts no panic
+        every_command_on(&path, &orig, None, &out);
+    }
+}
+
+/// Recompute the CRC-32C of the VHDX headers and region tables.
+fn fix_vhdx_checksums(path: &Path) {
+    for (at, size) in [
+        (64u64 << 10, 4096),
+        (128 << 10, 4096),
+        (192 << 10, 64 << 10),
+        (256 << 10, 64 << 10),
+    ] {
+        let mut b = file_bytes(path, at, size);
+        let crc = vhdkit::checksum::crc32c_with_zeroed_field(&b, 4);
+        b[4..8].copy_from_slice(&crc.to_le_bytes());
+        patch_file(path, at, &b);
+    }
+}
+
+#[test]
+fn damaged_vhdx_never_panics_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.raw");
+    let mut rng = common::Rng::new(7);
+    let orig = dir.path().join("orig.vhdx");
+    let mut d = vhdkit::vhdx::create(
+        &orig,
+        vhdkit::vhdx::VhdxBuilder::new(4 << 20).block_size(1 << 20),
+    )
+    .unwrap();
+    d.write_at(&mixed_content(1 << 20, 5), 1 << 20).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    let len = std::fs::metadata(&orig).unwrap().len();
+    // Headers, region tables, then the metadata region and BAT (past the
+    // 1 MiB log that follows the header area).
+    let ranges = [(64 << 10, 320 << 10), (2 << 20, (4 << 20).min(len))];
+    for i in 0..12 {
+        let path = dir.path().join(format!("z{i}.vhdx"));
+        std::fs::copy(&orig, &path).unwrap();
+        damage(&path, &mut rng, &ranges, 8);
+        if i % 2 == 0 {
+            fix_vhdx_checksums(&path);
         }
-        let out = dir.path().join(format!("z{i}.raw"));
-        vhdkit([
-            OsStr::new("convert"),
-            OsStr::new("-q"),
-            path.as_os_str(),
-            out.as_os_str(),
-        ]);
+        every_command_on(&path, &orig, None, &out);
+    }
+}
+
+/// Recompute the CRC-32C of both EVHD header copies (the MAC then fails).
+fn fix_evhd_crcs(path: &Path) {
+    use vhdkit::evhd::header::{COPY_OFFSETS, CRC_OFFSET, HEADER_SIZE, compute_crc};
+    for at in COPY_OFFSETS {
+        let mut h = file_bytes(path, at, HEADER_SIZE);
+        let crc = compute_crc(&h);
+        h[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+        patch_file(path, at, &h);
+    }
+}
+
+#[test]
+fn damaged_evhd_never_panics_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.raw");
+    let mut rng = common::Rng::new(11);
+    let raw = dir.path().join("src.raw");
+    write_raw(&raw, &mixed_content(2 << 20, 6));
+    let orig = dir.path().join("orig.evhd");
+    make_evhd(&raw, &orig);
+    let key = &test_key().1;
+    let len = std::fs::metadata(&orig).unwrap().len();
+    // The two header copies, then the journal, table and data.
+    let ranges = [(0, 128 << 10), (128 << 10, len)];
+    for i in 0..12 {
+        let path = dir.path().join(format!("z{i}.evhd"));
+        std::fs::copy(&orig, &path).unwrap();
+        damage(&path, &mut rng, &ranges, 6);
+        if i % 2 == 0 {
+            fix_evhd_crcs(&path);
+        }
+        every_command_on(&path, &orig, None, &out);
+        every_command_on(&path, &orig, Some(key), &out);
     }
 }

@@ -382,7 +382,9 @@ impl Header {
             recipients: Vec::new(),
         };
         // Layout: journal, table and data in order, inside what the file
-        // can hold, so nothing hostile sizes an allocation.
+        // can hold, so nothing hostile sizes an allocation (the slot count
+        // sizes the free-slot map; slots are written before the header
+        // that counts them, so they lie inside the file).
         let blocks = h.blocks();
         let want_pages = super::table::pages_for(blocks);
         if h.table_pages != want_pages {
@@ -409,10 +411,8 @@ impl Header {
                     && j <= h.table_offset
                     && t <= h.data_offset
                     && h.data_offset <= file_len
-                    && d >= h.data_offset =>
-            {
-                let _ = d;
-            }
+                    && d >= h.data_offset
+                    && d <= file_len => {}
             _ => {
                 return Err(bad(
                     60,

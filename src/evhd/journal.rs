@@ -91,11 +91,13 @@ pub fn encode(
     b
 }
 
-/// Decode the record at the start of the journal region, read through
-/// `read(buf, offset within the region)`. `Ok(None)` when there is no
-/// complete record (never written, torn or stale garbage); errors only for
-/// I/O.
+/// Decode the record at the start of the journal region (at file offset
+/// `region_offset`, for errors), read through `read(buf, offset within the
+/// region)`. `Ok(None)` when there is no complete record (never written,
+/// torn or stale garbage); errors for I/O and for a checksummed record
+/// naming a page the table does not have.
 pub fn decode(
+    region_offset: u64,
     region_len: u64,
     container_id: &[u8; 16],
     table_pages: u64,
@@ -134,7 +136,7 @@ pub fn decode(
         if page >= table_pages {
             return Err(Error::corrupt(
                 STRUCTURE,
-                (idx + 8 * i) as u64,
+                region_offset + (idx + 8 * i) as u64,
                 format!("page index {page}; the table has {table_pages} pages"),
             ));
         }

@@ -571,6 +571,7 @@ impl EvhdDisk {
     ) -> Result<()> {
         let cur = self.header.clone();
         let record = journal::decode(
+            cur.journal_offset,
             cur.journal_len,
             &cur.container_id,
             cur.table_pages,

@@ -19,6 +19,8 @@ pub const HEADER_COOKIE: [u8; 8] = *b"cxsparse";
 pub const CHECKSUM_FIELD: usize = 36;
 /// The only header version: 1.0.
 pub const HEADER_VERSION: u32 = 0x0001_0000;
+/// Byte offset of the parent's UTF-16BE name inside the header.
+pub const PARENT_NAME_FIELD: u64 = 64;
 /// Number of parent locator entries in the header.
 pub const LOCATOR_COUNT: usize = 8;
 /// Byte offset of the first parent locator entry inside the header.

@@ -428,11 +428,19 @@ impl VhdDisk {
         let sparse = self.sparse.as_ref().expect("differencing disks are sparse");
         let mut relative = Vec::new();
         let mut absolute = Vec::new();
-        for loc in self.locators()? {
+        for (i, entry) in sparse.header.parent_locators.iter().enumerate() {
+            if !entry.is_used() {
+                continue;
+            }
+            let loc = entry.decode(self.storage.as_ref())?;
             if let Some(p) = loc.path.filter(|p| !p.is_empty()) {
                 let c = Candidate {
                     recorded: p,
                     relative: loc.relative,
+                    structure: "VHD parent locator",
+                    offset: sparse.header_offset
+                        + dynamic_header::LOCATORS_FIELD
+                        + i as u64 * parent_locator::ENTRY_SIZE,
                 };
                 if loc.relative {
                     relative.push(c);
@@ -448,6 +456,8 @@ impl VhdDisk {
             candidates.push(Candidate {
                 recorded: base.to_string(),
                 relative: true,
+                structure: "VHD dynamic header",
+                offset: sparse.header_offset + dynamic_header::PARENT_NAME_FIELD,
             });
         }
         Ok(ParentSpec {

@@ -49,6 +49,13 @@ pub const MAX_FILE_OFFSET: u64 = 1 << 47;
 /// destroy the file identifier or the headers.
 pub const HEADER_SECTION_SIZE: u64 = 1 << 20;
 
+/// How many times over its length the log search may checksum entries. A
+/// valid log is checksummed about twice (each run of entries once, plus the
+/// run that continues across the end of the buffer), a torn entry adds at
+/// most one more pass; entry headers crafted to each claim the whole log
+/// would otherwise make the search quadratic in the log's length.
+pub const LOG_SCAN_PASSES: u64 = 4;
+
 /// A log entry header as stored.
 #[binrw]
 #[brw(little)]
@@ -129,9 +136,43 @@ struct LogBuf<'a> {
     guid: Uuid,
     /// File offset of the log region.
     offset: u64,
+    /// Bytes of entries checksummed so far.
+    checksummed: std::cell::Cell<u64>,
 }
 
-impl LogBuf<'_> {
+impl<'a> LogBuf<'a> {
+    fn new(data: &'a [u8], guid: Uuid, offset: u64) -> Self {
+        LogBuf {
+            data,
+            guid,
+            offset,
+            checksummed: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Bytes the search may checksum in all: [`LOG_SCAN_PASSES`] passes.
+    fn budget(&self) -> u64 {
+        LOG_SCAN_PASSES * self.len()
+    }
+
+    /// Whether the checksum budget is spent.
+    fn exhausted(&self) -> bool {
+        self.checksummed.get() > self.budget()
+    }
+
+    /// The error for a spent budget, the log being at file offset `offset`.
+    fn exhausted_error(&self, offset: u64) -> Error {
+        Error::corrupt(
+            "VHDX log",
+            offset,
+            format!(
+                "entry headers claim more than {} bytes of entries in the {}-byte log; expected at most {LOG_SCAN_PASSES} passes over it (entries overlap or repeat)",
+                self.budget(),
+                self.len()
+            ),
+        )
+    }
+
     fn len(&self) -> u64 {
         self.data.len() as u64
     }
@@ -202,6 +243,10 @@ impl LogBuf<'_> {
         }
         if h.flushed_file_offset > MAX_FILE_OFFSET || h.last_file_offset > MAX_FILE_OFFSET {
             return Err("flushed or last file offset is implausibly large".into());
+        }
+        self.checksummed.set(self.checksummed.get() + len);
+        if self.exhausted() {
+            return Err("checksum budget of the log search is spent".into());
         }
         let bytes = self.read_wrapped(pos, len);
         let computed = crc32c_with_zeroed_field(&bytes, CHECKSUM_FIELD);
@@ -381,15 +426,14 @@ pub fn find_active(
     }
     let mut data = vec![0u8; length as usize];
     read_struct(storage, "VHDX log", &mut data, offset)?;
-    let log = LogBuf {
-        data: &data,
-        guid,
-        offset,
-    };
+    let log = LogBuf::new(&data, guid, offset);
     let sectors = length / LOG_SECTOR;
     let mut best: Option<Vec<Entry>> = None;
     let mut pos_sector = 0u64;
     while pos_sector < sectors {
+        if log.exhausted() {
+            return Err(log.exhausted_error(offset));
+        }
         let pos = pos_sector * LOG_SECTOR;
         let Ok(first) = log.entry_at(pos) else {
             pos_sector += 1;
@@ -432,6 +476,9 @@ pub fn find_active(
         }
         pos_sector += run_sectors.max(1);
     }
+    if log.exhausted() {
+        return Err(log.exhausted_error(offset));
+    }
     Ok(Sequence {
         entries: best.unwrap_or_default(),
     })
@@ -450,13 +497,13 @@ pub fn entry_problems(
     }
     let mut data = vec![0u8; length as usize];
     read_struct(storage, "VHDX log", &mut data, offset)?;
-    let log = LogBuf {
-        data: &data,
-        guid,
-        offset,
-    };
+    let log = LogBuf::new(&data, guid, offset);
     let mut out = Vec::new();
     for s in 0..length / LOG_SECTOR {
+        if log.exhausted() {
+            out.push((offset, log.exhausted_error(offset).message().to_string()));
+            break;
+        }
         let pos = s * LOG_SECTOR;
         if data[pos as usize..pos as usize + 4] == ENTRY_SIGNATURE
             && let Err(why) = log.entry_at(pos)

@@ -340,6 +340,17 @@ impl Metadata {
         })
     }
 
+    /// File offset of system item `id`'s value, or of the region when the
+    /// item is absent.
+    pub fn item_file_offset(&self, id: Uuid) -> u64 {
+        self.entries
+            .iter()
+            .find(|e| !e.is_user() && e.item_id() == id)
+            .map_or(self.region_offset, |e| {
+                self.region_offset + u64::from(e.offset)
+            })
+    }
+
     /// For `info`: every item, known ones with their decoded value.
     pub fn to_json(&self) -> serde_json::Value {
         let items: Vec<serde_json::Value> = self

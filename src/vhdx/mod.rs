@@ -460,6 +460,8 @@ impl VhdxDisk {
                 candidates.push(Candidate {
                     recorded: p.to_string(),
                     relative,
+                    structure: "VHDX parent locator",
+                    offset: self.s.metadata.item_file_offset(metadata::PARENT_LOCATOR),
                 });
             }
         }

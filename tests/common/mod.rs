@@ -494,3 +494,35 @@ pub fn open_err(path: &Path, opts: &vhdkit::OpenOptions) -> vhdkit::Error {
         Err(e) => e,
     }
 }
+
+/// A 2048-bit key pair made once per test binary with `vhdkit keygen`, for
+/// EVHD images: (its folder, the key file).
+pub fn test_key() -> &'static (tempfile::TempDir, PathBuf) {
+    static K: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    K.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.xml");
+        vhdkit_ok([
+            OsStr::new("keygen"),
+            OsStr::new("--bits"),
+            OsStr::new("2048"),
+            OsStr::new("-o"),
+            path.as_os_str(),
+        ]);
+        (dir, path)
+    })
+}
+
+/// Convert `src` to an EVHD at `dst` for [`test_key`].
+pub fn make_evhd(src: &Path, dst: &Path) {
+    vhdkit_ok([
+        OsStr::new("convert"),
+        OsStr::new("-q"),
+        OsStr::new("-O"),
+        OsStr::new("evhd"),
+        OsStr::new("--recipient"),
+        test_key().1.as_os_str(),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ]);
+}
