@@ -176,34 +176,61 @@ struct Image {
 }
 
 impl Image {
+    /// A new image of `kind`, opened read-write. Each kind is created once
+    /// per process and copied afterwards: an EVHD copy keeps its wrapped
+    /// master key, so reopening it skips the (slow, instrumented) RSA
+    /// private operation after the first time.
     fn create(kind: Kind) -> (Image, Disk) {
-        let (size, bs) = kind.shape();
-        let mem = Arc::new(MemStorage::new());
+        static PRISTINE: [OnceLock<Vec<u8>>; 7] = [const { OnceLock::new() }; 7];
         let p = parents();
-        let storage = Box::new(mem.clone());
-        let (path, parent, disk) = match kind {
+        let (path, parent) = match kind {
+            Kind::VhdDynamic => (p.dir.join("child.vhd"), None),
+            Kind::VhdDifferencing => (p.dir.join("child.vhd"), Some(p.vhd.clone())),
+            Kind::VhdxDifferencing => (p.dir.join("child.vhdx"), Some(p.vhdx.clone())),
+            Kind::VhdxDynamic | Kind::Vhdx4kDynamic => (p.dir.join("child.vhdx"), None),
+            Kind::EvhdGcm | Kind::EvhdGcmSiv => (PathBuf::new(), None),
+        };
+        let bytes = PRISTINE[kind as usize].get_or_init(|| {
+            let mem = Arc::new(MemStorage::new());
+            let mut disk = Self::create_in(kind, Box::new(mem.clone()), &path, parent.as_deref());
+            disk.as_dyn().close().expect("close the new image");
+            drop(disk);
+            mem.to_vec()
+        });
+        let image = Image {
+            kind,
+            mem: Arc::new(MemStorage::from_vec(bytes.clone())),
+            path,
+            parent,
+        };
+        let disk = image.reopen();
+        (image, disk)
+    }
+
+    fn create_in(
+        kind: Kind,
+        storage: Box<dyn vhdkit::io::Storage>,
+        path: &Path,
+        parent: Option<&Path>,
+    ) -> Disk {
+        let (size, bs) = kind.shape();
+        match kind {
             Kind::VhdDynamic | Kind::VhdDifferencing => {
-                let path = p.dir.join("child.vhd");
-                let (b, parent) = if kind == Kind::VhdDifferencing {
-                    (VhdBuilder::new(0).differencing(&p.vhd), Some(p.vhd.clone()))
-                } else {
-                    (VhdBuilder::new(size), None)
+                let b = match parent {
+                    Some(p) => VhdBuilder::new(0).differencing(p),
+                    None => VhdBuilder::new(size),
                 };
-                let d = b.block_size(bs as u32).create(storage, Some(&path));
-                (path, parent, Disk::Vhd(Box::new(d.expect("create VHD"))))
+                let d = b.block_size(bs as u32).create(storage, Some(path));
+                Disk::Vhd(Box::new(d.expect("create VHD")))
             }
             Kind::VhdxDynamic | Kind::Vhdx4kDynamic | Kind::VhdxDifferencing => {
-                let path = p.dir.join("child.vhdx");
-                let (b, parent) = match kind {
-                    Kind::VhdxDifferencing => (
-                        VhdxBuilder::new(0).differencing(&p.vhdx),
-                        Some(p.vhdx.clone()),
-                    ),
-                    Kind::Vhdx4kDynamic => (VhdxBuilder::new(size).logical_sector_size(4096), None),
-                    _ => (VhdxBuilder::new(size), None),
+                let b = match (parent, kind) {
+                    (Some(p), _) => VhdxBuilder::new(0).differencing(p),
+                    (None, Kind::Vhdx4kDynamic) => VhdxBuilder::new(size).logical_sector_size(4096),
+                    (None, _) => VhdxBuilder::new(size),
                 };
-                let d = b.block_size(bs as u32).create(storage, Some(&path));
-                (path, parent, Disk::Vhdx(Box::new(d.expect("create VHDX"))))
+                let d = b.block_size(bs as u32).create(storage, Some(path));
+                Disk::Vhdx(Box::new(d.expect("create VHDX")))
             }
             Kind::EvhdGcm | Kind::EvhdGcmSiv => {
                 let cipher = if kind == Kind::EvhdGcm {
@@ -217,16 +244,9 @@ impl Image {
                     .recipient(key().public().clone(), "fuzz")
                     .create(storage, None)
                     .expect("create EVHD");
-                (PathBuf::new(), None, Disk::Evhd(Box::new(d)))
+                Disk::Evhd(Box::new(d))
             }
-        };
-        let image = Image {
-            kind,
-            mem,
-            path,
-            parent,
-        };
-        (image, disk)
+        }
     }
 
     fn opts(&self) -> OpenOptions {

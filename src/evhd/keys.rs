@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Mutex;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -174,10 +175,27 @@ impl PublicKey {
 
 /// A private key. The `rsa` crate zeroizes its components on drop; every
 /// serialized form this type hands out is in a [`Zeroizing`] buffer.
-#[derive(Clone)]
 pub struct PrivateKey {
     key: RsaPrivateKey,
     public: PublicKey,
+    /// The last few keys this key unwrapped, by wrapped form: opening the
+    /// same image again (reopen, check then open) skips the RSA private
+    /// operation. Zeroized with the key.
+    unwrapped: Mutex<Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>>,
+}
+
+/// How many unwrapped keys a [`PrivateKey`] remembers.
+pub const UNWRAP_CACHE: usize = 4;
+
+impl Clone for PrivateKey {
+    /// The copy starts with an empty cache.
+    fn clone(&self) -> Self {
+        PrivateKey {
+            key: self.key.clone(),
+            public: self.public.clone(),
+            unwrapped: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 impl fmt::Debug for PrivateKey {
@@ -194,7 +212,11 @@ impl fmt::Debug for PrivateKey {
 impl PrivateKey {
     fn new(key: RsaPrivateKey) -> Result<Self> {
         let public = PublicKey::new(key.to_public_key())?;
-        Ok(PrivateKey { key, public })
+        Ok(PrivateKey {
+            key,
+            public,
+            unwrapped: Mutex::new(Vec::new()),
+        })
     }
 
     /// Generate a new key pair of `bits` bits (at least [`MIN_BITS`]).
@@ -222,8 +244,13 @@ impl PrivateKey {
     /// Undo [`PublicKey::wrap`]. Uses blinded decryption
     /// (RUSTSEC-2023-0071: the unblinded path leaks timing).
     pub fn unwrap_key(&self, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let mut cache = self.unwrapped.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, k)) = cache.iter().find(|(w, _)| w == wrapped) {
+            return Ok(k.clone());
+        }
         let padding = Oaep::new_with_label::<Sha256, _>(OAEP_LABEL);
-        self.key
+        let key = self
+            .key
             .decrypt_blinded(&mut rand_core::OsRng, padding, wrapped)
             .map(Zeroizing::new)
             .map_err(|_| {
@@ -231,7 +258,12 @@ impl PrivateKey {
                     ErrorKind::Authentication,
                     "RSA-OAEP unwrapping failed: the recipient stanza or the key file is damaged",
                 )
-            })
+            })?;
+        if cache.len() == UNWRAP_CACHE {
+            cache.remove(0);
+        }
+        cache.push((wrapped.to_vec(), key.clone()));
+        Ok(key)
     }
 
     /// The .NET `RSA.ToXmlString(true)` form: fixed element order, no
