@@ -268,7 +268,16 @@ fn zero_pieces(buf: &[u8]) -> Vec<bool> {
 
 /// Write the pieces of `buf` (at `offset`) that `zeros` marks as not zero
 /// into a fresh disk, merging neighbouring pieces into one write.
-fn write_nonzero(dst: &mut dyn VirtualDisk, buf: &[u8], zeros: &[bool], offset: u64) -> Result<()> {
+fn write_nonzero(
+    dst: &mut dyn VirtualDisk,
+    buf: &mut Vec<u8>,
+    zeros: &[bool],
+    offset: u64,
+) -> Result<()> {
+    if !zeros.contains(&true) {
+        // No zeros to skip: the disk may take the buffer whole.
+        return dst.write_from_vec(buf, offset);
+    }
     let mut run_start: Option<usize> = None;
     for (i, &zero) in zeros.iter().enumerate() {
         let pos = i * ZERO_PIECE;
@@ -301,7 +310,7 @@ type Chunk = (u64, Vec<u8>, Vec<bool>);
 pub fn read_pipelined(
     src: &dyn VirtualDisk,
     ranges: &[(u64, u64)],
-    mut consume: impl FnMut(u64, &[u8], &[bool]) -> Result<()>,
+    mut consume: impl FnMut(u64, &mut Vec<u8>, &[bool]) -> Result<()>,
 ) -> Result<()> {
     use std::sync::mpsc::sync_channel;
     let (full_tx, full_rx) = sync_channel::<Result<Chunk>>(READ_AHEAD);
@@ -332,8 +341,8 @@ pub fn read_pipelined(
             }
         });
         for item in full_rx {
-            let (pos, buf, zeros) = item?;
-            consume(pos, &buf, &zeros)?;
+            let (pos, mut buf, zeros) = item?;
+            consume(pos, &mut buf, &zeros)?;
             // The reader may have stopped; a lost buffer does not matter then.
             let _ = free_tx.send(buf);
         }

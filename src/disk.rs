@@ -98,6 +98,15 @@ pub trait VirtualDisk: Send + Sync {
     /// Write `buf` to the virtual disk at `offset`.
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()>;
 
+    /// Write `buf` at `offset` like [`VirtualDisk::write_at`], for a caller
+    /// that is done with the bytes: the disk may take the buffer and leave
+    /// another of the same length and unspecified content in its place
+    /// (an encrypting disk seals in place and hands the buffer to its
+    /// writer thread instead of copying).
+    fn write_from_vec(&mut self, buf: &mut Vec<u8>, offset: u64) -> Result<()> {
+        self.write_at(buf, offset)
+    }
+
     /// Make every completed write durable.
     fn flush(&mut self) -> Result<()>;
 

@@ -181,8 +181,11 @@ pub struct PrivateKey {
     /// The last few keys this key unwrapped, by wrapped form: opening the
     /// same image again (reopen, check then open) skips the RSA private
     /// operation. Zeroized with the key.
-    unwrapped: Mutex<Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>>,
+    unwrapped: Mutex<Vec<Unwrapped>>,
 }
+
+/// A wrapped key and what it unwrapped to.
+type Unwrapped = (Vec<u8>, Zeroizing<Vec<u8>>);
 
 /// How many unwrapped keys a [`PrivateKey`] remembers.
 pub const UNWRAP_CACHE: usize = 4;

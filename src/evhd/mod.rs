@@ -22,10 +22,11 @@ pub mod journal;
 pub mod keys;
 pub mod recipient;
 pub mod table;
+pub mod writer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::json;
 use uuid::Uuid;
@@ -302,7 +303,7 @@ impl EvhdBuilder {
             .map_err(io_err("EVHD file", 0))?;
         storage.flush().map_err(io_err("EVHD file", 0))?;
         Ok(EvhdDisk {
-            storage,
+            storage: Arc::from(storage),
             path,
             header,
             current_copy: 0,
@@ -310,7 +311,7 @@ impl EvhdBuilder {
             warnings: Vec::new(),
             epoch_write_limit: EPOCH_WRITE_LIMIT,
             rekey_batch: REKEY_BATCH,
-            scratch: Vec::new(),
+            writes: Mutex::default(),
             state: Some(Unlocked {
                 mk,
                 key: None,
@@ -380,7 +381,7 @@ impl Unlocked {
 
 /// An open EVHD container.
 pub struct EvhdDisk {
-    storage: Box<dyn Storage>,
+    storage: Arc<dyn Storage>,
     path: Option<PathBuf>,
     /// The committed header with the pending in-memory changes.
     header: Header,
@@ -392,10 +393,9 @@ pub struct EvhdDisk {
     rekey_batch: usize,
     /// `None` when opened without a key: only public fields are known.
     state: Option<Unlocked>,
-    /// Ciphertext buffer reused across writes: allocating (and having the
-    /// kernel zero) a fresh one per write cost more than the encryption.
-    /// It only ever holds ciphertext.
-    scratch: Vec<u8>,
+    /// Data slot writes in flight (their buffers, reused across writes,
+    /// only ever hold ciphertext). Locked by reads, which take `&self`.
+    writes: Mutex<writer::WriteBehind>,
 }
 
 impl std::fmt::Debug for EvhdDisk {
@@ -526,7 +526,7 @@ impl EvhdDisk {
             }
         };
         let mut disk = EvhdDisk {
-            storage,
+            storage: Arc::from(storage),
             path,
             header,
             current_copy,
@@ -534,7 +534,7 @@ impl EvhdDisk {
             warnings,
             epoch_write_limit: EPOCH_WRITE_LIMIT,
             rekey_batch: REKEY_BATCH,
-            scratch: Vec::new(),
+            writes: Mutex::default(),
             state: None,
         };
         if opts.keys.is_empty() {
@@ -839,8 +839,14 @@ impl EvhdDisk {
         Ok(())
     }
 
+    /// Wait for the data slot writes in flight (see [`writer`]).
+    fn wait_writes(&self) -> Result<()> {
+        self.writes.lock().unwrap_or_else(|e| e.into_inner()).wait()
+    }
+
     /// The plaintext of one whole block.
     fn read_block(&self, st: &Unlocked, block: u64) -> Result<Zeroizing<Vec<u8>>> {
+        self.wait_writes()?;
         self.check_page(st, block)?;
         let bs = self.block_size() as usize;
         let mut buf = Zeroizing::new(vec![0u8; bs]);
@@ -857,6 +863,7 @@ impl EvhdDisk {
     /// size), reading runs of consecutive slots at once and decrypting in
     /// parallel in place.
     fn read_full_blocks(&self, st: &Unlocked, first: u64, out: &mut [u8]) -> Result<()> {
+        self.wait_writes()?;
         let bs = self.block_size() as usize;
         let n = out.len() / bs;
         for b in first..first + n as u64 {
@@ -894,7 +901,6 @@ impl EvhdDisk {
     fn write_blocks(&mut self, blocks: &[(u64, &[u8])]) -> Result<()> {
         let bs = self.block_size() as usize;
         let (zero, data): (Vec<_>, Vec<_>) = blocks.iter().partition(|(_, d)| is_zero(d));
-        let cid = self.header.container_id;
         {
             let st = self.state.as_mut().expect("checked by the caller");
             for &(b, _) in &zero {
@@ -912,6 +918,22 @@ impl EvhdDisk {
         if data.is_empty() {
             return Ok(());
         }
+        let ct = self
+            .writes
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .buffer(bs * data.len())?;
+        self.seal(&data, ct, true)
+    }
+
+    /// Seal the non-zero blocks `data` (index, plaintext) into `ct` (one
+    /// block size per entry) with fresh nonces into new slots, queue `ct` for
+    /// the writer thread and point the table at the new slots. With `copy`
+    /// the plaintexts are copied into `ct` first; without, `ct` already
+    /// holds them in order and the slices in `data` are not read.
+    fn seal(&mut self, data: &[(u64, &[u8])], mut ct: Vec<u8>, copy: bool) -> Result<()> {
+        let bs = self.block_size() as usize;
+        let cid = self.header.container_id;
         if self.header.epoch_writes + data.len() as u64 > self.epoch_write_limit {
             self.new_epoch()?;
         }
@@ -933,16 +955,11 @@ impl EvhdDisk {
         }
         let mut nonces = vec![0u8; NONCE_LEN * data.len()];
         random_bytes(&mut nonces);
-        let mut ct = std::mem::take(&mut self.scratch);
-        ct.resize(bs * data.len(), 0);
         let st = self.state.as_ref().expect("checked by the caller");
         let key = st.data_key(epoch).expect("the current epoch has a key");
         let mut tags = vec![[0u8; 16]; data.len()];
-        let storage = self.storage.as_ref();
-        let header = &self.header;
-        // Each thread encrypts a contiguous share of the blocks and writes it
-        // itself, so the copy into the page cache runs on every core too (it
-        // costs more than the encryption).
+        // Each thread encrypts a contiguous share of the blocks; the writer
+        // thread stores them while the next batch is encrypted.
         let per = data.len().div_ceil(threads());
         let shares: Vec<_> = ct
             .chunks_mut(per * bs)
@@ -954,7 +971,9 @@ impl EvhdDisk {
             for (i, tag) in t.iter_mut().enumerate() {
                 let (b, d) = data[lo + i];
                 let cb = &mut c[i * bs..(i + 1) * bs];
-                cb.copy_from_slice(d);
+                if copy {
+                    cb.copy_from_slice(d);
+                }
                 let generation = st.entries[b as usize].generation + 1;
                 let nonce: &[u8; NONCE_LEN] = nonces
                     [(lo + i) * NONCE_LEN..(lo + i + 1) * NONCE_LEN]
@@ -962,23 +981,23 @@ impl EvhdDisk {
                     .expect("12 bytes");
                 *tag = key.seal(nonce, &block_aad(&cid, b, generation), cb);
             }
-            // Write runs of consecutive slots with one call each.
-            let n = t.len();
-            let mut i = 0;
-            while i < n {
-                let mut j = i + 1;
-                while j < n && slots[lo + j] == slots[lo + j - 1] + 1 {
-                    j += 1;
-                }
-                let off = header.slot_offset(slots[lo + i]);
-                storage
-                    .write_at(&c[i * bs..j * bs], off)
-                    .map_err(io_err(DATA, off))?;
-                i = j;
-            }
             Ok(())
         })?;
-        self.scratch = ct;
+        // Runs of consecutive slots, one write each.
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < data.len() {
+            let mut j = i + 1;
+            while j < data.len() && slots[j] == slots[j - 1] + 1 {
+                j += 1;
+            }
+            runs.push((i * bs, j * bs, self.header.slot_offset(slots[i])));
+            i = j;
+        }
+        self.writes
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .submit(&self.storage, ct, runs)?;
         let st = self.state.as_mut().expect("checked by the caller");
         for (k, (b, _)) in data.iter().enumerate() {
             let e = &mut st.entries[*b as usize];
@@ -1065,6 +1084,7 @@ impl EvhdDisk {
     /// Commit: journal record (header + changed pages), sync, install the
     /// pages, sync, write the other header copy, sync. See [`journal`].
     fn commit(&mut self) -> Result<()> {
+        self.wait_writes()?;
         let Some(st) = self.state.as_mut() else {
             return Ok(());
         };
@@ -1462,6 +1482,36 @@ impl VirtualDisk for EvhdDisk {
             pos += take as u64;
         }
         Ok(())
+    }
+
+    /// Whole non-zero blocks are sealed in place in `buf`, which goes to
+    /// the writer thread; `buf` gets a spare buffer (ciphertext) back.
+    fn write_from_vec(&mut self, buf: &mut Vec<u8>, offset: u64) -> Result<()> {
+        let bs = self.block_size() as usize;
+        if buf.is_empty() || !offset.is_multiple_of(bs as u64) || !buf.len().is_multiple_of(bs) {
+            return self.write_at(buf, offset);
+        }
+        check_range(self.header.virtual_size, offset, buf.len())?;
+        self.ensure_writable()?;
+        let first = offset / bs as u64;
+        let n = buf.len() / bs;
+        {
+            let st = self.unlocked()?;
+            for b in first..first + n as u64 {
+                self.check_page(st, b)?;
+            }
+        }
+        if buf.chunks(bs).any(is_zero) {
+            return self.write_at(buf, offset);
+        }
+        let spare = self
+            .writes
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .buffer(buf.len())?;
+        let plain = std::mem::replace(buf, spare);
+        let items: Vec<(u64, &[u8])> = (0..n).map(|i| (first + i as u64, &[][..])).collect();
+        self.seal(&items, plain, false)
     }
 
     fn flush(&mut self) -> Result<()> {
