@@ -525,6 +525,36 @@ fn vhdx_log_descriptor_count_in_the_millions() {
 }
 
 #[test]
+fn vhdx_log_claiming_a_huge_file_does_not_grow_the_bat() {
+    use vhdkit::vhdx::metadata::VIRTUAL_DISK_SIZE;
+    use vhdkit::vhdx::region_table::BAT_GUID;
+    let dir = tempfile::tempdir().unwrap();
+    let path = vhdx_sample(dir.path(), "g.vhdx", None);
+    let lay = vhdx_layout(&path);
+    // A 64 TiB disk of 1 MiB blocks: a 512 MiB BAT, in a region of 600 MiB
+    // that lies past the real end of the file...
+    let e = metadata_entry(&path, VIRTUAL_DISK_SIZE);
+    let item = lay.metadata_offset + u64::from(vhdx_support::u32_at(&file_bytes(&path, e, 32), 16));
+    patch_file(&path, item, &(64u64 << 40).to_le_bytes());
+    let at = 16 + 32 * region_index(&path, BAT_GUID);
+    patch_region_tables(&path, at + 24, &(600u32 << 20).to_le_bytes());
+    // ... but inside the 64 TiB file a valid log entry claims.
+    set_log_pending(&path);
+    let entry = LogEntry {
+        length: 4096,
+        tail: 0,
+        sequence: 7,
+        descriptors: 0,
+        last_file_offset: 1 << 46,
+    };
+    patch_file(&path, lay.log_offset, &entry.bytes(false));
+    let err = open_err_timed(&path, &OpenOptions::new());
+    assert_eq!(err.structure(), Some("VHDX region table"), "{err}");
+    assert!(err.message().contains("past the end"), "{err}");
+    assert_cli_fails(&path, None, &["VHDX region table"]);
+}
+
+#[test]
 fn vhdx_log_entries_that_wrap_around() {
     let dir = tempfile::tempdir().unwrap();
     let sectors = 256u64; // the 1 MiB log

@@ -168,7 +168,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         overlay: overlay.as_ref(),
     };
     let creator = String::new();
-    let s = match Structure::load(&view, creator, slots, current) {
+    let s = match Structure::load(&view, creator, slots, current, len) {
         Ok(s) => s,
         Err(e) => {
             add_error(report, &e);

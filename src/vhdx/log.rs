@@ -16,6 +16,7 @@ use crate::checksum::crc32c_with_zeroed_field;
 use crate::error::{Error, Result};
 use crate::guid::from_ms_bytes;
 use crate::io::{Storage, io_err, read_struct};
+use crate::vhdx::region_table::HEADER_AREA;
 
 /// Unit of the log: entries, descriptors areas and data sectors are 4 KiB.
 pub const LOG_SECTOR: u64 = 4096;
@@ -42,12 +43,6 @@ pub const MAX_LOG_LENGTH: u64 = 256 << 20;
 /// Highest file offset a descriptor or entry may name: 64 TiB of payload
 /// plus generous room for metadata. Beyond is damage, not a real file.
 pub const MAX_FILE_OFFSET: u64 = 1 << 47;
-
-/// The header section (file identifier, both headers, both region tables)
-/// fills the first 1 MiB. Writers update it in place, never through the
-/// log, so an entry that writes there is refused: replaying it could
-/// destroy the file identifier or the headers.
-pub const HEADER_SECTION_SIZE: u64 = 1 << 20;
 
 /// How many times over its length the log search may checksum entries. A
 /// valid log is checksummed about twice (each run of entries once, plus the
@@ -194,8 +189,11 @@ impl<'a> LogBuf<'a> {
     /// replayed: it would write into the header section or the log itself.
     fn protected(&self, start: u64, len: u64) -> Option<&'static str> {
         let end = start.saturating_add(len.max(1));
-        if start < HEADER_SECTION_SIZE {
-            Some("the header section (first 1 MiB)")
+        // Writers update the header area (file identifier, headers, region
+        // tables) in place, never through the log: replaying an entry that
+        // writes there could destroy them.
+        if start < HEADER_AREA {
+            Some("the header area (first 1 MiB)")
         } else if start < self.offset + self.len() && self.offset < end {
             Some("the log region")
         } else {

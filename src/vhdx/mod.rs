@@ -144,15 +144,19 @@ pub fn read_region_tables(
 impl Structure {
     /// Read everything past the headers from `storage` (already showing the
     /// replayed log), given the header slots and the current one.
+    /// `unlogged_len` is the file's length before the log extended it: the
+    /// regions were made with the file and must lie within it, so a log
+    /// that claims a huge file cannot make the BAT's memory grow with it.
     pub fn load(
         storage: &dyn Storage,
         creator: String,
         slots: [HeaderSlot; 2],
         current: usize,
+        unlogged_len: u64,
     ) -> Result<Structure> {
         let file_len = storage.len().map_err(io_err("VHDX file", 0))?;
         let (region_table, region_table_used, region_table_problems) = read_region_tables(storage)?;
-        let (bat_region, metadata_region) = region_table.validate(file_len)?;
+        let (bat_region, metadata_region) = region_table.validate(file_len.min(unlogged_len))?;
         let h = &slots[current].header;
         if h.log_length > 0 {
             let (ls, le) = (h.log_offset, h.log_offset + u64::from(h.log_length));
@@ -380,7 +384,7 @@ impl VhdxDisk {
             log_sequence = seq;
         }
         let storage = LogView::new(storage, overlay);
-        let s = Structure::load(&storage, creator, slots, current)?;
+        let s = Structure::load(&storage, creator, slots, current, len)?;
         if let Some(p) = &s.region_table_problems[1 - s.region_table_used] {
             warnings.push(format!("region table copy is unusable: {p}"));
         }
