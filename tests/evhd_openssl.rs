@@ -3,6 +3,8 @@
 //! `RSAKeyValue` built from an openssl key parsed to openssl's modulus.
 //! Skips when openssl is missing, unless `CI` is set.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -11,31 +13,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use vhdkit::evhd::keys::{KeyFile, OAEP_LABEL, PrivateKey};
 
-fn have_openssl() -> bool {
-    let ok = Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "openssl is required when CI is set"
-        );
-        eprintln!("skipping: openssl is not installed");
-    }
-    ok
-}
-
 fn openssl(args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::run(Command::new("openssl").args(args));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -50,7 +29,7 @@ fn p(dir: &Path, name: &str) -> String {
 
 #[test]
 fn pem_export_passes_openssl_check() {
-    if !have_openssl() {
+    if !common::require_tool("openssl") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -75,7 +54,7 @@ fn pem_export_passes_openssl_check() {
 
 #[test]
 fn master_key_wrapped_by_openssl_unwraps() {
-    if !have_openssl() {
+    if !common::require_tool("openssl") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -156,7 +135,7 @@ fn components(text: &str) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn dotnet_keypair_xml_parses_to_openssls_modulus() {
-    if !have_openssl() {
+    if !common::require_tool("openssl") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

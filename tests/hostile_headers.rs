@@ -5,7 +5,6 @@
 //! under a second, and the CLI stays under a memory bound while it fails.
 
 mod common;
-mod vhdx_support;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -329,8 +328,8 @@ fn vhdx_sample(dir: &Path, name: &str, log: Option<u32>) -> PathBuf {
     path
 }
 
-fn vhdx_layout(path: &Path) -> vhdx_support::Layout {
-    vhdx_support::layout(&std::fs::read(path).unwrap())
+fn vhdx_layout(path: &Path) -> common::VhdxLayout {
+    common::VhdxLayout::parse(&std::fs::read(path).unwrap())
 }
 
 /// Patch `bytes` at `field` of both region tables, fixing their CRCs.
@@ -338,7 +337,7 @@ fn patch_region_tables(path: &Path, field: u64, bytes: &[u8]) {
     for rt in [192u64 << 10, 256 << 10] {
         patch_file(path, rt + field, bytes);
         let mut t = file_bytes(path, rt, 64 << 10);
-        let crc = vhdx_support::crc_without(&t, 4);
+        let crc = common::crc_without(&t, 4);
         t[4..8].copy_from_slice(&crc.to_le_bytes());
         patch_file(path, rt, &t);
     }
@@ -349,7 +348,7 @@ fn patch_vhdx_headers(path: &Path, field: u64, bytes: &[u8]) {
     for h in [64u64 << 10, 128 << 10] {
         patch_file(path, h + field, bytes);
         let mut t = file_bytes(path, h, 4096);
-        let crc = vhdx_support::crc_without(&t, 4);
+        let crc = common::crc_without(&t, 4);
         t[4..8].copy_from_slice(&crc.to_le_bytes());
         patch_file(path, h, &t);
     }
@@ -358,7 +357,7 @@ fn patch_vhdx_headers(path: &Path, field: u64, bytes: &[u8]) {
 /// Index of region `guid` in region table 1.
 fn region_index(path: &Path, guid: uuid::Uuid) -> u64 {
     let t = file_bytes(path, 192 << 10, 64 << 10);
-    let n = vhdx_support::u32_at(&t, 8) as usize;
+    let n = common::le32(&t, 8) as usize;
     (0..n)
         .find(|&i| t[16 + 32 * i..32 + 32 * i] == guid.to_bytes_le())
         .expect("region present") as u64
@@ -385,7 +384,7 @@ fn vhdx_gigantic_bat_and_region_lengths() {
     let path = vhdx_sample(dir.path(), "vs.vhdx", None);
     let e = metadata_entry(&path, VIRTUAL_DISK_SIZE);
     let meta = vhdx_layout(&path).metadata_offset;
-    let item = meta + u64::from(vhdx_support::u32_at(&file_bytes(&path, e, 32), 16));
+    let item = meta + u64::from(common::le32(&file_bytes(&path, e, 32), 16));
     patch_file(&path, item, &(64u64 << 40).to_le_bytes());
     let bat = vhdx_layout(&path).bat_offset;
     let err = assert_rejected(&path, "VHDX BAT", bat);
@@ -462,7 +461,7 @@ impl LogEntry {
         e[24..28].copy_from_slice(&self.descriptors.to_le_bytes());
         e[32..48].copy_from_slice(&LOG_GUID.to_bytes_le());
         e[56..64].copy_from_slice(&self.last_file_offset.to_le_bytes());
-        let crc = vhdx_support::crc_without(&e, 4) ^ u32::from(bad_crc);
+        let crc = common::crc_without(&e, 4) ^ u32::from(bad_crc);
         e[4..8].copy_from_slice(&crc.to_le_bytes());
         e
     }
@@ -641,41 +640,23 @@ fn vhdx_log_entries_that_each_claim_the_whole_log() {
 
 // ---------------------------------------------------------------- EVHD
 
-/// A key pair made once with `keygen`, and it loaded.
-fn evhd_key() -> &'static (tempfile::TempDir, PathBuf, Arc<PrivateKey>) {
-    static K: OnceLock<(tempfile::TempDir, PathBuf, Arc<PrivateKey>)> = OnceLock::new();
+/// The key pair of [`common::test_key`], loaded.
+fn evhd_key() -> &'static Arc<PrivateKey> {
+    static K: OnceLock<Arc<PrivateKey>> = OnceLock::new();
     K.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k.xml");
-        common::vhdkit_ok([
-            OsStr::new("keygen"),
-            OsStr::new("--bits"),
-            OsStr::new("2048"),
-            OsStr::new("-o"),
-            path.as_os_str(),
-        ]);
-        let key = KeyFile::read(&path)
+        let key = KeyFile::read(&common::test_key().1)
             .and_then(KeyFile::into_private)
             .unwrap();
-        (dir, path, Arc::new(key))
+        Arc::new(key)
     })
 }
 
-/// A small EVHD of a 2 MiB raw image, for the key of [`evhd_key`].
+/// A small EVHD of a 2 MiB raw image, for the key of [`common::test_key`].
 fn evhd_sample(dir: &Path, name: &str) -> PathBuf {
     let raw = dir.join(format!("{name}.raw"));
     std::fs::write(&raw, common::mixed_content(2 << 20, 3)).unwrap();
     let path = dir.join(name);
-    common::vhdkit_ok([
-        OsStr::new("convert"),
-        OsStr::new("-q"),
-        OsStr::new("-O"),
-        OsStr::new("evhd"),
-        OsStr::new("--recipient"),
-        evhd_key().1.as_os_str(),
-        raw.as_os_str(),
-        path.as_os_str(),
-    ]);
+    common::make_evhd(&raw, &path);
     path
 }
 
@@ -697,7 +678,8 @@ type EvhdCase = (&'static str, Vec<(usize, Vec<u8>)>, u64);
 #[test]
 fn evhd_hostile_counts_are_refused_before_the_key_is_used() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, key_path, key) = evhd_key();
+    let key_path = &common::test_key().1;
+    let key = evhd_key();
     let probe = evhd_sample(dir.path(), "probe.evhd");
     let h = file_bytes(&probe, 0, HEADER_SIZE);
     let shift = h[56];

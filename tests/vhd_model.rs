@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError};
 
-use common::Rng;
+use common::{Rng, random_bytes};
 use vhdkit::io::{MemStorage, Storage};
 use vhdkit::parent::Chain;
 use vhdkit::report::CheckReport;
@@ -160,11 +160,7 @@ fn case_strategy() -> impl Strategy<Value = (u64, u64, Vec<Op>)> {
 
 fn data_for(fill: Fill, len: usize) -> Vec<u8> {
     match fill {
-        Fill::Random(seed) => {
-            let mut v = vec![0u8; len];
-            Rng::new(seed).fill(&mut v);
-            v
-        }
+        Fill::Random(seed) => random_bytes(len, seed),
         Fill::Zero => vec![0u8; len],
         Fill::Byte(b) => vec![b; len],
     }

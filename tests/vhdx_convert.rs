@@ -5,12 +5,11 @@
 //! back (through their parent) as the source.
 
 mod common;
-mod vhdx_support;
 
 use std::path::{Path, PathBuf};
 
+use common::read_disk;
 use vhdkit::{DiskType, Format};
-use vhdx_support::read_all;
 
 /// Output settings of each kind: name, CLI flags, and what must result.
 const KINDS: [(&str, &[&str], Format, DiskType, u32); 6] = [
@@ -91,14 +90,14 @@ fn every_pair_of_formats_converts_exactly() {
         for (to, args, format, kind, sector) in KINDS {
             let dst = tmp.path().join(format!("{from}-to-{to}.img"));
             convert(args, src, &dst);
-            let disk = vhdx_support::open(&dst);
+            let disk = common::open(&dst);
             let info = disk.info();
             let ctx = format!("{from} -> {to}");
             assert_eq!(info.format, format, "{ctx}");
             assert_eq!(info.disk_type, kind, "{ctx}");
             assert_eq!(disk.logical_sector_size(), sector, "{ctx}");
             assert_eq!(disk.virtual_size(), size as u64, "{ctx}: size");
-            assert!(read_all(disk.as_ref()) == content, "{ctx}: content");
+            assert!(read_disk(disk.as_ref()) == content, "{ctx}: content");
             done += 1;
         }
     }
@@ -116,7 +115,7 @@ fn replica_deltas_hold_only_what_differs() {
     let tmp = tempfile::tempdir().unwrap();
     let size = 48 << 20;
     let mut base_content = vec![0u8; size];
-    vhdx_support::Rng::new(5).fill(&mut base_content);
+    common::Rng::new(5).fill(&mut base_content);
     let raw = tmp.path().join("base.raw");
     std::fs::write(&raw, &base_content).unwrap();
     // A few changed sectors, one unaligned byte, one whole MiB.
@@ -135,12 +134,12 @@ fn replica_deltas_hold_only_what_differs() {
         let delta = tmp.path().join(format!("delta.{ext}"));
         let b = base.to_str().unwrap();
         convert(&["-O", fmt, "-B", b], &src, &delta);
-        let disk = vhdx_support::open(&delta);
+        let disk = common::open(&delta);
         let info = disk.info();
         assert_eq!(info.disk_type, DiskType::Differencing, "{fmt}");
         assert_eq!(disk.virtual_size(), size as u64);
         assert!(
-            read_all(disk.as_ref()) == changed,
+            read_disk(disk.as_ref()) == changed,
             "{fmt}: delta reads as the source"
         );
         let (d, f) = (

@@ -18,18 +18,18 @@
 //! - every 16th state is also opened read-write (replaying the log onto the
 //!   file), written to, closed, and read back clean.
 
-mod vhdx_support;
+mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use common::*;
 use vhdkit::disk::Discard;
 use vhdkit::io::{MemStorage, Storage};
 use vhdkit::parent::Chain;
 use vhdkit::report::{CheckReport, Severity};
 use vhdkit::vhdx::{VhdxBuilder, VhdxDisk};
 use vhdkit::{OpenOptions, VirtualDisk};
-use vhdx_support::*;
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 6 * MIB;
@@ -57,7 +57,7 @@ fn workload(seed: u64, n: usize) -> Vec<Op> {
                 Op::Write {
                     offset,
                     len,
-                    seed: r.next(),
+                    seed: r.next_u64(),
                 }
             }
             // Writes crossing a block boundary.
@@ -68,14 +68,14 @@ fn workload(seed: u64, n: usize) -> Vec<Op> {
                 Op::Write {
                     offset: b * u64::from(BLOCK) - before,
                     len,
-                    seed: r.next(),
+                    seed: r.next_u64(),
                 }
             }
             // A whole block.
             10 | 11 => Op::Write {
                 offset: r.below(SIZE / u64::from(BLOCK)) * u64::from(BLOCK),
                 len: BLOCK as usize,
-                seed: r.next(),
+                seed: r.next_u64(),
             },
             12 => {
                 let len = (1 + r.below(16) as usize) * 4096;
@@ -98,11 +98,7 @@ fn workload(seed: u64, n: usize) -> Vec<Op> {
 
 fn data_of(op: &Op) -> Option<(u64, Vec<u8>)> {
     match *op {
-        Op::Write { offset, len, seed } => {
-            let mut v = vec![0u8; len];
-            Rng::new(seed).fill(&mut v);
-            Some((offset, v))
-        }
+        Op::Write { offset, len, seed } => Some((offset, random_bytes(len, seed))),
         Op::Zero { offset, len } => Some((offset, vec![0u8; len])),
         _ => None,
     }
@@ -329,7 +325,7 @@ fn verify(s: &Setup, ops: &[Op], crash_at: u64, mode: CrashMode, seed: u64) -> R
     if !disk.warnings().is_empty() {
         return Err(ctx(format!("warnings: {:?}", disk.warnings())));
     }
-    let got = read_all(&disk);
+    let got = read_disk(&disk);
     let (base, alt) = candidates(s, ops, &marks, if crashed { crash_at } else { u64::MAX });
     for sec in 0..(SIZE as usize / SECTOR) {
         let r = sec * SECTOR..(sec + 1) * SECTOR;
@@ -354,7 +350,7 @@ fn verify(s: &Setup, ops: &[Op], crash_at: u64, mode: CrashMode, seed: u64) -> R
         let mut disk = s
             .open(Box::new(shared.clone()), true)
             .map_err(|e| ctx(format!("read-write open: {e}")))?;
-        let mut expect = read_all(&disk);
+        let mut expect = read_disk(&disk);
         let data = vec![0xa5u8; 8192];
         let at = (crash_at * 4096) % (SIZE - 8192);
         disk.write_at(&data, at)
@@ -367,7 +363,7 @@ fn verify(s: &Setup, ops: &[Op], crash_at: u64, mode: CrashMode, seed: u64) -> R
         let disk = s
             .open(Box::new(MemStorage::read_only(after)), false)
             .map_err(|e| ctx(e.to_string()))?;
-        if read_all(&disk) != expect {
+        if read_disk(&disk) != expect {
             return Err(ctx("content after replay and write".into()));
         }
     }

@@ -2,14 +2,14 @@
 //! here, read back by vhdkit (in memory, file unchanged) and compared with
 //! qemu-img's own replay (`qemu-img check -r all`).
 
-mod vhdx_support;
+mod common;
 
 use std::path::Path;
 use std::process::Command;
 
+use common::*;
 use uuid::Uuid;
 use vhdkit::{ErrorKind, OpenOptions};
-use vhdx_support::*;
 
 const SECTOR: usize = 4096;
 const MIB: u64 = 1 << 20;
@@ -71,7 +71,7 @@ fn entry(seq: u64, tail: u64, guid: Uuid, descs: &[Desc], flushed: u64, last: u6
 }
 
 /// Write `e` into the circular log at `pos`, wrapping at its end.
-fn place(file: &mut [u8], l: &Layout, pos: u64, e: &[u8]) {
+fn place(file: &mut [u8], l: &VhdxLayout, pos: u64, e: &[u8]) {
     for (i, s) in e.chunks(SECTOR).enumerate() {
         let p = (pos + (i * SECTOR) as u64) % l.log_length;
         let at = (l.log_offset + p) as usize;
@@ -80,7 +80,7 @@ fn place(file: &mut [u8], l: &Layout, pos: u64, e: &[u8]) {
 }
 
 /// Set the current header's LogGuid and fix its checksum.
-fn set_log_guid(file: &mut [u8], l: &Layout, guid: Uuid) {
+fn set_log_guid(file: &mut [u8], l: &VhdxLayout, guid: Uuid) {
     let h = l.header;
     file[h + 48..h + 64].copy_from_slice(&guid.to_bytes_le());
     let crc = crc_without(&file[h..h + 4096], 4);
@@ -98,12 +98,12 @@ fn sector_with(file: &[u8], off: u64, f: impl FnOnce(&mut [u8])) -> Vec<u8> {
     s
 }
 
-fn bat_entry(file: &[u8], l: &Layout, i: usize) -> u64 {
-    u64_at(file, l.bat_offset as usize + 8 * i)
+fn bat_entry(file: &[u8], l: &VhdxLayout, i: usize) -> u64 {
+    le64(file, l.bat_offset as usize + 8 * i)
 }
 
 /// A BAT sector update setting entry `i` to `value`.
-fn bat_update(file: &[u8], l: &Layout, i: usize, value: u64) -> Desc {
+fn bat_update(file: &[u8], l: &VhdxLayout, i: usize, value: u64) -> Desc {
     let byte = l.bat_offset + 8 * i as u64;
     let off = byte / SECTOR as u64 * SECTOR as u64;
     let within = (byte - off) as usize;
@@ -139,7 +139,7 @@ fn assert_replayed_in_memory(img: &Path, expected: &[u8]) -> Vec<u8> {
         info.vhdx.as_ref().unwrap()["log"]["state"],
         "replayed-in-memory"
     );
-    let got = read_all(disk.as_ref());
+    let got = read_disk(disk.as_ref());
     drop(disk);
     assert_eq!(file_sha256(img), before, "read-only open changed the file");
     let first_diff = got.iter().zip(expected).position(|(a, b)| a != b);
@@ -171,7 +171,7 @@ fn pending_image(dir: &Path, per_entry: usize) -> (std::path::PathBuf, Vec<u8>) 
     let content = pattern(16, 21);
     let img = base_image(dir, &content, "4M");
     let mut f = std::fs::read(&img).unwrap();
-    let l = layout(&f);
+    let l = VhdxLayout::parse(&f);
     let len = f.len() as u64;
     let guid = Uuid::new_v4();
     let mut expected = content.clone();
@@ -254,7 +254,7 @@ fn pending_image(dir: &Path, per_entry: usize) -> (std::path::PathBuf, Vec<u8>) 
 
 #[test]
 fn pending_log_with_bat_and_data_changes_replays_like_qemu() {
-    if !have_qemu_img() {
+    if !require_tool("qemu-img") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -262,7 +262,7 @@ fn pending_log_with_bat_and_data_changes_replays_like_qemu() {
     // test), so its entries stay within one descriptor sector here.
     let (img, expected) = pending_image(tmp.path(), 100);
     let got = assert_replayed_in_memory(&img, &expected);
-    let out = Command::new(env!("CARGO_BIN_EXE_vhdkit"))
+    let out = Command::new(vhdkit_bin())
         .arg("check")
         .arg(&img)
         .output()
@@ -278,7 +278,7 @@ fn pending_log_with_bat_and_data_changes_replays_like_qemu() {
 
 #[test]
 fn entry_with_more_than_126_descriptors_replays_and_repairs() {
-    if !have_qemu_img() {
+    if !require_tool("qemu-img") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -291,7 +291,7 @@ fn entry_with_more_than_126_descriptors_replays_and_repairs() {
     // repaired file the same way.
     let rep = tmp.path().join("repaired.vhdx");
     std::fs::copy(&img, &rep).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vhdkit"))
+    let out = Command::new(vhdkit_bin())
         .args(["check", "--repair"])
         .arg(&rep)
         .output()
@@ -301,14 +301,14 @@ fn entry_with_more_than_126_descriptors_replays_and_repairs() {
     assert!(text.contains("replayed"), "{text}");
     let disk = open(&rep);
     assert_eq!(disk.info().vhdx.unwrap()["log"]["state"], "empty");
-    assert!(read_all(disk.as_ref()) == expected);
+    assert!(read_disk(disk.as_ref()) == expected);
     let raw = tmp.path().join("rep.raw");
     run(Command::new("qemu-img")
         .args(["convert", "-f", "vhdx", "-O", "raw"])
         .arg(&rep)
         .arg(&raw));
     assert!(std::fs::read(&raw).unwrap() == expected);
-    let out = Command::new(env!("CARGO_BIN_EXE_vhdkit"))
+    let out = Command::new(vhdkit_bin())
         .arg("check")
         .arg(&rep)
         .output()
@@ -323,14 +323,14 @@ fn entry_with_more_than_126_descriptors_replays_and_repairs() {
 
 #[test]
 fn log_wrapping_around_its_buffer_replays_like_qemu() {
-    if !have_qemu_img() {
+    if !require_tool("qemu-img") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let content = pattern(6, 5);
     let img = base_image(tmp.path(), &content, "1M");
     let mut f = std::fs::read(&img).unwrap();
-    let l = layout(&f);
+    let l = VhdxLayout::parse(&f);
     assert_eq!(l.log_length, MIB);
     let len = f.len() as u64;
     let guid = Uuid::new_v4();
@@ -392,14 +392,14 @@ fn log_wrapping_around_its_buffer_replays_like_qemu() {
 
 #[test]
 fn sequence_continuing_at_log_start_is_replayed_from_its_tail() {
-    if !have_qemu_img() {
+    if !require_tool("qemu-img") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let content = pattern(4, 9);
     let img = base_image(tmp.path(), &content, "1M");
     let mut f = std::fs::read(&img).unwrap();
-    let l = layout(&f);
+    let l = VhdxLayout::parse(&f);
     let len = f.len() as u64;
     let guid = Uuid::new_v4();
     let mut expected = content.clone();
@@ -440,37 +440,37 @@ fn sequence_continuing_at_log_start_is_replayed_from_its_tail() {
 
     // A writable open replays onto the file and clears the LogGuid with
     // the two-header update.
-    let before = layout(&f);
-    let seq_before = u64_at(&f, before.header + 8);
+    let before = VhdxLayout::parse(&f);
+    let seq_before = le64(&f, before.header + 8);
     let disk = vhdkit::open(&img, &OpenOptions::new().writable(true)).unwrap();
     assert_eq!(
         disk.info().vhdx.unwrap()["log"]["state"],
         "replayed-on-disk"
     );
-    assert!(read_all(disk.as_ref()) == expected);
+    assert!(read_disk(disk.as_ref()) == expected);
     drop(disk);
     let g = std::fs::read(&img).unwrap();
     for h in [64usize << 10, 128 << 10] {
-        assert_eq!(crc_without(&g[h..h + 4096], 4), u32_at(&g, h + 4));
+        assert_eq!(crc_without(&g[h..h + 4096], 4), le32(&g, h + 4));
         assert!(
             g[h + 48..h + 64].iter().all(|&b| b == 0),
             "LogGuid not cleared"
         );
-        assert!(u64_at(&g, h + 8) > seq_before);
+        assert!(le64(&g, h + 8) > seq_before);
     }
-    assert!(read_all(open(&img).as_ref()) == expected);
+    assert!(read_disk(open(&img).as_ref()) == expected);
 }
 
 #[test]
 fn damaged_logs_are_refused_or_ignored_safely() {
-    if !have_qemu_img() {
+    if !require_tool("qemu-img") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let content = pattern(4, 13);
     let img = base_image(tmp.path(), &content, "1M");
     let pristine = std::fs::read(&img).unwrap();
-    let l = layout(&pristine);
+    let l = VhdxLayout::parse(&pristine);
     let len = pristine.len() as u64;
     let guid = Uuid::new_v4();
     let b0 = bat_entry(&pristine, &l, 0) & !0xFFFFF;
@@ -494,7 +494,7 @@ fn damaged_logs_are_refused_or_ignored_safely() {
     };
     assert_eq!(e.kind(), ErrorKind::Corrupt);
     assert!(e.to_string().contains("flushed file offset"), "{e}");
-    let out = Command::new(env!("CARGO_BIN_EXE_vhdkit"))
+    let out = Command::new(vhdkit_bin())
         .arg("check")
         .arg(&img)
         .output()
@@ -513,7 +513,7 @@ fn damaged_logs_are_refused_or_ignored_safely() {
         disk.info().vhdx.unwrap()["log"]["state"],
         "no-active-sequence"
     );
-    assert!(read_all(disk.as_ref()) == content);
+    assert!(read_disk(disk.as_ref()) == content);
 
     // Hostile counts and lengths never panic.
     for (field, value) in [(8usize, u32::MAX), (24, u32::MAX), (12, 12345), (8, 0)] {
@@ -526,6 +526,6 @@ fn damaged_logs_are_refused_or_ignored_safely() {
         set_log_guid(&mut f, &l, guid);
         std::fs::write(&img, &f).unwrap();
         let disk = open(&img);
-        assert!(read_all(disk.as_ref()) == content);
+        assert!(read_disk(disk.as_ref()) == content);
     }
 }

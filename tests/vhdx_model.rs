@@ -3,18 +3,18 @@
 //! close-and-reopen on dynamic and differencing disks, checked against a
 //! flat `Vec<u8>` after every step; at every reopen `check` must be clean.
 
-mod vhdx_support;
+mod common;
 
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError};
 
+use common::Rng;
 use vhdkit::disk::Discard;
 use vhdkit::parent::Chain;
 use vhdkit::vhdx::{VhdxBuilder, VhdxDisk};
 use vhdkit::{OpenOptions, VirtualDisk};
-use vhdx_support::Rng;
 
 const MIB: u64 = 1 << 20;
 /// Not a whole number of blocks: the last block is partial.
@@ -157,7 +157,7 @@ fn run(ops: &[Op], differencing: bool, sector: u32) -> Result<(), TestCaseError>
                 prop_assert_eq!(r.exit_code(), 0, "step {}: {:?}", step, r.findings);
                 disk = open(&path, parent.as_ref());
                 prop_assert!(
-                    vhdx_support::read_all(&disk) == model,
+                    common::read_disk(&disk) == model,
                     "step {step}: content after reopen"
                 );
             }
@@ -166,7 +166,7 @@ fn run(ops: &[Op], differencing: bool, sector: u32) -> Result<(), TestCaseError>
     disk.close().unwrap();
     drop(disk);
     let disk = open(&path, parent.as_ref());
-    prop_assert!(vhdx_support::read_all(&disk) == model, "final content");
+    prop_assert!(common::read_disk(&disk) == model, "final content");
     Ok(())
 }
 

@@ -1,28 +1,25 @@
 //! VHDX reading: real images, qemu-img images, 4096-byte sectors, damage, CLI.
 
-mod vhdx_support;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::*;
 use vhdkit::{ErrorKind, ExtentKind, OpenOptions};
-use vhdx_support::*;
 
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vhdkit"))
+    Command::new(vhdkit_bin())
 }
 
-fn real(name: &str, dir: &Path) -> Option<PathBuf> {
-    let root = real_fixtures()?;
-    Some(gunzip(
-        &root.join("dissect").join(format!("{name}.gz")),
-        dir,
-    ))
+/// The decompressed real image `dissect/{name}` (read-only), or `None`
+/// when the shared fixtures are absent.
+fn real(name: &str) -> Option<PathBuf> {
+    real_image(&format!("dissect/{name}"))
 }
 
 fn check_real(name: &str, sha: &str, disk_id: &str, chunk_ratio: u64) {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(path) = real(name, tmp.path()) else {
+    let Some(path) = real(name) else {
         return;
     };
     let before = file_sha256(&path);
@@ -35,7 +32,7 @@ fn check_real(name: &str, sha: &str, disk_id: &str, chunk_ratio: u64) {
         (info.logical_sector_size, info.physical_sector_size),
         (512, 4096)
     );
-    let data = read_all(disk.as_ref());
+    let data = read_disk(disk.as_ref());
     assert_eq!(sha256_hex(&data), sha);
     // The source project's own expectations.
     assert!(data[0x200000..0x200200].iter().all(|&b| b == 0xff));
@@ -69,8 +66,7 @@ fn real_dynamic_vhdx_matches_manifest() {
 
 #[test]
 fn real_differencing_avhdx_names_its_missing_parent() {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(path) = real("differencing.avhdx", tmp.path()) else {
+    let Some(path) = real("differencing.avhdx") else {
         return;
     };
     const REL: &str = r".\Generation 1_49C4BAF3-4B25-4406-8C4B-D39E65C32385.avhdx";
@@ -147,7 +143,7 @@ fn qemu_vhdx(raw: &Path, out: &Path, opts: &str) {
 
 #[test]
 fn qemu_images_read_identically() {
-    if !have_qemu_img() {
+    if !require_tool("qemu-img") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -165,7 +161,7 @@ fn qemu_images_read_identically() {
                 qemu_vhdx(&raw, &out, &opts);
                 let disk = open(&out);
                 assert_eq!(disk.virtual_size(), content.len() as u64, "{opts}");
-                let got = read_all(disk.as_ref());
+                let got = read_disk(disk.as_ref());
                 assert!(got == content, "{opts}: content differs");
                 let st = bin().arg("check").arg(&out).output().unwrap();
                 assert_eq!(
@@ -184,7 +180,7 @@ fn qemu_images_read_identically() {
         .arg(&empty)
         .arg("24M"));
     let disk = open(&empty);
-    assert!(read_all(disk.as_ref()).iter().all(|&b| b == 0));
+    assert!(read_disk(disk.as_ref()).iter().all(|&b| b == 0));
     assert_eq!(
         disk.map(0, disk.virtual_size()).unwrap()[0].kind,
         ExtentKind::Zero
@@ -194,7 +190,7 @@ fn qemu_images_read_identically() {
 /// Patch the Logical Sector Size item of a qemu image to 4096.
 fn set_logical_sector_size(path: &Path, size: u32) {
     let mut f = std::fs::read(path).unwrap();
-    let l = layout(&f);
+    let l = VhdxLayout::parse(&f);
     let m = l.metadata_offset as usize;
     assert_eq!(&f[m..m + 8], b"metadata");
     let n = u16::from_le_bytes([f[m + 10], f[m + 11]]) as usize;
@@ -203,7 +199,7 @@ fn set_logical_sector_size(path: &Path, size: u32) {
         let e = m + 32 + i * 32;
         let g = uuid::Uuid::from_bytes_le(f[e..e + 16].try_into().unwrap()).to_string();
         if g == "8141bf1d-a96f-4709-ba47-f233a8faab5f" {
-            let at = m + u32_at(&f, e + 16) as usize;
+            let at = m + le32(&f, e + 16) as usize;
             f[at..at + 4].copy_from_slice(&size.to_le_bytes());
             patched = true;
         }
@@ -214,7 +210,7 @@ fn set_logical_sector_size(path: &Path, size: u32) {
 
 #[test]
 fn logical_4096_sectors_read_and_libvhdi_agrees() {
-    if !have_qemu_img() {
+    if !require_tool("qemu-img") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -229,17 +225,14 @@ fn logical_4096_sectors_read_and_libvhdi_agrees() {
     let disk = open(&img);
     assert_eq!(disk.logical_sector_size(), 4096);
     assert_eq!(disk.info().vhdx.unwrap()["chunk_ratio"], 32768);
-    assert!(read_all(disk.as_ref()) == content);
+    assert!(read_disk(disk.as_ref()) == content);
 
-    if have_tool("vhdiinfo", Command::new("vhdiinfo").arg("-V")) {
+    if require_tool("vhdiinfo") {
         let out = run(Command::new("vhdiinfo").arg(&img));
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("Bytes per sector\t: 4096"), "{text}");
     }
-    if have_tool(
-        "pyvhdi",
-        Command::new("/usr/bin/python3").args(["-c", "import pyvhdi"]),
-    ) {
+    if require_tool("pyvhdi") {
         let script = "import sys, hashlib, pyvhdi\n\
             f = pyvhdi.file(); f.open(sys.argv[1])\n\
             print(f.get_bytes_per_sector(), f.get_media_size(), hashlib.sha256(f.read_buffer(f.get_media_size())).hexdigest())";
@@ -256,7 +249,7 @@ fn logical_4096_sectors_read_and_libvhdi_agrees() {
 
 /// A qemu-made dynamic image with data, for damage tests.
 fn damage_base(tmp: &Path) -> Option<(PathBuf, Vec<u8>)> {
-    if !have_qemu_img() {
+    if !require_tool("qemu-img") {
         return None;
     }
     let content = pattern(8, 3);
@@ -282,7 +275,7 @@ fn one_bad_header_falls_back_and_warns_both_bad_fails() {
         return;
     };
     let mut f = std::fs::read(&img).unwrap();
-    let cur = layout(&f).header;
+    let cur = VhdxLayout::parse(&f).header;
     // Damage the current header: the other one takes over.
     f[cur + 100] ^= 0xff;
     std::fs::write(&img, &f).unwrap();
@@ -295,7 +288,7 @@ fn one_bad_header_falls_back_and_warns_both_bad_fails() {
         "{:?}",
         info.warnings
     );
-    assert!(read_all(disk.as_ref()) == content);
+    assert!(read_disk(disk.as_ref()) == content);
     let (code, text) = check_exit(&img);
     assert_eq!(code, 2, "{text}");
     // --repair rewrites it from the good one.
@@ -324,7 +317,7 @@ fn one_bad_header_falls_back_and_warns_both_bad_fails() {
 /// Set BAT entry `index` to `value` in the file.
 fn patch_bat(img: &Path, index: usize, value: u64) -> u64 {
     let mut f = std::fs::read(img).unwrap();
-    let at = layout(&f).bat_offset as usize + index * 8;
+    let at = VhdxLayout::parse(&f).bat_offset as usize + index * 8;
     f[at..at + 8].copy_from_slice(&value.to_le_bytes());
     std::fs::write(img, f).unwrap();
     at as u64
@@ -339,7 +332,7 @@ fn bat_entry_past_end_or_into_metadata_is_corruption() {
     assert_eq!(check_exit(&img).0, 0);
     let pristine = std::fs::read(&img).unwrap();
     let len = pristine.len() as u64;
-    let meta = layout(&pristine).metadata_offset;
+    let meta = VhdxLayout::parse(&pristine).metadata_offset;
 
     let past = tmp.path().join("past.vhdx");
     std::fs::write(&past, &pristine).unwrap();
@@ -379,7 +372,7 @@ fn bat_entry_past_end_or_into_metadata_is_corruption() {
 
 #[test]
 fn cli_info_map_check_on_vhdx() {
-    if !have_qemu_img() {
+    if !require_tool("qemu-img") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -471,7 +464,7 @@ fn damaged_metadata_and_bat_never_panic() {
         return;
     };
     let pristine = std::fs::read(&img).unwrap();
-    let l = layout(&pristine);
+    let l = VhdxLayout::parse(&pristine);
     let regions = [
         (l.metadata_offset as usize, 512usize),
         (l.metadata_offset as usize + (64 << 10), 128),

@@ -2,13 +2,13 @@
 //! ones make the open fail with an "unsupported" error naming their GUID
 //! ([MS-VHDX] 2.2.3.2 and 2.6.1.2; format-notes VHDX point 4).
 
-mod vhdx_support;
+mod common;
 
 use std::path::Path;
 use std::process::Command;
 
+use common::*;
 use vhdkit::{ErrorKind, OpenOptions};
-use vhdx_support::*;
 
 const UNKNOWN: &str = "0badc0de-1234-4567-89ab-cdef01234567";
 const REGION_TABLES: [usize; 2] = [192 << 10, 256 << 10];
@@ -16,7 +16,7 @@ const MIB: usize = 1 << 20;
 
 /// A small dynamic VHDX written by qemu-img, as bytes.
 fn qemu_vhdx(dir: &Path) -> Option<Vec<u8>> {
-    if !have_qemu_img() {
+    if !require_tool("qemu-img") {
         return None;
     }
     let p = dir.join("q.vhdx");
@@ -37,7 +37,7 @@ fn add_region(file: &mut Vec<u8>, required: bool) {
     let offset = file.len().div_ceil(MIB) * MIB;
     file.resize(offset + MIB, 0);
     for rt in REGION_TABLES {
-        let n = u32_at(file, rt + 8) as usize;
+        let n = le32(file, rt + 8) as usize;
         let e = rt + 16 + n * 32;
         file[e..e + 16].copy_from_slice(&guid_bytes(UNKNOWN));
         file[e + 16..e + 24].copy_from_slice(&(offset as u64).to_le_bytes());
@@ -51,12 +51,12 @@ fn add_region(file: &mut Vec<u8>, required: bool) {
 
 /// Add a metadata entry with an 8-byte value placed after every other value.
 fn add_metadata_item(file: &mut [u8], required: bool) {
-    let m = layout(file).metadata_offset as usize;
+    let m = VhdxLayout::parse(file).metadata_offset as usize;
     let n = u32::from(u16::from_le_bytes([file[m + 10], file[m + 11]])) as usize;
     let value_end = (0..n)
         .map(|i| {
             let e = m + 32 + i * 32;
-            u32_at(file, e + 16) + u32_at(file, e + 20)
+            le32(file, e + 16) + le32(file, e + 20)
         })
         .max()
         .expect("items");
@@ -87,7 +87,7 @@ fn unknown_regions_optional_ignored_required_refused() {
     add_region(&mut optional, false);
     let disk =
         open_bytes(dir.path(), "optional.vhdx", &optional).expect("optional region is ignored");
-    assert_eq!(read_all(disk.as_ref()), vec![0u8; 8 << 20]);
+    assert_eq!(read_disk(disk.as_ref()), vec![0u8; 8 << 20]);
 
     let mut required = base;
     add_region(&mut required, true);
@@ -119,7 +119,7 @@ fn unknown_metadata_items_optional_ignored_required_refused() {
         .expect("required item refused");
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
     assert!(err.to_string().contains(UNKNOWN), "{err}");
-    let m = layout(&required).metadata_offset;
+    let m = VhdxLayout::parse(&required).metadata_offset;
     let n = u64::from(u16::from_le_bytes([
         required[m as usize + 10],
         required[m as usize + 11],
@@ -128,7 +128,7 @@ fn unknown_metadata_items_optional_ignored_required_refused() {
 
     // The CLI says the same, naming the GUID, without panicking.
     let p = dir.path().join("required.vhdx");
-    let out = Command::new(env!("CARGO_BIN_EXE_vhdkit"))
+    let out = Command::new(vhdkit_bin())
         .arg("info")
         .arg(&p)
         .output()

@@ -6,15 +6,14 @@
 //! and NOT_PRESENT fall-through to the parent against a flat model.
 
 mod common;
-mod vhdx_support;
 
 use std::path::Path;
 use std::process::Command;
 
+use common::{Rng, random_bytes, read_disk, run};
 use vhdkit::disk::Discard;
 use vhdkit::vhdx::{VhdxBuilder, VhdxDisk};
 use vhdkit::{OpenOptions, VirtualDisk};
-use vhdx_support::{Rng, read_all, run};
 
 const MIB: u64 = 1 << 20;
 
@@ -37,12 +36,6 @@ fn put(disk: &mut dyn VirtualDisk, model: &mut [u8], offset: u64, data: &[u8]) {
     model[offset as usize..offset as usize + data.len()].copy_from_slice(data);
 }
 
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    Rng::new(seed).fill(&mut v);
-    v
-}
-
 /// A mix of writes: allocating, overwriting, unaligned, crossing blocks,
 /// all-zero, at the very end.
 fn mixed_writes(disk: &mut dyn VirtualDisk, model: &mut [u8], bs: u64, seed: u64) {
@@ -50,20 +43,25 @@ fn mixed_writes(disk: &mut dyn VirtualDisk, model: &mut [u8], bs: u64, seed: u64
     let mut r = Rng::new(seed);
     // Block boundaries inside the disk even for large blocks.
     let bs = if bs * 2 < size { bs } else { MIB };
-    put(disk, model, 0, &random(4096, r.next()));
-    put(disk, model, bs - 1000, &random(3000, r.next()));
-    put(disk, model, 3 * bs / 2 + 7, &random(100_000, r.next()));
-    put(disk, model, size - 512, &random(512, r.next()));
+    put(disk, model, 0, &random_bytes(4096, r.next_u64()));
+    put(disk, model, bs - 1000, &random_bytes(3000, r.next_u64()));
+    put(
+        disk,
+        model,
+        3 * bs / 2 + 7,
+        &random_bytes(100_000, r.next_u64()),
+    );
+    put(disk, model, size - 512, &random_bytes(512, r.next_u64()));
     put(
         disk,
         model,
         size - 3 * MIB,
-        &random(2 * MIB as usize + 333, r.next()),
+        &random_bytes(2 * MIB as usize + 333, r.next_u64()),
     );
     for _ in 0..40 {
         let len = 1 + r.below(200_000) as usize;
         let off = r.below(size - len as u64);
-        put(disk, model, off, &random(len, r.next()));
+        put(disk, model, off, &random_bytes(len, r.next_u64()));
     }
     put(disk, model, 4096, &vec![0u8; 8192]);
 }
@@ -93,7 +91,7 @@ fn vhdkit_check_clean(img: &Path) {
 
 #[test]
 fn written_fixed_and_dynamic_images_pass_qemu_check_and_read_like_qemu() {
-    if !vhdx_support::have_qemu_img() {
+    if !common::require_tool("qemu-img") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -117,14 +115,14 @@ fn written_fixed_and_dynamic_images_pass_qemu_check_and_read_like_qemu() {
                 let mut disk = open_rw(&img);
                 mixed_writes(&mut disk, &mut model, bs, 99 + bs);
                 disk.flush().unwrap();
-                put(&mut disk, &mut model, size / 2, &random(5000, 5));
+                put(&mut disk, &mut model, size / 2, &random_bytes(5000, 5));
                 disk.close().unwrap();
             }
             let ctx = format!("fixed={fixed} block size {bs}");
-            let disk = vhdx_support::open(&img);
+            let disk = common::open(&img);
             assert_eq!(disk.virtual_size(), size, "{ctx}");
             assert!(
-                read_all(disk.as_ref()) == model,
+                read_disk(disk.as_ref()) == model,
                 "{ctx}: vhdkit reads what was written"
             );
             let info = disk.info();
@@ -145,10 +143,10 @@ fn written_fixed_and_dynamic_images_pass_qemu_check_and_read_like_qemu() {
             vhdkit_check_clean(&img);
             // Blocks are whole MiB at MiB offsets, past the regions.
             let f = std::fs::read(&img).unwrap();
-            let l = vhdx_support::layout(&f);
+            let l = common::VhdxLayout::parse(&f);
             let entries = (size.div_ceil(bs)) as usize;
             for i in 0..entries {
-                let e = vhdx_support::u64_at(
+                let e = common::le64(
                     &f,
                     l.bat_offset as usize + 8 * (i + i / ((1usize << 23) * 512 / bs as usize)),
                 );
@@ -213,12 +211,12 @@ fn sector_4096_images_are_read_identically_by_libvhdi() {
         mixed_writes(&mut disk, &mut model, 2 << 20, 4096 + fixed as u64);
         disk.close().unwrap();
         drop(disk);
-        let disk = vhdx_support::open(&img);
+        let disk = common::open(&img);
         assert_eq!(
             (disk.logical_sector_size(), disk.physical_sector_size()),
             (4096, 4096)
         );
-        assert!(read_all(disk.as_ref()) == model);
+        assert!(read_disk(disk.as_ref()) == model);
         vhdkit_check_clean(&img);
         libvhdi_agrees(&[&img], &model, 4096);
     }
@@ -272,8 +270,8 @@ fn differencing_images_resolve_partial_blocks_and_fall_through_like_libvhdi() {
             assert_eq!(d.logical_sector_size(), sector, "the parent's sector size");
             // Partial blocks: sector-aligned, unaligned (merged with the
             // parent's bytes), zeros over parent data.
-            put(&mut d, &mut model, bs + s, &random(3 * s as usize, 1));
-            put(&mut d, &mut model, 2 * bs + 100, &random(700, 2));
+            put(&mut d, &mut model, bs + s, &random_bytes(3 * s as usize, 1));
+            put(&mut d, &mut model, 2 * bs + 100, &random_bytes(700, 2));
             put(
                 &mut d,
                 &mut model,
@@ -281,12 +279,12 @@ fn differencing_images_resolve_partial_blocks_and_fall_through_like_libvhdi() {
                 &vec![0u8; 2 * s as usize],
             );
             // A whole block, and a write crossing into the next block.
-            put(&mut d, &mut model, 5 * bs, &random(bs as usize, 3));
+            put(&mut d, &mut model, 5 * bs, &random_bytes(bs as usize, 3));
             put(
                 &mut d,
                 &mut model,
                 7 * bs - 2 * s,
-                &random(4 * s as usize, 4),
+                &random_bytes(4 * s as usize, 4),
             );
             // A block written piece by piece until full.
             for k in 0..4 {
@@ -294,7 +292,7 @@ fn differencing_images_resolve_partial_blocks_and_fall_through_like_libvhdi() {
                     &mut d,
                     &mut model,
                     9 * bs + k * bs / 4,
-                    &random(bs as usize / 4, 10 + k),
+                    &random_bytes(bs as usize / 4, 10 + k),
                 );
             }
             // Zeros over a whole block: zeros, not the parent.
@@ -305,12 +303,12 @@ fn differencing_images_resolve_partial_blocks_and_fall_through_like_libvhdi() {
                 "whole, completed, zeroed"
             );
             assert_eq!(blocks_in(&d, "partially_present"), 5);
-            assert!(read_all(&d) == model, "{sector}: reads during the session");
+            assert!(read_disk(&d) == model, "{sector}: reads during the session");
             d.close().unwrap();
         }
-        let d = vhdx_support::open(&child);
+        let d = common::open(&child);
         assert!(
-            read_all(d.as_ref()) == model,
+            read_disk(d.as_ref()) == model,
             "{sector}: vhdkit after reopen"
         );
         // The allocation map agrees: data where written, parent elsewhere.
@@ -349,16 +347,16 @@ fn differencing_images_resolve_partial_blocks_and_fall_through_like_libvhdi() {
         {
             let mut d = open_rw(&child);
             let before = blocks_in(&d, "fully_present");
-            put(&mut d, &mut model, bs, &random(bs as usize, 20));
+            put(&mut d, &mut model, bs, &random_bytes(bs as usize, 20));
             assert_eq!(blocks_in(&d, "fully_present"), before + 1);
             // Discard: whole blocks read as zeros, never the parent.
             assert_eq!(d.discard(5 * bs - 512, 2 * bs + 1024).unwrap(), 2 * bs);
             model[(5 * bs) as usize..(7 * bs) as usize].fill(0);
             d.close().unwrap();
         }
-        let d = vhdx_support::open(&child);
+        let d = common::open(&child);
         assert!(
-            read_all(d.as_ref()) == model,
+            read_disk(d.as_ref()) == model,
             "{sector}: after the second session"
         );
         vhdkit_check_clean(&child);
@@ -366,13 +364,13 @@ fn differencing_images_resolve_partial_blocks_and_fall_through_like_libvhdi() {
         // the parent, where [MS-VHDX] 2.5.1.1 and vhdkit read zeros: compare
         // it with the parent's bytes there, with the model elsewhere.
         let mut libvhdi_view = model.clone();
-        let p = read_all(vhdx_support::open(&parent).as_ref());
+        let p = read_disk(common::open(&parent).as_ref());
         libvhdi_view[(5 * bs) as usize..(7 * bs) as usize]
             .copy_from_slice(&p[(5 * bs) as usize..(7 * bs) as usize]);
         // The parent link is the parent's DataWriteGuid, which writing the
         // parent would change.
         let pl = d.info().vhdx.unwrap()["parent_locator"]["entries"].clone();
-        let p = vhdx_support::open(&parent);
+        let p = common::open(&parent);
         assert_eq!(
             pl["parent_linkage"],
             format!("{{{}}}", p.parent_link_id().unwrap())

@@ -1,7 +1,10 @@
 //! Helpers shared by the integration tests: real fixtures, oracles (qemu-img,
-//! libvhdi), the CLI binary, content generators and hashing.
+//! libvhdi, openssl), the CLI binary, the library, content generators,
+//! hashing, byte-level readers and patchers for VHD and VHDX files, and a
+//! fault-injecting storage.
 //!
-//! Each test file uses a different subset of these, hence the `dead_code` allowance.
+//! Every test binary includes this module (`mod common;`) and uses a
+//! different subset of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -11,6 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
+use vhdkit::{OpenOptions, VirtualDisk};
 
 /// `../shared/fixtures/real` beside the crate, or `None` (with a message)
 /// when a clone has no shared folder.
@@ -19,7 +23,7 @@ pub fn shared_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        println!("skipping: {} absent", dir.display());
+        eprintln!("skipping: {} is absent", dir.display());
         None
     }
 }
@@ -82,9 +86,10 @@ pub fn real_image_copy(name: &str, dir: &Path) -> Option<PathBuf> {
     Some(dest)
 }
 
-/// Whether an oracle is installed: `qemu-img`, `vhdiinfo` or `pyvhdi` (the
-/// Python module under /usr/bin/python3). When it is missing the test should
-/// return early; under CI (`CI` set) a missing oracle is a failure instead.
+/// Whether an oracle is installed: `qemu-img`, `vhdiinfo`, `openssl` or
+/// `pyvhdi` (the Python module under /usr/bin/python3). When it is missing
+/// the test prints why and should return early; under CI (`CI` set) a
+/// missing oracle is a failure instead. Probed once per process.
 pub fn require_tool(name: &str) -> bool {
     static SEEN: OnceLock<Mutex<HashMap<String, bool>>> = OnceLock::new();
     let seen = SEEN.get_or_init(Default::default);
@@ -99,6 +104,11 @@ pub fn require_tool(name: &str) -> bool {
             "vhdiinfo" => {
                 let mut c = Command::new("vhdiinfo");
                 c.arg("-V");
+                c
+            }
+            "openssl" => {
+                let mut c = Command::new("openssl");
+                c.arg("version");
                 c
             }
             other => {
@@ -116,9 +126,23 @@ pub fn require_tool(name: &str) -> bool {
         if std::env::var_os("CI").is_some() {
             panic!("{name} is not installed, and CI requires every oracle");
         }
-        println!("skipping: {name} not installed");
+        eprintln!("skipping: {name} is not installed");
     }
     present
+}
+
+/// Run a command and require success; panics with its output otherwise.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// The `vhdkit` binary built for these tests.
@@ -189,17 +213,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    let out = Command::new("qemu-img")
-        .args(&args)
-        .output()
-        .expect("run qemu-img");
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    run(Command::new("qemu-img").args(args)).stdout
 }
 
 /// The virtual size qemu-img reports for a VHD.
@@ -306,21 +320,45 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
-/// The whole content of a virtual disk, read through the library.
-pub fn read_disk(disk: &dyn vhdkit::VirtualDisk) -> Vec<u8> {
-    let mut buf = vec![0u8; disk.virtual_size() as usize];
-    disk.read_at(&mut buf, 0).unwrap();
-    buf
+/// Lower-case hex SHA-256 of a file.
+pub fn file_sha256(path: &Path) -> String {
+    sha256_hex(&std::fs::read(path).expect("read file"))
+}
+
+/// Open `path` read-only through the library.
+pub fn open(path: &Path) -> Box<dyn VirtualDisk> {
+    vhdkit::open(path, &OpenOptions::new())
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+}
+
+/// The whole content of a virtual disk, read through the library in 4 MiB
+/// pieces.
+pub fn read_disk(disk: &dyn VirtualDisk) -> Vec<u8> {
+    const PIECE: usize = 4 << 20;
+    let size = usize::try_from(disk.virtual_size()).expect("size");
+    let mut out = vec![0u8; size];
+    for (i, chunk) in out.chunks_mut(PIECE).enumerate() {
+        disk.read_at(chunk, (i * PIECE) as u64)
+            .unwrap_or_else(|e| panic!("read at {:#x}: {e}", i * PIECE));
+    }
+    out
 }
 
 /// Open `path` read-only through the library and read everything.
 pub fn read_image(path: &Path) -> Vec<u8> {
-    let disk = vhdkit::open(path, &vhdkit::OpenOptions::new())
-        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-    read_disk(disk.as_ref())
+    read_disk(open(path).as_ref())
 }
 
-/// A small deterministic pseudo-random generator (xorshift64*).
+/// The error opening `path` gives; panics if it opens.
+pub fn open_err(path: &Path, opts: &OpenOptions) -> vhdkit::Error {
+    match vhdkit::open(path, opts) {
+        Ok(_) => panic!("{} opened, but an error was expected", path.display()),
+        Err(e) => e,
+    }
+}
+
+/// A small deterministic pseudo-random generator (xorshift64*), so that a
+/// failure's seed reproduces it.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
@@ -336,15 +374,36 @@ impl Rng {
         self.0 = x;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
+    /// Uniform in `[0, n)`; 0 when `n` is 0.
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
     pub fn fill(&mut self, buf: &mut [u8]) {
         for chunk in buf.chunks_mut(8) {
             let v = self.next_u64().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
     }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
+}
+
+/// `len` pseudo-random bytes from `seed`.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    Rng::new(seed).fill(&mut v);
+    v
+}
+
+/// Deterministic content of `mib` MiB: every third MiB (the second, the
+/// fifth, ...) zero, the rest pseudo-random.
+pub fn pattern(mib: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut v = vec![0u8; mib << 20];
+    for (i, m) in v.chunks_mut(1 << 20).enumerate() {
+        if i % 3 != 1 {
+            rng.fill(m);
+        }
     }
+    v
 }
 
 /// Mixed content for a disk of `size` bytes: random stretches, text,
@@ -441,6 +500,16 @@ pub fn be64(b: &[u8], offset: usize) -> u64 {
     u64::from_be_bytes(b[offset..offset + 8].try_into().unwrap())
 }
 
+/// Little-endian u32 at `offset` of a byte slice.
+pub fn le32(b: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes(b[offset..offset + 4].try_into().unwrap())
+}
+
+/// Little-endian u64 at `offset` of a byte slice.
+pub fn le64(b: &[u8], offset: usize) -> u64 {
+    u64::from_le_bytes(b[offset..offset + 8].try_into().unwrap())
+}
+
 /// Layout of a sparse VHD read straight from its bytes, independently of
 /// the library: where the header, the BAT and each block are.
 #[derive(Debug, Clone)]
@@ -487,11 +556,58 @@ impl SparseLayout {
     }
 }
 
-/// The error opening `path` gives; panics if it opens.
-pub fn open_err(path: &Path, opts: &vhdkit::OpenOptions) -> vhdkit::Error {
-    match vhdkit::open(path, opts) {
-        Ok(_) => panic!("{} opened, but an error was expected", path.display()),
-        Err(e) => e,
+/// CRC-32C of `b` with the 4 bytes at `field` taken as zero.
+pub fn crc_without(b: &[u8], field: usize) -> u32 {
+    vhdkit::checksum::crc32c_with_zeroed_field(b, field)
+}
+
+/// Parsed positions of a VHDX file, found independently of the library.
+#[derive(Debug, Clone, Copy)]
+pub struct VhdxLayout {
+    /// Offset of the current header.
+    pub header: usize,
+    pub log_offset: u64,
+    pub log_length: u64,
+    pub bat_offset: u64,
+    pub metadata_offset: u64,
+}
+
+impl VhdxLayout {
+    /// Find the current header, the log, the BAT and the metadata region in
+    /// the bytes of a whole VHDX file.
+    pub fn parse(file: &[u8]) -> VhdxLayout {
+        let h1 = 64 << 10;
+        let h2 = 128 << 10;
+        let valid = |o: usize| {
+            &file[o..o + 4] == b"head" && crc_without(&file[o..o + 4096], 4) == le32(file, o + 4)
+        };
+        let header = match (valid(h1), valid(h2)) {
+            (true, true) if le64(file, h2 + 8) > le64(file, h1 + 8) => h2,
+            (true, _) => h1,
+            (false, true) => h2,
+            _ => panic!("no valid header"),
+        };
+        let rt = 192 << 10;
+        assert_eq!(&file[rt..rt + 4], b"regi");
+        let n = le32(file, rt + 8) as usize;
+        let mut bat = 0;
+        let mut meta = 0;
+        for i in 0..n {
+            let e = rt + 16 + i * 32;
+            let g = uuid::Uuid::from_bytes_le(file[e..e + 16].try_into().unwrap()).to_string();
+            match g.as_str() {
+                "2dc27766-f623-4200-9d64-115e9bfd4a08" => bat = le64(file, e + 16),
+                "8b7ca206-4790-4b9a-b8fe-575f050f886e" => meta = le64(file, e + 16),
+                _ => {}
+            }
+        }
+        VhdxLayout {
+            header,
+            log_offset: le64(file, header + 72),
+            log_length: u64::from(le32(file, header + 68)),
+            bat_offset: bat,
+            metadata_offset: meta,
+        }
     }
 }
 
@@ -525,4 +641,179 @@ pub fn make_evhd(src: &Path, dst: &Path) {
         src.as_os_str(),
         dst.as_os_str(),
     ]);
+}
+
+/// How a [`FaultStorage`] decides what survives the crash.
+#[derive(Debug, Clone, Copy)]
+pub enum CrashMode {
+    /// Storage operations persist in order up to the crash; the operation
+    /// at the crash point, if a write, persists only its first `k` 512-byte
+    /// sectors (`k` random, possibly 0) when `tear` is set.
+    Prefix { tear: bool },
+    /// Everything before the last flush persists; of the writes since
+    /// then, a random subset persists (the system may write back in any
+    /// order), and the write at the crash point is torn.
+    Subset,
+}
+
+/// The atomic unit of the simulated device: writes tear between sectors,
+/// never inside one.
+pub const DEVICE_SECTOR: usize = 512;
+
+#[derive(Debug, Clone)]
+enum Pending {
+    Write(u64, Vec<u8>),
+    SetLen(u64),
+}
+
+#[derive(Debug)]
+struct FaultState {
+    /// What the running program sees (the page cache).
+    volatile: Vec<u8>,
+    /// What survives the crash.
+    durable: Vec<u8>,
+    /// Changes since the last flush, not yet in `durable` (subset mode).
+    pending: Vec<Pending>,
+    /// Storage operations (writes, length changes, flushes) so far.
+    count: u64,
+    /// Index of the operation at which the power fails.
+    crash_at: u64,
+    mode: CrashMode,
+    rng: Rng,
+    crashed: bool,
+}
+
+fn apply(image: &mut Vec<u8>, p: &Pending) {
+    match p {
+        Pending::Write(off, data) => {
+            let (s, e) = (*off as usize, *off as usize + data.len());
+            if image.len() < e {
+                image.resize(e, 0);
+            }
+            image[s..e].copy_from_slice(data);
+        }
+        Pending::SetLen(len) => image.resize(*len as usize, 0),
+    }
+}
+
+/// A fault-injecting storage: it behaves like memory until operation
+/// number `crash_at` (counting writes, length changes and flushes from 0),
+/// where the power fails: that operation and every later one returns an
+/// error, and [`FaultStorage::durable`] holds what a reboot would find.
+#[derive(Debug, Clone)]
+pub struct FaultStorage(std::sync::Arc<std::sync::Mutex<FaultState>>);
+
+impl FaultStorage {
+    pub fn new(image: Vec<u8>, crash_at: u64, mode: CrashMode, seed: u64) -> Self {
+        FaultStorage(std::sync::Arc::new(std::sync::Mutex::new(FaultState {
+            durable: image.clone(),
+            volatile: image,
+            pending: Vec::new(),
+            count: 0,
+            crash_at,
+            mode,
+            rng: Rng::new(seed),
+            crashed: false,
+        })))
+    }
+    /// Storage operations so far.
+    pub fn count(&self) -> u64 {
+        self.0.lock().unwrap().count
+    }
+    pub fn crashed(&self) -> bool {
+        self.0.lock().unwrap().crashed
+    }
+    /// The image as it would be found after the crash (or now, with every
+    /// pending change persisted, when there was none).
+    pub fn durable(&self) -> Vec<u8> {
+        let st = self.0.lock().unwrap();
+        let mut d = st.durable.clone();
+        if !st.crashed {
+            for p in &st.pending {
+                apply(&mut d, p);
+            }
+        }
+        d
+    }
+
+    fn op(&self, p: Option<Pending>) -> std::io::Result<()> {
+        let mut guard = self.0.lock().unwrap();
+        let st = &mut *guard;
+        if st.crashed {
+            return Err(std::io::Error::other("simulated power failure"));
+        }
+        let index = st.count;
+        st.count += 1;
+        if index == st.crash_at {
+            st.crashed = true;
+            if let CrashMode::Subset = st.mode {
+                let pending = std::mem::take(&mut st.pending);
+                for q in &pending {
+                    if st.rng.below(2) == 0 {
+                        apply(&mut st.durable, q);
+                    }
+                }
+            }
+            let tear = matches!(
+                st.mode,
+                CrashMode::Subset | CrashMode::Prefix { tear: true }
+            );
+            if let (true, Some(Pending::Write(off, data))) = (tear, &p) {
+                let sectors = data.len().div_ceil(DEVICE_SECTOR) as u64;
+                let keep = st.rng.below(sectors) as usize * DEVICE_SECTOR;
+                if keep > 0 {
+                    apply(
+                        &mut st.durable,
+                        &Pending::Write(*off, data[..keep].to_vec()),
+                    );
+                }
+            }
+            return Err(std::io::Error::other("simulated power failure"));
+        }
+        match (p, st.mode) {
+            (None, _) => {
+                let pending = std::mem::take(&mut st.pending);
+                for q in &pending {
+                    apply(&mut st.durable, q);
+                }
+            }
+            (Some(q), CrashMode::Prefix { .. }) => {
+                apply(&mut st.volatile, &q);
+                apply(&mut st.durable, &q);
+            }
+            (Some(q), CrashMode::Subset) => {
+                apply(&mut st.volatile, &q);
+                st.pending.push(q);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl vhdkit::io::Storage for FaultStorage {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let st = self.0.lock().unwrap();
+        let s = offset as usize;
+        let src = st
+            .volatile
+            .get(s..s + buf.len())
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.op(Some(Pending::Write(offset, buf.to_vec())))
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.0.lock().unwrap().volatile.len() as u64)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.op(Some(Pending::SetLen(len)))
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.op(None)
+    }
+    fn is_writable(&self) -> bool {
+        true
+    }
 }
