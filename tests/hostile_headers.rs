@@ -533,7 +533,7 @@ fn vhdx_log_claiming_a_huge_file_does_not_grow_the_bat() {
     // A 64 TiB disk of 1 MiB blocks: a 512 MiB BAT, in a region of 600 MiB
     // that lies past the real end of the file...
     let e = metadata_entry(&path, VIRTUAL_DISK_SIZE);
-    let item = lay.metadata_offset + u64::from(vhdx_support::u32_at(&file_bytes(&path, e, 32), 16));
+    let item = lay.metadata_offset + u64::from(common::le32(&file_bytes(&path, e, 32), 16));
     patch_file(&path, item, &(64u64 << 40).to_le_bytes());
     let at = 16 + 32 * region_index(&path, BAT_GUID);
     patch_region_tables(&path, at + 24, &(600u32 << 20).to_le_bytes());
