@@ -17,7 +17,9 @@ export RUSTFLAGS="-Cpasses=sancov-module \
  -Cllvm-args=-sanitizer-coverage-pc-table \
  -Cllvm-args=-sanitizer-coverage-trace-compares \
  --cfg fuzzing"
-# --target keeps build scripts and proc macros uninstrumented.
+# --target keeps build scripts and proc macros uninstrumented; a target
+# folder of its own keeps cargo-fuzz's builds (other flags) intact.
+export CARGO_TARGET_DIR=target/smoke
 cargo build --release --bins --target "$host" --quiet
 
 # Longest input per target: image targets read sparse seeds of up to 256 KiB.
@@ -27,7 +29,8 @@ trap 'rm -rf "$tmp"' EXIT
 status=0
 for t in open_vhd open_vhdx open_evhd keypair_xml vhdx_log write_ops; do
   mkdir -p "$tmp/$t" "artifacts/$t"
-  if ! "target/$host/release/$t" -max_total_time="$secs" -max_len="${max_len[$t]:-4096}" \
+  # A fixed seed: the same mutations on every run, however far it gets.
+  if ! "$CARGO_TARGET_DIR/$host/release/$t" -seed=1 -max_total_time="$secs" -max_len="${max_len[$t]:-4096}" \
       -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
       -artifact_prefix="artifacts/$t/" "$tmp/$t" "corpus/$t" > "$tmp/$t.log" 2>&1; then
     echo "fuzz smoke: $t FAILED"
