@@ -49,6 +49,28 @@ fn main() {
         "source: {} MiB random raw image, best of {runs} runs, {threads} cores",
         size >> 20
     );
+    // The floor: the same copy without encryption (reading the source and
+    // writing the output through the page cache).
+    let copy = best(runs, &p("plain.raw"), || {
+        run(
+            vhdkit,
+            &[
+                "convert",
+                "-q",
+                "--force",
+                "-O",
+                "raw",
+                &p("src.raw"),
+                &p("plain.raw"),
+            ],
+        )
+    });
+    println!(
+        "{:<16} raw -> raw  {:>6.2} GB/s   (no encryption: the copy alone)",
+        "none",
+        gbps(size, copy)
+    );
+    let _ = fs::remove_file(p("plain.raw"));
     for cipher in ["aes-256-gcm", "aes-256-gcm-siv"] {
         let enc = best(runs, &p("x.evhd"), || {
             run(
