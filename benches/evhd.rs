@@ -49,21 +49,11 @@ fn main() {
         "source: {} MiB random raw image, best of {runs} runs, {threads} cores",
         size >> 20
     );
+    let convert = |args: &[&str]| run(vhdkit, &[&["convert", "-q", "--force"], args].concat());
     // The floor: the same copy without encryption (reading the source and
     // writing the output through the page cache).
     let copy = best(runs, &p("plain.raw"), || {
-        run(
-            vhdkit,
-            &[
-                "convert",
-                "-q",
-                "--force",
-                "-O",
-                "raw",
-                &p("src.raw"),
-                &p("plain.raw"),
-            ],
-        )
+        convert(&["-O", "raw", &p("src.raw"), &p("plain.raw")])
     });
     println!(
         "{:<16} raw -> raw  {:>6.2} GB/s   (no encryption: the copy alone)",
@@ -73,38 +63,19 @@ fn main() {
     let _ = fs::remove_file(p("plain.raw"));
     for cipher in ["aes-256-gcm", "aes-256-gcm-siv"] {
         let enc = best(runs, &p("x.evhd"), || {
-            run(
-                vhdkit,
-                &[
-                    "convert",
-                    "-q",
-                    "--force",
-                    "-O",
-                    "evhd",
-                    "--cipher",
-                    cipher,
-                    "--recipient",
-                    &p("k.xml"),
-                    &p("src.raw"),
-                    &p("x.evhd"),
-                ],
-            )
+            convert(&[
+                "-O",
+                "evhd",
+                "--cipher",
+                cipher,
+                "--recipient",
+                &p("k.xml"),
+                &p("src.raw"),
+                &p("x.evhd"),
+            ])
         });
         let dec = best(runs, &p("x.raw"), || {
-            run(
-                vhdkit,
-                &[
-                    "convert",
-                    "-q",
-                    "--force",
-                    "-O",
-                    "raw",
-                    "--key",
-                    &p("k.xml"),
-                    &p("x.evhd"),
-                    &p("x.raw"),
-                ],
-            )
+            convert(&["-O", "raw", "--key", &p("k.xml"), &p("x.evhd"), &p("x.raw")])
         });
         println!(
             "{cipher:<16} raw -> evhd {:>6.2} GB/s   evhd -> raw {:>6.2} GB/s",

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use vhdkit::OpenOptions;
 use vhdkit::evhd::keys::{KeyFile, PrivateKey};
-use vhdkit::io::MemStorage;
+use vhdkit::io::{MemStorage, Storage};
 use vhdkit::parent::Chain;
 
 #[path = "vhdx_log.rs"]
@@ -43,35 +43,39 @@ pub fn test_key() -> Arc<PrivateKey> {
     .clone()
 }
 
+/// The signature of the VHD and VHDX checkers.
+type Checker = fn(&dyn Storage, &mut vhdkit::CheckReport, bool) -> vhdkit::Result<()>;
+
+/// Run `check` over the image `data` stands for, then [`exercise`] it.
+fn check_and_exercise(data: &[u8], check: Checker) {
+    let file = Arc::new(MemStorage::read_only(image_bytes(data)));
+    let _ = check(file.as_ref(), &mut vhdkit::CheckReport::default(), false);
+    exercise(
+        file,
+        &OpenOptions::new().allow_missing_parent(true),
+        READ_LIMIT,
+    );
+}
+
 /// Arbitrary bytes (or the sparse form) as a VHD file: check, open, info,
 /// map and read.
 pub fn open_vhd(data: &[u8]) {
-    let file = image_bytes(data);
-    let mut report = vhdkit::CheckReport::default();
-    let _ = vhdkit::vhd::check::check(&MemStorage::read_only(file.clone()), &mut report, false);
-    let opts = OpenOptions::new().allow_missing_parent(true);
-    exercise(file, &opts, READ_LIMIT);
+    check_and_exercise(data, vhdkit::vhd::check::check);
 }
 
 /// Arbitrary bytes (or the sparse form) as a VHDX file: check, open
 /// (replaying any log into memory), info, map and read.
 pub fn open_vhdx(data: &[u8]) {
-    let file = image_bytes(data);
-    let mut report = vhdkit::CheckReport::default();
-    let _ = vhdkit::vhdx::check::check(&MemStorage::read_only(file.clone()), &mut report, false);
-    let opts = OpenOptions::new().allow_missing_parent(true);
-    exercise(file, &opts, READ_LIMIT);
+    check_and_exercise(data, vhdkit::vhdx::check::check);
 }
 
 /// Arbitrary bytes (or the sparse form) as an EVHD opened with the test
 /// key: check, open, info, map and read.
 pub fn open_evhd(data: &[u8]) {
-    let file = image_bytes(data);
+    let file = Arc::new(MemStorage::read_only(image_bytes(data)));
     let mut report = vhdkit::CheckReport::default();
-    let storage = Box::new(MemStorage::read_only(file.clone()));
-    let _ = vhdkit::evhd::check::check(storage, &[test_key()], &mut report);
-    let opts = OpenOptions::new().key(test_key());
-    exercise(file, &opts, READ_LIMIT);
+    let _ = vhdkit::evhd::check::check(Box::new(file.clone()), &[test_key()], &mut report);
+    exercise(file, &OpenOptions::new().key(test_key()), READ_LIMIT);
 }
 
 /// Arbitrary bytes as a key file (KeyPair.xml or PEM). A key that parses
@@ -134,12 +138,11 @@ pub fn image_bytes(data: &[u8]) -> Vec<u8> {
     file
 }
 
-/// Open `file` as an image with `opts`; if it opens, run info, map and read
+/// Open `file` (read-only) as an image with `opts`; if it opens, run info, map and read
 /// up to `read_limit` bytes of the virtual disk. Errors are fine; panics,
 /// hangs and runaway allocations are what the fuzzer looks for.
-pub fn exercise(file: Vec<u8>, opts: &OpenOptions, read_limit: u64) {
-    let storage = Box::new(MemStorage::read_only(file));
-    let Ok(disk) = vhdkit::open_storage(storage, None, opts, &Chain::default()) else {
+pub fn exercise(file: Arc<MemStorage>, opts: &OpenOptions, read_limit: u64) {
+    let Ok(disk) = vhdkit::open_storage(Box::new(file), None, opts, &Chain::default()) else {
         return;
     };
     let _ = disk.info();
