@@ -22,7 +22,7 @@ use crate::io::{Storage, io_err};
 
 /// Batches queued or being written at most; a caller that has this many
 /// outstanding waits for the oldest before queueing another.
-pub const MAX_IN_FLIGHT: usize = 2;
+pub const MAX_IN_FLIGHT: usize = 4;
 
 /// One batch: ciphertext and where its runs go.
 struct Job {
