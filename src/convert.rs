@@ -430,27 +430,14 @@ pub fn stream_raw(
 /// The first offset where `a` and `b` differ, or `None` when their content
 /// is the same. Disks of different sizes differ at the shorter one's end.
 pub fn first_difference(a: &dyn VirtualDisk, b: &dyn VirtualDisk) -> Result<Option<u64>> {
-    first_difference_named((a, None), (b, None))
-}
-
-/// [`first_difference`] of two disks with the paths they were opened from,
-/// so that a read error names the image it came from.
-pub fn first_difference_named(
-    (a, a_path): (&dyn VirtualDisk, Option<&Path>),
-    (b, b_path): (&dyn VirtualDisk, Option<&Path>),
-) -> Result<Option<u64>> {
-    let named = |e: Error, p: Option<&Path>| match p {
-        Some(p) => e.with_path(p),
-        None => e,
-    };
     let size = a.virtual_size().min(b.virtual_size());
     let mut x = vec![0u8; COPY_CHUNK];
     let mut y = vec![0u8; COPY_CHUNK];
     let mut pos = 0u64;
     while pos < size {
         let n = (size - pos).min(COPY_CHUNK as u64) as usize;
-        a.read_at(&mut x[..n], pos).map_err(|e| named(e, a_path))?;
-        b.read_at(&mut y[..n], pos).map_err(|e| named(e, b_path))?;
+        a.read_at(&mut x[..n], pos)?;
+        b.read_at(&mut y[..n], pos)?;
         if x[..n] != y[..n] {
             let i = x[..n]
                 .iter()

@@ -405,8 +405,8 @@ fn main() -> ExitCode {
 
 type Outcome = Result<u8, (Error, u8)>;
 
-/// A source image read by a command that writes another file: its read
-/// errors name it, rather than the file being written.
+/// An image read by a command: its read errors name it (rather than the
+/// file being written, or the other image of a comparison).
 struct Named<'a>(&'a dyn VirtualDisk, &'a Path);
 
 impl VirtualDisk for Named<'_> {
@@ -648,10 +648,7 @@ fn run(cmd: Command) -> Outcome {
             let opts = parent.options();
             let da = vhdkit::open(&a, &opts).map_err(|e| (e, 2))?;
             let db = vhdkit::open(&b, &opts).map_err(|e| (e, 2))?;
-            let diff = convert::first_difference_named(
-                (da.as_ref(), Some(a.as_path())),
-                (db.as_ref(), Some(b.as_path())),
-            );
+            let diff = convert::first_difference(&Named(da.as_ref(), &a), &Named(db.as_ref(), &b));
             match diff.map_err(|e| (e, 2))? {
                 None => {
                     println!("Images are identical.");
