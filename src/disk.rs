@@ -98,12 +98,26 @@ pub trait VirtualDisk: Send + Sync {
     /// Write `buf` to the virtual disk at `offset`.
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()>;
 
+    /// The virtual disk's bytes `offset..offset + len` in place, when the
+    /// disk is a plain mapping of them (a raw file opened read-only), so a
+    /// copy can hand them on without reading them into a buffer first.
+    fn mapped(&self, _offset: u64, _len: usize) -> Option<&[u8]> {
+        None
+    }
+
+    /// Whether the disk copies what [`VirtualDisk::write_at`] gets into
+    /// buffers of its own before storing it (an encrypting disk does), so
+    /// that a caller gains nothing by copying the bytes first and should
+    /// lend them from wherever they are (see [`VirtualDisk::mapped`]).
+    fn copies_writes(&self) -> bool {
+        false
+    }
+
     /// Write `buf` at `offset` like [`VirtualDisk::write_at`], for a caller
-    /// that is done with the bytes: the disk may take the buffer and leave
-    /// another of the same length and unspecified content in its place
-    /// (an encrypting disk seals in place and hands the buffer to its
-    /// writer thread instead of copying).
-    fn write_from_vec(&mut self, buf: &mut Vec<u8>, offset: u64) -> Result<()> {
+    /// that is done with the bytes: the disk may use `buf` as scratch space
+    /// and leave unspecified content in it (an encrypting disk seals in
+    /// place instead of copying).
+    fn write_in_place(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.write_at(buf, offset)
     }
 

@@ -25,6 +25,13 @@ pub trait Storage: Send + Sync {
     /// Whether writes are allowed.
     fn is_writable(&self) -> bool;
 
+    /// The bytes `offset..offset + len` in place, when the storage holds
+    /// them in memory (a mapped read-only file): callers that can work
+    /// from a borrowed slice skip a copy.
+    fn mapped(&self, _offset: u64, _len: usize) -> Option<&[u8]> {
+        None
+    }
+
     /// Whether the storage is empty.
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
@@ -62,6 +69,9 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     }
     fn is_writable(&self) -> bool {
         (**self).is_writable()
+    }
+    fn mapped(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        (**self).mapped(offset, len)
     }
 }
 
@@ -144,14 +154,7 @@ fn map_read_only(file: &File) -> Option<memmap2::Mmap> {
 impl FileStorage {
     /// Copy from the mapping when it covers the range.
     fn read_mapped(&self, buf: &mut [u8], offset: u64) -> bool {
-        let Some(map) = &self.map else { return false };
-        let Ok(start) = usize::try_from(offset) else {
-            return false;
-        };
-        match start
-            .checked_add(buf.len())
-            .and_then(|end| map.get(start..end))
-        {
+        match self.mapped(offset, buf.len()) {
             Some(src) => {
                 buf.copy_from_slice(src);
                 true
@@ -198,6 +201,10 @@ fn pwrite_all(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
 }
 
 impl Storage for FileStorage {
+    fn mapped(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let start = usize::try_from(offset).ok()?;
+        self.map.as_ref()?.get(start..start.checked_add(len)?)
+    }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         if self.read_mapped(buf, offset) {
             return Ok(());

@@ -53,6 +53,11 @@ impl VirtualDisk for RawDisk {
             .map_err(io_err("raw image data", offset))
     }
 
+    fn mapped(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        check_range(self.size, offset, len).ok()?;
+        self.storage.mapped(offset, len)
+    }
+
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         check_range(self.size, offset, buf.len())?;
         self.storage

@@ -29,6 +29,14 @@ enum Op {
         len: u64,
         seed: u8,
     },
+    /// Write whole blocks `block..block + count` through
+    /// `write_in_place` (sealed in the caller's buffer), a pattern seeded by
+    /// `seed`.
+    WriteBlocks {
+        block: u64,
+        count: u64,
+        seed: u8,
+    },
     /// Write zeros.
     Zero {
         offset: u64,
@@ -45,6 +53,9 @@ fn op() -> impl Strategy<Value = Op> {
     let range = (0..SIZE).prop_flat_map(|o| (Just(o), 1..=(SIZE - o).min(6 * BS)));
     prop_oneof![
         6 => (range.clone(), any::<u8>()).prop_map(|((offset, len), seed)| Op::Write { offset, len, seed }),
+        2 => (0..SIZE / BS)
+            .prop_flat_map(|b| (Just(b), 1..=(SIZE / BS - b).min(12), any::<u8>()))
+            .prop_map(|(block, count, seed)| Op::WriteBlocks { block, count, seed }),
         1 => range.prop_map(|(offset, len)| Op::Zero { offset, len }),
         2 => Just(Op::Flush),
         1 => Just(Op::Reopen),
@@ -77,6 +88,15 @@ fn run(cipher: CipherId, ops: &[Op]) {
                     .collect();
                 disk.write_at(&buf, *offset).unwrap();
                 model[*offset as usize..(*offset + *len) as usize].copy_from_slice(&buf);
+            }
+            Op::WriteBlocks { block, count, seed } => {
+                let (offset, len) = ((block * BS) as usize, (count * BS) as usize);
+                let data: Vec<u8> = (0..len)
+                    .map(|i| seed.wrapping_add((i % 251) as u8) | 1)
+                    .collect();
+                let mut buf = data.clone();
+                disk.write_in_place(&mut buf, offset as u64).unwrap();
+                model[offset..offset + len].copy_from_slice(&data);
             }
             Op::Zero { offset, len } => {
                 disk.write_at(&vec![0u8; *len as usize], *offset).unwrap();
