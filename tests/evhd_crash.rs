@@ -2,7 +2,8 @@
 //! write or flush (tearing that write in half), a mixed workload, a crash
 //! at every N. After each crash the image opens with the key and every
 //! block reads as its last flushed version or a later one, never with an
-//! authentication error. Also: a rekey interrupted at every commit resumes.
+//! authentication error. Also: a rekey interrupted at every commit resumes,
+//! and a write that fails (a full disk) leaves a disk that works on.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -275,4 +276,78 @@ fn interrupted_rekey_resumes() {
     }
     assert!(resumed > 0, "some crash points left a rekey in progress");
     eprintln!("{total} rekey crash points, {resumed} resumed");
+}
+
+/// Storage whose writes beyond `fail_from` fail while `failing` is set
+/// (a full disk that gets space back), without tearing anything.
+struct Flaky {
+    mem: MemStorage,
+    failing: std::sync::atomic::AtomicBool,
+    fail_from: AtomicU64,
+}
+
+impl Storage for Flaky {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.mem.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.failing.load(Ordering::SeqCst)
+            && offset + buf.len() as u64 > self.fail_from.load(Ordering::SeqCst)
+        {
+            return Err(io::Error::other("no space left (injected)"));
+        }
+        self.mem.write_at(buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.mem.len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.mem.set_len(len)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.mem.flush()
+    }
+    fn is_writable(&self) -> bool {
+        true
+    }
+}
+
+/// A write that fails part-way (new slots past the end of the file cannot
+/// be stored) reports the error and changes nothing: the disk still reads
+/// as before, takes later writes, and what it flushes opens again.
+#[test]
+fn failed_write_leaves_a_usable_disk() {
+    let base = base_image();
+    let flaky = Arc::new(Flaky {
+        mem: MemStorage::from_vec(base),
+        failing: false.into(),
+        fail_from: AtomicU64::new(u64::MAX),
+    });
+    let mut d = EvhdDisk::open(Box::new(flaky.clone()), None, &opts(true)).unwrap();
+    let first = vec![0x11u8; 2 * BS as usize];
+    d.write_at(&first, 0).unwrap();
+    d.flush().unwrap();
+    let mut model = vec![0u8; SIZE as usize];
+    model[..first.len()].copy_from_slice(&first);
+
+    // Blocks 4..20 need 16 new slots; the first few fit, the rest fail.
+    let end = flaky.mem.len().unwrap();
+    flaky.fail_from.store(end + 3 * BS, Ordering::SeqCst);
+    flaky.failing.store(true, Ordering::SeqCst);
+    let big = vec![0x22u8; 16 * BS as usize];
+    let err = d.write_at(&big, 4 * BS).unwrap_err().to_string();
+    assert!(err.contains("no space left"), "{err}");
+    let mut now = vec![0u8; SIZE as usize];
+    d.read_at(&mut now, 0).unwrap();
+    assert!(now == model, "a failed write changed the disk");
+
+    flaky.failing.store(false, Ordering::SeqCst);
+    let later = vec![0x33u8; BS as usize];
+    d.write_at(&later, 6 * BS).unwrap();
+    model[6 * BS as usize..7 * BS as usize].copy_from_slice(&later);
+    d.flush().unwrap();
+    drop(d);
+    let d = EvhdDisk::open(Box::new(flaky.clone()), None, &opts(false)).unwrap();
+    d.read_at(&mut now, 0).unwrap();
+    assert!(now == model, "the reopened disk differs");
 }

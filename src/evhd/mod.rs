@@ -879,7 +879,8 @@ impl EvhdDisk {
     /// Pieces of [`PIECE_BYTES`] are encrypted and written in parallel,
     /// each by one worker, so a piece is copied to the page cache while
     /// it is still in that worker's cache. The table changes only after
-    /// every piece was written; on failure the new slots are free again.
+    /// every piece was written; on failure the table and the slot count
+    /// are as before and the disk stays usable.
     fn seal(&mut self, data: &[(u64, &[u8])], ct: &mut [u8], copy: bool) -> Result<()> {
         let bs = self.block_size() as usize;
         let cid = self.header.container_id;
@@ -898,6 +899,7 @@ impl EvhdDisk {
                 }
             }
         }
+        let old_count = self.header.slot_count;
         while slots.len() < data.len() {
             self.header.slot_count += 1;
             slots.push(self.header.slot_count);
@@ -942,7 +944,12 @@ impl EvhdDisk {
             });
         let st = self.state.as_mut().expect("checked by the caller");
         if let Err(e) = sealed {
-            st.free.extend(slots);
+            // Nothing references the new slots: reused ones are free again
+            // and the data area shrinks back, so that a later commit does
+            // not record slots the file may not reach.
+            self.header.slot_count = old_count;
+            st.free
+                .extend(slots.into_iter().filter(|&s| s <= old_count));
             return Err(e);
         }
         for (k, (b, _)) in data.iter().enumerate() {
