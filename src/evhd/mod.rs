@@ -79,6 +79,33 @@ pub fn probe(storage: &dyn Storage) -> bool {
 /// pieces the same work ran at a third of the speed on a 1 MiB-L2 core.
 const PIECE_BYTES: usize = 256 << 10;
 
+/// The maximal runs `i..j` of `0..n` whose slots (`slot(i)`) follow each
+/// other, so that each run is one read or write; unallocated blocks (slot
+/// 0) form runs of their own.
+fn slot_runs(n: usize, slot: impl Fn(usize) -> u64) -> impl Iterator<Item = (usize, usize)> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        if i >= n {
+            return None;
+        }
+        let first = slot(i);
+        let next = |k: usize| {
+            if first == 0 {
+                0
+            } else {
+                first + (k - i) as u64
+            }
+        };
+        let mut j = i + 1;
+        while j < n && slot(j) == next(j) {
+            j += 1;
+        }
+        let run = (i, j);
+        i = j;
+        Some(run)
+    })
+}
+
 /// What `convert` needs to create an EVHD.
 #[derive(Debug, Clone, Default)]
 pub struct EvhdOptions {
@@ -805,24 +832,17 @@ impl EvhdDisk {
     fn read_piece(&self, st: &Unlocked, first: u64, out: &mut [u8]) -> Result<()> {
         let bs = self.block_size() as usize;
         let n = out.len() / bs;
-        let mut i = 0;
-        while i < n {
-            let slot = st.entries[(first + i as u64) as usize].slot;
-            if slot == 0 {
-                out[i * bs..(i + 1) * bs].fill(0);
-                i += 1;
+        let slot = |k: usize| st.entries[(first + k as u64) as usize].slot;
+        for (i, j) in slot_runs(n, slot) {
+            if slot(i) == 0 {
+                out[i * bs..j * bs].fill(0);
                 continue;
             }
-            let mut j = i + 1;
-            while j < n && st.entries[(first + j as u64) as usize].slot == slot + (j - i) as u64 {
-                j += 1;
-            }
-            let off = self.header.slot_offset(slot);
+            let off = self.header.slot_offset(slot(i));
             read_struct(self.storage.as_ref(), DATA, &mut out[i * bs..j * bs], off)?;
             for k in i..j {
                 self.decrypt(st, first + k as u64, &mut out[k * bs..(k + 1) * bs])?;
             }
-            i = j;
         }
         Ok(())
     }
@@ -928,19 +948,12 @@ impl EvhdDisk {
                     *tag = key.seal(&nonces[lo + i], &block_aad(&cid, b, generation), cb);
                 }
                 // Runs of consecutive slots, one write each.
-                let mut i = 0;
-                while i < tags.len() {
-                    let mut j = i + 1;
-                    while j < tags.len() && slots[lo + j] == slots[lo + j - 1] + 1 {
-                        j += 1;
-                    }
+                slot_runs(tags.len(), |i| slots[lo + i]).try_for_each(|(i, j)| {
                     let off = header.slot_offset(slots[lo + i]);
                     storage
                         .write_at(&piece[i * bs..j * bs], off)
-                        .map_err(io_err(DATA, off))?;
-                    i = j;
-                }
-                Ok(())
+                        .map_err(io_err(DATA, off))
+                })
             });
         let st = self.state.as_mut().expect("checked by the caller");
         if let Err(e) = sealed {
@@ -1511,5 +1524,18 @@ impl VirtualDisk for EvhdDisk {
             vhdx: None,
             evhd: Some(self.evhd_json()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slot_runs;
+
+    #[test]
+    fn slot_runs_split_where_slots_stop_following_each_other() {
+        let slots = [5, 6, 7, 0, 0, 1, 9, 10, 3];
+        let runs: Vec<_> = slot_runs(slots.len(), |i| slots[i]).collect();
+        assert_eq!(runs, [(0, 3), (3, 5), (5, 6), (6, 8), (8, 9)]);
+        assert_eq!(slot_runs(0, |_| 1).count(), 0);
     }
 }
