@@ -66,6 +66,9 @@ impl ErrorKind {
 pub struct Error {
     kind: ErrorKind,
     path: Option<PathBuf>,
+    /// What the error means for the image as a whole, printed before the
+    /// structure (e.g. "damaged VHDX image").
+    context: Option<String>,
     structure: Option<&'static str>,
     offset: Option<u64>,
     message: String,
@@ -81,6 +84,7 @@ impl Error {
         Error {
             kind,
             path: None,
+            context: None,
             structure: None,
             offset: None,
             message: message.into(),
@@ -126,6 +130,20 @@ impl Error {
         self
     }
 
+    /// Say what the error means for the image as a whole, unless that is
+    /// already said (the innermost image, e.g. a parent, is the one meant).
+    pub fn with_context(mut self, context: impl Into<String>) -> Self {
+        if self.context.is_none() {
+            self.context = Some(context.into());
+        }
+        self
+    }
+
+    /// What the error means for the image as a whole, if said.
+    pub fn context(&self) -> Option<&str> {
+        self.context.as_deref()
+    }
+
     /// The stable kind of this error.
     pub fn kind(&self) -> ErrorKind {
         self.kind
@@ -156,6 +174,9 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(p) = &self.path {
             write!(f, "{}: ", p.display())?;
+        }
+        if let Some(c) = &self.context {
+            write!(f, "{c}: ")?;
         }
         match (self.structure, self.offset) {
             (Some(s), Some(o)) => write!(f, "{s} at offset {o:#x}: ")?,

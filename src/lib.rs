@@ -13,6 +13,7 @@
 
 pub mod checksum;
 pub mod convert;
+pub mod detect;
 pub mod disk;
 pub mod error;
 pub mod evhd;
@@ -49,6 +50,11 @@ pub struct OpenOptions {
     pub parent_path: Option<PathBuf>,
     /// Private keys to try on encrypted (EVHD) images.
     pub keys: Vec<Arc<evhd::keys::PrivateKey>>,
+    /// Open the image as this format instead of detecting it (parents are
+    /// always detected). `Some(Format::Raw)` is the only way to read a file
+    /// that carries a trace of another format as a flat disk; any other
+    /// format must have a signature in the file (see [`detect`]).
+    pub format: Option<Format>,
 }
 
 impl OpenOptions {
@@ -81,6 +87,12 @@ impl OpenOptions {
         self
     }
 
+    /// Open as `format` instead of detecting it.
+    pub fn format(mut self, format: Option<Format>) -> Self {
+        self.format = format;
+        self
+    }
+
     /// Also try `key` on encrypted images.
     pub fn key(mut self, key: Arc<evhd::keys::PrivateKey>) -> Self {
         self.keys.push(key);
@@ -88,17 +100,10 @@ impl OpenOptions {
     }
 }
 
-/// Detect the container format from signatures.
+/// Detect the container format from signatures: raw only when the file
+/// has no trace of any other format (see [`detect::trace`]).
 pub fn detect(storage: &dyn Storage) -> Format {
-    if vhdx::probe(storage) {
-        Format::Vhdx
-    } else if evhd::probe(storage) {
-        Format::Evhd
-    } else if vhd::probe(storage) {
-        Format::Vhd
-    } else {
-        Format::Raw
-    }
+    detect::trace(storage).map_or(Format::Raw, |t| t.format)
 }
 
 /// Open the image at `path`, detecting its format.
@@ -125,12 +130,16 @@ pub fn open_storage(
     chain: &Chain,
 ) -> Result<Box<dyn VirtualDisk>> {
     let path_buf = path.map(Path::to_path_buf);
-    Ok(match detect(storage.as_ref()) {
-        Format::Vhd => Box::new(vhd::VhdDisk::open(storage, path_buf, opts, chain)?),
-        Format::Vhdx => Box::new(vhdx::VhdxDisk::open(storage, path_buf, opts, chain)?),
-        Format::Evhd => Box::new(evhd::EvhdDisk::open(storage, path_buf, opts)?),
-        _ => Box::new(raw::RawDisk::open(storage, path_buf)?),
-    })
+    let format = detect::resolve(storage.as_ref(), opts.format)?;
+    let disk: Result<Box<dyn VirtualDisk>> = match format {
+        Format::Vhd => vhd::VhdDisk::open(storage, path_buf, opts, chain).map(|d| Box::new(d) as _),
+        Format::Vhdx => {
+            vhdx::VhdxDisk::open(storage, path_buf, opts, chain).map(|d| Box::new(d) as _)
+        }
+        Format::Evhd => evhd::EvhdDisk::open(storage, path_buf, opts).map(|d| Box::new(d) as _),
+        Format::Raw => raw::RawDisk::open(storage, path_buf).map(|d| Box::new(d) as _),
+    };
+    disk.map_err(|e| detect::damaged(format, e))
 }
 
 /// Check the image at `path` for damage; with `repair`, fix what can be
@@ -138,7 +147,8 @@ pub fn open_storage(
 pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckReport> {
     let storage = FileStorage::open(path, repair)?;
     let mut report = CheckReport::default();
-    match detect(&storage) {
+    let format = detect::resolve(&storage, opts.format).map_err(|e| e.with_path(path))?;
+    let checked = match format {
         Format::Vhd => vhd::check::check(&storage, &mut report, repair),
         Format::Vhdx => vhdx::check::check(&storage, &mut report, repair),
         Format::Evhd => evhd::check::check(
@@ -146,9 +156,20 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
             &opts.keys,
             &mut report,
         ),
-        _ => Ok(()),
+        Format::Raw => Ok(()),
+    };
+    // Damage that stops the format's own check is a finding of a damaged
+    // image (exit 2), not a failure to check.
+    match checked.map_err(|e| detect::damaged(format, e.with_path(path))) {
+        Err(e) if e.context().is_some() => report.add(
+            report::Severity::Error,
+            e.structure().unwrap_or("image"),
+            e.offset(),
+            finding_text(&e, path),
+        ),
+        Err(e) => return Err(e),
+        Ok(()) => {}
     }
-    .map_err(|e| e.with_path(path))?;
     drop(storage);
     // Opening follows the parent chain: report what stands in the way.
     let inspect = opts.clone().writable(false).allow_missing_parent(true);
@@ -167,15 +188,34 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
                 );
             }
         }
-        Err(e) if report.worst() != Some(report::Severity::Error) => {
+        // An image that does not open as its format is reported as damaged
+        // even beside the format's own findings, which may not say so.
+        Err(e)
+            if report.worst() != Some(report::Severity::Error)
+                || (e.context().is_some()
+                    && !report
+                        .findings
+                        .iter()
+                        .any(|f| f.message == finding_text(&e, path))) =>
+        {
             report.add(
                 report::Severity::Error,
                 e.structure().unwrap_or("image"),
                 e.offset(),
-                e.to_string(),
+                finding_text(&e, path),
             );
         }
         Err(_) => {}
     }
     Ok(report)
+}
+
+/// The message of a finding made from an open error of the image at `path`:
+/// a damaged image of the file itself is said without repeating its path and
+/// the structure (the finding shows those); anything else in full.
+fn finding_text(e: &Error, path: &Path) -> String {
+    match e.context() {
+        Some(c) if e.path().is_none_or(|p| p == path) => format!("{c}: {}", e.message()),
+        _ => e.to_string(),
+    }
 }

@@ -39,15 +39,50 @@ struct ParentArgs {
     /// Private key (KeyPair.xml or PEM) for encrypted (EVHD) images; repeatable.
     #[arg(long = "key", value_name = "KEY", value_parser = parse_private_key)]
     key: Vec<Arc<PrivateKey>>,
+    /// Format of the image (of SRC for convert) instead of detecting it;
+    /// `-f raw` is the only way to read a file with a trace of another format as raw.
+    #[arg(short = 'f', long = "format", value_name = "FORMAT")]
+    image_format: Option<FormatArg>,
 }
 
 impl ParentArgs {
     fn options(&self) -> OpenOptions {
         let mut o = OpenOptions::new()
             .ignore_parent_id(self.ignore_parent_id)
-            .parent_path(self.parent_file.clone());
+            .parent_path(self.parent_file.clone())
+            .format(self.image_format.map(Format::from));
         o.keys = self.key.clone();
         o
+    }
+
+    /// Refuse `--key` unless one of `images` (path and format) is an EVHD:
+    /// a user who believes an image encrypted must learn that it is not,
+    /// before reading it or writing plaintext into it.
+    fn refuse_key(&self, images: &[(&Path, Format)]) -> Result<(), Error> {
+        if self.key.is_empty() || images.iter().any(|(_, f)| *f == Format::Evhd) {
+            return Ok(());
+        }
+        let what: Vec<String> = images
+            .iter()
+            .map(|(p, f)| {
+                format!(
+                    "{} is a {} image",
+                    p.display(),
+                    vhdkit::detect::format_name(*f)
+                )
+            })
+            .collect();
+        Err(Error::invalid_argument(format!(
+            "--key is for encrypted (EVHD) images; {}",
+            what.join(" and ")
+        )))
+    }
+
+    /// Open `image` for a command; `--key` must be for an EVHD.
+    fn open(&self, image: &Path, opts: &OpenOptions) -> Result<Box<dyn VirtualDisk>, Error> {
+        let disk = vhdkit::open(image, opts)?;
+        self.refuse_key(&[(image, disk.info().format)])?;
+        Ok(disk)
     }
 }
 
@@ -451,7 +486,8 @@ fn run(cmd: Command) -> Outcome {
             image,
             parent,
         } => {
-            let disk = vhdkit::open(&image, &parent.options().allow_missing_parent(true))
+            let disk = parent
+                .open(&image, &parent.options().allow_missing_parent(true))
                 .map_err(fail1)?;
             emit(json, &disk.info(), report::write_info_text)?;
             Ok(0)
@@ -462,7 +498,16 @@ fn run(cmd: Command) -> Outcome {
             image,
             parent,
         } => {
-            let r = vhdkit::check(&image, &parent.options(), repair).map_err(fail1)?;
+            let opts = parent.options();
+            if !parent.key.is_empty() {
+                // A file that cannot be read or resolved is check's to report.
+                if let Ok(format) = vhdkit::io::FileStorage::open(&image, false)
+                    .and_then(|s| vhdkit::detect::resolve(&s, opts.format))
+                {
+                    parent.refuse_key(&[(&image, format)]).map_err(fail1)?;
+                }
+            }
+            let r = vhdkit::check(&image, &opts, repair).map_err(fail1)?;
             emit(json, &r, report::write_check_text)?;
             Ok(r.exit_code() as u8)
         }
@@ -471,7 +516,8 @@ fn run(cmd: Command) -> Outcome {
             image,
             parent,
         } => {
-            let disk = vhdkit::open(&image, &parent.options().allow_missing_parent(true))
+            let disk = parent
+                .open(&image, &parent.options().allow_missing_parent(true))
                 .map_err(fail1)?;
             let extents = disk
                 .map(0, disk.virtual_size())
@@ -543,7 +589,7 @@ fn run(cmd: Command) -> Outcome {
             recipients,
             cipher,
         } => {
-            let disk = vhdkit::open(&src, &parent.options()).map_err(fail1)?;
+            let disk = parent.open(&src, &parent.options()).map_err(fail1)?;
             let src_info = disk.info();
             let origin = Origin::from_info(&src_info);
             let size = disk.virtual_size();
@@ -648,6 +694,9 @@ fn run(cmd: Command) -> Outcome {
             let opts = parent.options();
             let da = vhdkit::open(&a, &opts).map_err(|e| (e, 2))?;
             let db = vhdkit::open(&b, &opts).map_err(|e| (e, 2))?;
+            parent
+                .refuse_key(&[(&a, da.info().format), (&b, db.info().format)])
+                .map_err(|e| (e, 2))?;
             let diff = convert::first_difference(&Named(da.as_ref(), &a), &Named(db.as_ref(), &b));
             match diff.map_err(|e| (e, 2))? {
                 None => {
@@ -676,7 +725,7 @@ fn run(cmd: Command) -> Outcome {
             length,
             parent,
         } => {
-            let disk = vhdkit::open(&image, &parent.options()).map_err(fail1)?;
+            let disk = parent.open(&image, &parent.options()).map_err(fail1)?;
             let offset = parse_size(&offset).map_err(fail1)?;
             let length = parse_size(&length).map_err(fail1)?;
             vhdkit::disk::check_range(disk.virtual_size(), offset, 0)
@@ -745,7 +794,9 @@ fn run(cmd: Command) -> Outcome {
                     )));
                 }
             };
-            let mut disk = vhdkit::open(&image, &parent.options().writable(true)).map_err(fail1)?;
+            let mut disk = parent
+                .open(&image, &parent.options().writable(true))
+                .map_err(fail1)?;
             disk.write_at(&data, offset)
                 .and_then(|_| disk.flush())
                 .map_err(|e| fail1(e.with_path(&image)))?;

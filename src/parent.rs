@@ -213,6 +213,8 @@ pub fn resolve(
     let parent_opts = crate::OpenOptions {
         writable: false,
         parent_path: None,
+        // A forced format is the child's; parents are always detected.
+        format: None,
         ..opts.clone()
     };
     // The first candidate that opens and matches wins; otherwise the most

@@ -276,6 +276,14 @@ impl EvhdBuilder {
                 .write_at(&bytes, o)
                 .map_err(io_err(header::STRUCTURE, o))?;
         }
+        // A record of the first commit (ignored on open: its sequence is
+        // current), so that the journal magic is there from the start: format
+        // detection takes it for a trace of EVHD when both header copies are
+        // lost.
+        let record = journal::encode(&container_id, header.sequence, &bytes, &[]);
+        storage
+            .write_at(&record, JOURNAL_OFFSET)
+            .map_err(io_err(journal::STRUCTURE, JOURNAL_OFFSET))?;
         storage
             .set_len(data_offset)
             .map_err(io_err("EVHD file", 0))?;

@@ -1,0 +1,239 @@
+//! Format detection that fails closed.
+//!
+//! A file is raw only when it carries no trace at all of VHD, VHDX or EVHD.
+//! Each format leaves signatures at fixed offsets; a file with any of them is
+//! taken for that format, and if it then does not open as that format it is
+//! reported as a damaged image of it, never read as a flat disk (which would
+//! hand out ciphertext, hide damage from `check` and let a write land
+//! plaintext or raw bytes inside a container). `-f raw` is the only way to
+//! read such a file as raw.
+//!
+//! The signatures are tried in two rounds, the primary ones first (the
+//! signatures the formats' own probes accept, in the order VHDX, EVHD, VHD),
+//! then the secondary ones that survive when the primary ones are damaged:
+//!
+//! | format | primary | secondary |
+//! |---|---|---|
+//! | VHDX | `vhdxfile` at 0 | `head` at 64/128 KiB, `regi` at 192/256 KiB, `loge` at 1 MiB, `metadata` at 2 MiB |
+//! | EVHD | `EVHDCRPT` at 0 or 64 KiB | `EVHDJRNL` at 128 KiB |
+//! | VHD | `conectix` at EOF-512 (or EOF-511), or at 0 in a dynamic or differencing footer | `conectix` at 0, `cxsparse` at 512, a footer at EOF-512 with version 1.0 and a disk type |
+//!
+//! A raw disk rarely holds one of these 4- to 8-byte strings at exactly one
+//! of these offsets; the only common case is a raw disk whose content is
+//! itself an image file (a disk dumped with `dd` that holds a VHD at sector
+//! 0), which then is taken for that image unless `-f raw` is given.
+
+use crate::error::{Error, ErrorKind};
+use crate::io::Storage;
+use crate::report::Format;
+use crate::{evhd, vhd, vhdx};
+
+/// File offset where Hyper-V, qemu and vhdkit put the VHDX log: right after
+/// the 1 MiB header area ([MS-VHDX] 2.3 leaves the place free, but every
+/// writer we know uses this one). A written log starts with an entry there.
+pub const VHDX_LOG_OFFSET: u64 = vhdx::region_table::HEADER_AREA;
+
+/// File offset where Hyper-V, qemu and vhdkit put the VHDX metadata region:
+/// after a 1 MiB log.
+pub const VHDX_METADATA_OFFSET: u64 =
+    VHDX_LOG_OFFSET + vhdx::create::DEFAULT_LOG_SIZE as u64;
+
+/// File offset of the VHD dynamic header in every writer we know: right
+/// after the footer copy at offset 0.
+pub const VHD_DYNAMIC_HEADER_OFFSET: u64 = vhd::footer::FOOTER_SIZE as u64;
+
+/// Byte offset of the file format version in a VHD footer.
+const VHD_FOOTER_VERSION_FIELD: usize = 12;
+
+/// Byte offset of the disk type in a VHD footer.
+const VHD_FOOTER_TYPE_FIELD: usize = 60;
+
+/// A recognised signature of a format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trace {
+    /// The format the signature belongs to.
+    pub format: Format,
+    /// What was found, for messages (e.g. "VHDX region table signature").
+    pub what: &'static str,
+    /// Byte offset of the signature in the file.
+    pub offset: u64,
+}
+
+impl std::fmt::Display for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at offset {:#x}", self.what, self.offset)
+    }
+}
+
+/// The name of a format as people write it ("VHDX", "raw").
+pub fn format_name(format: Format) -> &'static str {
+    match format {
+        Format::Raw => "raw",
+        Format::Vhd => "VHD",
+        Format::Vhdx => "VHDX",
+        Format::Evhd => "EVHD",
+    }
+}
+
+/// Whether `storage` holds `magic` at `offset`.
+fn has(storage: &dyn Storage, offset: u64, magic: &[u8]) -> bool {
+    let mut buf = [0u8; 8];
+    let buf = &mut buf[..magic.len()];
+    storage.read_at(buf, offset).is_ok() && buf == magic
+}
+
+/// The primary signature found, if any: what the formats' probes accept.
+fn primary(storage: &dyn Storage) -> Option<Trace> {
+    let t = |format, what, offset| Some(Trace { format, what, offset });
+    if vhdx::probe(storage) {
+        return t(
+            Format::Vhdx,
+            "VHDX file identifier",
+            vhdx::file_identifier::FILE_IDENTIFIER_OFFSET,
+        );
+    }
+    for &o in &evhd::header::COPY_OFFSETS {
+        if has(storage, o, &evhd::header::MAGIC) {
+            return t(Format::Evhd, "EVHD header magic", o);
+        }
+    }
+    if vhd::probe(storage) {
+        let len = storage.len().unwrap_or(0);
+        let end = [vhd::footer::FOOTER_SIZE as u64, vhd::LEGACY_FOOTER_SIZE]
+            .into_iter()
+            .filter_map(|back| len.checked_sub(back))
+            .find(|&o| has(storage, o, &vhd::footer::FOOTER_COOKIE));
+        return t(Format::Vhd, "VHD footer cookie", end.unwrap_or(0));
+    }
+    None
+}
+
+/// Every secondary signature found, in the order of the table above.
+fn secondary(storage: &dyn Storage) -> Vec<Trace> {
+    let mut found = Vec::new();
+    let mut look = |format, what, offset, magic: &[u8]| {
+        if has(storage, offset, magic) {
+            found.push(Trace {
+                format,
+                what,
+                offset,
+            });
+        }
+    };
+    for &o in &vhdx::header::HEADER_OFFSETS {
+        look(
+            Format::Vhdx,
+            "VHDX header signature",
+            o,
+            &vhdx::header::SIGNATURE,
+        );
+    }
+    for &o in &vhdx::region_table::REGION_TABLE_OFFSETS {
+        look(
+            Format::Vhdx,
+            "VHDX region table signature",
+            o,
+            &vhdx::region_table::SIGNATURE,
+        );
+    }
+    look(
+        Format::Vhdx,
+        "VHDX log entry signature",
+        VHDX_LOG_OFFSET,
+        &vhdx::log::ENTRY_SIGNATURE,
+    );
+    look(
+        Format::Vhdx,
+        "VHDX metadata table signature",
+        VHDX_METADATA_OFFSET,
+        &vhdx::metadata::SIGNATURE,
+    );
+    look(
+        Format::Evhd,
+        "EVHD journal record magic",
+        evhd::JOURNAL_OFFSET,
+        &evhd::journal::MAGIC,
+    );
+    look(
+        Format::Vhd,
+        "VHD footer cookie",
+        0,
+        &vhd::footer::FOOTER_COOKIE,
+    );
+    look(
+        Format::Vhd,
+        "VHD dynamic header cookie",
+        VHD_DYNAMIC_HEADER_OFFSET,
+        &vhd::dynamic_header::HEADER_COOKIE,
+    );
+    if let Some(o) = vhd_footer_body(storage) {
+        found.push(Trace {
+            format: Format::Vhd,
+            what: "VHD footer (version 1.0 and a disk type, cookie damaged)",
+            offset: o,
+        });
+    }
+    found
+}
+
+/// Offset of the last 512 bytes when they look like a VHD footer whose
+/// cookie is damaged: the file format version 1.0 and a known disk type
+/// (8 bytes that a raw disk's last sector, usually zeros or a GPT backup
+/// header, does not hold). This is the only trace left of a fixed VHD with a
+/// damaged cookie; a fixed VHD whose footer is zeroed has none and is raw.
+fn vhd_footer_body(storage: &dyn Storage) -> Option<u64> {
+    let size = vhd::footer::FOOTER_SIZE as u64;
+    let at = storage.len().ok()?.checked_sub(size)?;
+    let mut f = [0u8; vhd::footer::FOOTER_SIZE];
+    storage.read_at(&mut f, at).ok()?;
+    let word = |i: usize| u32::from_be_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]);
+    (word(VHD_FOOTER_VERSION_FIELD) == vhd::footer::FILE_FORMAT_VERSION
+        && vhd::footer::VhdType::from_code(word(VHD_FOOTER_TYPE_FIELD)).is_some())
+    .then_some(at)
+}
+
+/// The signature that decides the format: the primary one if any, else the
+/// first secondary one; `None` for a raw file.
+pub fn trace(storage: &dyn Storage) -> Option<Trace> {
+    primary(storage).or_else(|| secondary(storage).into_iter().next())
+}
+
+/// A signature of `format` in `storage`, if it has one.
+pub fn trace_of(storage: &dyn Storage, format: Format) -> Option<Trace> {
+    primary(storage)
+        .filter(|t| t.format == format)
+        .or_else(|| secondary(storage).into_iter().find(|t| t.format == format))
+}
+
+/// The format to open `storage` as: `forced` if given (an error naming what
+/// the file holds when it has no trace of that format), else the detected one.
+pub fn resolve(storage: &dyn Storage, forced: Option<Format>) -> Result<Format, Error> {
+    let Some(want) = forced else {
+        return Ok(trace(storage).map_or(Format::Raw, |t| t.format));
+    };
+    if want == Format::Raw || trace_of(storage, want).is_some() {
+        return Ok(want);
+    }
+    let found = match trace(storage) {
+        Some(t) => format!("found a {} (a {} image)", t, format_name(t.format)),
+        None => "found no signature of VHD, VHDX or EVHD (a raw image: -f raw)".to_string(),
+    };
+    let article = if want == Format::Evhd { "an" } else { "a" };
+    Err(Error::new(
+        ErrorKind::InvalidArgument,
+        format!("not {article} {} image: {found}", format_name(want)),
+    ))
+}
+
+/// An error from opening an image whose signature says `format`: damage
+/// (a corrupt structure, a MAC that does not verify) is reported as a damaged
+/// image of that format; other errors (a key or parent needed, an
+/// unsupported feature, I/O) pass unchanged.
+pub fn damaged(format: Format, e: Error) -> Error {
+    match e.kind() {
+        ErrorKind::Corrupt | ErrorKind::Authentication if format != Format::Raw => {
+            e.with_context(format!("damaged {} image", format_name(format)))
+        }
+        _ => e,
+    }
+}
