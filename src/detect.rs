@@ -35,8 +35,7 @@ pub const VHDX_LOG_OFFSET: u64 = vhdx::region_table::HEADER_AREA;
 
 /// File offset where Hyper-V, qemu and vhdkit put the VHDX metadata region:
 /// after a 1 MiB log.
-pub const VHDX_METADATA_OFFSET: u64 =
-    VHDX_LOG_OFFSET + vhdx::create::DEFAULT_LOG_SIZE as u64;
+pub const VHDX_METADATA_OFFSET: u64 = VHDX_LOG_OFFSET + vhdx::create::DEFAULT_LOG_SIZE as u64;
 
 /// File offset of the VHD dynamic header in every writer we know: right
 /// after the footer copy at offset 0.
@@ -75,6 +74,11 @@ pub fn format_name(format: Format) -> &'static str {
     }
 }
 
+/// "a" or "an" before the format's name.
+fn article(format: Format) -> &'static str {
+    if format == Format::Evhd { "an" } else { "a" }
+}
+
 /// Whether `storage` holds `magic` at `offset`.
 fn has(storage: &dyn Storage, offset: u64, magic: &[u8]) -> bool {
     let mut buf = [0u8; 8];
@@ -82,20 +86,27 @@ fn has(storage: &dyn Storage, offset: u64, magic: &[u8]) -> bool {
     storage.read_at(buf, offset).is_ok() && buf == magic
 }
 
-/// The primary signature found, if any: what the formats' probes accept.
-fn primary(storage: &dyn Storage) -> Option<Trace> {
-    let t = |format, what, offset| Some(Trace { format, what, offset });
+/// The primary signatures found (what the formats' probes accept), at most
+/// one per format, in the order VHDX, EVHD, VHD.
+fn primary(storage: &dyn Storage) -> Vec<Trace> {
+    let mut found = Vec::new();
+    let t = |format, what, offset| Trace {
+        format,
+        what,
+        offset,
+    };
     if vhdx::probe(storage) {
-        return t(
+        found.push(t(
             Format::Vhdx,
             "VHDX file identifier",
             vhdx::file_identifier::FILE_IDENTIFIER_OFFSET,
-        );
+        ));
     }
-    for &o in &evhd::header::COPY_OFFSETS {
-        if has(storage, o, &evhd::header::MAGIC) {
-            return t(Format::Evhd, "EVHD header magic", o);
-        }
+    if let Some(&o) = evhd::header::COPY_OFFSETS
+        .iter()
+        .find(|&&o| has(storage, o, &evhd::header::MAGIC))
+    {
+        found.push(t(Format::Evhd, "EVHD header magic", o));
     }
     if vhd::probe(storage) {
         let len = storage.len().unwrap_or(0);
@@ -103,9 +114,9 @@ fn primary(storage: &dyn Storage) -> Option<Trace> {
             .into_iter()
             .filter_map(|back| len.checked_sub(back))
             .find(|&o| has(storage, o, &vhd::footer::FOOTER_COOKIE));
-        return t(Format::Vhd, "VHD footer cookie", end.unwrap_or(0));
+        found.push(t(Format::Vhd, "VHD footer cookie", end.unwrap_or(0)));
     }
-    None
+    found
 }
 
 /// Every secondary signature found, in the order of the table above.
@@ -195,14 +206,18 @@ fn vhd_footer_body(storage: &dyn Storage) -> Option<u64> {
 /// The signature that decides the format: the primary one if any, else the
 /// first secondary one; `None` for a raw file.
 pub fn trace(storage: &dyn Storage) -> Option<Trace> {
-    primary(storage).or_else(|| secondary(storage).into_iter().next())
+    primary(storage)
+        .into_iter()
+        .next()
+        .or_else(|| secondary(storage).into_iter().next())
 }
 
 /// A signature of `format` in `storage`, if it has one.
 pub fn trace_of(storage: &dyn Storage, format: Format) -> Option<Trace> {
     primary(storage)
-        .filter(|t| t.format == format)
-        .or_else(|| secondary(storage).into_iter().find(|t| t.format == format))
+        .into_iter()
+        .chain(secondary(storage))
+        .find(|t| t.format == format)
 }
 
 /// The format to open `storage` as: `forced` if given (an error naming what
@@ -215,13 +230,18 @@ pub fn resolve(storage: &dyn Storage, forced: Option<Format>) -> Result<Format, 
         return Ok(want);
     }
     let found = match trace(storage) {
-        Some(t) => format!("found a {} (a {} image)", t, format_name(t.format)),
+        Some(t) => format!(
+            "found {} {} ({} {} image)",
+            article(t.format),
+            t,
+            article(t.format),
+            format_name(t.format)
+        ),
         None => "found no signature of VHD, VHDX or EVHD (a raw image: -f raw)".to_string(),
     };
-    let article = if want == Format::Evhd { "an" } else { "a" };
     Err(Error::new(
         ErrorKind::InvalidArgument,
-        format!("not {article} {} image: {found}", format_name(want)),
+        format!("not {} {} image: {found}", article(want), format_name(want)),
     ))
 }
 
@@ -231,9 +251,110 @@ pub fn resolve(storage: &dyn Storage, forced: Option<Format>) -> Result<Format, 
 /// unsupported feature, I/O) pass unchanged.
 pub fn damaged(format: Format, e: Error) -> Error {
     match e.kind() {
-        ErrorKind::Corrupt | ErrorKind::Authentication if format != Format::Raw => {
-            e.with_context(format!("damaged {} image", format_name(format)))
-        }
+        ErrorKind::Corrupt | ErrorKind::Authentication => match format {
+            Format::Vhd => e.with_context("damaged VHD image"),
+            Format::Vhdx => e.with_context("damaged VHDX image"),
+            Format::Evhd => e.with_context("damaged EVHD image"),
+            Format::Raw => e,
+        },
         _ => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::MemStorage;
+
+    /// 4 MiB of non-zero filler with `magic` at `offset` (from the end when
+    /// negative).
+    fn file_with(offset: i64, magic: &[u8]) -> MemStorage {
+        let mut v = vec![0x5au8; 4 << 20];
+        let at = if offset < 0 {
+            v.len() - offset.unsigned_abs() as usize
+        } else {
+            offset as usize
+        };
+        v[at..at + magic.len()].copy_from_slice(magic);
+        MemStorage::from_vec(v)
+    }
+
+    #[test]
+    fn each_signature_alone_decides_its_format() {
+        let cases: [(i64, &[u8], Format); 13] = [
+            (0, b"vhdxfile", Format::Vhdx),
+            (64 << 10, b"head", Format::Vhdx),
+            (128 << 10, b"head", Format::Vhdx),
+            (192 << 10, b"regi", Format::Vhdx),
+            (256 << 10, b"regi", Format::Vhdx),
+            (1 << 20, b"loge", Format::Vhdx),
+            (2 << 20, b"metadata", Format::Vhdx),
+            (0, b"EVHDCRPT", Format::Evhd),
+            (64 << 10, b"EVHDCRPT", Format::Evhd),
+            (128 << 10, b"EVHDJRNL", Format::Evhd),
+            (-512, b"conectix", Format::Vhd),
+            (-511, b"conectix", Format::Vhd),
+            (512, b"cxsparse", Format::Vhd),
+        ];
+        for (offset, magic, want) in cases {
+            let s = file_with(offset, magic);
+            assert_eq!(crate::detect(&s), want, "{magic:?} at {offset}");
+            assert_eq!(resolve(&s, Some(want)).unwrap(), want);
+            assert_eq!(resolve(&s, Some(Format::Raw)).unwrap(), Format::Raw);
+            // One byte off (the other way at EOF-512: EOF-511 counts): no trace.
+            let off = if offset == -512 { -513 } else { offset + 1 };
+            let s = file_with(off, magic);
+            assert_eq!(crate::detect(&s), Format::Raw, "{magic:?} at {off}");
+        }
+        // The cookie at 0 of any type; a footer body at the end.
+        assert_eq!(crate::detect(&file_with(0, b"conectix")), Format::Vhd);
+        let mut body = [0u8; 64];
+        body[12..16].copy_from_slice(&vhd::footer::FILE_FORMAT_VERSION.to_be_bytes());
+        body[60..64].copy_from_slice(&2u32.to_be_bytes());
+        assert_eq!(crate::detect(&file_with(-512, &body)), Format::Vhd);
+        body[60..64].copy_from_slice(&9u32.to_be_bytes());
+        assert_eq!(crate::detect(&file_with(-512, &body)), Format::Raw);
+    }
+
+    #[test]
+    fn a_forced_format_needs_a_signature_of_it() {
+        let raw = MemStorage::from_vec(vec![0u8; 1 << 20]);
+        assert_eq!(crate::detect(&raw), Format::Raw);
+        let e = resolve(&raw, Some(Format::Vhdx)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(
+            e.to_string()
+                .contains("not a VHDX image: found no signature")
+        );
+        let s = file_with(128 << 10, b"EVHDJRNL");
+        let e = resolve(&s, Some(Format::Vhd)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not a VHD image: found an EVHD journal record magic at offset 0x20000 (an EVHD image)"),
+            "{e}"
+        );
+        // Primary beats secondary; the forced format picks its own trace.
+        let mut v = vec![0u8; 4 << 20];
+        v[..8].copy_from_slice(b"vhdxfile");
+        let end = v.len() - 512;
+        v[end..end + 8].copy_from_slice(b"conectix");
+        let s = MemStorage::from_vec(v);
+        assert_eq!(crate::detect(&s), Format::Vhdx);
+        assert_eq!(resolve(&s, Some(Format::Vhd)).unwrap(), Format::Vhd);
+    }
+
+    #[test]
+    fn damage_is_named_by_format_other_errors_pass() {
+        let e = damaged(Format::Vhdx, Error::corrupt("VHDX header", 0x10000, "bad"));
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert_eq!(e.structure(), Some("VHDX header"));
+        assert_eq!(
+            e.to_string(),
+            "damaged VHDX image: VHDX header at offset 0x10000: bad"
+        );
+        let e = damaged(Format::Evhd, Error::new(ErrorKind::KeyRequired, "key"));
+        assert_eq!(e.to_string(), "key");
+        let e = damaged(Format::Raw, Error::corrupt("x", 0, "y"));
+        assert!(e.context().is_none());
     }
 }

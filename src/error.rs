@@ -68,7 +68,7 @@ pub struct Error {
     path: Option<PathBuf>,
     /// What the error means for the image as a whole, printed before the
     /// structure (e.g. "damaged VHDX image").
-    context: Option<String>,
+    context: Option<&'static str>,
     structure: Option<&'static str>,
     offset: Option<u64>,
     message: String,
@@ -132,16 +132,16 @@ impl Error {
 
     /// Say what the error means for the image as a whole, unless that is
     /// already said (the innermost image, e.g. a parent, is the one meant).
-    pub fn with_context(mut self, context: impl Into<String>) -> Self {
+    pub fn with_context(mut self, context: &'static str) -> Self {
         if self.context.is_none() {
-            self.context = Some(context.into());
+            self.context = Some(context);
         }
         self
     }
 
     /// What the error means for the image as a whole, if said.
-    pub fn context(&self) -> Option<&str> {
-        self.context.as_deref()
+    pub fn context(&self) -> Option<&'static str> {
+        self.context
     }
 
     /// The stable kind of this error.

@@ -105,7 +105,14 @@ fn assert_fails_closed(dir: &Path, img: &Path, fmt: &str, key: Option<&Path>) {
 
     // write refuses; the file is unchanged.
     let a = with(&[
-        "write", s(img), "--offset", "0", "--pattern", "0x5a", "--length", "4096",
+        "write",
+        s(img),
+        "--offset",
+        "0",
+        "--pattern",
+        "0x5a",
+        "--length",
+        "4096",
     ]);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let (code, _, err) = run(&a);
@@ -128,7 +135,11 @@ fn assert_fails_closed(dir: &Path, img: &Path, fmt: &str, key: Option<&Path>) {
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let (code, out, err) = run(&a);
     assert_eq!(code, 1, "{name}: convert to - must fail: {err}");
-    assert!(out.is_empty(), "{name}: convert streamed {} bytes", out.len());
+    assert!(
+        out.is_empty(),
+        "{name}: convert streamed {} bytes",
+        out.len()
+    );
 
     // compare against the file's own bytes as a raw image: an error (2),
     // never "identical".
@@ -149,13 +160,31 @@ fn assert_fails_closed(dir: &Path, img: &Path, fmt: &str, key: Option<&Path>) {
     let info: serde_json::Value =
         serde_json::from_slice(&ok(&["info", "--json", "-f", "raw", s(img)])).unwrap();
     assert_eq!(info["format"], "raw", "{name}");
-    let head = ok(&["read", "-f", "raw", s(img), "--offset", "0", "--length", "4096"]);
+    let head = ok(&[
+        "read",
+        "-f",
+        "raw",
+        s(img),
+        "--offset",
+        "0",
+        "--length",
+        "4096",
+    ]);
     assert_eq!(head, file_bytes(img, 0, 4096), "{name}: -f raw read");
     let (code, out, _) = run(&["check", "-f", "raw", s(img)]);
-    assert_eq!(code, 0, "{name}: check -f raw: {}", String::from_utf8_lossy(&out));
+    assert_eq!(
+        code,
+        0,
+        "{name}: check -f raw: {}",
+        String::from_utf8_lossy(&out)
+    );
     ok(&["compare", "-f", "raw", s(img), s(&as_raw)]);
 
-    assert_eq!(file_sha256(img), before, "{name}: a command changed the file");
+    assert_eq!(
+        file_sha256(img),
+        before,
+        "{name}: a command changed the file"
+    );
     std::fs::remove_file(&as_raw).unwrap();
 }
 
@@ -199,7 +228,8 @@ fn evhd_damaged_magics_or_zeroed_start_are_damaged_evhd() {
         let (code, _, err) = run(&["info", "-f", "vhd", s(img)]);
         assert_eq!(code, 1);
         assert!(
-            err.contains("not a VHD image") && err.contains("EVHD journal record magic at offset 0x20000"),
+            err.contains("not a VHD image")
+                && err.contains("EVHD journal record magic at offset 0x20000"),
             "{err}"
         );
     }
@@ -233,7 +263,16 @@ fn vhdx_damaged_identifier_headers_regions_are_damaged_vhdx() {
     let x = d.join("x.vhdx");
     ok(&["convert", "-q", s(&src), s(&x)]);
     // A write goes through the log: an entry at its start (1 MiB).
-    ok(&["write", s(&x), "--offset", "0", "--pattern", "0xab", "--length", "4096"]);
+    ok(&[
+        "write",
+        s(&x),
+        "--offset",
+        "0",
+        "--pattern",
+        "0xab",
+        "--length",
+        "4096",
+    ]);
     assert_eq!(file_bytes(&x, 1 << 20, 4), b"loge");
     // A VHDX never written: the log is empty, the metadata table remains.
     let fresh = d.join("fresh.vhdx");
@@ -244,8 +283,18 @@ fn vhdx_damaged_identifier_headers_regions_are_damaged_vhdx() {
         damaged_copy(d, &x, "ident.vhdx", &[(0, 2, 0)]),
         damaged_copy(d, &x, "zero1m.vhdx", &[(0, 1 << 20, 0)]),
         damaged_copy(d, &fresh, "zero1m-fresh.vhdx", &[(0, 1 << 20, 0)]),
-        damaged_copy(d, &x, "headers.vhdx", &[(64 << 10, 2, 0), (128 << 10, 2, 0)]),
-        damaged_copy(d, &x, "regions.vhdx", &[(192 << 10, 2, 0), (256 << 10, 2, 0)]),
+        damaged_copy(
+            d,
+            &x,
+            "headers.vhdx",
+            &[(64 << 10, 2, 0), (128 << 10, 2, 0)],
+        ),
+        damaged_copy(
+            d,
+            &x,
+            "regions.vhdx",
+            &[(192 << 10, 2, 0), (256 << 10, 2, 0)],
+        ),
         // Only the region tables left.
         damaged_copy(
             d,
@@ -258,7 +307,10 @@ fn vhdx_damaged_identifier_headers_regions_are_damaged_vhdx() {
         assert_fails_closed(d, img, "VHDX", None);
         let (code, _, err) = run(&["info", "-f", "evhd", s(img)]);
         assert_eq!(code, 1);
-        assert!(err.contains("not an EVHD image") && err.contains("VHDX"), "{err}");
+        assert!(
+            err.contains("not an EVHD image") && err.contains("VHDX"),
+            "{err}"
+        );
     }
 }
 
@@ -290,11 +342,15 @@ fn vhd_damaged_footers_are_damaged_vhd() {
     let info: serde_json::Value =
         serde_json::from_slice(&ok(&["info", "--json", s(&img)])).unwrap();
     assert_eq!(info["format"], "vhd");
-    assert!(
-        !info["warnings"].as_array().unwrap().is_empty(),
-        "{info}"
-    );
-    let got = ok(&["read", s(&img), "--offset", "0", "--length", &SIZE.to_string()]);
+    assert!(!info["warnings"].as_array().unwrap().is_empty(), "{info}");
+    let got = ok(&[
+        "read",
+        s(&img),
+        "--offset",
+        "0",
+        "--length",
+        &SIZE.to_string(),
+    ]);
     assert!(got == data);
 
     // A fixed VHD whose footer is zeroed has no trace left: it is the raw
@@ -303,7 +359,14 @@ fn vhd_damaged_footers_are_damaged_vhd() {
     let info: serde_json::Value =
         serde_json::from_slice(&ok(&["info", "--json", s(&img)])).unwrap();
     assert_eq!(info["format"], "raw");
-    let got = ok(&["read", s(&img), "--offset", "0", "--length", &SIZE.to_string()]);
+    let got = ok(&[
+        "read",
+        s(&img),
+        "--offset",
+        "0",
+        "--length",
+        &SIZE.to_string(),
+    ]);
     assert!(got == data);
     let (code, _, err) = run(&["info", "-f", "vhd", s(&img)]);
     assert_eq!(code, 1);
@@ -333,7 +396,16 @@ fn key_on_an_image_that_is_not_evhd_is_an_error() {
             (vec!["map", s(img)], 1),
             (vec!["read", s(img), "--offset", "0", "--length", "512"], 1),
             (
-                vec!["write", s(img), "--offset", "0", "--pattern", "1", "--length", "512"],
+                vec![
+                    "write",
+                    s(img),
+                    "--offset",
+                    "0",
+                    "--pattern",
+                    "1",
+                    "--length",
+                    "512",
+                ],
                 1,
             ),
             (vec!["convert", "-q", s(img), s(&out)], 1),
@@ -347,7 +419,11 @@ fn key_on_an_image_that_is_not_evhd_is_an_error() {
             assert!(stdout.is_empty(), "{a:?} printed output");
             assert!(!out.exists());
         }
-        assert_eq!(file_sha256(img), before, "{fmt}: --key write changed the file");
+        assert_eq!(
+            file_sha256(img),
+            before,
+            "{fmt}: --key write changed the file"
+        );
     }
     // compare: the key serves when one of the two images is an EVHD.
     let e = d.join("e.evhd");
@@ -371,7 +447,16 @@ fn format_option_states_the_input_format() {
         err.contains("not a VHDX image: found a VHD footer cookie at offset"),
         "{err}"
     );
-    let (code, _, err) = run(&["read", "-f", "vhd", s(&src), "--offset", "0", "--length", "1"]);
+    let (code, _, err) = run(&[
+        "read",
+        "-f",
+        "vhd",
+        s(&src),
+        "--offset",
+        "0",
+        "--length",
+        "1",
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("not a VHD image: found no signature"), "{err}");
     // convert: -f is the input format, -O the output's.
