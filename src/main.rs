@@ -925,13 +925,13 @@ fn open_evhd(
     let mut opts = OpenOptions::new().writable(writable);
     opts.keys = keys;
     let storage = vhdkit::io::FileStorage::open(image, writable).map_err(fail1)?;
-    if !vhdkit::evhd::probe(&storage) {
-        return Err(fail1(
-            Error::invalid_argument("not an EVHD image").with_path(image),
-        ));
+    // Any trace of EVHD (a damaged one too) is opened as EVHD, so that
+    // damage is reported as such.
+    if let Err(e) = vhdkit::detect::resolve(&storage, Some(Format::Evhd)) {
+        return Err(fail1(e.with_path(image)));
     }
     vhdkit::evhd::EvhdDisk::open(Box::new(storage), Some(image.to_path_buf()), &opts)
-        .map_err(|e| fail1(e.with_path(image)))
+        .map_err(|e| fail1(vhdkit::detect::damaged(Format::Evhd, e).with_path(image)))
 }
 
 fn run_recipients(cmd: RecipientsCmd) -> Outcome {

@@ -103,6 +103,17 @@ fn assert_fails_closed(dir: &Path, img: &Path, fmt: &str, key: Option<&Path>) {
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["status"], "corrupt", "{name}: {v}");
 
+    // check --repair finds no trusted copy to repair from: corrupt, unchanged.
+    let a = with(&["check", "--repair", s(img)]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (code, _, err) = run(&a);
+    assert_eq!(code, 2, "{name}: check --repair: {err}");
+    assert_eq!(
+        file_sha256(img),
+        before,
+        "{name}: check --repair changed the file"
+    );
+
     // write refuses; the file is unchanged.
     let a = with(&[
         "write",
@@ -221,6 +232,10 @@ fn evhd_damaged_magics_or_zeroed_start_are_damaged_evhd() {
         assert_fails_closed(d, img, "EVHD", Some(key));
         // Without a key too.
         assert_fails_closed(d, img, "EVHD", None);
+        // The EVHD commands say it is a damaged EVHD.
+        let (code, _, err) = run(&["recipients", "list", s(img)]);
+        assert_eq!(code, 1);
+        assert!(err.contains("damaged EVHD image"), "{err}");
         // -f evhd states what detection found; -f vhd names the EVHD trace.
         let (code, _, err) = run(&["info", "-f", "evhd", s(img)]);
         assert_eq!(code, 1);
