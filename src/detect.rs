@@ -14,12 +14,12 @@
 //!
 //! | format | primary | secondary |
 //! |---|---|---|
-//! | VHDX | `vhdxfile` at 0 | `head` at 64/128 KiB, `regi` at 192/256 KiB, `loge` at 1 MiB, `metadata` at 2 MiB |
+//! | VHDX | `vhdxfile` at 0 | `head` at 64/128 KiB (with version 1), `regi` at 192/256 KiB (with at most 2047 entries and a zero reserved field), `loge` at 1 MiB (with a length in whole 4 KiB sectors and a zero reserved field), `metadata` at 2 MiB |
 //! | EVHD | `EVHDCRPT` at 0 or 64 KiB | `EVHDJRNL` at 128 KiB |
 //! | VHD | `conectix` at EOF-512 (or EOF-511), or at 0 in a dynamic or differencing footer | `conectix` at 0, `cxsparse` at 512, a footer at EOF-512 with version 1.0 and a disk type |
 //!
-//! A raw disk rarely holds one of these 4- to 8-byte strings at exactly one
-//! of these offsets; the only common case is a raw disk whose content is
+//! A raw disk rarely holds one of these 8-byte strings (or 4-byte ones with
+//! a plausible field beside them) at exactly one of these offsets; the only common case is a raw disk whose content is
 //! itself an image file (a disk dumped with `dd` that holds a VHD at sector
 //! 0), which then is taken for that image unless `-f raw` is given.
 
@@ -46,6 +46,32 @@ const VHD_FOOTER_VERSION_FIELD: usize = 12;
 
 /// Byte offset of the disk type in a VHD footer.
 const VHD_FOOTER_TYPE_FIELD: usize = 60;
+
+/// Bytes read where a 4-byte signature is looked for, to check the fields
+/// beside it.
+const SHAPE_BYTES: usize = 72;
+
+/// Byte offset of the version (1) in a VHDX header ([MS-VHDX] 2.2.2).
+const VHDX_HEADER_VERSION_FIELD: usize = 66;
+
+/// Byte offset of the entry count (at most 2047), followed by a reserved
+/// zero field, in a VHDX region table header ([MS-VHDX] 2.2.3).
+const VHDX_REGION_COUNT_FIELD: usize = 8;
+
+/// Byte offset of the entry length (whole 4 KiB sectors) in a VHDX log
+/// entry header ([MS-VHDX] 2.3.1.1).
+const VHDX_LOG_LENGTH_FIELD: usize = 8;
+
+/// Byte offset of the reserved (zero) field in a VHDX log entry header.
+const VHDX_LOG_RESERVED_FIELD: usize = 28;
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
 
 /// A recognised signature of a format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +148,49 @@ fn primary(storage: &dyn Storage) -> Vec<Trace> {
 /// Every secondary signature found, in the order of the table above.
 fn secondary(storage: &dyn Storage) -> Vec<Trace> {
     let mut found = Vec::new();
+    let mut look_shaped = |format, what, offset, magic: &[u8], ok: &dyn Fn(&[u8]) -> bool| {
+        let mut b = [0u8; SHAPE_BYTES];
+        if storage.read_at(&mut b, offset).is_ok() && b.starts_with(magic) && ok(&b) {
+            found.push(Trace {
+                format,
+                what,
+                offset,
+            });
+        }
+    };
+    // The 4-byte VHDX signatures count with a plausible field beside them
+    // (8 bytes or more in all), as the 8-byte ones do alone.
+    for &o in &vhdx::header::HEADER_OFFSETS {
+        look_shaped(
+            Format::Vhdx,
+            "VHDX header signature",
+            o,
+            &vhdx::header::SIGNATURE,
+            &|b| le16(b, VHDX_HEADER_VERSION_FIELD) == vhdx::header::VERSION,
+        );
+    }
+    for &o in &vhdx::region_table::REGION_TABLE_OFFSETS {
+        look_shaped(
+            Format::Vhdx,
+            "VHDX region table signature",
+            o,
+            &vhdx::region_table::SIGNATURE,
+            &|b| {
+                le32(b, VHDX_REGION_COUNT_FIELD) <= vhdx::region_table::MAX_ENTRIES
+                    && le32(b, VHDX_REGION_COUNT_FIELD + 4) == 0
+            },
+        );
+    }
+    look_shaped(
+        Format::Vhdx,
+        "VHDX log entry signature",
+        VHDX_LOG_OFFSET,
+        &vhdx::log::ENTRY_SIGNATURE,
+        &|b| {
+            let len = u64::from(le32(b, VHDX_LOG_LENGTH_FIELD));
+            len != 0 && len % vhdx::log::LOG_SECTOR == 0 && le32(b, VHDX_LOG_RESERVED_FIELD) == 0
+        },
+    );
     let mut look = |format, what, offset, magic: &[u8]| {
         if has(storage, offset, magic) {
             found.push(Trace {
@@ -131,28 +200,6 @@ fn secondary(storage: &dyn Storage) -> Vec<Trace> {
             });
         }
     };
-    for &o in &vhdx::header::HEADER_OFFSETS {
-        look(
-            Format::Vhdx,
-            "VHDX header signature",
-            o,
-            &vhdx::header::SIGNATURE,
-        );
-    }
-    for &o in &vhdx::region_table::REGION_TABLE_OFFSETS {
-        look(
-            Format::Vhdx,
-            "VHDX region table signature",
-            o,
-            &vhdx::region_table::SIGNATURE,
-        );
-    }
-    look(
-        Format::Vhdx,
-        "VHDX log entry signature",
-        VHDX_LOG_OFFSET,
-        &vhdx::log::ENTRY_SIGNATURE,
-    );
     look(
         Format::Vhdx,
         "VHDX metadata table signature",
@@ -281,13 +328,22 @@ mod tests {
 
     #[test]
     fn each_signature_alone_decides_its_format() {
+        let mut head = [0u8; 72];
+        head[..4].copy_from_slice(b"head");
+        head[66] = 1;
+        let mut regi = [0u8; 16];
+        regi[..4].copy_from_slice(b"regi");
+        regi[8] = 2;
+        let mut loge = [0u8; 32];
+        loge[..4].copy_from_slice(b"loge");
+        loge[9] = 0x10; // 4096
         let cases: [(i64, &[u8], Format); 13] = [
             (0, b"vhdxfile", Format::Vhdx),
-            (64 << 10, b"head", Format::Vhdx),
-            (128 << 10, b"head", Format::Vhdx),
-            (192 << 10, b"regi", Format::Vhdx),
-            (256 << 10, b"regi", Format::Vhdx),
-            (1 << 20, b"loge", Format::Vhdx),
+            (64 << 10, &head, Format::Vhdx),
+            (128 << 10, &head, Format::Vhdx),
+            (192 << 10, &regi, Format::Vhdx),
+            (256 << 10, &regi, Format::Vhdx),
+            (1 << 20, &loge, Format::Vhdx),
             (2 << 20, b"metadata", Format::Vhdx),
             (0, b"EVHDCRPT", Format::Evhd),
             (64 << 10, b"EVHDCRPT", Format::Evhd),
@@ -305,6 +361,14 @@ mod tests {
             let off = if offset == -512 { -513 } else { offset + 1 };
             let s = file_with(off, magic);
             assert_eq!(crate::detect(&s), Format::Raw, "{magic:?} at {off}");
+        }
+        // A 4-byte signature alone is not enough.
+        for (offset, magic) in [
+            (64 << 10, b"head"),
+            (192 << 10, b"regi"),
+            (1 << 20, b"loge"),
+        ] {
+            assert_eq!(crate::detect(&file_with(offset, magic)), Format::Raw);
         }
         // The cookie at 0 of any type; a footer body at the end.
         assert_eq!(crate::detect(&file_with(0, b"conectix")), Format::Vhd);
