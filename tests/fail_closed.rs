@@ -486,3 +486,30 @@ fn format_option_states_the_input_format() {
     ok(&["create", "-f", "vhdx", s(&c), "4M"]);
     assert_eq!(info_json(&c)["format"], "vhdx");
 }
+
+#[test]
+fn real_images_damaged_are_damaged_not_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Hyper-V VHDX: the log (with entries) at 1 MiB and the metadata at
+    // 2 MiB remain when the whole header area is zeroed.
+    for name in ["dissect/fixed.vhdx", "dissect/dynamic.vhdx"] {
+        let Some(img) = real_image_copy(name, d) else {
+            return;
+        };
+        damage(&img, 0, 1 << 20, 0);
+        assert_fails_closed(d, &img, "VHDX", None);
+        std::fs::remove_file(&img).unwrap();
+    }
+    // VHD: a dynamic image with both cookies damaged, a fixed one with its
+    // only cookie damaged.
+    for name in ["dfvfs/image.vhd", "dissect/fixed.vhd"] {
+        let Some(img) = real_image_copy(name, d) else {
+            return;
+        };
+        damage(&img, -512, 2, 0);
+        damage(&img, 0, 2, 0);
+        assert_fails_closed(d, &img, "VHD", None);
+        std::fs::remove_file(&img).unwrap();
+    }
+}
