@@ -78,11 +78,30 @@ impl ParentArgs {
         )))
     }
 
+    /// Refuse `--key` unless one of `images` is an EVHD, judged from the
+    /// files' signatures before anything opens them (a writable open may
+    /// already change a file, e.g. replay a VHDX log). Files that cannot be
+    /// read or resolved are left for the open to report.
+    fn refuse_key_for(&self, images: &[&Path], opts: &OpenOptions) -> Result<(), Error> {
+        if self.key.is_empty() {
+            return Ok(());
+        }
+        let mut found = Vec::new();
+        for &image in images {
+            match vhdkit::io::FileStorage::open(image, false)
+                .and_then(|s| vhdkit::detect::resolve(&s, opts.format))
+            {
+                Ok(format) => found.push((image, format)),
+                Err(_) => return Ok(()),
+            }
+        }
+        self.refuse_key(&found)
+    }
+
     /// Open `image` for a command; `--key` must be for an EVHD.
     fn open(&self, image: &Path, opts: &OpenOptions) -> Result<Box<dyn VirtualDisk>, Error> {
-        let disk = vhdkit::open(image, opts)?;
-        self.refuse_key(&[(image, disk.info().format)])?;
-        Ok(disk)
+        self.refuse_key_for(&[image], opts)?;
+        vhdkit::open(image, opts)
     }
 }
 
@@ -499,14 +518,7 @@ fn run(cmd: Command) -> Outcome {
             parent,
         } => {
             let opts = parent.options();
-            if !parent.key.is_empty() {
-                // A file that cannot be read or resolved is check's to report.
-                if let Ok(format) = vhdkit::io::FileStorage::open(&image, false)
-                    .and_then(|s| vhdkit::detect::resolve(&s, opts.format))
-                {
-                    parent.refuse_key(&[(&image, format)]).map_err(fail1)?;
-                }
-            }
+            parent.refuse_key_for(&[&image], &opts).map_err(fail1)?;
             let r = vhdkit::check(&image, &opts, repair).map_err(fail1)?;
             emit(json, &r, report::write_check_text)?;
             Ok(r.exit_code() as u8)
@@ -692,11 +704,11 @@ fn run(cmd: Command) -> Outcome {
         }
         Command::Compare { a, b, parent } => {
             let opts = parent.options();
+            parent
+                .refuse_key_for(&[&a, &b], &opts)
+                .map_err(|e| (e, 2))?;
             let da = vhdkit::open(&a, &opts).map_err(|e| (e, 2))?;
             let db = vhdkit::open(&b, &opts).map_err(|e| (e, 2))?;
-            parent
-                .refuse_key(&[(&a, da.info().format), (&b, db.info().format)])
-                .map_err(|e| (e, 2))?;
             let diff = convert::first_difference(&Named(da.as_ref(), &a), &Named(db.as_ref(), &b));
             match diff.map_err(|e| (e, 2))? {
                 None => {
