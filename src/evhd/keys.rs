@@ -258,8 +258,10 @@ impl PrivateKey {
         self.public.fingerprint
     }
 
-    /// Undo [`PublicKey::wrap`]. Uses blinded decryption
-    /// (RUSTSEC-2023-0071: the unblinded path leaks timing).
+    /// Undo [`PublicKey::wrap`]. Uses the `rsa` crate's blinded decryption,
+    /// which is still not constant-time (RUSTSEC-2023-0071, no fixed
+    /// release): never unwrap stanzas that others choose where they can
+    /// time it. See the README's note on the RSA timing side channel.
     pub fn unwrap_key(&self, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
         let mut cache = self.unwrapped.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, k)) = cache.iter().find(|(w, _)| w == wrapped) {
