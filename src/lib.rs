@@ -19,6 +19,7 @@ pub mod error;
 pub mod evhd;
 pub mod guid;
 pub mod io;
+pub mod keyfile;
 pub mod parent;
 pub mod raw;
 pub mod report;

@@ -1030,28 +1030,14 @@ fn run_recipients(cmd: RecipientsCmd) -> Outcome {
     }
 }
 
-/// Write a key file; private keys get owner-only permissions.
+/// Write a key file (temporary file, 0600 or 0644, rename; never through a symlink).
 fn write_key_file(path: &Path, bytes: &[u8], private: bool, force: bool) -> vhdkit::Result<()> {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true);
-    if force {
-        o.create(true).truncate(true);
+    let kind = if private {
+        vhdkit::keyfile::KeyKind::Private
     } else {
-        o.create_new(true);
-    }
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut f = o.open(path).map_err(|e| {
-        Error::io(e, "cannot create the key file (--force replaces it)").with_path(path)
-    })?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io(e, "cannot write the key file").with_path(path))
+        vhdkit::keyfile::KeyKind::Public
+    };
+    vhdkit::keyfile::write_key_file(path, bytes, kind, force)
 }
 
 fn print_json(v: &impl serde::Serialize, out: &mut dyn Write) -> Result<(), (Error, u8)> {

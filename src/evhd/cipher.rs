@@ -117,9 +117,10 @@ pub fn hmac_sha256(key: &[u8; KEY_LEN], parts: &[&[u8]]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
-/// Constant-time comparison of two MACs.
+/// Comparison of two MACs in time independent of their content (`subtle`'s
+/// `ConstantTimeEq`; only the lengths, which are public, may end it early).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    bool::from(subtle::ConstantTimeEq::ct_eq(a, b))
 }
 
 /// The per-container master key and the subkeys derived from it.
@@ -378,6 +379,20 @@ impl DataKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ct_eq` is equality: any differing byte or length makes it false.
+    #[test]
+    fn ct_eq_is_equality() {
+        let a = [7u8; 32];
+        assert!(ct_eq(&a, &a));
+        for i in [0, 15, 31] {
+            let mut b = a;
+            b[i] ^= 1;
+            assert!(!ct_eq(&a, &b), "byte {i} differs");
+        }
+        assert!(!ct_eq(&a, &a[..31]));
+        assert!(ct_eq(&[], &[]));
+    }
 
     /// ring's AES-256-GCM agrees with the RustCrypto `aes-gcm` crate.
     #[test]

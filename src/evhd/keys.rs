@@ -12,9 +12,11 @@ use std::sync::Mutex;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use quick_xml::events::Event;
-use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
+use rsa::pkcs1::DecodeRsaPrivateKey;
+use rsa::pkcs8::der::Decode;
 use rsa::pkcs8::{
-    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+    DecodePrivateKey, Document, EncodePrivateKey, EncodePublicKey, LineEnding,
+    SubjectPublicKeyInfoRef,
 };
 use rsa::traits::{PrivateKeyParts, PublicKeyParts};
 use rsa::{BigUint, Oaep, RsaPrivateKey, RsaPublicKey};
@@ -28,6 +30,10 @@ use crate::error::{Error, ErrorKind, Result};
 pub const MIN_BITS: usize = 2048;
 /// Largest modulus accepted: bounds the size of a recipient stanza (the
 /// wrapped key is as long as the modulus) and the cost of hostile keys.
+/// The `rsa` crate's default limit for public keys is 4096 bits
+/// (`RsaPublicKey::MAX_SIZE`), so every public key is built here with this
+/// limit given explicitly ([`PublicKey::from_parts`]), never through the
+/// crate's default constructor or its public-key decoders.
 pub const MAX_BITS: usize = 8192;
 /// Default modulus size of `keygen` (NIST: 128-bit security).
 pub const DEFAULT_BITS: usize = 3072;
@@ -111,9 +117,17 @@ impl PublicKey {
         Ok(PublicKey { key, fingerprint })
     }
 
-    /// The public key of modulus `n` and exponent `e`.
+    /// The public key of modulus `n` and exponent `e`, of [`MIN_BITS`] to
+    /// [`MAX_BITS`] bits.
     pub fn from_parts(n: BigUint, e: BigUint) -> Result<Self> {
-        let k = RsaPublicKey::new(n, e).map_err(|e| invalid(format!("public key: {e}")))?;
+        let bits = n.bits();
+        if !(MIN_BITS..=MAX_BITS).contains(&bits) {
+            return Err(invalid(format!(
+                "RSA modulus of {bits} bits; expected {MIN_BITS} to {MAX_BITS}"
+            )));
+        }
+        let k = RsaPublicKey::new_with_max_size(n, e, MAX_BITS)
+            .map_err(|e| invalid(format!("public key: {e}")))?;
         Self::new(k)
     }
 
@@ -244,8 +258,10 @@ impl PrivateKey {
         self.public.fingerprint
     }
 
-    /// Undo [`PublicKey::wrap`]. Uses blinded decryption
-    /// (RUSTSEC-2023-0071: the unblinded path leaks timing).
+    /// Undo [`PublicKey::wrap`]. Uses the `rsa` crate's blinded decryption,
+    /// which is still not constant-time (RUSTSEC-2023-0071, no fixed
+    /// release): never unwrap stanzas that others choose where they can
+    /// time it. See the README's note on the RSA timing side channel.
     pub fn unwrap_key(&self, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
         let mut cache = self.unwrapped.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, k)) = cache.iter().find(|(w, _)| w == wrapped) {
@@ -377,18 +393,55 @@ fn parse_pem(text: &str) -> Result<KeyFile> {
             .map_err(|e| invalid(format!("PKCS#1 private key: {e}")))?;
         Ok(KeyFile::Private(Box::new(PrivateKey::new(k)?)))
     } else if text.contains("BEGIN PUBLIC KEY") {
-        let k = RsaPublicKey::from_public_key_pem(text)
-            .map_err(|e| invalid(format!("public key: {e}")))?;
-        Ok(KeyFile::Public(PublicKey::new(k)?))
+        decode_public_pem(text, PUBLIC_KEY_LABEL)
+            .map_err(|e| invalid(format!("public key: {e}")))
+            .and_then(|(n, e)| PublicKey::from_parts(n, e))
+            .map(KeyFile::Public)
     } else if text.contains("BEGIN RSA PUBLIC KEY") {
-        let k = RsaPublicKey::from_pkcs1_pem(text)
-            .map_err(|e| invalid(format!("PKCS#1 public key: {e}")))?;
-        Ok(KeyFile::Public(PublicKey::new(k)?))
+        decode_public_pem(text, PKCS1_PUBLIC_KEY_LABEL)
+            .map_err(|e| invalid(format!("PKCS#1 public key: {e}")))
+            .and_then(|(n, e)| PublicKey::from_parts(n, e))
+            .map(KeyFile::Public)
     } else {
         Err(invalid(
             "PEM file holds no RSA key (expected PRIVATE KEY, RSA PRIVATE KEY or PUBLIC KEY)",
         ))
     }
+}
+
+/// PEM label of a SubjectPublicKeyInfo (RFC 7468 section 13).
+const PUBLIC_KEY_LABEL: &str = "PUBLIC KEY";
+/// PEM label of a PKCS#1 `RSAPublicKey` (RFC 8017 appendix A.1.1).
+const PKCS1_PUBLIC_KEY_LABEL: &str = "RSA PUBLIC KEY";
+
+/// The modulus and exponent of a public key PEM block labelled `label`.
+/// Decoded here rather than by the `rsa` crate, whose decoders refuse
+/// moduli over 4096 bits; the size is checked by [`PublicKey::from_parts`].
+fn decode_public_pem(text: &str, label: &str) -> std::result::Result<(BigUint, BigUint), String> {
+    let (found, doc) = Document::from_pem(text).map_err(|e| e.to_string())?;
+    if found != label {
+        return Err(format!("PEM label {found:?}; expected {label:?}"));
+    }
+    let pkcs1_der = if label == PUBLIC_KEY_LABEL {
+        let spki = SubjectPublicKeyInfoRef::from_der(doc.as_bytes()).map_err(|e| e.to_string())?;
+        spki.algorithm
+            .assert_algorithm_oid(rsa::pkcs1::ALGORITHM_OID)
+            .map_err(|_| format!("algorithm {} is not RSA", spki.algorithm.oid))?;
+        match spki.algorithm.parameters {
+            Some(p) if p.is_null() => {}
+            _ => return Err("RSA algorithm parameters are not NULL".into()),
+        }
+        spki.subject_public_key
+            .as_bytes()
+            .ok_or("the key bit string has unused bits")?
+    } else {
+        doc.as_bytes()
+    };
+    let k = rsa::pkcs1::RsaPublicKey::from_der(pkcs1_der).map_err(|e| e.to_string())?;
+    Ok((
+        BigUint::from_bytes_be(k.modulus.as_bytes()),
+        BigUint::from_bytes_be(k.public_exponent.as_bytes()),
+    ))
 }
 
 /// The `RSAKeyValue` element names, in .NET's order.
@@ -454,8 +507,14 @@ fn parse_xml(text: &str) -> Result<KeyFile> {
     let e = num(1)?;
     let private_parts = values[2..].iter().filter(|v| v.is_some()).count();
     if private_parts == 0 {
-        let k = RsaPublicKey::new(n, e).map_err(|e| invalid(format!("public key: {e}")))?;
-        return Ok(KeyFile::Public(PublicKey::new(k)?));
+        return Ok(KeyFile::Public(PublicKey::from_parts(n, e)?));
+    }
+    // Bound the cost of the consistency checks below on a hostile file.
+    let bits = n.bits();
+    if !(MIN_BITS..=MAX_BITS).contains(&bits) {
+        return Err(invalid(format!(
+            "RSA modulus of {bits} bits; expected {MIN_BITS} to {MAX_BITS}"
+        )));
     }
     let (p, q, dp, dq, qinv, d) = (num(2)?, num(3)?, num(4)?, num(5)?, num(6)?, num(7)?);
     let key = RsaPrivateKey::from_components(n.clone(), e, d, vec![p.clone(), q.clone()])

@@ -631,7 +631,7 @@ impl EvhdDisk {
                 }
             }
         }
-        if table::root(&macs) != h.table_root {
+        if !cipher::ct_eq(&table::root(&macs), &h.table_root) {
             return Err(Error::new(
                 ErrorKind::Authentication,
                 "table root mismatch: a page MAC was damaged or a table page was replaced by an older copy",

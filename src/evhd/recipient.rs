@@ -24,7 +24,7 @@
 use rsa::BigUint;
 
 use super::keys::{Fingerprint, MAX_BITS, MIN_BITS, PublicKey};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// Stanza type of RSA-OAEP-SHA256 recipients.
 pub const TYPE_RSA_OAEP_SHA256: u16 = 1;
@@ -61,14 +61,34 @@ impl std::fmt::Debug for Stanza {
 }
 
 impl Stanza {
-    /// Wrap `mk` for `key` under `label`.
+    /// Wrap `mk` for `key` under `label`. The stanza is decoded back before
+    /// it is returned: a key this program could not read from the header
+    /// (once, keys over 4096 bits) is an error here, before anything is
+    /// written, rather than a header copy that no reader can open.
     pub fn wrap(key: &PublicKey, label: &str, mk: &[u8]) -> Result<Stanza> {
         let label = truncate_label(label);
-        Ok(Stanza {
+        let stanza = Stanza {
             key: key.clone(),
             wrapped: key.wrap(mk)?,
             label,
-        })
+        };
+        let mut encoded = Vec::with_capacity(stanza.encoded_len());
+        stanza.encode(&mut encoded);
+        let why = match Stanza::decode(&encoded, 0) {
+            Ok((back, _)) if back == stanza => None,
+            Ok(_) => Some("it reads back differently".to_string()),
+            Err(e) => Some(e.message().to_string()),
+        };
+        if let Some(why) = why {
+            return Err(Error::new(
+                ErrorKind::InvalidKey,
+                format!(
+                    "key {} cannot be stored as a recipient: {why}",
+                    key.fingerprint().short()
+                ),
+            ));
+        }
+        Ok(stanza)
     }
 
     /// Encoded length, padding included.

@@ -1,0 +1,248 @@
+//! Writing key files safely: a private key never lands in a file that
+//! others can read, and no key is ever written through a symbolic link.
+//!
+//! The content goes to a new temporary file in the target's directory,
+//! created exclusively (`O_CREAT | O_EXCL`, which also refuses a symbolic
+//! link in its place) with mode 0600, then is synced and renamed over the
+//! target, and the directory is synced. The file that ends up at the target
+//! is therefore always a fresh one whose permissions this module chose: an
+//! existing file's permissions (say 0644) are not inherited, and a crash
+//! leaves either the old file or the complete new one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use rand_core::RngCore;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Permissions of a private key file: owner read and write only.
+pub const PRIVATE_MODE: u32 = 0o600;
+/// Permissions of a public key file: readable by everyone, as public keys
+/// are meant to be handed out.
+pub const PUBLIC_MODE: u32 = 0o644;
+/// Attempts at finding an unused temporary name before giving up (each
+/// name has 64 random bits, so a second attempt is already unlikely).
+const TEMP_ATTEMPTS: usize = 8;
+
+/// Whether a key file holds a private or a public key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// Private key material: the file is made 0600.
+    Private,
+    /// A public key: the file is made 0644.
+    Public,
+}
+
+impl KeyKind {
+    /// The file mode this kind of key file gets.
+    pub fn mode(self) -> u32 {
+        match self {
+            KeyKind::Private => PRIVATE_MODE,
+            KeyKind::Public => PUBLIC_MODE,
+        }
+    }
+}
+
+/// A temporary file that is removed when dropped unless renamed into place.
+struct TempFile {
+    path: PathBuf,
+    renamed: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.renamed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Write `bytes` as the key file `path`.
+///
+/// Refuses when `path` is a symbolic link (whatever `force` says; the link
+/// and its target are left alone) and, without `force`, when `path` exists.
+/// With `force` an existing file is replaced by a new one, so it does not
+/// keep its permissions. On failure nothing is left behind but what was
+/// there before.
+pub fn write_key_file(path: &Path, bytes: &[u8], kind: KeyKind, force: bool) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "refusing to write a key file through a symbolic link; give the real path",
+            )
+            .with_path(path));
+        }
+        Ok(_) if !force => {
+            return Err(Error::io(
+                io::Error::from(io::ErrorKind::AlreadyExists),
+                "cannot create the key file (--force replaces it)",
+            )
+            .with_path(path));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(e, "cannot examine the key file's path").with_path(path)),
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let (mut file, mut tmp) = create_temp(dir, path)?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|_| set_mode(&file, kind.mode()))
+        .and_then(|_| file.sync_all());
+    drop(file);
+    written.map_err(|e| Error::io(e, "cannot write the key file").with_path(&tmp.path))?;
+    place(&tmp.path, path, force)?;
+    tmp.renamed = true;
+    sync_dir(dir).map_err(|e| {
+        Error::io(
+            e,
+            "the key file was written but its directory could not be synced",
+        )
+        .with_path(dir)
+    })
+}
+
+/// Create a new, empty temporary file beside `dest` with mode 0600.
+fn create_temp(dir: &Path, dest: &Path) -> Result<(File, TempFile)> {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "key".into());
+    let mut last = None;
+    for _ in 0..TEMP_ATTEMPTS {
+        let tmp = dir.join(format!(
+            ".{name}.vhdkit-{}-{:016x}.tmp",
+            std::process::id(),
+            rand_core::OsRng.next_u64()
+        ));
+        let mut o = OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(PRIVATE_MODE);
+        }
+        match o.open(&tmp) {
+            Ok(f) => {
+                return Ok((
+                    f,
+                    TempFile {
+                        path: tmp,
+                        renamed: false,
+                    },
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => {
+                return Err(
+                    Error::io(e, "cannot create a temporary key file in the directory")
+                        .with_path(&tmp),
+                );
+            }
+        }
+    }
+    Err(Error::io(
+        last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)),
+        "cannot find an unused temporary key file name",
+    )
+    .with_path(dir))
+}
+
+/// Move the finished temporary file to `dest`. Without `force` this must
+/// not replace a file that appeared meanwhile: a hard link fails if `dest`
+/// exists (symbolic links included); where hard links are not supported,
+/// the existence check is repeated before the rename.
+fn place(tmp: &Path, dest: &Path, force: bool) -> Result<()> {
+    let exists = |e: io::Error| {
+        Error::io(e, "cannot create the key file (--force replaces it)").with_path(dest)
+    };
+    if !force {
+        match fs::hard_link(tmp, dest) {
+            Ok(()) => {
+                return fs::remove_file(tmp).map_err(|e| {
+                    Error::io(e, "cannot remove the temporary key file").with_path(tmp)
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(exists(e)),
+            Err(_) => {
+                if fs::symlink_metadata(dest).is_ok() {
+                    return Err(exists(io::Error::from(io::ErrorKind::AlreadyExists)));
+                }
+            }
+        }
+    }
+    // rename replaces a symbolic link itself, never the file it points to.
+    fs::rename(tmp, dest)
+        .map_err(|e| Error::io(e, "cannot move the key file into place").with_path(dest))
+}
+
+/// Set the permissions of an open file, whatever the umask made of them.
+#[cfg(unix)]
+fn set_mode(file: &File, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_file: &File, _mode: u32) -> io::Result<()> {
+    Ok(())
+}
+
+/// Make a rename in `dir` durable.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect()
+    }
+
+    /// Without force an existing file is an error and stays as it was.
+    #[test]
+    fn existing_file_needs_force() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k.xml");
+        fs::write(&p, b"old").unwrap();
+        let e = write_key_file(&p, b"new", KeyKind::Private, false).unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
+        assert_eq!(fs::read(&p).unwrap(), b"old");
+        write_key_file(&p, b"new", KeyKind::Private, true).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+        assert!(leftovers(d.path()).is_empty());
+    }
+
+    /// A new public key file holds the bytes and is made 0644.
+    #[test]
+    fn new_file_is_written() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("pub.xml");
+        write_key_file(&p, b"key", KeyKind::Public, false).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"key");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, PUBLIC_MODE);
+        }
+    }
+}
