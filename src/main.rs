@@ -39,16 +39,56 @@ struct ParentArgs {
     /// Private key (KeyPair.xml or PEM) for encrypted (EVHD) images; repeatable.
     #[arg(long = "key", value_name = "KEY", value_parser = parse_private_key)]
     key: Vec<Arc<PrivateKey>>,
+    /// Open images read-only without taking or honouring their locks, to
+    /// inspect an image in use (what is read may be inconsistent).
+    #[arg(short = 'U', long)]
+    force_share: bool,
 }
 
 impl ParentArgs {
     fn options(&self) -> OpenOptions {
         let mut o = OpenOptions::new()
             .ignore_parent_id(self.ignore_parent_id)
-            .parent_path(self.parent_file.clone());
+            .parent_path(self.parent_file.clone())
+            .force_share(self.force_share);
         o.keys = self.key.clone();
         o
     }
+
+    /// With `-U`, warn that `images` are read without their locks.
+    fn warn_force_share(&self, images: &[&Path]) {
+        if self.force_share {
+            warn_force_share(images);
+        }
+    }
+
+    /// `-U` on a command that writes `image` is an error.
+    fn refuse_force_share(&self, image: &Path, what: &str) -> Result<(), (Error, u8)> {
+        refuse_force_share(self.force_share, image, what)
+    }
+}
+
+/// Warn that `images` are opened without their locks (`-U`).
+fn warn_force_share(images: &[&Path]) {
+    for image in images {
+        eprintln!(
+            "vhdkit: warning: {}: opened with -U/--force-share, without a lock: if another program is writing it, what is read may be inconsistent",
+            image.display()
+        );
+    }
+}
+
+/// `-U` opens read-only: refuse it on a command that writes `image`.
+fn refuse_force_share(force_share: bool, image: &Path, what: &str) -> Result<(), (Error, u8)> {
+    if force_share {
+        return Err(fail1(
+            Error::invalid_argument(format!(
+                "-U/--force-share opens images read-only and cannot be used with {what}"
+            ))
+            .with_path(image),
+        ));
+    }
+    Ok(())
 }
 
 /// A private key given on the command line, loaded while parsing.
@@ -309,6 +349,9 @@ enum RecipientsCmd {
         image: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Open the image without taking or honouring its lock (see `info -U`).
+        #[arg(short = 'U', long)]
+        force_share: bool,
     },
     /// Add recipients; needs the key of an existing recipient.
     Add {
@@ -451,6 +494,7 @@ fn run(cmd: Command) -> Outcome {
             image,
             parent,
         } => {
+            parent.warn_force_share(&[&image]);
             let disk = vhdkit::open(&image, &parent.options().allow_missing_parent(true))
                 .map_err(fail1)?;
             emit(json, &disk.info(), report::write_info_text)?;
@@ -462,6 +506,10 @@ fn run(cmd: Command) -> Outcome {
             image,
             parent,
         } => {
+            if repair {
+                parent.refuse_force_share(&image, "check --repair")?;
+            }
+            parent.warn_force_share(&[&image]);
             let r = vhdkit::check(&image, &parent.options(), repair).map_err(fail1)?;
             emit(json, &r, report::write_check_text)?;
             Ok(r.exit_code() as u8)
@@ -471,6 +519,7 @@ fn run(cmd: Command) -> Outcome {
             image,
             parent,
         } => {
+            parent.warn_force_share(&[&image]);
             let disk = vhdkit::open(&image, &parent.options().allow_missing_parent(true))
                 .map_err(fail1)?;
             let extents = disk
@@ -543,6 +592,7 @@ fn run(cmd: Command) -> Outcome {
             recipients,
             cipher,
         } => {
+            parent.warn_force_share(&[&src]);
             let disk = vhdkit::open(&src, &parent.options()).map_err(fail1)?;
             let src_info = disk.info();
             let origin = Origin::from_info(&src_info);
@@ -616,7 +666,10 @@ fn run(cmd: Command) -> Outcome {
                 match base {
                     Some(b) => {
                         refuse_same_file(&b, &dst).map_err(fail1)?;
-                        let base_disk = vhdkit::open(&b, &OpenOptions::new()).map_err(fail1)?;
+                        parent.warn_force_share(&[&b]);
+                        let base_disk =
+                            vhdkit::open(&b, &OpenOptions::new().force_share(parent.force_share))
+                                .map_err(fail1)?;
                         spec.disk_type = DiskType::Differencing;
                         let b_path = b.clone();
                         spec.parent = Some(b);
@@ -645,6 +698,7 @@ fn run(cmd: Command) -> Outcome {
             Ok(0)
         }
         Command::Compare { a, b, parent } => {
+            parent.warn_force_share(&[&a, &b]);
             let opts = parent.options();
             let da = vhdkit::open(&a, &opts).map_err(|e| (e, 2))?;
             let db = vhdkit::open(&b, &opts).map_err(|e| (e, 2))?;
@@ -676,6 +730,7 @@ fn run(cmd: Command) -> Outcome {
             length,
             parent,
         } => {
+            parent.warn_force_share(&[&image]);
             let disk = vhdkit::open(&image, &parent.options()).map_err(fail1)?;
             let offset = parse_size(&offset).map_err(fail1)?;
             let length = parse_size(&length).map_err(fail1)?;
@@ -717,7 +772,16 @@ fn run(cmd: Command) -> Outcome {
             length,
             parent,
         } => {
+            parent.refuse_force_share(&image, "write")?;
             let offset = parse_size(&offset).map_err(fail1)?;
+            if input.is_none() == pattern.is_none() {
+                return Err(fail1(Error::invalid_argument(
+                    "give --input FILE or --pattern BYTE --length N",
+                )));
+            }
+            // Open (and lock) the image before reading the input, so an image
+            // in use is refused before the input (a pipe) is consumed.
+            let mut disk = vhdkit::open(&image, &parent.options().writable(true)).map_err(fail1)?;
             let data = match (input, pattern) {
                 (Some(f), None) => {
                     let mut v = Vec::new();
@@ -739,13 +803,8 @@ fn run(cmd: Command) -> Outcome {
                         .map_err(|_| fail1(Error::invalid_argument("length too large")))?;
                     vec![byte; l]
                 }
-                _ => {
-                    return Err(fail1(Error::invalid_argument(
-                        "give --input FILE or --pattern BYTE --length N",
-                    )));
-                }
+                _ => unreachable!("checked above"),
             };
-            let mut disk = vhdkit::open(&image, &parent.options().writable(true)).map_err(fail1)?;
             disk.write_at(&data, offset)
                 .and_then(|_| disk.flush())
                 .map_err(|e| fail1(e.with_path(&image)))?;
@@ -870,10 +929,17 @@ fn open_evhd(
     image: &Path,
     keys: Vec<Arc<PrivateKey>>,
     writable: bool,
+    force_share: bool,
 ) -> Result<vhdkit::evhd::EvhdDisk, (Error, u8)> {
     let mut opts = OpenOptions::new().writable(writable);
     opts.keys = keys;
-    let storage = vhdkit::io::FileStorage::open(image, writable).map_err(fail1)?;
+    let storage = if force_share {
+        refuse_force_share(writable, image, "a command that changes the image")?;
+        vhdkit::io::FileStorage::open_force_share(image)
+    } else {
+        vhdkit::io::FileStorage::open(image, writable)
+    }
+    .map_err(fail1)?;
     if !vhdkit::evhd::probe(&storage) {
         return Err(fail1(
             Error::invalid_argument("not an EVHD image").with_path(image),
@@ -885,8 +951,15 @@ fn open_evhd(
 
 fn run_recipients(cmd: RecipientsCmd) -> Outcome {
     match cmd {
-        RecipientsCmd::List { image, json } => {
-            let disk = open_evhd(&image, Vec::new(), false)?;
+        RecipientsCmd::List {
+            image,
+            json,
+            force_share,
+        } => {
+            if force_share {
+                warn_force_share(&[&image]);
+            }
+            let disk = open_evhd(&image, Vec::new(), false, force_share)?;
             let mut out = std::io::stdout().lock();
             let list: Vec<_> = disk
                 .recipients()
@@ -927,7 +1000,7 @@ fn run_recipients(cmd: RecipientsCmd) -> Outcome {
                     "give the keys to add with --recipient",
                 )));
             }
-            let mut disk = open_evhd(&image, key, true)?;
+            let mut disk = open_evhd(&image, key, true, false)?;
             for (k, label) in list {
                 disk.add_recipient(&k, &label)
                     .map_err(|e| fail1(e.with_path(&image)))?;
@@ -950,7 +1023,7 @@ fn run_recipients(cmd: RecipientsCmd) -> Outcome {
                     )));
                 }
             };
-            let mut disk = open_evhd(&image, key, true)?;
+            let mut disk = open_evhd(&image, key, true, false)?;
             let removed = disk
                 .remove_recipient(&prefix)
                 .map_err(|e| fail1(e.with_path(&image)))?;
