@@ -219,17 +219,17 @@ pub fn lock_for_replace(path: &Path) -> Result<Option<File>> {
 /// The error for a lock that another open of the file holds.
 fn in_use_error(file: &File, wanted: LockMode) -> Error {
     let holders = lock_holders(file);
-    let who = describe_holders(&holders);
+    let who_has = describe_holders(&holders);
     let writing = holders.iter().any(|h| h.write);
     let message = match wanted {
         LockMode::Exclusive if !holders.is_empty() && !writing => format!(
-            "the image is in use: {who} has it open for reading, so it cannot be opened for writing"
+            "the image is in use: {who_has} it open for reading, so it cannot be opened for writing"
         ),
         LockMode::Exclusive => format!(
-            "the image is in use: {who} has it open for writing, so it cannot be opened for writing too"
+            "the image is in use: {who_has} it open for writing, so it cannot be opened for writing too"
         ),
         LockMode::Shared => format!(
-            "the image is in use: {who} has it open for writing, so it cannot be read consistently (-U/--force-share reads it anyway)"
+            "the image is in use: {who_has} it open for writing, so it cannot be read consistently (-U/--force-share reads it anyway)"
         ),
     };
     Error::new(ErrorKind::InUse, message)
@@ -243,11 +243,12 @@ struct LockHolder {
     write: bool,
 }
 
-/// Who holds the locks: "process 1234 (vhdkit)", several, or "another
-/// process" when the system does not tell.
+/// Who holds the locks, with the verb: "process 1234 (vhdkit) has",
+/// "processes 1234 (vhdkit), 1240 (qemu-img) have", or "another process
+/// has" when the system does not tell.
 fn describe_holders(holders: &[LockHolder]) -> String {
     if holders.is_empty() {
-        return "another process".to_string();
+        return "another process has".to_string();
     }
     let me = std::process::id();
     let names: Vec<String> = holders
@@ -263,12 +264,11 @@ fn describe_holders(holders: &[LockHolder]) -> String {
             }
         })
         .collect();
-    let noun = if names.len() == 1 {
-        "process"
+    if names.len() == 1 {
+        format!("process {} has", names[0])
     } else {
-        "processes"
-    };
-    format!("{noun} {}", names.join(", "))
+        format!("processes {} have", names.join(", "))
+    }
 }
 
 /// Upper bound on what is read of `/proc/locks` (a busy system lists many locks).
