@@ -158,6 +158,16 @@ impl FileStorage {
     }
 }
 
+impl Drop for FileStorage {
+    /// Release the lock explicitly before the file is closed: a child
+    /// process that another thread is starting holds a copy of every open
+    /// file until it executes its program, and with it the lock, so closing
+    /// alone could leave the image locked for a moment after it is closed.
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
+}
+
 /// The lock an open of an image file takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockMode {

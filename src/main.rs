@@ -774,10 +774,13 @@ fn run(cmd: Command) -> Outcome {
         } => {
             parent.refuse_force_share(&image, "write")?;
             let offset = parse_size(&offset).map_err(fail1)?;
-            if input.is_none() == pattern.is_none() {
-                return Err(fail1(Error::invalid_argument(
+            let no_source = || {
+                fail1(Error::invalid_argument(
                     "give --input FILE or --pattern BYTE --length N",
-                )));
+                ))
+            };
+            if input.is_none() == pattern.is_none() {
+                return Err(no_source());
             }
             // Open (and lock) the image before reading the input, so an image
             // in use is refused before the input (a pipe) is consumed.
@@ -803,7 +806,7 @@ fn run(cmd: Command) -> Outcome {
                         .map_err(|_| fail1(Error::invalid_argument("length too large")))?;
                     vec![byte; l]
                 }
-                _ => unreachable!("checked above"),
+                _ => return Err(no_source()),
             };
             disk.write_at(&data, offset)
                 .and_then(|_| disk.flush())
