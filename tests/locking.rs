@@ -648,6 +648,9 @@ fn library_open_locks() {
     assert_eq!(e.kind(), ErrorKind::InUse, "{e}");
     assert_eq!(e.path(), Some(img.as_path()));
     assert!(e.to_string().contains("in use"), "{e}");
+    if proc_locks_lists(std::process::id()) {
+        assert!(e.to_string().contains("this process"), "{e}");
+    }
     assert_eq!(common::open_err(&img, &ro).kind(), ErrorKind::InUse);
     let shared = vhdkit::open(&img, &ro.clone().force_share(true)).unwrap();
     assert_eq!(shared.virtual_size(), 8 << 20);
