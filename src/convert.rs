@@ -240,6 +240,13 @@ pub fn create_file(
         )
         .with_path(dest));
     }
+    // Refuse to replace an image another program has open, and keep it
+    // locked until it is replaced so none starts using it meanwhile.
+    let _replaced = if overwrite {
+        crate::io::lock_for_replace(dest)?
+    } else {
+        None
+    };
     let pending = PendingFile::new(dest);
     let mut storage = FileStorage::create_new(pending.path())?;
     if !out.sync {

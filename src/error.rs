@@ -38,6 +38,9 @@ pub enum ErrorKind {
     InvalidKey,
     /// A MAC or authentication tag did not verify: tampering, damage or a wrong key.
     Authentication,
+    /// The image is locked by another program (or another open in this one)
+    /// that is using it: a writer beside anything, or a reader beside a writer.
+    InUse,
 }
 
 impl ErrorKind {
@@ -57,6 +60,7 @@ impl ErrorKind {
             ErrorKind::KeyMismatch => "key-mismatch",
             ErrorKind::InvalidKey => "invalid-key",
             ErrorKind::Authentication => "authentication",
+            ErrorKind::InUse => "in-use",
         }
     }
 }

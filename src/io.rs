@@ -89,8 +89,28 @@ pub struct FileStorage {
 }
 
 impl FileStorage {
-    /// Open an existing file, read-only or read-write.
+    /// Open an existing file, read-only or read-write, and lock it: a
+    /// writable open takes an exclusive lock, a read-only open a shared one
+    /// (see [`lock`]). The lock lasts as long as this storage.
     pub fn open(path: &Path, writable: bool) -> Result<Self> {
+        let storage = Self::open_file(path, writable)?;
+        let mode = if writable {
+            LockMode::Exclusive
+        } else {
+            LockMode::Shared
+        };
+        lock(&storage.file, path, mode)?;
+        Ok(storage)
+    }
+
+    /// Open an existing file read-only without taking or honouring a lock
+    /// (`-U/--force-share`): what is read may be inconsistent if another
+    /// program is writing the file.
+    pub fn open_force_share(path: &Path) -> Result<Self> {
+        Self::open_file(path, false)
+    }
+
+    fn open_file(path: &Path, writable: bool) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(writable)
@@ -120,6 +140,7 @@ impl FileStorage {
             .create_new(true)
             .open(path)
             .map_err(|e| Error::io(e, "cannot create file").with_path(path))?;
+        lock(&file, path, LockMode::Exclusive)?;
         Ok(FileStorage {
             file,
             map: None,
@@ -134,6 +155,192 @@ impl FileStorage {
     pub fn without_sync(mut self) -> Self {
         self.sync = false;
         self
+    }
+}
+
+impl Drop for FileStorage {
+    /// Release the lock explicitly before the file is closed: a child
+    /// process that another thread is starting holds a copy of every open
+    /// file until it executes its program, and with it the lock, so closing
+    /// alone could leave the image locked for a moment after it is closed.
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
+}
+
+/// The lock an open of an image file takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Readers: any number at once, but no writer beside them.
+    Shared,
+    /// A writer: no other reader or writer.
+    Exclusive,
+}
+
+/// Lock an open image file without waiting, like qemu: `flock` on Unix
+/// (advisory, held by the open file description, so released when the file
+/// is closed or the process dies, and conflicting even between two opens
+/// in one process), `LockFileEx` on Windows. A conflict is an
+/// [`ErrorKind::InUse`] error naming the holder where the system tells it;
+/// a file system that cannot lock at all is an I/O error (fail closed:
+/// `-U/--force-share` still reads such a file).
+pub fn lock(file: &File, path: &Path, mode: LockMode) -> Result<()> {
+    let r = match mode {
+        LockMode::Shared => file.try_lock_shared(),
+        LockMode::Exclusive => file.try_lock(),
+    };
+    match r {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(in_use_error(file, mode).with_path(path)),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(
+            e,
+            "cannot lock the image file (the file system may not support locks; -U/--force-share reads it without a lock)",
+        )
+        .with_path(path)),
+    }
+}
+
+/// Refuse to replace the existing file at `path` while another program has
+/// it open (locked): take the exclusive lock an image writer would take and
+/// hand it back, to be held until the file is replaced. `None` when there
+/// is no regular file there or it cannot be opened to test (best effort:
+/// locks are advisory).
+pub fn lock_for_replace(path: &Path) -> Result<Option<File>> {
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return Ok(None);
+    }
+    let Ok(file) = File::open(path) else {
+        return Ok(None);
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::new(
+            ErrorKind::InUse,
+            format!(
+                "{}; it cannot be replaced while in use",
+                in_use_error(&file, LockMode::Exclusive).message()
+            ),
+        )
+        .with_path(path)),
+        Err(std::fs::TryLockError::Error(_)) => Ok(None),
+    }
+}
+
+/// The error for a lock that another open of the file holds.
+fn in_use_error(file: &File, wanted: LockMode) -> Error {
+    let holders = lock_holders(file);
+    let who_has = describe_holders(&holders);
+    let writing = holders.iter().any(|h| h.write);
+    let message = match wanted {
+        LockMode::Exclusive if !holders.is_empty() && !writing => format!(
+            "the image is in use: {who_has} it open for reading, so it cannot be opened for writing"
+        ),
+        LockMode::Exclusive => format!(
+            "the image is in use: {who_has} it open for writing, so it cannot be opened for writing too"
+        ),
+        LockMode::Shared => format!(
+            "the image is in use: {who_has} it open for writing, so it cannot be read consistently (-U/--force-share reads it anyway)"
+        ),
+    };
+    Error::new(ErrorKind::InUse, message)
+}
+
+/// A holder of a lock on a file, as the system reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LockHolder {
+    pid: u32,
+    /// Holds an exclusive (write) lock.
+    write: bool,
+}
+
+/// Who holds the locks, with the verb: "process 1234 (vhdkit) has",
+/// "processes 1234 (vhdkit), 1240 (qemu-img) have", or "another process
+/// has" when the system does not tell.
+fn describe_holders(holders: &[LockHolder]) -> String {
+    if holders.is_empty() {
+        return "another process has".to_string();
+    }
+    let me = std::process::id();
+    let names: Vec<String> = holders
+        .iter()
+        .map(|h| {
+            if h.pid == me {
+                format!("{} (this process, through another open of the file)", h.pid)
+            } else {
+                match process_name(h.pid) {
+                    Some(n) => format!("{} ({n})", h.pid),
+                    None => h.pid.to_string(),
+                }
+            }
+        })
+        .collect();
+    if names.len() == 1 {
+        format!("process {} has", names[0])
+    } else {
+        format!("processes {} have", names.join(", "))
+    }
+}
+
+/// Upper bound on what is read of `/proc/locks` (a busy system lists many locks).
+#[cfg(target_os = "linux")]
+const PROC_LOCKS_MAX: u64 = 4 << 20;
+
+/// The processes holding `flock` locks on `file`, from `/proc/locks` (best
+/// effort: empty when it cannot be read or does not name the file, e.g. on
+/// file systems whose reported device differs from the lock's).
+#[cfg(target_os = "linux")]
+fn lock_holders(file: &File) -> Vec<LockHolder> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = file.metadata() else {
+        return Vec::new();
+    };
+    let dev = meta.dev();
+    // glibc's dev_t layout; /proc/locks prints the kernel's major:minor in hex.
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let id = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let mut text = String::new();
+    let read =
+        File::open("/proc/locks").and_then(|f| f.take(PROC_LOCKS_MAX).read_to_string(&mut text));
+    if read.is_err() {
+        return Vec::new();
+    }
+    let mut holders: Vec<LockHolder> = Vec::new();
+    for line in text.lines() {
+        // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; waiters have
+        // "->" after the number and are not holders.
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[1] != "FLOCK" || f[5] != id {
+            continue;
+        }
+        let Some(pid) = f[4].parse::<u32>().ok().filter(|&p| p > 0) else {
+            continue;
+        };
+        let h = LockHolder {
+            pid,
+            write: f[3] == "WRITE",
+        };
+        if !holders.contains(&h) {
+            holders.push(h);
+        }
+    }
+    holders
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lock_holders(_file: &File) -> Vec<LockHolder> {
+    Vec::new()
+}
+
+/// The command name of process `pid`, where the system tells it.
+fn process_name(pid: u32) -> Option<String> {
+    if cfg!(target_os = "linux") {
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        let name = name.trim();
+        (!name.is_empty()).then(|| name.to_string())
+    } else {
+        None
     }
 }
 

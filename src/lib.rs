@@ -56,6 +56,10 @@ pub struct OpenOptions {
     /// that carries a trace of another format as a flat disk; any other
     /// format must have a signature in the file (see [`detect`]).
     pub format: Option<Format>,
+    /// Open read-only without taking or honouring the image lock (qemu's
+    /// `-U/--force-share`), to inspect an image another program has open;
+    /// what is read may then be inconsistent. Refused with `writable`.
+    pub force_share: bool,
 }
 
 impl OpenOptions {
@@ -94,6 +98,12 @@ impl OpenOptions {
         self
     }
 
+    /// Open without taking or honouring locks (read-only only).
+    pub fn force_share(mut self, yes: bool) -> Self {
+        self.force_share = yes;
+        self
+    }
+
     /// Also try `key` on encrypted images.
     pub fn key(mut self, key: Arc<evhd::keys::PrivateKey>) -> Self {
         self.keys.push(key);
@@ -119,8 +129,20 @@ pub(crate) fn open_in_chain(
     chain: &Chain,
 ) -> Result<Box<dyn VirtualDisk>> {
     let chain = chain.enter(path).map_err(|e| e.with_path(path))?;
-    let storage: Box<dyn Storage> = Box::new(FileStorage::open(path, opts.writable)?);
+    let storage: Box<dyn Storage> = Box::new(open_file(path, opts.writable, opts.force_share)?);
     open_storage(storage, Some(path), opts, &chain).map_err(|e| e.with_path(path))
+}
+
+/// Open the file of an image, locked unless `force_share` (see [`io::lock`]).
+pub fn open_file(path: &Path, writable: bool, force_share: bool) -> Result<FileStorage> {
+    match (force_share, writable) {
+        (false, _) => FileStorage::open(path, writable),
+        (true, false) => FileStorage::open_force_share(path),
+        (true, true) => Err(Error::invalid_argument(
+            "force-share (-U) opens images read-only and cannot be combined with writing",
+        )
+        .with_path(path)),
+    }
 }
 
 /// Open an image held in `storage`; `path` (if any) locates its parent.
@@ -146,18 +168,28 @@ pub fn open_storage(
 /// Check the image at `path` for damage; with `repair`, fix what can be
 /// fixed safely. Missing parents are reported, not fatal.
 pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckReport> {
-    let storage = FileStorage::open(path, repair)?;
     let mut report = CheckReport::default();
-    let format = detect::resolve(&storage, opts.format).map_err(|e| e.with_path(path))?;
-    let checked = match format {
-        Format::Vhd => vhd::check::check(&storage, &mut report, repair),
-        Format::Vhdx => vhdx::check::check(&storage, &mut report, repair),
-        Format::Evhd => evhd::check::check(
-            Box::new(FileStorage::open(path, false)?),
-            &opts.keys,
-            &mut report,
-        ),
-        Format::Raw => Ok(()),
+    // One open of the file at a time: a second one would conflict with this
+    // one's lock (locks belong to each open, even in one process), so the
+    // storage is closed at the end of this block, before `open` below.
+    let (format, checked) = {
+        let storage = open_file(path, repair, opts.force_share)?;
+        let format = detect::resolve(&storage, opts.format).map_err(|e| e.with_path(path))?;
+        let checked = match format {
+            Format::Vhd => vhd::check::check(&storage, &mut report, repair),
+            Format::Vhdx => vhdx::check::check(&storage, &mut report, repair),
+            Format::Evhd => {
+                let storage = if storage.is_writable() {
+                    drop(storage);
+                    open_file(path, false, opts.force_share)?
+                } else {
+                    storage
+                };
+                evhd::check::check(Box::new(storage), &opts.keys, &mut report)
+            }
+            Format::Raw => Ok(()),
+        };
+        (format, checked)
     };
     // Damage that stops the format's own check is a finding of a damaged
     // image (exit 2), not a failure to check.
@@ -171,7 +203,6 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
         Err(e) => return Err(e),
         Ok(()) => {}
     }
-    drop(storage);
     // Opening follows the parent chain: report what stands in the way.
     let inspect = opts.clone().writable(false).allow_missing_parent(true);
     match open(path, &inspect) {

@@ -43,6 +43,10 @@ struct ParentArgs {
     /// `-f raw` is the only way to read a file with a trace of another format as raw.
     #[arg(short = 'f', long = "format", value_name = "FORMAT")]
     image_format: Option<FormatArg>,
+    /// Open images read-only without taking or honouring their locks, to
+    /// inspect an image in use (what is read may be inconsistent).
+    #[arg(short = 'U', long)]
+    force_share: bool,
 }
 
 impl ParentArgs {
@@ -50,7 +54,8 @@ impl ParentArgs {
         let mut o = OpenOptions::new()
             .ignore_parent_id(self.ignore_parent_id)
             .parent_path(self.parent_file.clone())
-            .format(self.image_format.map(Format::from));
+            .format(self.image_format.map(Format::from))
+            .force_share(self.force_share);
         o.keys = self.key.clone();
         o
     }
@@ -88,7 +93,7 @@ impl ParentArgs {
         }
         let mut found = Vec::new();
         for &image in images {
-            match vhdkit::io::FileStorage::open(image, false)
+            match vhdkit::open_file(image, false, opts.force_share)
                 .and_then(|s| vhdkit::detect::resolve(&s, opts.format))
             {
                 Ok(format) => found.push((image, format)),
@@ -103,6 +108,40 @@ impl ParentArgs {
         self.refuse_key_for(&[image], opts)?;
         vhdkit::open(image, opts)
     }
+    /// With `-U`, warn that `images` are read without their locks.
+    fn warn_force_share(&self, images: &[&Path]) {
+        if self.force_share {
+            warn_force_share(images);
+        }
+    }
+
+    /// `-U` on a command that writes `image` is an error.
+    fn refuse_force_share(&self, image: &Path, what: &str) -> Result<(), (Error, u8)> {
+        refuse_force_share(self.force_share, image, what)
+    }
+}
+
+/// Warn that `images` are opened without their locks (`-U`).
+fn warn_force_share(images: &[&Path]) {
+    for image in images {
+        eprintln!(
+            "vhdkit: warning: {}: opened with -U/--force-share, without a lock: if another program is writing it, what is read may be inconsistent",
+            image.display()
+        );
+    }
+}
+
+/// `-U` opens read-only: refuse it on a command that writes `image`.
+fn refuse_force_share(force_share: bool, image: &Path, what: &str) -> Result<(), (Error, u8)> {
+    if force_share {
+        return Err(fail1(
+            Error::invalid_argument(format!(
+                "-U/--force-share opens images read-only and cannot be used with {what}"
+            ))
+            .with_path(image),
+        ));
+    }
+    Ok(())
 }
 
 /// A private key given on the command line, loaded while parsing.
@@ -363,6 +402,9 @@ enum RecipientsCmd {
         image: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Open the image without taking or honouring its lock (see `info -U`).
+        #[arg(short = 'U', long)]
+        force_share: bool,
     },
     /// Add recipients; needs the key of an existing recipient.
     Add {
@@ -505,6 +547,7 @@ fn run(cmd: Command) -> Outcome {
             image,
             parent,
         } => {
+            parent.warn_force_share(&[&image]);
             let disk = parent
                 .open(&image, &parent.options().allow_missing_parent(true))
                 .map_err(fail1)?;
@@ -517,6 +560,10 @@ fn run(cmd: Command) -> Outcome {
             image,
             parent,
         } => {
+            if repair {
+                parent.refuse_force_share(&image, "check --repair")?;
+            }
+            parent.warn_force_share(&[&image]);
             let opts = parent.options();
             parent.refuse_key_for(&[&image], &opts).map_err(fail1)?;
             let r = vhdkit::check(&image, &opts, repair).map_err(fail1)?;
@@ -528,6 +575,7 @@ fn run(cmd: Command) -> Outcome {
             image,
             parent,
         } => {
+            parent.warn_force_share(&[&image]);
             let disk = parent
                 .open(&image, &parent.options().allow_missing_parent(true))
                 .map_err(fail1)?;
@@ -601,6 +649,7 @@ fn run(cmd: Command) -> Outcome {
             recipients,
             cipher,
         } => {
+            parent.warn_force_share(&[&src]);
             let disk = parent.open(&src, &parent.options()).map_err(fail1)?;
             let src_info = disk.info();
             let origin = Origin::from_info(&src_info);
@@ -674,7 +723,10 @@ fn run(cmd: Command) -> Outcome {
                 match base {
                     Some(b) => {
                         refuse_same_file(&b, &dst).map_err(fail1)?;
-                        let base_disk = vhdkit::open(&b, &OpenOptions::new()).map_err(fail1)?;
+                        parent.warn_force_share(&[&b]);
+                        let base_disk =
+                            vhdkit::open(&b, &OpenOptions::new().force_share(parent.force_share))
+                                .map_err(fail1)?;
                         spec.disk_type = DiskType::Differencing;
                         let b_path = b.clone();
                         spec.parent = Some(b);
@@ -703,6 +755,7 @@ fn run(cmd: Command) -> Outcome {
             Ok(0)
         }
         Command::Compare { a, b, parent } => {
+            parent.warn_force_share(&[&a, &b]);
             let opts = parent.options();
             parent
                 .refuse_key_for(&[&a, &b], &opts)
@@ -737,6 +790,7 @@ fn run(cmd: Command) -> Outcome {
             length,
             parent,
         } => {
+            parent.warn_force_share(&[&image]);
             let disk = parent.open(&image, &parent.options()).map_err(fail1)?;
             let offset = parse_size(&offset).map_err(fail1)?;
             let length = parse_size(&length).map_err(fail1)?;
@@ -778,7 +832,21 @@ fn run(cmd: Command) -> Outcome {
             length,
             parent,
         } => {
+            parent.refuse_force_share(&image, "write")?;
             let offset = parse_size(&offset).map_err(fail1)?;
+            let no_source = || {
+                fail1(Error::invalid_argument(
+                    "give --input FILE or --pattern BYTE --length N",
+                ))
+            };
+            if input.is_none() == pattern.is_none() {
+                return Err(no_source());
+            }
+            // Open (and lock) the image before reading the input, so an image
+            // in use is refused before the input (a pipe) is consumed.
+            let mut disk = parent
+                .open(&image, &parent.options().writable(true))
+                .map_err(fail1)?;
             let data = match (input, pattern) {
                 (Some(f), None) => {
                     let mut v = Vec::new();
@@ -800,15 +868,8 @@ fn run(cmd: Command) -> Outcome {
                         .map_err(|_| fail1(Error::invalid_argument("length too large")))?;
                     vec![byte; l]
                 }
-                _ => {
-                    return Err(fail1(Error::invalid_argument(
-                        "give --input FILE or --pattern BYTE --length N",
-                    )));
-                }
+                _ => return Err(no_source()),
             };
-            let mut disk = parent
-                .open(&image, &parent.options().writable(true))
-                .map_err(fail1)?;
             disk.write_at(&data, offset)
                 .and_then(|_| disk.flush())
                 .map_err(|e| fail1(e.with_path(&image)))?;
@@ -933,10 +994,17 @@ fn open_evhd(
     image: &Path,
     keys: Vec<Arc<PrivateKey>>,
     writable: bool,
+    force_share: bool,
 ) -> Result<vhdkit::evhd::EvhdDisk, (Error, u8)> {
     let mut opts = OpenOptions::new().writable(writable);
     opts.keys = keys;
-    let storage = vhdkit::io::FileStorage::open(image, writable).map_err(fail1)?;
+    let storage = if force_share {
+        refuse_force_share(writable, image, "a command that changes the image")?;
+        vhdkit::io::FileStorage::open_force_share(image)
+    } else {
+        vhdkit::io::FileStorage::open(image, writable)
+    }
+    .map_err(fail1)?;
     // Any trace of EVHD (a damaged one too) is opened as EVHD, so that
     // damage is reported as such.
     if let Err(e) = vhdkit::detect::resolve(&storage, Some(Format::Evhd)) {
@@ -948,8 +1016,15 @@ fn open_evhd(
 
 fn run_recipients(cmd: RecipientsCmd) -> Outcome {
     match cmd {
-        RecipientsCmd::List { image, json } => {
-            let disk = open_evhd(&image, Vec::new(), false)?;
+        RecipientsCmd::List {
+            image,
+            json,
+            force_share,
+        } => {
+            if force_share {
+                warn_force_share(&[&image]);
+            }
+            let disk = open_evhd(&image, Vec::new(), false, force_share)?;
             let mut out = std::io::stdout().lock();
             let list: Vec<_> = disk
                 .recipients()
@@ -990,7 +1065,7 @@ fn run_recipients(cmd: RecipientsCmd) -> Outcome {
                     "give the keys to add with --recipient",
                 )));
             }
-            let mut disk = open_evhd(&image, key, true)?;
+            let mut disk = open_evhd(&image, key, true, false)?;
             for (k, label) in list {
                 disk.add_recipient(&k, &label)
                     .map_err(|e| fail1(e.with_path(&image)))?;
@@ -1013,7 +1088,7 @@ fn run_recipients(cmd: RecipientsCmd) -> Outcome {
                     )));
                 }
             };
-            let mut disk = open_evhd(&image, key, true)?;
+            let mut disk = open_evhd(&image, key, true, false)?;
             let removed = disk
                 .remove_recipient(&prefix)
                 .map_err(|e| fail1(e.with_path(&image)))?;

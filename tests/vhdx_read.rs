@@ -289,6 +289,8 @@ fn one_bad_header_falls_back_and_warns_both_bad_fails() {
         info.warnings
     );
     assert!(read_disk(disk.as_ref()) == content);
+    // Close it: an open image is locked, and --repair needs it to itself.
+    drop(disk);
     let (code, text) = check_exit(&img);
     assert_eq!(code, 2, "{text}");
     // --repair rewrites it from the good one.
