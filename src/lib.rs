@@ -49,6 +49,10 @@ pub struct OpenOptions {
     pub parent_path: Option<PathBuf>,
     /// Private keys to try on encrypted (EVHD) images.
     pub keys: Vec<Arc<evhd::keys::PrivateKey>>,
+    /// Also write warnings that must not go unnoticed (an EVHD that fell
+    /// back to its older header copy) to stderr; they are always in
+    /// `info().warnings`. The command-line tool sets it.
+    pub print_warnings: bool,
 }
 
 impl OpenOptions {
@@ -78,6 +82,12 @@ impl OpenOptions {
     /// Use `path` as the parent.
     pub fn parent_path(mut self, path: Option<PathBuf>) -> Self {
         self.parent_path = path;
+        self
+    }
+
+    /// Write warnings that must not go unnoticed to stderr as well.
+    pub fn print_warnings(mut self, yes: bool) -> Self {
+        self.print_warnings = yes;
         self
     }
 
@@ -151,7 +161,11 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
     .map_err(|e| e.with_path(path))?;
     drop(storage);
     // Opening follows the parent chain: report what stands in the way.
-    let inspect = opts.clone().writable(false).allow_missing_parent(true);
+    let inspect = opts
+        .clone()
+        .writable(false)
+        .allow_missing_parent(true)
+        .print_warnings(false);
     match open(path, &inspect) {
         Ok(disk) => {
             if let Some(p) = disk.info().parent.filter(|p| !p.found) {

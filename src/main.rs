@@ -44,6 +44,7 @@ struct ParentArgs {
 impl ParentArgs {
     fn options(&self) -> OpenOptions {
         let mut o = OpenOptions::new()
+            .print_warnings(true)
             .ignore_parent_id(self.ignore_parent_id)
             .parent_path(self.parent_file.clone());
         o.keys = self.key.clone();
@@ -871,7 +872,7 @@ fn open_evhd(
     keys: Vec<Arc<PrivateKey>>,
     writable: bool,
 ) -> Result<vhdkit::evhd::EvhdDisk, (Error, u8)> {
-    let mut opts = OpenOptions::new().writable(writable);
+    let mut opts = OpenOptions::new().writable(writable).print_warnings(true);
     opts.keys = keys;
     let storage = vhdkit::io::FileStorage::open(image, writable).map_err(fail1)?;
     if !vhdkit::evhd::probe(&storage) {
