@@ -58,8 +58,8 @@ fn dropped_disk_keeps_writes_through_open() {
     drop(d);
     let data = content();
     {
-        let mut d = vhdkit::open(&path, &OpenOptions::new().writable(true).key(key().clone()))
-            .unwrap();
+        let mut d =
+            vhdkit::open(&path, &OpenOptions::new().writable(true).key(key().clone())).unwrap();
         d.write_at(&data, 0).unwrap();
         // Dropped here without flush.
     }

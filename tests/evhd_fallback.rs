@@ -22,9 +22,7 @@ const FELL_BACK: &str = "fell back to the older header copy";
 
 fn keys() -> &'static [Arc<PrivateKey>; 2] {
     static K: OnceLock<[Arc<PrivateKey>; 2]> = OnceLock::new();
-    K.get_or_init(|| {
-        [0, 1].map(|_| Arc::new(PrivateKey::generate(2048).expect("keygen")))
-    })
+    K.get_or_init(|| [0, 1].map(|_| Arc::new(PrivateKey::generate(2048).expect("keygen"))))
 }
 
 fn opts(writable: bool) -> OpenOptions {
@@ -134,13 +132,23 @@ fn rolled_back_header_warns_on_open_and_is_a_check_error() {
             )),
             "{w}"
         );
-        assert!(w.contains(&format!("its sequence field reads {seq}")), "{w}");
-        assert!(w.contains(&format!("journal at {JOURNAL_OFFSET:#x}")), "{w}");
+        assert!(
+            w.contains(&format!("its sequence field reads {seq}")),
+            "{w}"
+        );
+        assert!(
+            w.contains(&format!("journal at {JOURNAL_OFFSET:#x}")),
+            "{w}"
+        );
         assert!(w.contains("newest commit may have been lost"), "{w}");
     }
     // The rollback is real: the recipient added last is gone.
-    let d = EvhdDisk::open(Box::new(MemStorage::from_vec(image.clone())), None, &opts(false))
-        .unwrap();
+    let d = EvhdDisk::open(
+        Box::new(MemStorage::from_vec(image.clone())),
+        None,
+        &opts(false),
+    )
+    .unwrap();
     assert_eq!(d.recipients().len(), 1);
 
     for with_key in [false, true] {
@@ -154,6 +162,34 @@ fn rolled_back_header_warns_on_open_and_is_a_check_error() {
                 .any(|x| x.severity == Severity::Error && x.message.contains(FELL_BACK))
         );
     }
+}
+
+/// When the lost commit changed table pages, the older copy no longer
+/// matches the table: open fails, and the error says what preceded it.
+#[test]
+fn rolled_back_data_commit_fails_to_open_and_says_why() {
+    let mut image = image_with_header_commit();
+    {
+        let mem = Arc::new(MemStorage::from_vec(image.clone()));
+        let mut d = EvhdDisk::open(Box::new(mem.clone()), None, &opts(true)).unwrap();
+        d.write_at(&vec![0x24u8; BS as usize], 9 * BS).unwrap();
+        d.flush().unwrap();
+        drop(d);
+        image = mem.to_vec();
+    }
+    rollback(&mut image);
+    let e = EvhdDisk::open(
+        Box::new(MemStorage::from_vec(image.clone())),
+        None,
+        &opts(false),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("table root mismatch") && e.contains(FELL_BACK),
+        "{e}"
+    );
+    assert_eq!(check_lib(&image, true).exit_code(), 2);
 }
 
 /// Replacing the current copy by the older one and damaging the journal
@@ -180,8 +216,12 @@ fn damaged_current_copy_with_its_journal_record_is_quiet() {
     let mut image = image_with_header_commit();
     let cur = current(&image);
     image[COPY_OFFSETS[cur] as usize + 200] ^= 0x01;
-    let d = EvhdDisk::open(Box::new(MemStorage::from_vec(image.clone())), None, &opts(false))
-        .unwrap();
+    let d = EvhdDisk::open(
+        Box::new(MemStorage::from_vec(image.clone())),
+        None,
+        &opts(false),
+    )
+    .unwrap();
     assert_eq!(d.recipients().len(), 2, "the record was replayed");
     assert!(!d.warnings().iter().any(|w| w.contains(FELL_BACK)));
     for with_key in [false, true] {
@@ -270,7 +310,10 @@ fn cli_reports_the_fallback() {
     let (code, out, err) = code_out_err(&read);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.len(), 512);
-    assert!(err.contains("vhdkit: warning:") && err.contains(FELL_BACK), "{err}");
+    assert!(
+        err.contains("vhdkit: warning:") && err.contains(FELL_BACK),
+        "{err}"
+    );
 
     for args in [vec!["check"], vec!["check", "--key"]] {
         let mut a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();

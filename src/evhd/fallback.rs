@@ -192,11 +192,7 @@ impl Assessment {
         keys: &[std::sync::Arc<super::keys::PrivateKey>],
     ) -> Option<Fallback> {
         let why = self.suspicion.as_ref()?;
-        let used = format!(
-            "{} (sequence {})",
-            copy_name(self.used),
-            self.used_sequence
-        );
+        let used = format!("{} (sequence {})", copy_name(self.used), self.used_sequence);
         let journal = format!("the journal at {:#x}", self.journal_offset);
         let lost = |j: &str| Fallback {
             lost: true,

@@ -12,7 +12,8 @@
 //! | data offset (1 MiB aligned) | block size per slot | data slots |
 //!
 //! Keys are in [`keys`] (RSA key files) and [`cipher`] (the symmetric key
-//! hierarchy); recipients in [`recipient`]; `check` in [`check`]. The byte
+//! hierarchy); recipients in [`recipient`]; `check` in [`check`]; a fall
+//! back to the older header copy that nothing confirms in [`fallback`]. The byte
 //! layout is described in `docs/evhd-format.md`.
 
 pub mod check;
