@@ -60,6 +60,10 @@ pub struct OpenOptions {
     /// `-U/--force-share`), to inspect an image another program has open;
     /// what is read may then be inconsistent. Refused with `writable`.
     pub force_share: bool,
+    /// Also write warnings that must not go unnoticed (an EVHD that fell
+    /// back to its older header copy) to stderr; they are always in
+    /// `info().warnings`. The command-line tool sets it.
+    pub print_warnings: bool,
 }
 
 impl OpenOptions {
@@ -101,6 +105,12 @@ impl OpenOptions {
     /// Open without taking or honouring locks (read-only only).
     pub fn force_share(mut self, yes: bool) -> Self {
         self.force_share = yes;
+        self
+    }
+
+    /// Write warnings that must not go unnoticed to stderr as well.
+    pub fn print_warnings(mut self, yes: bool) -> Self {
+        self.print_warnings = yes;
         self
     }
 
@@ -204,7 +214,11 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
         Ok(()) => {}
     }
     // Opening follows the parent chain: report what stands in the way.
-    let inspect = opts.clone().writable(false).allow_missing_parent(true);
+    let inspect = opts
+        .clone()
+        .writable(false)
+        .allow_missing_parent(true)
+        .print_warnings(false);
     match open(path, &inspect) {
         Ok(disk) => {
             if let Some(p) = disk.info().parent.filter(|p| !p.found) {

@@ -52,6 +52,7 @@ struct ParentArgs {
 impl ParentArgs {
     fn options(&self) -> OpenOptions {
         let mut o = OpenOptions::new()
+            .print_warnings(true)
             .ignore_parent_id(self.ignore_parent_id)
             .parent_path(self.parent_file.clone())
             .format(self.image_format.map(Format::from))
@@ -996,7 +997,7 @@ fn open_evhd(
     writable: bool,
     force_share: bool,
 ) -> Result<vhdkit::evhd::EvhdDisk, (Error, u8)> {
-    let mut opts = OpenOptions::new().writable(writable);
+    let mut opts = OpenOptions::new().writable(writable).print_warnings(true);
     opts.keys = keys;
     let storage = if force_share {
         refuse_force_share(writable, image, "a command that changes the image")?;

@@ -228,31 +228,42 @@ pub struct Finding {
     pub message: String,
 }
 
-/// The result of `check`. Serializes as `{status, findings, repaired}`,
-/// `status` being `clean`, `corrupt` or `leaks`.
+/// The result of `check`. Serializes as `{status, findings, repaired,
+/// checked, not_checked}`, `status` being `clean`, `corrupt`, `leaks` or
+/// `incomplete` (no damage found, but part of the image could not be
+/// checked: see `not_checked`).
 #[derive(Debug, Clone, Default)]
 pub struct CheckReport {
     /// Everything found, in file order where possible.
     pub findings: Vec<Finding>,
     /// What `--repair` changed.
     pub repaired: Vec<String>,
+    /// What was verified, when a checker lists it (an EVHD without a key).
+    pub checked: Vec<String>,
+    /// What could not be verified and why (an EVHD without a key: the
+    /// encrypted part). Not empty makes the exit status 1 unless damage
+    /// was found.
+    pub not_checked: Vec<String>,
 }
 
 impl Serialize for CheckReport {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("CheckReport", 3)?;
+        let mut st = s.serialize_struct("CheckReport", 5)?;
         st.serialize_field("status", self.status())?;
         st.serialize_field("findings", &self.findings)?;
         st.serialize_field("repaired", &self.repaired)?;
+        st.serialize_field("checked", &self.checked)?;
+        st.serialize_field("not_checked", &self.not_checked)?;
         st.end()
     }
 }
 
 impl CheckReport {
-    /// `clean`, `corrupt` or `leaks`.
+    /// `clean`, `corrupt`, `leaks` or `incomplete`.
     pub fn status(&self) -> &'static str {
         match self.exit_code() {
+            1 => "incomplete",
             2 => "corrupt",
             3 => "leaks",
             _ => "clean",
@@ -280,10 +291,12 @@ impl CheckReport {
         self.findings.iter().map(|f| f.severity).max()
     }
 
-    /// CLI exit status: 0 clean, 2 corruption, 3 only leaked space.
+    /// CLI exit status: 0 clean, 2 corruption, 3 only leaked space, 1 no
+    /// damage found but part of the image could not be checked.
     pub fn exit_code(&self) -> i32 {
         match self.worst() {
             Some(Severity::Error) => 2,
+            _ if !self.not_checked.is_empty() => 1,
             Some(Severity::Leak) => 3,
             _ => 0,
         }
@@ -306,6 +319,12 @@ pub fn write_check_text(report: &CheckReport, out: &mut dyn Write) -> io::Result
     for r in &report.repaired {
         writeln!(out, "repaired: {r}")?;
     }
+    for c in &report.checked {
+        writeln!(out, "checked: {c}")?;
+    }
+    for c in &report.not_checked {
+        writeln!(out, "not checked: {c}")?;
+    }
     let errors = report
         .findings
         .iter()
@@ -316,10 +335,17 @@ pub fn write_check_text(report: &CheckReport, out: &mut dyn Write) -> io::Result
         .iter()
         .filter(|f| f.severity == Severity::Leak)
         .count();
-    if errors == 0 && leaks == 0 {
-        writeln!(out, "No errors found.")
+    let partly = if report.not_checked.is_empty() {
+        ""
     } else {
-        writeln!(out, "{errors} error(s), {leaks} leak(s) found.")
+        " Part of the image could not be checked (see \"not checked\")."
+    };
+    if errors == 0 && leaks == 0 && partly.is_empty() {
+        writeln!(out, "No errors found.")
+    } else if errors == 0 && leaks == 0 {
+        writeln!(out, "No errors found in what was checked.{partly}")
+    } else {
+        writeln!(out, "{errors} error(s), {leaks} leak(s) found.{partly}")
     }
 }
 

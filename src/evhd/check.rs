@@ -4,18 +4,22 @@
 
 use std::sync::Arc;
 
-use super::header::COPY_OFFSETS;
+use super::fallback::{self, Fallback};
+use super::header::{COPY_OFFSETS, Header};
 use super::keys::PrivateKey;
-use super::{EvhdDisk, read_copies};
+use super::{EvhdDisk, journal, read_copies};
 use crate::error::Result;
-use crate::io::{Storage, io_err};
+use crate::io::{Storage, io_err, read_struct};
 use crate::report::{CheckReport, Severity};
 
 /// Blocks verified per step.
 const CHUNK_BLOCKS: u64 = 64;
 
 /// Check the container in `storage`, adding findings to `report`. Without
-/// `keys` only what is public can be checked (header CRCs and layout).
+/// `keys` only what is public can be checked (header CRCs and ranges,
+/// layout, the journal record's CRC, the agreement of copies and journal);
+/// the report then lists what was and was not checked, so that its status
+/// is `incomplete` (exit 1) rather than clean.
 pub fn check(
     storage: Box<dyn Storage>,
     keys: &[Arc<PrivateKey>],
@@ -41,12 +45,19 @@ pub fn check(
     if copies.iter().all(|c| c.is_err()) {
         return Ok(());
     }
+    let assessment = fallback::assess(storage.as_ref(), &copies);
     if keys.is_empty() {
-        report.add(
-            Severity::Info,
-            "EVHD",
-            None,
-            "no --key given: only the header checksums and layout were checked; pass --key to verify the MACs and every block",
+        if let Some(f) = assessment.and_then(|a| a.verdict(None, &[])) {
+            add_fallback(report, &f);
+        }
+        report.checked.extend([
+            "header copies A and B: signature, version, CRC-32C and every field's range".to_string(),
+            "layout: journal, block table and data slots in order and inside the file".to_string(),
+            "that the copies and the journal agree on the newest commit (no fall back to the older copy)".to_string(),
+        ]);
+        check_journal(storage.as_ref(), &copies, report);
+        report.not_checked.push(
+            "header MACs, epoch keys, block table pages (MACs, table root) and data blocks (authentication tags): they need the private key of a recipient (--key)".to_string(),
         );
         return Ok(());
     }
@@ -66,8 +77,12 @@ pub fn check(
             return Ok(());
         }
     };
+    let f = assessment.and_then(|a| a.verdict(Some(disk.header.sequence), keys));
+    if let Some(f) = &f {
+        add_fallback(report, f);
+    }
     for w in disk.warnings() {
-        if w.contains("journal") {
+        if w.contains("journal") && f.as_ref().is_none_or(|f| &f.message != w) {
             report.add(
                 Severity::Info,
                 "EVHD journal",
@@ -113,4 +128,65 @@ pub fn check(
         b += n;
     }
     Ok(())
+}
+
+/// Report a fall back to the older header copy: an error when the newest
+/// commit may have been lost.
+fn add_fallback(report: &mut CheckReport, f: &Fallback) {
+    let sev = if f.lost {
+        Severity::Error
+    } else {
+        Severity::Info
+    };
+    report.add(sev, "EVHD header", Some(COPY_OFFSETS[0]), f.message.clone());
+}
+
+/// Without a key: the journal record of the current copy, by its CRC.
+fn check_journal(
+    storage: &dyn Storage,
+    copies: &[Result<(Header, Vec<u8>)>; 2],
+    report: &mut CheckReport,
+) {
+    let cur = match copies {
+        [Ok((a, _)), Ok((b, _))] => {
+            if b.sequence > a.sequence {
+                b
+            } else {
+                a
+            }
+        }
+        [Ok((h, _)), _] | [_, Ok((h, _))] => h,
+        _ => return,
+    };
+    let rec = journal::decode(
+        cur.journal_offset,
+        cur.journal_len,
+        &cur.container_id,
+        cur.table_pages,
+        |buf, o| read_struct(storage, journal::STRUCTURE, buf, cur.journal_offset + o),
+    );
+    match rec {
+        Err(e) => report.add(
+            Severity::Error,
+            journal::STRUCTURE,
+            e.offset(),
+            e.message().to_string(),
+        ),
+        Ok(Some(r)) => {
+            let what = if r.sequence == cur.sequence + 1 {
+                "an unfinished commit; opening writable with a key installs it"
+            } else if r.sequence == cur.sequence {
+                "the current commit, already installed"
+            } else {
+                "an older commit, superseded"
+            };
+            report.checked.push(format!(
+                "journal record: CRC-32C (sequence {}: {what})",
+                r.sequence
+            ));
+        }
+        Ok(None) => report
+            .checked
+            .push("journal: no complete record (nothing to replay)".to_string()),
+    }
 }

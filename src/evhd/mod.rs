@@ -12,11 +12,13 @@
 //! | data offset (1 MiB aligned) | block size per slot | data slots |
 //!
 //! Keys are in [`keys`] (RSA key files) and [`cipher`] (the symmetric key
-//! hierarchy); recipients in [`recipient`]; `check` in [`check`]. The byte
+//! hierarchy); recipients in [`recipient`]; `check` in [`check`]; a fall
+//! back to the older header copy that nothing confirms in [`fallback`]. The byte
 //! layout is described in `docs/evhd-format.md`.
 
 pub mod check;
 pub mod cipher;
+pub mod fallback;
 pub mod header;
 pub mod journal;
 pub mod keys;
@@ -366,6 +368,13 @@ impl Unlocked {
 }
 
 /// An open EVHD container.
+///
+/// Writes stay in memory (the block table) until [`VirtualDisk::flush`] or
+/// [`VirtualDisk::close`] commits them; call one of them to learn whether
+/// the commit succeeded. Dropping a writable disk with uncommitted writes
+/// commits them best effort, as a VHDX does; a failure there cannot be
+/// returned, so it is written to stderr (`vhdkit: warning: ...`) and the
+/// file keeps its last committed state.
 pub struct EvhdDisk {
     storage: Arc<dyn Storage>,
     path: Option<PathBuf>,
@@ -391,6 +400,27 @@ impl std::fmt::Debug for EvhdDisk {
             .field("size", &self.header.virtual_size)
             .field("locked", &self.state.is_none())
             .finish()
+    }
+}
+
+impl Drop for EvhdDisk {
+    fn drop(&mut self) {
+        let pending = self
+            .state
+            .as_ref()
+            .is_some_and(|s| !s.dirty.is_empty() || s.header_dirty);
+        if !self.writable || !pending {
+            return;
+        }
+        if let Err(e) = self.commit() {
+            let name = self
+                .path
+                .as_ref()
+                .map_or_else(|| "EVHD image".to_string(), |p| p.display().to_string());
+            eprintln!(
+                "vhdkit: warning: {name}: writes since the last flush were lost when the disk was dropped (call flush or close to see such errors): {e}"
+            );
+        }
     }
 }
 
@@ -485,7 +515,9 @@ impl EvhdDisk {
         opts: &crate::OpenOptions,
     ) -> Result<EvhdDisk> {
         let len = storage.len().map_err(io_err("EVHD file", 0))?;
-        let [a, b] = read_copies(storage.as_ref(), len);
+        let copies = read_copies(storage.as_ref(), len);
+        let assessment = fallback::assess(storage.as_ref(), &copies);
+        let [a, b] = copies;
         let mut warnings = Vec::new();
         let (current_copy, header, bytes) = match (a, b) {
             (Ok((ha, ba)), Ok((hb, bb))) => {
@@ -527,10 +559,33 @@ impl EvhdDisk {
             if opts.writable {
                 return Err(disk.key_required());
             }
+            disk.note_fallback(assessment.and_then(|a| a.verdict(None, &[])), opts);
             return Ok(disk);
         }
-        disk.unlock_and_load(bytes, &opts.keys, len)?;
+        if let Err(e) = disk.unlock_and_load(bytes, &opts.keys, len) {
+            return Err(fallback::explain(e, assessment));
+        }
+        let seq = disk.header.sequence;
+        disk.note_fallback(
+            assessment.and_then(|a| a.verdict(Some(seq), &opts.keys)),
+            opts,
+        );
         Ok(disk)
+    }
+
+    /// Record a fall back to the older header copy among the warnings
+    /// (and on stderr when `opts` asks for it).
+    fn note_fallback(&mut self, f: Option<fallback::Fallback>, opts: &crate::OpenOptions) {
+        if let Some(f) = f {
+            if opts.print_warnings {
+                let name = self
+                    .path
+                    .as_ref()
+                    .map_or_else(|| "EVHD image".to_string(), |p| p.display().to_string());
+                eprintln!("vhdkit: warning: {name}: {}", f.message);
+            }
+            self.warnings.push(f.message);
+        }
     }
 
     fn key_required(&self) -> Error {

@@ -275,6 +275,10 @@ impl Structure {
 }
 
 /// An open VHDX.
+///
+/// Call [`VirtualDisk::flush`] or [`VirtualDisk::close`] to learn whether
+/// writes were committed; dropping the disk closes it best effort and
+/// writes a failure to stderr (`vhdkit: warning: ...`).
 pub struct VhdxDisk {
     storage: LogView,
     path: Option<PathBuf>,
@@ -292,8 +296,16 @@ pub struct VhdxDisk {
 
 impl Drop for VhdxDisk {
     fn drop(&mut self) {
-        // Best effort; `close` reports errors.
-        let _ = self.close_session();
+        // Best effort; `close` reports errors, here only stderr can.
+        if let Err(e) = self.close_session() {
+            let name = self
+                .path
+                .as_ref()
+                .map_or_else(|| "VHDX image".to_string(), |p| p.display().to_string());
+            eprintln!(
+                "vhdkit: warning: {name}: closing the image when it was dropped failed (call flush or close to see such errors): {e}"
+            );
+        }
     }
 }
 
