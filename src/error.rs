@@ -38,6 +38,9 @@ pub enum ErrorKind {
     InvalidKey,
     /// A MAC or authentication tag did not verify: tampering, damage or a wrong key.
     Authentication,
+    /// An encrypted image is not signed, or not by a trusted key, and the
+    /// caller requires a trusted signature.
+    Untrusted,
 }
 
 impl ErrorKind {
@@ -57,6 +60,7 @@ impl ErrorKind {
             ErrorKind::KeyMismatch => "key-mismatch",
             ErrorKind::InvalidKey => "invalid-key",
             ErrorKind::Authentication => "authentication",
+            ErrorKind::Untrusted => "untrusted",
         }
     }
 }

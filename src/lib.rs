@@ -49,6 +49,12 @@ pub struct OpenOptions {
     pub parent_path: Option<PathBuf>,
     /// Private keys to try on encrypted (EVHD) images.
     pub keys: Vec<Arc<evhd::keys::PrivateKey>>,
+    /// Keys trusted to have signed an EVHD image, besides the public
+    /// halves of `keys`.
+    pub trust: Vec<evhd::keys::PublicKey>,
+    /// Refuse an EVHD image that is not signed by a trusted key
+    /// (`ErrorKind::Untrusted`); otherwise such an image opens with a warning.
+    pub require_signed: bool,
 }
 
 impl OpenOptions {
@@ -141,11 +147,9 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
     match detect(&storage) {
         Format::Vhd => vhd::check::check(&storage, &mut report, repair),
         Format::Vhdx => vhdx::check::check(&storage, &mut report, repair),
-        Format::Evhd => evhd::check::check(
-            Box::new(FileStorage::open(path, false)?),
-            &opts.keys,
-            &mut report,
-        ),
+        Format::Evhd => {
+            evhd::check::check_with(Box::new(FileStorage::open(path, false)?), opts, &mut report)
+        }
         _ => Ok(()),
     }
     .map_err(|e| e.with_path(path))?;
