@@ -3,6 +3,9 @@
 //! HMAC-SHA256 under `K_hdr` (to trust it once the key is known). The valid
 //! copy with the higher sequence number is current; a flush writes the
 //! other copy, so a torn header write leaves the previous one intact.
+//! Version 2 copies also carry an RSA-PSS signature over the MAC by one of
+//! the recipients' keys ([`SIGNER_OFFSET`], [`SIGNATURE_OFFSET`],
+//! [`signature`](super::signature)).
 //!
 //! Layout of a copy (little-endian): see `docs/evhd-format.md`, which this
 //! module implements field by field.

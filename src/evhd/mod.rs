@@ -1,4 +1,5 @@
-//! EVHD: vhdkit's encrypted virtual disk container (format version 1).
+//! EVHD: vhdkit's encrypted virtual disk container (format version 1, or
+//! 2 for headers signed by a recipient's key: [`signature`]).
 //!
 //! The container holds its own sparse, encrypted copy of the virtual disk's
 //! blocks. Layout of the file:
@@ -12,7 +13,8 @@
 //! | data offset (1 MiB aligned) | block size per slot | data slots |
 //!
 //! Keys are in [`keys`] (RSA key files) and [`cipher`] (the symmetric key
-//! hierarchy); recipients in [`recipient`]; `check` in [`check`]. The byte
+//! hierarchy); recipients in [`recipient`]; header signatures in
+//! [`signature`]; `check` in [`check`]. The byte
 //! layout is described in `docs/evhd-format.md`.
 
 pub mod check;
