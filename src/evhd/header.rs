@@ -5,7 +5,7 @@
 //! other copy, so a torn header write leaves the previous one intact.
 //! Version 2 copies also carry an RSA-PSS signature over the MAC by one of
 //! the recipients' keys ([`SIGNER_OFFSET`], [`SIGNATURE_OFFSET`],
-//! [`signature`](super::signature)).
+//! [`signature`]).
 //!
 //! Layout of a copy (little-endian): see `docs/evhd-format.md`, which this
 //! module implements field by field.
