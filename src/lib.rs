@@ -120,7 +120,24 @@ pub(crate) fn open_in_chain(
 ) -> Result<Box<dyn VirtualDisk>> {
     let chain = chain.enter(path).map_err(|e| e.with_path(path))?;
     let storage: Box<dyn Storage> = Box::new(FileStorage::open(path, opts.writable)?);
+    refuse_unsignable(storage.as_ref(), opts).map_err(|e| e.with_path(path))?;
     open_storage(storage, Some(path), opts, &chain).map_err(|e| e.with_path(path))
+}
+
+/// With `require_signed`, only an EVHD can be accepted: other formats
+/// carry no signature, so they are refused before anything is opened.
+fn refuse_unsignable(storage: &dyn Storage, opts: &OpenOptions) -> Result<()> {
+    let format = detect(storage);
+    if opts.require_signed && format != Format::Evhd {
+        return Err(Error::new(
+            ErrorKind::Untrusted,
+            format!(
+                "a {} image carries no signature; --require-signed accepts only signed EVHD images",
+                format.as_str()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Open an image held in `storage`; `path` (if any) locates its parent.

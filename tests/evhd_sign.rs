@@ -175,7 +175,7 @@ fn public_keys_only_image_is_unsigned() {
         vec!["read", s(&e), "--offset", "0", "--length", "1"],
         vec!["info", s(&e)],
         vec!["map", s(&e)],
-        vec!["compare", s(&src), s(&e)],
+        vec!["compare", s(&e), s(&e)],
         vec![
             "write",
             s(&e),
@@ -223,6 +223,22 @@ fn public_keys_only_image_is_unsigned() {
     // Without a key too.
     let err = fails(&["info", s(&e), "--require-signed"]);
     assert!(err.contains("not signed"), "{err}");
+    // Other formats carry no signature: refused before they are opened (a
+    // file swapped for a plain image must not pass).
+    let before = std::fs::read(&src).unwrap();
+    let err = fails(&[
+        "write",
+        s(&src),
+        "--offset",
+        "0",
+        "--pattern",
+        "7",
+        "--length",
+        "512",
+        "--require-signed",
+    ]);
+    assert!(err.contains("raw image carries no signature"), "{err}");
+    assert_eq!(std::fs::read(&src).unwrap(), before);
 }
 
 #[test]
@@ -385,13 +401,16 @@ fn images_written_by_a_trusted_key_holder_open_with_require_signed() {
     );
     assert_eq!(v["evhd"]["sequence"].as_u64().unwrap(), seq_before + 1);
     assert_eq!(v["evhd"]["signature"]["signer_short"], b.as_str());
+    // B's key, A trusted: both signed images compare equal.
     assert!(
         ok(&[
             "compare",
             "--key",
             s(&k.private[1]),
+            "--trust",
+            s(&k.public[0]),
             "--require-signed",
-            s(&d("src.raw")),
+            s(&d("conv.evhd")),
             s(&d("pub.evhd"))
         ])
         .stdout
