@@ -891,3 +891,46 @@ fn openssl_verifies_the_header_signature() {
         "openssl rejects a flipped one"
     );
 }
+
+/// A signed image crashed at every storage operation of a session of
+/// writes and flushes (by the key holder that signed it) still opens with
+/// `--require-signed` and a good signature: signing happens before the
+/// journal and header writes, so no crash leaves a header unsigned or
+/// with a signature that does not match it.
+#[test]
+fn a_crash_at_any_operation_leaves_a_signed_image() {
+    use common::{CrashMode, FaultStorage};
+    let [a, _] = lib_keys();
+    let mem = Arc::new(MemStorage::new());
+    drop(
+        EvhdBuilder::new(SIZE)
+            .block_size(BS)
+            .recipient(a.public().clone(), "alpha")
+            .signer(a.clone())
+            .create(Box::new(mem.clone()), None)
+            .unwrap(),
+    );
+    let base = mem.to_vec();
+    let session = |fs: &FaultStorage| -> vhdkit::Result<()> {
+        let o = OpenOptions::new().writable(true).key(a.clone());
+        let mut d = EvhdDisk::open(Box::new(fs.clone()), None, &o)?;
+        for i in 0..4u64 {
+            d.write_at(&vec![i as u8 + 1; 3 * BS as usize], i * 5 * BS + 512)?;
+            d.flush()?;
+        }
+        d.sign().map(|_| ())
+    };
+    let probe = FaultStorage::new(base.clone(), u64::MAX, CrashMode::Prefix { tear: false }, 0);
+    session(&probe).unwrap();
+    let total = probe.count();
+    assert!(total > 20, "{total} storage operations");
+    for mode in [CrashMode::Prefix { tear: true }, CrashMode::Subset] {
+        for at in 0..=total {
+            let fs = FaultStorage::new(base.clone(), at, mode, at ^ 0x51);
+            let _ = session(&fs);
+            let d = open(fs.durable(), 0, true)
+                .unwrap_or_else(|e| panic!("{mode:?} crash at {at}/{total}: {e}"));
+            assert!(d.signature().is_trusted(), "{mode:?} at {at}");
+        }
+    }
+}
