@@ -934,3 +934,76 @@ fn a_crash_at_any_operation_leaves_a_signed_image() {
         }
     }
 }
+
+/// A master-key holder who signs as a key that is not a recipient (here:
+/// C, removed from the stanzas of a header C re-MACs and signs itself) is
+/// refused as tampering, with or without `require_signed`, key or no key.
+#[test]
+fn a_signer_that_is_not_a_recipient_is_refused() {
+    let [a, _] = lib_keys();
+    let c = Arc::new(
+        KeyFile::read(&keys().private[2])
+            .and_then(KeyFile::into_private)
+            .unwrap(),
+    );
+    let mem = Arc::new(MemStorage::new());
+    let mut d = EvhdBuilder::new(SIZE)
+        .block_size(BS)
+        .recipient(a.public().clone(), "alpha")
+        .recipient(c.public().clone(), "carol")
+        .signer(c.clone())
+        .create(Box::new(mem.clone()), None)
+        .unwrap();
+    d.write_at(&[0x44; BS as usize], 0).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    let mut img = mem.to_vec();
+    let (_, base) = current_copy(&img);
+    let mut h = Header::decode(
+        &img[base..base + HEADER_SIZE],
+        base as u64,
+        img.len() as u64,
+    )
+    .unwrap();
+    let stanza = h.recipients.iter().find(|s| s.label == "carol").unwrap();
+    let mk = vhdkit::evhd::cipher::MasterKey::from_unwrapped(
+        &c.unwrap_key(&stanza.wrapped).unwrap(),
+        &h.container_id,
+    )
+    .unwrap();
+    // Drop C's stanza, write the header unsigned, then make it a version 2
+    // copy naming C as signer, MAC'd and signed by C.
+    h.recipients.retain(|s| s.label != "carol");
+    let mut b = h.encode(&mk).unwrap();
+    b[8..12].copy_from_slice(&header::VERSION_SIGNED.to_le_bytes());
+    b[SIGNER_OFFSET..SIGNER_OFFSET + 32].copy_from_slice(&c.fingerprint().0);
+    b[SIGNER_OFFSET + 32..SIGNER_OFFSET + 34].copy_from_slice(&256u16.to_le_bytes());
+    b[SIGNER_OFFSET + 34..SIGNER_OFFSET + 36]
+        .copy_from_slice(&signature::SCHEME_RSA_PSS_SHA256.to_le_bytes());
+    b[SIGNATURE_OFFSET..].fill(0);
+    let mac = header::compute_mac(&b, &mk);
+    b[MAC_OFFSET..].copy_from_slice(&mac);
+    let msg = signature::message(&h.container_id, h.sequence, &c.fingerprint(), &mac);
+    let sig = c.sign_pss(&msg).unwrap();
+    b[SIGNATURE_OFFSET..SIGNATURE_OFFSET + sig.len()].copy_from_slice(&sig);
+    let crc = header::compute_crc(&b);
+    b[header::CRC_OFFSET..header::CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+    img[base..base + HEADER_SIZE].copy_from_slice(&b);
+    // Sanity: the forged copy decodes and its MAC verifies under MK.
+    let forged = Header::decode(&b, base as u64, img.len() as u64).unwrap();
+    assert!(header::verify_mac(&b, &mk));
+    assert_eq!(forged.signer.as_ref().unwrap().fingerprint, c.fingerprint());
+    for require in [false, true] {
+        let e = open(img.clone(), 0, require).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Authentication, "{e}");
+        assert!(e.to_string().contains("not one of its recipients"), "{e}");
+        assert!(e.to_string().contains(&c.fingerprint().short()), "{e}");
+    }
+    let e = EvhdDisk::open(
+        Box::new(MemStorage::from_vec(img.clone())),
+        None,
+        &OpenOptions::new(),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Authentication, "{e}");
+}
