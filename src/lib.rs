@@ -127,8 +127,11 @@ pub(crate) fn open_in_chain(
 /// With `require_signed`, only an EVHD can be accepted: other formats
 /// carry no signature, so they are refused before anything is opened.
 fn refuse_unsignable(storage: &dyn Storage, opts: &OpenOptions) -> Result<()> {
+    if !opts.require_signed {
+        return Ok(());
+    }
     let format = detect(storage);
-    if opts.require_signed && format != Format::Evhd {
+    if format != Format::Evhd {
         return Err(Error::new(
             ErrorKind::Untrusted,
             format!(
