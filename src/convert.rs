@@ -183,6 +183,9 @@ pub fn create_in(
             for (k, l) in &o.recipients {
                 b = b.recipient(k.clone(), l);
             }
+            if let Some(k) = &o.signer {
+                b = b.signer(k.clone());
+            }
             Ok(Box::new(b.create(storage, path.map(Path::to_path_buf))?))
         }
         Format::Vhdx => {

@@ -41,6 +41,9 @@ pub enum ErrorKind {
     /// The image is locked by another program (or another open in this one)
     /// that is using it: a writer beside anything, or a reader beside a writer.
     InUse,
+    /// An encrypted image is not signed, or not by a trusted key, and the
+    /// caller requires a trusted signature.
+    Untrusted,
 }
 
 impl ErrorKind {
@@ -61,6 +64,7 @@ impl ErrorKind {
             ErrorKind::InvalidKey => "invalid-key",
             ErrorKind::Authentication => "authentication",
             ErrorKind::InUse => "in-use",
+            ErrorKind::Untrusted => "untrusted",
         }
     }
 }

@@ -12,6 +12,7 @@ use vhdkit::convert::{self, ImageSpec};
 use vhdkit::evhd::cipher::CipherId;
 use vhdkit::evhd::header::Origin;
 use vhdkit::evhd::keys::{DEFAULT_BITS, KeyFile, PrivateKey, PublicKey};
+use vhdkit::evhd::signature::Status;
 use vhdkit::report::{self, DiskType, Format};
 use vhdkit::size::parse_size;
 use vhdkit::{Error, ErrorKind, OpenOptions, VirtualDisk};
@@ -47,6 +48,13 @@ struct ParentArgs {
     /// inspect an image in use (what is read may be inconsistent).
     #[arg(short = 'U', long)]
     force_share: bool,
+    /// Trust EVHD images signed by this key (public or private, KeyPair.xml or PEM); repeatable.
+    /// The keys given with --key are trusted too.
+    #[arg(long = "trust", value_name = "PUB", value_parser = parse_public_key)]
+    trust: Vec<PublicKey>,
+    /// Refuse an EVHD image that is not signed by a trusted key.
+    #[arg(long)]
+    require_signed: bool,
 }
 
 impl ParentArgs {
@@ -58,6 +66,8 @@ impl ParentArgs {
             .format(self.image_format.map(Format::from))
             .force_share(self.force_share);
         o.keys = self.key.clone();
+        o.trust = self.trust.clone();
+        o.require_signed = self.require_signed;
         o
     }
 
@@ -145,6 +155,26 @@ fn refuse_force_share(force_share: bool, image: &Path, what: &str) -> Result<(),
     Ok(())
 }
 
+/// The public half of a key file given on the command line.
+fn parse_public_key(s: &str) -> Result<PublicKey, String> {
+    KeyFile::read(Path::new(s))
+        .map(|k| k.public().clone())
+        .map_err(|e| e.to_string())
+}
+
+/// Print the warning about an EVHD image's signature (unsigned, or by an
+/// untrusted key) on stderr; `info` and `check` show it too.
+fn warn_signature(disk: &dyn VirtualDisk, path: &Path) {
+    if let Some(w) = disk
+        .info()
+        .evhd
+        .as_ref()
+        .and_then(|e| e["signature"]["warning"].as_str().map(str::to_string))
+    {
+        eprintln!("vhdkit: warning: {}: {w}", path.display());
+    }
+}
+
 /// A private key given on the command line, loaded while parsing.
 fn parse_private_key(s: &str) -> Result<Arc<PrivateKey>, String> {
     KeyFile::read(Path::new(s))
@@ -159,6 +189,8 @@ fn parse_private_key(s: &str) -> Result<Arc<PrivateKey>, String> {
 struct RecipientArg {
     key: PublicKey,
     name: String,
+    /// The private key, when the file holds one: `convert` signs with it.
+    private: Option<Arc<PrivateKey>>,
 }
 
 fn parse_recipient(s: &str) -> Result<RecipientArg, String> {
@@ -166,6 +198,10 @@ fn parse_recipient(s: &str) -> Result<RecipientArg, String> {
     let key = KeyFile::read(path).map_err(|e| e.to_string())?;
     Ok(RecipientArg {
         key: key.public().clone(),
+        private: match key {
+            KeyFile::Private(k) => Some(Arc::new(*k)),
+            KeyFile::Public(_) => None,
+        },
         name: path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -177,6 +213,7 @@ fn parse_recipient(s: &str) -> Result<RecipientArg, String> {
 #[derive(Args, Clone, Default)]
 struct RecipientArgs {
     /// EVHD output: a recipient's public or private key (KeyPair.xml or PEM); repeatable.
+    /// The first one given as a private key signs the image.
     #[arg(long = "recipient", value_name = "PUB", value_parser = parse_recipient)]
     recipient: Vec<RecipientArg>,
     /// Label of the recipient in the same position (default: the key file's name).
@@ -194,6 +231,11 @@ impl RecipientArgs {
                 (r.key.clone(), label)
             })
             .collect()
+    }
+
+    /// The key that signs a new EVHD: the first recipient given as a private key.
+    fn signer(&self) -> Option<Arc<PrivateKey>> {
+        self.recipient.iter().find_map(|r| r.private.clone())
     }
 }
 
@@ -355,6 +397,13 @@ enum Command {
     Recipients {
         #[command(subcommand)]
         cmd: RecipientsCmd,
+    },
+    /// Sign an EVHD's current state with a recipient's private key (a commit that changes no data).
+    Sign {
+        image: PathBuf,
+        /// Private key of a recipient: it signs.
+        #[arg(long = "key", value_name = "KEY", value_parser = parse_private_key, required = true)]
+        key: Vec<Arc<PrivateKey>>,
     },
     /// Give an EVHD a new master key and re-encrypt every block (resumable).
     Rekey {
@@ -552,6 +601,7 @@ fn run(cmd: Command) -> Outcome {
             let disk = parent
                 .open(&image, &parent.options().allow_missing_parent(true))
                 .map_err(fail1)?;
+            warn_signature(disk.as_ref(), &image);
             emit(json, &disk.info(), report::write_info_text)?;
             Ok(0)
         }
@@ -580,6 +630,7 @@ fn run(cmd: Command) -> Outcome {
             let disk = parent
                 .open(&image, &parent.options().allow_missing_parent(true))
                 .map_err(fail1)?;
+            warn_signature(disk.as_ref(), &image);
             let extents = disk
                 .map(0, disk.virtual_size())
                 .map_err(|e| fail1(e.with_path(&image)))?;
@@ -652,6 +703,7 @@ fn run(cmd: Command) -> Outcome {
         } => {
             parent.warn_force_share(&[&src]);
             let disk = parent.open(&src, &parent.options()).map_err(fail1)?;
+            warn_signature(disk.as_ref(), &src);
             let src_info = disk.info();
             let origin = Origin::from_info(&src_info);
             let size = disk.virtual_size();
@@ -719,6 +771,7 @@ fn run(cmd: Command) -> Outcome {
                         recipients: recipients.list(),
                         cipher: cipher.into(),
                         origin: Origin::of(&src_info),
+                        signer: recipients.signer(),
                     });
                 }
                 match base {
@@ -763,6 +816,8 @@ fn run(cmd: Command) -> Outcome {
                 .map_err(|e| (e, 2))?;
             let da = vhdkit::open(&a, &opts).map_err(|e| (e, 2))?;
             let db = vhdkit::open(&b, &opts).map_err(|e| (e, 2))?;
+            warn_signature(da.as_ref(), &a);
+            warn_signature(db.as_ref(), &b);
             let diff = convert::first_difference(&Named(da.as_ref(), &a), &Named(db.as_ref(), &b));
             match diff.map_err(|e| (e, 2))? {
                 None => {
@@ -793,6 +848,7 @@ fn run(cmd: Command) -> Outcome {
         } => {
             parent.warn_force_share(&[&image]);
             let disk = parent.open(&image, &parent.options()).map_err(fail1)?;
+            warn_signature(disk.as_ref(), &image);
             let offset = parse_size(&offset).map_err(fail1)?;
             let length = parse_size(&length).map_err(fail1)?;
             vhdkit::disk::check_range(disk.virtual_size(), offset, 0)
@@ -848,6 +904,7 @@ fn run(cmd: Command) -> Outcome {
             let mut disk = parent
                 .open(&image, &parent.options().writable(true))
                 .map_err(fail1)?;
+            warn_signature(disk.as_ref(), &image);
             let data = match (input, pattern) {
                 (Some(f), None) => {
                     let mut v = Vec::new();
@@ -893,6 +950,28 @@ fn run(cmd: Command) -> Outcome {
         }
         Command::Key { cmd } => run_key(cmd),
         Command::Recipients { cmd } => run_recipients(cmd),
+        Command::Sign { image, key } => {
+            let mut disk = open_evhd(&image, key, true, false)?;
+            let before = match disk.signature() {
+                Status::Unsigned => "unsigned".to_string(),
+                Status::Signed {
+                    fingerprint, label, ..
+                } => format!("signed by {} {label:?}", fingerprint.short()),
+            };
+            let fp = disk.sign().map_err(|e| fail1(e.with_path(&image)))?;
+            let label = disk
+                .recipients()
+                .iter()
+                .find(|s| s.key.fingerprint() == fp)
+                .map(|s| s.label.clone())
+                .unwrap_or_default();
+            println!(
+                "signed by {}  {label}  (sequence {}; was {before})",
+                fp.short(),
+                disk.header().sequence
+            );
+            Ok(0)
+        }
         Command::Rekey { image, key, quiet } => {
             let mut opts = OpenOptions::new().writable(true);
             opts.keys = key;

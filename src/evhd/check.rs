@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::fallback::{self, Fallback};
 use super::header::{COPY_OFFSETS, Header};
 use super::keys::PrivateKey;
+use super::signature::Status;
 use super::{EvhdDisk, journal, read_copies};
 use crate::error::Result;
 use crate::io::{Storage, io_err, read_struct};
@@ -25,6 +26,30 @@ pub fn check(
     keys: &[Arc<PrivateKey>],
     report: &mut CheckReport,
 ) -> Result<()> {
+    let opts = crate::OpenOptions {
+        keys: keys.to_vec(),
+        ..Default::default()
+    };
+    check_with(storage, &opts, report)
+}
+
+/// [`check`] with the keys, trusted keys and signature requirement of
+/// `opts`: an image not signed by a trusted key is an error finding when
+/// `opts.require_signed`, else an info finding that warns; a signature that
+/// does not verify is always an error.
+pub fn check_with(
+    storage: Box<dyn Storage>,
+    opts: &crate::OpenOptions,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let keys = &opts.keys[..];
+    // Open without the requirement, so that the blocks are still checked;
+    // the signature is judged as a finding.
+    let lenient = crate::OpenOptions {
+        keys: keys.to_vec(),
+        trust: opts.trust.clone(),
+        ..Default::default()
+    };
     let len = storage.len().map_err(io_err("EVHD file", 0))?;
     let copies = read_copies(storage.as_ref(), len);
     for (i, c) in copies.iter().enumerate() {
@@ -59,13 +84,18 @@ pub fn check(
         report.not_checked.push(
             "header MACs, epoch keys, block table pages (MACs, table root) and data blocks (authentication tags): they need the private key of a recipient (--key)".to_string(),
         );
+        match EvhdDisk::open(storage, None, &lenient) {
+            Ok(d) => report_signature(d.signature(), opts.require_signed, report),
+            Err(e) => report.add(
+                Severity::Error,
+                e.structure().unwrap_or("EVHD"),
+                e.offset(),
+                e.message().to_string(),
+            ),
+        }
         return Ok(());
     }
-    let opts = crate::OpenOptions {
-        keys: keys.to_vec(),
-        ..Default::default()
-    };
-    let disk = match EvhdDisk::open(storage, None, &opts) {
+    let disk = match EvhdDisk::open(storage, None, &lenient) {
         Ok(d) => d,
         Err(e) => {
             report.add(
@@ -81,6 +111,7 @@ pub fn check(
     if let Some(f) = &f {
         add_fallback(report, f);
     }
+    report_signature(disk.signature(), opts.require_signed, report);
     for w in disk.warnings() {
         if w.contains("journal") && f.as_ref().is_none_or(|f| &f.message != w) {
             report.add(
@@ -188,5 +219,37 @@ fn check_journal(
         Ok(None) => report
             .checked
             .push("journal: no complete record (nothing to replay)".to_string()),
+    }
+}
+
+/// The finding for who signed the image.
+fn report_signature(status: &Status, require_signed: bool, report: &mut CheckReport) {
+    const WHAT: &str = "EVHD header signature";
+    match status {
+        Status::Signed {
+            fingerprint,
+            label,
+            trusted: true,
+        } => report.add(
+            Severity::Info,
+            WHAT,
+            None,
+            format!("signed by trusted key {} ({label:?})", fingerprint.short()),
+        ),
+        _ if require_signed => report.add(
+            Severity::Error,
+            WHAT,
+            None,
+            format!(
+                "{} (--require-signed)",
+                status.problem().unwrap_or_default()
+            ),
+        ),
+        _ => report.add(
+            Severity::Info,
+            WHAT,
+            None,
+            format!("warning: {}", status.warning().unwrap_or_default()),
+        ),
     }
 }

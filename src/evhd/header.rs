@@ -3,6 +3,9 @@
 //! HMAC-SHA256 under `K_hdr` (to trust it once the key is known). The valid
 //! copy with the higher sequence number is current; a flush writes the
 //! other copy, so a torn header write leaves the previous one intact.
+//! Version 2 copies also carry an RSA-PSS signature over the MAC by one of
+//! the recipients' keys ([`SIGNER_OFFSET`], [`SIGNATURE_OFFSET`],
+//! [`signature`]).
 //!
 //! Layout of a copy (little-endian): see `docs/evhd-format.md`, which this
 //! module implements field by field.
@@ -10,14 +13,22 @@
 use uuid::Uuid;
 
 use super::cipher::{CipherId, KEY_LEN, MasterKey, NONCE_LEN, TAG_LEN, ct_eq, hmac_sha256};
+use super::keys::{Fingerprint, MAX_BITS, MIN_BITS, PrivateKey};
 use super::recipient::Stanza;
+use super::signature;
 use crate::error::{Error, Result};
 use crate::report::{DiskType, Format};
 
 /// Signature at byte 0 of each header copy.
 pub const MAGIC: [u8; 8] = *b"EVHDCRPT";
-/// The format version this library reads and writes.
-pub const VERSION: u32 = 1;
+/// The newest format version this library reads and writes.
+pub const VERSION: u32 = VERSION_SIGNED;
+/// Version of an unsigned header: no signer record, stanzas may run up
+/// to the MAC.
+pub const VERSION_UNSIGNED: u32 = 1;
+/// Version of a signed header: signer record at [`SIGNER_OFFSET`],
+/// signature at [`SIGNATURE_OFFSET`] (see [`signature`]).
+pub const VERSION_SIGNED: u32 = 2;
 /// Bytes of one header copy.
 pub const HEADER_SIZE: usize = 64 << 10;
 /// File offsets of copies A and B.
@@ -35,6 +46,20 @@ pub const EPOCH_KEY_RECORD: usize = 72;
 pub const MAX_EPOCH_KEYS: usize = 10;
 /// Offset of the recipient stanzas.
 pub const RECIPIENTS_OFFSET: usize = 1024;
+/// Offset of the signer record of a signed (version 2) header: the
+/// signer's key fingerprint (32 bytes), the signature length (u16) and the
+/// signature scheme (u16), in bytes that are zero in version 1.
+pub const SIGNER_OFFSET: usize = 196;
+/// Bytes of the signer record; the rest up to 256 stays zero.
+pub const SIGNER_RECORD: usize = 36;
+/// Largest signature: as long as the largest modulus.
+pub const MAX_SIGNATURE: usize = MAX_BITS / 8;
+/// Smallest signature: as long as the smallest modulus.
+pub const MIN_SIGNATURE: usize = MIN_BITS / 8;
+/// Offset of the signature area of a signed header, right before the MAC:
+/// the signature, then zeros. It is zeroed for the MAC (the signature is
+/// over the MAC) and covered by the CRC.
+pub const SIGNATURE_OFFSET: usize = MAC_OFFSET - MAX_SIGNATURE;
 /// Most recipients: keeps unwrapping attempts and the header size bounded.
 pub const MAX_RECIPIENTS: usize = 32;
 /// Smallest and largest block shift: 4 KiB to 1 MiB blocks.
@@ -115,6 +140,15 @@ pub struct EpochKey {
     pub wrapped: [u8; KEY_LEN + TAG_LEN],
 }
 
+/// The signer record and signature of a signed (version 2) header copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignerRecord {
+    /// Fingerprint of the signing key: one of the recipients.
+    pub fingerprint: Fingerprint,
+    /// RSA-PSS signature, as long as the signer's modulus (see [`signature`]).
+    pub signature: Vec<u8>,
+}
+
 /// One header copy, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
@@ -158,6 +192,9 @@ pub struct Header {
     pub epoch_keys: Vec<EpochKey>,
     /// Recipients of the master key.
     pub recipients: Vec<Stanza>,
+    /// Who signed this copy (`None`: an unsigned version 1 copy). Written
+    /// by [`Header::encode_signed`]; [`Header::encode`] writes unsigned.
+    pub signer: Option<SignerRecord>,
 }
 
 fn u16_at(b: &[u8], o: usize) -> u16 {
@@ -177,14 +214,19 @@ pub fn compute_crc(buf: &[u8]) -> u32 {
     crc32c::crc32c_append(c, &buf[CRC_OFFSET + 4..])
 }
 
-/// HMAC-SHA256 under `K_hdr` of bytes 0..65504 with the CRC field zeroed.
+/// HMAC-SHA256 under `K_hdr` of bytes 0..65504 with the CRC field zeroed
+/// and, in a signed (version 2) copy, the signature area zeroed.
 pub fn compute_mac(buf: &[u8], mk: &MasterKey) -> [u8; 32] {
+    let signed = u32_at(buf, 8) == VERSION_SIGNED;
+    let end = if signed { SIGNATURE_OFFSET } else { MAC_OFFSET };
+    let zeros = [0u8; MAX_SIGNATURE];
     hmac_sha256(
         &mk.header_mac,
         &[
             &buf[..CRC_OFFSET],
             &[0u8; 4],
-            &buf[CRC_OFFSET + 4..MAC_OFFSET],
+            &buf[CRC_OFFSET + 4..end],
+            if signed { &zeros[..] } else { &[] },
         ],
     )
 }
@@ -215,11 +257,71 @@ impl Header {
         self.data_offset + (slot - 1) * self.block_size()
     }
 
-    /// Encode a copy, MAC'd under `mk` and checksummed.
+    /// Encode an unsigned (version 1) copy, MAC'd under `mk` and
+    /// checksummed. `self.signer` is ignored.
     pub fn encode(&self, mk: &MasterKey) -> Result<Vec<u8>> {
+        let mut b = self.encode_fields(VERSION_UNSIGNED, MAC_OFFSET)?;
+        let mac = compute_mac(&b, mk);
+        b[MAC_OFFSET..].copy_from_slice(&mac);
+        let crc = compute_crc(&b);
+        b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+        Ok(b)
+    }
+
+    /// Encode a signed (version 2) copy: MAC'd under `mk`, the MAC signed
+    /// by `key` (which must be one of the recipients), checksummed. Returns
+    /// the bytes and the signer record they hold.
+    pub fn encode_signed(
+        &self,
+        mk: &MasterKey,
+        key: &PrivateKey,
+    ) -> Result<(Vec<u8>, SignerRecord)> {
+        let fp = key.fingerprint();
+        if !self.recipients.iter().any(|s| s.key.fingerprint() == fp) {
+            return Err(Error::invalid_argument(format!(
+                "key {} signs this header but is not one of its recipients",
+                fp.short()
+            )));
+        }
+        let len = key.public().modulus_len();
+        if !(MIN_SIGNATURE..=MAX_SIGNATURE).contains(&len) {
+            return Err(Error::invalid_argument(format!(
+                "a signature of {len} bytes; expected {MIN_SIGNATURE} to {MAX_SIGNATURE}"
+            )));
+        }
+        let mut b = self.encode_fields(VERSION_SIGNED, SIGNATURE_OFFSET)?;
+        b[SIGNER_OFFSET..SIGNER_OFFSET + 32].copy_from_slice(&fp.0);
+        b[SIGNER_OFFSET + 32..SIGNER_OFFSET + 34].copy_from_slice(&(len as u16).to_le_bytes());
+        b[SIGNER_OFFSET + 34..SIGNER_OFFSET + 36]
+            .copy_from_slice(&signature::SCHEME_RSA_PSS_SHA256.to_le_bytes());
+        let mac = compute_mac(&b, mk);
+        b[MAC_OFFSET..].copy_from_slice(&mac);
+        let msg = signature::message(&self.container_id, self.sequence, &fp, &mac);
+        let sig = key.sign_pss(&msg)?;
+        if sig.len() != len {
+            return Err(Error::invalid_argument(format!(
+                "RSA-PSS signature of {} bytes; the key's modulus has {len}",
+                sig.len()
+            )));
+        }
+        b[SIGNATURE_OFFSET..SIGNATURE_OFFSET + len].copy_from_slice(&sig);
+        let crc = compute_crc(&b);
+        b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+        Ok((
+            b,
+            SignerRecord {
+                fingerprint: fp,
+                signature: sig,
+            },
+        ))
+    }
+
+    /// The fields and stanzas of a copy of `version`, the stanzas ending
+    /// by `stanzas_end`; no MAC, signature or CRC yet.
+    fn encode_fields(&self, version: u32, stanzas_end: usize) -> Result<Vec<u8>> {
         let mut b = vec![0u8; HEADER_SIZE];
         b[0..8].copy_from_slice(&MAGIC);
-        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&version.to_le_bytes());
         b[16..24].copy_from_slice(&self.sequence.to_le_bytes());
         b[24..40].copy_from_slice(&self.container_id);
         b[40..48].copy_from_slice(&self.virtual_size.to_le_bytes());
@@ -270,19 +372,20 @@ impl Header {
         for s in &self.recipients {
             s.encode(&mut stanzas);
         }
-        if stanzas.len() > MAC_OFFSET - RECIPIENTS_OFFSET {
+        if stanzas.len() > stanzas_end - RECIPIENTS_OFFSET {
             return Err(Error::invalid_argument(format!(
-                "recipient stanzas take {} bytes; the header has room for {}",
+                "recipient stanzas take {} bytes; the header has room for {}{}",
                 stanzas.len(),
-                MAC_OFFSET - RECIPIENTS_OFFSET
+                stanzas_end - RECIPIENTS_OFFSET,
+                if version == VERSION_SIGNED {
+                    " beside the signature (remove a recipient)"
+                } else {
+                    ""
+                }
             )));
         }
         b[96..100].copy_from_slice(&(stanzas.len() as u32).to_le_bytes());
         b[RECIPIENTS_OFFSET..RECIPIENTS_OFFSET + stanzas.len()].copy_from_slice(&stanzas);
-        let mac = compute_mac(&b, mk);
-        b[MAC_OFFSET..].copy_from_slice(&mac);
-        let crc = compute_crc(&b);
-        b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
         Ok(b)
     }
 
@@ -303,11 +406,13 @@ impl Header {
             ));
         }
         let version = u32_at(b, 8);
-        if version != VERSION {
+        if version != VERSION_UNSIGNED && version != VERSION_SIGNED {
             return Err(Error::unsupported(
                 STRUCTURE,
                 at + 8,
-                format!("format version {version}; this library reads version {VERSION}"),
+                format!(
+                    "format version {version}; this library reads versions {VERSION_UNSIGNED} and {VERSION_SIGNED}"
+                ),
             ));
         }
         let stored = u32_at(b, CRC_OFFSET);
@@ -380,6 +485,7 @@ impl Header {
             },
             epoch_keys: Vec::new(),
             recipients: Vec::new(),
+            signer: None,
         };
         // Layout: journal, table and data in order, inside what the file
         // can hold, so nothing hostile sizes an allocation (the slot count
@@ -450,9 +556,15 @@ impl Header {
                 format!("current epoch {} has no key record", h.epoch),
             ));
         }
+        let stanzas_end = if version == VERSION_SIGNED {
+            h.signer = Some(decode_signer(b, at)?);
+            SIGNATURE_OFFSET
+        } else {
+            MAC_OFFSET
+        };
         let count = u16_at(b, 94) as usize;
         let len = u32_at(b, 96) as usize;
-        if count == 0 || count > MAX_RECIPIENTS || len > MAC_OFFSET - RECIPIENTS_OFFSET {
+        if count == 0 || count > MAX_RECIPIENTS || len > stanzas_end - RECIPIENTS_OFFSET {
             return Err(bad(
                 94,
                 format!(
@@ -477,4 +589,57 @@ impl Header {
         }
         Ok(h)
     }
+}
+
+/// The signer record and signature of a signed copy `b` read at `at`:
+/// the scheme known, the length in range and the rest of the signature
+/// area zero (it is outside the MAC, so nothing there may go unchecked).
+/// Whether the signer is a recipient and the signature verifies is
+/// [`signature::verify`]'s business.
+fn decode_signer(b: &[u8], at: u64) -> Result<SignerRecord> {
+    let bad = |o: usize, msg: String| Error::corrupt(STRUCTURE, at + o as u64, msg);
+    let len = u16_at(b, SIGNER_OFFSET + 32) as usize;
+    let scheme = u16_at(b, SIGNER_OFFSET + 34);
+    if scheme != signature::SCHEME_RSA_PSS_SHA256 {
+        return Err(Error::unsupported(
+            STRUCTURE,
+            at + (SIGNER_OFFSET + 34) as u64,
+            format!(
+                "signature scheme {scheme}; expected {} (RSA-PSS-SHA256)",
+                signature::SCHEME_RSA_PSS_SHA256
+            ),
+        ));
+    }
+    if !(MIN_SIGNATURE..=MAX_SIGNATURE).contains(&len) {
+        return Err(bad(
+            SIGNER_OFFSET + 32,
+            format!("signature of {len} bytes; expected {MIN_SIGNATURE} to {MAX_SIGNATURE}"),
+        ));
+    }
+    if let Some(i) = b[SIGNER_OFFSET + SIGNER_RECORD..EPOCH_KEYS_OFFSET]
+        .iter()
+        .position(|&x| x != 0)
+    {
+        return Err(bad(
+            SIGNER_OFFSET + SIGNER_RECORD + i,
+            "reserved byte after the signer record is not zero".into(),
+        ));
+    }
+    if let Some(i) = b[SIGNATURE_OFFSET + len..MAC_OFFSET]
+        .iter()
+        .position(|&x| x != 0)
+    {
+        return Err(bad(
+            SIGNATURE_OFFSET + len + i,
+            format!("byte after the {len}-byte signature is not zero"),
+        ));
+    }
+    Ok(SignerRecord {
+        fingerprint: Fingerprint(
+            b[SIGNER_OFFSET..SIGNER_OFFSET + 32]
+                .try_into()
+                .expect("32 bytes"),
+        ),
+        signature: b[SIGNATURE_OFFSET..SIGNATURE_OFFSET + len].to_vec(),
+    })
 }

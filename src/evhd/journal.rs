@@ -15,7 +15,7 @@
 //! | 40 | 8 | number of pages P |
 //! | 48 | 8 | record length in bytes |
 //! | 56 | 4040 | zero |
-//! | 4096 | 65536 | the new header copy (with its own CRC and MAC) |
+//! | 4096 | 65536 | the new header copy (with its own CRC, MAC and, in version 2, signature) |
 //! | 69632 | 8 P, padded to 4 KiB | u64 table page index of each page |
 //! | ... | 4096 P | the pages |
 //!

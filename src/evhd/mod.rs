@@ -1,4 +1,5 @@
-//! EVHD: vhdkit's encrypted virtual disk container (format version 1).
+//! EVHD: vhdkit's encrypted virtual disk container (format version 1, or
+//! 2 for headers signed by a recipient's key: [`signature`]).
 //!
 //! The container holds its own sparse, encrypted copy of the virtual disk's
 //! blocks. Layout of the file:
@@ -12,8 +13,9 @@
 //! | data offset (1 MiB aligned) | block size per slot | data slots |
 //!
 //! Keys are in [`keys`] (RSA key files) and [`cipher`] (the symmetric key
-//! hierarchy); recipients in [`recipient`]; `check` in [`check`]; a fall
-//! back to the older header copy that nothing confirms in [`fallback`]. The byte
+//! hierarchy); recipients in [`recipient`]; header signatures in
+//! [`signature`]; `check` in [`check`]; a fall back to the older header
+//! copy that nothing confirms in [`fallback`]. The byte
 //! layout is described in `docs/evhd-format.md`.
 
 pub mod check;
@@ -23,6 +25,7 @@ pub mod header;
 pub mod journal;
 pub mod keys;
 pub mod recipient;
+pub mod signature;
 pub mod table;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,6 +48,7 @@ use cipher::{CipherId, DataKey, MasterKey, NONCE_LEN, block_aad, random_bytes, r
 use header::{COPY_OFFSETS, EpochKey, HEADER_SIZE, Header, Origin};
 use keys::{Fingerprint, PrivateKey, PublicKey};
 use recipient::Stanza;
+use signature::Status;
 use table::{ENTRIES_PER_PAGE, Entry, PAGE_SIZE};
 
 /// File offset of the journal: right after the two header copies.
@@ -117,6 +121,9 @@ pub struct EvhdOptions {
     pub cipher: CipherId,
     /// What the content was converted from.
     pub origin: Origin,
+    /// A recipient's private key that signs every commit (`None`: the
+    /// image stays unsigned until a key holder writes or signs it).
+    pub signer: Option<Arc<PrivateKey>>,
 }
 
 /// Creates a container: consuming setters, then [`EvhdBuilder::create`].
@@ -129,6 +136,7 @@ pub struct EvhdBuilder {
     origin: Origin,
     logical_sector_size: u32,
     physical_sector_size: u32,
+    signer: Option<Arc<PrivateKey>>,
 }
 
 impl EvhdBuilder {
@@ -142,7 +150,15 @@ impl EvhdBuilder {
             origin: Origin::default(),
             logical_sector_size: 512,
             physical_sector_size: 512,
+            signer: None,
         }
+    }
+
+    /// Sign every commit (the first header included) with `key`, the
+    /// private key of one of the recipients.
+    pub fn signer(mut self, key: Arc<PrivateKey>) -> Self {
+        self.signer = Some(key);
+        self
     }
 
     /// Block size: a power of two from 4 KiB to 1 MiB.
@@ -212,6 +228,14 @@ impl EvhdBuilder {
                 "the same recipient key is given twice",
             ));
         }
+        if let Some(k) = &self.signer
+            && !fps.contains(&k.fingerprint().0)
+        {
+            return Err(Error::invalid_argument(format!(
+                "the signing key {} is not one of the recipients; sign with a recipient's private key",
+                k.fingerprint().short()
+            )));
+        }
         let mut container_id = [0u8; 16];
         random_bytes(&mut container_id);
         let mk = MasterKey::generate(&container_id);
@@ -262,8 +286,27 @@ impl EvhdBuilder {
                 wrapped,
             }],
             recipients,
+            signer: None,
         };
-        let bytes = header.encode(&mk)?;
+        // Unsigned images too leave room for a signature, so that a key
+        // holder can sign them later.
+        let stanzas: usize = header.recipients.iter().map(|s| s.encoded_len()).sum();
+        let room = header::SIGNATURE_OFFSET - header::RECIPIENTS_OFFSET;
+        if stanzas > room {
+            return Err(Error::invalid_argument(format!(
+                "the recipient stanzas take {stanzas} bytes; the header has room for {room} beside a signature: use fewer or smaller keys"
+            )));
+        }
+        let mut header = header;
+        let (bytes, status) = match &self.signer {
+            Some(k) => {
+                let (b, rec) = header.encode_signed(&mk, k)?;
+                let status = signed_by_self(&header, &rec);
+                header.signer = Some(rec);
+                (b, status)
+            }
+            None => (header.encode(&mk)?, Status::Unsigned),
+        };
         // Old content must go, but truncating a fresh file is not free: on
         // ext4 it makes the final close start writing back the whole file
         // and wait for the queue (a second per GiB here).
@@ -297,12 +340,14 @@ impl EvhdBuilder {
             current_copy: 0,
             writable: true,
             warnings: Vec::new(),
+            signature: status,
             epoch_write_limit: EPOCH_WRITE_LIMIT,
             rekey_batch: REKEY_BATCH,
             scratch: Vec::new(),
             state: Some(Unlocked {
                 mk,
                 key: None,
+                signers: self.signer.into_iter().collect(),
                 data_keys: vec![data_key],
                 entries,
                 macs,
@@ -322,6 +367,10 @@ struct Unlocked {
     mk: MasterKey,
     /// Fingerprint of the key that opened it (`None` right after create).
     key: Option<Fingerprint>,
+    /// Private keys that may sign commits, the one that opened it first:
+    /// a commit is signed by the first that is a recipient of the new
+    /// header. Empty: commits are unsigned (created from public keys).
+    signers: Vec<Arc<PrivateKey>>,
     data_keys: Vec<DataKey>,
     entries: Vec<Entry>,
     /// MAC of every page as last encoded (stored or about to be).
@@ -384,6 +433,8 @@ pub struct EvhdDisk {
     current_copy: usize,
     writable: bool,
     warnings: Vec<String>,
+    /// Who signed the committed header, as this reader judges it.
+    signature: Status,
     epoch_write_limit: u64,
     rekey_batch: usize,
     /// `None` when opened without a key: only public fields are known.
@@ -504,6 +555,29 @@ fn unlock(
     Ok((mk, key.fingerprint(), data_keys))
 }
 
+/// The fingerprints a reader trusts: its keys and its `--trust` keys.
+fn trusted(opts: &crate::OpenOptions) -> Vec<Fingerprint> {
+    opts.keys
+        .iter()
+        .map(|k| k.fingerprint())
+        .chain(opts.trust.iter().map(|k| k.fingerprint()))
+        .collect()
+}
+
+/// The status of a header this process just signed with its own key.
+fn signed_by_self(h: &Header, rec: &header::SignerRecord) -> Status {
+    Status::Signed {
+        fingerprint: rec.fingerprint,
+        label: h
+            .recipients
+            .iter()
+            .find(|s| s.key.fingerprint() == rec.fingerprint)
+            .map(|s| s.label.clone())
+            .unwrap_or_default(),
+        trusted: true,
+    }
+}
+
 impl EvhdDisk {
     /// Open the container in `storage`. Without keys in `opts` the image
     /// opens locked: `info` works, reads and writes fail with `KeyRequired`.
@@ -550,6 +624,7 @@ impl EvhdDisk {
             current_copy,
             writable: opts.writable,
             warnings,
+            signature: Status::Unsigned,
             epoch_write_limit: EPOCH_WRITE_LIMIT,
             rekey_batch: REKEY_BATCH,
             scratch: Vec::new(),
@@ -559,10 +634,15 @@ impl EvhdDisk {
             if opts.writable {
                 return Err(disk.key_required());
             }
+            // Without the master key the MAC cannot be checked: the
+            // signature only shows that its signer signed this MAC value.
+            let at = COPY_OFFSETS[disk.current_copy];
+            let status = signature::verify(&disk.header, &bytes, at, &trusted(opts))?;
+            disk.judge(status, opts)?;
             disk.note_fallback(assessment.and_then(|a| a.verdict(None, &[])), opts);
             return Ok(disk);
         }
-        if let Err(e) = disk.unlock_and_load(bytes, &opts.keys, len) {
+        if let Err(e) = disk.unlock_and_load(bytes, opts, len) {
             return Err(fallback::explain(e, assessment));
         }
         let seq = disk.header.sequence;
@@ -588,6 +668,21 @@ impl EvhdDisk {
         }
     }
 
+    /// Refuse an image not signed by a trusted key if `opts` requires one;
+    /// otherwise remember who signed (`info` and the warnings show it).
+    fn judge(&mut self, status: Status, opts: &crate::OpenOptions) -> Result<()> {
+        if opts.require_signed
+            && let Some(p) = status.problem()
+        {
+            return Err(Error::new(
+                ErrorKind::Untrusted,
+                format!("{p} (--require-signed)"),
+            ));
+        }
+        self.signature = status;
+        Ok(())
+    }
+
     fn key_required(&self) -> Error {
         let to: Vec<String> = self
             .header
@@ -607,9 +702,11 @@ impl EvhdDisk {
     fn unlock_and_load(
         &mut self,
         bytes: Vec<u8>,
-        keys: &[Arc<PrivateKey>],
+        opts: &crate::OpenOptions,
         len: u64,
     ) -> Result<()> {
+        let keys = &opts.keys[..];
+        let trusted = trusted(opts);
         let cur = self.header.clone();
         let record = journal::decode(
             cur.journal_offset,
@@ -637,12 +734,18 @@ impl EvhdDisk {
                 && h.sequence == rec.sequence
                 && let Ok(u) = unlock(&h, &rec.header, at, keys)
             {
-                return self.finish_load(h, rec.header.clone(), Some(rec), u);
+                // Its MAC verified: the journaled header is judged like a
+                // header copy, and a bad signature is tampering.
+                let status = signature::verify(&h, &rec.header, at, &trusted)?;
+                self.judge(status, opts)?;
+                return self.finish_load(h, rec.header.clone(), Some(rec), u, keys);
             }
         }
         let at = COPY_OFFSETS[self.current_copy];
         let u = unlock(&cur, &bytes, at, keys)?;
-        self.finish_load(cur, bytes, None, u)
+        let status = signature::verify(&cur, &bytes, at, &trusted)?;
+        self.judge(status, opts)?;
+        self.finish_load(cur, bytes, None, u, keys)
     }
 
     fn finish_load(
@@ -651,6 +754,7 @@ impl EvhdDisk {
         bytes: Vec<u8>,
         record: Option<&journal::Record>,
         (mk, key, data_keys): (MasterKey, Fingerprint, Vec<DataKey>),
+        keys: &[Arc<PrivateKey>],
     ) -> Result<()> {
         let pages = h.table_pages as usize;
         let mut tbl = vec![0u8; pages * PAGE_SIZE];
@@ -761,9 +865,14 @@ impl EvhdDisk {
             ));
         }
         self.header = h;
+        // The key that opened the image signs; the others are fallbacks for
+        // a commit that removes it from the recipients.
+        let mut signers: Vec<Arc<PrivateKey>> = keys.to_vec();
+        signers.sort_by_key(|k| k.fingerprint() != key);
         self.state = Some(Unlocked {
             mk,
             key: Some(key),
+            signers,
             data_keys,
             entries,
             macs,
@@ -1134,7 +1243,33 @@ impl EvhdDisk {
         let mut h = self.header.clone();
         h.sequence += 1;
         h.table_root = table::root(&st.macs);
-        let hbytes = h.encode(&st.mk)?;
+        let hbytes = if st.signers.is_empty() {
+            h.signer = None;
+            h.encode(&st.mk)?
+        } else {
+            let key = st
+                .signers
+                .iter()
+                .find(|k| {
+                    h.recipients
+                        .iter()
+                        .any(|s| s.key.fingerprint() == k.fingerprint())
+                })
+                .ok_or_else(|| {
+                    let given: Vec<String> =
+                        st.signers.iter().map(|k| k.fingerprint().short()).collect();
+                    Error::new(
+                        ErrorKind::KeyMismatch,
+                        format!(
+                            "no key given ({}) remains a recipient to sign this change; give the private key of a remaining recipient with --key",
+                            given.join(", ")
+                        ),
+                    )
+                })?;
+            let (b, rec) = h.encode_signed(&st.mk, key)?;
+            h.signer = Some(rec);
+            b
+        };
         let refs: Vec<(u64, &[u8])> = pages.iter().map(|(p, b)| (*p, &b[..])).collect();
         let rec = journal::encode(&cid, h.sequence, &hbytes, &refs);
         if rec.len() as u64 > h.journal_len {
@@ -1164,6 +1299,9 @@ impl EvhdDisk {
             .map_err(io_err(header::STRUCTURE, o))?;
         s.flush().map_err(io_err(header::STRUCTURE, o))?;
         self.current_copy = target;
+        if let Some(rec) = &h.signer {
+            self.signature = signed_by_self(&h, rec);
+        }
         self.header = h;
         st.dirty.clear();
         st.header_dirty = false;
@@ -1237,6 +1375,32 @@ impl EvhdDisk {
             return Err(e);
         }
         Ok(removed)
+    }
+
+    /// Sign the current state: commit pending changes, or with none a new
+    /// header (sequence + 1) that changes nothing else, signed by the key
+    /// that opened the image. Returns the signer's fingerprint.
+    pub fn sign(&mut self) -> Result<Fingerprint> {
+        self.ensure_writable()?;
+        let st = self.state.as_mut().expect("checked");
+        if st.signers.is_empty() {
+            return Err(Error::new(
+                ErrorKind::KeyRequired,
+                "no private key to sign with: open the image with the key of a recipient",
+            ));
+        }
+        st.header_dirty = true;
+        self.commit()?;
+        self.header
+            .signer
+            .as_ref()
+            .map(|r| r.fingerprint)
+            .ok_or_else(|| Error::invalid_argument("the commit was not signed"))
+    }
+
+    /// Who signed the committed header, and whether this reader trusts it.
+    pub fn signature(&self) -> &Status {
+        &self.signature
     }
 
     /// Whether a rekey was started and has not finished.
@@ -1347,8 +1511,29 @@ impl EvhdDisk {
     fn evhd_json(&self) -> serde_json::Value {
         let h = &self.header;
         let o = &h.origin;
+        let signature = match &self.signature {
+            Status::Unsigned => json!({ "signed": false, "warning": self.signature.warning() }),
+            Status::Signed {
+                fingerprint,
+                label,
+                trusted,
+            } => json!({
+                "signed": true,
+                "signer": fingerprint.hex(),
+                "signer_short": fingerprint.short(),
+                "signer_label": label,
+                "trusted": trusted,
+                "verified": if self.state.is_some() {
+                    "signature and header MAC"
+                } else {
+                    "signature only (without a key the header MAC was not checked)"
+                },
+                "warning": self.signature.warning(),
+            }),
+        };
         json!({
-            "version": header::VERSION,
+            "version": if h.signer.is_some() { header::VERSION_SIGNED } else { header::VERSION_UNSIGNED },
+            "signature": signature,
             "container_id": h.container_uuid().to_string(),
             "cipher": h.cipher.as_str(),
             "block_size": h.block_size(),
@@ -1582,7 +1767,12 @@ impl VirtualDisk for EvhdDisk {
             creator: None,
             allocated_bytes: allocated,
             parent: None,
-            warnings: self.warnings.clone(),
+            warnings: self
+                .warnings
+                .iter()
+                .cloned()
+                .chain(self.signature.warning())
+                .collect(),
             vhd: None,
             vhdx: None,
             evhd: Some(self.evhd_json()),
