@@ -348,10 +348,16 @@ fn every_command_on(path: &Path, orig: &Path, key: Option<&Path>, out: &Path) {
             args.extend([o("--key"), k.as_os_str()]);
         }
         let out = vhdkit(&args); // asserts no panic
-        let (code, _, stderr) = code_out_err(&out);
-        // `check` reports damage on stdout (exit 2); `compare` exits 1 when
-        // the images differ. Otherwise a failure is an error naming the file.
-        let reported = (args[0] == "check" && code == 2) || (args[0] == "compare" && code == 1);
+        let (code, stdout, stderr) = code_out_err(&out);
+        // `check` reports damage on stdout (exit 2), and an EVHD it could
+        // only partly check without a key (exit 1, listed as "not checked");
+        // `compare` exits 1 when the images differ. Otherwise a failure is an
+        // error naming the file.
+        let reported = (args[0] == "check"
+            && (code == 2
+                || (code == 1
+                    && (stdout.contains("not checked") || stdout.contains("\"incomplete\"")))))
+            || (args[0] == "compare" && code == 1);
         // `compare` may fail on the undamaged image first (no key).
         let orig_name = orig.file_name().unwrap().to_string_lossy();
         let named =

@@ -76,7 +76,7 @@ pub fn check_with(
             add_fallback(report, &f);
         }
         report.checked.extend([
-            "header copies A and B: signature, version, CRC-32C and every field's range".to_string(),
+            "header copies A and B: magic, version, CRC-32C and every field's range".to_string(),
             "layout: journal, block table and data slots in order and inside the file".to_string(),
             "that the copies and the journal agree on the newest commit (no fall back to the older copy)".to_string(),
         ]);
