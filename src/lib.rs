@@ -70,6 +70,13 @@ pub struct OpenOptions {
     /// Refuse an EVHD image that is not signed by a trusted key
     /// (`ErrorKind::Untrusted`); otherwise such an image opens with a warning.
     pub require_signed: bool,
+    /// The caller vouches for an EVHD image's current content: a writable
+    /// open proceeds although the image is not signed by a trusted key, or
+    /// fell back to its older header copy without the journal confirming
+    /// it. Without it such writable opens are refused, because the next
+    /// commit signs the image with the caller's key and so would vouch for
+    /// content (or a rolled-back state) nobody trusted wrote.
+    pub vouch: bool,
 }
 
 impl OpenOptions {
@@ -111,6 +118,12 @@ impl OpenOptions {
     /// Open without taking or honouring locks (read-only only).
     pub fn force_share(mut self, yes: bool) -> Self {
         self.force_share = yes;
+        self
+    }
+
+    /// Vouch for an EVHD image's current content (see [`OpenOptions::vouch`]).
+    pub fn vouch(mut self, yes: bool) -> Self {
+        self.vouch = yes;
         self
     }
 

@@ -175,6 +175,14 @@ fn warn_signature(disk: &dyn VirtualDisk, path: &Path) {
     }
 }
 
+/// Signers a command that writes an EVHD trusts besides its `--key`s.
+#[derive(Args, Clone, Default)]
+struct TrustArgs {
+    /// Trust EVHD images signed by this key (public or private, KeyPair.xml or PEM); repeatable.
+    #[arg(long = "trust", value_name = "PUB", value_parser = parse_public_key)]
+    trust: Vec<PublicKey>,
+}
+
 /// A private key given on the command line, loaded while parsing.
 fn parse_private_key(s: &str) -> Result<Arc<PrivateKey>, String> {
     KeyFile::read(Path::new(s))
@@ -411,6 +419,8 @@ enum Command {
         /// Private key of a recipient.
         #[arg(long = "key", value_name = "KEY", value_parser = parse_private_key, required = true)]
         key: Vec<Arc<PrivateKey>>,
+        #[command(flatten)]
+        trust: TrustArgs,
         #[arg(short = 'q', long)]
         quiet: bool,
     },
@@ -463,6 +473,8 @@ enum RecipientsCmd {
         key: Vec<Arc<PrivateKey>>,
         #[command(flatten)]
         recipients: RecipientArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Remove a recipient by fingerprint (at least 8 hex digits) or key file.
     Remove {
@@ -475,6 +487,8 @@ enum RecipientsCmd {
         /// Key file of the recipient to remove.
         #[arg(long, value_parser = parse_recipient)]
         recipient: Option<RecipientArg>,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
 }
 
@@ -951,7 +965,7 @@ fn run(cmd: Command) -> Outcome {
         Command::Key { cmd } => run_key(cmd),
         Command::Recipients { cmd } => run_recipients(cmd),
         Command::Sign { image, key } => {
-            let mut disk = open_evhd(&image, key, true, false)?;
+            let mut disk = open_evhd(&image, key, true, false, TrustArgs::default(), true)?;
             let before = match disk.signature() {
                 Status::Unsigned => "unsigned".to_string(),
                 Status::Signed {
@@ -972,9 +986,15 @@ fn run(cmd: Command) -> Outcome {
             );
             Ok(0)
         }
-        Command::Rekey { image, key, quiet } => {
+        Command::Rekey {
+            image,
+            key,
+            trust,
+            quiet,
+        } => {
             let mut opts = OpenOptions::new().writable(true);
             opts.keys = key;
+            opts.trust = trust.trust;
             let mut disk = vhdkit::evhd::EvhdDisk::open(
                 Box::new(vhdkit::io::FileStorage::open(&image, true).map_err(fail1)?),
                 Some(image.clone()),
@@ -1070,14 +1090,23 @@ fn run_key(cmd: KeyCmd) -> Outcome {
     }
 }
 
+/// Open an EVHD for the commands that only take EVHD images. A writer
+/// trusts its `keys` and `trust` as signers; `vouch` (the `sign` command)
+/// writes although no trusted key signed the image.
 fn open_evhd(
     image: &Path,
     keys: Vec<Arc<PrivateKey>>,
     writable: bool,
     force_share: bool,
+    trust: TrustArgs,
+    vouch: bool,
 ) -> Result<vhdkit::evhd::EvhdDisk, (Error, u8)> {
-    let mut opts = OpenOptions::new().writable(writable).print_warnings(true);
+    let mut opts = OpenOptions::new()
+        .writable(writable)
+        .print_warnings(true)
+        .vouch(vouch);
     opts.keys = keys;
+    opts.trust = trust.trust;
     let storage = if force_share {
         refuse_force_share(writable, image, "a command that changes the image")?;
         vhdkit::io::FileStorage::open_force_share(image)
@@ -1104,7 +1133,14 @@ fn run_recipients(cmd: RecipientsCmd) -> Outcome {
             if force_share {
                 warn_force_share(&[&image]);
             }
-            let disk = open_evhd(&image, Vec::new(), false, force_share)?;
+            let disk = open_evhd(
+                &image,
+                Vec::new(),
+                false,
+                force_share,
+                TrustArgs::default(),
+                false,
+            )?;
             let mut out = std::io::stdout().lock();
             let list: Vec<_> = disk
                 .recipients()
@@ -1138,6 +1174,7 @@ fn run_recipients(cmd: RecipientsCmd) -> Outcome {
             image,
             key,
             recipients,
+            trust,
         } => {
             let list = recipients.list();
             if list.is_empty() {
@@ -1145,7 +1182,7 @@ fn run_recipients(cmd: RecipientsCmd) -> Outcome {
                     "give the keys to add with --recipient",
                 )));
             }
-            let mut disk = open_evhd(&image, key, true, false)?;
+            let mut disk = open_evhd(&image, key, true, false, trust, false)?;
             for (k, label) in list {
                 disk.add_recipient(&k, &label)
                     .map_err(|e| fail1(e.with_path(&image)))?;
@@ -1158,6 +1195,7 @@ fn run_recipients(cmd: RecipientsCmd) -> Outcome {
             key,
             fingerprint,
             recipient,
+            trust,
         } => {
             let prefix = match (fingerprint, recipient) {
                 (Some(f), _) => f,
@@ -1168,7 +1206,7 @@ fn run_recipients(cmd: RecipientsCmd) -> Outcome {
                     )));
                 }
             };
-            let mut disk = open_evhd(&image, key, true, false)?;
+            let mut disk = open_evhd(&image, key, true, false, trust, false)?;
             let removed = disk
                 .remove_recipient(&prefix)
                 .map_err(|e| fail1(e.with_path(&image)))?;

@@ -295,8 +295,11 @@ fn two_recipients_remove_and_rekey() {
         s(&k[2]),
     ]);
     assert!(err.contains("no recipient"), "{err}");
-    // Remove A (authorised by B): A fails, B still opens.
-    ok(&[
+    // Remove A, authorised by B. A signed the image: a writer that does
+    // not trust A's signature refuses (its commit would vouch for A's
+    // content); trusting A's public key lets B write. Then A fails, B still
+    // opens.
+    let args = [
         "recipients",
         "remove",
         s(&e),
@@ -304,7 +307,15 @@ fn two_recipients_remove_and_rekey() {
         s(&k[1]),
         "--recipient",
         s(&k[0]),
-    ]);
+    ];
+    let err = fails(&args);
+    assert!(
+        err.contains("refusing to write") && err.contains(&short(&k[0])),
+        "{err}"
+    );
+    let mut trusting = args.to_vec();
+    trusting.extend(["--trust", s(&k[0])]);
+    ok(&trusting);
     let err = fails(&[
         "read",
         "--key",
@@ -330,7 +341,7 @@ fn two_recipients_remove_and_rekey() {
         "gamma",
     ]);
     let before = info(&e, Some(&k[1]));
-    ok(&["rekey", "-q", s(&e), "--key", s(&k[2])]);
+    ok(&["rekey", "-q", s(&e), "--key", s(&k[2]), "--trust", s(&k[1])]);
     let after = info(&e, Some(&k[1]));
     assert_ne!(before["evhd"]["key_epoch"], after["evhd"]["key_epoch"]);
     assert_eq!(after["evhd"]["rekey_in_progress"], false);
@@ -349,6 +360,8 @@ fn two_recipients_remove_and_rekey() {
         "0xab",
         "--length",
         "70000",
+        "--trust",
+        s(&k[2]),
     ]);
     let out = Command::new(BIN)
         .args([

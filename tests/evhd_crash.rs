@@ -114,6 +114,7 @@ fn base_image() -> Vec<u8> {
     let d = EvhdBuilder::new(SIZE)
         .block_size(BS)
         .recipient(key().public().clone(), "crash")
+        .signer(key().clone())
         .create(Box::new(mem.clone()), None)
         .unwrap();
     drop(d);

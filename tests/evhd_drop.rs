@@ -53,6 +53,7 @@ fn dropped_disk_keeps_writes_through_open() {
     let d = EvhdBuilder::new(SIZE)
         .block_size(BS)
         .recipient(key().public().clone(), "drop")
+        .signer(key().clone())
         .create(Box::new(storage), Some(path.clone()))
         .unwrap();
     drop(d);

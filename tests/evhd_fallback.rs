@@ -82,6 +82,7 @@ fn image_with_header_commit() -> Vec<u8> {
     let mut d = EvhdBuilder::new(SIZE)
         .block_size(BS)
         .recipient(keys()[0].public().clone(), "first")
+        .signer(keys()[0].clone())
         .create(Box::new(mem.clone()), None)
         .unwrap();
     d.write_at(&vec![0x42u8; 3 * BS as usize], BS).unwrap();
@@ -441,6 +442,7 @@ fn crash_states_do_not_warn() {
     let d = EvhdBuilder::new(SIZE)
         .block_size(BS)
         .recipient(keys()[0].public().clone(), "crash")
+        .signer(keys()[0].clone())
         .create(Box::new(mem.clone()), None)
         .unwrap();
     drop(d);

@@ -74,6 +74,7 @@ fn run(cipher: CipherId, ops: &[Op]) {
         .block_size(BS)
         .cipher(cipher)
         .recipient(key().public().clone(), "model")
+        .signer(key().clone())
         .create(Box::new(mem.clone()), None)
         .unwrap();
     // A low epoch limit makes the model cross key epochs too.

@@ -426,8 +426,29 @@ fn images_written_by_a_trusted_key_holder_open_with_require_signed() {
     ]);
     assert!(err.contains(&b), "{err}");
 
-    // Any write by a key holder signs: `write --key A` on an unsigned image.
+    // A write by a key holder signs, but never an image no trusted key
+    // signed (that would vouch for content nobody trusted wrote): `write
+    // --key A` on an unsigned image is refused until `sign` vouches for it.
     make(&d("src.raw"), &d("w.evhd"), &k.public[0], &k.public[1]);
+    let w = d("w.evhd");
+    let write_a = [
+        "write",
+        s(&w),
+        "--key",
+        s(&k.private[0]),
+        "--offset",
+        "4096",
+        "--pattern",
+        "0x5a",
+        "--length",
+        "4096",
+    ];
+    let err = fails(&write_a);
+    assert!(
+        err.contains("refusing to write") && err.contains("not signed"),
+        "{err}"
+    );
+    ok(&["sign", s(&d("w.evhd")), "--key", s(&k.private[0])]);
     ok(&[
         "write",
         s(&d("w.evhd")),
@@ -446,14 +467,17 @@ fn images_written_by_a_trusted_key_holder_open_with_require_signed() {
     );
     assert_eq!(v["evhd"]["signature"]["signer_short"], a.as_str());
 
-    // recipients add / remove and rekey sign with the key they were given;
-    // removing the signing key itself lets another given key sign.
+    // recipients add / remove and rekey sign with the key they were given
+    // (trusting the previous signer); removing the signing key itself lets
+    // another given key sign.
     ok(&[
         "recipients",
         "add",
         s(&d("w.evhd")),
         "--key",
         s(&k.private[1]),
+        "--trust",
+        s(&k.public[0]),
         "--recipient",
         s(&k.public[2]),
     ]);
@@ -490,7 +514,15 @@ fn images_written_by_a_trusted_key_holder_open_with_require_signed() {
         v["evhd"]["signature"]["signer_short"],
         short(&k.private[2]).as_str()
     );
-    ok(&["rekey", "-q", s(&d("w.evhd")), "--key", s(&k.private[0])]);
+    ok(&[
+        "rekey",
+        "-q",
+        s(&d("w.evhd")),
+        "--key",
+        s(&k.private[0]),
+        "--trust",
+        s(&k.public[2]),
+    ]);
     let v = info(
         &d("w.evhd"),
         &["--key", s(&k.private[0]), "--require-signed"],
@@ -759,6 +791,11 @@ fn writable_open_installs_the_signed_record_and_signs_later_commits() {
     let (img, content) = crashed_image();
     let mem = Arc::new(MemStorage::from_vec(img));
     let o = OpenOptions::new().writable(true).key(lib_keys()[1].clone());
+    // B does not trust A's signature: a writable open is refused (B's
+    // commits would vouch for A's content) unless B vouches.
+    let e = EvhdDisk::open(Box::new(mem.clone()), None, &o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Untrusted, "{e}");
+    let o = o.vouch(true);
     let mut d = EvhdDisk::open(Box::new(mem.clone()), None, &o).unwrap();
     // B opened it: A's signature stands until B commits.
     match d.signature() {

@@ -222,6 +222,26 @@ fn image_round_trip(dir: &Path, k: &Keys, other: &Keys, src: &Path, content: &[u
         k.bits
     );
     assert!(read_with(&image, &k.pem) == content, "{} bits, PEM", k.bits);
+    // Made from a public key, the image is unsigned: the key's holder signs
+    // it (an RSA-PSS signature of this size), which lets writers proceed.
+    vhdkit_ok([
+        OsStr::new("sign"),
+        OsStr::new("--key"),
+        os(&k.xml),
+        os(&image),
+    ]);
+    let out = vhdkit_ok([
+        OsStr::new("info"),
+        OsStr::new("--require-signed"),
+        OsStr::new("--key"),
+        os(&k.pem),
+        os(&image),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out).contains(&fingerprint(&k.xml)[..16]),
+        "{} bits: signed by the key",
+        k.bits
+    );
 
     // recipients add with a public KeyPair.xml of another size: the new
     // stanza must be in the header the next process reads.
@@ -255,6 +275,8 @@ fn image_round_trip(dir: &Path, k: &Keys, other: &Keys, src: &Path, content: &[u
         OsStr::new("-q"),
         OsStr::new("--key"),
         os(&other.xml),
+        OsStr::new("--trust"),
+        os(&k.public_xml),
         os(&image),
     ]);
     assert!(

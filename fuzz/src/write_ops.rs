@@ -242,6 +242,7 @@ impl Image {
                     .block_size(bs)
                     .cipher(cipher)
                     .recipient(key().public().clone(), "fuzz")
+                    .signer(key().clone())
                     .create(storage, None)
                     .expect("create EVHD");
                 Disk::Evhd(Box::new(d))

@@ -646,10 +646,22 @@ impl EvhdDisk {
             return Err(fallback::explain(e, assessment));
         }
         let seq = disk.header.sequence;
-        disk.note_fallback(
-            assessment.and_then(|a| a.verdict(Some(seq), &opts.keys)),
-            opts,
-        );
+        let verdict = assessment.and_then(|a| a.verdict(Some(seq), &opts.keys));
+        // Writing now would make a possibly rolled-back state the newest
+        // commit and erase the evidence (the damaged copy is overwritten).
+        if let Some(f) = verdict
+            .as_ref()
+            .filter(|f| f.lost && opts.writable && !opts.vouch)
+        {
+            return Err(Error::new(
+                ErrorKind::NeedsRepair,
+                format!(
+                    "refusing to write: {}; a commit would make that older state the newest and overwrite the evidence: inspect it (`vhdkit check`), then `vhdkit sign IMAGE --key KEY` accepts the state it opens to",
+                    f.message
+                ),
+            ));
+        }
+        disk.note_fallback(verdict, opts);
         Ok(disk)
     }
 
@@ -677,6 +689,19 @@ impl EvhdDisk {
             return Err(Error::new(
                 ErrorKind::Untrusted,
                 format!("{p} (--require-signed)"),
+            ));
+        }
+        // A writer's next commit signs with its key: refuse to vouch for
+        // content nobody this writer trusts has signed, unless told to.
+        if opts.writable
+            && !opts.vouch
+            && let Some(p) = status.problem()
+        {
+            return Err(Error::new(
+                ErrorKind::Untrusted,
+                format!(
+                    "refusing to write: {p}, and the next commit would sign it with your key, vouching for content nobody you trust wrote; check its content, then `vhdkit sign IMAGE --key KEY` vouches for it (or give its signer's public key with --trust)"
+                ),
             ));
         }
         self.signature = status;

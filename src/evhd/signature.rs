@@ -72,7 +72,7 @@ impl Status {
                 label,
                 trusted: false,
             } => Some(format!(
-                "EVHD image is signed by key {} (recipient {label:?}), which this reader does not trust",
+                "EVHD image is signed by key {} (recipient labelled {label:?} in the image), which this reader does not trust",
                 fingerprint.short()
             )),
             Status::Signed { .. } => None,
