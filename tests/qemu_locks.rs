@@ -121,7 +121,7 @@ fn qemu_io_holding(img: &Path, format: &str, read_only: bool) -> Proc {
     if read_only {
         cmd.arg("-r");
     }
-    let mut child = cmd
+    let child = cmd
         .args(["-f", format, s(img), "-c"])
         .arg(format!("sleep {QEMU_SLEEP_MS}"))
         .stdin(Stdio::null())
@@ -134,8 +134,10 @@ fn qemu_io_holding(img: &Path, format: &str, read_only: bool) -> Proc {
     } else {
         QEMU_WRITE_BYTE
     };
-    wait_for_byte(img, byte, &mut child, "qemu-io");
-    Proc(child)
+    // Held in a Proc first, so that it is killed if the wait fails.
+    let mut p = Proc(child);
+    wait_for_byte(img, byte, &mut p.0, "qemu-io");
+    p
 }
 
 /// Make a FIFO at `path`.
@@ -157,15 +159,16 @@ fn vhdkit_writer_holding(img: &Path) -> (Proc, File) {
         .write(true)
         .open(&fifo_path)
         .unwrap();
-    let mut child = Command::new(vhdkit_bin())
+    let child = Command::new(vhdkit_bin())
         .args(["write", s(img), "--offset", "0", "--input", s(&fifo_path)])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_byte(img, QEMU_WRITE_BYTE, &mut child, "vhdkit write");
-    (Proc(child), fifo)
+    let mut p = Proc(child);
+    wait_for_byte(img, QEMU_WRITE_BYTE, &mut p.0, "vhdkit write");
+    (p, fifo)
 }
 
 /// `vhdkit convert -q IMAGE -` into a pipe this test reads only 4 KiB of:
