@@ -283,6 +283,16 @@ fn qemu_writer_keeps_vhdkit_out(format: &str) {
         q.pid(),
     );
     assert_vhdkit_in_use(&["info", s(&img)], &img, q.pid());
+    // Nor is the image replaced under qemu by convert --force.
+    let src = dir.path().join("src.raw");
+    common::write_raw(&src, &vec![7u8; 1 << 20]);
+    let before = std::fs::read(&img).unwrap();
+    assert_vhdkit_in_use(
+        &["convert", "-q", "--force", s(&src), s(&img)],
+        &img,
+        q.pid(),
+    );
+    assert_eq!(std::fs::read(&img).unwrap(), before, "{format}: replaced");
     let out = vhdkit(["info", "-U", "--json", s(&img)]);
     let (code, _, err) = code_out_err(&out);
     assert_eq!(code, 0, "{format}: info -U beside qemu-io: {err}");
