@@ -187,7 +187,7 @@ pub enum LockMode {
 /// a file system that cannot lock at all is an I/O error (fail closed:
 /// `-U/--force-share` still reads such a file).
 ///
-/// On Linux the open also takes qemu's locks (see [`qemu_locks`]): `fcntl`
+/// On Linux the open also takes qemu's locks (the private `qemu_locks` module): `fcntl`
 /// OFD locks on the bytes qemu, qemu-img and qemu-nbd lock and test, so
 /// that qemu and vhdkit see each other's use of an image (they do not see
 /// each other's `flock`). A conflict there is the same `InUse` error.
@@ -524,12 +524,27 @@ mod qemu_locks {
     /// Lock qemu's bytes for `mode` on `file`, then test that no other open
     /// conflicts (lock first, test second, as qemu does: of two openers
     /// racing, at least one sees the other). On failure nothing stays locked.
+    ///
+    /// A file system without `fcntl` locks (the first lock call says it is
+    /// not supported) is left with the flock alone: qemu cannot lock such a
+    /// file either, so there is no qemu lock to honour there.
     pub(super) fn acquire(file: &File, mode: LockMode) -> Result<(), LockError> {
         let r = lock_and_test(file, mode);
         if r.is_err() {
             release(file);
         }
-        r
+        match r {
+            Err(LockError::Io(e)) if unsupported(&e) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Whether `e` says the file system (or kernel) has no OFD locks.
+    fn unsupported(e: &io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+        )
     }
 
     fn lock_and_test(file: &File, mode: LockMode) -> Result<(), LockError> {
