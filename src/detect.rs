@@ -355,12 +355,12 @@ fn evhd_header_fields(storage: &dyn Storage, offset: u64) -> bool {
         evhd::header::VERSION_UNSIGNED | evhd::header::VERSION_SIGNED
     ) && journal_offset == evhd::JOURNAL_OFFSET
         && journal_len != 0
-        && journal_len % align == 0
+        && journal_len.is_multiple_of(align)
         && journal_offset
             .checked_add(journal_len)
             .is_some_and(|end| end <= table_offset)
         && data_offset > table_offset
-        && data_offset % evhd::DATA_ALIGN == 0
+        && data_offset.is_multiple_of(evhd::DATA_ALIGN)
         && b[EVHD_HEADER_ZERO_FIELD..].iter().all(|&x| x == 0)
 }
 
