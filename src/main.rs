@@ -627,7 +627,8 @@ fn run(cmd: Command) -> Outcome {
             parent.warn_force_share(&[&image]);
             let opts = parent.options();
             parent.refuse_key_for(&[&image], &opts).map_err(fail1)?;
-            let r = vhdkit::check(&image, &opts, repair).map_err(fail1)?;
+            let r = vhdkit::check(&image, &opts, repair)
+                .map_err(|e| fail1(force_share_hint(e, repair)))?;
             emit(json, &r, report::write_check_text)?;
             Ok(r.exit_code() as u8)
         }

@@ -740,6 +740,8 @@ fn in_use_hint_only_where_force_share_exists() {
     for args in [
         vec!["read", s(&parent), "--offset", "0", "--length", "512"],
         vec!["info", s(&parent)],
+        vec!["check", s(&parent)],
+        vec!["map", s(&parent)],
         vec!["recipients", "list", s(&parent)],
     ] {
         let out = vhdkit(&args);
