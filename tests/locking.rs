@@ -679,10 +679,21 @@ fn force_share_reader_survives_truncation() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("shrinking.raw");
     let len: usize = 64 << 20;
-    common::write_raw(&img, &vec![0x5au8; len]);
+    let len_arg = len.to_string();
+    let read: &[&str] = &["read", "-U", s(&img), "--offset", "0", "--length", &len_arg];
+    // convert streams through its pipelined reader (which borrows mapped
+    // bytes where it can).
+    let stream: &[&str] = &["convert", "-q", "-U", s(&img), "-"];
+    for args in [read, stream] {
+        force_share_reader_survives_truncation_of(&img, len, args);
+    }
+}
+
+fn force_share_reader_survives_truncation_of(img: &Path, len: usize, args: &[&str]) {
+    common::write_raw(img, &vec![0x5au8; len]);
+    let img = img.to_path_buf();
     let mut child = Command::new(vhdkit_bin())
-        .args(["read", "-U", s(&img), "--offset", "0", "--length"])
-        .arg(len.to_string())
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -708,7 +719,7 @@ fn force_share_reader_survives_truncation() {
         None,
         "the reader died of a signal: {err}"
     );
-    assert_eq!(st.code(), Some(1), "{err}");
+    assert_eq!(st.code(), Some(1), "{args:?}: {err}");
     assert!(
         err.contains(s(&img)) && err.contains("raw image data"),
         "the error does not name the image and what failed: {err}"
