@@ -7,6 +7,8 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::disk::{ExtentKind, VirtualDisk, is_zero};
 use crate::error::{Error, ErrorKind, Result};
@@ -94,10 +96,22 @@ impl PendingFile {
         &self.tmp
     }
 
-    /// Rename into place.
-    pub fn commit(mut self) -> Result<()> {
-        fs::rename(&self.tmp, &self.dest).map_err(|e| {
-            Error::io(e, "cannot rename the finished image into place").with_path(&self.dest)
+    /// Rename into place, replacing an existing file only with `replace`:
+    /// without it a file that appeared at the destination since the caller
+    /// checked is an error naming it, and the temporary file is removed
+    /// (see [`crate::io::rename_into_place`]).
+    pub fn commit(mut self, replace: bool) -> Result<()> {
+        crate::io::rename_into_place(&self.tmp, &self.dest, replace).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    "the file was created by another program while the image was being written; \
+                     it was left as it is and the new image discarded (pass --force to replace it)",
+                )
+                .with_path(&self.dest)
+            } else {
+                Error::io(e, "cannot rename the finished image into place").with_path(&self.dest)
+            }
         })?;
         self.done = true;
         Ok(())
@@ -109,6 +123,53 @@ impl Drop for PendingFile {
         if !self.done {
             let _ = fs::remove_file(&self.tmp);
         }
+    }
+}
+
+/// The storage of an image being built under a temporary name. Once the
+/// build has failed and the file is about to be deleted, every further
+/// change is dropped silently: dropping a disk writes back what it holds
+/// (a VHDX empties its log, an EVHD commits), which is pointless for a file
+/// about to go, fails again where the first error was a full disk, and
+/// would print a warning about it beside the real error.
+struct BuildStorage {
+    inner: FileStorage,
+    abandoned: Arc<AtomicBool>,
+}
+
+impl BuildStorage {
+    fn abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::SeqCst)
+    }
+}
+
+impl Storage for BuildStorage {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if self.abandoned() {
+            return Ok(());
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        if self.abandoned() {
+            return Ok(());
+        }
+        self.inner.set_len(len)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        if self.abandoned() {
+            return Ok(());
+        }
+        self.inner.flush()
+    }
+    fn is_writable(&self) -> bool {
+        self.inner.is_writable()
     }
 }
 
@@ -255,12 +316,23 @@ pub fn create_file(
     if !out.sync {
         storage = storage.without_sync();
     }
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let storage = BuildStorage {
+        inner: storage,
+        abandoned: abandoned.clone(),
+    };
     let mut disk =
         create_in(Box::new(storage), Some(dest), spec, size).map_err(|e| e.with_path(dest))?;
-    fill(disk.as_mut()).map_err(|e| e.with_path(dest))?;
-    disk.close().map_err(|e| e.with_path(dest))?;
+    if let Err(e) = fill(disk.as_mut()).and_then(|_| disk.close()) {
+        // The temporary file is deleted: let the disk's drop write nothing
+        // into it (that would fail again, e.g. on a full disk, and print a
+        // second, confusing message about a file nobody keeps).
+        abandoned.store(true, Ordering::SeqCst);
+        drop(disk);
+        return Err(e.with_path(dest));
+    }
     drop(disk);
-    pending.commit()
+    pending.commit(overwrite)
 }
 
 /// Read `buf` from `disk` at `offset`; bytes past its end read as zeros.

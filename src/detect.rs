@@ -15,8 +15,8 @@
 //! | format | primary | secondary |
 //! |---|---|---|
 //! | VHDX | `vhdxfile` at 0 | `head` at 64/128 KiB (with version 1), `regi` at 192/256 KiB (with at most 2047 entries and a zero reserved field), `loge` at 1 MiB (with a length in whole 4 KiB sectors and a zero reserved field), `metadata` at 2 MiB |
-//! | EVHD | `EVHDCRPT` at 0 or 64 KiB | `EVHDJRNL` at 128 KiB |
-//! | VHD | `conectix` at EOF-512 (or EOF-511), or at 0 in a dynamic or differencing footer | `conectix` at 0, `cxsparse` at 512, a footer at EOF-512 with version 1.0 and a disk type |
+//! | EVHD | `EVHDCRPT` at 0 or 64 KiB | `EVHDJRNL` at 128 KiB; `EVHDCRPT` at 132 KiB (the header copy inside the journal record); a header copy at 0 or 64 KiB with a damaged magic but version 1 or 2, journal offset 128 KiB, a journal length in whole MiB, the table after the journal, the data in whole MiB after the table and a zero reserved field; a journal record at 128 KiB with a damaged magic but version 1, a record length matching its page count and a zero reserved area |
+//! | VHD | `conectix` at EOF-512 (or EOF-511), or at 0 in a dynamic or differencing footer | `conectix` at 0, `cxsparse` at 512, a footer at EOF-512 or EOF-511 with version 1.0 and a disk type |
 //!
 //! A raw disk rarely holds one of these 8-byte strings (or 4-byte ones with
 //! a plausible field beside them) at exactly one of these offsets; the only common case is a raw disk whose content is
@@ -64,6 +64,53 @@ const VHDX_LOG_LENGTH_FIELD: usize = 8;
 
 /// Byte offset of the reserved (zero) field in a VHDX log entry header.
 const VHDX_LOG_RESERVED_FIELD: usize = 28;
+
+/// File offset of the header copy inside the EVHD journal record (after the
+/// record's 4 KiB header); every EVHD has a record from its creation.
+const EVHD_JOURNAL_HEADER_OFFSET: u64 = evhd::JOURNAL_OFFSET + evhd::journal::RECORD_HEADER as u64;
+
+/// Byte offset of the format version (1 or 2) in an EVHD header copy.
+const EVHD_HEADER_VERSION_FIELD: usize = 8;
+
+/// Byte offset of the table offset in an EVHD header copy.
+const EVHD_HEADER_TABLE_OFFSET_FIELD: usize = 60;
+
+/// Byte offset of the data offset (whole MiB) in an EVHD header copy.
+const EVHD_HEADER_DATA_OFFSET_FIELD: usize = 76;
+
+/// Byte offset of the journal offset (always 128 KiB) in an EVHD header copy.
+const EVHD_HEADER_JOURNAL_OFFSET_FIELD: usize = 140;
+
+/// Byte offset of the journal length (whole MiB) in an EVHD header copy.
+const EVHD_HEADER_JOURNAL_LEN_FIELD: usize = 148;
+
+/// Byte offset of the zero field after the epoch key count in an EVHD
+/// header copy, and its length.
+const EVHD_HEADER_ZERO_FIELD: usize = 158;
+const EVHD_HEADER_ZERO_LEN: usize = 6;
+
+/// Byte offset of the record version (1) in an EVHD journal record.
+const EVHD_JOURNAL_VERSION_FIELD: usize = 8;
+
+/// Byte offset of the page count in an EVHD journal record.
+const EVHD_JOURNAL_PAGES_FIELD: usize = 40;
+
+/// Byte offset of the record length in an EVHD journal record.
+const EVHD_JOURNAL_LENGTH_FIELD: usize = 48;
+
+/// Byte offset of the zero area in an EVHD journal record (looked at up to
+/// [`SHAPE_BYTES`]).
+const EVHD_JOURNAL_ZERO_FIELD: usize = 56;
+
+/// Upper bound on the page count of a plausible journal record, so that its
+/// record length cannot overflow (2^32 pages describe a 2^32 * 84 block disk).
+const EVHD_JOURNAL_MAX_PAGES: u64 = 1 << 32;
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
 
 fn le16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
@@ -213,6 +260,37 @@ fn secondary(storage: &dyn Storage) -> Vec<Trace> {
         &evhd::journal::MAGIC,
     );
     look(
+        Format::Evhd,
+        "EVHD header magic of the header copy in the journal record",
+        EVHD_JOURNAL_HEADER_OFFSET,
+        &evhd::header::MAGIC,
+    );
+    for &o in &evhd::header::COPY_OFFSETS {
+        if evhd_header_fields(storage, o) {
+            found.push(Trace {
+                format: Format::Evhd,
+                what: "EVHD header copy (version, journal and table fields; magic damaged)",
+                offset: o,
+            });
+        }
+    }
+    if evhd_journal_fields(storage) {
+        found.push(Trace {
+            format: Format::Evhd,
+            what: "EVHD journal record (version and length fields; magic damaged)",
+            offset: evhd::JOURNAL_OFFSET,
+        });
+    }
+    let mut look = |format, what, offset, magic: &[u8]| {
+        if has(storage, offset, magic) {
+            found.push(Trace {
+                format,
+                what,
+                offset,
+            });
+        }
+    };
+    look(
         Format::Vhd,
         "VHD footer cookie",
         0,
@@ -234,20 +312,72 @@ fn secondary(storage: &dyn Storage) -> Vec<Trace> {
     found
 }
 
-/// Offset of the last 512 bytes when they look like a VHD footer whose
-/// cookie is damaged: the file format version 1.0 and a known disk type
-/// (8 bytes that a raw disk's last sector, usually zeros or a GPT backup
-/// header, does not hold). This is the only trace left of a fixed VHD with a
-/// damaged cookie; a fixed VHD whose footer is zeroed has none and is raw.
+/// Offset of the last 512 bytes (or, in a legacy file, the last 511) when
+/// they look like a VHD footer whose cookie is damaged: the file format
+/// version 1.0 and a known disk type (8 bytes that a raw disk's last sector,
+/// usually zeros or a GPT backup header, does not hold). This is the only
+/// trace left of a fixed VHD with a damaged cookie; a fixed VHD whose footer
+/// is zeroed has none and is raw.
 fn vhd_footer_body(storage: &dyn Storage) -> Option<u64> {
-    let size = vhd::footer::FOOTER_SIZE as u64;
-    let at = storage.len().ok()?.checked_sub(size)?;
-    let mut f = [0u8; vhd::footer::FOOTER_SIZE];
-    storage.read_at(&mut f, at).ok()?;
-    let word = |i: usize| u32::from_be_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]);
-    (word(VHD_FOOTER_VERSION_FIELD) == vhd::footer::FILE_FORMAT_VERSION
-        && vhd::footer::VhdType::from_code(word(VHD_FOOTER_TYPE_FIELD)).is_some())
-    .then_some(at)
+    let len = storage.len().ok()?;
+    [vhd::footer::FOOTER_SIZE as u64, vhd::LEGACY_FOOTER_SIZE]
+        .into_iter()
+        .filter_map(|back| len.checked_sub(back))
+        .find(|&at| {
+            let mut f = [0u8; VHD_FOOTER_TYPE_FIELD + 4];
+            storage.read_at(&mut f, at).is_ok() && {
+                let word = |i: usize| u32::from_be_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]);
+                word(VHD_FOOTER_VERSION_FIELD) == vhd::footer::FILE_FORMAT_VERSION
+                    && vhd::footer::VhdType::from_code(word(VHD_FOOTER_TYPE_FIELD)).is_some()
+            }
+        })
+}
+
+/// Whether the EVHD header copy at `offset` is recognisable by its fields
+/// although its magic is damaged: a format version vhdkit writes (1 or 2),
+/// the journal at its fixed offset with a length in whole MiB, the table
+/// after the journal, the data in whole MiB after the table, and the zero
+/// field beside the epoch key count. Together that is over 40 bytes that
+/// must agree, which a raw disk's sector does not hold by chance.
+fn evhd_header_fields(storage: &dyn Storage, offset: u64) -> bool {
+    let mut b = [0u8; EVHD_HEADER_ZERO_FIELD + EVHD_HEADER_ZERO_LEN];
+    if storage.read_at(&mut b, offset).is_err() {
+        return false;
+    }
+    let version = le32(&b, EVHD_HEADER_VERSION_FIELD);
+    let journal_offset = le64(&b, EVHD_HEADER_JOURNAL_OFFSET_FIELD);
+    let journal_len = le64(&b, EVHD_HEADER_JOURNAL_LEN_FIELD);
+    let table_offset = le64(&b, EVHD_HEADER_TABLE_OFFSET_FIELD);
+    let data_offset = le64(&b, EVHD_HEADER_DATA_OFFSET_FIELD);
+    let align = evhd::journal::REGION_ALIGN;
+    matches!(
+        version,
+        evhd::header::VERSION_UNSIGNED | evhd::header::VERSION_SIGNED
+    ) && journal_offset == evhd::JOURNAL_OFFSET
+        && journal_len != 0
+        && journal_len.is_multiple_of(align)
+        && journal_offset
+            .checked_add(journal_len)
+            .is_some_and(|end| end <= table_offset)
+        && data_offset > table_offset
+        && data_offset.is_multiple_of(evhd::DATA_ALIGN)
+        && b[EVHD_HEADER_ZERO_FIELD..].iter().all(|&x| x == 0)
+}
+
+/// Whether the journal record at the journal offset is recognisable by its
+/// fields although its magic is damaged: version 1, a page count whose
+/// record length is the one stored, and the first bytes of the zero area.
+fn evhd_journal_fields(storage: &dyn Storage) -> bool {
+    let mut b = [0u8; SHAPE_BYTES];
+    if storage.read_at(&mut b, evhd::JOURNAL_OFFSET).is_err() {
+        return false;
+    }
+    let pages = le64(&b, EVHD_JOURNAL_PAGES_FIELD);
+    let len = le64(&b, EVHD_JOURNAL_LENGTH_FIELD);
+    le32(&b, EVHD_JOURNAL_VERSION_FIELD) == evhd::journal::VERSION
+        && pages <= EVHD_JOURNAL_MAX_PAGES
+        && len == evhd::journal::record_len(pages)
+        && b[EVHD_JOURNAL_ZERO_FIELD..].iter().all(|&x| x == 0)
 }
 
 /// The signature that decides the format: the primary one if any, else the
@@ -378,6 +508,97 @@ mod tests {
         assert_eq!(crate::detect(&file_with(-512, &body)), Format::Vhd);
         body[60..64].copy_from_slice(&9u32.to_be_bytes());
         assert_eq!(crate::detect(&file_with(-512, &body)), Format::Raw);
+    }
+
+    /// The fields of an EVHD header copy as vhdkit writes them (64 KiB
+    /// blocks, one table page), without the magic.
+    fn evhd_header_fields_only() -> [u8; 168] {
+        let mut h = [0u8; 168];
+        h[8..12].copy_from_slice(&2u32.to_le_bytes());
+        h[60..68].copy_from_slice(&((128u64 << 10) + (1 << 20)).to_le_bytes());
+        h[76..84].copy_from_slice(&(3u64 << 20).to_le_bytes());
+        h[140..148].copy_from_slice(&(128u64 << 10).to_le_bytes());
+        h[148..156].copy_from_slice(&(1u64 << 20).to_le_bytes());
+        h[156] = 1;
+        h
+    }
+
+    #[test]
+    fn evhd_structures_are_recognised_by_their_fields_without_magic() {
+        let h = evhd_header_fields_only();
+        for at in [0i64, 64 << 10] {
+            let s = file_with(at, &h);
+            assert_eq!(crate::detect(&s), Format::Evhd, "header fields at {at}");
+            let t = trace(&s).unwrap();
+            assert_eq!(t.offset, at as u64);
+            assert!(t.what.contains("magic damaged"), "{t}");
+            // Not one byte off.
+            assert_eq!(crate::detect(&file_with(at + 8, &h)), Format::Raw);
+        }
+        // Each agreeing field is needed.
+        for (field, value) in [
+            (8usize, 3u64),          // version
+            (140, 256 << 10),        // journal offset
+            (148, (1 << 20) + 4096), // journal length not in whole MiB
+            (148, 0),                // no journal
+            (60, 64 << 10),          // table before the journal's end
+            (76, (3 << 20) + 512),   // data not in whole MiB
+            (158, 1),                // reserved field not zero
+        ] {
+            let mut bad = h;
+            let width = if field == 8 {
+                4
+            } else if field == 158 {
+                1
+            } else {
+                8
+            };
+            bad[field..field + width].copy_from_slice(&value.to_le_bytes()[..width]);
+            assert_eq!(
+                crate::detect(&file_with(0, &bad)),
+                Format::Raw,
+                "field {field} = {value:#x}"
+            );
+        }
+        // The journal record's fields, and the header copy inside it.
+        let mut j = [0u8; 72];
+        j[8..12].copy_from_slice(&1u32.to_le_bytes());
+        j[40..48].copy_from_slice(&3u64.to_le_bytes());
+        j[48..56].copy_from_slice(&crate::evhd::journal::record_len(3).to_le_bytes());
+        let s = file_with(128 << 10, &j);
+        assert_eq!(crate::detect(&s), Format::Evhd);
+        assert_eq!(trace(&s).unwrap().offset, 128 << 10);
+        let mut bad = j;
+        bad[48] ^= 8;
+        assert_eq!(crate::detect(&file_with(128 << 10, &bad)), Format::Raw);
+        let mut bad = j;
+        bad[64] = 1;
+        assert_eq!(crate::detect(&file_with(128 << 10, &bad)), Format::Raw);
+        let mut bad = j;
+        bad[40..48].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(crate::detect(&file_with(128 << 10, &bad)), Format::Raw);
+        let s = file_with(132 << 10, b"EVHDCRPT");
+        assert_eq!(crate::detect(&s), Format::Evhd);
+        assert_eq!(trace(&s).unwrap().offset, 132 << 10);
+        // Zeros (a fresh raw disk) are raw.
+        assert_eq!(
+            crate::detect(&MemStorage::from_vec(vec![0u8; 4 << 20])),
+            Format::Raw
+        );
+    }
+
+    #[test]
+    fn a_legacy_footer_with_a_damaged_cookie_is_a_vhd() {
+        // A 511-byte footer at the end of a file of 512 n + 511 bytes.
+        let mut v = vec![0x5au8; (4 << 20) + 511];
+        let at = v.len() - 511;
+        v[at..].fill(0);
+        v[at + 12..at + 16].copy_from_slice(&vhd::footer::FILE_FORMAT_VERSION.to_be_bytes());
+        v[at + 60..at + 64].copy_from_slice(&2u32.to_be_bytes());
+        let t = trace(&MemStorage::from_vec(v.clone())).unwrap();
+        assert_eq!((t.format, t.offset), (Format::Vhd, at as u64));
+        v[at + 60..at + 64].copy_from_slice(&9u32.to_be_bytes());
+        assert_eq!(crate::detect(&MemStorage::from_vec(v)), Format::Raw);
     }
 
     #[test]

@@ -152,6 +152,13 @@ impl Error {
         self.context
     }
 
+    /// Append `note` to the message (e.g. a hint about an option that
+    /// avoids the error).
+    pub fn with_note(mut self, note: &str) -> Self {
+        self.message.push_str(note);
+        self
+    }
+
     /// The stable kind of this error.
     pub fn kind(&self) -> ErrorKind {
         self.kind

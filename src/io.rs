@@ -93,7 +93,7 @@ impl FileStorage {
     /// writable open takes an exclusive lock, a read-only open a shared one
     /// (see [`lock`]). The lock lasts as long as this storage.
     pub fn open(path: &Path, writable: bool) -> Result<Self> {
-        let storage = Self::open_file(path, writable)?;
+        let storage = Self::open_file(path, writable, !writable)?;
         let mode = if writable {
             LockMode::Exclusive
         } else {
@@ -106,11 +106,22 @@ impl FileStorage {
     /// Open an existing file read-only without taking or honouring a lock
     /// (`-U/--force-share`): what is read may be inconsistent if another
     /// program is writing the file.
+    ///
+    /// Such a file is never memory-mapped, only read with `pread`: these
+    /// opens exist to read files that other programs are changing, and a
+    /// program that shrinks the file would otherwise kill the reader with
+    /// `SIGBUS` when it touches a mapped page past the new end. With
+    /// `pread` that is an ordinary end-of-file error.
     pub fn open_force_share(path: &Path) -> Result<Self> {
-        Self::open_file(path, false)
+        Self::open_file(path, false, false)
     }
 
-    fn open_file(path: &Path, writable: bool) -> Result<Self> {
+    /// Whether reads go through a memory map (locked read-only opens).
+    pub fn is_mapped(&self) -> bool {
+        self.map.is_some()
+    }
+
+    fn open_file(path: &Path, writable: bool, map: bool) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(writable)
@@ -123,7 +134,11 @@ impl FileStorage {
         {
             return Err(Error::invalid_argument("is a directory").with_path(path));
         }
-        let map = if writable { None } else { map_read_only(&file) };
+        let map = if map && !writable {
+            map_read_only(&file)
+        } else {
+            None
+        };
         Ok(FileStorage {
             file,
             map,
@@ -179,6 +194,18 @@ pub enum LockMode {
     Exclusive,
 }
 
+/// The message of the I/O error for a file that cannot be locked at all.
+pub const LOCK_FAILED: &str = "cannot lock the image file (the file system may not support locks)";
+
+/// Whether `e` is an error that opening without a lock (`-U/--force-share`)
+/// avoids: the image is in use, or its file system cannot lock. Commands
+/// that offer `-U` add that hint; the library's messages do not, as not
+/// every caller can open without a lock (a parent opened to create a
+/// child, say).
+pub fn force_share_would_help(e: &Error) -> bool {
+    e.kind() == ErrorKind::InUse || (e.kind() == ErrorKind::Io && e.message() == LOCK_FAILED)
+}
+
 /// Lock an open image file without waiting, like qemu: `flock` on Unix
 /// (advisory, held by the open file description, so released when the file
 /// is closed or the process dies, and conflicting even between two opens
@@ -202,11 +229,7 @@ pub fn lock(file: &File, path: &Path, mode: LockMode) -> Result<()> {
             return Err(in_use_error(file, mode).with_path(path));
         }
         Err(std::fs::TryLockError::Error(e)) => {
-            return Err(Error::io(
-                e,
-                "cannot lock the image file (the file system may not support locks; -U/--force-share reads it without a lock)",
-            )
-            .with_path(path));
+            return Err(Error::io(e, LOCK_FAILED).with_path(path));
         }
     }
     #[cfg(target_os = "linux")]
@@ -226,7 +249,7 @@ fn qemu_lock_error(file: &File, mode: LockMode, e: qemu_locks::LockError) -> Err
         qemu_locks::LockError::Conflict(byte) => qemu_in_use_error(file, mode, byte),
         qemu_locks::LockError::Io(e) => Error::io(
             e,
-            "cannot take qemu's lock bytes on the image file (fcntl OFD locks; -U/--force-share reads it without a lock)",
+            "cannot take qemu's lock bytes on the image file (fcntl OFD locks)",
         ),
     }
 }
@@ -280,6 +303,71 @@ pub fn lock_for_replace(path: &Path) -> Result<Option<File>> {
     }
 }
 
+/// Move the finished file `tmp` to `dest` (both in one directory).
+///
+/// With `replace` an existing `dest` is replaced atomically (`rename`; a
+/// symbolic link at `dest` is replaced itself, never followed). Without it
+/// an existing `dest`, even one that appeared after the caller checked, is
+/// never replaced: the result is an [`io::ErrorKind::AlreadyExists`] error
+/// and `tmp` stays where it is (the caller removes it). On Linux this is
+/// `renameat2(RENAME_NOREPLACE)`; where that is not available (another
+/// system, or a file system without it) a hard link, which also fails on
+/// an existing name, followed by removing `tmp`; where hard links are not
+/// supported either (FAT), a last existence check before `rename` (which
+/// leaves a short race, the best such a file system allows).
+pub fn rename_into_place(tmp: &Path, dest: &Path, replace: bool) -> io::Result<()> {
+    if replace {
+        return std::fs::rename(tmp, dest);
+    }
+    #[cfg(target_os = "linux")]
+    match rename_noreplace(tmp, dest) {
+        Ok(()) => return Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+            ) => {}
+        Err(e) => return Err(e),
+    }
+    match std::fs::hard_link(tmp, dest) {
+        Ok(()) => return std::fs::remove_file(tmp),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(e),
+        Err(_) => {}
+    }
+    if std::fs::symlink_metadata(dest).is_ok() {
+        return Err(io::ErrorKind::AlreadyExists.into());
+    }
+    std::fs::rename(tmp, dest)
+}
+
+/// `renameat2(tmp, dest, RENAME_NOREPLACE)`: fails with `EEXIST` if `dest`
+/// exists, atomically.
+#[cfg(target_os = "linux")]
+fn rename_noreplace(tmp: &Path, dest: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+    };
+    let (from, to) = (c(tmp)?, c(dest)?);
+    // SAFETY: both pointers are NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The error for a lock that another open of the file holds.
 fn in_use_error(file: &File, wanted: LockMode) -> Error {
     let holders = lock_holders(file);
@@ -293,7 +381,7 @@ fn in_use_error(file: &File, wanted: LockMode) -> Error {
             "the image is in use: {who_has} it open for writing, so it cannot be opened for writing too"
         ),
         LockMode::Shared => format!(
-            "the image is in use: {who_has} it open for writing, so it cannot be read consistently (-U/--force-share reads it anyway)"
+            "the image is in use: {who_has} it open for writing, so it cannot be read consistently"
         ),
     };
     Error::new(ErrorKind::InUse, message)
@@ -325,7 +413,7 @@ fn qemu_in_use_error(file: &File, wanted: LockMode, byte: u64) -> Error {
             "the image is in use: {who_has} it open for writing (qemu lock byte {byte}: {what}), so it cannot be opened for writing too"
         ),
         LockMode::Shared => format!(
-            "the image is in use: {who_has} it open for writing (qemu lock byte {byte}: {what}), so it cannot be read consistently (-U/--force-share reads it anyway)"
+            "the image is in use: {who_has} it open for writing (qemu lock byte {byte}: {what}), so it cannot be read consistently"
         ),
     };
     Error::new(ErrorKind::InUse, message)
@@ -792,8 +880,12 @@ fn map_read_only(file: &File) -> Option<memmap2::Mmap> {
     }
     // SAFETY: the mapping is read-only and only read through bounds-checked
     // slices. The one hazard is another process truncating the file while it
-    // is mapped, which faults the reading process; vhdkit itself never
-    // modifies a file it opened read-only.
+    // is mapped, which faults the reading process (SIGBUS). Only locked
+    // opens map: the shared lock keeps every vhdkit writer (and any program
+    // honouring flock) away, and vhdkit itself never modifies a file it
+    // opened read-only; `-U` opens, which read files others are changing,
+    // use pread instead. A program that ignores the lock and shrinks the
+    // file can still fault a locked reader (README, "Images in use").
     unsafe { memmap2::Mmap::map(file) }.ok()
 }
 
@@ -998,5 +1090,67 @@ pub(crate) fn io_err(structure: &'static str, offset: u64) -> impl FnOnce(io::Er
                 .at(structure, offset);
         }
         err
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rename_into_place_never_replaces_without_replace() {
+        let d = tempfile::tempdir().unwrap();
+        let tmp = d.path().join(".dst.tmp");
+        let dst = d.path().join("dst");
+        std::fs::write(&tmp, b"new").unwrap();
+        rename_into_place(&tmp, &dst, false).unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), b"new");
+        assert!(!tmp.exists());
+
+        // An existing destination: an error, both files as they were.
+        std::fs::write(&tmp, b"newer").unwrap();
+        let e = rename_into_place(&tmp, &dst, false).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&dst).unwrap(), b"new");
+        assert_eq!(std::fs::read(&tmp).unwrap(), b"newer");
+
+        // A dangling symbolic link counts as existing.
+        #[cfg(unix)]
+        {
+            let link = d.path().join("link");
+            std::os::unix::fs::symlink(d.path().join("nowhere"), &link).unwrap();
+            let e = rename_into_place(&tmp, &link, false).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+            assert!(!d.path().join("nowhere").exists());
+        }
+
+        // With replace: replaced.
+        rename_into_place(&tmp, &dst, true).unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), b"newer");
+        assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn force_share_reads_without_a_map_and_sees_truncation_as_eof() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("img");
+        std::fs::write(&p, vec![7u8; 1 << 20]).unwrap();
+        let locked = FileStorage::open(&p, false).unwrap();
+        assert!(locked.is_mapped());
+        drop(locked);
+        let s = FileStorage::open_force_share(&p).unwrap();
+        assert!(!s.is_mapped(), "a -U open must not map the file");
+        assert!(s.mapped(0, 4096).is_none());
+        let mut buf = [0u8; 4096];
+        s.read_at(&mut buf, 8192).unwrap();
+        assert_eq!(buf, [7u8; 4096]);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        let e = s.read_at(&mut buf, 8192).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

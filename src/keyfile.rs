@@ -155,31 +155,16 @@ fn create_temp(dir: &Path, dest: &Path) -> Result<(File, TempFile)> {
 }
 
 /// Move the finished temporary file to `dest`. Without `force` this must
-/// not replace a file that appeared meanwhile: a hard link fails if `dest`
-/// exists (symbolic links included); where hard links are not supported,
-/// the existence check is repeated before the rename.
+/// not replace a file that appeared meanwhile (symbolic links included):
+/// see [`crate::io::rename_into_place`].
 fn place(tmp: &Path, dest: &Path, force: bool) -> Result<()> {
-    let exists = |e: io::Error| {
-        Error::io(e, "cannot create the key file (--force replaces it)").with_path(dest)
-    };
-    if !force {
-        match fs::hard_link(tmp, dest) {
-            Ok(()) => {
-                return fs::remove_file(tmp).map_err(|e| {
-                    Error::io(e, "cannot remove the temporary key file").with_path(tmp)
-                });
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(exists(e)),
-            Err(_) => {
-                if fs::symlink_metadata(dest).is_ok() {
-                    return Err(exists(io::Error::from(io::ErrorKind::AlreadyExists)));
-                }
-            }
+    crate::io::rename_into_place(tmp, dest, force).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            Error::io(e, "cannot create the key file (--force replaces it)").with_path(dest)
+        } else {
+            Error::io(e, "cannot move the key file into place").with_path(dest)
         }
-    }
-    // rename replaces a symbolic link itself, never the file it points to.
-    fs::rename(tmp, dest)
-        .map_err(|e| Error::io(e, "cannot move the key file into place").with_path(dest))
+    })
 }
 
 /// Set the permissions of an open file, whatever the umask made of them.

@@ -117,7 +117,7 @@ impl ParentArgs {
     /// Open `image` for a command; `--key` must be for an EVHD.
     fn open(&self, image: &Path, opts: &OpenOptions) -> Result<Box<dyn VirtualDisk>, Error> {
         self.refuse_key_for(&[image], opts)?;
-        vhdkit::open(image, opts)
+        vhdkit::open(image, opts).map_err(|e| force_share_hint(e, opts.writable))
     }
     /// With `-U`, warn that `images` are read without their locks.
     fn warn_force_share(&self, images: &[&Path]) {
@@ -129,6 +129,16 @@ impl ParentArgs {
     /// `-U` on a command that writes `image` is an error.
     fn refuse_force_share(&self, image: &Path, what: &str) -> Result<(), (Error, u8)> {
         refuse_force_share(self.force_share, image, what)
+    }
+}
+
+/// For a read-only open by a command that takes `-U`: say that `-U` reads
+/// an image that is in use (or cannot be locked) anyway.
+fn force_share_hint(e: Error, writable: bool) -> Error {
+    if !writable && vhdkit::io::force_share_would_help(&e) {
+        e.with_note(" (-U/--force-share reads it without a lock)")
+    } else {
+        e
     }
 }
 
@@ -631,7 +641,8 @@ fn run(cmd: Command) -> Outcome {
             parent.warn_force_share(&[&image]);
             let opts = parent.options();
             parent.refuse_key_for(&[&image], &opts).map_err(fail1)?;
-            let r = vhdkit::check(&image, &opts, repair).map_err(fail1)?;
+            let r = vhdkit::check(&image, &opts, repair)
+                .map_err(|e| fail1(force_share_hint(e, repair)))?;
             emit(json, &r, report::write_check_text)?;
             Ok(r.exit_code() as u8)
         }
@@ -794,7 +805,7 @@ fn run(cmd: Command) -> Outcome {
                         parent.warn_force_share(&[&b]);
                         let base_disk =
                             vhdkit::open(&b, &OpenOptions::new().force_share(parent.force_share))
-                                .map_err(fail1)?;
+                                .map_err(|e| fail1(force_share_hint(e, false)))?;
                         spec.disk_type = DiskType::Differencing;
                         let b_path = b.clone();
                         spec.parent = Some(b);
@@ -828,8 +839,8 @@ fn run(cmd: Command) -> Outcome {
             parent
                 .refuse_key_for(&[&a, &b], &opts)
                 .map_err(|e| (e, 2))?;
-            let da = vhdkit::open(&a, &opts).map_err(|e| (e, 2))?;
-            let db = vhdkit::open(&b, &opts).map_err(|e| (e, 2))?;
+            let da = vhdkit::open(&a, &opts).map_err(|e| (force_share_hint(e, false), 2))?;
+            let db = vhdkit::open(&b, &opts).map_err(|e| (force_share_hint(e, false), 2))?;
             warn_signature(da.as_ref(), &a);
             warn_signature(db.as_ref(), &b);
             let diff = convert::first_difference(&Named(da.as_ref(), &a), &Named(db.as_ref(), &b));
@@ -881,7 +892,7 @@ fn run(cmd: Command) -> Outcome {
                             )
                         })
                 })
-                .map_err(fail1)?;
+                .map_err(|e| fail1(e.with_path(&image)))?;
             let mut out = std::io::stdout().lock();
             let mut buf = vec![0u8; convert::COPY_CHUNK];
             let mut pos = offset;
@@ -992,15 +1003,9 @@ fn run(cmd: Command) -> Outcome {
             trust,
             quiet,
         } => {
-            let mut opts = OpenOptions::new().writable(true);
-            opts.keys = key;
-            opts.trust = trust.trust;
-            let mut disk = vhdkit::evhd::EvhdDisk::open(
-                Box::new(vhdkit::io::FileStorage::open(&image, true).map_err(fail1)?),
-                Some(image.clone()),
-                &opts,
-            )
-            .map_err(|e| fail1(e.with_path(&image)))?;
+            // Like `sign` and `recipients`: a file that is no EVHD, or a
+            // damaged one, is named as such.
+            let mut disk = open_evhd(&image, key, true, false, trust, false)?;
             let resumed = disk.rekey_in_progress();
             let bar = progress_bar(0, quiet);
             disk.rekey(&mut |done, total| {
@@ -1067,6 +1072,7 @@ fn run_key(cmd: KeyCmd) -> Outcome {
             Ok(0)
         }
         KeyCmd::Public { key, output, force } => {
+            refuse_same_file(&key, &output).map_err(fail1)?;
             let k = read(&key)?;
             write_key_file(&output, k.public().to_xml().as_bytes(), false, force).map_err(fail1)?;
             Ok(0)
@@ -1077,6 +1083,7 @@ fn run_key(cmd: KeyCmd) -> Outcome {
             public,
             force,
         } => {
+            refuse_same_file(&key, &output).map_err(fail1)?;
             let k = read(&key)?;
             if public {
                 let pem = k.public().to_pem().map_err(fail1)?;
@@ -1113,7 +1120,7 @@ fn open_evhd(
     } else {
         vhdkit::io::FileStorage::open(image, writable)
     }
-    .map_err(fail1)?;
+    .map_err(|e| fail1(force_share_hint(e, writable)))?;
     // Any trace of EVHD (a damaged one too) is opened as EVHD, so that
     // damage is reported as such.
     if let Err(e) = vhdkit::detect::resolve(&storage, Some(Format::Evhd)) {
@@ -1282,17 +1289,32 @@ fn output_format(arg: Option<FormatArg>, path: &Path) -> vhdkit::Result<Format> 
     }
 }
 
-/// Refuse to write an output over one of the inputs.
+/// Refuse to write an output over one of the inputs: the same path, or
+/// another name (a hard or symbolic link) of the same file, judged by
+/// device and inode where the system has them.
 fn refuse_same_file(input: &Path, output: &Path) -> vhdkit::Result<()> {
-    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(input), std::fs::canonicalize(output))
-        && a == b
-    {
+    if same_file(input, output) {
         return Err(Error::invalid_argument(format!(
             "the output {} is also an input",
             output.display()
         )));
     }
     Ok(())
+}
+
+/// Whether `a` and `b` name one existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return x.dev() == y.dev() && x.ino() == y.ino();
+        }
+    }
+    matches!(
+        (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+        (Ok(x), Ok(y)) if x == y
+    )
 }
 
 fn progress_bar(total: u64, quiet: bool) -> Option<ProgressBar> {

@@ -513,3 +513,86 @@ fn real_images_damaged_are_damaged_not_raw() {
         std::fs::remove_file(&img).unwrap();
     }
 }
+
+/// An EVHD with both header magics and the journal magic damaged (one byte
+/// each) is still a damaged EVHD: its header copies and journal record are
+/// recognised by their fields, and the journal's header copy by its magic.
+/// The limit: with the first 192 KiB zeroed nothing fixed is left (the rest
+/// of the journal, the table and the data are random-looking), so the file
+/// is raw and `-f evhd` says it found no signature.
+#[test]
+fn evhd_with_all_three_magics_damaged_is_damaged_evhd() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = &test_key().1;
+    let (src, _) = source(d);
+    let e = d.join("e.evhd");
+    make_evhd(&src, &e);
+    let three = damaged_copy(
+        d,
+        &e,
+        "three.evhd",
+        &[(0, 1, 0), (64 << 10, 1, 0), (128 << 10, 1, 0)],
+    );
+    assert_fails_closed(d, &three, "EVHD", Some(key));
+    assert_fails_closed(d, &three, "EVHD", None);
+    // The header copy inside the journal record damaged as well: the
+    // fields of the header copies and of the journal record remain.
+    let four = damaged_copy(d, &three, "four.evhd", &[((128 << 10) + 4096, 1, 0)]);
+    assert_fails_closed(d, &four, "EVHD", Some(key));
+    for img in [&three, &four] {
+        let (code, _, err) = run(&["recipients", "list", s(img)]);
+        assert_eq!(code, 1);
+        assert!(err.contains("damaged EVHD image"), "{err}");
+        let (code, _, err) = run(&["info", "-f", "vhd", s(img)]);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains("not a VHD image") && err.contains("EVHD"),
+            "{err}"
+        );
+    }
+
+    // The documented limit.
+    let zeroed = damaged_copy(d, &e, "zero192k.evhd", &[(0, 192 << 10, 0)]);
+    let info: serde_json::Value =
+        serde_json::from_slice(&ok(&["info", "--json", s(&zeroed)])).unwrap();
+    assert_eq!(info["format"], "raw");
+    let (code, _, err) = run(&["info", "-f", "evhd", s(&zeroed)]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("not an EVHD image: found no signature"),
+        "{err}"
+    );
+}
+
+/// A legacy VHD (a 511-byte footer at the end, the file 512 n + 511 bytes
+/// long) whose cookie is damaged is a damaged VHD: the footer-shaped last
+/// bytes are looked for at EOF-511 too.
+#[test]
+fn legacy_vhd_with_a_damaged_cookie_is_damaged_vhd() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (src, data) = source(d);
+    let fx = d.join("f.vhd");
+    ok(&["convert", "-q", "-t", "fixed", s(&src), s(&fx)]);
+    // Drop the footer's last (reserved, zero) byte: a legacy footer.
+    let legacy = d.join("legacy.vhd");
+    let mut bytes = std::fs::read(&fx).unwrap();
+    assert_eq!(bytes.pop(), Some(0));
+    std::fs::write(&legacy, &bytes).unwrap();
+    assert_eq!(bytes.len() % 512, 511);
+    let info: serde_json::Value =
+        serde_json::from_slice(&ok(&["info", "--json", s(&legacy)])).unwrap();
+    assert_eq!(info["format"], "vhd", "{info}");
+    let got = ok(&[
+        "read",
+        s(&legacy),
+        "--offset",
+        "0",
+        "--length",
+        &SIZE.to_string(),
+    ]);
+    assert!(got == data);
+    let img = damaged_copy(d, &legacy, "legacy-cookie.vhd", &[(-511, 2, 0)]);
+    assert_fails_closed(d, &img, "VHD", None);
+}

@@ -195,3 +195,33 @@ fn failure_leaves_no_temporary_file() {
         );
     }
 }
+
+/// `key public` and `key export-pem` refuse to write over their own input,
+/// by its path or another name of the same file (a hard link), even with
+/// `--force`: the private key must not be replaced by its public half.
+#[test]
+fn output_over_the_input_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("A.xml");
+    std::fs::copy(&test_key().1, &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = dir.path().join("A-link.xml");
+    std::fs::hard_link(&key, &link).unwrap();
+    let before = std::fs::read(&key).unwrap();
+    let p = |s: &str| PathBuf::from(s);
+    for args in [
+        vec![p("key"), p("public"), key.clone()],
+        vec![p("key"), p("export-pem"), key.clone()],
+        vec![p("key"), p("export-pem"), p("--public"), key.clone()],
+    ] {
+        for out in [&key, &link] {
+            let o = run_writer(&args, out, true);
+            let (code, _, err) = code_out_err(&o);
+            assert_eq!(code, 1, "{args:?} -o {}: {err}", out.display());
+            assert!(err.contains("is also an input"), "{err}");
+            assert_eq!(std::fs::read(&key).unwrap(), before, "{args:?}");
+            assert_eq!(kind(&key), "private");
+        }
+    }
+    assert!(temp_debris(dir.path()).is_empty());
+}

@@ -670,3 +670,102 @@ fn library_open_locks() {
     let report = vhdkit::check(&img, &ro, true).unwrap();
     assert_eq!(report.exit_code(), 0);
 }
+
+/// `-U` reads with `pread`, never through a memory map: a reader of an
+/// image another program shrinks meanwhile gets an I/O error naming the
+/// image, not `SIGBUS` (with a map it died with exit 135).
+#[test]
+fn force_share_reader_survives_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("shrinking.raw");
+    let len: usize = 64 << 20;
+    let len_arg = len.to_string();
+    let read: &[&str] = &["read", "-U", s(&img), "--offset", "0", "--length", &len_arg];
+    // convert streams through its pipelined reader (which borrows mapped
+    // bytes where it can).
+    let stream: &[&str] = &["convert", "-q", "-U", s(&img), "-"];
+    for args in [read, stream] {
+        force_share_reader_survives_truncation_of(&img, len, args);
+    }
+}
+
+fn force_share_reader_survives_truncation_of(img: &Path, len: usize, args: &[&str]) {
+    common::write_raw(img, &vec![0x5au8; len]);
+    let img = img.to_path_buf();
+    let mut child = Command::new(vhdkit_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = drain(child.stderr.take().unwrap());
+    let mut stdout = child.stdout.take().unwrap();
+    // The reader has read its first chunk and is writing it into the pipe.
+    let mut first = vec![0u8; 1 << 20];
+    stdout.read_exact(&mut first).unwrap();
+    assert!(first.iter().all(|&b| b == 0x5a));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let rest = drain(stdout).recv_timeout(WAIT_LIMIT).unwrap();
+    let st = wait_bounded(&mut child, "the -U reader");
+    let err = String::from_utf8_lossy(&stderr.recv_timeout(WAIT_LIMIT).unwrap()).into_owned();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        None,
+        "the reader died of a signal: {err}"
+    );
+    assert_eq!(st.code(), Some(1), "{args:?}: {err}");
+    assert!(
+        err.contains(s(&img)) && err.contains("raw image data"),
+        "the error does not name the image and what failed: {err}"
+    );
+    assert!(first.len() + rest.len() < len, "read past the new end");
+}
+
+/// The in-use error suggests `-U` only where the command has it: creating
+/// a child of a parent being written does not take `-U`.
+#[test]
+fn in_use_hint_only_where_force_share_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let (parent, _) = make_image(dir.path(), "vhdx");
+    let child = dir.path().join("child.vhdx");
+    let a = Holder::start(&parent, &[]);
+    let out = vhdkit([
+        "create",
+        "-t",
+        "differencing",
+        "--parent",
+        s(&parent),
+        s(&child),
+    ]);
+    let (code, _, err) = code_out_err(&out);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(s(&parent)) && err.contains("in use"), "{err}");
+    assert!(!err.contains("-U"), "create has no -U: {err}");
+    assert!(!child.exists());
+    for args in [
+        vec!["read", s(&parent), "--offset", "0", "--length", "512"],
+        vec!["info", s(&parent)],
+        vec!["check", s(&parent)],
+        vec!["map", s(&parent)],
+        vec!["recipients", "list", s(&parent)],
+    ] {
+        let out = vhdkit(&args);
+        let (code, _, err) = code_out_err(&out);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        // (recipients list: an image in use is refused before anything
+        // says that it is not an EVHD.)
+        assert!(err.contains("in use"), "{args:?}: {err}");
+        assert!(
+            err.contains("(-U/--force-share reads it without a lock)"),
+            "{args:?}: {err}"
+        );
+    }
+    let data = random_bytes(A_LEN, 17);
+    a.finish(&data);
+}
