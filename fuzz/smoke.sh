@@ -2,7 +2,9 @@
 # A short fuzzing run of every target from its committed corpus, as CI runs
 # it. Builds the targets with plain cargo on the stable toolchain (the same
 # coverage instrumentation cargo-fuzz passes, without a sanitizer), so
-# cargo-fuzz need not be installed. New inputs go to a temporary folder;
+# cargo-fuzz need not be installed. Overflow checks and debug assertions
+# are on, so an arithmetic overflow any input reaches fails the run instead
+# of wrapping silently (issue 18). New inputs go to a temporary folder;
 # the committed corpora are only read. Fails on any crash, timeout or
 # out-of-memory, leaving the input under fuzz/artifacts/<target>/.
 #
@@ -16,6 +18,7 @@ export RUSTFLAGS="-Cpasses=sancov-module \
  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
  -Cllvm-args=-sanitizer-coverage-pc-table \
  -Cllvm-args=-sanitizer-coverage-trace-compares \
+ -Cdebug-assertions -Coverflow-checks \
  --cfg fuzzing"
 # --target keeps build scripts and proc macros uninstrumented; a target
 # folder of its own keeps cargo-fuzz's builds (other flags) intact.
