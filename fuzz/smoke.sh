@@ -32,10 +32,15 @@ trap 'rm -rf "$tmp"' EXIT
 status=0
 for t in open_vhd open_vhdx open_evhd keypair_xml vhdx_log write_ops; do
   mkdir -p "$tmp/$t" "artifacts/$t"
+  # Every committed input runs first (corpus and former crashes, with
+  # overflow checks: tests/fuzz_replay.rs replays them in the release
+  # build, where overflows wrap), then the fuzzer mutates them.
+  dirs=("corpus/$t")
+  [ -d "regressions/$t" ] && dirs+=("regressions/$t")
   # A fixed seed: the same mutations on every run, however far it gets.
   if ! "$CARGO_TARGET_DIR/$host/release/$t" -seed=1 -max_total_time="$secs" -max_len="${max_len[$t]:-4096}" \
       -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
-      -artifact_prefix="artifacts/$t/" "$tmp/$t" "corpus/$t" > "$tmp/$t.log" 2>&1; then
+      -artifact_prefix="artifacts/$t/" "$tmp/$t" "${dirs[@]}" > "$tmp/$t.log" 2>&1; then
     echo "fuzz smoke: $t FAILED"
     tail -n 40 "$tmp/$t.log"
     status=1

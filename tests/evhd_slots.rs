@@ -15,11 +15,11 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vhdkit::parent::Chain;
 use vhdkit::evhd::EvhdBuilder;
 use vhdkit::evhd::header::{COPY_OFFSETS, HEADER_SIZE, Header};
 use vhdkit::evhd::table::{ENTRY_SIZE, PAGE_SIZE};
 use vhdkit::io::MemStorage;
+use vhdkit::parent::Chain;
 use vhdkit::report::{CheckReport, Severity};
 use vhdkit::{OpenOptions, VirtualDisk};
 
@@ -34,7 +34,9 @@ fn image() -> Vec<u8> {
         .recipient(key.public().clone(), "test")
         .create(Box::new(mem.clone()), None)
         .expect("create");
-    let data: Vec<u8> = (0..4 * BLOCK as usize).map(|i| (i % 251) as u8 + 1).collect();
+    let data: Vec<u8> = (0..4 * BLOCK as usize)
+        .map(|i| (i % 251) as u8 + 1)
+        .collect();
     disk.write_at(&data, 0).expect("write");
     disk.flush().expect("flush");
     drop(disk);
@@ -173,7 +175,10 @@ fn authentic_slot_past_the_file_is_an_error_naming_the_entry() {
             &["read", "--offset", "0", "--length", "512"][..],
         ] {
             let err = cli_fails(&file, args);
-            assert!(err.contains("block 1") && err.contains(&hex), "{args:?}: {err}");
+            assert!(
+                err.contains("block 1") && err.contains(&hex),
+                "{args:?}: {err}"
+            );
         }
         // check reports the entry as an error finding (exit 2).
         let err = cli_fails(&file, &["check"]);

@@ -121,7 +121,10 @@ fn image_targets_allocate_by_the_real_file_size() {
         println!("{peak:>12} bytes peak, image {len:>9} bytes: {label}");
     }
     assert!(count > 0, "no corpus inputs found");
-    assert!(over.is_empty(), "inputs that allocate beyond their size: {over:#?}");
+    assert!(
+        over.is_empty(),
+        "inputs that allocate beyond their size: {over:#?}"
+    );
 }
 
 /// Peak live heap bytes while `f` runs.
@@ -154,7 +157,10 @@ fn zeroed_vhd_table_costs_memory_by_the_file_not_the_entries() {
     // Zero the table: it starts after the footer copy and the dynamic header.
     let table = 512 + 1024;
     let bat_end = table + (entries as usize) * 4;
-    assert!(file[table..bat_end].iter().all(|&b| b == 0xff), "table layout");
+    assert!(
+        file[table..bat_end].iter().all(|&b| b == 0xff),
+        "table layout"
+    );
     file[table..bat_end].fill(0);
     let len = file.len();
     let data = file;

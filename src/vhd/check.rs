@@ -68,7 +68,13 @@ impl Listed {
 
     /// One finding per kind for what was counted but not listed.
     fn summarize(&self, report: &mut CheckReport) {
-        for kind in [Kind::BeyondSize, Kind::PastEnd, Kind::OnMeta, Kind::Shared, Kind::Leak] {
+        for kind in [
+            Kind::BeyondSize,
+            Kind::PastEnd,
+            Kind::OnMeta,
+            Kind::Shared,
+            Kind::Leak,
+        ] {
             let n = self.0[kind as usize];
             if n > MAX_LISTED {
                 let (severity, structure, what) = kind.describe();
