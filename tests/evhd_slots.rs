@@ -198,13 +198,13 @@ fn unverified_slot_past_the_file_is_an_error_not_a_wrapped_offset() {
             disk.info().warnings
         );
         let page_at = format!("{:#x}", h.table_offset);
-        let err = disk.map(0, disk.virtual_size()).err().expect("map fails");
+        let err = disk.map(0, disk.virtual_size()).expect_err("map fails");
         assert_eq!(err.offset(), Some(h.table_offset), "{err}");
         assert!(err.message().contains("block 0"), "{err}");
-        let err = disk.map(BLOCK, 10).err().expect("map of block 1 fails");
+        let err = disk.map(BLOCK, 10).expect_err("map of block 1 fails");
         assert!(err.message().contains("block 1"), "{err}");
         let mut buf = vec![0u8; 512];
-        let err = disk.read_at(&mut buf, BLOCK).err().expect("read fails");
+        let err = disk.read_at(&mut buf, BLOCK).expect_err("read fails");
         assert!(err.message().contains("block 1"), "{err}");
         // Blocks of other pages map as before: none here beyond page 0.
         let r = check(&file);

@@ -116,7 +116,7 @@ fn image_targets_allocate_by_the_real_file_size() {
             }
         }
     }
-    worst.sort_by(|a, b| b.0.cmp(&a.0));
+    worst.sort_by_key(|w| std::cmp::Reverse(w.0));
     for (peak, len, label) in worst.iter().take(8) {
         println!("{peak:>12} bytes peak, image {len:>9} bytes: {label}");
     }
@@ -143,7 +143,7 @@ fn peak_of(f: impl FnOnce()) -> usize {
 #[test]
 fn zeroed_vhd_table_costs_memory_by_the_file_not_the_entries() {
     use std::sync::Arc;
-    use vhdkit::io::{MemStorage, Storage};
+    use vhdkit::io::MemStorage;
     let entries: u64 = (64 << 20) / 4 - 1024;
     let size = entries * 512;
     let mem = Arc::new(MemStorage::new());

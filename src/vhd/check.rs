@@ -19,7 +19,7 @@ struct Region {
 }
 
 /// Findings of one kind listed before the rest are only counted.
-const MAX_LISTED: usize = 1000;
+pub const MAX_LISTED: usize = 1000;
 
 /// The kinds of block table findings, each listed up to [`MAX_LISTED`].
 #[derive(Clone, Copy)]
