@@ -234,3 +234,30 @@ fn the_first_slot_past_the_data_area_is_refused() {
     assert!(err.message().contains("slot 5"), "{err}");
     let _ = PAGE_SIZE;
 }
+
+/// The fuzz target's sealed form reaches the table checks: the committed
+/// regression input changes block 0's slot to `u64::MAX` in a sealed seed,
+/// and the re-sealed file fails on that entry, not on a MAC.
+#[test]
+fn sealed_fuzz_input_reaches_the_slot_check() {
+    let input = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/regressions/open_evhd/sealed-slot-past-the-file"),
+    )
+    .unwrap();
+    let file = harness::evhd_bytes(&input);
+    let err = open(&file).err().expect("open must fail");
+    assert!(
+        err.message().contains("block 0") && err.message().contains(&u64::MAX.to_string()),
+        "{err}"
+    );
+    // Without re-sealing the same change only fails the page MAC.
+    let mut plain = harness::SPARSE_MAGIC.to_vec();
+    plain.extend_from_slice(&input[harness::SEAL_MAGIC.len()..]);
+    let disk = open(&harness::image_bytes(&plain)).expect("opens with a bad page");
+    assert!(
+        disk.info().warnings.iter().any(|w| w.contains("page 0")),
+        "{:?}",
+        disk.info().warnings
+    );
+}
