@@ -2,7 +2,9 @@
 # A short fuzzing run of every target from its committed corpus, as CI runs
 # it. Builds the targets with plain cargo on the stable toolchain (the same
 # coverage instrumentation cargo-fuzz passes, without a sanitizer), so
-# cargo-fuzz need not be installed. New inputs go to a temporary folder;
+# cargo-fuzz need not be installed. Overflow checks and debug assertions
+# are on, so an arithmetic overflow any input reaches fails the run instead
+# of wrapping silently (issue 18). New inputs go to a temporary folder;
 # the committed corpora are only read. Fails on any crash, timeout or
 # out-of-memory, leaving the input under fuzz/artifacts/<target>/.
 #
@@ -16,6 +18,7 @@ export RUSTFLAGS="-Cpasses=sancov-module \
  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
  -Cllvm-args=-sanitizer-coverage-pc-table \
  -Cllvm-args=-sanitizer-coverage-trace-compares \
+ -Cdebug-assertions -Coverflow-checks \
  --cfg fuzzing"
 # --target keeps build scripts and proc macros uninstrumented; a target
 # folder of its own keeps cargo-fuzz's builds (other flags) intact.
@@ -29,10 +32,15 @@ trap 'rm -rf "$tmp"' EXIT
 status=0
 for t in open_vhd open_vhdx open_evhd keypair_xml vhdx_log write_ops; do
   mkdir -p "$tmp/$t" "artifacts/$t"
+  # Every committed input runs first (corpus and former crashes, with
+  # overflow checks: tests/fuzz_replay.rs replays them in the release
+  # build, where overflows wrap), then the fuzzer mutates them.
+  dirs=("corpus/$t")
+  [ -d "regressions/$t" ] && dirs+=("regressions/$t")
   # A fixed seed: the same mutations on every run, however far it gets.
   if ! "$CARGO_TARGET_DIR/$host/release/$t" -seed=1 -max_total_time="$secs" -max_len="${max_len[$t]:-4096}" \
       -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
-      -artifact_prefix="artifacts/$t/" "$tmp/$t" "corpus/$t" > "$tmp/$t.log" 2>&1; then
+      -artifact_prefix="artifacts/$t/" "$tmp/$t" "${dirs[@]}" > "$tmp/$t.log" 2>&1; then
     echo "fuzz smoke: $t FAILED"
     tail -n 40 "$tmp/$t.log"
     status=1

@@ -11,6 +11,8 @@ use vhdkit::evhd::keys::{KeyFile, PrivateKey};
 use vhdkit::io::{MemStorage, Storage};
 use vhdkit::parent::Chain;
 
+#[path = "evhd_seal.rs"]
+pub mod evhd_seal;
 #[path = "vhdx_log.rs"]
 pub mod vhdx_log;
 #[path = "write_ops.rs"]
@@ -69,10 +71,31 @@ pub fn open_vhdx(data: &[u8]) {
     check_and_exercise(data, vhdkit::vhdx::check::check);
 }
 
-/// Arbitrary bytes (or the sparse form) as an EVHD opened with the test
-/// key: check, open, info, map and read.
+/// First bytes of a sealed EVHD input: the rest is the sparse form's
+/// records, and the file they describe is re-sealed with the test key
+/// ([`evhd_seal::reseal`]) before it is opened.
+pub const SEAL_MAGIC: &[u8; 8] = b"vhdkSEAL";
+
+/// The EVHD file an `open_evhd` input stands for: an input in the sealed
+/// form ([`SEAL_MAGIC`] and sparse records) re-sealed with the test key,
+/// anything else as [`image_bytes`] makes it.
+pub fn evhd_bytes(data: &[u8]) -> Vec<u8> {
+    let Some(records) = data.strip_prefix(SEAL_MAGIC.as_slice()) else {
+        return image_bytes(data);
+    };
+    let mut sparse = SPARSE_MAGIC.to_vec();
+    sparse.extend_from_slice(records);
+    let mut file = image_bytes(&sparse);
+    evhd_seal::reseal(&mut file, &test_key());
+    file
+}
+
+/// Arbitrary bytes, the sparse form, or the sealed form (whose mutations
+/// get valid CRCs and MACs, so they reach the table, header and journal
+/// parsers) as an EVHD opened with the test key: check, open, info, map
+/// and read.
 pub fn open_evhd(data: &[u8]) {
-    let file = Arc::new(MemStorage::read_only(image_bytes(data)));
+    let file = Arc::new(MemStorage::read_only(evhd_bytes(data)));
     let mut report = vhdkit::CheckReport::default();
     let _ = vhdkit::evhd::check::check(Box::new(file.clone()), &[test_key()], &mut report);
     exercise(file, &OpenOptions::new().key(test_key()), READ_LIMIT);

@@ -252,9 +252,16 @@ impl Header {
         Uuid::from_bytes(self.container_id)
     }
 
-    /// File offset of data slot `slot` (>= 1).
-    pub fn slot_offset(&self, slot: u64) -> u64 {
-        self.data_offset + (slot - 1) * self.block_size()
+    /// File offset of data slot `slot`, or `None` unless `1 <= slot <=
+    /// slot_count` (a slot number from the table is file data: it is
+    /// checked before any arithmetic with it).
+    pub fn slot_offset(&self, slot: u64) -> Option<u64> {
+        if slot == 0 || slot > self.slot_count {
+            return None;
+        }
+        (slot - 1)
+            .checked_mul(self.block_size())
+            .and_then(|o| self.data_offset.checked_add(o))
     }
 
     /// Encode an unsigned (version 1) copy, MAC'd under `mk` and

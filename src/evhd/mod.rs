@@ -407,9 +407,10 @@ impl Unlocked {
 
     fn recompute_committed(&mut self, slot_count: u64) {
         let mut c = vec![false; slot_count as usize + 1];
+        // Entries of pages that failed verification may name any slot.
         for e in &self.entries {
-            if e.slot != 0 {
-                c[e.slot as usize] = true;
+            if let Some(used) = c.get_mut(e.slot as usize).filter(|_| e.slot != 0) {
+                *used = true;
             }
         }
         self.committed = c;
@@ -977,6 +978,25 @@ impl EvhdDisk {
             + (block % ENTRIES_PER_PAGE as u64) * table::ENTRY_SIZE as u64
     }
 
+    /// File offset of `slot`, the slot the table entry of `block` names:
+    /// an error naming the entry (block, table page, file offset) when the
+    /// slot is not one of the data area's, never a wrapped offset.
+    fn slot_file_offset(&self, block: u64, slot: u64) -> Result<u64> {
+        self.header.slot_offset(slot).ok_or_else(|| {
+            Error::corrupt(
+                TABLE,
+                self.entry_offset(block),
+                format!(
+                    "block {block} (table page {}): slot {slot} is not in the data area of {} slots of {} bytes at {:#x}",
+                    block / ENTRIES_PER_PAGE as u64,
+                    self.header.slot_count,
+                    self.block_size(),
+                    self.header.data_offset
+                ),
+            )
+        })
+    }
+
     fn check_page(&self, st: &Unlocked, block: u64) -> Result<()> {
         let page = block / ENTRIES_PER_PAGE as u64;
         if let Some(why) = st.bad_pages.get(&page) {
@@ -992,7 +1012,7 @@ impl EvhdDisk {
     /// Decrypt `buf` (the ciphertext of `block`) in place.
     fn decrypt(&self, st: &Unlocked, block: u64, buf: &mut [u8]) -> Result<()> {
         let e = &st.entries[block as usize];
-        let off = self.header.slot_offset(e.slot);
+        let off = self.slot_file_offset(block, e.slot)?;
         let key = st.data_key(e.epoch).ok_or_else(|| {
             Error::corrupt(
                 TABLE,
@@ -1035,7 +1055,7 @@ impl EvhdDisk {
                 out[i * bs..j * bs].fill(0);
                 continue;
             }
-            let off = self.header.slot_offset(slot(i));
+            let off = self.slot_file_offset(first + i as u64, slot(i))?;
             read_struct(self.storage.as_ref(), DATA, &mut out[i * bs..j * bs], off)?;
             for k in i..j {
                 self.decrypt(st, first + k as u64, &mut out[k * bs..(k + 1) * bs])?;
@@ -1146,7 +1166,14 @@ impl EvhdDisk {
                 }
                 // Runs of consecutive slots, one write each.
                 slot_runs(tags.len(), |i| slots[lo + i]).try_for_each(|(i, j)| {
-                    let off = header.slot_offset(slots[lo + i]);
+                    // New slots are at most the (raised) slot count.
+                    let off = header.slot_offset(slots[lo + i]).ok_or_else(|| {
+                        Error::corrupt(
+                            DATA,
+                            header.data_offset,
+                            format!("new slot {} is beyond the data area", slots[lo + i]),
+                        )
+                    })?;
                     storage
                         .write_at(&piece[i * bs..j * bs], off)
                         .map_err(io_err(DATA, off))
@@ -1761,12 +1788,15 @@ impl VirtualDisk for EvhdDisk {
         let end = offset.saturating_add(length).min(self.header.virtual_size);
         let mut list = ExtentList::default();
         for p in block_pieces(offset, end.saturating_sub(offset), self.block_size()) {
+            // A block of a page that failed verification has no trusted
+            // entry: an error, as for reads.
+            self.check_page(st, p.block)?;
             let e = &st.entries[p.block as usize];
             let (kind, file_offset) = match e.slot {
                 0 => (ExtentKind::Zero, None),
                 slot => (
                     ExtentKind::Data,
-                    Some(self.header.slot_offset(slot) + p.in_block),
+                    Some(self.slot_file_offset(p.block, slot)? + p.in_block),
                 ),
             };
             list.push(p.pos, p.len as u64, kind, file_offset);

@@ -18,6 +18,91 @@ struct Region {
     what: String,
 }
 
+/// Findings of one kind listed before the rest are only counted.
+pub const MAX_LISTED: usize = 1000;
+
+/// The kinds of block table findings, each listed up to [`MAX_LISTED`].
+#[derive(Clone, Copy)]
+enum Kind {
+    BeyondSize,
+    PastEnd,
+    OnMeta,
+    Shared,
+    Leak,
+}
+
+impl Kind {
+    /// Severity, structure, and what the unlisted ones are.
+    fn describe(self) -> (Severity, &'static str, &'static str) {
+        const TABLE: &str = "VHD block allocation table";
+        match self {
+            Kind::BeyondSize => (Severity::Info, TABLE, "entries beyond the virtual size"),
+            Kind::PastEnd => (Severity::Error, TABLE, "blocks past the end of the data"),
+            Kind::OnMeta => (Severity::Error, TABLE, "blocks overlapping metadata"),
+            Kind::Shared => (Severity::Error, TABLE, "overlapping pairs of blocks"),
+            Kind::Leak => (Severity::Leak, "VHD file", "unreferenced ranges"),
+        }
+    }
+}
+
+/// Counts of the findings of each [`Kind`].
+#[derive(Default)]
+struct Listed([usize; 5]);
+
+impl Listed {
+    /// Add a finding of `kind` (its message made only when it is listed).
+    fn add(
+        &mut self,
+        report: &mut CheckReport,
+        kind: Kind,
+        offset: Option<u64>,
+        message: impl FnOnce() -> String,
+    ) {
+        let n = &mut self.0[kind as usize];
+        *n += 1;
+        if *n <= MAX_LISTED {
+            let (severity, structure, _) = kind.describe();
+            report.add(severity, structure, offset, message());
+        }
+    }
+
+    /// One finding per kind for what was counted but not listed.
+    fn summarize(&self, report: &mut CheckReport) {
+        for kind in [
+            Kind::BeyondSize,
+            Kind::PastEnd,
+            Kind::OnMeta,
+            Kind::Shared,
+            Kind::Leak,
+        ] {
+            let n = self.0[kind as usize];
+            if n > MAX_LISTED {
+                let (severity, structure, what) = kind.describe();
+                report.add(
+                    severity,
+                    structure,
+                    None,
+                    format!("{n} {what} in all; only the first {MAX_LISTED} are listed"),
+                );
+            }
+        }
+    }
+}
+
+/// Two ascending sequences of ranges merged into one ascending sequence.
+fn merge_sorted(
+    a: impl Iterator<Item = (u64, u64)>,
+    b: impl Iterator<Item = (u64, u64)>,
+) -> impl Iterator<Item = (u64, u64)> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if x <= y => a.next(),
+        (Some(_), Some(_)) => b.next(),
+        (Some(_), None) => a.next(),
+        (None, _) => b.next(),
+    })
+}
+
 /// What the checker learnt about the footers, for repair.
 struct Footers {
     end: Option<Footer>,
@@ -272,64 +357,71 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
     let span = bitmap_size + block_size;
     let used = footer.current_size.div_ceil(block_size) as usize;
     let table = bat::load(storage, header.table_offset, header.max_table_entries)?;
-    let mut blocks: Vec<(u64, usize)> = Vec::new();
+    // A hostile table can hold millions of entries that are all wrong
+    // (a zeroed table "allocates" every block at sector 0): each kind of
+    // fault lists its first MAX_LISTED entries and counts the rest, and
+    // the blocks are kept as (sector, index) pairs of 8 bytes, so memory
+    // follows the table's size in the file, never millions of findings.
+    let mut listed = Listed::default();
+    let count = table
+        .iter()
+        .take(used)
+        .filter(|&&e| e != bat::UNUSED)
+        .count();
+    let mut blocks: Vec<(u32, u32)> = Vec::with_capacity(count);
     for (i, &e) in table.iter().enumerate() {
         if e == bat::UNUSED {
             continue;
         }
         let entry_off = bat::entry_offset(header.table_offset, i);
         if i >= used {
-            report.add(
-                Severity::Info,
-                "VHD block allocation table",
-                Some(entry_off),
+            listed.add(report, Kind::BeyondSize, Some(entry_off), || {
                 format!(
                     "entry {i} lies beyond the virtual size but points to {:#x}",
                     u64::from(e) * SECTOR
-                ),
-            );
+                )
+            });
             continue;
         }
         let start = u64::from(e) * SECTOR;
         let end = start + span;
         if end > data_end {
-            report.add(
-                Severity::Error,
-                "VHD block allocation table",
-                Some(entry_off),
+            listed.add(report, Kind::PastEnd, Some(entry_off), || {
                 format!(
                     "block {i} at {start:#x}..{end:#x} extends past the end of the data at {data_end:#x}"
-                ),
-            );
+                )
+            });
         }
         for m in &meta {
             if start < m.end && m.start < end {
-                report.add(
-                    Severity::Error,
-                    "VHD block allocation table",
-                    Some(entry_off),
+                listed.add(report, Kind::OnMeta, Some(entry_off), || {
                     format!(
                         "block {i} at {start:#x} overlaps the {} at {:#x}..{:#x}",
                         m.what, m.start, m.end
-                    ),
-                );
+                    )
+                });
             }
         }
-        blocks.push((start, i));
+        // The table holds at most u32::MAX entries.
+        blocks.push((e, i as u32));
     }
+    drop(table);
     blocks.sort_unstable();
     for w in blocks.windows(2) {
         let ((a, ia), (b, ib)) = (w[0], w[1]);
+        let (a, b) = (u64::from(a) * SECTOR, u64::from(b) * SECTOR);
         if b < a + span {
-            report.add(
-                Severity::Error,
-                "VHD block allocation table",
-                Some(bat::entry_offset(header.table_offset, ib)),
-                format!(
-                    "blocks {ia} and {ib} overlap: {a:#x}..{:#x} and {b:#x}..{:#x}",
-                    a + span,
-                    b + span
-                ),
+            listed.add(
+                report,
+                Kind::Shared,
+                Some(bat::entry_offset(header.table_offset, ib as usize)),
+                || {
+                    format!(
+                        "blocks {ia} and {ib} overlap: {a:#x}..{:#x} and {b:#x}..{:#x}",
+                        a + span,
+                        b + span
+                    )
+                },
             );
         }
     }
@@ -337,27 +429,32 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
     // Leaked space: gaps after the first block big enough to have held a
     // block (a block allocated but never linked, e.g. after a crash).
     // Smaller gaps and the space before the first block are alignment
-    // padding: Windows puts each block's data on a 4 KiB boundary.
-    let mut covered: Vec<(u64, u64)> = meta.iter().map(|m| (m.start, m.end)).collect();
-    covered.extend(blocks.iter().map(|&(s, _)| (s, s + span)));
-    covered.push((data_end, data_end));
-    covered.sort_unstable();
+    // padding: Windows puts each block's data on a 4 KiB boundary. The
+    // covered ranges are the sorted metadata merged with the sorted blocks.
+    let mut regions: Vec<(u64, u64)> = meta.iter().map(|m| (m.start, m.end)).collect();
+    regions.push((data_end, data_end));
+    regions.sort_unstable();
+    let block_ranges = blocks.iter().map(|&(s, _)| {
+        let s = u64::from(s) * SECTOR;
+        (s, s + span)
+    });
+    let covered = merge_sorted(regions.into_iter(), block_ranges);
     let meta_end = meta.iter().map(|m| m.end).max().unwrap_or(0);
-    let mut pos = blocks.first().map_or(data_end.max(meta_end), |&(s, _)| s);
+    let mut pos = blocks
+        .first()
+        .map_or(data_end.max(meta_end), |&(s, _)| u64::from(s) * SECTOR);
     for (s, e) in covered {
         if s > pos && s - pos >= span.max(4096) {
-            report.add(
-                Severity::Leak,
-                "VHD file",
-                Some(pos),
+            listed.add(report, Kind::Leak, Some(pos), || {
                 format!(
                     "{} bytes at {pos:#x}..{s:#x} are referenced by no structure",
                     s - pos
-                ),
-            );
+                )
+            });
         }
         pos = pos.max(e);
     }
+    listed.summarize(report);
 
     if repair {
         repair_footers(storage, &fs, &footer, &header, hoff, pos, report)?;

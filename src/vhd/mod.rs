@@ -373,15 +373,20 @@ impl VhdDisk {
                 }
             }
         }
-        let mut blocks: Vec<(u64, usize)> = bat
-            .iter()
-            .enumerate()
-            .filter(|&(_, &e)| e != bat::UNUSED)
-            .map(|(i, &e)| (u64::from(e) * SECTOR, i))
-            .collect();
+        // (sector, index) pairs of 8 bytes, allocated once: a table of
+        // millions of entries costs twice its size in the file.
+        let count = bat.iter().filter(|&&e| e != bat::UNUSED).count();
+        let mut blocks: Vec<(u32, u32)> = Vec::with_capacity(count);
+        blocks.extend(
+            bat.iter()
+                .enumerate()
+                .filter(|&(_, &e)| e != bat::UNUSED)
+                .map(|(i, &e)| (e, i as u32)),
+        );
         let mut on_meta: Option<String> = None;
         let mut on_meta_count = 0usize;
-        for &(start, i) in &blocks {
+        for &(sector, i) in &blocks {
+            let (start, i) = (u64::from(sector) * SECTOR, i as usize);
             if let Some((ms, me, what)) = meta
                 .iter()
                 .find(|(ms, me, _)| start < *me && *ms < start + span)
@@ -404,6 +409,8 @@ impl VhdDisk {
         let mut shared_count = 0usize;
         for w in blocks.windows(2) {
             let ((a, ia), (b, ib)) = (w[0], w[1]);
+            let (a, b) = (u64::from(a) * SECTOR, u64::from(b) * SECTOR);
+            let (ia, ib) = (ia as usize, ib as usize);
             if b < a + span {
                 shared_count += 1;
                 shared.get_or_insert_with(|| {
