@@ -78,6 +78,11 @@ sparse "$tmp/e.evhd" corpus/open_evhd/e.evhd.sparse
 # The same in the sealed form (src/evhd_seal.rs): the target re-seals what
 # the fuzzer changed with the test key, so mutations pass the CRCs and MACs.
 { printf vhdkSEAL; tail -c +9 corpus/open_evhd/e.evhd.sparse; } > corpus/open_evhd/e.evhd.sealed
+# A signed one (the private test key as recipient signs every commit): the
+# target re-signs it, so mutations also get past the signature checks.
+$B convert -q --force -O evhd --block-size 4K --recipient test-key.xml "$tmp/r.raw" "$tmp/s.evhd"
+sparse "$tmp/s.evhd" "$tmp/s.evhd.sparse"
+{ printf vhdkSEAL; tail -c +9 "$tmp/s.evhd.sparse"; } > corpus/open_evhd/s.evhd.signed.sealed
 
 # Structured targets: a few random inputs to start from.
 for i in 1 2 3 4; do

@@ -121,6 +121,19 @@ impl OpenOptions {
         self
     }
 
+    /// Also trust EVHD images signed by `key` (see [`OpenOptions::trust`]).
+    pub fn trust(mut self, key: evhd::keys::PublicKey) -> Self {
+        self.trust.push(key);
+        self
+    }
+
+    /// Refuse EVHD images not signed by a trusted key, and every other
+    /// format (see [`OpenOptions::require_signed`]).
+    pub fn require_signed(mut self, yes: bool) -> Self {
+        self.require_signed = yes;
+        self
+    }
+
     /// Vouch for an EVHD image's current content (see [`OpenOptions::vouch`]).
     pub fn vouch(mut self, yes: bool) -> Self {
         self.vouch = yes;

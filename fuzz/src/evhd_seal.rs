@@ -10,15 +10,15 @@
 //! its header, pages and CRC recomputed the same way. What no longer
 //! decodes keeps a valid CRC at least, so range checks see the mutation.
 //!
-//! All header authentication goes through [`seal_header`]: a signature
-//! over the header commit (issue 11's writer authentication) is one more
-//! call there, after the MAC and before the CRC.
+//! All header authentication goes through [`seal_header`], which also
+//! re-signs a signed (version 2) header copy whose signer is the test key,
+//! so mutations of signed images get past the signature check too.
 
 use vhdkit::evhd::cipher::MasterKey;
 use vhdkit::evhd::header::{self, COPY_OFFSETS, HEADER_SIZE, Header};
-use vhdkit::evhd::journal;
 use vhdkit::evhd::keys::PrivateKey;
 use vhdkit::evhd::table::{self, PAGE_SIZE};
+use vhdkit::evhd::{journal, signature};
 
 /// Where the header copy `at` (a file offset or a journal record's copy)
 /// lies in `file`, if the file holds all of it.
@@ -35,12 +35,30 @@ pub fn fix_crc(copy: &mut [u8]) {
 }
 
 /// Authenticate a header copy under `mk` for the table whose root is
-/// `root`: the root, the MAC, then the CRC over both. A signature of the
-/// commit goes here, between the MAC and the CRC.
-pub fn seal_header(copy: &mut [u8], mk: &MasterKey, root: &[u8; 32]) {
+/// `root`: the root, the MAC, a fresh signature by `key` when the copy is
+/// a signed (version 2) one whose signer record names `key` with its
+/// modulus length, then the CRC over all of it. A signer record naming
+/// another key (or a mangled one) keeps its bytes, so the signature checks
+/// see the mutation.
+pub fn seal_header(copy: &mut [u8], mk: &MasterKey, root: &[u8; 32], key: &PrivateKey) {
     copy[100..132].copy_from_slice(root);
     let mac = header::compute_mac(copy, mk);
     copy[header::MAC_OFFSET..].copy_from_slice(&mac);
+    let version = u32::from_le_bytes(copy[8..12].try_into().expect("4 bytes"));
+    let rec = &copy[header::SIGNER_OFFSET..header::SIGNER_OFFSET + header::SIGNER_RECORD];
+    let fp = key.fingerprint();
+    let len = key.public().modulus_len();
+    if version == header::VERSION_SIGNED
+        && rec[..32] == fp.0
+        && usize::from(u16::from_le_bytes([rec[32], rec[33]])) == len
+    {
+        let id: [u8; 16] = copy[24..40].try_into().expect("16 bytes");
+        let seq = u64::from_le_bytes(copy[16..24].try_into().expect("8 bytes"));
+        let msg = signature::message(&id, seq, &fp, &mac);
+        if let Ok(sig) = key.sign_pss(&msg) {
+            copy[header::SIGNATURE_OFFSET..header::SIGNATURE_OFFSET + len].copy_from_slice(&sig);
+        }
+    }
     fix_crc(copy);
 }
 
@@ -107,7 +125,7 @@ pub fn reseal(file: &mut [u8], key: &PrivateKey) {
             });
         }
         table_macs = Some(macs.clone());
-        seal_header(&mut file[r], &mk, &table::root(&macs));
+        seal_header(&mut file[r], &mk, &table::root(&macs), key);
         reseal_journal(file, &h, key, &macs);
     }
 }
@@ -152,7 +170,7 @@ fn reseal_journal(file: &mut [u8], h: &Header, key: &PrivateKey, table_macs: &[[
         macs[p as usize] = seal_page(page, &mk, &h.container_id, p);
     }
     let copy = &mut rec[journal::RECORD_HEADER..journal::RECORD_HEADER + HEADER_SIZE];
-    seal_header(copy, &mk, &table::root(&macs));
+    seal_header(copy, &mk, &table::root(&macs), key);
     let crc = vhdkit::checksum::crc32c_with_zeroed_field(rec, 12);
     rec[12..16].copy_from_slice(&crc.to_le_bytes());
 }
