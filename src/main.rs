@@ -165,6 +165,48 @@ fn refuse_force_share(force_share: bool, image: &Path, what: &str) -> Result<(),
     Ok(())
 }
 
+/// A signed EVHD output vouches for its content with the signer's key, so
+/// an EVHD source must be signed by a key the reader trusts (its `--key`s,
+/// `--trust` keys, or the output's signer itself) and must not have fallen
+/// back to its older header copy: otherwise `convert` would launder a
+/// forged or rolled-back image into one a `--require-signed` reader
+/// accepts, the same reason writers refuse such images.
+fn refuse_to_sign_untrusted(src: &vhdkit::ImageInfo, signer: &PrivateKey) -> Result<(), Error> {
+    if src.format != Format::Evhd {
+        return Ok(());
+    }
+    let sig = src.evhd.as_ref().map(|e| &e["signature"]);
+    let trusted = sig.is_some_and(|s| {
+        s["trusted"] == true || s["signer"].as_str() == Some(signer.fingerprint().hex().as_str())
+    });
+    if !trusted {
+        let why = sig
+            .and_then(|s| s["warning"].as_str())
+            .unwrap_or("the source is not signed by a trusted key");
+        return Err(Error::new(
+            ErrorKind::Untrusted,
+            format!(
+                "refusing to sign: {why}; the output would be signed by {}, vouching for content nobody you trust wrote: check it and `vhdkit sign` the source, give its signer with --trust, or give only public --recipient keys (an unsigned output)",
+                signer.fingerprint().short()
+            ),
+        ));
+    }
+    if let Some(w) = src
+        .warnings
+        .iter()
+        .find(|w| w.contains(vhdkit::evhd::fallback::FELL_BACK))
+    {
+        return Err(Error::new(
+            ErrorKind::NeedsRepair,
+            format!(
+                "refusing to sign: {w}; the output would make that state signed by {}: inspect the source and `vhdkit sign` it to accept the state it opens to",
+                signer.fingerprint().short()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The public half of a key file given on the command line.
 fn parse_public_key(s: &str) -> Result<PublicKey, String> {
     KeyFile::read(Path::new(s))
@@ -230,8 +272,8 @@ fn parse_recipient(s: &str) -> Result<RecipientArg, String> {
 /// Recipients of a new EVHD: `--recipient` keys with `--label`s in order.
 #[derive(Args, Clone, Default)]
 struct RecipientArgs {
-    /// EVHD output: a recipient's public or private key (KeyPair.xml or PEM); repeatable.
-    /// The first one given as a private key signs the image.
+    /// A recipient's public or private key (KeyPair.xml or PEM); repeatable.
+    /// For `convert -O evhd`, the first one given as a private key signs the output.
     #[arg(long = "recipient", value_name = "PUB", value_parser = parse_recipient)]
     recipient: Vec<RecipientArg>,
     /// Label of the recipient in the same position (default: the key file's name).
@@ -792,6 +834,10 @@ fn run(cmd: Command) -> Outcome {
                     }
                 }
                 if format == Format::Evhd {
+                    if let Some(signer) = recipients.signer() {
+                        refuse_to_sign_untrusted(&src_info, &signer)
+                            .map_err(|e| fail1(e.with_path(&src)))?;
+                    }
                     spec.evhd = Some(vhdkit::evhd::EvhdOptions {
                         recipients: recipients.list(),
                         cipher: cipher.into(),

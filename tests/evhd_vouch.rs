@@ -303,3 +303,150 @@ fn a_write_does_not_make_a_rollback_permanent() {
     ]);
     ok(&["check", s(&image), "--key", s(&a)]);
 }
+
+#[test]
+fn a_journal_record_rewritten_to_match_the_older_copy_does_not_confirm_it() {
+    // The journal record has only a CRC: without any key, an attacker can
+    // write a record of the older copy's sequence holding that copy's bytes
+    // and damage the newer copy. The newer copy's sequence field still
+    // reads the later sequence, so the record does not confirm the older
+    // copy: open warns, check reports, writers refuse.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, _) = keypair(d, "a");
+    let (_, b_pub) = keypair(d, "b");
+    let (_, m_pub) = keypair(d, "m");
+    let image = d.join("r.evhd");
+    let src = raw(d, "src.raw", 0x11);
+    ok(&[
+        "convert",
+        "-q",
+        s(&src),
+        s(&image),
+        "--recipient",
+        s(&a),
+        "--recipient",
+        s(&b_pub),
+    ]);
+    ok(&[
+        "recipients",
+        "add",
+        s(&image),
+        "--key",
+        s(&a),
+        "--recipient",
+        s(&m_pub),
+    ]);
+    ok(&[
+        "recipients",
+        "remove",
+        s(&image),
+        "--key",
+        s(&a),
+        "--recipient",
+        s(&m_pub),
+    ]);
+    let mut file = std::fs::read(&image).unwrap();
+    let seq = |c: &[u8]| u64::from_le_bytes(c[16..24].try_into().unwrap());
+    const COPY: usize = 65536;
+    let (sa, sb) = (seq(&file[..COPY]), seq(&file[COPY..2 * COPY]));
+    let (older, newer) = if sa < sb { (0, COPY) } else { (COPY, 0) };
+    let mut rec = vec![0u8; 4096 + COPY];
+    rec[..8].copy_from_slice(b"EVHDJRNL");
+    rec[8..12].copy_from_slice(&1u32.to_le_bytes());
+    rec[16..24].copy_from_slice(&sa.min(sb).to_le_bytes());
+    rec[24..40].copy_from_slice(&file[older + 24..older + 40]);
+    let rec_len = rec.len() as u64;
+    rec[48..56].copy_from_slice(&rec_len.to_le_bytes());
+    rec[4096..].copy_from_slice(&file[older..older + COPY]);
+    let crc = crc32c::crc32c(&rec);
+    rec[12..16].copy_from_slice(&crc.to_le_bytes());
+    file[2 * COPY..2 * COPY + rec.len()].copy_from_slice(&rec);
+    file[newer + 300] ^= 0xff;
+    std::fs::write(&image, &file).unwrap();
+
+    let (code, out, _) = code_out_err(&vhdkit(["check", s(&image), "--key", s(&a)]));
+    assert_eq!(code, 2, "check reports the fall back: {out}");
+    assert!(out.contains("fell back"), "{out}");
+    let before = file_sha256(&image);
+    let err = fails(&[
+        "write",
+        s(&image),
+        "--key",
+        s(&a),
+        "--offset",
+        "8192",
+        "--pattern",
+        "0x55",
+        "--length",
+        "512",
+    ]);
+    assert!(err.contains("refusing to write"), "{err}");
+    assert_eq!(file_sha256(&image), before);
+}
+
+#[test]
+fn convert_does_not_sign_an_untrusted_source() {
+    // convert with a private --recipient signs its output: from an EVHD
+    // that no trusted key signed, that would launder a forgery into an
+    // image a --require-signed reader accepts.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, a_pub) = keypair(d, "a");
+    let (_, b_pub) = keypair(d, "b");
+    let (m, _) = keypair(d, "m");
+    let evil = raw(d, "evil.raw", 0x66);
+    let forged = d.join("forged.evhd");
+    ok(&[
+        "convert",
+        "-q",
+        s(&evil),
+        s(&forged),
+        "--recipient",
+        s(&m),
+        "--recipient",
+        s(&a_pub),
+        "--recipient",
+        s(&b_pub),
+    ]);
+    let out = d.join("out.evhd");
+    let signing = [
+        "convert",
+        "-q",
+        "--key",
+        s(&a),
+        s(&forged),
+        s(&out),
+        "-O",
+        "evhd",
+        "--recipient",
+        s(&a),
+        "--recipient",
+        s(&b_pub),
+    ];
+    let err = fails(&signing);
+    assert!(
+        err.contains("refusing to sign") && err.contains(&short(&m)),
+        "{err}"
+    );
+    assert!(!out.exists(), "no output after a refusal");
+    // Public recipients only: the output is unsigned, which is honest.
+    ok(&[
+        "convert",
+        "-q",
+        "--key",
+        s(&a),
+        s(&forged),
+        s(&out),
+        "-O",
+        "evhd",
+        "--recipient",
+        s(&a_pub),
+        "--recipient",
+        s(&b_pub),
+    ]);
+    // Trusting the source's signer makes the signed output possible.
+    let mut trusting = signing.to_vec();
+    trusting.extend(["--force", "--trust", s(&m)]);
+    ok(&trusting);
+}

@@ -29,6 +29,10 @@ use crate::io::{Storage, read_struct};
 /// Offset of the sequence field in a header copy.
 const SEQUENCE_OFFSET: u64 = 16;
 
+/// How the warning about an unconfirmed fall back to the older header copy
+/// begins (callers that must refuse such an image look for it).
+pub const FELL_BACK: &str = "fell back to the older header copy";
+
 /// What the journal says about the used copy.
 enum Journal {
     /// A record of the used copy's sequence with the same header bytes.
@@ -82,17 +86,22 @@ pub(crate) fn assess(
     let Ok((h, bytes)) = &copies[used] else {
         return None;
     };
+    // The sequence field of an unusable copy, where it can be read.
+    let mut other_field = None;
     let suspicion = match &copies[other] {
         Err(e) => {
             let mut seq = [0u8; 8];
-            let field = read_struct(
+            other_field = read_struct(
                 storage,
                 header::STRUCTURE,
                 &mut seq,
                 COPY_OFFSETS[other] + SEQUENCE_OFFSET,
             )
-            .map(|()| format!("; its sequence field reads {}", u64::from_le_bytes(seq)))
-            .unwrap_or_default();
+            .ok()
+            .map(|()| u64::from_le_bytes(seq));
+            let field = other_field
+                .map(|s| format!("; its sequence field reads {s}"))
+                .unwrap_or_default();
             Some(format!(
                 "{} is unusable ({}{field})",
                 copy_name(other),
@@ -111,10 +120,23 @@ pub(crate) fn assess(
             })
         }
     };
-    let journal = if suspicion.is_some() {
-        journal_state(storage, h, bytes)
-    } else {
-        Journal::Same
+    let journal = match suspicion {
+        None => Journal::Same,
+        Some(_) => match journal_state(storage, h, bytes) {
+            // A torn header write always leaves the record of the commit it
+            // belonged to (the used copy's sequence + 1). A record of the
+            // used copy itself does not confirm it when the unusable copy
+            // still reads a later sequence: the record may have been
+            // rewritten to match the older copy (it has only a CRC).
+            Journal::Same if other_field.is_some_and(|s| s > h.sequence) => {
+                Journal::Unconfirmed(format!(
+                    "holds a record of sequence {} only, while {} reads a later sequence",
+                    h.sequence,
+                    copy_name(other)
+                ))
+            }
+            j => j,
+        },
     };
     Some(Assessment {
         used,
@@ -197,7 +219,7 @@ impl Assessment {
         let lost = |j: &str| Fallback {
             lost: true,
             message: format!(
-                "fell back to the older header copy: using {used}, but {why}, and {journal} {j}: the newest commit may have been lost (rolled back)"
+                "{FELL_BACK}: using {used}, but {why}, and {journal} {j}: the newest commit may have been lost (rolled back)"
             ),
         };
         match &self.journal {
