@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use common::{vhdkit_ok as ok, vhdkit_run as run};
+use common::{vhdkit_ok_stdout as ok, vhdkit_run as run};
 
 /// Files left in `dir` (to catch leftovers of failed runs).
 fn entries(dir: &Path) -> Vec<String> {

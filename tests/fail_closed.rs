@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use common::{vhdkit_ok as ok, vhdkit_run as run};
+use common::{vhdkit_ok_stdout as ok, vhdkit_run as run};
 
 /// Virtual size of the test images.
 const SIZE: usize = 4 << 20;

@@ -222,6 +222,11 @@ pub fn vhdkit_ok_output(args: &[&str]) -> Output {
     o
 }
 
+/// Run `vhdkit` and require exit status 0; returns stdout.
+pub fn vhdkit_ok_stdout(args: &[&str]) -> Vec<u8> {
+    vhdkit_ok_output(args).stdout
+}
+
 /// Run `vhdkit` and require exit status 0; returns stdout (lossy).
 pub fn vhdkit_stdout(args: &[&str]) -> String {
     String::from_utf8_lossy(&vhdkit_ok_output(args).stdout).into_owned()
