@@ -12,7 +12,8 @@ use std::process::Output;
 use std::sync::{Arc, OnceLock};
 
 use common::{
-    code_out_err, key_show_json, require_tool, s, vhdkit, vhdkit_fails, vhdkit_ok_output as ok,
+    code_out_err, key_show_json, keypair, require_tool, s, vhdkit, vhdkit_fails,
+    vhdkit_ok_output as ok,
 };
 use vhdkit::evhd::header::{
     self, COPY_OFFSETS, HEADER_SIZE, Header, MAC_OFFSET, SIGNATURE_OFFSET, SIGNER_OFFSET,
@@ -48,12 +49,9 @@ fn keys() -> &'static Keys {
     static K: OnceLock<Keys> = OnceLock::new();
     K.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let private = ["a.xml", "b.xml", "c.xml"].map(|n| dir.path().join(n));
-        let public = ["a.pub.xml", "b.pub.xml", "c.pub.xml"].map(|n| dir.path().join(n));
-        for (k, p) in private.iter().zip(&public) {
-            ok(&["keygen", "--bits", "2048", "-o", s(k)]);
-            ok(&["key", "public", s(k), "-o", s(p)]);
-        }
+        let pairs = ["a", "b", "c"].map(|n| keypair(dir.path(), n));
+        let private = pairs.clone().map(|(k, _)| k);
+        let public = pairs.map(|(_, p)| p);
         Keys {
             _dir: dir,
             private,

@@ -13,22 +13,13 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{
-    code_out_err, file_sha256, info_json, patch_file, s, vhdkit, vhdkit_fails,
+    code_out_err, file_sha256, info_json, keypair, patch_file, s, vhdkit, vhdkit_fails,
     vhdkit_ok_output as ok, write_raw,
 };
 
 /// Exit status 1; returns stderr.
 fn fails(args: &[&str]) -> String {
     vhdkit_fails(Some(1), args)
-}
-
-/// Private and public key files `name.xml`, `name.pub.xml` in `dir`.
-fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let private = dir.join(format!("{name}.xml"));
-    let public = dir.join(format!("{name}.pub.xml"));
-    ok(&["keygen", "--bits", "2048", "-o", s(&private)]);
-    ok(&["key", "public", s(&private), "-o", s(&public)]);
-    (private, public)
 }
 
 fn short(key: &Path) -> String {

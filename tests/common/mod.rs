@@ -269,6 +269,16 @@ pub fn temp_debris(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A 2048-bit key pair made with `vhdkit keygen` and `key public`: the
+/// private `dir/name.xml` and the public `dir/name.pub.xml`.
+pub fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let private = dir.join(format!("{name}.xml"));
+    let public = dir.join(format!("{name}.pub.xml"));
+    vhdkit_ok_output(&["keygen", "--bits", "2048", "-o", s(&private)]);
+    vhdkit_ok_output(&["key", "public", s(&private), "-o", s(&public)]);
+    (private, public)
+}
+
 /// `vhdkit key show --json` of the key file `p`, parsed.
 pub fn key_show_json(p: &Path) -> serde_json::Value {
     let out = vhdkit_ok([
