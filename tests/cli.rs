@@ -7,26 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-
-/// Run vhdkit with string arguments; returns (status, stdout bytes, stderr).
-fn run(args: &[&str]) -> (i32, Vec<u8>, String) {
-    let out = vhdkit(args);
-    (
-        out.status.code().unwrap_or(-1),
-        out.stdout,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(args: &[&str]) -> Vec<u8> {
-    let (code, out, err) = run(args);
-    assert_eq!(code, 0, "vhdkit {args:?}: {err}");
-    out
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{vhdkit_ok_stdout as ok, vhdkit_run as run};
 
 /// Files left in `dir` (to catch leftovers of failed runs).
 fn entries(dir: &Path) -> Vec<String> {

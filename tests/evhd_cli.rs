@@ -1,31 +1,17 @@
 //! EVHD through the command line: round trips from raw and VHD with the
 //! origin restored, two recipients, remove, rekey, key commands.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vhdkit");
+use common::{key_show_json, s, vhdkit_bin, vhdkit_fails, vhdkit_stdout as ok};
 
-fn vhdkit(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run vhdkit")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = vhdkit(args);
-    assert!(
-        o.status.success(),
-        "vhdkit {args:?} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
+/// Any failure; returns stderr.
 fn fails(args: &[&str]) -> String {
-    let o = vhdkit(args);
-    assert!(!o.status.success(), "vhdkit {args:?} should fail");
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    vhdkit_fails(None, args)
 }
 
 /// Three key pairs (A, B, C) made once per test binary with `keygen`.
@@ -41,14 +27,8 @@ fn keys() -> &'static (tempfile::TempDir, [PathBuf; 3]) {
     })
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn short(key: &Path) -> String {
-    let v: serde_json::Value =
-        serde_json::from_str(&ok(&["key", "show", "--json", s(key)])).unwrap();
-    v["short"].as_str().unwrap().to_string()
+    key_show_json(key)["short"].as_str().unwrap().to_string()
 }
 
 fn info(image: &Path, key: Option<&Path>) -> serde_json::Value {
@@ -363,7 +343,7 @@ fn two_recipients_remove_and_rekey() {
         "--trust",
         s(&k[2]),
     ]);
-    let out = Command::new(BIN)
+    let out = Command::new(vhdkit_bin())
         .args([
             "read",
             "--key",

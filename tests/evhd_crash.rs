@@ -5,10 +5,12 @@
 //! authentication error. Also: a rekey interrupted at every commit resumes,
 //! and a write that fails (a full disk) leaves a disk that works on.
 
-use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+mod common;
 
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use common::torn::{Failing, Faulty, Handle};
 use vhdkit::evhd::keys::PrivateKey;
 use vhdkit::evhd::{EvhdBuilder, EvhdDisk};
 use vhdkit::io::{MemStorage, Storage};
@@ -17,87 +19,6 @@ use vhdkit::{OpenOptions, VirtualDisk};
 fn key() -> &'static Arc<PrivateKey> {
     static K: OnceLock<Arc<PrivateKey>> = OnceLock::new();
     K.get_or_init(|| Arc::new(PrivateKey::generate(2048).expect("keygen")))
-}
-
-/// Storage that persists its first `limit - 1` writes and flushes, half of
-/// the `limit`-th write (if it is a write), and nothing after: every later
-/// operation fails, as if the machine had stopped.
-struct Faulty {
-    data: Mutex<Vec<u8>>,
-    ops: AtomicU64,
-    limit: u64,
-}
-
-impl Faulty {
-    fn new(data: Vec<u8>, limit: u64) -> Arc<Self> {
-        Arc::new(Faulty {
-            data: Mutex::new(data),
-            ops: AtomicU64::new(0),
-            limit,
-        })
-    }
-    fn crashed() -> io::Error {
-        io::Error::other("injected crash")
-    }
-    fn snapshot(&self) -> Vec<u8> {
-        self.data.lock().unwrap().clone()
-    }
-}
-
-struct Handle(Arc<Faulty>);
-
-impl Storage for Handle {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let d = self.0.data.lock().unwrap();
-        let s = offset as usize;
-        if s + buf.len() > d.len() {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.copy_from_slice(&d[s..s + buf.len()]);
-        Ok(())
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let n = self.0.ops.fetch_add(1, Ordering::SeqCst) + 1;
-        if n > self.0.limit {
-            return Err(Faulty::crashed());
-        }
-        let keep = if n == self.0.limit {
-            buf.len() / 2
-        } else {
-            buf.len()
-        };
-        let mut d = self.0.data.lock().unwrap();
-        let s = offset as usize;
-        if d.len() < s + keep {
-            d.resize(s + keep, 0);
-        }
-        d[s..s + keep].copy_from_slice(&buf[..keep]);
-        if n == self.0.limit {
-            return Err(Faulty::crashed());
-        }
-        Ok(())
-    }
-    fn len(&self) -> io::Result<u64> {
-        Ok(self.0.data.lock().unwrap().len() as u64)
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        let n = self.0.ops.fetch_add(1, Ordering::SeqCst) + 1;
-        if n >= self.0.limit {
-            return Err(Faulty::crashed());
-        }
-        self.0.data.lock().unwrap().resize(len as usize, 0);
-        Ok(())
-    }
-    fn flush(&self) -> io::Result<()> {
-        let n = self.0.ops.fetch_add(1, Ordering::SeqCst) + 1;
-        if n >= self.0.limit {
-            return Err(Faulty::crashed());
-        }
-        Ok(())
-    }
-    fn is_writable(&self) -> bool {
-        true
-    }
 }
 
 const BS: u64 = 4096;
@@ -279,51 +200,18 @@ fn interrupted_rekey_resumes() {
     eprintln!("{total} rekey crash points, {resumed} resumed");
 }
 
-/// Storage whose writes beyond `fail_from` fail while `failing` is set
-/// (a full disk that gets space back), without tearing anything.
-struct Flaky {
-    mem: MemStorage,
-    failing: std::sync::atomic::AtomicBool,
-    fail_from: AtomicU64,
-}
-
-impl Storage for Flaky {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.mem.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.failing.load(Ordering::SeqCst)
-            && offset + buf.len() as u64 > self.fail_from.load(Ordering::SeqCst)
-        {
-            return Err(io::Error::other("no space left (injected)"));
-        }
-        self.mem.write_at(buf, offset)
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.mem.len()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.mem.set_len(len)
-    }
-    fn flush(&self) -> io::Result<()> {
-        self.mem.flush()
-    }
-    fn is_writable(&self) -> bool {
-        true
-    }
-}
-
 /// A write that fails part-way (new slots past the end of the file cannot
 /// be stored) reports the error and changes nothing: the disk still reads
 /// as before, takes later writes, and what it flushes opens again.
 #[test]
 fn failed_write_leaves_a_usable_disk() {
     let base = base_image();
-    let flaky = Arc::new(Flaky {
-        mem: MemStorage::from_vec(base),
-        failing: false.into(),
-        fail_from: AtomicU64::new(u64::MAX),
-    });
+    // A full disk that gets space back: writes past `fail_from` fail.
+    let flaky = Failing::new(
+        MemStorage::from_vec(base),
+        "no space left (injected)",
+        false,
+    );
     let mut d = EvhdDisk::open(Box::new(flaky.clone()), None, &opts(true)).unwrap();
     let first = vec![0x11u8; 2 * BS as usize];
     d.write_at(&first, 0).unwrap();

@@ -2,13 +2,15 @@
 //! drop commits best effort (errors go to stderr; `flush`/`close` return
 //! them).
 
-use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+mod common;
+
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
+use common::torn::Failing;
 use vhdkit::evhd::keys::PrivateKey;
 use vhdkit::evhd::{EvhdBuilder, EvhdDisk};
-use vhdkit::io::{FileStorage, MemStorage, Storage};
+use vhdkit::io::{FileStorage, MemStorage};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 fn key() -> &'static Arc<PrivateKey> {
@@ -70,47 +72,12 @@ fn dropped_disk_keeps_writes_through_open() {
     assert!(buf == data, "the writes before drop were lost");
 }
 
-/// A storage that fails every write and flush once `broken` is set.
-struct Breakable {
-    mem: MemStorage,
-    broken: AtomicBool,
-}
-
-impl Storage for Breakable {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.mem.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.broken.load(Ordering::SeqCst) {
-            return Err(io::Error::other("device gone (injected)"));
-        }
-        self.mem.write_at(buf, offset)
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.mem.len()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.mem.set_len(len)
-    }
-    fn flush(&self) -> io::Result<()> {
-        if self.broken.load(Ordering::SeqCst) {
-            return Err(io::Error::other("device gone (injected)"));
-        }
-        self.mem.flush()
-    }
-    fn is_writable(&self) -> bool {
-        true
-    }
-}
-
 /// A drop whose commit fails does not panic and leaves the last committed
 /// state; `flush` reports the same failure as an error.
 #[test]
 fn failed_commit_at_drop_keeps_the_committed_state() {
-    let st = Arc::new(Breakable {
-        mem: MemStorage::new(),
-        broken: false.into(),
-    });
+    // Fails every write and flush once `failing` is set.
+    let st = Failing::new(MemStorage::new(), "device gone (injected)", true);
     let mut d = EvhdBuilder::new(SIZE)
         .block_size(BS)
         .recipient(key().public().clone(), "drop")
@@ -120,7 +87,7 @@ fn failed_commit_at_drop_keeps_the_committed_state() {
     d.write_at(&first, 0).unwrap();
     d.flush().unwrap();
     d.write_at(&vec![0x77u8; BS as usize], BS).unwrap();
-    st.broken.store(true, Ordering::SeqCst);
+    st.failing.store(true, Ordering::SeqCst);
     let err = d.flush().unwrap_err().to_string();
     assert!(err.contains("device gone"), "{err}");
     drop(d);

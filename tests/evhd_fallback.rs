@@ -6,15 +6,15 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 
+use common::torn::{Faulty, Handle};
 use common::{code_out_err, patch_file, test_key, vhdkit, vhdkit_ok};
 use vhdkit::evhd::header::{COPY_OFFSETS, HEADER_SIZE};
 use vhdkit::evhd::keys::PrivateKey;
 use vhdkit::evhd::{EvhdBuilder, EvhdDisk, JOURNAL_OFFSET};
-use vhdkit::io::{MemStorage, Storage};
+use vhdkit::io::MemStorage;
 use vhdkit::report::Severity;
 use vhdkit::{CheckReport, OpenOptions, VirtualDisk};
 
@@ -333,78 +333,6 @@ fn cli_reports_the_fallback() {
     }
 }
 
-/// Storage that persists its first `limit - 1` writes and flushes, half of
-/// the `limit`-th write, and nothing after (as in evhd_crash.rs).
-struct Faulty {
-    data: Mutex<Vec<u8>>,
-    ops: AtomicU64,
-    limit: u64,
-}
-
-struct Handle(Arc<Faulty>);
-
-impl Storage for Handle {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let d = self.0.data.lock().unwrap();
-        let s = offset as usize;
-        if s + buf.len() > d.len() {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.copy_from_slice(&d[s..s + buf.len()]);
-        Ok(())
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let n = self.0.ops.fetch_add(1, Ordering::SeqCst) + 1;
-        if n > self.0.limit {
-            return Err(io::Error::other("injected crash"));
-        }
-        let keep = if n == self.0.limit {
-            buf.len() / 2
-        } else {
-            buf.len()
-        };
-        let mut d = self.0.data.lock().unwrap();
-        let s = offset as usize;
-        if d.len() < s + keep {
-            d.resize(s + keep, 0);
-        }
-        d[s..s + keep].copy_from_slice(&buf[..keep]);
-        if n == self.0.limit {
-            return Err(io::Error::other("injected crash"));
-        }
-        Ok(())
-    }
-    fn len(&self) -> io::Result<u64> {
-        Ok(self.0.data.lock().unwrap().len() as u64)
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        let n = self.0.ops.fetch_add(1, Ordering::SeqCst) + 1;
-        if n >= self.0.limit {
-            return Err(io::Error::other("injected crash"));
-        }
-        self.0.data.lock().unwrap().resize(len as usize, 0);
-        Ok(())
-    }
-    fn flush(&self) -> io::Result<()> {
-        let n = self.0.ops.fetch_add(1, Ordering::SeqCst) + 1;
-        if n >= self.0.limit {
-            return Err(io::Error::other("injected crash"));
-        }
-        Ok(())
-    }
-    fn is_writable(&self) -> bool {
-        true
-    }
-}
-
-fn faulty(image: Vec<u8>, limit: u64) -> Arc<Faulty> {
-    Arc::new(Faulty {
-        data: Mutex::new(image),
-        ops: AtomicU64::new(0),
-        limit,
-    })
-}
-
 /// Flushes of data, an epoch change and header-only commits: every kind of
 /// commit.
 fn workload(d: &mut EvhdDisk) -> vhdkit::Result<()> {
@@ -448,7 +376,7 @@ fn crash_states_do_not_warn() {
     drop(d);
     let base = mem.to_vec();
     assert_quiet(&base, "fresh image");
-    let count = faulty(base.clone(), u64::MAX);
+    let count = Faulty::new(base.clone(), u64::MAX);
     {
         let mut d = EvhdDisk::open(Box::new(Handle(count.clone())), None, &opts(true)).unwrap();
         workload(&mut d).unwrap();
@@ -457,7 +385,7 @@ fn crash_states_do_not_warn() {
     assert_quiet(&count.data.lock().unwrap(), "finished workload");
     let mut installs = 0;
     for n in 1..=total {
-        let f = faulty(base.clone(), n);
+        let f = Faulty::new(base.clone(), n);
         if let Ok(mut d) = EvhdDisk::open(Box::new(Handle(f.clone())), None, &opts(true)) {
             let _ = workload(&mut d);
         }
@@ -465,12 +393,12 @@ fn crash_states_do_not_warn() {
         assert_quiet(&image, &format!("crash at op {n}"));
         // Installing a pending record (a writable open), crashed at each
         // of its operations.
-        let c = faulty(image.clone(), u64::MAX);
+        let c = Faulty::new(image.clone(), u64::MAX);
         drop(EvhdDisk::open(Box::new(Handle(c.clone())), None, &opts(true)).unwrap());
         let steps = c.ops.load(Ordering::SeqCst);
         for k in 1..=steps {
             installs += 1;
-            let f = faulty(image.clone(), k);
+            let f = Faulty::new(image.clone(), k);
             let _ = EvhdDisk::open(Box::new(Handle(f.clone())), None, &opts(true));
             let after = f.data.lock().unwrap().clone();
             assert_quiet(&after, &format!("crash at op {n}, install step {k}"));

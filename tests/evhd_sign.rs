@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::{Arc, OnceLock};
 
-use common::{code_out_err, require_tool, vhdkit};
+use common::{
+    code_out_err, key_show_json, keypair, require_tool, s, vhdkit, vhdkit_fails,
+    vhdkit_ok_output as ok,
+};
 use vhdkit::evhd::header::{
     self, COPY_OFFSETS, HEADER_SIZE, Header, MAC_OFFSET, SIGNATURE_OFFSET, SIGNER_OFFSET,
 };
@@ -20,17 +23,6 @@ use vhdkit::evhd::signature::{self, Status};
 use vhdkit::evhd::{EvhdBuilder, EvhdDisk, journal};
 use vhdkit::io::MemStorage;
 use vhdkit::{ErrorKind, OpenOptions, VirtualDisk};
-
-fn ok(args: &[&str]) -> Output {
-    let o = vhdkit(args);
-    assert!(
-        o.status.success(),
-        "vhdkit {args:?} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -42,14 +34,7 @@ fn stderr(o: &Output) -> String {
 
 /// Exit status 1 (an ordinary command error); returns stderr.
 fn fails(args: &[&str]) -> String {
-    let o = vhdkit(args);
-    let (code, _, err) = code_out_err(&o);
-    assert_eq!(code, 1, "vhdkit {args:?} should fail with 1: {err}");
-    err
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    vhdkit_fails(Some(1), args)
 }
 
 /// Key pairs A, B, C (KeyPair.xml, private) and their public halves
@@ -64,12 +49,9 @@ fn keys() -> &'static Keys {
     static K: OnceLock<Keys> = OnceLock::new();
     K.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let private = ["a.xml", "b.xml", "c.xml"].map(|n| dir.path().join(n));
-        let public = ["a.pub.xml", "b.pub.xml", "c.pub.xml"].map(|n| dir.path().join(n));
-        for (k, p) in private.iter().zip(&public) {
-            ok(&["keygen", "--bits", "2048", "-o", s(k)]);
-            ok(&["key", "public", s(k), "-o", s(p)]);
-        }
+        let pairs = ["a", "b", "c"].map(|n| keypair(dir.path(), n));
+        let private = pairs.clone().map(|(k, _)| k);
+        let public = pairs.map(|(_, p)| p);
         Keys {
             _dir: dir,
             private,
@@ -79,9 +61,7 @@ fn keys() -> &'static Keys {
 }
 
 fn short(key: &Path) -> String {
-    let v: serde_json::Value =
-        serde_json::from_slice(&ok(&["key", "show", "--json", s(key)]).stdout).unwrap();
-    v["short"].as_str().unwrap().to_string()
+    key_show_json(key)["short"].as_str().unwrap().to_string()
 }
 
 /// `info --json` with extra arguments.

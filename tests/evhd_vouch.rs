@@ -11,35 +11,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
-use common::{code_out_err, file_sha256, info_json, patch_file, vhdkit, write_raw};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn ok(args: &[&str]) -> Output {
-    let o = vhdkit(args);
-    let (code, out, err) = code_out_err(&o);
-    assert_eq!(code, 0, "vhdkit {args:?} failed: {out}{err}");
-    o
-}
+use common::{
+    code_out_err, file_sha256, info_json, keypair, patch_file, s, vhdkit, vhdkit_fails,
+    vhdkit_ok_output as ok, write_raw,
+};
 
 /// Exit status 1; returns stderr.
 fn fails(args: &[&str]) -> String {
-    let (code, _, err) = code_out_err(&vhdkit(args));
-    assert_eq!(code, 1, "vhdkit {args:?} should fail with 1: {err}");
-    err
-}
-
-/// Private and public key files `name.xml`, `name.pub.xml` in `dir`.
-fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let private = dir.join(format!("{name}.xml"));
-    let public = dir.join(format!("{name}.pub.xml"));
-    ok(&["keygen", "--bits", "2048", "-o", s(&private)]);
-    ok(&["key", "public", s(&private), "-o", s(&public)]);
-    (private, public)
+    vhdkit_fails(Some(1), args)
 }
 
 fn short(key: &Path) -> String {

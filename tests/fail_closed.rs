@@ -10,29 +10,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use common::{vhdkit_ok_stdout as ok, vhdkit_run as run};
 
 /// Virtual size of the test images.
 const SIZE: usize = 4 << 20;
-
-/// Run vhdkit with string arguments; returns (status, stdout bytes, stderr).
-fn run(args: &[&str]) -> (i32, Vec<u8>, String) {
-    let out = vhdkit(args);
-    (
-        out.status.code().unwrap_or(-1),
-        out.stdout,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(args: &[&str]) -> Vec<u8> {
-    let (code, out, err) = run(args);
-    assert_eq!(code, 0, "vhdkit {args:?}: {err}");
-    out
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Overwrite `len` bytes at `offset` (negative: from the end) with `byte`.
 fn damage(path: &Path, offset: i64, len: usize, byte: u8) {

@@ -12,16 +12,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-fn os(p: &Path) -> &OsStr {
-    p.as_os_str()
-}
-
-/// Permission bits of `p` in octal, as `ls -l` users read them.
-fn mode(p: &Path) -> String {
-    let m = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    format!("{m:o}")
-}
-
 /// A file holding `text` with mode 0644.
 fn world_readable(p: &Path, text: &str) {
     std::fs::write(p, text).unwrap();
@@ -29,25 +19,9 @@ fn world_readable(p: &Path, text: &str) {
     assert_eq!(mode(p), "644");
 }
 
-/// Names in `dir` that look like temporary files.
-fn temp_debris(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp") || n.contains("vhdkit-"))
-        .collect()
-}
-
 /// `key show --json` kind of `p` ("private" or "public").
 fn kind(p: &Path) -> String {
-    let out = vhdkit_ok([
-        OsStr::new("key"),
-        OsStr::new("show"),
-        OsStr::new("--json"),
-        os(p),
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-    v["kind"].as_str().unwrap().to_string()
+    key_show_json(p)["kind"].as_str().unwrap().to_string()
 }
 
 /// The commands that write a key file, each as (args before `-o`, whether

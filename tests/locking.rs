@@ -17,12 +17,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{code_out_err, random_bytes, test_key, vhdkit, vhdkit_bin, vhdkit_ok};
+use common::procs::{
+    self, WAIT_LIMIT, convert_reader, drain, kill_if_running, open_fifo, wait_bounded,
+};
+use common::{code_out_err, random_bytes, s, test_key, vhdkit, vhdkit_bin, vhdkit_ok};
 use vhdkit::{ErrorKind, OpenOptions};
-
-/// Upper bound of every wait, only so that a broken build cannot hang the
-/// test run; nothing is asserted about how long anything takes.
-const WAIT_LIMIT: Duration = Duration::from_secs(120);
 
 /// Offset (1 MiB) where the holding writer writes.
 const A_OFFSET: u64 = 1 << 20;
@@ -31,18 +30,6 @@ const B_OFFSET: u64 = 8 << 20;
 /// Bytes the holding writer writes (less than a pipe's buffer, so the
 /// test's write into the FIFO never waits).
 const A_LEN: usize = 32 << 10;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Make a FIFO at `path`.
-fn mkfifo(path: &Path) {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    let r = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
-    assert_eq!(r, 0, "mkfifo {}", path.display());
-}
 
 /// Whether some open of `path` holds a lock that conflicts with `exclusive`
 /// (tested from this process with a fresh open, released at once).
@@ -60,33 +47,6 @@ fn is_locked(path: &Path, exclusive: bool) -> bool {
     }
 }
 
-/// Wait for `child` to exit; kill it and fail past [`WAIT_LIMIT`].
-fn wait_bounded(child: &mut Child, what: &str) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if start.elapsed() > WAIT_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish; killed it");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Read all of `r` on a thread, handing the bytes over on a channel.
-fn drain(mut r: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = r.read_to_end(&mut v);
-        let _ = tx.send(v);
-    });
-    rx
-}
-
 /// A `vhdkit write` process that has the image open for writing and waits
 /// for its input on a FIFO this test holds.
 struct Holder {
@@ -101,14 +61,7 @@ impl Holder {
     /// and wait until it holds the image's exclusive lock.
     fn start(image: &Path, extra: &[&str]) -> Holder {
         let fifo_path = image.with_extension("fifo");
-        mkfifo(&fifo_path);
-        // Read and write: opening a FIFO so never waits for the other end,
-        // and the writer sees no end of input until this handle is closed.
-        let fifo = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&fifo_path)
-            .unwrap();
+        let fifo = open_fifo(&fifo_path);
         let mut child = Command::new(vhdkit_bin())
             .args(["write", s(image), "--offset", &A_OFFSET.to_string()])
             .args(["--input", s(&fifo_path)])
@@ -181,24 +134,14 @@ impl Holder {
 
 impl Drop for Holder {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        kill_if_running(&mut self.child);
     }
 }
 
 /// `vhdkit ARGS` must fail with exit 1 and an in-use error naming `image`
 /// (and the holding process, where /proc/locks lists it).
 fn assert_in_use(args: &[&str], image: &Path, holder: Option<u32>) {
-    let out = vhdkit(args);
-    let (code, _, err) = code_out_err(&out);
-    assert_eq!(code, 1, "vhdkit {args:?}: expected exit 1, stderr: {err}");
-    assert!(
-        err.contains(s(image)) && err.contains("in use"),
-        "vhdkit {args:?}: expected an in-use error naming {}, got: {err}",
-        image.display()
-    );
+    let err = procs::assert_in_use(args, image);
     if let Some(pid) = holder
         && proc_locks_lists(pid)
     {
@@ -454,26 +397,7 @@ struct Reader {
 
 impl Reader {
     fn start(img: &Path) -> Reader {
-        let mut child = Command::new(vhdkit_bin())
-            .args(["convert", "-q", s(img), "-"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut out = child.stdout.take().unwrap();
-        // The first bytes prove it opened the image; a 16 MiB disk does not
-        // fit the pipe, so it then waits, image open, until drained.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut first = vec![0u8; 4096];
-            let ok = out.read_exact(&mut first).is_ok();
-            let _ = tx.send((ok, first, out));
-        });
-        let (ok, first, out) = rx
-            .recv_timeout(WAIT_LIMIT)
-            .expect("reader produced no output");
-        assert!(ok, "reader of {} failed", img.display());
+        let (child, first, out) = convert_reader(img);
         Reader {
             child,
             out: Some(out),
@@ -496,10 +420,7 @@ impl Reader {
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        kill_if_running(&mut self.child);
     }
 }
 

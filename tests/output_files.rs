@@ -7,26 +7,12 @@
 mod common;
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::*;
 use vhdkit::ErrorKind;
 use vhdkit::convert::{self, ImageSpec, OutputOptions};
 use vhdkit::report::Format;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Names in `dir` that look like vhdkit's temporary files.
-fn temp_debris(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp") || n.contains("vhdkit-"))
-        .collect()
-}
 
 /// A destination created by another program after the build started (here:
 /// while the image is being filled) is left alone without `overwrite`: an

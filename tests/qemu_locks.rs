@@ -21,14 +21,10 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{code_out_err, require_tool, vhdkit, vhdkit_bin, vhdkit_ok};
-
-/// Upper bound of every wait, only so that a broken build cannot hang the
-/// test run; nothing is asserted about how long anything takes.
-const WAIT_LIMIT: Duration = Duration::from_secs(120);
+use common::procs::{WAIT_LIMIT, assert_in_use, convert_reader, kill_if_running, open_fifo};
+use common::{code_out_err, require_tool, s, vhdkit, vhdkit_bin, vhdkit_ok};
 
 /// How long (in ms) a holding `qemu-io` sleeps: far longer than the test,
 /// which kills it.
@@ -40,10 +36,6 @@ const QEMU_WRITE_BYTE: u64 = 101;
 /// qemu's lock byte for not sharing "write" (200 + bit 1): held by every
 /// qemu reader and writer of an image without -U.
 const QEMU_UNSHARE_WRITE_BYTE: u64 = 201;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn tools() -> bool {
     require_tool("qemu-img") && require_tool("qemu-io")
@@ -107,10 +99,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+        kill_if_running(&mut self.0);
     }
 }
 
@@ -140,25 +129,12 @@ fn qemu_io_holding(img: &Path, format: &str, read_only: bool) -> Proc {
     p
 }
 
-/// Make a FIFO at `path`.
-fn mkfifo(path: &Path) {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    let r = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
-    assert_eq!(r, 0, "mkfifo {}", path.display());
-}
-
 /// `vhdkit write IMAGE --input FIFO`: vhdkit holding the image open for
 /// writing while it waits for input; the FIFO handle kept here (read and
 /// write, so opening it never waits) holds its input open.
 fn vhdkit_writer_holding(img: &Path) -> (Proc, File) {
     let fifo_path = img.with_extension("fifo");
-    mkfifo(&fifo_path);
-    let fifo = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&fifo_path)
-        .unwrap();
+    let fifo = open_fifo(&fifo_path);
     let child = Command::new(vhdkit_bin())
         .args(["write", s(img), "--offset", "0", "--input", s(&fifo_path)])
         .stdin(Stdio::null())
@@ -174,24 +150,7 @@ fn vhdkit_writer_holding(img: &Path) -> (Proc, File) {
 /// `vhdkit convert -q IMAGE -` into a pipe this test reads only 4 KiB of:
 /// vhdkit holding a 16 MiB image open for reading until killed.
 fn vhdkit_reader_holding(img: &Path) -> (Proc, std::process::ChildStdout) {
-    let mut child = Command::new(vhdkit_bin())
-        .args(["convert", "-q", s(img), "-"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut first = vec![0u8; 4096];
-        let ok = out.read_exact(&mut first).is_ok();
-        let _ = tx.send((ok, out));
-    });
-    let (ok, out) = rx
-        .recv_timeout(WAIT_LIMIT)
-        .expect("the vhdkit reader produced no output");
-    assert!(ok, "the vhdkit reader of {} failed", img.display());
+    let (child, _, out) = convert_reader(img);
     assert!(ofd_byte_locked(img, QEMU_UNSHARE_WRITE_BYTE));
     (Proc(child), out)
 }
@@ -200,14 +159,7 @@ fn vhdkit_reader_holding(img: &Path) -> (Proc, std::process::ChildStdout) {
 /// the qemu process holding it (its pid is found in /proc/PID/fdinfo, which
 /// this user can read for its own child).
 fn assert_vhdkit_in_use(args: &[&str], img: &Path, qemu_pid: u32) {
-    let out = vhdkit(args);
-    let (code, _, err) = code_out_err(&out);
-    assert_eq!(code, 1, "vhdkit {args:?}: expected exit 1, stderr: {err}");
-    assert!(
-        err.contains(s(img)) && err.contains("in use"),
-        "vhdkit {args:?}: expected an in-use error naming {}: {err}",
-        img.display()
-    );
+    let err = assert_in_use(args, img);
     assert!(
         err.contains(&format!("process {qemu_pid} (qemu-io)")),
         "vhdkit {args:?}: the error does not name qemu-io {qemu_pid}: {err}"

@@ -38,27 +38,9 @@ struct Keys {
     public_pem: PathBuf,
 }
 
-fn os(p: &Path) -> &OsStr {
-    p.as_os_str()
-}
-
-#[cfg(unix)]
-/// Permission bits of `p` in octal, as `ls -l` users read them.
-fn mode(p: &Path) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    let m = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    format!("{m:o}")
-}
-
 /// `key show --json` of `p`: (bits, kind).
 fn show(p: &Path) -> (u64, String) {
-    let out = vhdkit_ok([
-        OsStr::new("key"),
-        OsStr::new("show"),
-        OsStr::new("--json"),
-        os(p),
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let v = key_show_json(p);
     (
         v["bits"].as_u64().unwrap(),
         v["kind"].as_str().unwrap().to_string(),
@@ -87,14 +69,10 @@ fn recipients(image: &Path) -> Vec<(String, u64)> {
 }
 
 fn fingerprint(key: &Path) -> String {
-    let out = vhdkit_ok([
-        OsStr::new("key"),
-        OsStr::new("show"),
-        OsStr::new("--json"),
-        os(key),
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-    v["fingerprint"].as_str().unwrap().to_string()
+    key_show_json(key)["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// The whole virtual disk of `image` read with `key`.

@@ -7,6 +7,9 @@
 //! different subset of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod procs;
+pub mod torn;
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -199,6 +202,92 @@ where
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// Run `vhdkit` with `args`: exit code, stdout and stderr (lossy).
+pub fn vhdkit_run(args: &[&str]) -> (i32, Vec<u8>, String) {
+    let out = vhdkit(args);
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Run `vhdkit` and require exit status 0; returns the whole output.
+pub fn vhdkit_ok_output(args: &[&str]) -> Output {
+    let o = vhdkit(args);
+    let (code, out, err) = code_out_err(&o);
+    assert_eq!(code, 0, "vhdkit {args:?} failed: {out}{err}");
+    o
+}
+
+/// Run `vhdkit` and require exit status 0; returns stdout.
+pub fn vhdkit_ok_stdout(args: &[&str]) -> Vec<u8> {
+    vhdkit_ok_output(args).stdout
+}
+
+/// Run `vhdkit` and require exit status 0; returns stdout (lossy).
+pub fn vhdkit_stdout(args: &[&str]) -> String {
+    String::from_utf8_lossy(&vhdkit_ok_output(args).stdout).into_owned()
+}
+
+/// Run `vhdkit` and require it to fail with exit status `code` (any
+/// failure when `None`); returns stderr.
+pub fn vhdkit_fails(code: Option<i32>, args: &[&str]) -> String {
+    let (got, _, err) = code_out_err(&vhdkit(args));
+    match code {
+        Some(c) => assert_eq!(got, c, "vhdkit {args:?} should fail with {c}: {err}"),
+        None => assert_ne!(got, 0, "vhdkit {args:?} should fail: {err}"),
+    }
+    err
+}
+
+/// `path` as a `&str` argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `path` as an `&OsStr` argument.
+pub fn os(p: &Path) -> &OsStr {
+    p.as_os_str()
+}
+
+/// Permission bits of `p` in octal, as `ls -l` users read them.
+pub fn mode(p: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    format!("{m:o}")
+}
+
+/// Names in `dir` that look like vhdkit's temporary files.
+pub fn temp_debris(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp") || n.contains("vhdkit-"))
+        .collect()
+}
+
+/// A 2048-bit key pair made with `vhdkit keygen` and `key public`: the
+/// private `dir/name.xml` and the public `dir/name.pub.xml`.
+pub fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let private = dir.join(format!("{name}.xml"));
+    let public = dir.join(format!("{name}.pub.xml"));
+    vhdkit_ok_output(&["keygen", "--bits", "2048", "-o", s(&private)]);
+    vhdkit_ok_output(&["key", "public", s(&private), "-o", s(&public)]);
+    (private, public)
+}
+
+/// `vhdkit key show --json` of the key file `p`, parsed.
+pub fn key_show_json(p: &Path) -> serde_json::Value {
+    let out = vhdkit_ok([
+        OsStr::new("key"),
+        OsStr::new("show"),
+        OsStr::new("--json"),
+        p.as_os_str(),
+    ]);
+    serde_json::from_slice(&out).unwrap()
 }
 
 /// `vhdkit info --json` of `path`, parsed.
