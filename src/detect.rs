@@ -22,6 +22,13 @@
 //! a plausible field beside them) at exactly one of these offsets; the only common case is a raw disk whose content is
 //! itself an image file (a disk dumped with `dd` that holds a VHD at sector
 //! 0), which then is taken for that image unless `-f raw` is given.
+//!
+//! That case is also an attack when someone else controls the disk's
+//! content (a VM guest): by writing a signature the guest would turn its raw
+//! disk into, say, a differencing VHD whose parent is another image, which
+//! the next open without `-f raw` would read. So a raw disk whose format
+//! was detected refuses writes after which detection would find another
+//! format ([`guard_probed_raw`], as qemu does for probed raw images).
 
 use crate::error::{Error, ErrorKind};
 use crate::io::Storage;
