@@ -14,7 +14,7 @@
 //!
 //! | format | primary | secondary |
 //! |---|---|---|
-//! | VHDX | `vhdxfile` at 0 | `head` at 64/128 KiB (with version 1), `regi` at 192/256 KiB (with at most 2047 entries and a zero reserved field), `loge` at 1 MiB (with a length in whole 4 KiB sectors and a zero reserved field), `metadata` at 2 MiB |
+//! | VHDX | `vhdxfile` at 0 | `head` at 64/128 KiB (with version 1), `regi` at 192/256 KiB (with at most 2047 entries and a zero reserved field), `loge` at 1 MiB (with a length in whole 4 KiB sectors and a zero reserved field), `metadata` at 2 MiB (with zero reserved fields and at most 2047 entries) |
 //! | EVHD | `EVHDCRPT` at 0 or 64 KiB | `EVHDJRNL` at 128 KiB; `EVHDCRPT` at 132 KiB (the header copy inside the journal record); a header copy at 0 or 64 KiB with a damaged magic but version 1 or 2, journal offset 128 KiB, a journal length in whole MiB, the table after the journal, the data in whole MiB after the table and a zero reserved field; a journal record at 128 KiB with a damaged magic but version 1, a record length matching its page count and a zero reserved area |
 //! | VHD | `conectix` at EOF-512 (or EOF-511), or at 0 in a dynamic or differencing footer | `conectix` at 0, `cxsparse` at 512, a footer at EOF-512 or EOF-511 with version 1.0 and a disk type |
 //!
@@ -22,6 +22,13 @@
 //! a plausible field beside them) at exactly one of these offsets; the only common case is a raw disk whose content is
 //! itself an image file (a disk dumped with `dd` that holds a VHD at sector
 //! 0), which then is taken for that image unless `-f raw` is given.
+//!
+//! That case is also an attack when someone else controls the disk's
+//! content (a VM guest): by writing a signature the guest would turn its raw
+//! disk into, say, a differencing VHD whose parent is another image, which
+//! the next open without `-f raw` would read. So a raw disk whose format
+//! was detected refuses writes after which detection would find another
+//! format ([`guard_probed_raw`], as qemu does for probed raw images).
 
 use crate::error::{Error, ErrorKind};
 use crate::io::Storage;
@@ -64,6 +71,31 @@ const VHDX_LOG_LENGTH_FIELD: usize = 8;
 
 /// Byte offset of the reserved (zero) field in a VHDX log entry header.
 const VHDX_LOG_RESERVED_FIELD: usize = 28;
+
+/// Byte offset of the reserved (zero) u16 in a VHDX metadata table header
+/// ([MS-VHDX] 2.6.1.1).
+const VHDX_METADATA_RESERVED_FIELD: usize = 8;
+
+/// Byte offset of the entry count (at most 2047) in a VHDX metadata table
+/// header.
+const VHDX_METADATA_COUNT_FIELD: usize = 10;
+
+/// Byte offset of the second reserved (zero) field, 20 bytes, in a VHDX
+/// metadata table header.
+const VHDX_METADATA_RESERVED2_FIELD: usize = 12;
+
+/// End of the VHDX metadata table header (32 bytes).
+const VHDX_METADATA_HEADER_END: usize = vhdx::metadata::HEADER_SIZE;
+
+/// End of the first region detection reads: the last window it looks at
+/// from the start of the file is the VHDX metadata table header at 2 MiB
+/// ([`SHAPE_BYTES`] bytes read there). A write below this offset may change
+/// what detection finds.
+pub const DETECTION_HEAD_END: u64 = VHDX_METADATA_OFFSET + SHAPE_BYTES as u64;
+
+/// Length of the region at the end of the file detection reads (the VHD
+/// footer at EOF-512 or EOF-511, rounded up to 1 KiB).
+pub const DETECTION_TAIL_LEN: u64 = 1024;
 
 /// File offset of the header copy inside the EVHD journal record (after the
 /// record's 4 KiB header); every EVHD has a record from its creation.
@@ -238,6 +270,22 @@ fn secondary(storage: &dyn Storage) -> Vec<Trace> {
             len != 0 && len % vhdx::log::LOG_SECTOR == 0 && le32(b, VHDX_LOG_RESERVED_FIELD) == 0
         },
     );
+    // The 8-byte metadata signature is an ordinary word, so it counts only
+    // with its header's fields ([MS-VHDX] 2.6.1.1): a zero reserved field, at
+    // most 2047 entries and 20 more zero reserved bytes.
+    look_shaped(
+        Format::Vhdx,
+        "VHDX metadata table signature",
+        VHDX_METADATA_OFFSET,
+        &vhdx::metadata::SIGNATURE,
+        &|b| {
+            le16(b, VHDX_METADATA_RESERVED_FIELD) == 0
+                && le16(b, VHDX_METADATA_COUNT_FIELD) <= vhdx::metadata::MAX_ENTRIES
+                && b[VHDX_METADATA_RESERVED2_FIELD..VHDX_METADATA_HEADER_END]
+                    .iter()
+                    .all(|&x| x == 0)
+        },
+    );
     let mut look = |format, what, offset, magic: &[u8]| {
         if has(storage, offset, magic) {
             found.push(Trace {
@@ -247,12 +295,6 @@ fn secondary(storage: &dyn Storage) -> Vec<Trace> {
             });
         }
     };
-    look(
-        Format::Vhdx,
-        "VHDX metadata table signature",
-        VHDX_METADATA_OFFSET,
-        &vhdx::metadata::SIGNATURE,
-    );
     look(
         Format::Evhd,
         "EVHD journal record magic",
@@ -422,6 +464,114 @@ pub fn resolve(storage: &dyn Storage, forced: Option<Format>) -> Result<Format, 
     ))
 }
 
+/// Whether writing `len` bytes at `offset` of a file of `file_len` bytes
+/// can change what detection finds: the write touches the first
+/// [`DETECTION_HEAD_END`] bytes or the last [`DETECTION_TAIL_LEN`].
+pub fn write_may_affect(offset: u64, len: usize, file_len: u64) -> bool {
+    if len == 0 {
+        return false;
+    }
+    let end = offset.saturating_add(len as u64);
+    offset < DETECTION_HEAD_END || end > file_len.saturating_sub(DETECTION_TAIL_LEN)
+}
+
+/// A read-only view of a storage as it would be after writing `data` at
+/// `offset`, for detection to look at before the write happens.
+struct Overlay<'a> {
+    base: &'a dyn Storage,
+    data: &'a [u8],
+    offset: u64,
+}
+
+impl Storage for Overlay<'_> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.base.read_at(buf, offset)?;
+        let end = offset.saturating_add(buf.len() as u64);
+        let data_end = self.offset.saturating_add(self.data.len() as u64);
+        let from = offset.max(self.offset);
+        let to = end.min(data_end);
+        if from < to {
+            // Both differences fit in usize: they are within `buf` and `data`.
+            let (b, d, n) = (
+                (from - offset) as usize,
+                (from - self.offset) as usize,
+                (to - from) as usize,
+            );
+            buf[b..b + n].copy_from_slice(&self.data[d..d + n]);
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, _buf: &[u8], _offset: u64) -> std::io::Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+    }
+
+    fn len(&self) -> std::io::Result<u64> {
+        self.base.len()
+    }
+
+    fn set_len(&self, _len: u64) -> std::io::Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+    }
+
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn is_writable(&self) -> bool {
+        false
+    }
+}
+
+/// The signature detection would find in `storage` after writing `data` at
+/// `offset` (which must not change the file's length), or `None` when the
+/// file would still be raw. Costs nothing for a write detection does not
+/// look at (see [`write_may_affect`]).
+pub fn trace_after_write(storage: &dyn Storage, data: &[u8], offset: u64) -> Option<Trace> {
+    let len = storage.len().ok()?;
+    if !write_may_affect(offset, data.len(), len) {
+        return None;
+    }
+    trace(&Overlay {
+        base: storage,
+        data,
+        offset,
+    })
+}
+
+/// Refuse writing `data` at `offset` of a raw image whose format was
+/// detected when the write would make detection find another format
+/// (qemu's guard against CVE-2008-2004): a guest that controls a raw disk's
+/// content could otherwise turn it into, say, a differencing VHD whose
+/// parent is another image, and read that image through the next open.
+pub fn guard_probed_raw(storage: &dyn Storage, data: &[u8], offset: u64) -> Result<(), Error> {
+    match trace_after_write(storage, data, offset) {
+        None => Ok(()),
+        Some(t) => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "refusing to write: this data would make the raw image look like {} {} image ({t}); \
+                 a disk whose content others control must be opened with -f raw",
+                article(t.format),
+                format_name(t.format)
+            ),
+        )),
+    }
+}
+
+/// [`damaged`], and when the format was detected from `decided` (not
+/// stated), a note naming that signature and how to read the file as raw.
+pub fn damaged_detected(format: Format, decided: Option<Trace>, e: Error) -> Error {
+    let e = damaged(format, e);
+    match decided {
+        Some(t) if e.context().is_some() && t.format == format => e.with_note(&format!(
+            " (detected as {} from its {t}; if this is a raw disk, -f raw reads it as one)",
+            format_name(format)
+        )),
+        _ => e,
+    }
+}
+
 /// An error from opening an image whose signature says `format`: damage
 /// (a corrupt structure, a MAC that does not verify) is reported as a damaged
 /// image of that format; other errors (a key or parent needed, an
@@ -467,6 +617,9 @@ mod tests {
         let mut loge = [0u8; 32];
         loge[..4].copy_from_slice(b"loge");
         loge[9] = 0x10; // 4096
+        let mut meta = [0u8; 32];
+        meta[..8].copy_from_slice(b"metadata");
+        meta[10] = 5;
         let cases: [(i64, &[u8], Format); 13] = [
             (0, b"vhdxfile", Format::Vhdx),
             (64 << 10, &head, Format::Vhdx),
@@ -474,7 +627,7 @@ mod tests {
             (192 << 10, &regi, Format::Vhdx),
             (256 << 10, &regi, Format::Vhdx),
             (1 << 20, &loge, Format::Vhdx),
-            (2 << 20, b"metadata", Format::Vhdx),
+            (2 << 20, &meta, Format::Vhdx),
             (0, b"EVHDCRPT", Format::Evhd),
             (64 << 10, b"EVHDCRPT", Format::Evhd),
             (128 << 10, b"EVHDJRNL", Format::Evhd),
@@ -492,13 +645,25 @@ mod tests {
             let s = file_with(off, magic);
             assert_eq!(crate::detect(&s), Format::Raw, "{magic:?} at {off}");
         }
-        // A 4-byte signature alone is not enough.
+        // A 4-byte signature alone is not enough, nor `metadata` alone.
         for (offset, magic) in [
-            (64 << 10, b"head"),
+            (64 << 10, &b"head"[..]),
             (192 << 10, b"regi"),
             (1 << 20, b"loge"),
+            (2 << 20, b"metadata"),
+            (2 << 20, b"metadata:\n  name: x\n"),
         ] {
             assert_eq!(crate::detect(&file_with(offset, magic)), Format::Raw);
+        }
+        // Each field of the metadata table header is needed.
+        for (at, value) in [(8usize, 1u8), (11, 0x08), (12, 1), (31, 1)] {
+            let mut bad = meta;
+            bad[at] = value;
+            assert_eq!(
+                crate::detect(&file_with(2 << 20, &bad)),
+                Format::Raw,
+                "byte {at} = {value:#x}"
+            );
         }
         // The cookie at 0 of any type; a footer body at the end.
         assert_eq!(crate::detect(&file_with(0, b"conectix")), Format::Vhd);
@@ -626,6 +791,43 @@ mod tests {
         let s = MemStorage::from_vec(v);
         assert_eq!(crate::detect(&s), Format::Vhdx);
         assert_eq!(resolve(&s, Some(Format::Vhd)).unwrap(), Format::Vhd);
+    }
+
+    #[test]
+    fn writes_that_would_give_a_raw_file_a_signature_are_found() {
+        let len = 4u64 << 20;
+        let s = MemStorage::from_vec(vec![0u8; len as usize]);
+        // Outside the windows: nothing to look at.
+        assert!(!write_may_affect(DETECTION_HEAD_END, 8, len));
+        assert!(!write_may_affect(len - DETECTION_TAIL_LEN - 8, 8, len));
+        assert!(write_may_affect(DETECTION_HEAD_END - 1, 8, len));
+        assert!(write_may_affect(len - DETECTION_TAIL_LEN - 7, 8, len));
+        assert!(!write_may_affect(0, 0, len));
+        assert!(trace_after_write(&s, b"vhdxfile", 3 << 20).is_none());
+        let t = trace_after_write(&s, b"EVHDJRNL", 128 << 10).unwrap();
+        assert_eq!((t.format, t.offset), (Format::Evhd, 128 << 10));
+        let t = trace_after_write(&s, b"conectix", len - 512).unwrap();
+        assert_eq!((t.format, t.offset), (Format::Vhd, len - 512));
+        // A write that completes a signature with what the file holds.
+        let mut v = vec![0u8; len as usize];
+        v[..4].copy_from_slice(b"vhdx");
+        let s2 = MemStorage::from_vec(v);
+        assert_eq!(
+            trace_after_write(&s2, b"file", 4).unwrap().format,
+            Format::Vhdx
+        );
+        assert!(trace_after_write(&s2, b"fil", 4).is_none());
+        let e = guard_probed_raw(&s, b"vhdxfile", 0).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(
+            e.to_string().contains(
+                "this data would make the raw image look like a VHDX image (VHDX file identifier at offset 0x0)"
+            ),
+            "{e}"
+        );
+        assert!(guard_probed_raw(&s, &[0x5a; 4096], 0).is_ok());
+        // The overlay leaves the storage unchanged.
+        assert_eq!(crate::detect(&s), Format::Raw);
     }
 
     #[test]

@@ -220,15 +220,20 @@ pub fn open_storage(
 ) -> Result<Box<dyn VirtualDisk>> {
     let path_buf = path.map(Path::to_path_buf);
     let format = detect::resolve(storage.as_ref(), opts.format)?;
+    let decided = match opts.format {
+        None => detect::trace(storage.as_ref()),
+        Some(_) => None,
+    };
     let disk: Result<Box<dyn VirtualDisk>> = match format {
         Format::Vhd => vhd::VhdDisk::open(storage, path_buf, opts, chain).map(|d| Box::new(d) as _),
         Format::Vhdx => {
             vhdx::VhdxDisk::open(storage, path_buf, opts, chain).map(|d| Box::new(d) as _)
         }
         Format::Evhd => evhd::EvhdDisk::open(storage, path_buf, opts).map(|d| Box::new(d) as _),
-        Format::Raw => raw::RawDisk::open(storage, path_buf).map(|d| Box::new(d) as _),
+        Format::Raw => raw::RawDisk::open(storage, path_buf)
+            .map(|d| Box::new(d.probed(opts.format.is_none())) as _),
     };
-    disk.map_err(|e| detect::damaged(format, e))
+    disk.map_err(|e| detect::damaged_detected(format, decided, e))
 }
 
 /// Check the image at `path` for damage; with `repair`, fix what can be
@@ -238,9 +243,13 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
     // One open of the file at a time: a second one would conflict with this
     // one's lock (locks belong to each open, even in one process), so the
     // storage is closed at the end of this block, before `open` below.
-    let (format, checked) = {
+    let (format, decided, checked) = {
         let storage = open_file(path, repair, opts.force_share)?;
         let format = detect::resolve(&storage, opts.format).map_err(|e| e.with_path(path))?;
+        let decided = match opts.format {
+            None => detect::trace(&storage),
+            Some(_) => None,
+        };
         let checked = match format {
             Format::Vhd => vhd::check::check(&storage, &mut report, repair),
             Format::Vhdx => vhdx::check::check(&storage, &mut report, repair),
@@ -255,11 +264,11 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
             }
             Format::Raw => Ok(()),
         };
-        (format, checked)
+        (format, decided, checked)
     };
     // Damage that stops the format's own check is a finding of a damaged
     // image (exit 2), not a failure to check.
-    match checked.map_err(|e| detect::damaged(format, e.with_path(path))) {
+    match checked.map_err(|e| detect::damaged_detected(format, decided, e.with_path(path))) {
         Err(e) if e.context().is_some() => report.add(
             report::Severity::Error,
             e.structure().unwrap_or("image"),

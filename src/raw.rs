@@ -12,6 +12,10 @@ pub struct RawDisk {
     storage: Box<dyn Storage>,
     size: u64,
     path: Option<PathBuf>,
+    /// The format was detected, not stated (`-f raw`): writes that would
+    /// make detection find another format are refused (see
+    /// [`crate::detect::guard_probed_raw`]).
+    probed: bool,
 }
 
 impl RawDisk {
@@ -22,6 +26,7 @@ impl RawDisk {
             storage,
             size,
             path,
+            probed: false,
         })
     }
 
@@ -32,7 +37,16 @@ impl RawDisk {
             storage,
             size,
             path: None,
+            probed: false,
         })
+    }
+
+    /// Mark the image as raw by detection (`true`) rather than by the
+    /// caller's word: writes that would give it another format's signature
+    /// are then refused.
+    pub fn probed(mut self, yes: bool) -> Self {
+        self.probed = yes;
+        self
     }
 
     /// The path the image was opened from.
@@ -60,6 +74,9 @@ impl VirtualDisk for RawDisk {
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         check_range(self.size, offset, buf.len())?;
+        if self.probed {
+            crate::detect::guard_probed_raw(self.storage.as_ref(), buf, offset)?;
+        }
         self.storage
             .write_at(buf, offset)
             .map_err(io_err("raw image data", offset))
