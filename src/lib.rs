@@ -287,16 +287,29 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
     match open(path, &inspect) {
         Ok(disk) => {
             if let Some(p) = disk.info().parent.filter(|p| !p.found) {
-                report.add(
-                    report::Severity::Info,
-                    "parent",
-                    None,
-                    format!(
-                        "parent {} (id {}) not found",
-                        p.path.unwrap_or_default(),
-                        p.id.unwrap_or_default()
-                    ),
+                let text = format!(
+                    "parent {} (id {}) not found",
+                    p.path.unwrap_or_default(),
+                    p.id.unwrap_or_default()
                 );
+                report.add(report::Severity::Info, "parent", None, text.clone());
+                // The data the child leaves to its parent was not checked.
+                report
+                    .not_checked
+                    .push(format!("what the child reads from its parent: {text}"));
+            }
+        }
+        // A parent that is missing or not the recorded one, or keys none of
+        // which opens the image, leave the image unchecked (exit 1 unless
+        // damage was found), not damaged.
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ParentMissing | ErrorKind::ParentMismatch | ErrorKind::KeyMismatch
+            ) =>
+        {
+            if !report.not_checked.iter().any(|n| n.contains(e.message())) {
+                report.not_checked.push(e.to_string());
             }
         }
         // An image that does not open as its format is reported as damaged
@@ -317,6 +330,15 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
             );
         }
         Err(_) => {}
+    }
+    // After a repair the status is that of what remains: the image is
+    // checked again and its findings replace those found before the repair
+    // (the `repaired` list says what was fixed).
+    if repair && !report.repaired.is_empty() {
+        let after = check(path, opts, false)?;
+        report.findings = after.findings;
+        report.checked = after.checked;
+        report.not_checked = after.not_checked;
     }
     Ok(report)
 }

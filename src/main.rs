@@ -604,7 +604,10 @@ impl From<TypeArg> for DiskType {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_exit(&e),
+    };
     match run(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err((e, _)) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -613,6 +616,25 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// Print clap's message for a command line it refused (or for `--help`
+/// and `--version`, which exit 0). Usage errors, key files that cannot be
+/// used included (they are read while parsing), exit 1, like every error
+/// of a command; `compare` exits 2, its status for an error.
+fn usage_exit(e: &clap::Error) -> ExitCode {
+    let _ = e.print();
+    if !e.use_stderr() {
+        return ExitCode::SUCCESS;
+    }
+    let verb = std::env::args_os()
+        .skip(1)
+        .find(|a| !a.to_string_lossy().starts_with('-'));
+    ExitCode::from(if verb.is_some_and(|v| v == "compare") {
+        2
+    } else {
+        1
+    })
 }
 
 type Outcome = Result<u8, (Error, u8)>;
