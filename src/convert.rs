@@ -4,7 +4,6 @@
 //! and renamed into place only when complete, so a failed or interrupted
 //! run never leaves a half-written image under the requested name.
 
-use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -77,18 +76,22 @@ pub struct PendingFile {
 }
 
 impl PendingFile {
-    /// Reserve a temporary name beside `dest`.
+    /// Reserve a temporary name beside `dest` (registered in
+    /// [`crate::pending`], so a signal removes the file), after removing the
+    /// temporary files for `dest` that killed processes left (with a note).
     pub fn new(dest: &Path) -> Self {
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".into());
-        let tmp = dest.with_file_name(format!(".{name}.vhdkit-{}.tmp", std::process::id()));
+        crate::pending::reclaim_stale_noted(dest);
         PendingFile {
-            tmp,
+            tmp: crate::pending::temp_path(dest),
             dest: dest.to_path_buf(),
             done: false,
         }
+    }
+
+    /// Create the temporary file with `create` (given its path), registered
+    /// so that SIGINT, SIGTERM and SIGHUP remove it.
+    pub fn create<T>(&self, create: impl FnOnce(&Path) -> T) -> T {
+        crate::pending::create(&self.tmp, || create(&self.tmp))
     }
 
     /// The temporary path.
@@ -101,7 +104,10 @@ impl PendingFile {
     /// checked is an error naming it, and the temporary file is removed
     /// (see [`crate::io::rename_into_place`]).
     pub fn commit(mut self, replace: bool) -> Result<()> {
-        crate::io::rename_into_place(&self.tmp, &self.dest, replace).map_err(|e| {
+        crate::pending::commit(&self.tmp, || {
+            crate::io::rename_into_place(&self.tmp, &self.dest, replace)
+        })
+        .map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 Error::new(
                     ErrorKind::InvalidArgument,
@@ -121,7 +127,7 @@ impl PendingFile {
 impl Drop for PendingFile {
     fn drop(&mut self) {
         if !self.done {
-            let _ = fs::remove_file(&self.tmp);
+            crate::pending::discard(&self.tmp);
         }
     }
 }
@@ -312,7 +318,7 @@ pub fn create_file(
         None
     };
     let pending = PendingFile::new(dest);
-    let mut storage = FileStorage::create_new(pending.path())?;
+    let mut storage = pending.create(FileStorage::create_new)?;
     if !out.sync {
         storage = storage.without_sync();
     }

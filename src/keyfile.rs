@@ -54,7 +54,7 @@ struct TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.renamed {
-            let _ = fs::remove_file(&self.path);
+            crate::pending::discard(&self.path);
         }
     }
 }
@@ -90,6 +90,7 @@ pub fn write_key_file(path: &Path, bytes: &[u8], kind: KeyKind, force: bool) -> 
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    crate::pending::reclaim_stale_noted(path);
     let (mut file, mut tmp) = create_temp(dir, path)?;
     let written = file
         .write_all(bytes)
@@ -128,7 +129,11 @@ fn create_temp(dir: &Path, dest: &Path) -> Result<(File, TempFile)> {
             use std::os::unix::fs::OpenOptionsExt;
             o.mode(PRIVATE_MODE);
         }
-        match o.open(&tmp) {
+        let opened = crate::pending::create(&tmp, || o.open(&tmp));
+        if opened.is_err() {
+            crate::pending::forget(&tmp);
+        }
+        match opened {
             Ok(f) => {
                 return Ok((
                     f,
@@ -158,7 +163,7 @@ fn create_temp(dir: &Path, dest: &Path) -> Result<(File, TempFile)> {
 /// not replace a file that appeared meanwhile (symbolic links included):
 /// see [`crate::io::rename_into_place`].
 fn place(tmp: &Path, dest: &Path, force: bool) -> Result<()> {
-    crate::io::rename_into_place(tmp, dest, force).map_err(|e| {
+    crate::pending::commit(tmp, || crate::io::rename_into_place(tmp, dest, force)).map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {
             Error::io(e, "cannot create the key file (--force replaces it)").with_path(dest)
         } else {

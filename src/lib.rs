@@ -21,6 +21,7 @@ pub mod guid;
 pub mod io;
 pub mod keyfile;
 pub mod parent;
+pub mod pending;
 pub mod raw;
 pub mod report;
 pub mod size;

@@ -608,6 +608,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_exit(&e),
     };
+    remove_temp_files_on_signals();
     match run(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err((e, _)) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -635,6 +636,27 @@ fn usage_exit(e: &clap::Error) -> ExitCode {
     } else {
         1
     })
+}
+
+/// On SIGINT, SIGTERM and SIGHUP delete the unfinished output files
+/// (see `vhdkit::pending`) and exit with 128 + the signal's number (130,
+/// 143, 129), the status a shell reports for a command the signal killed.
+fn remove_temp_files_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "vhdkit: warning: cannot handle interrupts ({e}); an interrupted command may leave a temporary file"
+            );
+            return;
+        }
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            vhdkit::pending::remove_all_and_exit(128 + sig);
+        }
+    });
 }
 
 type Outcome = Result<u8, (Error, u8)>;
