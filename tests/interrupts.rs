@@ -164,3 +164,44 @@ fn stale_file_after_sigkill_is_removed_by_the_next_convert() {
         .collect();
     assert!(buf == want, "DST's last MiB differs from the source");
 }
+
+/// `create` and key file writes reclaim stale temporary files for their
+/// target too (and name them), leaving a running process's file alone.
+#[test]
+fn create_and_keygen_reclaim_stale_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // A process that has ended and been reaped: its pid no longer runs.
+    let mut child = Command::new("true").spawn().unwrap();
+    let gone = child.id();
+    child.wait().unwrap();
+    let img = dir.path().join("new.vhd");
+    let key = dir.path().join("k.xml");
+    let stale_img = dir.path().join(format!(".new.vhd.vhdkit-{gone}.tmp"));
+    let stale_key = dir
+        .path()
+        .join(format!(".k.xml.vhdkit-{gone}-0123456789abcdef.tmp"));
+    let live = dir
+        .path()
+        .join(format!(".new.vhd.vhdkit-{}.tmp", std::process::id()));
+    for p in [&stale_img, &stale_key, &live] {
+        std::fs::write(p, b"left over").unwrap();
+    }
+    let (code, _, stderr) = code_out_err(&vhdkit(["create", s(&img), "4M"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "removed a stale temporary file .new.vhd.vhdkit-{gone}.tmp left by process {gone}"
+        )),
+        "{stderr}"
+    );
+    assert!(!stale_img.exists() && live.exists() && stale_key.exists());
+    let (code, _, stderr) = code_out_err(&vhdkit(["keygen", "-o", s(&key)]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "removed a stale temporary file .k.xml.vhdkit-{gone}-0123456789abcdef.tmp"
+        )),
+        "{stderr}"
+    );
+    assert!(!stale_key.exists() && key.exists());
+}
