@@ -25,6 +25,9 @@ pub const PUBLIC_MODE: u32 = 0o644;
 /// Attempts at finding an unused temporary name before giving up (each
 /// name has 64 random bits, so a second attempt is already unlikely).
 const TEMP_ATTEMPTS: usize = 8;
+/// Bytes of the target's name kept in the temporary file's name, leaving
+/// room for the process id, random part and suffix within 255 bytes.
+const TEMP_NAME_PREFIX: usize = 200;
 
 /// Whether a key file holds a private or a public key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,10 +114,16 @@ pub fn write_key_file(path: &Path, bytes: &[u8], kind: KeyKind, force: bool) -> 
 
 /// Create a new, empty temporary file beside `dest` with mode 0600.
 fn create_temp(dir: &Path, dest: &Path) -> Result<(File, TempFile)> {
-    let name = dest
+    let mut name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "key".into());
+    // Keep the temporary name within the usual 255-byte limit.
+    let mut end = name.len().min(TEMP_NAME_PREFIX);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.truncate(end);
     let mut last = None;
     for _ in 0..TEMP_ATTEMPTS {
         let tmp = dir.join(format!(
@@ -218,6 +227,16 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"old");
         write_key_file(&p, b"new", KeyKind::Private, true).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"new");
+        assert!(leftovers(d.path()).is_empty());
+    }
+
+    /// A target name near the 255-byte limit still gets a temporary file.
+    #[test]
+    fn long_names_are_written() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k".repeat(250));
+        write_key_file(&p, b"key", KeyKind::Private, false).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"key");
         assert!(leftovers(d.path()).is_empty());
     }
 

@@ -567,3 +567,59 @@ fn parse_xml(text: &str) -> Result<KeyFile> {
     }
     Ok(KeyFile::Private(Box::new(PrivateKey::new(key)?)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evhd::recipient::Stanza;
+    use rsa::pkcs1::EncodeRsaPublicKey;
+
+    /// An odd modulus of exactly `bits` bits. Not a product of two primes,
+    /// which public-key handling cannot tell: enough to test sizes without
+    /// generating keys.
+    fn modulus(bits: usize) -> BigUint {
+        let mut b = vec![0x5au8; bits.div_ceil(8)];
+        b[0] = 0x80 >> ((8 - bits % 8) % 8);
+        *b.last_mut().unwrap() |= 1;
+        BigUint::from_bytes_be(&b)
+    }
+
+    /// Public keys above the `rsa` crate's default 4096-bit limit load from
+    /// every form vhdkit reads and writes, and wrap into a stanza that
+    /// decodes again; one bit over [`MAX_BITS`] is refused with the sizes.
+    #[test]
+    fn public_keys_up_to_max_bits_load_everywhere() {
+        for bits in [MIN_BITS, 4096, 4097, 4608, 6144, MAX_BITS] {
+            let k = PublicKey::from_parts(modulus(bits), BigUint::from(65537u32)).unwrap();
+            assert_eq!(k.bits(), bits);
+            let fp = k.fingerprint();
+            let spki = k.to_pem().unwrap();
+            let pkcs1 = k.rsa().to_pkcs1_pem(LineEnding::LF).unwrap();
+            assert!(pkcs1.contains("BEGIN RSA PUBLIC KEY"));
+            for text in [k.to_xml(), spki, pkcs1] {
+                let back = KeyFile::parse(&text).unwrap_or_else(|e| panic!("{bits} bits: {e}"));
+                assert!(matches!(back, KeyFile::Public(_)));
+                assert_eq!(back.public().fingerprint(), fp, "{bits} bits");
+            }
+            let s = Stanza::wrap(&k, "label", &[7u8; 32]).unwrap();
+            let mut enc = Vec::new();
+            s.encode(&mut enc);
+            let (back, len) = Stanza::decode(&enc, 0).unwrap();
+            assert_eq!((back, len), (s, enc.len()));
+        }
+        let e = PublicKey::from_parts(modulus(MAX_BITS + 1), BigUint::from(65537u32)).unwrap_err();
+        assert!(e.to_string().contains("8193 bits"), "{e}");
+        let e = PublicKey::from_parts(modulus(MIN_BITS - 1), BigUint::from(65537u32)).unwrap_err();
+        assert!(e.to_string().contains("2047 bits"), "{e}");
+    }
+
+    /// A PEM block whose label does not match its content is refused.
+    #[test]
+    fn public_pem_label_must_match() {
+        let k = PublicKey::from_parts(modulus(MIN_BITS), BigUint::from(65537u32)).unwrap();
+        let pkcs1 = k.rsa().to_pkcs1_pem(LineEnding::LF).unwrap();
+        let relabelled = pkcs1.replace("RSA PUBLIC KEY", "PUBLIC KEY");
+        let e = KeyFile::parse(&relabelled).unwrap_err();
+        assert!(e.to_string().contains("public key"), "{e}");
+    }
+}
