@@ -184,6 +184,21 @@ fn article(format: Format) -> &'static str {
     if format == Format::Evhd { "an" } else { "a" }
 }
 
+/// A trace of `format` when `storage` holds `magic` at `offset`.
+fn magic_trace(
+    storage: &dyn Storage,
+    format: Format,
+    what: &'static str,
+    offset: u64,
+    magic: &[u8],
+) -> Option<Trace> {
+    has(storage, offset, magic).then_some(Trace {
+        format,
+        what,
+        offset,
+    })
+}
+
 /// Whether `storage` holds `magic` at `offset`.
 fn has(storage: &dyn Storage, offset: u64, magic: &[u8]) -> bool {
     let mut buf = [0u8; 8];
@@ -286,27 +301,20 @@ fn secondary(storage: &dyn Storage) -> Vec<Trace> {
                     .all(|&x| x == 0)
         },
     );
-    let mut look = |format, what, offset, magic: &[u8]| {
-        if has(storage, offset, magic) {
-            found.push(Trace {
-                format,
-                what,
-                offset,
-            });
-        }
-    };
-    look(
+    found.extend(magic_trace(
+        storage,
         Format::Evhd,
         "EVHD journal record magic",
         evhd::JOURNAL_OFFSET,
         &evhd::journal::MAGIC,
-    );
-    look(
+    ));
+    found.extend(magic_trace(
+        storage,
         Format::Evhd,
         "EVHD header magic of the header copy in the journal record",
         EVHD_JOURNAL_HEADER_OFFSET,
         &evhd::header::MAGIC,
-    );
+    ));
     for &o in &evhd::header::COPY_OFFSETS {
         if evhd_header_fields(storage, o) {
             found.push(Trace {
@@ -323,27 +331,20 @@ fn secondary(storage: &dyn Storage) -> Vec<Trace> {
             offset: evhd::JOURNAL_OFFSET,
         });
     }
-    let mut look = |format, what, offset, magic: &[u8]| {
-        if has(storage, offset, magic) {
-            found.push(Trace {
-                format,
-                what,
-                offset,
-            });
-        }
-    };
-    look(
+    found.extend(magic_trace(
+        storage,
         Format::Vhd,
         "VHD footer cookie",
         0,
         &vhd::footer::FOOTER_COOKIE,
-    );
-    look(
+    ));
+    found.extend(magic_trace(
+        storage,
         Format::Vhd,
         "VHD dynamic header cookie",
         VHD_DYNAMIC_HEADER_OFFSET,
         &vhd::dynamic_header::HEADER_COOKIE,
-    );
+    ));
     if let Some(o) = vhd_footer_body(storage) {
         found.push(Trace {
             format: Format::Vhd,

@@ -20,6 +20,7 @@ pub mod evhd;
 pub mod guid;
 pub mod io;
 pub mod keyfile;
+pub mod lock;
 pub mod parent;
 pub mod pending;
 pub mod raw;
