@@ -443,11 +443,21 @@ pub fn trace_of(storage: &dyn Storage, format: Format) -> Option<Trace> {
 /// The format to open `storage` as: `forced` if given (an error naming what
 /// the file holds when it has no trace of that format), else the detected one.
 pub fn resolve(storage: &dyn Storage, forced: Option<Format>) -> Result<Format, Error> {
+    resolve_traced(storage, forced).map(|(format, _)| format)
+}
+
+/// [`resolve`], with the trace that decided when the format was detected
+/// (`None` when `forced`, or for a raw file).
+pub fn resolve_traced(
+    storage: &dyn Storage,
+    forced: Option<Format>,
+) -> Result<(Format, Option<Trace>), Error> {
     let Some(want) = forced else {
-        return Ok(trace(storage).map_or(Format::Raw, |t| t.format));
+        let t = trace(storage);
+        return Ok((t.map_or(Format::Raw, |t| t.format), t));
     };
     if want == Format::Raw || trace_of(storage, want).is_some() {
-        return Ok(want);
+        return Ok((want, None));
     }
     let found = match trace(storage) {
         Some(t) => format!(

@@ -221,11 +221,7 @@ pub fn open_storage(
     chain: &Chain,
 ) -> Result<Box<dyn VirtualDisk>> {
     let path_buf = path.map(Path::to_path_buf);
-    let format = detect::resolve(storage.as_ref(), opts.format)?;
-    let decided = match opts.format {
-        None => detect::trace(storage.as_ref()),
-        Some(_) => None,
-    };
+    let (format, decided) = detect::resolve_traced(storage.as_ref(), opts.format)?;
     let disk: Result<Box<dyn VirtualDisk>> = match format {
         Format::Vhd => vhd::VhdDisk::open(storage, path_buf, opts, chain).map(|d| Box::new(d) as _),
         Format::Vhdx => {
@@ -247,11 +243,8 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
     // storage is closed at the end of this block, before `open` below.
     let (format, decided, checked) = {
         let storage = open_file(path, repair, opts.force_share)?;
-        let format = detect::resolve(&storage, opts.format).map_err(|e| e.with_path(path))?;
-        let decided = match opts.format {
-            None => detect::trace(&storage),
-            Some(_) => None,
-        };
+        let (format, decided) =
+            detect::resolve_traced(&storage, opts.format).map_err(|e| e.with_path(path))?;
         let checked = match format {
             Format::Vhd => vhd::check::check(&storage, &mut report, repair),
             Format::Vhdx => vhdx::check::check(&storage, &mut report, repair),
