@@ -13,6 +13,7 @@
 
 pub mod checksum;
 pub mod convert;
+pub mod damage;
 pub mod detect;
 pub mod disk;
 pub mod error;
@@ -79,6 +80,11 @@ pub struct OpenOptions {
     /// commit signs the image with the caller's key and so would vouch for
     /// content (or a rolled-back state) nobody trusted wrote.
     pub vouch: bool,
+    /// Read stored blocks that lie (partly) past the end of their file as
+    /// zeros and record each such virtual range in this log, instead of
+    /// failing the read (VHD and VHDX, parents included). Without it such
+    /// a read is a [`ErrorKind::Corrupt`] error naming the block.
+    pub salvage: Option<Arc<damage::SalvageLog>>,
 }
 
 impl OpenOptions {
@@ -133,6 +139,12 @@ impl OpenOptions {
     /// format (see [`OpenOptions::require_signed`]).
     pub fn require_signed(mut self, yes: bool) -> Self {
         self.require_signed = yes;
+        self
+    }
+
+    /// Salvage reads into `log` (see [`OpenOptions::salvage`]).
+    pub fn salvage(mut self, log: Option<Arc<damage::SalvageLog>>) -> Self {
+        self.salvage = log;
         self
     }
 

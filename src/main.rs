@@ -57,6 +57,40 @@ struct ParentArgs {
     require_signed: bool,
 }
 
+/// `--salvage` for the commands that read a whole source.
+#[derive(Args, Clone, Default)]
+struct SalvageArg {
+    /// Read stored blocks that lie past the end of a damaged (truncated)
+    /// image file as zeros instead of failing, list each such range on
+    /// stderr and exit 3.
+    #[arg(long)]
+    salvage: bool,
+}
+
+/// Exit status of `convert`, `read` and `compare` when `--salvage` read
+/// ranges as zeros.
+const EXIT_SALVAGED: u8 = 3;
+
+impl SalvageArg {
+    /// The log to open the images with, if salvaging.
+    fn log(&self) -> Option<Arc<vhdkit::damage::SalvageLog>> {
+        self.salvage.then(vhdkit::damage::SalvageLog::new)
+    }
+}
+
+/// List what a salvaging command read as zeros on stderr, and give the
+/// exit status: `code`, or [`EXIT_SALVAGED`] when anything was salvaged.
+fn report_salvage(log: Option<&vhdkit::damage::SalvageLog>, code: u8) -> u8 {
+    let Some(log) = log else {
+        return code;
+    };
+    let runs = log.runs();
+    for r in &runs {
+        eprintln!("vhdkit: salvaged: {r} (read as zeros)");
+    }
+    if runs.is_empty() { code } else { EXIT_SALVAGED }
+}
+
 impl ParentArgs {
     fn options(&self) -> OpenOptions {
         let mut o = OpenOptions::new()
@@ -394,6 +428,8 @@ enum Command {
         /// Never show a progress bar.
         #[arg(short = 'q', long)]
         quiet: bool,
+        #[command(flatten)]
+        salvage: SalvageArg,
         src: PathBuf,
         dst: PathBuf,
         #[command(flatten)]
@@ -404,12 +440,14 @@ enum Command {
         #[arg(long, default_value = "aes-256-gcm")]
         cipher: CipherArg,
     },
-    /// Compare the content of two images (exit 0 same, 1 different, 2 error).
+    /// Compare the content of two images (exit 0 same, 1 different, 2 error, 3 salvaged).
     Compare {
         a: PathBuf,
         b: PathBuf,
         #[command(flatten)]
         parent: ParentArgs,
+        #[command(flatten)]
+        salvage: SalvageArg,
     },
     /// Copy a range of the virtual disk to stdout.
     Read {
@@ -420,6 +458,8 @@ enum Command {
         length: String,
         #[command(flatten)]
         parent: ParentArgs,
+        #[command(flatten)]
+        salvage: SalvageArg,
     },
     /// Write bytes into the virtual disk.
     Write {
@@ -806,6 +846,7 @@ fn run(cmd: Command) -> Outcome {
             force,
             sync,
             quiet,
+            salvage,
             src,
             dst,
             parent,
@@ -813,7 +854,10 @@ fn run(cmd: Command) -> Outcome {
             cipher,
         } => {
             parent.warn_force_share(&[&src]);
-            let disk = parent.open(&src, &parent.options()).map_err(fail1)?;
+            let salvage = salvage.log();
+            let disk = parent
+                .open(&src, &parent.options().salvage(salvage.clone()))
+                .map_err(fail1)?;
             warn_signature(disk.as_ref(), &src);
             let src_info = disk.info();
             let origin = Origin::from_info(&src_info);
@@ -893,9 +937,13 @@ fn run(cmd: Command) -> Outcome {
                     Some(b) => {
                         refuse_same_file(&b, &dst).map_err(fail1)?;
                         parent.warn_force_share(&[&b]);
-                        let base_disk =
-                            vhdkit::open(&b, &OpenOptions::new().force_share(parent.force_share))
-                                .map_err(|e| fail1(force_share_hint(e, false)))?;
+                        let base_disk = vhdkit::open(
+                            &b,
+                            &OpenOptions::new()
+                                .force_share(parent.force_share)
+                                .salvage(salvage.clone()),
+                        )
+                        .map_err(|e| fail1(force_share_hint(e, false)))?;
                         spec.disk_type = DiskType::Differencing;
                         let b_path = b.clone();
                         spec.parent = Some(b);
@@ -921,11 +969,17 @@ fn run(cmd: Command) -> Outcome {
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
-            Ok(0)
+            Ok(report_salvage(salvage.as_deref(), 0))
         }
-        Command::Compare { a, b, parent } => {
+        Command::Compare {
+            a,
+            b,
+            parent,
+            salvage,
+        } => {
             parent.warn_force_share(&[&a, &b]);
-            let opts = parent.options();
+            let salvage = salvage.log();
+            let opts = parent.options().salvage(salvage.clone());
             parent
                 .refuse_key_for(&[&a, &b], &opts)
                 .map_err(|e| (e, 2))?;
@@ -937,7 +991,7 @@ fn run(cmd: Command) -> Outcome {
             match diff.map_err(|e| (e, 2))? {
                 None => {
                     println!("Images are identical.");
-                    Ok(0)
+                    Ok(report_salvage(salvage.as_deref(), 0))
                 }
                 Some(off) => {
                     if da.virtual_size() != db.virtual_size()
@@ -951,7 +1005,7 @@ fn run(cmd: Command) -> Outcome {
                     } else {
                         println!("Images differ at offset {off:#x} ({off}).");
                     }
-                    Ok(1)
+                    Ok(report_salvage(salvage.as_deref(), 1))
                 }
             }
         }
@@ -960,9 +1014,13 @@ fn run(cmd: Command) -> Outcome {
             offset,
             length,
             parent,
+            salvage,
         } => {
             parent.warn_force_share(&[&image]);
-            let disk = parent.open(&image, &parent.options()).map_err(fail1)?;
+            let salvage = salvage.log();
+            let disk = parent
+                .open(&image, &parent.options().salvage(salvage.clone()))
+                .map_err(fail1)?;
             warn_signature(disk.as_ref(), &image);
             let offset = parse_size(&offset).map_err(fail1)?;
             let length = parse_size(&length).map_err(fail1)?;
@@ -994,7 +1052,7 @@ fn run(cmd: Command) -> Outcome {
                 pos += n as u64;
             }
             out.flush().map_err(stdout_err)?;
-            Ok(0)
+            Ok(report_salvage(salvage.as_deref(), 0))
         }
         Command::Write {
             image,

@@ -6,6 +6,7 @@ use super::dynamic_header::{DynamicHeader, HEADER_SIZE};
 use super::footer::{FOOTER_COOKIE, FOOTER_SIZE, Footer, VhdType};
 use super::geometry::SECTOR;
 use super::{LEGACY_FOOTER_SIZE, read_footer_at};
+use crate::damage::{MissingBlock, MissingRuns};
 use crate::error::Result;
 use crate::io::{Storage, io_err, read_struct};
 use crate::report::{CheckReport, Severity};
@@ -369,6 +370,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         .filter(|&&e| e != bat::UNUSED)
         .count();
     let mut blocks: Vec<(u32, u32)> = Vec::with_capacity(count);
+    let mut missing = MissingRuns::new("VHD block", len);
     for (i, &e) in table.iter().enumerate() {
         if e == bat::UNUSED {
             continue;
@@ -385,7 +387,23 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         }
         let start = u64::from(e) * SECTOR;
         let end = start + span;
-        if end > data_end {
+        if end > len {
+            // Stored data the file does not hold: reading it fails. The
+            // block's data follows its bitmap.
+            let data = start + bitmap_size;
+            let v0 = i as u64 * block_size;
+            let vstart = v0 + len.saturating_sub(data).min(block_size);
+            let vend = (v0 + block_size).min(footer.current_size);
+            if vstart < vend {
+                missing.push(MissingBlock {
+                    block: i as u64,
+                    file_offset: start,
+                    file_len: span,
+                    vstart,
+                    vend,
+                });
+            }
+        } else if end > data_end {
             listed.add(report, Kind::PastEnd, Some(entry_off), || {
                 format!(
                     "block {i} at {start:#x}..{end:#x} extends past the end of the data at {data_end:#x}"
@@ -406,6 +424,8 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         blocks.push((e, i as u32));
     }
     drop(table);
+    let blocks_missing = !missing.is_empty();
+    missing.report(report);
     blocks.sort_unstable();
     for w in blocks.windows(2) {
         let ((a, ia), (b, ib)) = (w[0], w[1]);
@@ -457,7 +477,10 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
     listed.summarize(report);
 
     if repair {
-        repair_footers(storage, &fs, &footer, &header, hoff, pos, report)?;
+        // With blocks past the end of the file, a footer written after
+        // them would make their lost data read as zeros: left as it is.
+        let end_of_data = if blocks_missing { None } else { Some(pos) };
+        repair_footers(storage, &fs, &footer, &header, hoff, end_of_data, report)?;
     }
     Ok(())
 }
@@ -470,18 +493,20 @@ fn repair_footers(
     footer: &Footer,
     header: &DynamicHeader,
     hoff: u64,
-    end_of_data: u64,
+    end_of_data: Option<u64>,
     report: &mut CheckReport,
 ) -> Result<()> {
     let mut good = footer.clone();
     good.checksum = good.compute_checksum();
     let fb = good.to_bytes();
-    if fs.end.as_ref() != Some(&good) {
-        let at = if fs.end.is_some() {
-            fs.end_offset.div_ceil(SECTOR) * SECTOR
-        } else {
-            end_of_data.div_ceil(SECTOR) * SECTOR
-        };
+    let at = match (fs.end.is_some(), end_of_data) {
+        (true, _) => Some(fs.end_offset.div_ceil(SECTOR) * SECTOR),
+        (false, Some(e)) => Some(e.div_ceil(SECTOR) * SECTOR),
+        (false, None) => None,
+    };
+    if fs.end.as_ref() != Some(&good)
+        && let Some(at) = at
+    {
         storage
             .write_at(&fb, at)
             .map_err(io_err("VHD footer", at))?;

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::damage::Stored;
 use crate::disk::{
     Extent, ExtentKind, ExtentList, VirtualDisk, block_pieces, check_range, is_zero, presence_runs,
 };
@@ -87,6 +88,9 @@ pub struct VhdDisk {
     /// Fixed disks: where the data ends in the file (the footer's offset).
     /// Bytes of the disk past it read as zeros, never as the footer.
     data_end: u64,
+    /// Under `--salvage`: where blocks past the end of the file are
+    /// recorded as read as zeros (otherwise reading them is an error).
+    salvage: Option<std::sync::Arc<crate::damage::SalvageLog>>,
 }
 
 impl std::fmt::Debug for VhdDisk {
@@ -251,6 +255,7 @@ impl VhdDisk {
             warnings,
             barriers: true,
             data_end: footer_offset,
+            salvage: opts.salvage.clone(),
         };
         match kind {
             VhdType::Fixed => {
@@ -325,7 +330,7 @@ impl VhdDisk {
             let stop = start + bitmap_size + block_size;
             if stop > footer_offset {
                 self.warnings.push(format!(
-                    "block {i} at {start:#x} extends past the end of the data at {footer_offset:#x}; its missing part reads as zeros"
+                    "block {i} at {start:#x} extends past the end of the data at {footer_offset:#x}; what lies past the end of the file cannot be read"
                 ));
             }
             next_free = next_free.max(stop);
@@ -541,6 +546,7 @@ impl VhdDisk {
             warnings: Vec::new(),
             barriers: true,
             data_end: len.saturating_sub(FOOTER_SIZE as u64),
+            salvage: None,
         };
         if d.vhd_type() != VhdType::Fixed {
             d.load_sparse(len, len - FOOTER_SIZE as u64)?;
@@ -562,6 +568,32 @@ impl VhdDisk {
         }
     }
 
+    /// What a read of block `block` (at BAT `entry`) names when the file
+    /// does not hold it.
+    fn stored(&self, sparse: &Sparse, block: usize, entry: u32) -> Stored<'_> {
+        Stored {
+            structure: "VHD block",
+            block: block as u64,
+            block_offset: sparse.block_file_offset(entry),
+            block_len: sparse.bitmap_size + sparse.block_size,
+            path: self.path.as_deref(),
+            salvage: self.salvage.as_deref(),
+            reserved_len: 0,
+        }
+    }
+
+    /// The sector bitmap of the block at `entry`, or `None` when the file
+    /// ends before it is complete (a damaged block).
+    fn read_bitmap_if_present(&self, sparse: &Sparse, entry: u32) -> Result<Option<Vec<u8>>> {
+        let off = sparse.block_file_offset(entry);
+        let mut bm = vec![0u8; sparse.bitmap_size as usize];
+        match self.storage.read_at(&mut bm, off) {
+            Ok(()) => Ok(Some(bm)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(io_err("VHD sector bitmap", off)(e)),
+        }
+    }
+
     fn read_bitmap(&self, sparse: &Sparse, entry: u32) -> Result<Vec<u8>> {
         let off = sparse.block_file_offset(entry);
         let mut bm = vec![0u8; sparse.bitmap_size as usize];
@@ -572,7 +604,9 @@ impl VhdDisk {
     }
 
     /// Read `out` from block `block` at `in_off` inside it; `vpos` is the
-    /// virtual disk offset of `out[0]`.
+    /// virtual disk offset of `out[0]`. A block the file does not fully
+    /// hold is an error, or under salvage reads as zeros where it is
+    /// missing.
     fn read_block(&self, block: usize, in_off: u64, out: &mut [u8], vpos: u64) -> Result<()> {
         let sparse = self.sparse.as_ref().expect("sparse");
         let entry = sparse.bat[block];
@@ -584,22 +618,26 @@ impl VhdDisk {
                 Ok(())
             };
         }
+        let stored = self.stored(sparse, block, entry);
         let data = sparse.block_file_offset(entry) + sparse.bitmap_size;
         if !self.is_differencing() {
-            return self
-                .storage
-                .read_at_or_zero(out, data + in_off)
-                .map_err(io_err("VHD block", data + in_off));
+            return stored.read(self.storage.as_ref(), out, data + in_off, vpos);
         }
-        let bitmap = self.read_bitmap(sparse, entry)?;
+        let Some(bitmap) = self.read_bitmap_if_present(sparse, entry)? else {
+            // Without its bitmap nothing of the block can be read: the
+            // bitmap comes first, so its data is missing too.
+            let file_len = self.storage.len().map_err(io_err("VHD file", 0))?;
+            out.fill(0);
+            let from = file_len.max(sparse.block_file_offset(entry));
+            return stored.missing(from, file_len, vpos, out.len() as u64);
+        };
         for (start, len, present) in sector_runs(&bitmap, in_off, out.len() as u64) {
             let piece = &mut out[(start - in_off) as usize..(start - in_off + len) as usize];
+            let at = vpos + (start - in_off);
             if present {
-                self.storage
-                    .read_at_or_zero(piece, data + start)
-                    .map_err(io_err("VHD block", data + start))?;
+                stored.read(self.storage.as_ref(), piece, data + start, at)?;
             } else {
-                self.parent_read(piece, vpos + (start - in_off))?;
+                self.parent_read(piece, at)?;
             }
         }
         Ok(())

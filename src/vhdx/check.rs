@@ -9,6 +9,7 @@ use super::header;
 use super::log::{self, Overlay};
 use super::region_table::{HEADER_AREA, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE};
 use super::{Structure, bat, pending_log, read_file_identifier, replay_and_clear};
+use crate::damage::{MissingBlock, MissingRuns};
 use crate::error::{Error, Result};
 use crate::io::{Storage, io_err, read_struct};
 use crate::report::{CheckReport, Severity};
@@ -233,6 +234,8 @@ fn check_bat(s: &Structure, report: &mut CheckReport) {
     let l = &s.layout;
     let diff = s.metadata.has_parent;
     let mut blocks: Vec<(u64, u64, u64)> = Vec::new();
+    let mut missing_payload = MissingRuns::new("VHDX payload block", s.file_len);
+    let mut missing_bitmaps = MissingRuns::new("VHDX sector bitmap block", s.file_len);
     for i in 0..l.total_entries {
         let e = s.bat[i as usize];
         let st = bat::state(e);
@@ -271,6 +274,48 @@ fn check_bat(s: &Structure, report: &mut CheckReport) {
         if !stored {
             continue;
         }
+        let off = bat::file_offset(e);
+        let end = off.saturating_add(size);
+        if end > s.file_len {
+            // Stored data the file does not hold: an error, never zeros.
+            let (runs, block, vstart, vend) = if is_bitmap {
+                // Byte k of a sector bitmap block describes sectors
+                // 8k..8k+8 of its chunk.
+                let chunk = i / (l.chunk_ratio + 1);
+                let lost = s.file_len.saturating_sub(off).min(size);
+                let chunk_bytes = l.chunk_ratio * l.block_size;
+                let v0 = chunk * chunk_bytes;
+                (
+                    &mut missing_bitmaps,
+                    chunk,
+                    v0.saturating_add(lost * 8 * l.sector_size),
+                    v0.saturating_add(chunk_bytes),
+                )
+            } else {
+                let block = i - i / (l.chunk_ratio + 1);
+                let lost = s.file_len.saturating_sub(off).min(size);
+                let v0 = block * l.block_size;
+                (
+                    &mut missing_payload,
+                    block,
+                    v0.saturating_add(lost),
+                    v0.saturating_add(l.block_size),
+                )
+            };
+            let vend = vend.min(s.metadata.virtual_size);
+            if vstart < vend {
+                runs.push(MissingBlock {
+                    block,
+                    file_offset: off,
+                    file_len: size,
+                    vstart,
+                    vend,
+                });
+            }
+            if off >= s.file_len {
+                continue;
+            }
+        }
         if let Some(p) = s.block_problem(i, size) {
             report.add(
                 Severity::Error,
@@ -279,17 +324,6 @@ fn check_bat(s: &Structure, report: &mut CheckReport) {
                 format!("{what}: {p}"),
             );
             continue;
-        }
-        let off = bat::file_offset(e);
-        if off + size > s.file_len {
-            report.add(
-                Severity::Info,
-                "VHDX BAT entry",
-                Some(at),
-                format!(
-                    "{what}: the file ends inside the block at {off:#x}; its missing tail reads as zeros"
-                ),
-            );
         }
         if !is_bitmap && st == bat::PAYLOAD_PARTIALLY_PRESENT {
             let b = l.bitmap_index(i / (l.chunk_ratio + 1));
@@ -304,6 +338,8 @@ fn check_bat(s: &Structure, report: &mut CheckReport) {
         }
         blocks.push((off, off + size, i));
     }
+    missing_payload.report(report);
+    missing_bitmaps.report(report);
     blocks.sort_unstable();
     for w in blocks.windows(2) {
         let (a, b) = (w[0], w[1]);

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::damage::Stored;
 use crate::disk::{
     Discard, Extent, ExtentKind, ExtentList, VirtualDisk, block_pieces, check_range, presence_runs,
 };
@@ -292,6 +293,9 @@ pub struct VhdxDisk {
     bitmaps: HashMap<u64, Box<[u8]>>,
     /// The write session, from the first change until close.
     session: Option<write::Session>,
+    /// Under `--salvage`: where blocks past the end of the file are
+    /// recorded as read as zeros (otherwise reading them is an error).
+    salvage: Option<std::sync::Arc<crate::damage::SalvageLog>>,
 }
 
 impl Drop for VhdxDisk {
@@ -433,6 +437,7 @@ impl VhdxDisk {
             warnings,
             bitmaps: HashMap::new(),
             session: None,
+            salvage: opts.salvage.clone(),
         };
         if disk.s.metadata.has_parent {
             let spec = disk.parent_spec()?;
@@ -534,9 +539,46 @@ impl VhdxDisk {
         }
     }
 
+    /// File offset of the stored block of BAT entry `index` for reading
+    /// it: checked like [`Self::block_offset`], except that a block past
+    /// the end of the file is left to [`Stored::read`], which names it.
+    fn stored_offset(&self, index: u64, size: u64) -> Result<u64> {
+        let off = bat::file_offset(self.s.bat[index as usize]);
+        if off >= self.s.file_len {
+            return Ok(off);
+        }
+        self.block_offset(index, size)
+    }
+
+    /// What a read of the block of BAT entry `index` names when the file
+    /// does not hold it: payload block `block`, or the sector bitmap block
+    /// of chunk `block`.
+    fn stored(&self, index: u64, block: u64, size: u64, bitmap: bool) -> Stored<'_> {
+        Stored {
+            structure: if bitmap {
+                "VHDX sector bitmap block"
+            } else {
+                "VHDX payload block"
+            },
+            block,
+            block_offset: bat::file_offset(self.s.bat[index as usize]),
+            block_len: size,
+            path: self.path.as_deref(),
+            salvage: self.salvage.as_deref(),
+            reserved_len: self.session.as_ref().map_or(0, |s| s.next_free),
+        }
+    }
+
     /// The sector-bitmap bits of payload block `block` for sectors
-    /// `[first, last)` of the block, as (bytes, bit index of `first`).
-    fn bitmap_bits(&self, block: u64, first: u64, last: u64) -> Result<(Vec<u8>, u64)> {
+    /// `[first, last)` of the block, as (bytes, bit index of `first`), or
+    /// `Err(Some(offset))` when the file ends before them (at `offset`).
+    #[allow(clippy::type_complexity)]
+    fn bitmap_bits(
+        &self,
+        block: u64,
+        first: u64,
+        last: u64,
+    ) -> Result<std::result::Result<(Vec<u8>, u64), u64>> {
         let l = &self.s.layout;
         let chunk = block / l.chunk_ratio;
         let idx = l.bitmap_index(chunk);
@@ -550,7 +592,7 @@ impl VhdxDisk {
                 ),
             ));
         }
-        let base = self.block_offset(idx, bat::BITMAP_BLOCK_SIZE)?;
+        let base = self.stored_offset(idx, bat::BITMAP_BLOCK_SIZE)?;
         let bit0 = (block % l.chunk_ratio) * l.sectors_per_block() + first;
         let bit1 = (block % l.chunk_ratio) * l.sectors_per_block() + last;
         let byte0 = bit0 / 8;
@@ -558,27 +600,51 @@ impl VhdxDisk {
         let mut bits = vec![0u8; (byte1 - byte0) as usize];
         match self.bitmaps.get(&chunk) {
             Some(bm) => bits.copy_from_slice(&bm[byte0 as usize..byte1 as usize]),
-            None => self
-                .storage
-                .read_at_or_zero(&mut bits, base + byte0)
-                .map_err(io_err("VHDX sector bitmap", base + byte0))?,
+            None => {
+                let at = base.saturating_add(byte0);
+                match self.storage.read_at(&mut bits, at) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        let reserved = self.session.as_ref().map_or(0, |s| s.next_free);
+                        if at.saturating_add(bits.len() as u64) > reserved {
+                            return Ok(Err(at));
+                        }
+                        // A bitmap block reserved by this write session.
+                        self.storage
+                            .read_at_or_zero(&mut bits, at)
+                            .map_err(io_err("VHDX sector bitmap", at))?;
+                    }
+                    Err(e) => return Err(io_err("VHDX sector bitmap", at)(e)),
+                }
+            }
         }
-        Ok((bits, bit0 - byte0 * 8))
+        Ok(Ok((bits, bit0 - byte0 * 8)))
     }
 
     /// Runs of equal presence over `[in_off, in_off + len)` of a partially
-    /// present block, as (start in block, length, present).
-    fn sector_runs(&self, block: u64, in_off: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
+    /// present block, as (start in block, length, present), or
+    /// `Err(offset)` when the file ends (at `offset`) before the sector
+    /// bitmap that says which sectors are present.
+    #[allow(clippy::type_complexity)]
+    fn sector_runs(
+        &self,
+        block: u64,
+        in_off: u64,
+        len: u64,
+    ) -> Result<std::result::Result<Vec<(u64, u64, bool)>, u64>> {
         let ss = self.s.layout.sector_size;
         let first = in_off / ss;
         let last = (in_off + len).div_ceil(ss);
-        let (bits, shift) = self.bitmap_bits(block, first, last)?;
+        let (bits, shift) = match self.bitmap_bits(block, first, last)? {
+            Ok(b) => b,
+            Err(at) => return Ok(Err(at)),
+        };
         // Least-significant bit first: bit 0 of byte 0 is the first sector.
         let bit = |s: u64| {
             let b = s - first + shift;
             bits[(b / 8) as usize] & (1 << (b % 8)) != 0
         };
-        Ok(presence_runs(in_off, len, ss, bit))
+        Ok(Ok(presence_runs(in_off, len, ss, bit)))
     }
 
     fn read_block(&self, block: u64, in_off: u64, buf: &mut [u8], vpos: u64) -> Result<()> {
@@ -587,10 +653,11 @@ impl VhdxDisk {
         let entry = self.s.bat[idx as usize];
         match bat::state(entry) {
             bat::PAYLOAD_FULLY_PRESENT => {
-                let off = self.block_offset(idx, l.block_size)? + in_off;
-                self.storage
-                    .read_at_or_zero(buf, off)
-                    .map_err(io_err("VHDX payload block", off))
+                let off = self
+                    .stored_offset(idx, l.block_size)?
+                    .saturating_add(in_off);
+                self.stored(idx, block, l.block_size, false)
+                    .read(&self.storage, buf, off, vpos)
             }
             bat::PAYLOAD_NOT_PRESENT if self.is_differencing() => self.parent_read(buf, vpos),
             bat::PAYLOAD_NOT_PRESENT
@@ -601,16 +668,30 @@ impl VhdxDisk {
                 Ok(())
             }
             bat::PAYLOAD_PARTIALLY_PRESENT if self.is_differencing() => {
-                let data = self.block_offset(idx, l.block_size)?;
-                for (start, len, present) in self.sector_runs(block, in_off, buf.len() as u64)? {
+                let data = self.stored_offset(idx, l.block_size)?;
+                let runs = match self.sector_runs(block, in_off, buf.len() as u64)? {
+                    Ok(runs) => runs,
+                    Err(at) => {
+                        // Which sectors are present is unknown: the range
+                        // cannot be read, from this file or the parent.
+                        buf.fill(0);
+                        let chunk = block / l.chunk_ratio;
+                        let bidx = l.bitmap_index(chunk);
+                        let file_len = self.storage.len().map_err(io_err("VHDX file", 0))?;
+                        return self
+                            .stored(bidx, chunk, bat::BITMAP_BLOCK_SIZE, true)
+                            .missing(at.max(file_len), file_len, vpos, buf.len() as u64);
+                    }
+                };
+                let stored = self.stored(idx, block, l.block_size, false);
+                for (start, len, present) in runs {
                     let piece =
                         &mut buf[(start - in_off) as usize..(start - in_off + len) as usize];
+                    let at = vpos + (start - in_off);
                     if present {
-                        self.storage
-                            .read_at_or_zero(piece, data + start)
-                            .map_err(io_err("VHDX payload block", data + start))?;
+                        stored.read(&self.storage, piece, data.saturating_add(start), at)?;
                     } else {
-                        self.parent_read(piece, vpos + (start - in_off))?;
+                        self.parent_read(piece, at)?;
                     }
                 }
                 Ok(())
@@ -705,8 +786,8 @@ impl VirtualDisk for VhdxDisk {
             let idx = l.payload_index(block);
             match bat::state(self.s.bat[idx as usize]) {
                 bat::PAYLOAD_FULLY_PRESENT => {
-                    let data = self.block_offset(idx, bs)?;
-                    list.push(pos, n, ExtentKind::Data, Some(data + in_off));
+                    let data = self.stored_offset(idx, bs)?;
+                    list.push(pos, n, ExtentKind::Data, Some(data.saturating_add(in_off)));
                 }
                 bat::PAYLOAD_NOT_PRESENT if diff => list.push(pos, n, ExtentKind::Parent, None),
                 bat::PAYLOAD_NOT_PRESENT
@@ -714,11 +795,17 @@ impl VirtualDisk for VhdxDisk {
                 | bat::PAYLOAD_ZERO
                 | bat::PAYLOAD_UNMAPPED => list.push(pos, n, ExtentKind::Zero, None),
                 bat::PAYLOAD_PARTIALLY_PRESENT if diff => {
-                    let data = self.block_offset(idx, bs)?;
-                    for (s, len, present) in self.sector_runs(block, in_off, n)? {
+                    let data = self.stored_offset(idx, bs)?;
+                    // A sector bitmap past the end of the file: the range
+                    // is stored here as far as the table says (reading it
+                    // reports the damage).
+                    let runs = self
+                        .sector_runs(block, in_off, n)?
+                        .unwrap_or_else(|_| vec![(in_off, n, true)]);
+                    for (s, len, present) in runs {
                         let vpos = pos - in_off + s;
                         if present {
-                            list.push(vpos, len, ExtentKind::Data, Some(data + s));
+                            list.push(vpos, len, ExtentKind::Data, Some(data.saturating_add(s)));
                         } else {
                             list.push(vpos, len, ExtentKind::Parent, None);
                         }

@@ -46,7 +46,7 @@ pub(super) struct Session {
     /// Changed pages of sector bitmaps, as (chunk, page within its block).
     dirty_bitmaps: BTreeSet<(u64, u64)>,
     /// Where the next block goes: past everything in the file, on a MiB.
-    next_free: u64,
+    pub(super) next_free: u64,
 }
 
 impl Session {
