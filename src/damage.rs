@@ -275,6 +275,8 @@ pub(crate) struct MissingBlock {
     pub vstart: u64,
     /// One past the last virtual byte lost.
     pub vend: u64,
+    /// File offset of the table entry that points at the block.
+    pub entry_offset: u64,
 }
 
 /// `check` findings for blocks past the end of the file: one per run of
@@ -331,25 +333,28 @@ impl MissingRuns {
                     format!("is cut short at {size:#x} by")
                 };
                 format!(
-                    "block {} ({:#x}..{end:#x} in the file, {:#x} bytes) {how} the end of the \
-                     {size:#x}-byte file: virtual bytes {:#x}..{:#x} ({} bytes) cannot be read",
+                    "block {} ({:#x}..{end:#x} in the file, {:#x} bytes, table entry at {:#x}) \
+                     {how} the end of the {size:#x}-byte file: virtual bytes {:#x}..{:#x} \
+                     ({} bytes) cannot be read",
                     first.block,
                     first.file_offset,
                     first.file_len,
+                    first.entry_offset,
                     first.vstart,
                     first.vend,
                     first.vend - first.vstart
                 )
             } else {
                 format!(
-                    "blocks {} to {} ({} blocks, the first at {:#x} in the file, {:#x} bytes each) \
-                     lie past the end of the {size:#x}-byte file: virtual bytes {:#x}..{:#x} \
-                     ({} bytes) cannot be read",
+                    "blocks {} to {} ({} blocks, the first at {:#x} in the file, {:#x} bytes each, \
+                     its table entry at {:#x}) lie past the end of the {size:#x}-byte file: \
+                     virtual bytes {:#x}..{:#x} ({} bytes) cannot be read",
                     first.block,
                     last.block,
                     last.block - first.block + 1,
                     first.file_offset,
                     first.file_len,
+                    first.entry_offset,
                     first.vstart,
                     last.vend,
                     last.vend - first.vstart

@@ -346,12 +346,13 @@ fn bat_entry_past_end_or_into_metadata_is_corruption() {
         text.contains(&format!("{at:#x}")) && text.contains("past the end"),
         "{text}"
     );
-    // Reading that block fails with the entry's offset; the rest reads.
+    // Reading that block fails with the block's offset; the rest reads.
     let disk = open(&past);
     let mut b = [0u8; 512];
     let err = disk.read_at(&mut b, 0).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt);
-    assert_eq!(err.offset(), Some(at));
+    assert_eq!(err.offset(), Some(len + (16 << 20)), "{err}");
+    assert!(err.to_string().contains("past the end"), "{err}");
     disk.read_at(&mut b, 2 << 20).unwrap();
 
     let into = tmp.path().join("into.vhdx");

@@ -401,6 +401,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
                     file_len: span,
                     vstart,
                     vend,
+                    entry_offset: entry_off,
                 });
             }
         } else if end > data_end {
@@ -464,6 +465,9 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         .first()
         .map_or(data_end.max(meta_end), |&(s, _)| u64::from(s) * SECTOR);
     for (s, e) in covered {
+        // A block past the end of the file (damage reported above) leaves
+        // no leak beyond the file's end.
+        let s = s.min(len);
         if s > pos && s - pos >= span.max(4096) {
             listed.add(report, Kind::Leak, Some(pos), || {
                 format!(

@@ -310,6 +310,7 @@ fn check_bat(s: &Structure, report: &mut CheckReport) {
                     file_len: size,
                     vstart,
                     vend,
+                    entry_offset: at,
                 });
             }
             if off >= s.file_len {
