@@ -424,3 +424,21 @@ fn vhdx_sector_bitmap_past_the_end_is_damage() {
     assert_eq!(out.len(), 8192);
     assert!(err.contains("salvaged: 0x0..0x2000"), "{err}");
 }
+
+/// `check --repair` of a truncated VHD does not put a new end footer
+/// behind the missing blocks (which would make them read as zeros): the
+/// damage stays reported and reads still fail.
+#[test]
+fn repair_does_not_hide_missing_vhd_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = truncated(dir.path(), "vhd");
+    let len = std::fs::metadata(&path).unwrap().len();
+    let (code, text) = all_output(&["check", "--repair", s(&path)]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("VHD block at "), "{text}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "{text}");
+    vhdkit_fails(
+        Some(1),
+        &["read", s(&path), "--offset", "2M", "--length", "1M"],
+    );
+}
