@@ -237,7 +237,8 @@ impl Structure {
     /// Why the block of BAT entry `index` (`size` bytes at its offset)
     /// cannot be used, if it cannot: it must lie past the header area,
     /// start inside the file and not overlap a region. A block the file
-    /// ends inside is allowed (the missing tail reads as zeros).
+    /// ends inside is allowed here: reading its missing tail is an error
+    /// or, salvaging, zeros ([`crate::damage`]).
     pub fn block_problem(&self, index: u64, size: u64) -> Option<String> {
         let off = bat::file_offset(self.bat[index as usize]);
         if off >= self.file_len {
