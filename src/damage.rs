@@ -380,3 +380,66 @@ impl MissingRuns {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(block: u64, start: u64, length: u64) -> Salvaged {
+        Salvaged {
+            image: Some(PathBuf::from("d.vhdx")),
+            structure: "VHDX payload block",
+            first_block: block,
+            last_block: block,
+            file_offset: 0x500000 + start,
+            file_size: 0x500000,
+            start,
+            length,
+        }
+    }
+
+    #[test]
+    fn salvage_log_merges_repeated_and_adjacent_ranges_into_runs() {
+        let log = SalvageLog::new();
+        // Out of order, read twice, and adjacent across blocks 1 and 2.
+        log.record(range(2, 0x200000, 0x100000));
+        log.record(range(1, 0x180000, 0x80000));
+        log.record(range(1, 0x180000, 0x40000));
+        log.record(range(5, 0x500000, 0x1000));
+        let runs = log.runs();
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert_eq!((runs[0].start, runs[0].end()), (0x180000, 0x300000));
+        assert_eq!((runs[0].first_block, runs[0].last_block), (1, 2));
+        assert_eq!(runs[0].file_offset, 0x680000);
+        assert_eq!(
+            runs[0].to_string(),
+            "0x180000..0x300000 (1572864 bytes) of d.vhdx: VHDX payload blocks 1 to 2 \
+             past the end of the 0x500000-byte file at offset 0x680000"
+        );
+        assert_eq!((runs[1].start, runs[1].length), (0x500000, 0x1000));
+        assert!(runs[1].to_string().contains("VHDX payload block 5 past"));
+    }
+
+    #[test]
+    fn missing_runs_join_consecutive_blocks_only() {
+        let b = |block: u64, vstart: u64, vend: u64| MissingBlock {
+            block,
+            file_offset: block << 20,
+            file_len: 1 << 20,
+            vstart,
+            vend,
+            entry_offset: 0x300000 + 8 * block,
+        };
+        let mut runs = MissingRuns::new("VHD block", 0x280000);
+        runs.push(b(2, 0x280000, 0x300000));
+        runs.push(b(3, 0x300000, 0x400000));
+        runs.push(b(7, 0x700000, 0x800000));
+        let mut report = CheckReport::default();
+        runs.report(&mut report);
+        assert_eq!(report.findings.len(), 2, "{:?}", report.findings);
+        assert!(report.findings[0].message.contains("blocks 2 to 3"));
+        assert!(report.findings[0].message.contains("0x280000..0x400000"));
+        assert!(report.findings[1].message.contains("block 7 "));
+        assert!(report.findings[1].message.contains("lies wholly past"));
+    }
+}
