@@ -207,7 +207,9 @@ impl DeviceTarget {
                 ))
                 .with_path(path));
             }
-            Err(e) => return Err(Error::io(e, "cannot examine the --device target").with_path(path)),
+            Err(e) => {
+                return Err(Error::io(e, "cannot examine the --device target").with_path(path));
+            }
         };
         let kind = match NodeKind::of(&meta.file_type()) {
             NodeKind::BlockDevice => TargetKind::BlockDevice,
@@ -223,9 +225,9 @@ impl DeviceTarget {
         let file = open_in_place(path, kind)?;
         // The path may have been swapped between the stat and the open:
         // what was opened must be what was examined.
-        let opened = file
-            .metadata()
-            .map_err(|e| Error::io(e, "cannot examine the opened --device target").with_path(path))?;
+        let opened = file.metadata().map_err(|e| {
+            Error::io(e, "cannot examine the opened --device target").with_path(path)
+        })?;
         if !same_object(&meta, &opened) {
             return Err(Error::invalid_argument(
                 "changed while it was being opened (another program replaced it); nothing was written",
@@ -235,9 +237,9 @@ impl DeviceTarget {
         crate::lock::lock(&file, path, LockMode::Exclusive)?;
         let size = match kind {
             TargetKind::File => opened.len(),
-            TargetKind::BlockDevice => (&file)
-                .seek(SeekFrom::End(0))
-                .map_err(|e| Error::io(e, "cannot find the size of the block device").with_path(path))?,
+            TargetKind::BlockDevice => (&file).seek(SeekFrom::End(0)).map_err(|e| {
+                Error::io(e, "cannot find the size of the block device").with_path(path)
+            })?,
         };
         Ok(DeviceTarget {
             file,
@@ -374,7 +376,9 @@ pub fn write_in_place(
         };
         let grow = match target.kind {
             TargetKind::BlockDevice => "",
-            TargetKind::File => " (--device never grows a file; extend it first, e.g. `truncate -s SIZE`)",
+            TargetKind::File => {
+                " (--device never grows a file; extend it first, e.g. `truncate -s SIZE`)"
+            }
         };
         return Err(Error::invalid_argument(format!(
             "{what} holds {} bytes, less than the image's virtual size of {size} bytes; \
@@ -433,8 +437,11 @@ pub fn write_in_place(
         .file
         .sync_all()
         .map_err(|e| {
-            Error::io(e, "the image was written but could not be synced to the device")
-                .with_path(&target.path)
+            Error::io(
+                e,
+                "the image was written but could not be synced to the device",
+            )
+            .with_path(&target.path)
         })
         .map_err(partly)?;
     Ok(w.stats)
@@ -453,8 +460,11 @@ struct InPlaceWriter<'a> {
 impl InPlaceWriter<'_> {
     fn write(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         write_all_at(&self.target.file, buf, offset).map_err(|e| {
-            Error::io(e, format!("cannot write {} bytes at offset {offset:#x}", buf.len()))
-                .with_path(&self.target.path)
+            Error::io(
+                e,
+                format!("cannot write {} bytes at offset {offset:#x}", buf.len()),
+            )
+            .with_path(&self.target.path)
         })?;
         self.stats.written += buf.len() as u64;
         Ok(())
@@ -489,8 +499,11 @@ impl InPlaceWriter<'_> {
         while pos < end {
             let n = (end - pos).min(COPY_CHUNK as u64) as usize;
             write_all_at(&self.target.file, &self.zero_buf[..n], pos).map_err(|e| {
-                Error::io(e, format!("cannot write {n} bytes of zeros at offset {pos:#x}"))
-                    .with_path(&self.target.path)
+                Error::io(
+                    e,
+                    format!("cannot write {n} bytes of zeros at offset {pos:#x}"),
+                )
+                .with_path(&self.target.path)
             })?;
             pos += n as u64;
         }

@@ -163,7 +163,10 @@ fn force_refuses_block_device_and_suggests_device() {
     let blk = d.path().join("blk");
     run(Command::new("mknod").arg(&blk).args(["b", "7", "200"]));
     let before = identity(&blk);
-    let err = vhdkit_fails(Some(1), &["convert", "--force", "-O", "raw", s(&src), s(&blk)]);
+    let err = vhdkit_fails(
+        Some(1),
+        &["convert", "--force", "-O", "raw", s(&src), s(&blk)],
+    );
     assert!(
         err.contains("is a block device") && err.contains("--device"),
         "{err}"
@@ -206,7 +209,11 @@ fn link_appearing_during_the_build_is_not_replaced() {
     assert!(e.to_string().contains("is a symbolic link"), "{e}");
     assert_eq!(fs::read_link(&dst).unwrap(), target);
     assert_eq!(fs::read(&target).unwrap(), b"keep");
-    assert!(temp_debris(d.path()).is_empty(), "{:?}", temp_debris(d.path()));
+    assert!(
+        temp_debris(d.path()).is_empty(),
+        "{:?}",
+        temp_debris(d.path())
+    );
 }
 
 /// `--device` onto a larger regular file: the image's bytes (data and
@@ -225,9 +232,16 @@ fn device_onto_regular_file() {
     let (code, out, err) = vhdkit_run(&["convert", "--device", s(&vhdx), s(&target)]);
     assert_eq!(code, 0, "{err}");
     assert!(out.is_empty() && err.is_empty(), "{err}");
-    assert_eq!(identity(&target), before, "the target must be written in place");
+    assert_eq!(
+        identity(&target),
+        before,
+        "the target must be written in place"
+    );
     let got = fs::read(&target).unwrap();
-    assert!(got[..data.len()] == data[..], "content differs from the source");
+    assert!(
+        got[..data.len()] == data[..],
+        "content differs from the source"
+    );
     let read = vhdkit_ok_stdout(&[
         "read",
         s(&vhdx),
@@ -236,15 +250,26 @@ fn device_onto_regular_file() {
         "--length",
         &data.len().to_string(),
     ]);
-    assert!(got[..data.len()] == read[..], "content differs from `vhdkit read`");
-    assert!(got[data.len()..] == tail[..], "the tail beyond the image changed");
+    assert!(
+        got[..data.len()] == read[..],
+        "content differs from `vhdkit read`"
+    );
+    assert!(
+        got[data.len()..] == tail[..],
+        "the tail beyond the image changed"
+    );
     // A symbolic link to the file is followed with --device.
     let link = d.path().join("link");
     symlink(&target, &link).unwrap();
     write_raw(&target, &old);
     vhdkit_ok_output(&["convert", "--device", s(&vhdx), s(&link)]);
     assert!(fs::read(&target).unwrap()[..data.len()] == data[..]);
-    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
 }
 
 #[test]
@@ -256,7 +281,9 @@ fn device_onto_smaller_file_is_refused() {
     write_raw(&target, &old);
     let err = vhdkit_fails(Some(1), &["convert", "--device", s(&vhdx), s(&target)]);
     assert!(
-        err.contains(s(&target)) && err.contains("less than") && err.contains("nothing was written"),
+        err.contains(s(&target))
+            && err.contains("less than")
+            && err.contains("nothing was written"),
         "{err}"
     );
     assert_eq!(fs::read(&target).unwrap(), old);
@@ -270,7 +297,10 @@ fn device_never_creates() {
     let (vhdx, _) = source(d.path());
     let missing = d.path().join("missing.img");
     let err = vhdkit_fails(Some(1), &["convert", "--device", s(&vhdx), s(&missing)]);
-    assert!(err.contains(s(&missing)) && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains(s(&missing)) && err.contains("does not exist"),
+        "{err}"
+    );
     assert!(fs::symlink_metadata(&missing).is_err());
     let dangling = d.path().join("dangling");
     symlink(d.path().join("nowhere"), &dangling).unwrap();
@@ -305,7 +335,10 @@ fn device_refuses_other_output_formats() {
     vhdkit_ok_output(&["convert", "--device", "-O", "raw", s(&vhdx), s(&named)]);
     assert!(fs::read(&named).unwrap() == data);
     // --device and --force ask for opposite things.
-    vhdkit_fails(Some(1), &["convert", "--device", "--force", s(&vhdx), s(&target)]);
+    vhdkit_fails(
+        Some(1),
+        &["convert", "--device", "--force", s(&vhdx), s(&target)],
+    );
     assert_eq!(fs::read(&target).unwrap(), old);
 }
 
@@ -374,7 +407,9 @@ fn attach_loop(file: &Path) -> Result<Loop, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    Ok(Loop(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    Ok(Loop(
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    ))
 }
 
 /// `--device` onto a block device (a loop device over a file with old
@@ -411,14 +446,23 @@ fn device_onto_loop_block_device() {
             .open(&dev_path)
             .unwrap();
         let err = vhdkit_fails(Some(1), &["convert", "--device", s(&vhdx), s(&dev_path)]);
-        assert!(err.contains("in use") && err.contains(s(&dev_path)), "{err}");
+        assert!(
+            err.contains("in use") && err.contains(s(&dev_path)),
+            "{err}"
+        );
     }
-    assert!(fs::read(&backing).unwrap() == old, "a refused write changed the device");
+    assert!(
+        fs::read(&backing).unwrap() == old,
+        "a refused write changed the device"
+    );
 
     vhdkit_ok_output(&["convert", "--device", s(&vhdx), s(&dev_path)]);
     assert_eq!(identity(&dev_path), before);
     let got = fs::read(&dev_path).unwrap();
-    assert!(got[..data.len()] == data[..], "device content differs from the source");
+    assert!(
+        got[..data.len()] == data[..],
+        "device content differs from the source"
+    );
     assert!(got[data.len()..] == tail[..], "the device's tail changed");
 
     // Through a symbolic link (as /dev/disk/by-id names disks).
@@ -436,7 +480,10 @@ fn device_onto_loop_block_device() {
         Err(why) => panic!("a second loop device could not be attached: {why}"),
     };
     let err = vhdkit_fails(Some(1), &["convert", "--device", s(&vhdx), &small_dev.0]);
-    assert!(err.contains("block device holds") && err.contains("less than"), "{err}");
+    assert!(
+        err.contains("block device holds") && err.contains("less than"),
+        "{err}"
+    );
     drop(small_dev);
     assert!(fs::read(&small).unwrap() == old[..data.len() - (1 << 20)]);
 }
