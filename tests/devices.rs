@@ -487,3 +487,59 @@ fn device_onto_loop_block_device() {
     drop(small_dev);
     assert!(fs::read(&small).unwrap() == old[..data.len() - (1 << 20)]);
 }
+
+/// An interrupted `--device` write cannot be undone, and says so: SIGINT
+/// part-way exits 130 with a note that DST is left partly written (and no
+/// claim that anything was cleaned up).
+#[test]
+fn interrupted_device_write_says_target_is_partly_written() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src.raw");
+    // 3 GiB, sparse: a marker first, zeros after (read and zeroed in place).
+    let size: u64 = 3 << 30;
+    {
+        let f = fs::File::create(&src).unwrap();
+        f.set_len(size).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&[0xa5u8; 4096], 0).unwrap();
+    }
+    let target = d.path().join("target.img");
+    fs::File::create(&target).unwrap().set_len(size).unwrap();
+    let child = Command::new(vhdkit_bin())
+        .args(["convert", "--device", "-q", s(&src), s(&target)])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the write has begun (the marker is on the target).
+    let start = std::time::Instant::now();
+    let mut head = [0u8; 4];
+    loop {
+        use std::os::unix::fs::FileExt;
+        fs::File::open(&target)
+            .unwrap()
+            .read_exact_at(&mut head, 0)
+            .unwrap();
+        if head == [0xa5; 4] || start.elapsed().as_secs() > 30 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert_eq!(head, [0xa5; 4], "the write never began");
+    // SAFETY: kill sends a signal to our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(0) {
+        println!("skipping: the write finished before the interrupt arrived");
+        eprintln!("skipping: the write finished before the interrupt arrived");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted")
+            && err.contains(s(&target))
+            && err.contains("left partly written"),
+        "{err}"
+    );
+    assert_eq!(fs::metadata(&target).unwrap().len(), size);
+}
