@@ -361,8 +361,8 @@ pub struct InPlaceStats {
 /// the system cannot do that, zeros are written. Old content is never
 /// assumed to be zero. `progress` gets the bytes done so far.
 ///
-/// An error after writing began says that the target is left partly
-/// written.
+/// An error after the size check says that the target is (or, if nothing
+/// was written yet, may be) left partly written.
 pub fn write_in_place(
     src: &dyn VirtualDisk,
     target: &DeviceTarget,
@@ -394,17 +394,43 @@ pub fn write_in_place(
         can_zero: true,
         zero_buf: Vec::new(),
     };
-    let partly = |e: Error| {
-        e.with_note(&format!(
-            "; {} is left partly written (an in-place write cannot be undone)",
+    let r = fill(src, &mut w, &extents, progress).and_then(|_| {
+        target.file.sync_all().map_err(|e| {
+            Error::io(
+                e,
+                "the image was written but could not be synced to the device",
+            )
+            .with_path(&target.path)
+        })
+    });
+    if let Err(e) = r {
+        let s = w.stats;
+        let state = if s.written + s.zeroed + s.zeros_written > 0 {
+            "is left partly written"
+        } else {
+            "may be left partly written"
+        };
+        return Err(e.with_note(&format!(
+            "; {} {state} (an in-place write cannot be undone)",
             target.path.display()
-        ))
-    };
+        )));
+    }
+    Ok(w.stats)
+}
+
+/// Zero the zero `extents` of `src` on the target, then write the rest
+/// (zeroing its zero pieces).
+fn fill(
+    src: &dyn VirtualDisk,
+    w: &mut InPlaceWriter<'_>,
+    extents: &[crate::disk::Extent],
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
     let mut done = 0u64;
     let mut data = Vec::new();
-    for e in &extents {
+    for e in extents {
         if e.kind == ExtentKind::Zero {
-            w.zero(e.start, e.length).map_err(partly)?;
+            w.zero(e.start, e.length)?;
             done += e.length;
             progress(done);
         } else {
@@ -432,19 +458,6 @@ pub fn write_in_place(
         progress(done);
         Ok(())
     })
-    .map_err(partly)?;
-    target
-        .file
-        .sync_all()
-        .map_err(|e| {
-            Error::io(
-                e,
-                "the image was written but could not be synced to the device",
-            )
-            .with_path(&target.path)
-        })
-        .map_err(partly)?;
-    Ok(w.stats)
 }
 
 /// Writes onto a [`DeviceTarget`], counting what it does.

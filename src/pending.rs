@@ -92,7 +92,7 @@ pub fn remove_all_and_exit(code: i32) -> ! {
     }
     if let Some(p) = IN_PLACE.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         eprintln!(
-            "vhdkit: interrupted: {} is left partly written (an in-place write cannot be undone)",
+            "vhdkit: interrupted while writing onto {}: it may be left partly written (an in-place write cannot be undone)",
             p.display()
         );
     }

@@ -377,6 +377,9 @@ fn device_honours_the_image_lock() {
     let err = vhdkit_fails(Some(1), &["convert", "--device", s(&vhdx), s(&target)]);
     assert!(err.contains("in use"), "{err}");
     assert_eq!(fs::read(&target).unwrap(), old);
+    // Unlock before closing: a child another test is starting may hold a
+    // copy of the descriptor (and with it the lock) until it executes.
+    holder.unlock().unwrap();
     drop(holder);
     vhdkit_ok_output(&["convert", "--device", s(&vhdx), s(&target)]);
     assert!(fs::read(&target).unwrap() == data);
@@ -456,7 +459,16 @@ fn device_onto_loop_block_device() {
         "a refused write changed the device"
     );
 
-    vhdkit_ok_output(&["convert", "--device", s(&vhdx), s(&dev_path)]);
+    // A child another test started may still hold a copy of the O_EXCL
+    // descriptor until it executes its program: retry briefly while busy.
+    for attempt in 0.. {
+        let (code, _, err) = vhdkit_run(&["convert", "--device", s(&vhdx), s(&dev_path)]);
+        if code == 0 {
+            break;
+        }
+        assert!(err.contains("in use") && attempt < 20, "{err}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert_eq!(identity(&dev_path), before);
     let got = fs::read(&dev_path).unwrap();
     assert!(
