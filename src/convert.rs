@@ -104,6 +104,9 @@ impl PendingFile {
     /// checked is an error naming it, and the temporary file is removed
     /// (see [`crate::io::rename_into_place`]).
     pub fn commit(mut self, replace: bool) -> Result<()> {
+        // Checked again right before the rename: something other than a
+        // regular file may have appeared at the destination meanwhile.
+        crate::device::refuse_unless_replaceable(&self.dest, false)?;
         crate::pending::commit(&self.tmp, || {
             crate::io::rename_into_place(&self.tmp, &self.dest, replace)
         })
@@ -303,6 +306,8 @@ pub fn create_file(
     fill: impl FnOnce(&mut dyn VirtualDisk) -> Result<()>,
 ) -> Result<()> {
     let overwrite = out.overwrite;
+    // Only a regular file is ever replaced (not a link, device or FIFO).
+    crate::device::refuse_unless_replaceable(dest, false)?;
     if !overwrite && dest.exists() {
         return Err(Error::new(
             ErrorKind::InvalidArgument,

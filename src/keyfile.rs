@@ -78,6 +78,7 @@ pub fn write_key_file(path: &Path, bytes: &[u8], kind: KeyKind, force: bool) -> 
             )
             .with_path(path));
         }
+        Ok(m) if !m.is_file() => crate::device::refuse_unless_replaceable(path, false)?,
         Ok(_) if !force => {
             return Err(Error::io(
                 io::Error::from(io::ErrorKind::AlreadyExists),
@@ -172,6 +173,8 @@ fn create_temp(dir: &Path, dest: &Path) -> Result<(File, TempFile)> {
 /// not replace a file that appeared meanwhile (symbolic links included):
 /// see [`crate::io::rename_into_place`].
 fn place(tmp: &Path, dest: &Path, force: bool) -> Result<()> {
+    // Checked again right before the rename: only a regular file is replaced.
+    crate::device::refuse_unless_replaceable(dest, false)?;
     crate::pending::commit(tmp, || crate::io::rename_into_place(tmp, dest, force)).map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {
             Error::io(e, "cannot create the key file (--force replaces it)").with_path(dest)

@@ -15,6 +15,7 @@ pub mod checksum;
 pub mod convert;
 pub mod damage;
 pub mod detect;
+pub mod device;
 pub mod disk;
 pub mod error;
 pub mod evhd;

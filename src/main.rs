@@ -419,9 +419,14 @@ enum Command {
         base: Option<PathBuf>,
         #[command(flatten)]
         sectors: SectorArgs,
-        /// Replace DST if it exists.
+        /// Replace DST if it exists (only a regular file: never a link, device or FIFO).
         #[arg(long)]
         force: bool,
+        /// Write the raw content in place onto DST, an existing block device or
+        /// regular file at least as large as the virtual disk (nothing is
+        /// created, truncated or renamed; an interrupted write cannot be undone).
+        #[arg(long, conflicts_with_all = ["force", "base", "disk_type", "block_size"])]
+        device: bool,
         /// Sync DST to stable storage before renaming it into place.
         #[arg(long)]
         sync: bool,
@@ -844,6 +849,7 @@ fn run(cmd: Command) -> Outcome {
             base,
             sectors,
             force,
+            device,
             sync,
             quiet,
             salvage,
@@ -853,6 +859,16 @@ fn run(cmd: Command) -> Outcome {
             recipients,
             cipher,
         } => {
+            if device {
+                let salvage = salvage.log();
+                refuse_device_options(&dst, format, &sectors, &recipients)?;
+                let code = convert_device(&src, &dst, quiet, &parent, salvage.clone())?;
+                return Ok(report_salvage(salvage.as_deref(), code));
+            }
+            if dst.as_os_str() != "-" {
+                // Before any work: DST must be nothing or a regular file.
+                vhdkit::device::refuse_unless_replaceable(&dst, true).map_err(fail1)?;
+            }
             parent.warn_force_share(&[&src]);
             let salvage = salvage.log();
             let disk = parent
@@ -1174,6 +1190,79 @@ fn run(cmd: Command) -> Outcome {
             Ok(0)
         }
     }
+}
+
+fn refuse_device_options(
+    dst: &Path,
+    format: Option<FormatArg>,
+    sectors: &SectorArgs,
+    recipients: &RecipientArgs,
+) -> Result<(), (Error, u8)> {
+    let refuse = |m: String| Err(fail1(Error::invalid_argument(m)));
+    if dst.as_os_str() == "-" {
+        return refuse("--device writes onto an existing block device or file; DST `-` (stdout) streams without it".into());
+    }
+    match format.map(Format::from) {
+        Some(Format::Raw) => {}
+        Some(f) => {
+            return refuse(format!(
+                "--device writes the raw content only; -O {} cannot be written in place",
+                f.as_str()
+            ));
+        }
+        // A DST named like an image of another format is most likely not
+        // meant to receive raw bytes: `-O raw` confirms.
+        None => match output_format(None, dst) {
+            Ok(f) if f != Format::Raw => {
+                return refuse(format!(
+                    "--device writes the raw content only, and {} is named like a {} image; pass -O raw to write raw bytes into it",
+                    dst.display(),
+                    vhdkit::detect::format_name(f)
+                ));
+            }
+            _ => {}
+        },
+    }
+    if sectors.logical.is_some() || sectors.physical.is_some() || !recipients.recipient.is_empty() {
+        return refuse(
+            "--device writes the raw content only; sector sizes and recipients belong to image formats".into(),
+        );
+    }
+    Ok(())
+}
+
+/// `convert --device`: the raw content of SRC written in place onto DST,
+/// an existing block device or regular file.
+fn convert_device(
+    src: &Path,
+    dst: &Path,
+    quiet: bool,
+    parent: &ParentArgs,
+    salvage: Option<std::sync::Arc<vhdkit::damage::SalvageLog>>,
+) -> Outcome {
+    refuse_same_file(src, dst).map_err(fail1)?;
+    // The target first: a missing, wrong or busy target is refused before
+    // the source is read, and its lock keeps other writers away.
+    let target = vhdkit::device::DeviceTarget::open(dst).map_err(fail1)?;
+    parent.warn_force_share(&[src]);
+    let disk = parent
+        .open(src, &parent.options().salvage(salvage))
+        .map_err(fail1)?;
+    warn_signature(disk.as_ref(), src);
+    let bar = progress_bar(disk.virtual_size(), quiet);
+    let mut tick = |done: u64| {
+        if let Some(b) = &bar {
+            b.set_position(done);
+        }
+    };
+    vhdkit::pending::writing_in_place(Some(dst));
+    let r = vhdkit::device::write_in_place(&Named(disk.as_ref(), src), &target, &mut tick);
+    vhdkit::pending::writing_in_place(None);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    r.map_err(fail1)?;
+    Ok(0)
 }
 
 /// Print a report to stdout as JSON or as text for people.

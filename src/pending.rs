@@ -90,7 +90,23 @@ pub fn remove_all_and_exit(code: i32) -> ! {
     for p in reg.iter() {
         let _ = fs::remove_file(p);
     }
+    if let Some(p) = IN_PLACE.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        eprintln!(
+            "vhdkit: interrupted while writing onto {}: it may be left partly written (an in-place write cannot be undone)",
+            p.display()
+        );
+    }
     std::process::exit(code)
+}
+
+/// The target being written in place (`convert --device`), which no
+/// clean-up can restore: named by [`remove_all_and_exit`].
+static IN_PLACE: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Record that `target` is being written in place (`None`: no longer), so
+/// that an interrupted process says it is left partly written.
+pub fn writing_in_place(target: Option<&Path>) {
+    *IN_PLACE.lock().unwrap_or_else(|p| p.into_inner()) = target.map(Path::to_path_buf);
 }
 
 /// The temporary name for a file built by this process for `dest`:
