@@ -17,6 +17,7 @@ pub mod detect;
 pub mod disk;
 pub mod error;
 pub mod evhd;
+pub mod filekind;
 pub mod guid;
 pub mod io;
 pub mod keyfile;
@@ -26,6 +27,7 @@ pub mod pending;
 pub mod raw;
 pub mod report;
 pub mod size;
+pub mod sparse;
 pub mod vhd;
 pub mod vhdx;
 

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::disk::{Extent, ExtentKind, VirtualDisk, check_range};
+use crate::disk::{Extent, ExtentKind, ExtentList, VirtualDisk, check_range};
 use crate::error::Result;
 use crate::io::{Storage, io_err};
 use crate::report::{DiskType, Format, ImageInfo};
@@ -86,17 +86,34 @@ impl VirtualDisk for RawDisk {
         self.storage.flush().map_err(io_err("raw image", 0))
     }
 
+    /// Data where the file system stores the file, zeros in its holes
+    /// (found with `SEEK_DATA`/`SEEK_HOLE`, see [`Storage::data_runs`]), so
+    /// that a copy never reads them; all data where the system cannot tell.
     fn map(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
         let end = offset.saturating_add(length).min(self.size);
         if end <= offset {
             return Ok(Vec::new());
         }
-        Ok(vec![Extent {
-            start: offset,
-            length: end - offset,
-            kind: ExtentKind::Data,
-            file_offset: Some(offset),
-        }])
+        let runs = self
+            .storage
+            .data_runs(offset, end - offset)
+            .map_err(io_err("raw image holes", offset))?
+            .unwrap_or_else(|| vec![(offset, end - offset)]);
+        let mut list = ExtentList::default();
+        let mut pos = offset;
+        // Runs out of order or outside the range (a storage's mistake) are
+        // cut to what is left of it: never a hole where data may be.
+        for (start, len) in runs {
+            let start = start.clamp(pos, end);
+            let stop = start.saturating_add(len).min(end);
+            if stop > start {
+                list.push(pos, start - pos, ExtentKind::Zero, None);
+                list.push(start, stop - start, ExtentKind::Data, Some(start));
+                pos = stop;
+            }
+        }
+        list.push(pos, end - pos, ExtentKind::Zero, None);
+        Ok(list.into_vec())
     }
 
     fn info(&self) -> ImageInfo {
@@ -110,7 +127,12 @@ impl VirtualDisk for RawDisk {
             block_size: None,
             disk_id: None,
             creator: None,
-            allocated_bytes: self.size,
+            // A sparse file stores less than its length: what its file
+            // system says it occupies (never more than the disk).
+            allocated_bytes: self
+                .storage
+                .allocated_bytes()
+                .map_or(self.size, |a| a.min(self.size)),
             parent: None,
             warnings: Vec::new(),
             vhd: None,
