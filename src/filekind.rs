@@ -29,13 +29,13 @@ pub fn unusable_kind(ft: &FileType) -> Option<&'static str> {
     {
         use std::os::unix::fs::FileTypeExt;
         if ft.is_fifo() {
-            return Some("a FIFO (a named or anonymous pipe)");
+            return Some("a FIFO or pipe");
         }
         if ft.is_socket() {
             return Some("a socket");
         }
         if ft.is_char_device() {
-            return Some("a character device (such as /dev/zero, /dev/null or a terminal)");
+            return Some("a character device");
         }
     }
     ft.is_dir().then_some("a directory")

@@ -318,6 +318,12 @@ impl FileStorage {
         }
     }
 
+    /// The length of the mapped file (the length of a locked read-only
+    /// open, which does not change while it is open), or 0.
+    fn map_len(&self) -> u64 {
+        self.map.as_ref().map_or(0, |m| m.len() as u64)
+    }
+
     /// Read `buf` at `offset`, plainly (from the mapping or with `pread`).
     fn read_plain(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         if self.read_mapped(buf, offset) {
@@ -400,10 +406,22 @@ impl Storage for FileStorage {
         self.map.as_ref()?.get(start..start.checked_add(len)?)
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let len = buf.len() as u64;
         if let Some(holes) = self.kept_holes(buf.len() >= HOLE_LOOKUP_MIN)
-            && holes.covers(offset, buf.len() as u64)
+            && holes.covers(offset, len)
         {
             return self.read_around_holes(holes, buf, offset);
+        }
+        // A small read before the holes are known (a format probe): one
+        // look at where the next data is, so that probing a sparse file
+        // reads none of its holes either.
+        if self.holes.is_some()
+            && !buf.is_empty()
+            && offset.checked_add(len).is_some_and(|e| e <= self.map_len())
+            && crate::sparse::in_hole(&self.file, offset, len)
+        {
+            buf.fill(0);
+            return Ok(());
         }
         self.read_plain(buf, offset)
     }

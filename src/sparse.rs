@@ -166,6 +166,17 @@ impl DataMap {
     }
 }
 
+/// Whether `offset..offset + len` of `file`, which must lie within the
+/// file, is all in one hole (one `SEEK_DATA`); `false` when it holds data
+/// or the system cannot tell.
+pub fn in_hole(file: &File, offset: u64, len: u64) -> bool {
+    match seek_data(file, offset) {
+        Ok(None) => true,
+        Ok(Some(data)) => data >= offset.saturating_add(len),
+        Err(_) => false,
+    }
+}
+
 /// Whether `e` says the system does not support finding holes here.
 fn unsupported(e: &io::Error) -> bool {
     matches!(
