@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 
 use common::{code_out_err, s, vhdkit_bin, vhdkit_ok, vhdkit_ok_stdout};
 use vhdkit::convert::{self, ImageSpec};
+use vhdkit::evhd::cipher::CipherId;
+use vhdkit::evhd::header::Origin;
+use vhdkit::evhd::keys::KeyFile;
 use vhdkit::io::{FileStorage, MemStorage, Storage};
 use vhdkit::raw::RawDisk;
 use vhdkit::{ExtentKind, Format, VirtualDisk};
@@ -333,6 +336,33 @@ fn the_copy_engine_reads_only_the_data_of_a_sparse_source() {
         dst.read_at(&mut hole, 8 * GIB).unwrap();
         assert!(hole.iter().all(|&b| b == 0));
     }
+
+    // An encrypting output takes the bytes straight from the mapped source
+    // (no reads to count): none of the holes' pages is touched.
+    let data: Vec<(u64, u64)> = layout.iter().map(|&(o, _)| (o, piece)).collect();
+    let before = cached_pages_outside(&src, &data);
+    let mapped = RawDisk::open(
+        Box::new(FileStorage::open(&src, false).unwrap()),
+        Some(src.clone()),
+    )
+    .unwrap();
+    assert!(mapped.mapped(0, size as usize).is_some());
+    let key = KeyFile::read(&common::test_key().1).unwrap();
+    let mut spec = ImageSpec::new(Format::Evhd);
+    spec.evhd = Some(vhdkit::evhd::EvhdOptions {
+        recipients: vec![(key.public().clone(), "test".into())],
+        cipher: CipherId::Aes256Gcm,
+        origin: Origin::of(&mapped.info()),
+        signer: None,
+    });
+    let mut dst = convert::create_in(Box::new(MemStorage::new()), None, &spec, size).unwrap();
+    assert!(dst.copies_writes());
+    convert::copy_into(&mapped, dst.as_mut(), &mut |_| {}).unwrap();
+    let after = cached_pages_outside(&src, &data);
+    assert_eq!(after, before, "the lent copy touched pages of the holes");
+    let mut got = vec![0u8; piece as usize];
+    dst.read_at(&mut got, layout[1].0).unwrap();
+    assert!(got == common::random_bytes(piece as usize, layout[1].1));
 }
 
 #[test]
