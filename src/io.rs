@@ -6,7 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{OnceLock, RwLock};
 
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::lock::{LOCK_FAILED, LockMode, force_share_would_help, lock, lock_for_replace};
@@ -30,6 +30,20 @@ pub trait Storage: Send + Sync {
     /// them in memory (a mapped read-only file): callers that can work
     /// from a borrowed slice skip a copy.
     fn mapped(&self, _offset: u64, _len: usize) -> Option<&[u8]> {
+        None
+    }
+
+    /// The runs of `offset..offset + len` that the file system stores, in
+    /// order, as `(start, length)`: the rest of the range is holes, which
+    /// read as zeros. `None` when the storage cannot tell (then all of it
+    /// is to be read).
+    fn data_runs(&self, _offset: u64, _len: u64) -> io::Result<Option<Vec<(u64, u64)>>> {
+        Ok(None)
+    }
+
+    /// Bytes the storage occupies on its file system, when known (for a
+    /// sparse file, less than its length).
+    fn allocated_bytes(&self) -> Option<u64> {
         None
     }
 
@@ -74,6 +88,12 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     fn mapped(&self, offset: u64, len: usize) -> Option<&[u8]> {
         (**self).mapped(offset, len)
     }
+    fn data_runs(&self, offset: u64, len: u64) -> io::Result<Option<Vec<(u64, u64)>>> {
+        (**self).data_runs(offset, len)
+    }
+    fn allocated_bytes(&self) -> Option<u64> {
+        (**self).allocated_bytes()
+    }
 }
 
 /// An image file accessed with `pread`/`pwrite`.
@@ -87,6 +107,11 @@ pub struct FileStorage {
     writable: bool,
     /// Whether `flush` syncs to stable storage (off for scratch files).
     sync: bool,
+    /// The file's holes, found on first use and kept, for locked
+    /// read-only opens (the lock keeps vhdkit's writers away, and a file
+    /// being read is not expected to change); other opens, whose file may
+    /// change, look afresh each time (see [`Storage::data_runs`]).
+    holes: Option<OnceLock<Option<crate::sparse::DataMap>>>,
 }
 
 impl FileStorage {
@@ -122,27 +147,28 @@ impl FileStorage {
         self.map.is_some()
     }
 
+    /// Open `path`; `map` (for locked read-only opens) maps it and keeps
+    /// its holes once found. Pipes, sockets, character devices and
+    /// directories are refused without blocking (see [`crate::filekind`]).
     fn open_file(path: &Path, writable: bool, map: bool) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
+        crate::filekind::refuse_path(path)?;
+        #[cfg(unix)]
+        let flags = crate::filekind::open_flags();
+        let mut options = OpenOptions::new();
+        options.read(true).write(writable);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, flags);
+        let file = options
             .open(path)
             .map_err(|e| Error::io(e, "cannot open file").with_path(path))?;
-        if file
-            .metadata()
-            .map_err(|e| Error::io(e, "cannot stat file").with_path(path))?
-            .is_dir()
-        {
-            return Err(Error::invalid_argument("is a directory").with_path(path));
-        }
-        let map = if map && !writable {
-            map_read_only(&file)
-        } else {
-            None
-        };
+        crate::filekind::refuse_opened(&file, path)?;
+        crate::filekind::clear_nonblock(&file)
+            .map_err(|e| Error::io(e, "cannot open file").with_path(path))?;
+        let keep = map && !writable;
         Ok(FileStorage {
+            map: if keep { map_read_only(&file) } else { None },
+            holes: keep.then(OnceLock::new),
             file,
-            map,
             writable,
             sync: true,
         })
@@ -162,6 +188,7 @@ impl FileStorage {
             map: None,
             writable: true,
             sync: true,
+            holes: None,
         })
     }
 
@@ -267,7 +294,64 @@ fn map_read_only(file: &File) -> Option<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(file) }.ok()
 }
 
+/// Reads of at least this many bytes look up the file's holes (finding
+/// them on the first such read) and fill the parts in holes with zeros
+/// without reading them; smaller reads (a format probe, a header) use the
+/// holes only once found.
+const HOLE_LOOKUP_MIN: usize = 64 << 10;
+
 impl FileStorage {
+    /// The holes of the whole file, kept (locked read-only opens only);
+    /// found now if `find`. `None` also when the system cannot tell.
+    fn kept_holes(&self, find: bool) -> Option<&crate::sparse::DataMap> {
+        let cell = self.holes.as_ref()?;
+        if find {
+            cell.get_or_init(|| {
+                let len = self.len().ok()?;
+                crate::sparse::DataMap::scan(&self.file, 0, len)
+                    .ok()
+                    .flatten()
+            })
+            .as_ref()
+        } else {
+            cell.get()?.as_ref()
+        }
+    }
+
+    /// The length of the mapped file (the length of a locked read-only
+    /// open, which does not change while it is open), or 0.
+    fn map_len(&self) -> u64 {
+        self.map.as_ref().map_or(0, |m| m.len() as u64)
+    }
+
+    /// Read `buf` at `offset`, plainly (from the mapping or with `pread`).
+    fn read_plain(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if self.read_mapped(buf, offset) {
+            return Ok(());
+        }
+        pread_exact(&self.file, buf, offset)
+    }
+
+    /// Read `buf` at `offset`, which `holes` covers: zeros for the parts
+    /// in holes, the rest read.
+    fn read_around_holes(
+        &self,
+        holes: &crate::sparse::DataMap,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> io::Result<()> {
+        let mut done = 0usize;
+        for (start, len) in holes.data_in(offset, buf.len() as u64) {
+            // Both lie within `buf`, whose length is a usize.
+            let (at, n) = ((start - offset) as usize, len as usize);
+            buf[done..at].fill(0);
+            self.read_plain(&mut buf[at..at + n], start)?;
+            done = at + n;
+        }
+        buf[done..].fill(0);
+        Ok(())
+    }
+
     /// Copy from the mapping when it covers the range.
     fn read_mapped(&self, buf: &mut [u8], offset: u64) -> bool {
         match self.mapped(offset, buf.len()) {
@@ -322,10 +406,37 @@ impl Storage for FileStorage {
         self.map.as_ref()?.get(start..start.checked_add(len)?)
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        if self.read_mapped(buf, offset) {
+        let len = buf.len() as u64;
+        if let Some(holes) = self.kept_holes(buf.len() >= HOLE_LOOKUP_MIN)
+            && holes.covers(offset, len)
+        {
+            return self.read_around_holes(holes, buf, offset);
+        }
+        // A small read before the holes are known (a format probe): one
+        // look at where the next data is, so that probing a sparse file
+        // reads none of its holes either.
+        if self.holes.is_some()
+            && !buf.is_empty()
+            && offset.checked_add(len).is_some_and(|e| e <= self.map_len())
+            && crate::sparse::in_hole(&self.file, offset, len)
+        {
+            buf.fill(0);
             return Ok(());
         }
-        pread_exact(&self.file, buf, offset)
+        self.read_plain(buf, offset)
+    }
+    fn data_runs(&self, offset: u64, len: u64) -> io::Result<Option<Vec<(u64, u64)>>> {
+        if let Some(holes) = self.kept_holes(true)
+            && holes.covers(offset, len)
+        {
+            return Ok(Some(holes.data_in(offset, len)));
+        }
+        let end = offset.saturating_add(len).min(self.len()?);
+        Ok(crate::sparse::DataMap::scan(&self.file, offset, end)?
+            .map(|m| m.data_in(offset, end.saturating_sub(offset))))
+    }
+    fn allocated_bytes(&self) -> Option<u64> {
+        crate::sparse::allocated_bytes(&self.file.metadata().ok()?)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         if !self.writable {
@@ -337,7 +448,7 @@ impl Storage for FileStorage {
         pwrite_all(&self.file, buf, offset)
     }
     fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        crate::filekind::file_len(&self.file)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)

@@ -19,6 +19,7 @@ pub mod device;
 pub mod disk;
 pub mod error;
 pub mod evhd;
+pub mod filekind;
 pub mod guid;
 pub mod io;
 pub mod keyfile;
@@ -28,6 +29,7 @@ pub mod pending;
 pub mod raw;
 pub mod report;
 pub mod size;
+pub mod sparse;
 pub mod vhd;
 pub mod vhdx;
 
