@@ -281,7 +281,25 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
         .print_warnings(false);
     match open(path, &inspect) {
         Ok(disk) => {
-            if let Some(p) = disk.info().parent.filter(|p| !p.found) {
+            let info = disk.info();
+            if let Some(p) = info.parent.as_ref().filter(|p| p.read_refused) {
+                // Opened for inspection only: what the child reads from a
+                // parent that is not the recorded one was not checked.
+                let text = info
+                    .warnings
+                    .iter()
+                    .find(|w| parent::is_mismatch_warning(w))
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        format!(
+                            "parent {} does not have the recorded id {}",
+                            p.path.as_deref().unwrap_or("?"),
+                            p.id.as_deref().unwrap_or("?")
+                        )
+                    });
+                report.not_checked.push(text);
+            }
+            if let Some(p) = info.parent.filter(|p| !p.found) {
                 let text = format!(
                     "parent {} (id {}) not found",
                     p.path.unwrap_or_default(),

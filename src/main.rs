@@ -117,7 +117,22 @@ impl ParentArgs {
     /// Open `image` for a command; `--key` must be for an EVHD.
     fn open(&self, image: &Path, opts: &OpenOptions) -> Result<Box<dyn VirtualDisk>, Error> {
         self.refuse_key_for(&[image], opts)?;
-        vhdkit::open(image, opts).map_err(|e| force_share_hint(e, opts.writable))
+        let disk = vhdkit::open(image, opts).map_err(|e| force_share_hint(e, opts.writable))?;
+        // A parent that is not the recorded one is only ever opened for
+        // inspection or on --ignore-parent-id: say so where people look.
+        if opts.ignore_parent_id || opts.allow_missing_parent {
+            let info = disk.info();
+            if info.parent.is_some_and(|p| p.id_matches == Some(false)) {
+                for w in info
+                    .warnings
+                    .iter()
+                    .filter(|w| vhdkit::parent::is_mismatch_warning(w))
+                {
+                    eprintln!("vhdkit: warning: {}: {w}", image.display());
+                }
+            }
+        }
+        Ok(disk)
     }
     /// With `-U`, warn that `images` are read without their locks.
     fn warn_force_share(&self, images: &[&Path]) {

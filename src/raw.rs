@@ -109,6 +109,7 @@ impl VirtualDisk for RawDisk {
             physical_sector_size: 512,
             block_size: None,
             disk_id: None,
+            data_write_id: None,
             creator: None,
             allocated_bytes: self.size,
             parent: None,

@@ -178,6 +178,8 @@ impl VhdBuilder {
             disk,
             path,
             expected_id,
+            found_id: Some(expected_id),
+            id_name: crate::parent::UNIQUE_ID,
         });
         VhdDisk::from_parts(storage, path.map(Path::to_path_buf), footer, parent)
     }

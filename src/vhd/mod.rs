@@ -470,6 +470,7 @@ impl VhdDisk {
         Ok(ParentSpec {
             candidates,
             expected_id: sparse.header.parent_unique_id(),
+            id_name: crate::parent::UNIQUE_ID,
         })
     }
 
@@ -930,8 +931,14 @@ impl VirtualDisk for VhdDisk {
             disk_id: Some(f.unique_id().to_string()),
             creator: Some(f.creator_summary()),
             allocated_bytes: allocated,
+            data_write_id: None,
             parent: self.parent.as_ref().map(Parent::info),
-            warnings: self.warnings.clone(),
+            warnings: self
+                .warnings
+                .iter()
+                .cloned()
+                .chain(self.parent.as_ref().and_then(Parent::warning))
+                .collect(),
             vhd: Some(details),
             vhdx: None,
             evhd: None,

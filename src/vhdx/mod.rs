@@ -484,6 +484,7 @@ impl VhdxDisk {
         Ok(ParentSpec {
             candidates,
             expected_id,
+            id_name: crate::parent::DATA_WRITE_ID,
         })
     }
 
@@ -804,8 +805,14 @@ impl VirtualDisk for VhdxDisk {
             disk_id: Some(m.page_83.to_string()),
             creator: Some(s.creator.clone()),
             allocated_bytes: allocated,
+            data_write_id: Some(h.data_write_guid().to_string()),
             parent: self.parent.as_ref().map(Parent::info),
-            warnings: self.warnings.clone(),
+            warnings: self
+                .warnings
+                .iter()
+                .cloned()
+                .chain(self.parent.as_ref().and_then(Parent::warning))
+                .collect(),
             vhd: None,
             vhdx: Some(details),
             evhd: None,
