@@ -449,6 +449,11 @@ enum Command {
         pattern: Option<String>,
         #[arg(long)]
         length: Option<String>,
+        /// Do not look for differencing images beside IMAGE that record it
+        /// as their parent (and so no longer open, or read changed data,
+        /// after the write), nor warn about them.
+        #[arg(long)]
+        no_children_check: bool,
         #[command(flatten)]
         parent: ParentArgs,
     },
@@ -708,6 +713,42 @@ impl VirtualDisk for Named<'_> {
     fn parent_link_id(&self) -> Option<uuid::Uuid> {
         self.0.parent_link_id()
     }
+}
+
+/// Warn, before a write into `image`, about the differencing images beside
+/// it that record it as their parent: a VHDX parent's data write id changes
+/// with the write, so they no longer open; a VHD parent keeps its unique
+/// id, so they still open but read the changed data.
+fn warn_children(disk: &dyn VirtualDisk, image: &Path) {
+    let Some(id) = disk.parent_link_id() else {
+        return;
+    };
+    let scan = vhdkit::parent::children_beside(image, id);
+    if scan.truncated {
+        eprintln!(
+            "vhdkit: note: {}: only the first {} image files of its folder were checked for children of this image",
+            image.display(),
+            vhdkit::parent::MAX_CHILD_SCAN
+        );
+    }
+    if scan.children.is_empty() {
+        return;
+    }
+    let names: Vec<String> = scan
+        .children
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let effect = if disk.info().format == Format::Vhdx {
+        "this write gives it a new data write id, so they will no longer open (vhdkit and Hyper-V refuse a parent whose data write id is not the one recorded; --ignore-parent-id reads them anyway, with data that may be inconsistent)"
+    } else {
+        "a VHD keeps its unique id, so they will still open, but what they read from it changes under them and their content may become inconsistent"
+    };
+    eprintln!(
+        "vhdkit: warning: {} is the recorded parent of {} beside it: {effect}; --no-children-check skips this check",
+        image.display(),
+        names.join(", ")
+    );
 }
 
 /// Errors of ordinary commands exit 1.
@@ -1017,6 +1058,7 @@ fn run(cmd: Command) -> Outcome {
             input,
             pattern,
             length,
+            no_children_check,
             parent,
         } => {
             parent.refuse_force_share(&image, "write")?;
@@ -1058,6 +1100,10 @@ fn run(cmd: Command) -> Outcome {
                 }
                 _ => return Err(no_source()),
             };
+            // A zero-length write changes nothing, so it breaks no child.
+            if !no_children_check && !data.is_empty() {
+                warn_children(disk.as_ref(), &image);
+            }
             disk.write_at(&data, offset)
                 .and_then(|_| disk.flush())
                 .map_err(|e| fail1(e.with_path(&image)))?;

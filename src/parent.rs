@@ -397,3 +397,80 @@ pub fn resolve(
         Err(missing_error(&recorded, spec.expected_id, &tried))
     }
 }
+
+/// Most files [`children_beside`] looks at in one folder, so that writing
+/// into an image in a folder of thousands of images stays quick.
+pub const MAX_CHILD_SCAN: usize = 4096;
+
+/// Extensions (lower case) of the files that may be differencing children.
+pub const CHILD_EXTENSIONS: [&str; 4] = ["vhd", "vhdx", "avhd", "avhdx"];
+
+/// What [`children_beside`] found.
+#[derive(Debug, Clone, Default)]
+pub struct ChildScan {
+    /// Children that record the image as their parent, under the image's
+    /// current identity, sorted by path.
+    pub children: Vec<PathBuf>,
+    /// Whether the folder held more candidate files than [`MAX_CHILD_SCAN`]
+    /// (the rest were not looked at).
+    pub truncated: bool,
+}
+
+/// The differencing images in `image`'s folder (files named `*.vhd`,
+/// `*.vhdx`, `*.avhd`, `*.avhdx`) that record `image` as their parent with
+/// identity `id` (its [`VirtualDisk::parent_link_id`]): a recorded location
+/// leads to `image` and the recorded id is `id`. Only each file's headers
+/// are read, without locks; files that cannot be read are skipped.
+pub fn children_beside(image: &Path, id: Uuid) -> ChildScan {
+    let mut scan = ChildScan::default();
+    let Ok(canon) = std::fs::canonicalize(image) else {
+        return scan;
+    };
+    let Some(dir) = canon.parent() else {
+        return scan;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return scan;
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| CHILD_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        })
+        .filter(|p| *p != canon)
+        .collect();
+    files.sort();
+    if files.len() > MAX_CHILD_SCAN {
+        files.truncate(MAX_CHILD_SCAN);
+        scan.truncated = true;
+    }
+    for p in files {
+        if !p.is_file() {
+            continue;
+        }
+        let Ok(storage) = crate::io::FileStorage::open_force_share(&p) else {
+            continue;
+        };
+        let spec = if crate::vhdx::probe(&storage) {
+            crate::vhdx::parent_spec_from_headers(&storage)
+        } else if crate::vhd::probe(&storage) {
+            crate::vhd::parent_spec_from_headers(&storage)
+        } else {
+            continue;
+        };
+        let Ok(Some(spec)) = spec else { continue };
+        if spec.expected_id != id {
+            continue;
+        }
+        let names_image = spec
+            .candidates
+            .iter()
+            .any(|c| std::fs::canonicalize(c.resolve(dir)).is_ok_and(|q| q == canon));
+        if names_image {
+            scan.children.push(p);
+        }
+    }
+    scan
+}
