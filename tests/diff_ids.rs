@@ -7,6 +7,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use common::{code_out_err, info_json, s, vhdkit, vhdkit_ok, vhdkit_stdout};
 
@@ -266,4 +267,110 @@ fn writing_a_vhd_parent_warns_that_children_read_changed_data() {
     assert_eq!(info_json(&child)["parent"]["id_matches"], true);
     let out = vhdkit_ok(["read", s(&child), "--offset", "0", "--length", "1"]);
     assert_eq!(out, vec![0x21]);
+}
+
+/// The parent locators of the VHD `child` per `info --json`: (platform, path).
+fn vhd_locators(child: &Path) -> Vec<(String, String)> {
+    info_json(child)["vhd"]["dynamic_header"]["parent_locators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["platform"].as_str().unwrap().to_string(),
+                l["path"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The raw data of the child's locator `platform`, from the file's bytes.
+fn locator_bytes(child: &Path, platform: &str) -> Vec<u8> {
+    let lay = common::SparseLayout::read(child);
+    for i in 0..8u64 {
+        let e = common::file_bytes(child, lay.header_offset + 576 + 24 * i, 24);
+        if &e[..4] == platform.as_bytes() {
+            let len = common::be32(&e, 8) as usize;
+            return common::file_bytes(child, common::be64(&e, 16), len);
+        }
+    }
+    panic!("no {platform} locator in {}", child.display());
+}
+
+/// A VHD child made on Linux records its parent as a relative W2ru path
+/// with backslashes and the absolute POSIX path as a MacX file URL, never
+/// as a W2ku (absolute Windows) path; vhdkit and libvhdi find the parent
+/// beside it, and after both are moved together; vhdkit also through the
+/// MacX URL when only the child moves.
+#[test]
+fn vhd_locators_hold_no_posix_path_where_windows_expects_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vm images");
+    std::fs::create_dir(&dir).unwrap();
+    let parent = dir.join("p.vhd");
+    let child = dir.join("c.vhd");
+    vhdkit_ok(["create", s(&parent), "4M"]);
+    write(&parent, "0x5a", "1M", &[]);
+    vhdkit_ok(["create", "--parent", s(&parent), s(&child)]);
+    let canon = std::fs::canonicalize(&parent).unwrap();
+    let locs = vhd_locators(&child);
+    assert_eq!(
+        locs,
+        [
+            ("W2ru".to_string(), ".\\p.vhd".to_string()),
+            ("MacX".to_string(), canon.display().to_string()),
+        ]
+    );
+    let w2ru: Vec<u8> = ".\\p.vhd"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    assert_eq!(locator_bytes(&child, "W2ru"), w2ru);
+    let macx = String::from_utf8(locator_bytes(&child, "MacX")).unwrap();
+    assert!(
+        macx.starts_with("file:///") && macx.ends_with("/vm%20images/p.vhd"),
+        "{macx}"
+    );
+    let read1 = |c: &Path| vhdkit_ok(["read", s(c), "--offset", "0", "--length", "1"]);
+    assert_eq!(read1(&child), [0x5a]);
+
+    // Moved together: found through the relative locator.
+    let moved = tmp.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    let (mp, mc) = (moved.join("p.vhd"), moved.join("c.vhd"));
+    std::fs::rename(&parent, &mp).unwrap();
+    std::fs::rename(&child, &mc).unwrap();
+    assert_eq!(read1(&mc), [0x5a]);
+    assert!(
+        info_json(&mc)["parent"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("moved/p.vhd")
+    );
+    if common::require_tool("pyvhdi") {
+        // libvhdi names the parent by the header's name, found beside the child.
+        let out = common::run(Command::new("/usr/bin/python3").args([
+            "-c",
+            "import sys, pyvhdi\nf = pyvhdi.file(); f.open(sys.argv[1]); print(f.get_parent_filename())",
+            s(&mc),
+        ]));
+        let name = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(name.trim(), "p.vhd");
+        let beside = mc.parent().unwrap().join(name.trim());
+        let (_, data) = common::pyvhdi_read(&[&mc, &beside]);
+        assert!(
+            data == common::read_image(&mc),
+            "libvhdi reads what vhdkit reads"
+        );
+    }
+
+    // Only the child moved: found through the absolute MacX locator.
+    std::fs::rename(&mp, &parent).unwrap();
+    let alone = tmp.path().join("alone.vhd");
+    std::fs::rename(&mc, &alone).unwrap();
+    assert_eq!(read1(&alone), [0x5a]);
+    assert_eq!(
+        info_json(&alone)["parent"]["path"],
+        canon.display().to_string()
+    );
 }
