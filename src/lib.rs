@@ -282,22 +282,17 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
     match open(path, &inspect) {
         Ok(disk) => {
             let info = disk.info();
-            if let Some(p) = info.parent.as_ref().filter(|p| p.read_refused) {
+            if !opts.ignore_parent_id {
                 // Opened for inspection only: what the child reads from a
-                // parent that is not the recorded one was not checked.
-                let text = info
+                // parent (or a parent's parent) that is not the recorded
+                // one was not checked.
+                for w in info
                     .warnings
                     .iter()
-                    .find(|w| parent::is_mismatch_warning(w))
-                    .cloned()
-                    .unwrap_or_else(|| {
-                        format!(
-                            "parent {} does not have the recorded id {}",
-                            p.path.as_deref().unwrap_or("?"),
-                            p.id.as_deref().unwrap_or("?")
-                        )
-                    });
-                report.not_checked.push(text);
+                    .filter(|w| parent::is_mismatch_warning(w))
+                {
+                    report.not_checked.push(w.clone());
+                }
             }
             if let Some(p) = info.parent.filter(|p| !p.found) {
                 let text = format!(

@@ -122,14 +122,12 @@ impl ParentArgs {
         // inspection or on --ignore-parent-id: say so where people look.
         if opts.ignore_parent_id || opts.allow_missing_parent {
             let info = disk.info();
-            if info.parent.is_some_and(|p| p.id_matches == Some(false)) {
-                for w in info
-                    .warnings
-                    .iter()
-                    .filter(|w| vhdkit::parent::is_mismatch_warning(w))
-                {
-                    eprintln!("vhdkit: warning: {}: {w}", image.display());
-                }
+            for w in info
+                .warnings
+                .iter()
+                .filter(|w| vhdkit::parent::is_mismatch_warning(w))
+            {
+                eprintln!("vhdkit: warning: {}: {w}", image.display());
             }
         }
         Ok(disk)

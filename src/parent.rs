@@ -211,6 +211,21 @@ impl Parent {
         }
     }
 
+    /// [`Parent::warning`], then the same warnings of the parent's own
+    /// parents (a mismatch anywhere up the chain), nearest first.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.warning().into_iter().collect();
+        if let Parent::Open { disk, .. } = self {
+            v.extend(
+                disk.info()
+                    .warnings
+                    .into_iter()
+                    .filter(|w| is_mismatch_warning(w)),
+            );
+        }
+        v
+    }
+
     /// For `info`.
     pub fn info(&self) -> ParentInfo {
         match self {

@@ -374,3 +374,34 @@ fn vhd_locators_hold_no_posix_path_where_windows_expects_one() {
         canon.display().to_string()
     );
 }
+
+/// A mismatch further up the chain shows on the child too: `info` warns,
+/// `check` could not check it, reads refuse.
+#[test]
+fn a_mismatch_up_the_chain_shows_on_the_child() {
+    let (tmp, base, mid) = family("vhdx");
+    let top = tmp.path().join("top.vhdx");
+    vhdkit_ok(["create", "--parent", s(&mid), s(&top)]);
+    assert_eq!(code_out_err(&vhdkit(["check", s(&top)])).0, 0);
+    write(&base, "0x33", "1", &["--no-children-check"]);
+    let found = data_write_id(&base);
+    let (code, out, err) = code_out_err(&vhdkit(["info", "--json", s(&top)]));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["parent"]["id_matches"], true, "the direct parent matches");
+    assert!(
+        v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains(&found)),
+        "{v:#}"
+    );
+    assert!(err.contains(&found), "{err}");
+    let (code, out, _) = code_out_err(&vhdkit(["check", s(&top)]));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not checked") && out.contains(&found), "{out}");
+    let (code, _, err) = code_out_err(&vhdkit(["read", s(&top), "--offset", "0", "--length", "1"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&found), "{err}");
+}

@@ -989,7 +989,7 @@ impl VirtualDisk for VhdDisk {
                 .warnings
                 .iter()
                 .cloned()
-                .chain(self.parent.as_ref().and_then(Parent::warning))
+                .chain(self.parent.iter().flat_map(Parent::warnings))
                 .collect(),
             vhd: Some(details),
             vhdx: None,

@@ -834,7 +834,7 @@ impl VirtualDisk for VhdxDisk {
                 .warnings
                 .iter()
                 .cloned()
-                .chain(self.parent.as_ref().and_then(Parent::warning))
+                .chain(self.parent.iter().flat_map(Parent::warnings))
                 .collect(),
             vhd: None,
             vhdx: Some(details),
