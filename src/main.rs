@@ -1099,7 +1099,11 @@ fn run(cmd: Command) -> Outcome {
                 _ => return Err(no_source()),
             };
             // A zero-length write changes nothing, so it breaks no child.
-            if !no_children_check && !data.is_empty() {
+            // (nor does one the disk refuses, such as one past its end).
+            if !no_children_check
+                && !data.is_empty()
+                && vhdkit::disk::check_range(disk.virtual_size(), offset, data.len()).is_ok()
+            {
                 warn_children(disk.as_ref(), &image);
             }
             disk.write_at(&data, offset)
