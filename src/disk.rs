@@ -245,6 +245,15 @@ pub(crate) fn ensure_writable(
             "cannot write to a differencing image whose parent is missing",
         ));
     }
+    if let Some(p @ crate::parent::Parent::Mismatched { .. }) = parent {
+        return Err(Error::new(
+            ErrorKind::ParentMismatch,
+            format!(
+                "cannot write to a differencing image whose parent is not the recorded one: {}",
+                p.warning().unwrap_or_default()
+            ),
+        ));
+    }
     Ok(())
 }
 

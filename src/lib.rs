@@ -296,7 +296,20 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
         .print_warnings(false);
     match open(path, &inspect) {
         Ok(disk) => {
-            if let Some(p) = disk.info().parent.filter(|p| !p.found) {
+            let info = disk.info();
+            if !opts.ignore_parent_id {
+                // Opened for inspection only: what the child reads from a
+                // parent (or a parent's parent) that is not the recorded
+                // one was not checked.
+                for w in info
+                    .warnings
+                    .iter()
+                    .filter(|w| parent::is_mismatch_warning(w))
+                {
+                    report.not_checked.push(w.clone());
+                }
+            }
+            if let Some(p) = info.parent.filter(|p| !p.found) {
                 let text = format!(
                     "parent {} (id {}) not found",
                     p.path.unwrap_or_default(),

@@ -151,7 +151,20 @@ impl ParentArgs {
     /// Open `image` for a command; `--key` must be for an EVHD.
     fn open(&self, image: &Path, opts: &OpenOptions) -> Result<Box<dyn VirtualDisk>, Error> {
         self.refuse_key_for(&[image], opts)?;
-        vhdkit::open(image, opts).map_err(|e| force_share_hint(e, opts.writable))
+        let disk = vhdkit::open(image, opts).map_err(|e| force_share_hint(e, opts.writable))?;
+        // A parent that is not the recorded one is only ever opened for
+        // inspection or on --ignore-parent-id: say so where people look.
+        if opts.ignore_parent_id || opts.allow_missing_parent {
+            let info = disk.info();
+            for w in info
+                .warnings
+                .iter()
+                .filter(|w| vhdkit::parent::is_mismatch_warning(w))
+            {
+                eprintln!("vhdkit: warning: {}: {w}", image.display());
+            }
+        }
+        Ok(disk)
     }
     /// With `-U`, warn that `images` are read without their locks.
     fn warn_force_share(&self, images: &[&Path]) {
@@ -479,6 +492,11 @@ enum Command {
         pattern: Option<String>,
         #[arg(long)]
         length: Option<String>,
+        /// Do not look for differencing images beside IMAGE that record it
+        /// as their parent (and so no longer open, or read changed data,
+        /// after the write), nor warn about them.
+        #[arg(long)]
+        no_children_check: bool,
         #[command(flatten)]
         parent: ParentArgs,
     },
@@ -738,6 +756,42 @@ impl VirtualDisk for Named<'_> {
     fn parent_link_id(&self) -> Option<uuid::Uuid> {
         self.0.parent_link_id()
     }
+}
+
+/// Warn, before a write into `image`, about the differencing images beside
+/// it that record it as their parent: a VHDX parent's data write id changes
+/// with the write, so they no longer open; a VHD parent keeps its unique
+/// id, so they still open but read the changed data.
+fn warn_children(disk: &dyn VirtualDisk, image: &Path) {
+    let Some(id) = disk.parent_link_id() else {
+        return;
+    };
+    let scan = vhdkit::parent::children_beside(image, id);
+    if scan.truncated {
+        eprintln!(
+            "vhdkit: note: {}: only the first {} image files of its folder were checked for children of this image",
+            image.display(),
+            vhdkit::parent::MAX_CHILD_SCAN
+        );
+    }
+    if scan.children.is_empty() {
+        return;
+    }
+    let names: Vec<String> = scan
+        .children
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let effect = if disk.info().format == Format::Vhdx {
+        "this write gives it a new data write id, so they will no longer open (vhdkit and Hyper-V refuse a parent whose data write id is not the one recorded; --ignore-parent-id reads them anyway, with data that may be inconsistent)"
+    } else {
+        "a VHD keeps its unique id, so they will still open, but what they read from it changes under them and their content may become inconsistent"
+    };
+    eprintln!(
+        "vhdkit: warning: {} is the recorded parent of {} beside it: {effect}; --no-children-check skips this check",
+        image.display(),
+        names.join(", ")
+    );
 }
 
 /// Errors of ordinary commands exit 1.
@@ -1076,6 +1130,7 @@ fn run(cmd: Command) -> Outcome {
             input,
             pattern,
             length,
+            no_children_check,
             parent,
         } => {
             parent.refuse_force_share(&image, "write")?;
@@ -1117,6 +1172,14 @@ fn run(cmd: Command) -> Outcome {
                 }
                 _ => return Err(no_source()),
             };
+            // A zero-length write changes nothing, so it breaks no child.
+            // (nor does one the disk refuses, such as one past its end).
+            if !no_children_check
+                && !data.is_empty()
+                && vhdkit::disk::check_range(disk.virtual_size(), offset, data.len()).is_ok()
+            {
+                warn_children(disk.as_ref(), &image);
+            }
             disk.write_at(&data, offset)
                 .and_then(|_| disk.flush())
                 .map_err(|e| fail1(e.with_path(&image)))?;

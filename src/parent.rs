@@ -100,11 +100,22 @@ pub struct ParentSpec {
     pub candidates: Vec<Candidate>,
     /// The identity the parent must have (see [`VirtualDisk::parent_link_id`]).
     pub expected_id: Uuid,
+    /// What that identity is called in the parent's format, for people
+    /// ([`DATA_WRITE_ID`] or [`UNIQUE_ID`]).
+    pub id_name: &'static str,
 }
+
+/// The name of a VHDX's DataWriteGuid, the identity its children record:
+/// it changes whenever the VHDX's data is first written after an open.
+pub const DATA_WRITE_ID: &str = "data write id";
+/// The name of a VHD footer's unique id, the identity its children record:
+/// it stays for the disk's life (writes do not change it).
+pub const UNIQUE_ID: &str = "unique id";
 
 /// The parent of a differencing image.
 pub enum Parent {
-    /// Found, verified and open read-only.
+    /// Found and open read-only: verified, or with `ignore_parent_id` taken
+    /// although its identity differs (then `found_id` is not `expected_id`).
     Open {
         /// The open parent.
         disk: Box<dyn VirtualDisk>,
@@ -112,6 +123,24 @@ pub enum Parent {
         path: PathBuf,
         /// The identity the child expected.
         expected_id: Uuid,
+        /// The identity the parent has.
+        found_id: Option<Uuid>,
+        /// What the identity is called ([`DATA_WRITE_ID`], [`UNIQUE_ID`]).
+        id_name: &'static str,
+    },
+    /// Found, but its identity is not the one the child recorded (the
+    /// parent was written or replaced after the child was made). Opened
+    /// only for inspection (`allow_missing_parent`); reading a range that
+    /// needs the parent fails with `ParentMismatch`.
+    Mismatched {
+        /// Where it was found.
+        path: PathBuf,
+        /// The identity the child expected.
+        expected_id: Uuid,
+        /// The identity the parent has.
+        found_id: Option<Uuid>,
+        /// What the identity is called ([`DATA_WRITE_ID`], [`UNIQUE_ID`]).
+        id_name: &'static str,
     },
     /// Not found; reading a range that needs it fails with `ParentMissing`.
     Missing {
@@ -146,18 +175,80 @@ impl Parent {
                 recorded,
                 expected_id,
             } => Err(missing_error(recorded, *expected_id, &[])),
+            Parent::Mismatched {
+                path,
+                expected_id,
+                found_id,
+                id_name,
+            } => Err(mismatch_error(path, *expected_id, *found_id, id_name)),
         }
+    }
+
+    /// The warning for a parent whose identity is not the recorded one
+    /// (`None` when it matches or was not found).
+    pub fn warning(&self) -> Option<String> {
+        match self {
+            Parent::Open {
+                path,
+                expected_id,
+                found_id,
+                id_name,
+                ..
+            } if *found_id != Some(*expected_id) => Some(format!(
+                "{}; it is read anyway (--ignore-parent-id), so the data may be inconsistent",
+                mismatch_text(path, *expected_id, *found_id, id_name)
+            )),
+            Parent::Mismatched {
+                path,
+                expected_id,
+                found_id,
+                id_name,
+            } => Some(format!(
+                "{}; reading the child's data is refused (--ignore-parent-id reads it anyway, knowing it may be inconsistent)",
+                mismatch_text(path, *expected_id, *found_id, id_name)
+            )),
+            _ => None,
+        }
+    }
+
+    /// [`Parent::warning`], then the same warnings of the parent's own
+    /// parents (a mismatch anywhere up the chain), nearest first.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.warning().into_iter().collect();
+        if let Parent::Open { disk, .. } = self {
+            v.extend(
+                disk.info()
+                    .warnings
+                    .into_iter()
+                    .filter(|w| is_mismatch_warning(w)),
+            );
+        }
+        v
     }
 
     /// For `info`.
     pub fn info(&self) -> ParentInfo {
         match self {
             Parent::Open {
-                path, expected_id, ..
+                path,
+                expected_id,
+                found_id,
+                id_name,
+                ..
+            }
+            | Parent::Mismatched {
+                path,
+                expected_id,
+                found_id,
+                id_name,
             } => ParentInfo {
                 path: Some(path.display().to_string()),
                 id: Some(expected_id.to_string()),
                 found: true,
+                found_id: found_id.map(|u| u.to_string()),
+                id_matches: Some(*found_id == Some(*expected_id)),
+                id_name: Some(id_name.to_string()),
+                read_refused: matches!(self, Parent::Mismatched { .. }),
             },
             Parent::Missing {
                 recorded,
@@ -166,9 +257,41 @@ impl Parent {
                 path: Some(recorded.clone()),
                 id: Some(expected_id.to_string()),
                 found: false,
+                found_id: None,
+                id_matches: None,
+                id_name: None,
+                read_refused: false,
             },
         }
     }
+}
+
+/// Whether `warning` (from `info().warnings`) is the one a parent that is
+/// not the recorded one gives (see [`Parent::warning`]).
+pub fn is_mismatch_warning(warning: &str) -> bool {
+    warning.starts_with("parent ") && warning.contains(MISMATCH_WORDS)
+}
+
+/// The words that mark a mismatch warning.
+const MISMATCH_WORDS: &str = ", but the child expects ";
+
+/// The mismatch said for people: both ids and what it means.
+fn mismatch_text(path: &Path, expected: Uuid, found: Option<Uuid>, id_name: &str) -> String {
+    format!(
+        "parent {} has {id_name} {}{MISMATCH_WORDS}{expected}: the parent was written to or replaced after the child was made",
+        path.display(),
+        found.map_or_else(|| "(none)".to_string(), |u| u.to_string()),
+    )
+}
+
+fn mismatch_error(path: &Path, expected: Uuid, found: Option<Uuid>, id_name: &str) -> Error {
+    Error::new(
+        ErrorKind::ParentMismatch,
+        format!(
+            "{}, so the child's data may be inconsistent (override with --ignore-parent-id to read it anyway)",
+            mismatch_text(path, expected, found, id_name)
+        ),
+    )
 }
 
 fn missing_error(recorded: &str, id: Uuid, tried: &[PathBuf]) -> Error {
@@ -220,6 +343,7 @@ pub fn resolve(
     // The first candidate that opens and matches wins; otherwise the most
     // telling failure is reported: a mismatch or an open error beats "not found".
     let mut failure: Option<Error> = None;
+    let mut mismatched: Option<Parent> = None;
     for (p, candidate) in &paths {
         if !p.is_file() {
             continue;
@@ -253,24 +377,27 @@ pub fn resolve(
         };
         let found = disk.parent_link_id();
         if found != Some(spec.expected_id) && !opts.ignore_parent_id {
-            failure = Some(
-                Error::new(
-                    ErrorKind::ParentMismatch,
-                    format!(
-                        "parent candidate has id {}, but the child expects {} (override with --ignore-parent-id)",
-                        found.map(|u| u.to_string()).unwrap_or_else(|| "(none)".into()),
-                        spec.expected_id
-                    ),
-                )
-                .with_path(p),
-            );
+            failure = Some(mismatch_error(p, spec.expected_id, found, spec.id_name));
+            // For inspection, the first parent found that does not match
+            // (unless a later candidate does).
+            mismatched.get_or_insert(Parent::Mismatched {
+                path: p.clone(),
+                expected_id: spec.expected_id,
+                found_id: found,
+                id_name: spec.id_name,
+            });
             continue;
         }
         return Ok(Parent::Open {
             disk,
             path: p.clone(),
             expected_id: spec.expected_id,
+            found_id: found,
+            id_name: spec.id_name,
         });
+    }
+    if let (Some(m), true) = (mismatched, opts.allow_missing_parent) {
+        return Ok(m);
     }
     if let Some(e) = failure {
         return Err(e);
@@ -284,4 +411,81 @@ pub fn resolve(
         let tried: Vec<PathBuf> = paths.into_iter().map(|(p, _)| p).collect();
         Err(missing_error(&recorded, spec.expected_id, &tried))
     }
+}
+
+/// Most files [`children_beside`] looks at in one folder, so that writing
+/// into an image in a folder of thousands of images stays quick.
+pub const MAX_CHILD_SCAN: usize = 4096;
+
+/// Extensions (lower case) of the files that may be differencing children.
+pub const CHILD_EXTENSIONS: [&str; 4] = ["vhd", "vhdx", "avhd", "avhdx"];
+
+/// What [`children_beside`] found.
+#[derive(Debug, Clone, Default)]
+pub struct ChildScan {
+    /// Children that record the image as their parent, under the image's
+    /// current identity, sorted by path.
+    pub children: Vec<PathBuf>,
+    /// Whether the folder held more candidate files than [`MAX_CHILD_SCAN`]
+    /// (the rest were not looked at).
+    pub truncated: bool,
+}
+
+/// The differencing images in `image`'s folder (files named `*.vhd`,
+/// `*.vhdx`, `*.avhd`, `*.avhdx`) that record `image` as their parent with
+/// identity `id` (its [`VirtualDisk::parent_link_id`]): a recorded location
+/// leads to `image` and the recorded id is `id`. Only each file's headers
+/// are read, without locks; files that cannot be read are skipped.
+pub fn children_beside(image: &Path, id: Uuid) -> ChildScan {
+    let mut scan = ChildScan::default();
+    let Ok(canon) = std::fs::canonicalize(image) else {
+        return scan;
+    };
+    let Some(dir) = canon.parent() else {
+        return scan;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return scan;
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| CHILD_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        })
+        .filter(|p| *p != canon)
+        .collect();
+    files.sort();
+    if files.len() > MAX_CHILD_SCAN {
+        files.truncate(MAX_CHILD_SCAN);
+        scan.truncated = true;
+    }
+    for p in files {
+        if !p.is_file() {
+            continue;
+        }
+        let Ok(storage) = crate::io::FileStorage::open_force_share(&p) else {
+            continue;
+        };
+        let spec = if crate::vhdx::probe(&storage) {
+            crate::vhdx::parent_spec_from_headers(&storage)
+        } else if crate::vhd::probe(&storage) {
+            crate::vhd::parent_spec_from_headers(&storage)
+        } else {
+            continue;
+        };
+        let Ok(Some(spec)) = spec else { continue };
+        if spec.expected_id != id {
+            continue;
+        }
+        let names_image = spec
+            .candidates
+            .iter()
+            .any(|c| std::fs::canonicalize(c.resolve(dir)).is_ok_and(|q| q == canon));
+        if names_image {
+            scan.children.push(p);
+        }
+    }
+    scan
 }

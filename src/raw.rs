@@ -128,6 +128,7 @@ impl VirtualDisk for RawDisk {
             physical_sector_size: 512,
             block_size: None,
             disk_id: None,
+            data_write_id: None,
             creator: None,
             // A sparse file stores less than its length: what its file
             // system says it occupies (never more than the disk).

@@ -67,6 +67,17 @@ pub struct ParentInfo {
     pub id: Option<String>,
     /// Whether the parent was found and opened.
     pub found: bool,
+    /// The identifier the parent found has (`None` when not found).
+    pub found_id: Option<String>,
+    /// Whether `found_id` is `id` (`None` when not found). `false` means
+    /// the parent was written or replaced after the child was made.
+    pub id_matches: Option<bool>,
+    /// What the identifier is called in the parent's format: "data write
+    /// id" (VHDX) or "unique id" (VHD).
+    pub id_name: Option<String>,
+    /// Whether reading data from the parent is refused (a mismatched
+    /// parent opened for inspection, without --ignore-parent-id).
+    pub read_refused: bool,
 }
 
 /// Everything `info` reports about an image.
@@ -87,8 +98,15 @@ pub struct ImageInfo {
     pub physical_sector_size: u32,
     /// Allocation unit of sparse formats; `None` for fixed and raw.
     pub block_size: Option<u64>,
-    /// The disk's unique identifier.
+    /// The disk's unique identifier (VHD: the footer's unique id; VHDX: the
+    /// VirtualDiskId of the Page 83 metadata item, which stays for the
+    /// disk's life).
     pub disk_id: Option<String>,
+    /// VHDX: the DataWriteGuid, which changes whenever the data is first
+    /// written after an open; a differencing child records it as its parent
+    /// id. Absent for other formats.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_write_id: Option<String>,
     /// The program that created the image, as recorded in it.
     pub creator: Option<String>,
     /// Bytes of the virtual disk that are stored in this file.
@@ -128,21 +146,43 @@ pub fn write_info_text(info: &ImageInfo, out: &mut dyn Write) -> io::Result<()> 
     }
     rows.push(("allocated".into(), human_size(info.allocated_bytes)));
     if let Some(id) = &info.disk_id {
-        rows.push(("disk id".into(), id.clone()));
+        // VHDX has two identities; say which one this is.
+        let label = match info.format {
+            Format::Vhdx => "virtual disk id",
+            Format::Vhd => "disk id (unique id)",
+            _ => "disk id",
+        };
+        rows.push((label.into(), id.clone()));
+    }
+    if let Some(id) = &info.data_write_id {
+        rows.push(("data write id".into(), id.clone()));
     }
     if let Some(c) = &info.creator {
         rows.push(("creator".into(), c.clone()));
     }
     if let Some(p) = &info.parent {
-        let state = if p.found { "found" } else { "NOT FOUND" };
+        let state = match (p.found, p.id_matches, p.read_refused) {
+            (false, _, _) => "NOT FOUND",
+            (true, Some(false), true) => {
+                "found, but NOT the recorded parent: the ids differ and reads are refused (see WARNING)"
+            }
+            (true, Some(false), false) => {
+                "found, but NOT the recorded parent: the ids differ, read anyway as --ignore-parent-id asks (see WARNING)"
+            }
+            (true, _, _) => "found, ids match",
+        };
         rows.push((
             "parent".into(),
-            format!(
-                "{} (id {}, {state})",
-                p.path.as_deref().unwrap_or("?"),
-                p.id.as_deref().unwrap_or("?")
-            ),
+            format!("{} ({state})", p.path.as_deref().unwrap_or("?")),
         ));
+        let name = p.id_name.as_deref().unwrap_or("id");
+        rows.push((
+            format!("parent id (expected {name} of parent)"),
+            p.id.as_deref().unwrap_or("?").to_string(),
+        ));
+        if let Some(f) = &p.found_id {
+            rows.push((format!("parent's {name} (found)"), f.clone()));
+        }
     }
     for w in &info.warnings {
         rows.push(("WARNING".into(), w.clone()));

@@ -242,17 +242,21 @@ fn vhd_hostile_counts_and_sizes() {
     assert_rejected(&path, "VHD footer", len - 512 + 48);
 }
 
-/// Replace every UTF-16 (both byte orders) occurrence of `from` in the file
+/// Replace every UTF-16 (both byte orders) and UTF-8 occurrence of `from` in the file
 /// by `to`, of the same length; returns how many were replaced.
 fn replace_utf16(path: &Path, from: &str, to: &str) -> usize {
     assert_eq!(from.len(), to.len());
     let mut data = std::fs::read(path).unwrap();
     let mut n = 0;
-    for le in [true, false] {
+    // UTF-16LE (locators), UTF-16BE (the VHD parent name) and UTF-8 (the
+    // MacX file URL of VHD children made off Windows).
+    for enc_kind in 0..3 {
         let enc = |s: &str| -> Vec<u8> {
-            s.encode_utf16()
-                .flat_map(|u| if le { u.to_le_bytes() } else { u.to_be_bytes() })
-                .collect()
+            match enc_kind {
+                0 => s.encode_utf16().flat_map(u16::to_le_bytes).collect(),
+                1 => s.encode_utf16().flat_map(u16::to_be_bytes).collect(),
+                _ => s.as_bytes().to_vec(),
+            }
         };
         let (f, t) = (enc(from), enc(to));
         let mut i = 0;

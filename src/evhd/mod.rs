@@ -1051,6 +1051,7 @@ impl VirtualDisk for EvhdDisk {
             physical_sector_size: self.header.physical_sector_size,
             block_size: Some(bs),
             disk_id: Some(self.header.container_uuid().to_string()),
+            data_write_id: None,
             creator: None,
             allocated_bytes: allocated,
             parent: None,

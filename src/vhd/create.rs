@@ -10,7 +10,9 @@ use super::dynamic_header::{
 };
 use super::footer::{FOOTER_SIZE, Footer, NO_DATA_OFFSET, VhdType, now_timestamp};
 use super::geometry::SECTOR;
-use super::parent_locator::{PLATFORM_W2KU, PLATFORM_W2RU, ParentLocatorEntry, to_utf16le};
+use super::parent_locator::{
+    PLATFORM_MACX, PLATFORM_W2KU, PLATFORM_W2RU, ParentLocatorEntry, file_url, to_utf16le,
+};
 use super::{MAX_VIRTUAL_SIZE, VhdDisk};
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::{Storage, io_err};
@@ -144,11 +146,10 @@ impl VhdBuilder {
                 .and_then(|d| std::fs::canonicalize(d).ok());
             let mut locs = Vec::new();
             if let Some(rel) = child_dir.and_then(|d| relative_path(&d, &abs)) {
-                locs.push((PLATFORM_W2RU, rel));
+                locs.push((PLATFORM_W2RU, to_utf16le(&rel)));
             }
-            locs.push((PLATFORM_W2KU, abs.to_string_lossy().into_owned()));
-            for (i, (code, text)) in locs.into_iter().enumerate() {
-                let data = to_utf16le(&text);
+            locs.push(absolute_locator(&abs));
+            for (i, (code, data)) in locs.into_iter().enumerate() {
                 let space = (data.len() as u64).div_ceil(SECTOR).max(1) * SECTOR;
                 header.parent_locators[i] = ParentLocatorEntry {
                     platform_code: code,
@@ -178,6 +179,8 @@ impl VhdBuilder {
             disk,
             path,
             expected_id,
+            found_id: Some(expected_id),
+            id_name: crate::parent::UNIQUE_ID,
         });
         VhdDisk::from_parts(storage, path.map(Path::to_path_buf), footer, parent)
     }
@@ -189,6 +192,21 @@ pub fn create(path: &Path, builder: VhdBuilder) -> Result<VhdDisk> {
     builder
         .create(Box::new(storage), Some(path))
         .map_err(|e| e.with_path(path))
+}
+
+/// The absolute locator of the parent at `abs` (an absolute path of this
+/// system), as (platform code, data). W2ku holds an absolute *Windows* path
+/// (a drive or UNC path), which only Windows has; elsewhere the path is a
+/// POSIX one, which the VHD specification stores as a MacX file URL
+/// (UTF-8, RFC 2396), the one absolute locator for a path that is not a
+/// Windows one. Windows and Hyper-V find the parent through the relative
+/// W2ru locator written beside it.
+fn absolute_locator(abs: &Path) -> (u32, Vec<u8>) {
+    if cfg!(windows) {
+        (PLATFORM_W2KU, to_utf16le(&abs.to_string_lossy()))
+    } else {
+        (PLATFORM_MACX, file_url(&abs.to_string_lossy()).into_bytes())
+    }
 }
 
 /// Modification time of `p` as a VHD timestamp.

@@ -438,44 +438,7 @@ impl VhdDisk {
     /// beside the child.
     fn parent_spec(&self) -> Result<ParentSpec> {
         let sparse = self.sparse.as_ref().expect("differencing disks are sparse");
-        let mut relative = Vec::new();
-        let mut absolute = Vec::new();
-        for (i, entry) in sparse.header.parent_locators.iter().enumerate() {
-            if !entry.is_used() {
-                continue;
-            }
-            let loc = entry.decode(self.storage.as_ref())?;
-            if let Some(p) = loc.path.filter(|p| !p.is_empty()) {
-                let c = Candidate {
-                    recorded: p,
-                    relative: loc.relative,
-                    structure: "VHD parent locator",
-                    offset: sparse.header_offset
-                        + dynamic_header::LOCATORS_FIELD
-                        + i as u64 * parent_locator::ENTRY_SIZE,
-                };
-                if loc.relative {
-                    relative.push(c);
-                } else {
-                    absolute.push(c);
-                }
-            }
-        }
-        let mut candidates = relative;
-        candidates.extend(absolute);
-        let name = sparse.header.parent_name();
-        if let Some(base) = name.rsplit(['\\', '/']).next().filter(|b| !b.is_empty()) {
-            candidates.push(Candidate {
-                recorded: base.to_string(),
-                relative: true,
-                structure: "VHD dynamic header",
-                offset: sparse.header_offset + dynamic_header::PARENT_NAME_FIELD,
-            });
-        }
-        Ok(ParentSpec {
-            candidates,
-            expected_id: sparse.header.parent_unique_id(),
-        })
+        parent_spec_of(self.storage.as_ref(), &sparse.header, sparse.header_offset)
     }
 
     /// The decoded parent locators of a sparse disk.
@@ -765,6 +728,96 @@ pub fn sector_runs(bitmap: &[u8], in_off: u64, len: u64) -> Vec<(u64, u64, bool)
     })
 }
 
+/// Where the parent of a differencing VHD whose dynamic header (at
+/// `header_offset`) is `header` may be, best first: the relative locators
+/// (W2ru, Wi2r), the absolute ones (W2ku, Wi2k, MacX), then the parent's
+/// name beside the child.
+fn parent_spec_of(
+    storage: &dyn Storage,
+    header: &DynamicHeader,
+    header_offset: u64,
+) -> Result<ParentSpec> {
+    let mut relative = Vec::new();
+    let mut absolute = Vec::new();
+    for (i, entry) in header.parent_locators.iter().enumerate() {
+        if !entry.is_used() {
+            continue;
+        }
+        let loc = entry.decode(storage)?;
+        if let Some(p) = loc.path.filter(|p| !p.is_empty()) {
+            let c = Candidate {
+                recorded: p,
+                relative: loc.relative,
+                structure: "VHD parent locator",
+                offset: header_offset
+                    + dynamic_header::LOCATORS_FIELD
+                    + i as u64 * parent_locator::ENTRY_SIZE,
+            };
+            if loc.relative {
+                relative.push(c);
+            } else {
+                absolute.push(c);
+            }
+        }
+    }
+    let mut candidates = relative;
+    candidates.extend(absolute);
+    let name = header.parent_name();
+    if let Some(base) = name.rsplit(['\\', '/']).next().filter(|b| !b.is_empty()) {
+        candidates.push(Candidate {
+            recorded: base.to_string(),
+            relative: true,
+            structure: "VHD dynamic header",
+            offset: header_offset + dynamic_header::PARENT_NAME_FIELD,
+        });
+    }
+    Ok(ParentSpec {
+        candidates,
+        expected_id: header.parent_unique_id(),
+        id_name: crate::parent::UNIQUE_ID,
+    })
+}
+
+/// The parent record of the VHD in `storage`, read from its footer and
+/// dynamic header only (no BAT): `None` when it is not a differencing
+/// disk. For finding an image's children cheaply.
+pub fn parent_spec_from_headers(storage: &dyn Storage) -> Result<Option<ParentSpec>> {
+    let len = storage.len().map_err(io_err("VHD file", 0))?;
+    let mut footer = None;
+    for (size, off) in [
+        (FOOTER_SIZE, len.checked_sub(FOOTER_SIZE as u64)),
+        (
+            LEGACY_FOOTER_SIZE as usize,
+            len.checked_sub(LEGACY_FOOTER_SIZE),
+        ),
+        (FOOTER_SIZE, (len >= 2 * FOOTER_SIZE as u64).then_some(0)),
+    ] {
+        let Some(off) = off else { continue };
+        let f = read_footer_at(storage, off, size)?;
+        if f.cookie == FOOTER_COOKIE {
+            footer = Some((f, off));
+            break;
+        }
+    }
+    let Some((footer, at)) = footer else {
+        return Ok(None);
+    };
+    if footer.validate(at)? != VhdType::Differencing {
+        return Ok(None);
+    }
+    let header_offset = footer.data_offset;
+    if header_offset
+        .checked_add(HEADER_SIZE as u64)
+        .is_none_or(|e| e > len)
+    {
+        return Ok(None);
+    }
+    let mut b = [0u8; HEADER_SIZE];
+    read_struct(storage, "VHD dynamic header", &mut b, header_offset)?;
+    let header = DynamicHeader::parse(&b, header_offset)?;
+    parent_spec_of(storage, &header, header_offset).map(Some)
+}
+
 impl VirtualDisk for VhdDisk {
     fn virtual_size(&self) -> u64 {
         self.footer.current_size
@@ -968,8 +1021,14 @@ impl VirtualDisk for VhdDisk {
             disk_id: Some(f.unique_id().to_string()),
             creator: Some(f.creator_summary()),
             allocated_bytes: allocated,
+            data_write_id: None,
             parent: self.parent.as_ref().map(Parent::info),
-            warnings: self.warnings.clone(),
+            warnings: self
+                .warnings
+                .iter()
+                .cloned()
+                .chain(self.parent.iter().flat_map(Parent::warnings))
+                .collect(),
             vhd: Some(details),
             vhdx: None,
             evhd: None,

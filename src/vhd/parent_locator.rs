@@ -105,12 +105,53 @@ impl ParentLocatorEntry {
                 let s = String::from_utf8_lossy(&data)
                     .trim_end_matches('\0')
                     .to_string();
-                Some(s.strip_prefix("file://").unwrap_or(&s).to_string())
+                Some(file_url_path(&s))
             }
             _ => None,
         };
         Ok(loc)
     }
+}
+
+/// A `file://` URL (RFC 2396, as MacX locators hold) for the absolute
+/// path `path`: every byte outside the unreserved characters and `/` is
+/// percent-encoded.
+pub fn file_url(path: &str) -> String {
+    let mut url = String::from("file://");
+    for &b in path.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~!*'()".contains(&b) {
+            url.push(b as char);
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    url
+}
+
+/// The path of a MacX locator's `file://` URL (`file:///p`,
+/// `file://localhost/p`), percent-decoded; anything else as it is.
+pub fn file_url_path(url: &str) -> String {
+    let Some(rest) = url.strip_prefix("file://") else {
+        return url.to_string();
+    };
+    let rest = rest.strip_prefix("localhost").unwrap_or(rest);
+    let b = rest.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied(), b.get(i + 2).copied()) {
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// UTF-16LE bytes to a string, stopping at the first NUL.
@@ -126,4 +167,19 @@ pub fn utf16le(data: &[u8]) -> String {
 /// A string as UTF-16LE bytes.
 pub fn to_utf16le(s: &str) -> Vec<u8> {
     s.encode_utf16().flat_map(u16::to_le_bytes).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_urls_round_trip() {
+        let p = "/srv/vm images/%50 é.vhd";
+        let u = file_url(p);
+        assert_eq!(u, "file:///srv/vm%20images/%2550%20%C3%A9.vhd");
+        assert_eq!(file_url_path(&u), p);
+        assert_eq!(file_url_path("file://localhost/a%2Fb"), "/a/b");
+        assert_eq!(file_url_path("/plain"), "/plain");
+    }
 }

@@ -251,6 +251,7 @@ impl VhdxBuilder {
         };
         let fl = self.plan(size, lss, pss)?;
         let fixed = self.kind == Kind::Fixed;
+        let differencing = matches!(self.kind, Kind::Differencing(_));
         let w = |buf: &[u8], off: u64, what: &'static str| {
             storage.write_at(buf, off).map_err(io_err(what, off))
         };
@@ -318,6 +319,22 @@ impl VhdxBuilder {
                 }
             }
             end += l.data_blocks * l.block_size;
+        }
+        if differencing {
+            // Every chunk gets its sector-bitmap block now, all bits clear
+            // (every sector from the parent): the blocks are holes past
+            // the data, so they cost file length but no storage.
+            // [MS-VHDX] allows a chunk without one while none of its blocks
+            // is partially present, but libvhdi (20210425) reads the bitmap
+            // of every block that is not fully present and, for a chunk
+            // without one, takes bits from the start of the file instead.
+            let l = &fl.bat;
+            for chunk in 0..l.bitmap_blocks {
+                let e = bat::entry(bat::BITMAP_PRESENT, end);
+                let at = fl.bat_offset + l.bitmap_index(chunk) * bat::ENTRY_SIZE;
+                w(&e.to_le_bytes(), at, "VHDX BAT")?;
+                end += bat::BITMAP_BLOCK_SIZE;
+            }
         }
         storage.set_len(end).map_err(io_err("VHDX file", end))?;
 

@@ -455,42 +455,7 @@ impl VhdxDisk {
     /// Where the parent may be: relative path first, then the volume and
     /// absolute Windows paths.
     fn parent_spec(&self) -> Result<ParentSpec> {
-        let loc = self.s.metadata.parent_locator.as_ref().ok_or_else(|| {
-            Error::corrupt(
-                "VHDX metadata table",
-                self.s.metadata.region_offset,
-                "HasParent is set but there is no parent locator",
-            )
-        })?;
-        let expected_id = loc.parent_linkage().ok_or_else(|| {
-            Error::corrupt(
-                "VHDX parent locator",
-                self.s.metadata.region_offset,
-                format!(
-                    "parent_linkage {:?} is missing or not a GUID",
-                    loc.get(parent_locator::KEY_PARENT_LINKAGE)
-                ),
-            )
-        })?;
-        let mut candidates = Vec::new();
-        for (key, relative) in [
-            (parent_locator::KEY_RELATIVE_PATH, true),
-            (parent_locator::KEY_VOLUME_PATH, false),
-            (parent_locator::KEY_ABSOLUTE_WIN32_PATH, false),
-        ] {
-            if let Some(p) = loc.get(key).filter(|p| !p.is_empty()) {
-                candidates.push(Candidate {
-                    recorded: p.to_string(),
-                    relative,
-                    structure: "VHDX parent locator",
-                    offset: self.s.metadata.item_file_offset(metadata::PARENT_LOCATOR),
-                });
-            }
-        }
-        Ok(ParentSpec {
-            candidates,
-            expected_id,
-        })
+        parent_spec_of(&self.s.metadata)
     }
 
     /// The structures read at open.
@@ -741,6 +706,65 @@ impl VhdxDisk {
     }
 }
 
+/// Where the parent of a differencing VHDX with metadata `m` may be:
+/// relative path first, then the volume and absolute Windows paths.
+fn parent_spec_of(m: &Metadata) -> Result<ParentSpec> {
+    let loc = m.parent_locator.as_ref().ok_or_else(|| {
+        Error::corrupt(
+            "VHDX metadata table",
+            m.region_offset,
+            "HasParent is set but there is no parent locator",
+        )
+    })?;
+    let expected_id = loc.parent_linkage().ok_or_else(|| {
+        Error::corrupt(
+            "VHDX parent locator",
+            m.region_offset,
+            format!(
+                "parent_linkage {:?} is missing or not a GUID",
+                loc.get(parent_locator::KEY_PARENT_LINKAGE)
+            ),
+        )
+    })?;
+    let mut candidates = Vec::new();
+    for (key, relative) in [
+        (parent_locator::KEY_RELATIVE_PATH, true),
+        (parent_locator::KEY_VOLUME_PATH, false),
+        (parent_locator::KEY_ABSOLUTE_WIN32_PATH, false),
+    ] {
+        if let Some(p) = loc.get(key).filter(|p| !p.is_empty()) {
+            candidates.push(Candidate {
+                recorded: p.to_string(),
+                relative,
+                structure: "VHDX parent locator",
+                offset: m.item_file_offset(metadata::PARENT_LOCATOR),
+            });
+        }
+    }
+    Ok(ParentSpec {
+        candidates,
+        expected_id,
+        id_name: crate::parent::DATA_WRITE_ID,
+    })
+}
+
+/// The parent record of the VHDX in `storage`, read from its headers,
+/// region table and metadata only (no BAT, no log replay): `None` when it
+/// is not a differencing disk. For finding an image's children cheaply.
+pub fn parent_spec_from_headers(storage: &dyn Storage) -> Result<Option<ParentSpec>> {
+    let len = storage.len().map_err(io_err("VHDX file", 0))?;
+    let slots = header::read_slots(storage)?;
+    let current = header::current(&slots)?;
+    slots[current].header.validate(slots[current].offset, len)?;
+    let (table, _, _) = read_region_tables(storage)?;
+    let (_, metadata_region) = table.validate(len)?;
+    let m = Metadata::load(storage, metadata_region.file_offset, metadata_region.length)?;
+    if !m.has_parent {
+        return Ok(None);
+    }
+    parent_spec_of(&m).map(Some)
+}
+
 impl VirtualDisk for VhdxDisk {
     fn virtual_size(&self) -> u64 {
         self.s.metadata.virtual_size
@@ -892,8 +916,14 @@ impl VirtualDisk for VhdxDisk {
             disk_id: Some(m.page_83.to_string()),
             creator: Some(s.creator.clone()),
             allocated_bytes: allocated,
+            data_write_id: Some(h.data_write_guid().to_string()),
             parent: self.parent.as_ref().map(Parent::info),
-            warnings: self.warnings.clone(),
+            warnings: self
+                .warnings
+                .iter()
+                .cloned()
+                .chain(self.parent.iter().flat_map(Parent::warnings))
+                .collect(),
             vhd: None,
             vhdx: Some(details),
             evhd: None,

@@ -86,6 +86,37 @@ impl VhdxDisk {
             dirty_bitmaps: BTreeSet::new(),
             next_free,
         });
+        self.add_missing_bitmaps()
+    }
+
+    /// Give every chunk of a differencing disk that holds a block not
+    /// fully present a sector-bitmap block (all bits clear: a fresh block
+    /// past the end of the file reads as zeros), so that libvhdi, which
+    /// reads the bitmap of every such block, finds one (see
+    /// [`super::create`]). Files made by vhdkit have them from the start;
+    /// this completes older ones (and other tools' files) on their first
+    /// write. Only the BAT entries change, through the log.
+    fn add_missing_bitmaps(&mut self) -> Result<()> {
+        if !self.s.metadata.has_parent {
+            return Ok(());
+        }
+        let l = self.s.layout;
+        for chunk in 0..l.bitmap_blocks {
+            let idx = l.bitmap_index(chunk);
+            if bat::state(self.s.bat[idx as usize]) != bat::BITMAP_NOT_PRESENT {
+                continue;
+            }
+            let first = chunk * l.chunk_ratio;
+            let last = (first + l.chunk_ratio).min(l.data_blocks);
+            let needed = (first..last).any(|b| {
+                bat::state(self.s.bat[l.payload_index(b) as usize]) != bat::PAYLOAD_FULLY_PRESENT
+            });
+            if needed {
+                self.reserve_pages(1)?;
+                let off = self.allocate(bat::BITMAP_BLOCK_SIZE);
+                self.set_entry(idx, bat::entry(bat::BITMAP_PRESENT, off));
+            }
+        }
         Ok(())
     }
 
@@ -216,10 +247,12 @@ impl VhdxDisk {
     /// Write `buf` at `offset` of the virtual disk.
     pub(super) fn write_impl(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         check_range(self.virtual_size_(), offset, buf.len())?;
-        self.begin_session()?;
         if buf.is_empty() {
-            return Ok(());
+            // Nothing user-visible changes, so neither does the
+            // DataWriteGuid (nor anything else in the file).
+            return self.ensure_writable();
         }
+        self.begin_session()?;
         let ss = self.s.layout.sector_size;
         let end = offset + buf.len() as u64;
         if self.s.metadata.has_parent && (!offset.is_multiple_of(ss) || !end.is_multiple_of(ss)) {
