@@ -87,7 +87,11 @@ pub fn write_key_file(path: &Path, bytes: &[u8], kind: KeyKind, force: bool) -> 
         }
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(e, "cannot examine the key file's path").with_path(path)),
+        Err(e) => {
+            return Err(Error::io(e, "cannot examine the key file's path")
+                .with_path(path)
+                .for_output(path, path));
+        }
     }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
