@@ -94,7 +94,11 @@ impl EvhdDisk {
 
     /// Record a fall back to the older header copy among the warnings
     /// (and on stderr when `opts` asks for it).
-    fn note_fallback(&mut self, f: Option<fallback::Fallback>, opts: &crate::OpenOptions) {
+    fn note_fallback(
+        &mut self,
+        f: Option<fallback::Fallback>,
+        opts: &crate::OpenOptions,
+    ) {
         if let Some(f) = f {
             if opts.print_warnings {
                 let name = self
