@@ -574,7 +574,7 @@ enum RecipientsCmd {
         #[arg(value_name = "FPR", conflicts_with_all = ["fingerprint", "recipient"])]
         which: Option<String>,
         /// Fingerprint (prefix) of the recipient to remove.
-        #[arg(long, required_unless_present_any = ["recipient", "which"])]
+        #[arg(long)]
         fingerprint: Option<String>,
         /// Key file of the recipient to remove.
         #[arg(long, value_parser = parse_recipient)]
@@ -1351,6 +1351,12 @@ fn run_recipients(cmd: RecipientsCmd) -> Outcome {
                             .map_err(|e| fail1(Error::new(ErrorKind::InvalidKey, e)))?,
                     ),
                 ),
+                Some(w) if !w.chars().all(|c| c.is_ascii_hexdigit()) => {
+                    return Err(fail1(Error::invalid_argument(format!(
+                        "{w} is neither a key file nor a fingerprint \
+                         (hex digits, as `vhdkit recipients list` prints them)"
+                    ))));
+                }
                 Some(w) => (Some(w), None),
                 None => (fingerprint, recipient),
             };
@@ -1359,7 +1365,8 @@ fn run_recipients(cmd: RecipientsCmd) -> Outcome {
                 (None, Some(r)) => r.key.fingerprint().hex(),
                 (None, None) => {
                     return Err(fail1(Error::invalid_argument(
-                        "give --fingerprint or --recipient",
+                        "give the recipient to remove: FPR (its fingerprint or key file), \
+                         --fingerprint or --recipient",
                     )));
                 }
             };

@@ -422,6 +422,19 @@ fn recipients_remove_takes_the_fingerprint_positionally() {
         ],
     );
     assert!(err.contains("cannot be used with"), "{err}");
+    // Neither a key file nor hex digits, or nothing at all: said so.
+    let missing = d.join("nothere.xml");
+    let err = vhdkit_fails(
+        Some(1),
+        &["recipients", "remove", s(&e), s(&missing), "--key", s(&a)],
+    );
+    assert!(
+        err.contains("is neither a key file nor a fingerprint"),
+        "{err}"
+    );
+    let err = vhdkit_fails(Some(1), &["recipients", "remove", s(&e), "--key", s(&a)]);
+    assert!(err.contains("give the recipient to remove: FPR"), "{err}");
+    assert!(listed().contains(&fc));
     vhdkit_ok([
         "recipients",
         "remove",
