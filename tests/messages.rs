@@ -461,7 +461,10 @@ fn skip_probe() {
 /// ends with a count.
 #[test]
 fn skips_are_visible_to_a_person_running_cargo_test() {
+    // The probe's skip is logged here, not among the run's real skips.
+    let logs = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("VHDKIT_SKIP_LOG_DIR", logs.path())
         .args(["--exact", "skip_probe", "--test-threads", "1"])
         .env("VHDKIT_SKIP_PROBE", "1")
         .env("VHDKIT_SHARED", "/nonexistent/shared")
@@ -480,5 +483,13 @@ fn skips_are_visible_to_a_person_running_cargo_test() {
             .trim_end()
             .ends_with("SKIPPED: 1 test(s) of this binary skipped (their SKIPPED lines say why)"),
         "{stderr}"
+    );
+    let logged: Vec<String> = std::fs::read_dir(logs.path())
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(
+        logged,
+        ["SKIPPED skip_probe: /nonexistent/shared/fixtures/real is absent\n"]
     );
 }

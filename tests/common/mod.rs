@@ -40,7 +40,8 @@ pub fn shared_dir() -> Option<PathBuf> {
 /// `cargo test` sees it: one line `SKIPPED <test>: <reason>` written
 /// straight to the process's standard error (libtest captures only the
 /// `print!` family, so this shows for passing tests too), and a line in
-/// `target/skipped/<test binary>-<pid>.log` (see `.ci/skips`). The first
+/// `target/skipped/<test binary>-<pid>.log` (see `.ci/skips`; the folder
+/// is `$VHDKIT_SKIP_LOG_DIR` when that is set). The first
 /// skip of a test binary arranges for a count of its skips to be printed
 /// when it exits, after libtest's `test result` line.
 pub fn skip(reason: &str) {
@@ -54,7 +55,10 @@ pub fn skip(reason: &str) {
         .ok()
         .and_then(|p| p.file_stem().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_default();
-    let log_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../skipped");
+    let log_dir = std::env::var_os("VHDKIT_SKIP_LOG_DIR").map_or_else(
+        || Path::new(env!("CARGO_TARGET_TMPDIR")).join("../skipped"),
+        PathBuf::from,
+    );
     let _ = std::fs::create_dir_all(&log_dir);
     let log = log_dir.join(format!("{bin}-{}.log", std::process::id()));
     if let Ok(mut f) = std::fs::OpenOptions::new()
