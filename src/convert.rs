@@ -323,7 +323,9 @@ pub fn create_file(
         None
     };
     let pending = PendingFile::new(dest);
-    let mut storage = pending.create(FileStorage::create_new)?;
+    let mut storage = pending
+        .create(FileStorage::create_new)
+        .map_err(|e| e.for_output(pending.path(), dest))?;
     if !out.sync {
         storage = storage.without_sync();
     }
@@ -332,15 +334,15 @@ pub fn create_file(
         inner: storage,
         abandoned: abandoned.clone(),
     };
-    let mut disk =
-        create_in(Box::new(storage), Some(dest), spec, size).map_err(|e| e.with_path(dest))?;
+    let mut disk = create_in(Box::new(storage), Some(dest), spec, size)
+        .map_err(|e| e.for_output(pending.path(), dest))?;
     if let Err(e) = fill(disk.as_mut()).and_then(|_| disk.close()) {
         // The temporary file is deleted: let the disk's drop write nothing
         // into it (that would fail again, e.g. on a full disk, and print a
         // second, confusing message about a file nobody keeps).
         abandoned.store(true, Ordering::SeqCst);
         drop(disk);
-        return Err(e.with_path(dest));
+        return Err(e.for_output(pending.path(), dest));
     }
     drop(disk);
     pending.commit(overwrite)

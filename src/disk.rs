@@ -259,13 +259,32 @@ pub(crate) fn ensure_writable(
 
 /// Check that `[offset, offset + len)` lies inside a disk of `size` bytes.
 pub fn check_range(size: u64, offset: u64, len: usize) -> Result<()> {
-    match offset.checked_add(len as u64) {
+    check_extent(size, offset, len as u64)
+}
+
+/// Check that `[offset, offset + len)` lies inside a disk of `size` bytes
+/// (a length of 0 too: its offset must not lie past the end).
+pub fn check_extent(size: u64, offset: u64, len: u64) -> Result<()> {
+    match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
-        _ => Err(Error::new(
-            ErrorKind::OutOfBounds,
-            format!("range {offset:#x}+{len:#x} lies outside the virtual disk of {size} bytes"),
-        )),
+        _ => Err(out_of_range(size, offset, len)),
     }
+}
+
+/// The error for `[offset, offset + len)` outside a disk of `size` bytes.
+///
+/// Every offset, length and size in a range error is written the same
+/// way: in hexadecimal, as `map` prints offsets and every error names a
+/// file offset, the size followed by its value in binary units.
+pub fn out_of_range(size: u64, offset: u64, len: u64) -> Error {
+    let unit = crate::report::human_size(size);
+    let unit = unit.split(" (").next().unwrap_or_default();
+    Error::new(
+        ErrorKind::OutOfBounds,
+        format!(
+            "range {offset:#x}+{len:#x} lies outside the virtual disk of {size:#x} bytes ({unit})"
+        ),
+    )
 }
 
 /// Whether every byte of `buf` is zero.

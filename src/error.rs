@@ -159,6 +159,35 @@ impl Error {
         self
     }
 
+    /// Name the output `dest` instead of the temporary file `tmp` it is
+    /// written through (people know only `dest`), and say so when `dest`'s
+    /// directory does not exist, the usual reason its file cannot be made.
+    pub fn for_output(mut self, tmp: &Path, dest: &Path) -> Self {
+        if self.path.as_deref() == Some(tmp) {
+            self.path = Some(dest.to_path_buf());
+        }
+        if self.path.is_none() {
+            self.path = Some(dest.to_path_buf());
+        }
+        let dir = match dest.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if self.kind == ErrorKind::Io && !dir.is_dir() {
+            let why = if dir.exists() {
+                "is not a directory"
+            } else {
+                "does not exist"
+            };
+            self.message = format!(
+                "cannot create the file: the directory {} {why}",
+                dir.display()
+            );
+            self.source = None;
+        }
+        self
+    }
+
     /// The stable kind of this error.
     pub fn kind(&self) -> ErrorKind {
         self.kind

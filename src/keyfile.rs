@@ -88,7 +88,11 @@ pub fn write_key_file(path: &Path, bytes: &[u8], kind: KeyKind, force: bool) -> 
         }
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(e, "cannot examine the key file's path").with_path(path)),
+        Err(e) => {
+            return Err(Error::io(e, "cannot examine the key file's path")
+                .with_path(path)
+                .for_output(path, path));
+        }
     }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -101,7 +105,11 @@ pub fn write_key_file(path: &Path, bytes: &[u8], kind: KeyKind, force: bool) -> 
         .and_then(|_| set_mode(&file, kind.mode()))
         .and_then(|_| file.sync_all());
     drop(file);
-    written.map_err(|e| Error::io(e, "cannot write the key file").with_path(&tmp.path))?;
+    written.map_err(|e| {
+        Error::io(e, "cannot write the key file")
+            .with_path(&tmp.path)
+            .for_output(&tmp.path, path)
+    })?;
     place(&tmp.path, path, force)?;
     tmp.renamed = true;
     sync_dir(dir).map_err(|e| {
@@ -155,10 +163,12 @@ fn create_temp(dir: &Path, dest: &Path) -> Result<(File, TempFile)> {
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
             Err(e) => {
-                return Err(
-                    Error::io(e, "cannot create a temporary key file in the directory")
-                        .with_path(&tmp),
-                );
+                return Err(Error::io(
+                    e,
+                    "cannot create the key file (through a temporary file beside it)",
+                )
+                .with_path(&tmp)
+                .for_output(&tmp, dest));
             }
         }
     }

@@ -14,7 +14,7 @@ use vhdkit::evhd::header::Origin;
 use vhdkit::evhd::keys::{DEFAULT_BITS, KeyFile, PrivateKey, PublicKey};
 use vhdkit::evhd::signature::Status;
 use vhdkit::report::{self, DiskType, Format};
-use vhdkit::size::parse_size;
+use vhdkit::size::binary_unit_note;
 use vhdkit::{Error, ErrorKind, OpenOptions, VirtualDisk};
 
 #[derive(Parser)]
@@ -370,25 +370,30 @@ enum Command {
         /// Print JSON instead of a summary.
         #[arg(long)]
         json: bool,
+        /// The image file (VHD, VHDX, EVHD or raw).
         image: PathBuf,
         #[command(flatten)]
         parent: ParentArgs,
     },
     /// Check an image for damage (exit 0 clean, 2 corrupt, 3 leaked space only, 1 could not check).
     Check {
+        /// Print JSON instead of a report for people.
         #[arg(long)]
         json: bool,
         /// Fix what can be fixed safely (checksums, footer copies).
         #[arg(long)]
         repair: bool,
+        /// The image file to check.
         image: PathBuf,
         #[command(flatten)]
         parent: ParentArgs,
     },
     /// Show where each range of the virtual disk is stored.
     Map {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// The image file to map.
         image: PathBuf,
         #[command(flatten)]
         parent: ParentArgs,
@@ -412,6 +417,7 @@ enum Command {
         /// Replace IMAGE if it exists.
         #[arg(long)]
         force: bool,
+        /// The new image file (its format from the extension unless -f is given).
         image: PathBuf,
         /// Virtual size, e.g. 64M or 10G (taken from the parent for differencing images).
         size: Option<String>,
@@ -448,7 +454,9 @@ enum Command {
         quiet: bool,
         #[command(flatten)]
         salvage: SalvageArg,
+        /// The source image (VHD, VHDX, EVHD or raw; -f names its format).
         src: PathBuf,
+        /// The new image file (format from its extension unless -O is given), `-` for raw bytes on stdout, or with --device an existing block device or file.
         dst: PathBuf,
         #[command(flatten)]
         parent: ParentArgs,
@@ -460,7 +468,9 @@ enum Command {
     },
     /// Compare the content of two images (exit 0 same, 1 different, 2 error, 3 salvaged).
     Compare {
+        /// The first image.
         a: PathBuf,
+        /// The second image.
         b: PathBuf,
         #[command(flatten)]
         parent: ParentArgs,
@@ -469,9 +479,12 @@ enum Command {
     },
     /// Copy a range of the virtual disk to stdout.
     Read {
+        /// The image to read from.
         image: PathBuf,
+        /// Offset in the virtual disk, e.g. 0, 1M or 0x100000.
         #[arg(long)]
         offset: String,
+        /// Number of bytes to copy, e.g. 512 or 4M.
         #[arg(long)]
         length: String,
         #[command(flatten)]
@@ -481,7 +494,9 @@ enum Command {
     },
     /// Write bytes into the virtual disk.
     Write {
+        /// The image to write into.
         image: PathBuf,
+        /// Offset in the virtual disk, e.g. 0, 1M or 0x100000.
         #[arg(long)]
         offset: String,
         /// Take the bytes from this file.
@@ -490,6 +505,7 @@ enum Command {
         /// Write this byte (e.g. 0xab) LENGTH times.
         #[arg(long, requires = "length")]
         pattern: Option<String>,
+        /// Number of bytes to write (with --input: at most this many of the file's).
         #[arg(long)]
         length: Option<String>,
         /// Do not look for differencing images beside IMAGE that record it
@@ -505,6 +521,7 @@ enum Command {
         /// Modulus size in bits (at least 2048).
         #[arg(long, default_value_t = DEFAULT_BITS)]
         bits: usize,
+        /// The key file to create.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: PathBuf,
         /// Replace FILE if it exists.
@@ -523,6 +540,7 @@ enum Command {
     },
     /// Sign an EVHD's current state with a recipient's private key (a commit that changes no data).
     Sign {
+        /// The EVHD image to sign.
         image: PathBuf,
         /// Private key of a recipient: it signs.
         #[arg(long = "key", value_name = "KEY", value_parser = parse_private_key, required = true)]
@@ -530,12 +548,14 @@ enum Command {
     },
     /// Give an EVHD a new master key and re-encrypt every block (resumable).
     Rekey {
+        /// The EVHD image to rekey.
         image: PathBuf,
         /// Private key of a recipient.
         #[arg(long = "key", value_name = "KEY", value_parser = parse_private_key, required = true)]
         key: Vec<Arc<PrivateKey>>,
         #[command(flatten)]
         trust: TrustArgs,
+        /// Never show a progress bar.
         #[arg(short = 'q', long)]
         quiet: bool,
     },
@@ -545,26 +565,34 @@ enum Command {
 enum KeyCmd {
     /// Show a key's fingerprint, size and kind.
     Show {
+        /// The key file (KeyPair.xml or PEM, private or public).
         key: PathBuf,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Write the public half as KeyPair.xml (Modulus and Exponent only).
     Public {
+        /// The key file (KeyPair.xml or PEM, private or public).
         key: PathBuf,
+        /// The public key file to create.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: PathBuf,
+        /// Replace FILE if it exists.
         #[arg(long)]
         force: bool,
     },
     /// Write the key as PEM (PKCS#8 private key, or with --public the public key).
     ExportPem {
+        /// The key file (KeyPair.xml or PEM).
         key: PathBuf,
+        /// The PEM file to create.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: PathBuf,
         /// Export only the public key.
         #[arg(long)]
         public: bool,
+        /// Replace FILE if it exists.
         #[arg(long)]
         force: bool,
     },
@@ -574,7 +602,9 @@ enum KeyCmd {
 enum RecipientsCmd {
     /// List the recipients (no key needed).
     List {
+        /// The EVHD image.
         image: PathBuf,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         /// Open the image without taking or honouring its lock (see `info -U`).
@@ -583,7 +613,9 @@ enum RecipientsCmd {
     },
     /// Add recipients; needs the key of an existing recipient.
     Add {
+        /// The EVHD image.
         image: PathBuf,
+        /// Private key of an existing recipient (KeyPair.xml or PEM); repeatable.
         #[arg(long = "key", value_name = "KEY", value_parser = parse_private_key, required = true)]
         key: Vec<Arc<PrivateKey>>,
         #[command(flatten)]
@@ -591,13 +623,21 @@ enum RecipientsCmd {
         #[command(flatten)]
         trust: TrustArgs,
     },
-    /// Remove a recipient by fingerprint (at least 8 hex digits) or key file.
+    /// Remove a recipient by fingerprint (at least 8 hex digits) or key file:
+    /// `vhdkit recipients remove IMAGE FPR --key KEY`.
     Remove {
+        /// The EVHD image.
         image: PathBuf,
+        /// Private key of a recipient (KeyPair.xml or PEM) to open the image with; repeatable.
         #[arg(long = "key", value_name = "KEY", value_parser = parse_private_key, required = true)]
         key: Vec<Arc<PrivateKey>>,
+        /// Fingerprint (at least 8 hex digits) or key file of the recipient
+        /// to remove (as `recipients list` prints them); the same as
+        /// --fingerprint or --recipient.
+        #[arg(value_name = "FPR", conflicts_with_all = ["fingerprint", "recipient"])]
+        which: Option<String>,
         /// Fingerprint (prefix) of the recipient to remove.
-        #[arg(long, required_unless_present = "recipient")]
+        #[arg(long)]
         fingerprint: Option<String>,
         /// Key file of the recipient to remove.
         #[arg(long, value_parser = parse_recipient)]
@@ -857,7 +897,7 @@ fn run(cmd: Command) -> Outcome {
             image,
             size,
         } => {
-            let format = output_format(format, &image).map_err(fail1)?;
+            let format = output_format(format, &image, "-f/--format").map_err(fail1)?;
             let mut spec = ImageSpec::new(format);
             sectors.apply(&mut spec);
             spec.block_size = block_size
@@ -871,11 +911,29 @@ fn run(cmd: Command) -> Outcome {
                 (None, None) => spec.disk_type,
             };
             let size = match (&parent, size) {
-                (Some(p), _) => {
+                (Some(p), given) => {
                     spec.parent = Some(p.clone());
-                    vhdkit::open(p, &OpenOptions::new())
+                    let size = vhdkit::open(p, &OpenOptions::new())
                         .map_err(fail1)?
-                        .virtual_size()
+                        .virtual_size();
+                    // A differencing image has its parent's size: a SIZE
+                    // that differs is refused rather than ignored.
+                    if let Some(given) = given {
+                        let want = parse_size(&given).map_err(fail1)?;
+                        if want != size {
+                            return Err(fail1(
+                                Error::invalid_argument(format!(
+                                    "a differencing image has the size of its parent {}, {}; \
+                                 leave out SIZE ({given} is {})",
+                                    p.display(),
+                                    vhdkit::report::human_size(size),
+                                    vhdkit::report::human_size(want)
+                                ))
+                                .with_path(&image),
+                            ));
+                        }
+                    }
+                    size
                 }
                 (None, Some(s)) => parse_size(&s).map_err(fail1)?,
                 (None, None) => {
@@ -950,7 +1008,10 @@ fn run(cmd: Command) -> Outcome {
             } else {
                 refuse_same_file(&src, &dst).map_err(fail1)?;
                 // From an EVHD, an unknown extension restores the origin format.
-                let format = match (output_format(format, &dst), origin.and_then(|o| o.format)) {
+                let format = match (
+                    output_format(format, &dst, "-O/--output-format"),
+                    origin.and_then(|o| o.format),
+                ) {
                     (Ok(f), _) => f,
                     (Err(_), Some(f)) if f != Format::Evhd => f,
                     (Err(e), _) => return Err(fail1(e)),
@@ -1094,22 +1155,7 @@ fn run(cmd: Command) -> Outcome {
             warn_signature(disk.as_ref(), &image);
             let offset = parse_size(&offset).map_err(fail1)?;
             let length = parse_size(&length).map_err(fail1)?;
-            vhdkit::disk::check_range(disk.virtual_size(), offset, 0)
-                .and_then(|_| {
-                    offset
-                        .checked_add(length)
-                        .filter(|&e| e <= disk.virtual_size())
-                        .map(|_| ())
-                        .ok_or_else(|| {
-                            Error::new(
-                                ErrorKind::OutOfBounds,
-                                format!(
-                                    "range {offset}+{length} lies outside the virtual disk of {} bytes",
-                                    disk.virtual_size()
-                                ),
-                            )
-                        })
-                })
+            vhdkit::disk::check_extent(disk.virtual_size(), offset, length)
                 .map_err(|e| fail1(e.with_path(&image)))?;
             let mut out = std::io::stdout().lock();
             let mut buf = vec![0u8; convert::COPY_CHUNK];
@@ -1275,7 +1321,7 @@ fn refuse_device_options(
         }
         // A DST named like an image of another format is most likely not
         // meant to receive raw bytes: `-O raw` confirms.
-        None => match output_format(None, dst) {
+        None => match output_format(None, dst, "-O/--output-format") {
             Ok(f) if f != Format::Raw => {
                 return refuse(format!(
                     "--device writes the raw content only, and {} is named like a {} image; pass -O raw to write raw bytes into it",
@@ -1500,16 +1546,37 @@ fn run_recipients(cmd: RecipientsCmd) -> Outcome {
         RecipientsCmd::Remove {
             image,
             key,
+            which,
             fingerprint,
             recipient,
             trust,
         } => {
+            // FPR names a key file when one by that name exists, else a
+            // fingerprint.
+            let (fingerprint, recipient) = match which {
+                Some(w) if Path::new(&w).is_file() => (
+                    None,
+                    Some(
+                        parse_recipient(&w)
+                            .map_err(|e| fail1(Error::new(ErrorKind::InvalidKey, e)))?,
+                    ),
+                ),
+                Some(w) if !w.chars().all(|c| c.is_ascii_hexdigit()) => {
+                    return Err(fail1(Error::invalid_argument(format!(
+                        "{w} is neither a key file nor a fingerprint \
+                         (hex digits, as `vhdkit recipients list` prints them)"
+                    ))));
+                }
+                Some(w) => (Some(w), None),
+                None => (fingerprint, recipient),
+            };
             let prefix = match (fingerprint, recipient) {
                 (Some(f), _) => f,
                 (None, Some(r)) => r.key.fingerprint().hex(),
                 (None, None) => {
                     return Err(fail1(Error::invalid_argument(
-                        "give --fingerprint or --recipient",
+                        "give the recipient to remove: FPR (its fingerprint or key file), \
+                         --fingerprint or --recipient",
                     )));
                 }
             };
@@ -1557,6 +1624,17 @@ fn stdout_err(e: std::io::Error) -> (Error, u8) {
     fail1(Error::io(e, "writing to standard output"))
 }
 
+/// A size from the command line (see [`vhdkit::size::parse_size`]); a
+/// decimal-looking unit such as `10GB` is read as binary with a note on
+/// stderr saying so.
+fn parse_size(s: &str) -> vhdkit::Result<u64> {
+    let n = vhdkit::size::parse_size(s)?;
+    if let Some(note) = binary_unit_note(s) {
+        eprintln!("vhdkit: note: {note}");
+    }
+    Ok(n)
+}
+
 fn parse_byte(s: &str) -> vhdkit::Result<u8> {
     let t = s.trim();
     let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
@@ -1568,8 +1646,9 @@ fn parse_byte(s: &str) -> vhdkit::Result<u8> {
     })
 }
 
-/// The output format: `-f`/`-O` if given, else from the extension.
-fn output_format(arg: Option<FormatArg>, path: &Path) -> vhdkit::Result<Format> {
+/// The output format: `-f`/`-O` if given, else from the extension;
+/// `flag` is the command's option that names it, for the error.
+fn output_format(arg: Option<FormatArg>, path: &Path, flag: &str) -> vhdkit::Result<Format> {
     if let Some(f) = arg {
         return Ok(f.into());
     }
@@ -1583,7 +1662,7 @@ fn output_format(arg: Option<FormatArg>, path: &Path) -> vhdkit::Result<Format> 
         "evhd" => Ok(Format::Evhd),
         "raw" | "img" | "bin" | "dd" => Ok(Format::Raw),
         _ => Err(Error::invalid_argument(format!(
-            "cannot tell the format of {} from its extension; pass -f/-O",
+            "cannot tell the format of {} from its extension; pass {flag} raw, vhd, vhdx or evhd",
             path.display()
         ))),
     }

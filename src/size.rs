@@ -41,6 +41,28 @@ pub fn parse_size(s: &str) -> Result<u64> {
     Ok(v as u64)
 }
 
+/// A note for a size written with a decimal-looking unit (`10GB`, `64MB`,
+/// `4kB`), which [`parse_size`] reads as binary (10 GiB), as qemu-img
+/// does: a person may have meant 10^10 bytes, so the command says which it
+/// took. `None` for sizes without such a unit (`10G`, `10GiB`, `4096`).
+pub fn binary_unit_note(s: &str) -> Option<String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let body = lower.strip_suffix('b')?;
+    let unit = body.chars().last()?;
+    if !"kmgtp".contains(unit) || body.ends_with("ib") {
+        return None;
+    }
+    let n = parse_size(t).ok()?;
+    let num = &t[..body.len() - 1];
+    let binary = format!("{num}{}iB", unit.to_ascii_uppercase());
+    Some(format!(
+        "{t} is read as {binary} = {n} bytes (binary units, as qemu-img reads them); \
+         write {num}{} or {binary} to say so",
+        unit.to_ascii_uppercase()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +78,16 @@ mod tests {
         assert!(parse_size("0xzz").is_err());
         assert!(parse_size("lots").is_err());
         assert!(parse_size("99999999999P").is_err());
+    }
+
+    #[test]
+    fn decimal_looking_units_are_noted() {
+        assert_eq!(parse_size("10GB").unwrap(), 10 << 30);
+        let n = binary_unit_note("10GB").unwrap();
+        assert!(n.contains("10GiB") && n.contains("10737418240"), "{n}");
+        assert!(binary_unit_note("64mb").unwrap().contains("64MiB"));
+        for quiet in ["10G", "10GiB", "4096", "0x1b", "1.5k", "lots"] {
+            assert_eq!(binary_unit_note(quiet), None, "{quiet}");
+        }
     }
 }

@@ -530,7 +530,7 @@ impl Header {
                 return Err(bad(
                     60,
                     format!(
-                        "layout out of order or beyond the file of {file_len} bytes: journal {:#x}+{:#x}, table {:#x}+{} pages, data {:#x}, {} slots",
+                        "layout out of order or beyond the file of {file_len:#x} bytes: journal {:#x}+{:#x}, table {:#x}+{} pages, data {:#x}, {} slots",
                         h.journal_offset,
                         h.journal_len,
                         h.table_offset,

@@ -282,7 +282,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
             Severity::Error,
             "VHD footer",
             Some(footer_at + 16),
-            format!("dynamic header offset {hoff:#x} lies outside the {len}-byte file"),
+            format!("dynamic header offset {hoff:#x} lies outside the {len:#x}-byte file"),
         );
         return Ok(());
     }
@@ -346,7 +346,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
                 "VHD parent locator",
                 Some(loc_off),
                 format!(
-                    "locator {i} data at {off:#x} ({} bytes) lies outside the file",
+                    "locator {i} data at {off:#x}+{:#x} lies outside the file",
                     e.platform_data_length
                 ),
             ),

@@ -190,7 +190,7 @@ impl DynamicHeader {
                 s,
                 offset + 16,
                 format!(
-                    "block allocation table offset {:#x} is not a sector inside the {file_len}-byte file",
+                    "block allocation table offset {:#x} is not a sector inside the {file_len:#x}-byte file",
                     self.table_offset
                 ),
             ));
@@ -205,7 +205,7 @@ impl DynamicHeader {
                 s,
                 offset + 28,
                 format!(
-                    "max table entries {} ({bat_bytes} bytes from {:#x}) do not fit in the {file_len}-byte file",
+                    "max table entries {} ({bat_bytes:#x} bytes from {:#x}) do not fit in the {file_len:#x}-byte file",
                     self.max_table_entries, self.table_offset
                 ),
             ));

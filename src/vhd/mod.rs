@@ -186,7 +186,8 @@ impl VhdDisk {
             (Some((f, src, off)), _) if end_ok => (f, src, off),
             (Some((f, _, off)), Some(c)) if copy_valid => {
                 warnings.push(format!(
-                    "footer at {off:#x} has a bad checksum (stored {:#010x}, computed {:#010x}); using the copy at offset 0",
+                    "VHD footer at {:#x}: bad checksum: stored {:#010x}, computed {:#010x}; using the copy at offset 0",
+                    off + footer::CHECKSUM_FIELD as u64,
                     f.checksum,
                     f.compute_checksum()
                 ));
@@ -194,7 +195,8 @@ impl VhdDisk {
             }
             (Some((f, src, off)), _) => {
                 warnings.push(format!(
-                    "footer at {off:#x} has a bad checksum (stored {:#010x}, computed {:#010x})",
+                    "VHD footer at {:#x}: bad checksum: stored {:#010x}, computed {:#010x}",
+                    off + footer::CHECKSUM_FIELD as u64,
                     f.checksum,
                     f.compute_checksum()
                 ));
@@ -203,7 +205,8 @@ impl VhdDisk {
             (None, Some(c)) => {
                 if !copy_valid {
                     warnings.push(format!(
-                        "footer copy at 0x0 has a bad checksum (stored {:#010x}, computed {:#010x})",
+                        "VHD footer copy at {:#x}: bad checksum: stored {:#010x}, computed {:#010x}",
+                        footer::CHECKSUM_FIELD,
                         c.checksum,
                         c.compute_checksum()
                     ));
@@ -237,7 +240,12 @@ impl VhdDisk {
                 warnings.push(if c.cookie != FOOTER_COOKIE {
                     "footer copy at offset 0 is missing".to_string()
                 } else if !c.checksum_ok() {
-                    "footer copy at offset 0 has a bad checksum".to_string()
+                    format!(
+                        "VHD footer copy at {:#x}: bad checksum: stored {:#010x}, computed {:#010x}",
+                        footer::CHECKSUM_FIELD,
+                        c.checksum,
+                        c.compute_checksum()
+                    )
                 } else {
                     "footer copy at offset 0 differs from the footer at the end".to_string()
                 });
@@ -293,7 +301,7 @@ impl VhdDisk {
                 "VHD footer",
                 footer_at + 16,
                 format!(
-                    "dynamic header offset {header_offset:#x} lies outside the {len}-byte file"
+                    "dynamic header offset {header_offset:#x} lies outside the {len:#x}-byte file"
                 ),
             ));
         }
@@ -308,7 +316,8 @@ impl VhdDisk {
         header.validate(header_offset, self.footer.current_size, len)?;
         if !header.checksum_ok() {
             self.warnings.push(format!(
-                "dynamic header at {header_offset:#x} has a bad checksum (stored {:#010x}, computed {:#010x})",
+                "VHD dynamic header at {:#x}: bad checksum: stored {:#010x}, computed {:#010x}",
+                header_offset + dynamic_header::CHECKSUM_FIELD as u64,
                 header.checksum,
                 header.compute_checksum()
             ));

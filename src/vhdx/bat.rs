@@ -150,7 +150,7 @@ pub fn load(
                 "VHDX BAT",
                 offset,
                 format!(
-                    "{} entries do not fit in the {region_length}-byte BAT region",
+                    "{} entries do not fit in the {region_length:#x}-byte BAT region",
                     layout.total_entries
                 ),
             )

@@ -193,7 +193,7 @@ impl Header {
                 "VHDX header",
                 offset + 72,
                 format!(
-                    "log region {:#x}+{len:#x} lies outside the {file_len}-byte file or inside the header area",
+                    "log region {:#x}+{len:#x} lies outside the {file_len:#x}-byte file or inside the header area",
                     self.log_offset
                 ),
             ));

@@ -93,7 +93,7 @@ impl ParentLocator {
                     S,
                     at,
                     format!(
-                        "{what} at {off:#x}+{len:#x} lies outside the {}-byte item or has an odd length",
+                        "{what} at {off:#x}+{len:#x} lies outside the {:#x}-byte item or has an odd length",
                         item.len()
                     ),
                 ));

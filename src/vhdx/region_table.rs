@@ -234,7 +234,7 @@ impl RegionTable {
                     S,
                     at,
                     format!(
-                        "region {g} at {:#x}+{len:#x} lies inside the header area or past the end of the {file_len}-byte file",
+                        "region {g} at {:#x}+{len:#x} lies inside the header area or past the end of the {file_len:#x}-byte file",
                         e.file_offset
                     ),
                 ));

@@ -29,7 +29,7 @@ use super::log::{LOG_SECTOR, LogWriter, Op};
 use super::region_table::REGION_ALIGNMENT;
 use super::sector_bitmap;
 use crate::disk::{block_pieces, check_range, is_zero};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 use crate::io::{Storage, io_err};
 
 /// Size of the pages the log carries.
@@ -360,14 +360,7 @@ impl VhdxDisk {
         let end = offset
             .checked_add(len)
             .filter(|&e| e <= size)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::OutOfBounds,
-                    format!(
-                        "range {offset:#x}+{len:#x} lies outside the virtual disk of {size} bytes"
-                    ),
-                )
-            })?;
+            .ok_or_else(|| crate::disk::out_of_range(size, offset, len))?;
         self.ensure_writable()?;
         if self.s.metadata.leave_block_allocated || len == 0 {
             // Fixed disks keep their blocks.

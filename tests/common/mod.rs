@@ -19,16 +19,75 @@ use std::sync::{Mutex, OnceLock};
 use sha2::{Digest, Sha256};
 use vhdkit::{OpenOptions, VirtualDisk};
 
-/// `../shared/fixtures/real` beside the crate, or `None` (with a message)
-/// when a clone has no shared folder.
+/// `../shared/fixtures/real` beside the crate (the shared folder is
+/// `$VHDKIT_SHARED` instead of `../shared` when that is set), or `None`
+/// (with a [`skip`] line) when a clone has no shared folder.
 pub fn shared_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/real");
+    let shared = std::env::var_os("VHDKIT_SHARED").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"),
+        PathBuf::from,
+    );
+    let dir = shared.join("fixtures/real");
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("skipping: {} is absent", dir.display());
+        skip(&format!("{} is absent", dir.display()));
         None
     }
+}
+
+/// Say that the running test skips, and why, where a person running
+/// `cargo test` sees it: one line `SKIPPED <test>: <reason>` written
+/// straight to the process's standard error (libtest captures only the
+/// `print!` family, so this shows for passing tests too), and a line in
+/// `target/skipped/<test binary>-<pid>.log` (see `.ci/skips`; the folder
+/// is `$VHDKIT_SKIP_LOG_DIR` when that is set). The first
+/// skip of a test binary arranges for a count of its skips to be printed
+/// when it exits, after libtest's `test result` line.
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    static SKIPS: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("?").to_string();
+    let line = format!("SKIPPED {test}: {reason}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let log_dir = std::env::var_os("VHDKIT_SKIP_LOG_DIR").map_or_else(
+        || Path::new(env!("CARGO_TARGET_TMPDIR")).join("../skipped"),
+        PathBuf::from,
+    );
+    let _ = std::fs::create_dir_all(&log_dir);
+    let log = log_dir.join(format!("{bin}-{}.log", std::process::id()));
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
+    let skips = SKIPS.get_or_init(|| {
+        extern "C" fn summary() {
+            let Some(skips) = SKIPS.get() else { return };
+            let Ok(list) = skips.try_lock() else { return };
+            let mut tests: Vec<&String> = list.iter().collect();
+            tests.sort();
+            tests.dedup();
+            let msg = format!(
+                "SKIPPED: {} test(s) of this binary skipped (their SKIPPED lines say why)\n",
+                tests.len()
+            );
+            let _ = std::io::stderr().lock().write_all(msg.as_bytes());
+        }
+        // SAFETY: `summary` is a plain function that only writes to stderr.
+        unsafe {
+            libc::atexit(summary);
+        }
+        Mutex::new(Vec::new())
+    });
+    skips.lock().unwrap_or_else(|e| e.into_inner()).push(test);
 }
 
 /// The decompressed real image `name` (e.g. `dfvfs/image.vhd`), or `None`
@@ -129,7 +188,7 @@ pub fn require_tool(name: &str) -> bool {
         if std::env::var_os("CI").is_some() {
             panic!("{name} is not installed, and CI requires every oracle");
         }
-        eprintln!("skipping: {name} is not installed");
+        skip(&format!("{name} is not installed"));
     }
     present
 }
