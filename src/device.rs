@@ -94,7 +94,17 @@ impl NodeKind {
 pub fn node_kind(path: &Path) -> io::Result<Option<NodeKind>> {
     match fs::symlink_metadata(path) {
         Ok(m) => Ok(Some(NodeKind::of(&m.file_type()))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        // A missing directory on the way (ENOENT) or a file where a
+        // directory should be (ENOTDIR): nothing is there; creating the
+        // output then fails with an error that says which.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }

@@ -390,18 +390,25 @@ fn vhdx_sector_bitmap_past_the_end_is_damage() {
         "--length",
         "4096",
     ]);
-    // vhdkit places the child's payload block, then the chunk's sector
-    // bitmap block, at the end of the file: cut the file where the payload
-    // block ends, so that only the bitmap is missing.
+    // Point the chunk's sector bitmap entry (BAT index chunk_ratio: the
+    // entry after the chunk's payload blocks) past the end of the file, so
+    // that only the bitmap is missing.
     let info = info_json(&child);
-    let block_size = info["block_size"].as_u64().unwrap();
-    let data_at = file_offset_of(&child, 4096) - 4096;
-    std::fs::OpenOptions::new()
+    let bat_at = info["vhdx"]["bat"]["offset"].as_u64().unwrap();
+    let chunk_ratio = info["vhdx"]["chunk_ratio"].as_u64().unwrap();
+    let file_size = std::fs::metadata(&child).unwrap().len();
+    const MIB: u64 = 1 << 20;
+    const SB_BLOCK_PRESENT: u64 = 6;
+    let past_end = (file_size.div_ceil(MIB) + 1) * MIB;
+    let entry = past_end | SB_BLOCK_PRESENT;
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
         .write(true)
         .open(&child)
-        .unwrap()
-        .set_len(data_at + block_size)
         .unwrap();
+    f.seek(SeekFrom::Start(bat_at + chunk_ratio * 8)).unwrap();
+    f.write_all(&entry.to_le_bytes()).unwrap();
+    drop(f);
     let (code, text) = all_output(&["check", s(&child)]);
     assert_eq!(code, 2, "{text}\n{info}");
     assert!(text.contains("VHDX sector bitmap block at "), "{text}");
