@@ -22,6 +22,8 @@ pub mod check;
 pub mod cipher;
 mod create;
 pub mod fallback;
+#[cfg(test)]
+mod golden;
 pub mod header;
 pub mod journal;
 pub mod keys;
