@@ -20,6 +20,7 @@ pub mod disk;
 pub mod error;
 pub mod evhd;
 pub mod filekind;
+pub mod fixed;
 pub mod guid;
 pub mod io;
 pub mod keyfile;

@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use arbitrary::{Arbitrary, Unstructured};
 use uuid::Uuid;
+use vhdkit::fixed::FixedStruct;
 use vhdkit::io::MemStorage;
 use vhdkit::parent::Chain;
 use vhdkit::vhdx::VhdxDisk;
@@ -172,13 +173,8 @@ pub fn build(input: &LogInput) -> Vec<u8> {
         HeaderGuid::Other => Uuid::from_u128(7),
     };
     let h = b.header_offset as usize;
-    let mut header = vhdkit::vhdx::header::Header::parse(
-        file[h..h + vhdkit::vhdx::header::HEADER_SIZE]
-            .try_into()
-            .expect("a whole header"),
-        b.header_offset,
-    )
-    .expect("the base header parses");
+    let mut header = vhdkit::vhdx::header::Header::parse(&file[h..], b.header_offset)
+        .expect("the base header parses");
     header.set_log_guid(guid);
     header.checksum = header.compute_checksum();
     file[h..h + vhdkit::vhdx::header::HEADER_SIZE].copy_from_slice(&header.to_bytes());

@@ -19,6 +19,7 @@ use super::journal;
 use super::keys::{KeyFile, PrivateKey, PublicKey};
 use super::recipient::Stanza;
 use super::table::{self, ENTRIES_PER_PAGE, ENTRY_SIZE, Entry, PAGE_SIZE};
+use crate::fixed::FixedStruct;
 use crate::io::MemStorage;
 use crate::report::{DiskType, Format};
 
@@ -113,13 +114,12 @@ fn header() -> Header {
 
 #[test]
 fn entry_bytes() {
-    let mut b = [0u8; ENTRY_SIZE];
-    entry(1).encode(&mut b);
+    let b = entry(1).to_bytes();
     assert_eq!(
         hex(&b),
         "09070605040302010a000000000000000104070a0d101316191c1f22f1f0f3f2f5f4f7f6f9f8fbfafdfcfffe35120000"
     );
-    assert_eq!(Entry::decode(&b), entry(1));
+    assert_eq!(Entry::parse(&b, 0).unwrap(), entry(1));
 }
 
 #[test]
@@ -133,7 +133,7 @@ fn table_page_bytes() {
     assert_eq!(hex(&mac), GOLDEN_PAGE_MAC);
     assert_eq!(table::verify_page(&key, &cid, 5, &page), Ok(()));
     for (i, e) in entries.iter().enumerate() {
-        assert_eq!(&Entry::decode(&page[i * ENTRY_SIZE..]), e);
+        assert_eq!(&Entry::parse(&page[i * ENTRY_SIZE..], 0).unwrap(), e);
     }
     assert_eq!(hex(&table::root(&[mac, [1; 32]])), GOLDEN_ROOT);
 }
@@ -283,9 +283,8 @@ fn old_image(data: &[u8], signed: bool) {
         let t = h.table_offset as usize;
         for p in 0..h.table_pages as usize {
             let page = &file[t + p * PAGE_SIZE..t + (p + 1) * PAGE_SIZE];
-            let entries: Vec<Entry> = (0..ENTRIES_PER_PAGE)
-                .map(|i| Entry::decode(&page[i * ENTRY_SIZE..]))
-                .collect();
+            let entries = table::Page::parse(page, 0).unwrap().entries;
+            assert!(table::Page::parse(page, 0).unwrap().to_bytes() == page);
             let (again, _) = table::encode_page(&mk.table_mac, &h.container_id, p as u64, &entries);
             assert!(again == page, "table page {p} re-encodes");
         }
@@ -336,3 +335,53 @@ const GOLDEN_JOURNAL: &str = "57eb456d64f104e55c8636206c69dae653801557d53d7e0b00
 const GOLDEN_STANZA: &str = "d53b345420e46da7e2c996d2acba49cc2e1cd48c85f9e86c0c8f227109db23a7";
 const GOLDEN_HEADER: &str = "f240e3b10cfb55cfcc92aea9db89ec20ae419d9ab1faad2f44910d0fcc8880c1";
 const GOLDEN_SIGNED: &str = "23d0b1cc1098c52910ac5ec71a4238a39c0b8eadc7c11f558e22f40d38fee764";
+
+/// Every structure declared with binrw is as long as its size says.
+#[test]
+fn declared_sizes_match_the_layout() {
+    use crate::fixed::assert_layout;
+    let h = header();
+    assert_layout(&h.to_raw_for_test());
+    assert_layout(&entry(0));
+    assert_layout(&table::Page::new(&[entry(0)]));
+    assert_layout(&h.epoch_keys[0]);
+    let rec = journal::encode(&[1; 16], 1, &[0; HEADER_SIZE], &[]);
+    assert_layout(&journal::RecordHeader::parse(&rec, 0).unwrap());
+    let mut s = Vec::new();
+    stanza(2048, 0x33, "a").encode(&mut s);
+    assert_layout(&super::recipient::StanzaHead::parse(&s, 0).unwrap());
+}
+
+/// A wrong magic or version names the structure, the byte offset and
+/// what was expected, with the error kind of each.
+#[test]
+fn magic_and_version_errors() {
+    use crate::error::ErrorKind;
+    let h = header();
+    let mk = master_key(&h.container_id);
+    let good = h.encode(&mk).unwrap();
+    let mut b = good.clone();
+    b[3] ^= 0x20;
+    let e = Header::decode(&b, 0x10000, u64::MAX).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    assert_eq!(e.offset(), Some(0x10000));
+    assert_eq!(e.structure(), Some(super::header::STRUCTURE));
+    assert!(e.message().contains("expected \"EVHDCRPT\""), "{e}");
+    let mut b = good.clone();
+    b[8] = 3;
+    let e = Header::decode(&b, 0x10000, u64::MAX).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert_eq!(e.offset(), Some(0x10008));
+    assert!(e.message().contains("format version 3"), "{e}");
+    let mut b = good.clone();
+    b[CRC_OFFSET] ^= 1;
+    let e = Header::decode(&b, 0, u64::MAX).unwrap_err();
+    assert_eq!(e.offset(), Some(CRC_OFFSET as u64));
+    let mut s = Vec::new();
+    stanza(2048, 0x33, "a").encode(&mut s);
+    s[0] = 2;
+    let e = Stanza::decode(&s, 0x400).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert_eq!(e.offset(), Some(0x400));
+    assert!(e.message().contains("stanza type 2"), "{e}");
+}

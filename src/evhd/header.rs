@@ -10,6 +10,7 @@
 //! Layout of a copy (little-endian): see `docs/evhd-format.md`, which this
 //! module implements field by field.
 
+use binrw::binrw;
 use uuid::Uuid;
 
 use super::cipher::{CipherId, KEY_LEN, MasterKey, NONCE_LEN, TAG_LEN, ct_eq, hmac_sha256};
@@ -17,6 +18,7 @@ use super::keys::{Fingerprint, MAX_BITS, MIN_BITS, PrivateKey};
 use super::recipient::Stanza;
 use super::signature;
 use crate::error::{Error, Result};
+use crate::fixed::{FixedStruct, Invalid};
 use crate::report::{DiskType, Format};
 
 /// Signature at byte 0 of each header copy.
@@ -129,15 +131,146 @@ fn type_from(c: u8) -> Option<Option<DiskType>> {
     })
 }
 
-/// One epoch's data key, wrapped under `K_wrap`.
+/// One epoch's data key, wrapped under `K_wrap`: a 72-byte record at
+/// [`EPOCH_KEYS_OFFSET`] + 72 i.
+#[binrw]
+#[brw(little)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EpochKey {
     /// The epoch number.
     pub epoch: u16,
-    /// AES-256-GCM nonce of the wrapping.
+    /// AES-256-GCM nonce of the wrapping (after 6 zero bytes).
+    #[brw(pad_before = 6)]
     pub nonce: [u8; NONCE_LEN],
-    /// Wrapped key and tag.
+    /// Wrapped key and tag (then 4 zero bytes).
+    #[brw(pad_after = 4)]
     pub wrapped: [u8; KEY_LEN + TAG_LEN],
+}
+
+impl FixedStruct for EpochKey {
+    const SIZE: usize = EPOCH_KEY_RECORD;
+    const NAME: &'static str = "EVHD epoch key record";
+}
+
+impl EpochKey {
+    /// An unused record: zeros.
+    const UNUSED: EpochKey = EpochKey {
+        epoch: 0,
+        nonce: [0; NONCE_LEN],
+        wrapped: [0; KEY_LEN + TAG_LEN],
+    };
+}
+
+/// The signer record of a signed (version 2) copy at [`SIGNER_OFFSET`]
+/// (zeros in version 1).
+#[binrw]
+#[brw(little)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignerFields {
+    /// Fingerprint of the signing key.
+    pub fingerprint: [u8; 32],
+    /// Bytes of the signature.
+    pub signature_len: u16,
+    /// [`signature::SCHEME_RSA_PSS_SHA256`].
+    pub scheme: u16,
+}
+
+/// Bytes of the recipient area and the signature area, between the fixed
+/// fields and the MAC.
+const BODY_LEN: usize = MAC_OFFSET - RECIPIENTS_OFFSET;
+
+/// One header copy as stored (little-endian), field by field. The magic
+/// and the version are checked when it is read; [`Header::decode`] checks
+/// the CRC, then every field's range.
+#[binrw]
+#[brw(little)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawHeader {
+    #[br(temp, assert(magic == MAGIC, Invalid::corrupt(0, format!("signature {magic:02x?}; expected \"EVHDCRPT\""))))]
+    #[bw(calc = MAGIC)]
+    magic: [u8; 8],
+    /// [`VERSION_UNSIGNED`] or [`VERSION_SIGNED`].
+    #[br(assert(
+        version == VERSION_UNSIGNED || version == VERSION_SIGNED,
+        Invalid::unsupported(8, format!("format version {version}; this library reads versions {VERSION_UNSIGNED} and {VERSION_SIGNED}"))
+    ))]
+    pub version: u32,
+    /// CRC-32C of the copy with this field zeroed ([`compute_crc`]).
+    pub crc: u32,
+    /// See [`Header`] for the fields down to `journal_len`.
+    pub sequence: u64,
+    #[allow(missing_docs)]
+    pub container_id: [u8; 16],
+    #[allow(missing_docs)]
+    pub virtual_size: u64,
+    #[allow(missing_docs)]
+    pub logical_sector_size: u32,
+    #[allow(missing_docs)]
+    pub physical_sector_size: u32,
+    #[allow(missing_docs)]
+    pub block_shift: u8,
+    /// [`CipherId::id`].
+    pub cipher: u8,
+    #[allow(missing_docs)]
+    pub flags: u16,
+    #[allow(missing_docs)]
+    pub table_offset: u64,
+    #[allow(missing_docs)]
+    pub table_pages: u64,
+    #[allow(missing_docs)]
+    pub data_offset: u64,
+    #[allow(missing_docs)]
+    pub slot_count: u64,
+    #[allow(missing_docs)]
+    pub epoch: u16,
+    /// Number of recipient stanzas.
+    pub recipient_count: u16,
+    /// Bytes of the recipient stanzas.
+    pub recipients_len: u32,
+    #[allow(missing_docs)]
+    pub table_root: [u8; 32],
+    #[allow(missing_docs)]
+    pub epoch_writes: u64,
+    #[allow(missing_docs)]
+    pub journal_offset: u64,
+    #[allow(missing_docs)]
+    pub journal_len: u64,
+    /// Number of epoch key records in use.
+    pub epoch_key_count: u16,
+    /// Origin format code (then 6 zero bytes before it).
+    #[brw(pad_before = 6)]
+    pub origin_format: u8,
+    /// Origin disk type code.
+    pub origin_type: u8,
+    /// Origin block size (after 2 zero bytes).
+    #[brw(pad_before = 2)]
+    pub origin_block_size: u32,
+    #[allow(missing_docs)]
+    pub origin_logical_sector_size: u32,
+    #[allow(missing_docs)]
+    pub origin_physical_sector_size: u32,
+    /// Origin disk id, zero when unknown.
+    pub origin_disk_id: [u8; 16],
+    /// The signer record (zeros in version 1).
+    pub signer: SignerFields,
+    /// Zero (checked in version 2, where the MAC does not cover the rest
+    /// of the signature area).
+    pub reserved: [u8; EPOCH_KEYS_OFFSET - SIGNER_OFFSET - SIGNER_RECORD],
+    /// Epoch key records, the first `epoch_key_count` in use (then 48
+    /// zero bytes).
+    #[brw(pad_after = RECIPIENTS_OFFSET - EPOCH_KEYS_OFFSET - MAX_EPOCH_KEYS * EPOCH_KEY_RECORD)]
+    pub epoch_keys: [EpochKey; MAX_EPOCH_KEYS],
+    /// Recipient stanzas from [`RECIPIENTS_OFFSET`], then in version 2 the
+    /// signature area from [`SIGNATURE_OFFSET`].
+    #[br(count = BODY_LEN)]
+    pub body: Vec<u8>,
+    /// HMAC-SHA256 under `K_hdr` ([`compute_mac`]).
+    pub mac: [u8; 32],
+}
+
+impl FixedStruct for RawHeader {
+    const SIZE: usize = HEADER_SIZE;
+    const NAME: &'static str = STRUCTURE;
 }
 
 /// The signer record and signature of a signed (version 2) header copy.
@@ -197,16 +330,6 @@ pub struct Header {
     pub signer: Option<SignerRecord>,
 }
 
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"))
-}
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"))
-}
-
 /// CRC-32C of a copy with its CRC field zeroed.
 pub fn compute_crc(buf: &[u8]) -> u32 {
     let c = crc32c::crc32c(&buf[..CRC_OFFSET]);
@@ -217,7 +340,7 @@ pub fn compute_crc(buf: &[u8]) -> u32 {
 /// HMAC-SHA256 under `K_hdr` of bytes 0..65504 with the CRC field zeroed
 /// and, in a signed (version 2) copy, the signature area zeroed.
 pub fn compute_mac(buf: &[u8], mk: &MasterKey) -> [u8; 32] {
-    let signed = u32_at(buf, 8) == VERSION_SIGNED;
+    let signed = buf.get(8..12) == Some(&VERSION_SIGNED.to_le_bytes()[..]);
     let end = if signed { SIGNATURE_OFFSET } else { MAC_OFFSET };
     let zeros = [0u8; MAX_SIGNATURE];
     hmac_sha256(
@@ -267,7 +390,7 @@ impl Header {
     /// Encode an unsigned (version 1) copy, MAC'd under `mk` and
     /// checksummed. `self.signer` is ignored.
     pub fn encode(&self, mk: &MasterKey) -> Result<Vec<u8>> {
-        let mut b = self.encode_fields(VERSION_UNSIGNED, MAC_OFFSET)?;
+        let mut b = self.to_raw(VERSION_UNSIGNED, None)?.to_bytes();
         let mac = compute_mac(&b, mk);
         b[MAC_OFFSET..].copy_from_slice(&mac);
         let crc = compute_crc(&b);
@@ -296,11 +419,12 @@ impl Header {
                 "a signature of {len} bytes; expected {MIN_SIGNATURE} to {MAX_SIGNATURE}"
             )));
         }
-        let mut b = self.encode_fields(VERSION_SIGNED, SIGNATURE_OFFSET)?;
-        b[SIGNER_OFFSET..SIGNER_OFFSET + 32].copy_from_slice(&fp.0);
-        b[SIGNER_OFFSET + 32..SIGNER_OFFSET + 34].copy_from_slice(&(len as u16).to_le_bytes());
-        b[SIGNER_OFFSET + 34..SIGNER_OFFSET + 36]
-            .copy_from_slice(&signature::SCHEME_RSA_PSS_SHA256.to_le_bytes());
+        let signer = SignerFields {
+            fingerprint: fp.0,
+            signature_len: len as u16,
+            scheme: signature::SCHEME_RSA_PSS_SHA256,
+        };
+        let mut b = self.to_raw(VERSION_SIGNED, Some(signer))?.to_bytes();
         let mac = compute_mac(&b, mk);
         b[MAC_OFFSET..].copy_from_slice(&mac);
         let msg = signature::message(&self.container_id, self.sequence, &fp, &mac);
@@ -323,51 +447,14 @@ impl Header {
         ))
     }
 
-    /// The fields and stanzas of a copy of `version`, the stanzas ending
-    /// by `stanzas_end`; no MAC, signature or CRC yet.
-    fn encode_fields(&self, version: u32, stanzas_end: usize) -> Result<Vec<u8>> {
-        let mut b = vec![0u8; HEADER_SIZE];
-        b[0..8].copy_from_slice(&MAGIC);
-        b[8..12].copy_from_slice(&version.to_le_bytes());
-        b[16..24].copy_from_slice(&self.sequence.to_le_bytes());
-        b[24..40].copy_from_slice(&self.container_id);
-        b[40..48].copy_from_slice(&self.virtual_size.to_le_bytes());
-        b[48..52].copy_from_slice(&self.logical_sector_size.to_le_bytes());
-        b[52..56].copy_from_slice(&self.physical_sector_size.to_le_bytes());
-        b[56] = self.block_shift;
-        b[57] = self.cipher.id();
-        b[58..60].copy_from_slice(&self.flags.to_le_bytes());
-        b[60..68].copy_from_slice(&self.table_offset.to_le_bytes());
-        b[68..76].copy_from_slice(&self.table_pages.to_le_bytes());
-        b[76..84].copy_from_slice(&self.data_offset.to_le_bytes());
-        b[84..92].copy_from_slice(&self.slot_count.to_le_bytes());
-        b[92..94].copy_from_slice(&self.epoch.to_le_bytes());
-        b[94..96].copy_from_slice(&(self.recipients.len() as u16).to_le_bytes());
-        b[100..132].copy_from_slice(&self.table_root);
-        b[132..140].copy_from_slice(&self.epoch_writes.to_le_bytes());
-        b[140..148].copy_from_slice(&self.journal_offset.to_le_bytes());
-        b[148..156].copy_from_slice(&self.journal_len.to_le_bytes());
-        b[156..158].copy_from_slice(&(self.epoch_keys.len() as u16).to_le_bytes());
-        let o = &self.origin;
-        b[164] = format_code(o.format);
-        b[165] = type_code(o.disk_type);
-        b[168..172].copy_from_slice(&o.block_size.to_le_bytes());
-        b[172..176].copy_from_slice(&o.logical_sector_size.to_le_bytes());
-        b[176..180].copy_from_slice(&o.physical_sector_size.to_le_bytes());
-        if let Some(id) = o.disk_id {
-            b[180..196].copy_from_slice(id.as_bytes());
-        }
+    /// The copy of `version` as stored, the stanzas inside the room
+    /// `version` leaves them; no MAC, signature or CRC yet.
+    fn to_raw(&self, version: u32, signer: Option<SignerFields>) -> Result<RawHeader> {
         if self.epoch_keys.len() > MAX_EPOCH_KEYS {
             return Err(Error::invalid_argument(format!(
                 "{} epoch keys; a header holds at most {MAX_EPOCH_KEYS}",
                 self.epoch_keys.len()
             )));
-        }
-        for (i, k) in self.epoch_keys.iter().enumerate() {
-            let p = EPOCH_KEYS_OFFSET + i * EPOCH_KEY_RECORD;
-            b[p..p + 2].copy_from_slice(&k.epoch.to_le_bytes());
-            b[p + 8..p + 20].copy_from_slice(&k.nonce);
-            b[p + 20..p + 68].copy_from_slice(&k.wrapped);
         }
         if self.recipients.len() > MAX_RECIPIENTS {
             return Err(Error::invalid_argument(format!(
@@ -375,14 +462,19 @@ impl Header {
                 self.recipients.len()
             )));
         }
-        let mut stanzas = Vec::new();
+        let mut body = Vec::with_capacity(BODY_LEN);
         for s in &self.recipients {
-            s.encode(&mut stanzas);
+            s.encode(&mut body);
         }
-        if stanzas.len() > stanzas_end - RECIPIENTS_OFFSET {
+        let stanzas_len = body.len();
+        let stanzas_end = if version == VERSION_SIGNED {
+            SIGNATURE_OFFSET
+        } else {
+            MAC_OFFSET
+        };
+        if stanzas_len > stanzas_end - RECIPIENTS_OFFSET {
             return Err(Error::invalid_argument(format!(
-                "recipient stanzas take {} bytes; the header has room for {}{}",
-                stanzas.len(),
+                "recipient stanzas take {stanzas_len} bytes; the header has room for {}{}",
                 stanzas_end - RECIPIENTS_OFFSET,
                 if version == VERSION_SIGNED {
                     " beside the signature (remove a recipient)"
@@ -391,60 +483,101 @@ impl Header {
                 }
             )));
         }
-        b[96..100].copy_from_slice(&(stanzas.len() as u32).to_le_bytes());
-        b[RECIPIENTS_OFFSET..RECIPIENTS_OFFSET + stanzas.len()].copy_from_slice(&stanzas);
-        Ok(b)
+        body.resize(BODY_LEN, 0);
+        let mut epoch_keys = [EpochKey::UNUSED; MAX_EPOCH_KEYS];
+        epoch_keys[..self.epoch_keys.len()].copy_from_slice(&self.epoch_keys);
+        let o = &self.origin;
+        Ok(RawHeader {
+            version,
+            crc: 0,
+            sequence: self.sequence,
+            container_id: self.container_id,
+            virtual_size: self.virtual_size,
+            logical_sector_size: self.logical_sector_size,
+            physical_sector_size: self.physical_sector_size,
+            block_shift: self.block_shift,
+            cipher: self.cipher.id(),
+            flags: self.flags,
+            table_offset: self.table_offset,
+            table_pages: self.table_pages,
+            data_offset: self.data_offset,
+            slot_count: self.slot_count,
+            epoch: self.epoch,
+            recipient_count: self.recipients.len() as u16,
+            recipients_len: stanzas_len as u32,
+            table_root: self.table_root,
+            epoch_writes: self.epoch_writes,
+            journal_offset: self.journal_offset,
+            journal_len: self.journal_len,
+            epoch_key_count: self.epoch_keys.len() as u16,
+            origin_format: format_code(o.format),
+            origin_type: type_code(o.disk_type),
+            origin_block_size: o.block_size,
+            origin_logical_sector_size: o.logical_sector_size,
+            origin_physical_sector_size: o.physical_sector_size,
+            origin_disk_id: o.disk_id.map_or([0; 16], |id| *id.as_bytes()),
+            signer: signer.unwrap_or(SignerFields {
+                fingerprint: [0; 32],
+                signature_len: 0,
+                scheme: 0,
+            }),
+            reserved: [0; EPOCH_KEYS_OFFSET - SIGNER_OFFSET - SIGNER_RECORD],
+            epoch_keys,
+            body,
+            mac: [0; 32],
+        })
+    }
+
+    /// The unsigned copy as stored, for the layout tests.
+    #[cfg(test)]
+    pub(crate) fn to_raw_for_test(&self) -> RawHeader {
+        self.to_raw(VERSION_UNSIGNED, None).expect("a valid header")
     }
 
     /// Decode a copy read from file offset `at`, checking magic, version,
     /// CRC and every field's range (not the MAC: that needs the key).
     pub fn decode(b: &[u8], at: u64, file_len: u64) -> Result<Header> {
-        let bad = |o: usize, msg: String| Error::corrupt(STRUCTURE, at + o as u64, msg);
         if b.len() != HEADER_SIZE {
-            return Err(bad(
-                0,
+            return Err(Error::corrupt(
+                STRUCTURE,
+                at,
                 format!("{} bytes; a header copy has {HEADER_SIZE}", b.len()),
             ));
         }
-        if b[0..8] != MAGIC {
-            return Err(bad(
-                0,
-                format!("signature {:02x?}; expected \"EVHDCRPT\"", &b[0..8]),
-            ));
-        }
-        let version = u32_at(b, 8);
-        if version != VERSION_UNSIGNED && version != VERSION_SIGNED {
-            return Err(Error::unsupported(
+        let raw = RawHeader::parse(b, at)?;
+        let computed = compute_crc(b);
+        if raw.crc != computed {
+            return Err(Error::corrupt(
                 STRUCTURE,
-                at + 8,
+                at + CRC_OFFSET as u64,
                 format!(
-                    "format version {version}; this library reads versions {VERSION_UNSIGNED} and {VERSION_SIGNED}"
+                    "CRC-32C stored {:#010x}, computed {computed:#010x}",
+                    raw.crc
                 ),
             ));
         }
-        let stored = u32_at(b, CRC_OFFSET);
-        let computed = compute_crc(b);
-        if stored != computed {
-            return Err(bad(
-                CRC_OFFSET,
-                format!("CRC-32C stored {stored:#010x}, computed {computed:#010x}"),
-            ));
-        }
-        let block_shift = b[56];
+        Header::from_raw(&raw, at, file_len)
+    }
+
+    /// The header `raw` (read at `at`, its CRC verified) holds, once every
+    /// field's range is checked.
+    fn from_raw(raw: &RawHeader, at: u64, file_len: u64) -> Result<Header> {
+        let bad = |o: usize, msg: String| Error::corrupt(STRUCTURE, at + o as u64, msg);
+        let block_shift = raw.block_shift;
         if !BLOCK_SHIFTS.contains(&block_shift) {
             return Err(bad(
                 56,
                 format!("block shift {block_shift}; expected 12 to 20"),
             ));
         }
-        let cipher = CipherId::from_id(b[57]).ok_or_else(|| {
+        let cipher = CipherId::from_id(raw.cipher).ok_or_else(|| {
             Error::unsupported(
                 STRUCTURE,
                 at + 57,
-                format!("cipher id {}; expected 1 or 2", b[57]),
+                format!("cipher id {}; expected 1 or 2", raw.cipher),
             )
         })?;
-        let flags = u16_at(b, 58);
+        let flags = raw.flags;
         if flags & !KNOWN_FLAGS != 0 {
             return Err(Error::unsupported(
                 STRUCTURE,
@@ -452,41 +585,41 @@ impl Header {
                 format!("unknown flags {flags:#06x}"),
             ));
         }
-        let logical = u32_at(b, 48);
-        let physical = u32_at(b, 52);
+        let logical = raw.logical_sector_size;
+        let physical = raw.physical_sector_size;
         for (o, v) in [(48, logical), (52, physical)] {
             if v != 512 && v != 4096 {
                 return Err(bad(o, format!("sector size {v}; expected 512 or 4096")));
             }
         }
-        let h = Header {
-            sequence: u64_at(b, 16),
-            container_id: b[24..40].try_into().expect("16 bytes"),
-            virtual_size: u64_at(b, 40),
+        let mut h = Header {
+            sequence: raw.sequence,
+            container_id: raw.container_id,
+            virtual_size: raw.virtual_size,
             logical_sector_size: logical,
             physical_sector_size: physical,
             block_shift,
             cipher,
             flags,
-            table_offset: u64_at(b, 60),
-            table_pages: u64_at(b, 68),
-            data_offset: u64_at(b, 76),
-            slot_count: u64_at(b, 84),
-            epoch: u16_at(b, 92),
-            table_root: b[100..132].try_into().expect("32 bytes"),
-            epoch_writes: u64_at(b, 132),
-            journal_offset: u64_at(b, 140),
-            journal_len: u64_at(b, 148),
+            table_offset: raw.table_offset,
+            table_pages: raw.table_pages,
+            data_offset: raw.data_offset,
+            slot_count: raw.slot_count,
+            epoch: raw.epoch,
+            table_root: raw.table_root,
+            epoch_writes: raw.epoch_writes,
+            journal_offset: raw.journal_offset,
+            journal_len: raw.journal_len,
             origin: Origin {
-                format: format_from(b[164])
-                    .ok_or_else(|| bad(164, format!("origin format {}", b[164])))?,
-                disk_type: type_from(b[165])
-                    .ok_or_else(|| bad(165, format!("origin disk type {}", b[165])))?,
-                block_size: u32_at(b, 168),
-                logical_sector_size: u32_at(b, 172),
-                physical_sector_size: u32_at(b, 176),
+                format: format_from(raw.origin_format)
+                    .ok_or_else(|| bad(164, format!("origin format {}", raw.origin_format)))?,
+                disk_type: type_from(raw.origin_type)
+                    .ok_or_else(|| bad(165, format!("origin disk type {}", raw.origin_type)))?,
+                block_size: raw.origin_block_size,
+                logical_sector_size: raw.origin_logical_sector_size,
+                physical_sector_size: raw.origin_physical_sector_size,
                 disk_id: {
-                    let id = Uuid::from_bytes(b[180..196].try_into().expect("16 bytes"));
+                    let id = Uuid::from_bytes(raw.origin_disk_id);
                     (!id.is_nil()).then_some(id)
                 },
             },
@@ -541,36 +674,28 @@ impl Header {
                 ));
             }
         }
-        let nkeys = u16_at(b, 156) as usize;
+        let nkeys = raw.epoch_key_count as usize;
         if nkeys == 0 || nkeys > MAX_EPOCH_KEYS {
             return Err(bad(
                 156,
                 format!("{nkeys} epoch keys; expected 1 to {MAX_EPOCH_KEYS}"),
             ));
         }
-        let mut h = h;
-        for i in 0..nkeys {
-            let p = EPOCH_KEYS_OFFSET + i * EPOCH_KEY_RECORD;
-            h.epoch_keys.push(EpochKey {
-                epoch: u16_at(b, p),
-                nonce: b[p + 8..p + 20].try_into().expect("12 bytes"),
-                wrapped: b[p + 20..p + 68].try_into().expect("48 bytes"),
-            });
-        }
+        h.epoch_keys = raw.epoch_keys[..nkeys].to_vec();
         if !h.epoch_keys.iter().any(|k| k.epoch == h.epoch) {
             return Err(bad(
                 92,
                 format!("current epoch {} has no key record", h.epoch),
             ));
         }
-        let stanzas_end = if version == VERSION_SIGNED {
-            h.signer = Some(decode_signer(b, at)?);
+        let stanzas_end = if raw.version == VERSION_SIGNED {
+            h.signer = Some(signer_of(raw, at)?);
             SIGNATURE_OFFSET
         } else {
             MAC_OFFSET
         };
-        let count = u16_at(b, 94) as usize;
-        let len = u32_at(b, 96) as usize;
+        let count = raw.recipient_count as usize;
+        let len = raw.recipients_len as usize;
         if count == 0 || count > MAX_RECIPIENTS || len > stanzas_end - RECIPIENTS_OFFSET {
             return Err(bad(
                 94,
@@ -579,34 +704,31 @@ impl Header {
                 ),
             ));
         }
-        let mut p = RECIPIENTS_OFFSET;
+        let mut p = 0;
         for _ in 0..count {
-            let (s, n) = Stanza::decode(&b[p..RECIPIENTS_OFFSET + len], at + p as u64)?;
+            let (s, n) = Stanza::decode(&raw.body[p..len], at + (RECIPIENTS_OFFSET + p) as u64)?;
             h.recipients.push(s);
             p += n;
         }
-        if p != RECIPIENTS_OFFSET + len {
+        if p != len {
             return Err(bad(
                 96,
-                format!(
-                    "recipients length {len}; the stanzas take {}",
-                    p - RECIPIENTS_OFFSET
-                ),
+                format!("recipients length {len}; the stanzas take {p}"),
             ));
         }
         Ok(h)
     }
 }
 
-/// The signer record and signature of a signed copy `b` read at `at`:
+/// The signer record and signature of a signed copy `raw` read at `at`:
 /// the scheme known, the length in range and the rest of the signature
 /// area zero (it is outside the MAC, so nothing there may go unchecked).
 /// Whether the signer is a recipient and the signature verifies is
 /// [`signature::verify`]'s business.
-fn decode_signer(b: &[u8], at: u64) -> Result<SignerRecord> {
+fn signer_of(raw: &RawHeader, at: u64) -> Result<SignerRecord> {
     let bad = |o: usize, msg: String| Error::corrupt(STRUCTURE, at + o as u64, msg);
-    let len = u16_at(b, SIGNER_OFFSET + 32) as usize;
-    let scheme = u16_at(b, SIGNER_OFFSET + 34);
+    let len = raw.signer.signature_len as usize;
+    let scheme = raw.signer.scheme;
     if scheme != signature::SCHEME_RSA_PSS_SHA256 {
         return Err(Error::unsupported(
             STRUCTURE,
@@ -623,30 +745,21 @@ fn decode_signer(b: &[u8], at: u64) -> Result<SignerRecord> {
             format!("signature of {len} bytes; expected {MIN_SIGNATURE} to {MAX_SIGNATURE}"),
         ));
     }
-    if let Some(i) = b[SIGNER_OFFSET + SIGNER_RECORD..EPOCH_KEYS_OFFSET]
-        .iter()
-        .position(|&x| x != 0)
-    {
+    if let Some(i) = raw.reserved.iter().position(|&x| x != 0) {
         return Err(bad(
             SIGNER_OFFSET + SIGNER_RECORD + i,
             "reserved byte after the signer record is not zero".into(),
         ));
     }
-    if let Some(i) = b[SIGNATURE_OFFSET + len..MAC_OFFSET]
-        .iter()
-        .position(|&x| x != 0)
-    {
+    let sig = SIGNATURE_OFFSET - RECIPIENTS_OFFSET;
+    if let Some(i) = raw.body[sig + len..].iter().position(|&x| x != 0) {
         return Err(bad(
             SIGNATURE_OFFSET + len + i,
             format!("byte after the {len}-byte signature is not zero"),
         ));
     }
     Ok(SignerRecord {
-        fingerprint: Fingerprint(
-            b[SIGNER_OFFSET..SIGNER_OFFSET + 32]
-                .try_into()
-                .expect("32 bytes"),
-        ),
-        signature: b[SIGNATURE_OFFSET..SIGNATURE_OFFSET + len].to_vec(),
+        fingerprint: Fingerprint(raw.signer.fingerprint),
+        signature: raw.body[sig..sig + len].to_vec(),
     })
 }

@@ -23,9 +23,12 @@
 //! every table page at once, so each flush is one atomic transaction no
 //! matter how many pages it changes.
 
+use binrw::binrw;
+
 use super::header::HEADER_SIZE;
 use super::table::PAGE_SIZE;
 use crate::error::{Error, Result};
+use crate::fixed::{FixedStruct, Invalid};
 
 /// Signature of a journal record.
 pub const MAGIC: [u8; 8] = *b"EVHDJRNL";
@@ -37,6 +40,39 @@ pub const RECORD_HEADER: usize = 4096;
 pub const REGION_ALIGN: u64 = 1 << 20;
 /// Structure name in errors.
 pub const STRUCTURE: &str = "EVHD journal";
+
+/// The first 4 KiB of a record.
+#[binrw]
+#[brw(little)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordHeader {
+    #[br(temp, assert(magic == MAGIC, Invalid::corrupt(0, format!("signature {magic:02x?}; expected \"EVHDJRNL\""))))]
+    #[bw(calc = MAGIC)]
+    magic: [u8; 8],
+    /// Record format version ([`VERSION`]).
+    #[br(assert(version == VERSION, Invalid::unsupported(8, format!("record version {version}; expected {VERSION}"))))]
+    pub version: u32,
+    /// CRC-32C of the whole record with this field zeroed.
+    pub crc: u32,
+    /// Sequence number of the header the record commits.
+    pub sequence: u64,
+    /// Container id.
+    pub container_id: [u8; 16],
+    /// Number of pages in the record.
+    pub pages: u64,
+    /// Record length in bytes.
+    pub len: u64,
+    /// Zero.
+    pub reserved: [u8; RECORD_HEADER - 56],
+}
+
+impl FixedStruct for RecordHeader {
+    const SIZE: usize = RECORD_HEADER;
+    const NAME: &'static str = STRUCTURE;
+}
+
+/// Offset of the CRC field in a record.
+const CRC_OFFSET: usize = 12;
 
 fn index_len(pages: u64) -> u64 {
     (pages * 8).next_multiple_of(PAGE_SIZE as u64)
@@ -72,13 +108,17 @@ pub fn encode(
 ) -> Vec<u8> {
     let n = pages.len() as u64;
     let len = record_len(n) as usize;
-    let mut b = vec![0u8; len];
-    b[0..8].copy_from_slice(&MAGIC);
-    b[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    b[16..24].copy_from_slice(&sequence.to_le_bytes());
-    b[24..40].copy_from_slice(container_id);
-    b[40..48].copy_from_slice(&n.to_le_bytes());
-    b[48..56].copy_from_slice(&(len as u64).to_le_bytes());
+    let mut b = RecordHeader {
+        version: VERSION,
+        crc: 0,
+        sequence,
+        container_id: *container_id,
+        pages: n,
+        len: len as u64,
+        reserved: [0; RECORD_HEADER - 56],
+    }
+    .to_bytes();
+    b.resize(len, 0);
     b[RECORD_HEADER..RECORD_HEADER + HEADER_SIZE].copy_from_slice(header);
     let idx = RECORD_HEADER + HEADER_SIZE;
     let body = idx + index_len(n) as usize;
@@ -87,7 +127,7 @@ pub fn encode(
         b[body + i * PAGE_SIZE..body + (i + 1) * PAGE_SIZE].copy_from_slice(bytes);
     }
     let crc = crc32c::crc32c(&b);
-    b[12..16].copy_from_slice(&crc.to_le_bytes());
+    b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
     b
 }
 
@@ -108,31 +148,32 @@ pub fn decode(
         return Ok(None);
     }
     read(&mut head, 0)?;
-    if head[0..8] != MAGIC || u32::from_le_bytes(head[8..12].try_into().expect("4")) != VERSION {
+    // A wrong magic or version is no record (never written, or garbage).
+    let Ok(head) = RecordHeader::parse(&head, region_offset) else {
+        return Ok(None);
+    };
+    if head.container_id != *container_id {
         return Ok(None);
     }
-    if head[24..40] != container_id[..] {
-        return Ok(None);
-    }
-    let n = u64::from_le_bytes(head[40..48].try_into().expect("8"));
-    let len = u64::from_le_bytes(head[48..56].try_into().expect("8"));
+    let (n, len) = (head.pages, head.len);
     if n > table_pages || len != record_len(n) || len > region_len {
         return Ok(None);
     }
     let mut b = vec![0u8; len as usize];
     read(&mut b, 0)?;
-    let stored = u32::from_le_bytes(b[12..16].try_into().expect("4"));
-    b[12..16].fill(0);
-    if crc32c::crc32c(&b) != stored {
+    b[CRC_OFFSET..CRC_OFFSET + 4].fill(0);
+    if crc32c::crc32c(&b) != head.crc {
         return Ok(None);
     }
-    let sequence = u64::from_le_bytes(b[16..24].try_into().expect("8"));
+    let sequence = head.sequence;
     let header = b[RECORD_HEADER..RECORD_HEADER + HEADER_SIZE].to_vec();
     let idx = RECORD_HEADER + HEADER_SIZE;
     let body = idx + index_len(n) as usize;
     let mut pages = Vec::with_capacity(n as usize);
     for i in 0..n as usize {
-        let page = u64::from_le_bytes(b[idx + 8 * i..idx + 8 * i + 8].try_into().expect("8"));
+        let mut p = [0u8; 8];
+        p.copy_from_slice(&b[idx + 8 * i..idx + 8 * i + 8]);
+        let page = u64::from_le_bytes(p);
         if page >= table_pages {
             return Err(Error::corrupt(
                 STRUCTURE,

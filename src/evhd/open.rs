@@ -4,6 +4,7 @@
 //! check has passed.
 
 use super::*;
+use crate::fixed::FixedStruct;
 
 impl EvhdDisk {
     /// Open the container in `storage`. Without keys in `opts` the image
@@ -227,7 +228,8 @@ impl EvhdDisk {
         let mut entries = Vec::with_capacity(blocks);
         for p in 0..pages {
             let page = &tbl[p * PAGE_SIZE..(p + 1) * PAGE_SIZE];
-            macs.push(table::stored_mac(page));
+            let stored = table::Page::parse(page, h.table_offset + (p * PAGE_SIZE) as u64)?;
+            macs.push(stored.mac);
             if let Err(f) = table::verify_page(&mk.table_mac, &h.container_id, p as u64, page) {
                 let why = match f {
                     table::PageFault::Mac => "page MAC mismatch: the page was modified or damaged",
@@ -235,12 +237,8 @@ impl EvhdDisk {
                 };
                 bad_pages.insert(p as u64, why.to_string());
             }
-            for i in 0..ENTRIES_PER_PAGE {
-                let e = Entry::decode(&page[i * table::ENTRY_SIZE..(i + 1) * table::ENTRY_SIZE]);
-                if entries.len() < blocks {
-                    entries.push(e);
-                }
-            }
+            let room = blocks - entries.len().min(blocks);
+            entries.extend(stored.entries.into_iter().take(room));
         }
         if !cipher::ct_eq(&table::root(&macs), &h.table_root) {
             return Err(Error::new(

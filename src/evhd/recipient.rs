@@ -21,10 +21,12 @@
 //! The public key is stored so that `rekey` can wrap a new master key for
 //! every recipient without asking for their key files.
 
+use binrw::binrw;
 use rsa::BigUint;
 
 use super::keys::{Fingerprint, MAX_BITS, MIN_BITS, PublicKey};
 use crate::error::{Error, ErrorKind, Result};
+use crate::fixed::{FixedStruct, Invalid};
 
 /// Stanza type of RSA-OAEP-SHA256 recipients.
 pub const TYPE_RSA_OAEP_SHA256: u16 = 1;
@@ -37,6 +39,37 @@ pub const MAX_EXPONENT_LEN: usize = 8;
 pub const FIXED_LEN: usize = 44;
 /// Structure name in errors.
 const STRUCTURE: &str = "EVHD recipient stanza";
+
+/// The fixed part of a stanza, before the label. The type is checked when
+/// it is read; [`Stanza::decode`] checks the rest.
+#[binrw]
+#[brw(little)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StanzaHead {
+    #[br(temp, assert(
+        kind == TYPE_RSA_OAEP_SHA256,
+        Invalid::unsupported(0, format!("stanza type {kind}; expected {TYPE_RSA_OAEP_SHA256} (RSA-OAEP-SHA256)"))
+    ))]
+    #[bw(calc = TYPE_RSA_OAEP_SHA256)]
+    kind: u16,
+    /// Stanza length in bytes, padding included.
+    pub len: u16,
+    /// Key fingerprint.
+    pub fingerprint: [u8; 32],
+    /// Modulus bits.
+    pub bits: u16,
+    /// Label length.
+    pub label_len: u16,
+    /// Public exponent length.
+    pub exponent_len: u16,
+    /// Zero.
+    pub reserved: u16,
+}
+
+impl FixedStruct for StanzaHead {
+    const SIZE: usize = FIXED_LEN;
+    const NAME: &'static str = STRUCTURE;
+}
 
 /// One recipient of the master key.
 #[derive(Clone, PartialEq, Eq)]
@@ -104,13 +137,15 @@ impl Stanza {
         let len = self.encoded_len();
         let m = self.key.modulus_len();
         let e = self.key.rsa_exponent();
-        out.extend_from_slice(&TYPE_RSA_OAEP_SHA256.to_le_bytes());
-        out.extend_from_slice(&(len as u16).to_le_bytes());
-        out.extend_from_slice(&self.key.fingerprint().0);
-        out.extend_from_slice(&(self.key.bits() as u16).to_le_bytes());
-        out.extend_from_slice(&(self.label.len() as u16).to_le_bytes());
-        out.extend_from_slice(&(e.len() as u16).to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes());
+        let head = StanzaHead {
+            len: len as u16,
+            fingerprint: self.key.fingerprint().0,
+            bits: self.key.bits() as u16,
+            label_len: self.label.len() as u16,
+            exponent_len: e.len() as u16,
+            reserved: 0,
+        };
+        out.extend_from_slice(&head.to_bytes());
         out.extend_from_slice(self.label.as_bytes());
         out.extend_from_slice(&e);
         let n = self.key.modulus();
@@ -134,19 +169,11 @@ impl Stanza {
                 ),
             ));
         }
-        let u16_at = |i: usize| u16::from_le_bytes([buf[i], buf[i + 1]]) as usize;
-        let kind = u16_at(0) as u16;
-        if kind != TYPE_RSA_OAEP_SHA256 {
-            return Err(Error::unsupported(
-                STRUCTURE,
-                offset,
-                format!("stanza type {kind}; expected {TYPE_RSA_OAEP_SHA256} (RSA-OAEP-SHA256)"),
-            ));
-        }
-        let len = u16_at(2);
-        let bits = u16_at(36);
-        let label_len = u16_at(38);
-        let e_len = u16_at(40);
+        let head = StanzaHead::parse(buf, offset)?;
+        let len = head.len as usize;
+        let bits = head.bits as usize;
+        let label_len = head.label_len as usize;
+        let e_len = head.exponent_len as usize;
         if !(MIN_BITS..=MAX_BITS).contains(&bits) {
             return Err(bad(
                 36,
@@ -165,7 +192,7 @@ impl Stanza {
                 format!("exponent of {e_len} bytes; expected 1 to {MAX_EXPONENT_LEN}"),
             ));
         }
-        if u16_at(42) != 0 {
+        if head.reserved != 0 {
             return Err(bad(42, "reserved field is not zero".into()));
         }
         let m = bits.div_ceil(8);
@@ -196,7 +223,7 @@ impl Stanza {
                 format!("modulus bits {bits}; the stored modulus has {}", key.bits()),
             ));
         }
-        let fp = Fingerprint(buf[4..36].try_into().expect("32 bytes"));
+        let fp = Fingerprint(head.fingerprint);
         if fp != key.fingerprint() {
             return Err(bad(
                 4,

@@ -17,9 +17,11 @@
 //! `HMAC-SHA256(K_tbl, container id || u64le page index || entries)` (32
 //! bytes), then 32 reserved bytes that must be zero.
 
+use binrw::binrw;
 use sha2_10::{Digest, Sha256};
 
 use super::cipher::{KEY_LEN, NONCE_LEN, TAG_LEN, ct_eq, hmac_sha256};
+use crate::fixed::FixedStruct;
 
 /// Bytes of one table page.
 pub const PAGE_SIZE: usize = 4096;
@@ -31,8 +33,12 @@ pub const ENTRIES_PER_PAGE: usize = 84;
 pub const MAC_OFFSET: usize = ENTRIES_PER_PAGE * ENTRY_SIZE;
 /// Offset of the reserved tail within a page.
 pub const RESERVED_OFFSET: usize = MAC_OFFSET + 32;
+/// Structure name in errors.
+pub const STRUCTURE: &str = "EVHD block table";
 
 /// One block's table entry.
+#[binrw]
+#[brw(little)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Entry {
     /// Data slot, 0 when unallocated.
@@ -49,26 +55,41 @@ pub struct Entry {
     pub flags: u16,
 }
 
-impl Entry {
-    /// Encode into 48 bytes.
-    pub fn encode(&self, out: &mut [u8]) {
-        out[0..8].copy_from_slice(&self.slot.to_le_bytes());
-        out[8..16].copy_from_slice(&self.generation.to_le_bytes());
-        out[16..28].copy_from_slice(&self.nonce);
-        out[28..44].copy_from_slice(&self.tag);
-        out[44..46].copy_from_slice(&self.epoch.to_le_bytes());
-        out[46..48].copy_from_slice(&self.flags.to_le_bytes());
-    }
+impl FixedStruct for Entry {
+    const SIZE: usize = ENTRY_SIZE;
+    const NAME: &'static str = "EVHD block table entry";
+}
 
-    /// Decode 48 bytes.
-    pub fn decode(b: &[u8]) -> Entry {
-        Entry {
-            slot: u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
-            generation: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
-            nonce: b[16..28].try_into().expect("12 bytes"),
-            tag: b[28..44].try_into().expect("16 bytes"),
-            epoch: u16::from_le_bytes([b[44], b[45]]),
-            flags: u16::from_le_bytes([b[46], b[47]]),
+/// One table page as stored. Whether its MAC verifies and its reserved
+/// tail is zero is [`verify_page`]'s business: a page that fails is
+/// reported, its blocks refused, the rest of the disk still readable.
+#[binrw]
+#[brw(little)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The entries of blocks `84 * index ..`; past the last block, zero.
+    pub entries: [Entry; ENTRIES_PER_PAGE],
+    /// `HMAC-SHA256(K_tbl, container id || u64le page index || entries)`.
+    pub mac: [u8; 32],
+    /// Must be zero.
+    pub reserved: [u8; PAGE_SIZE - RESERVED_OFFSET],
+}
+
+impl FixedStruct for Page {
+    const SIZE: usize = PAGE_SIZE;
+    const NAME: &'static str = STRUCTURE;
+}
+
+impl Page {
+    /// A page holding `entries` (at most 84; missing ones are unallocated)
+    /// and no MAC yet.
+    pub fn new(entries: &[Entry]) -> Page {
+        let mut all = [Entry::default(); ENTRIES_PER_PAGE];
+        all[..entries.len()].copy_from_slice(entries);
+        Page {
+            entries: all,
+            mac: [0; 32],
+            reserved: [0; PAGE_SIZE - RESERVED_OFFSET],
         }
     }
 }
@@ -96,10 +117,7 @@ pub fn encode_page(
     index: u64,
     entries: &[Entry],
 ) -> (Vec<u8>, [u8; 32]) {
-    let mut page = vec![0u8; PAGE_SIZE];
-    for (i, e) in entries.iter().enumerate() {
-        e.encode(&mut page[i * ENTRY_SIZE..(i + 1) * ENTRY_SIZE]);
-    }
+    let mut page = Page::new(entries).to_bytes();
     let mac = page_mac(key, container_id, index, &page[..MAC_OFFSET]);
     page[MAC_OFFSET..RESERVED_OFFSET].copy_from_slice(&mac);
     (page, mac)
@@ -114,11 +132,13 @@ pub enum PageFault {
     Reserved,
 }
 
-/// The MAC stored in `page`.
+/// The MAC stored in `page` (zeros when `page` is shorter than a page).
 pub fn stored_mac(page: &[u8]) -> [u8; 32] {
-    page[MAC_OFFSET..RESERVED_OFFSET]
-        .try_into()
-        .expect("32 bytes")
+    let mut mac = [0u8; 32];
+    if let Some(m) = page.get(MAC_OFFSET..RESERVED_OFFSET) {
+        mac.copy_from_slice(m);
+    }
+    mac
 }
 
 /// Verify `page` (page `index`).

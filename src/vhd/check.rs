@@ -8,6 +8,7 @@ use super::geometry::SECTOR;
 use super::{LEGACY_FOOTER_SIZE, read_footer_at};
 use crate::damage::{MissingBlock, MissingRuns};
 use crate::error::Result;
+use crate::fixed::FixedStruct;
 use crate::io::{Storage, io_err, read_struct};
 use crate::report::{CheckReport, Severity};
 

@@ -15,6 +15,7 @@ use super::parent_locator::{
 };
 use super::{MAX_VIRTUAL_SIZE, VhdDisk};
 use crate::error::{Error, ErrorKind, Result};
+use crate::fixed::FixedStruct;
 use crate::io::{Storage, io_err};
 use crate::parent::Parent;
 use crate::report::Format;

@@ -2,14 +2,13 @@
 //! `data_offset` in dynamic and differencing disks (VHD specification,
 //! "Dynamic Disk Header Format").
 
-use std::io::Cursor;
-
-use binrw::{BinRead, BinWrite, binrw};
+use binrw::binrw;
 use uuid::Uuid;
 
 use super::parent_locator::ParentLocatorEntry;
 use crate::checksum::vhd_checksum;
 use crate::error::{Error, Result};
+use crate::fixed::FixedStruct;
 
 /// Size of the dynamic header in bytes.
 pub const HEADER_SIZE: usize = 1024;
@@ -67,6 +66,13 @@ pub struct DynamicHeader {
     pub reserved2: [u8; 256],
 }
 
+/// Decoding takes 1024 bytes; [`DynamicHeader::validate`] judges the
+/// values.
+impl FixedStruct for DynamicHeader {
+    const SIZE: usize = HEADER_SIZE;
+    const NAME: &'static str = "VHD dynamic header";
+}
+
 impl DynamicHeader {
     /// A new header for a disk we create.
     pub fn new(table_offset: u64, max_table_entries: u32, block_size: u32) -> Self {
@@ -87,23 +93,6 @@ impl DynamicHeader {
         };
         h.checksum = h.compute_checksum();
         h
-    }
-
-    /// Decode 1024 bytes; [`DynamicHeader::validate`] judges the values.
-    pub fn parse(bytes: &[u8; HEADER_SIZE], offset: u64) -> Result<DynamicHeader> {
-        DynamicHeader::read(&mut Cursor::new(&bytes[..])).map_err(|e| {
-            Error::corrupt("VHD dynamic header", offset, format!("cannot decode: {e}"))
-        })
-    }
-
-    /// Serialize to 1024 bytes with the stored checksum.
-    pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
-        let mut c = Cursor::new(Vec::with_capacity(HEADER_SIZE));
-        self.write(&mut c)
-            .expect("writing a fixed-size struct to memory cannot fail");
-        c.into_inner()
-            .try_into()
-            .expect("dynamic header layout is 1024 bytes")
     }
 
     /// The checksum the header should carry.

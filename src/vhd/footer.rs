@@ -2,14 +2,13 @@
 //! offset 0 in dynamic and differencing disks (VHD specification, "Hard Disk
 //! Footer Format").
 
-use std::io::Cursor;
-
-use binrw::{BinRead, BinWrite, binrw};
+use binrw::binrw;
 use uuid::Uuid;
 
 use super::geometry::Geometry;
 use crate::checksum::vhd_checksum;
 use crate::error::{Error, Result};
+use crate::fixed::FixedStruct;
 
 /// Size of the footer structure in bytes.
 pub const FOOTER_SIZE: usize = 512;
@@ -107,6 +106,14 @@ pub struct Footer {
     pub reserved: [u8; 427],
 }
 
+/// Decoding takes 512 bytes (a 511-byte legacy footer is passed padded
+/// with a zero); only the layout is decoded, [`Footer::validate`] judges
+/// the values.
+impl FixedStruct for Footer {
+    const SIZE: usize = FOOTER_SIZE;
+    const NAME: &'static str = "VHD footer";
+}
+
 impl Footer {
     /// A new footer for a disk we create.
     pub fn new(
@@ -141,23 +148,6 @@ impl Footer {
         };
         f.checksum = f.compute_checksum();
         f
-    }
-
-    /// Parse 512 bytes (a 511-byte legacy footer is passed padded with a zero).
-    /// Only the layout is decoded here; [`Footer::validate`] judges the values.
-    pub fn parse(bytes: &[u8; FOOTER_SIZE], offset: u64) -> Result<Footer> {
-        Footer::read(&mut Cursor::new(&bytes[..]))
-            .map_err(|e| Error::corrupt("VHD footer", offset, format!("cannot decode: {e}")))
-    }
-
-    /// Serialize to 512 bytes with the stored checksum.
-    pub fn to_bytes(&self) -> [u8; FOOTER_SIZE] {
-        let mut c = Cursor::new(Vec::with_capacity(FOOTER_SIZE));
-        self.write(&mut c)
-            .expect("writing a fixed-size struct to memory cannot fail");
-        c.into_inner()
-            .try_into()
-            .expect("footer layout is 512 bytes")
     }
 
     /// The checksum the footer should carry.

@@ -24,6 +24,7 @@ use crate::disk::{
     Extent, ExtentKind, ExtentList, VirtualDisk, block_pieces, check_range, is_zero, presence_runs,
 };
 use crate::error::{Error, ErrorKind, Result};
+use crate::fixed::FixedStruct;
 use crate::io::{Storage, io_err, read_struct};
 use crate::parent::{Candidate, Chain, Parent, ParentSpec};
 use crate::report::{DiskType, Format, ImageInfo};

@@ -22,6 +22,7 @@ use super::region_table::{
     RegionTableEntry,
 };
 use crate::error::{Error, ErrorKind, Result};
+use crate::fixed::FixedStruct;
 use crate::io::{Storage, io_err};
 use crate::parent::Chain;
 use crate::report::Format;

@@ -3,14 +3,13 @@
 //! the higher sequence number; updates write the other one first so that a
 //! torn write always leaves one valid header.
 
-use std::io::Cursor;
-
-use binrw::{BinRead, BinWrite, binrw};
+use binrw::binrw;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::checksum::crc32c_with_zeroed_field;
 use crate::error::{Error, Result};
+use crate::fixed::FixedStruct;
 use crate::guid::{from_ms_bytes, to_ms_bytes};
 use crate::io::{Storage, io_err, read_struct};
 
@@ -59,23 +58,13 @@ pub struct Header {
     pub reserved: [u8; 4016],
 }
 
+/// Decoding takes 4 KiB; [`Header::problem`] judges the values.
+impl FixedStruct for Header {
+    const SIZE: usize = HEADER_SIZE;
+    const NAME: &'static str = "VHDX header";
+}
+
 impl Header {
-    /// Decode 4 KiB read at `offset`; [`Header::problem`] judges it.
-    pub fn parse(bytes: &[u8; HEADER_SIZE], offset: u64) -> Result<Header> {
-        Header::read(&mut Cursor::new(&bytes[..]))
-            .map_err(|e| Error::corrupt("VHDX header", offset, format!("cannot decode: {e}")))
-    }
-
-    /// Serialize to 4 KiB with the stored checksum.
-    pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
-        let mut c = Cursor::new(Vec::with_capacity(HEADER_SIZE));
-        self.write(&mut c)
-            .expect("writing a fixed-size struct to memory cannot fail");
-        c.into_inner()
-            .try_into()
-            .expect("header layout is 4096 bytes")
-    }
-
     /// The checksum the header should carry.
     pub fn compute_checksum(&self) -> u32 {
         crc32c_with_zeroed_field(&self.to_bytes(), CHECKSUM_FIELD)
