@@ -243,7 +243,7 @@ pub fn open_storage(
         Format::Vhdx => {
             vhdx::VhdxDisk::open(storage, path_buf, opts, chain).map(|d| Box::new(d) as _)
         }
-        Format::Evhd => evhd::EvhdDisk::open(storage, path_buf, opts).map(|d| Box::new(d) as _),
+        Format::Evhd => evhd::open(storage, path_buf, opts),
         Format::Raw => raw::RawDisk::open(storage, path_buf)
             .map(|d| Box::new(d.probed(opts.format.is_none())) as _),
     };

@@ -1454,6 +1454,18 @@ fn open_evhd(
     trust: TrustArgs,
     vouch: bool,
 ) -> Result<vhdkit::evhd::EvhdDisk, (Error, u8)> {
+    open_evhd_as(image, keys, writable, force_share, trust, vouch)
+}
+
+/// [`open_evhd`], locked ([`vhdkit::evhd::EvhdImage`]) or unlocked.
+fn open_evhd_as<D: vhdkit::evhd::Open>(
+    image: &Path,
+    keys: Vec<Arc<PrivateKey>>,
+    writable: bool,
+    force_share: bool,
+    trust: TrustArgs,
+    vouch: bool,
+) -> Result<D, (Error, u8)> {
     let mut opts = OpenOptions::new()
         .writable(writable)
         .print_warnings(true)
@@ -1472,7 +1484,7 @@ fn open_evhd(
     if let Err(e) = vhdkit::detect::resolve(&storage, Some(Format::Evhd)) {
         return Err(fail1(e.with_path(image)));
     }
-    vhdkit::evhd::EvhdDisk::open(Box::new(storage), Some(image.to_path_buf()), &opts)
+    D::open(Box::new(storage), Some(image.to_path_buf()), &opts)
         .map_err(|e| fail1(vhdkit::detect::damaged(Format::Evhd, e).with_path(image)))
 }
 
@@ -1486,7 +1498,7 @@ fn run_recipients(cmd: RecipientsCmd) -> Outcome {
             if force_share {
                 warn_force_share(&[&image]);
             }
-            let disk = open_evhd(
+            let disk = open_evhd_as::<vhdkit::evhd::EvhdImage>(
                 &image,
                 Vec::new(),
                 false,

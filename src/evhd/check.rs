@@ -8,7 +8,7 @@ use super::fallback::{self, Fallback};
 use super::header::{COPY_OFFSETS, Header};
 use super::keys::PrivateKey;
 use super::signature::Status;
-use super::{EvhdDisk, journal, read_copies};
+use super::{EvhdDisk, EvhdImage, journal, read_copies};
 use crate::error::Result;
 use crate::io::{Storage, io_err, read_struct};
 use crate::report::{CheckReport, Severity};
@@ -84,7 +84,7 @@ pub fn check_with(
         report.not_checked.push(
             "header MACs, epoch keys, block table pages (MACs, table root) and data blocks (authentication tags): they need the private key of a recipient (--key)".to_string(),
         );
-        match EvhdDisk::open(storage, None, &lenient) {
+        match EvhdImage::open(storage, None, &lenient) {
             Ok(d) => report_signature(d.signature(), opts.require_signed, report),
             Err(e) => report.add(
                 Severity::Error,
@@ -113,7 +113,7 @@ pub fn check_with(
             return Ok(());
         }
     };
-    let f = assessment.and_then(|a| a.verdict(Some(disk.header.sequence), keys));
+    let f = assessment.and_then(|a| a.verdict(Some(disk.header().sequence), keys));
     if let Some(f) = &f {
         add_fallback(report, f);
     }
@@ -123,7 +123,7 @@ pub fn check_with(
             report.add(
                 Severity::Info,
                 "EVHD journal",
-                Some(disk.header.journal_offset),
+                Some(disk.header().journal_offset),
                 w.clone(),
             );
         }
@@ -132,27 +132,26 @@ pub fn check_with(
         report.add(
             Severity::Error,
             "EVHD block table",
-            Some(disk.header.table_offset + p * super::PAGE_SIZE as u64),
+            Some(disk.header().table_offset + p * super::table::PAGE_SIZE as u64),
             format!("page {p}: {why}"),
         );
     }
-    let st = disk.unlocked()?;
-    let blocks = disk.header.blocks();
+    let blocks = disk.header().blocks();
     let bs = disk.block_size() as usize;
     let mut buf = vec![0u8; CHUNK_BLOCKS as usize * bs];
     let mut b = 0;
     while b < blocks {
         let n = (blocks - b).min(CHUNK_BLOCKS);
-        let all_ok = (b..b + n).all(|i| disk.check_page(st, i).is_ok())
+        let all_ok = (b..b + n).all(|i| disk.check_page(i).is_ok())
             && disk
-                .read_full_blocks(st, b, &mut buf[..n as usize * bs])
+                .read_full_blocks(b, &mut buf[..n as usize * bs])
                 .is_ok();
         if !all_ok {
             for i in b..b + n {
-                if disk.check_page(st, i).is_err() {
+                if disk.check_page(i).is_err() {
                     continue;
                 }
-                if let Err(e) = disk.read_block(st, i) {
+                if let Err(e) = disk.read_block(i) {
                     report.add(
                         Severity::Error,
                         e.structure().unwrap_or("EVHD data block"),

@@ -2,7 +2,21 @@
 //! journal, block table and data area, wraps a fresh master key for every
 //! recipient and commits the first header (signed when a signer is given).
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::cipher::{self, CipherId, DataKey, MasterKey, random_bytes, random_secret};
+use super::disk::Unlocked;
+use super::header::{self, COPY_OFFSETS, EpochKey, Header, Origin};
+use super::keys::{PrivateKey, PublicKey};
+use super::recipient::{self, Stanza};
+use super::signature::Status;
+use super::table::{self, Entry, PAGE_SIZE};
+use super::{DATA_ALIGN, DEFAULT_BLOCK_SHIFT, EvhdDisk, EvhdImage, JOURNAL_OFFSET, TABLE};
+use super::{journal, signed_by_self};
+use crate::error::{Error, Result};
+use crate::io::{Storage, io_err};
 
 /// What `convert` needs to create an EVHD.
 #[derive(Debug, Clone, Default)]
@@ -225,31 +239,28 @@ impl EvhdBuilder {
             .set_len(data_offset)
             .map_err(io_err("EVHD file", 0))?;
         storage.flush().map_err(io_err("EVHD file", 0))?;
-        Ok(EvhdDisk {
+        let image = EvhdImage {
             storage: Arc::from(storage),
             path,
             header,
             current_copy: 0,
-            writable: true,
             warnings: Vec::new(),
             signature: status,
-            epoch_write_limit: EPOCH_WRITE_LIMIT,
-            rekey_batch: REKEY_BATCH,
-            scratch: Vec::new(),
-            state: Some(Unlocked {
-                mk,
-                key: None,
-                signers: self.signer.into_iter().collect(),
-                data_keys: vec![data_key],
-                entries,
-                macs,
-                bad_pages: BTreeMap::new(),
-                dirty: BTreeSet::new(),
-                header_dirty: false,
-                committed: Vec::new(),
-                pending_free: Vec::new(),
-                free: BTreeSet::new(),
-            }),
-        })
+        };
+        let state = Unlocked {
+            mk,
+            key: None,
+            signers: self.signer.into_iter().collect(),
+            data_keys: vec![data_key],
+            entries,
+            macs,
+            bad_pages: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            header_dirty: false,
+            committed: Vec::new(),
+            pending_free: Vec::new(),
+            free: BTreeSet::new(),
+        };
+        Ok(EvhdDisk::new(image, state, true))
     }
 }

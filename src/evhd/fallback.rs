@@ -233,7 +233,7 @@ impl Assessment {
                     Some(_) => {
                         let at = self.journal_offset + journal::RECORD_HEADER as u64;
                         let h = Header::decode(bytes, at, u64::MAX).ok()?;
-                        let e = super::unlock(&h, bytes, at, keys).err()?;
+                        let e = super::open::unlock(&h, bytes, at, keys).err()?;
                         let seq = self.used_sequence + 1;
                         if e.kind() == ErrorKind::KeyMismatch {
                             Some(Fallback {

@@ -13,12 +13,12 @@ use zeroize::Zeroizing;
 
 use super::cipher::{CipherId, MasterKey};
 use super::header::{
-    COPY_OFFSETS, CRC_OFFSET, EpochKey, HEADER_SIZE, Header, MAC_OFFSET, Origin, SIGNATURE_OFFSET,
+    COPY_OFFSETS, CRC_OFFSET, EpochKey, HEADER_SIZE, Header, Origin, SIGNATURE_OFFSET,
 };
 use super::journal;
 use super::keys::{KeyFile, PrivateKey, PublicKey};
 use super::recipient::Stanza;
-use super::table::{self, ENTRIES_PER_PAGE, ENTRY_SIZE, Entry, PAGE_SIZE};
+use super::table::{self, ENTRY_SIZE, Entry, PAGE_SIZE};
 use crate::fixed::FixedStruct;
 use crate::io::MemStorage;
 use crate::report::{DiskType, Format};
@@ -270,7 +270,7 @@ fn old_image(data: &[u8], signed: bool) {
         let b = &file[at as usize..at as usize + HEADER_SIZE];
         let h = Header::decode(b, at, len).unwrap();
         assert_eq!(h.signer.is_some(), signed);
-        let (mk, _, _) = super::unlock(&h, b, at, &[key.clone()]).unwrap();
+        let (mk, _, _) = super::open::unlock(&h, b, at, &[key.clone()]).unwrap();
         match &h.signer {
             None => assert!(h.encode(&mk).unwrap() == b, "copy at {at:#x} re-encodes"),
             Some(rec) => {

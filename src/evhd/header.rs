@@ -15,11 +15,12 @@ use uuid::Uuid;
 
 use super::cipher::{CipherId, KEY_LEN, MasterKey, NONCE_LEN, TAG_LEN, ct_eq, hmac_sha256};
 use super::keys::{Fingerprint, MAX_BITS, MIN_BITS, PrivateKey};
+pub use super::origin::Origin;
+use super::origin::{format_code, format_from, type_code, type_from};
 use super::recipient::Stanza;
 use super::signature;
 use crate::error::{Error, Result};
 use crate::fixed::{FixedStruct, Invalid};
-use crate::report::{DiskType, Format};
 
 /// Signature at byte 0 of each header copy.
 pub const MAGIC: [u8; 8] = *b"EVHDCRPT";
@@ -72,64 +73,6 @@ pub const FLAG_REKEYING: u16 = 1 << 1;
 pub const KNOWN_FLAGS: u16 = FLAG_REKEYING;
 /// Structure name in errors.
 pub const STRUCTURE: &str = "EVHD header";
-
-/// What the container was converted from, so that decrypting restores the
-/// same kind of image by default (header bytes 164..228).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Origin {
-    /// Source format, `None` when created directly.
-    pub format: Option<Format>,
-    /// Source disk type.
-    pub disk_type: Option<DiskType>,
-    /// Source block size in bytes (0 when not sparse).
-    pub block_size: u32,
-    /// Source logical sector size.
-    pub logical_sector_size: u32,
-    /// Source physical sector size.
-    pub physical_sector_size: u32,
-    /// Source disk identifier (VHD unique id, VHDX disk id).
-    pub disk_id: Option<Uuid>,
-}
-
-fn format_code(f: Option<Format>) -> u8 {
-    match f {
-        None => 0,
-        Some(Format::Raw) => 1,
-        Some(Format::Vhd) => 2,
-        Some(Format::Vhdx) => 3,
-        Some(Format::Evhd) => 4,
-    }
-}
-
-fn format_from(c: u8) -> Option<Option<Format>> {
-    Some(match c {
-        0 => None,
-        1 => Some(Format::Raw),
-        2 => Some(Format::Vhd),
-        3 => Some(Format::Vhdx),
-        4 => Some(Format::Evhd),
-        _ => return None,
-    })
-}
-
-fn type_code(t: Option<DiskType>) -> u8 {
-    match t {
-        None => 0,
-        Some(DiskType::Fixed) => 1,
-        Some(DiskType::Dynamic) => 2,
-        Some(DiskType::Differencing) => 3,
-    }
-}
-
-fn type_from(c: u8) -> Option<Option<DiskType>> {
-    Some(match c {
-        0 => None,
-        1 => Some(DiskType::Fixed),
-        2 => Some(DiskType::Dynamic),
-        3 => Some(DiskType::Differencing),
-        _ => return None,
-    })
-}
 
 /// One epoch's data key, wrapped under `K_wrap`: a 72-byte record at
 /// [`EPOCH_KEYS_OFFSET`] + 72 i.

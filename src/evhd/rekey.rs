@@ -1,13 +1,22 @@
-//! Key management on an open container: recipients added and removed,
-//! `sign`, and `rekey` (a new master key, every block re-encrypted).
+//! The key lifecycle of an unlocked container: recipients added and
+//! removed, `sign`, and `rekey` (a new master key, every block
+//! re-encrypted).
 
-use super::*;
+use zeroize::Zeroizing;
+
+use super::EvhdDisk;
+use super::cipher::{self, DataKey, MasterKey, random_secret};
+use super::header::{self, EpochKey};
+use super::keys::{Fingerprint, PublicKey};
+use super::recipient::Stanza;
+use crate::error::{Error, ErrorKind, Result};
 
 impl EvhdDisk {
     /// Add a recipient (needs the container unlocked and writable); commits.
     pub fn add_recipient(&mut self, key: &PublicKey, label: &str) -> Result<()> {
         self.ensure_writable()?;
         if self
+            .image
             .header
             .recipients
             .iter()
@@ -18,12 +27,12 @@ impl EvhdDisk {
                 key.fingerprint().short()
             )));
         }
-        let st = self.state.as_mut().expect("checked");
+        let st = &mut self.state;
         let stanza = Stanza::wrap(key, label, st.mk.bytes())?;
-        self.header.recipients.push(stanza);
+        self.image.header.recipients.push(stanza);
         st.header_dirty = true;
         self.commit().inspect_err(|_| {
-            self.header.recipients.pop();
+            self.image.header.recipients.pop();
         })
     }
 
@@ -38,6 +47,7 @@ impl EvhdDisk {
             ));
         }
         let matches: Vec<usize> = self
+            .image
             .header
             .recipients
             .iter()
@@ -58,13 +68,13 @@ impl EvhdDisk {
                 )));
             }
         };
-        if self.header.recipients.len() == 1 {
+        if self.image.header.recipients.len() == 1 {
             return Err(Error::invalid_argument("cannot remove the last recipient"));
         }
-        let removed = self.header.recipients.remove(i);
-        self.state.as_mut().expect("checked").header_dirty = true;
+        let removed = self.image.header.recipients.remove(i);
+        self.state.header_dirty = true;
         if let Err(e) = self.commit() {
-            self.header.recipients.insert(i, removed);
+            self.image.header.recipients.insert(i, removed);
             return Err(e);
         }
         Ok(removed)
@@ -75,7 +85,7 @@ impl EvhdDisk {
     /// that opened the image. Returns the signer's fingerprint.
     pub fn sign(&mut self) -> Result<Fingerprint> {
         self.ensure_writable()?;
-        let st = self.state.as_mut().expect("checked");
+        let st = &mut self.state;
         if st.signers.is_empty() {
             return Err(Error::new(
                 ErrorKind::KeyRequired,
@@ -84,29 +94,20 @@ impl EvhdDisk {
         }
         st.header_dirty = true;
         self.commit()?;
-        self.header
+        self.image
+            .header
             .signer
             .as_ref()
             .map(|r| r.fingerprint)
             .ok_or_else(|| Error::invalid_argument("the commit was not signed"))
     }
 
-    /// Who signed the committed header, and whether this reader trusts it.
-    pub fn signature(&self) -> &Status {
-        &self.signature
-    }
-
-    /// Whether a rekey was started and has not finished.
-    pub fn rekey_in_progress(&self) -> bool {
-        self.header.flags & header::FLAG_REKEYING != 0
-    }
-
     /// Replace the master key and re-encrypt every block under a fresh data
-    /// key, committing every [`REKEY_BATCH`] blocks. Resumes an interrupted
+    /// key, committing every [`REKEY_BATCH`](super::REKEY_BATCH) blocks. Resumes an interrupted
     /// rekey. `progress` gets (blocks done, blocks to do).
     pub fn rekey(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
         self.ensure_writable()?;
-        if !self.state.as_ref().expect("checked").bad_pages.is_empty() {
+        if !&self.state.bad_pages.is_empty() {
             return Err(Error::new(
                 ErrorKind::NeedsRepair,
                 "the block table has damaged pages; rekey would lose their blocks",
@@ -114,10 +115,11 @@ impl EvhdDisk {
         }
         self.commit()?;
         if !self.rekey_in_progress() {
-            let cid = self.header.container_id;
+            let cid = self.image.header.container_id;
             let new_mk = MasterKey::generate(&cid);
-            let st = self.state.as_mut().expect("checked");
+            let st = &mut self.state;
             let epoch = self
+                .image
                 .header
                 .epoch_keys
                 .iter()
@@ -125,8 +127,11 @@ impl EvhdDisk {
                 .max()
                 .unwrap_or(0)
                 .wrapping_add(1);
-            st.data_keys
-                .push(DataKey::new(self.header.cipher, epoch, random_secret()));
+            st.data_keys.push(DataKey::new(
+                self.image.header.cipher,
+                epoch,
+                random_secret(),
+            ));
             if st.data_keys.len() > header::MAX_EPOCH_KEYS {
                 st.data_keys.pop();
                 return Err(Error::new(
@@ -134,7 +139,7 @@ impl EvhdDisk {
                     "too many live key epochs to start a rekey",
                 ));
             }
-            let mut h = self.header.clone();
+            let mut h = self.image.header.clone();
             h.epoch_keys = st
                 .data_keys
                 .iter()
@@ -156,15 +161,15 @@ impl EvhdDisk {
             h.flags |= header::FLAG_REKEYING;
             h.epoch = epoch;
             h.epoch_writes = 0;
-            self.header = h;
+            self.image.header = h;
             st.mk = new_mk;
             st.header_dirty = true;
-            st.dirty = (0..self.header.table_pages).collect();
+            st.dirty = (0..self.image.header.table_pages).collect();
             self.commit()?;
         }
         let todo: Vec<u64> = {
-            let st = self.state.as_ref().expect("checked");
-            let cur = self.header.epoch;
+            let st = &self.state;
+            let cur = self.image.header.epoch;
             (0..st.entries.len() as u64)
                 .filter(|&b| {
                     let e = &st.entries[b as usize];
@@ -176,21 +181,18 @@ impl EvhdDisk {
         let mut done = 0;
         progress(0, total);
         for batch in todo.chunks(self.rekey_batch) {
-            let plain: Vec<(u64, Zeroizing<Vec<u8>>)> = {
-                let st = self.state.as_ref().expect("checked");
-                batch
-                    .iter()
-                    .map(|&b| self.read_block(st, b).map(|p| (b, p)))
-                    .collect::<Result<_>>()?
-            };
+            let plain: Vec<(u64, Zeroizing<Vec<u8>>)> = batch
+                .iter()
+                .map(|&b| self.read_block(b).map(|p| (b, p)))
+                .collect::<Result<_>>()?;
             let refs: Vec<(u64, &[u8])> = plain.iter().map(|(b, p)| (*b, &p[..])).collect();
             self.write_blocks(&refs)?;
             self.commit()?;
             done += batch.len() as u64;
             progress(done, total);
         }
-        self.header.flags &= !header::FLAG_REKEYING;
-        self.state.as_mut().expect("checked").header_dirty = true;
+        self.image.header.flags &= !header::FLAG_REKEYING;
+        self.state.header_dirty = true;
         self.prune_epoch_keys();
         self.commit()
     }
