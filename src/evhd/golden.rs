@@ -270,7 +270,7 @@ fn old_image(data: &[u8], signed: bool) {
         let b = &file[at as usize..at as usize + HEADER_SIZE];
         let h = Header::decode(b, at, len).unwrap();
         assert_eq!(h.signer.is_some(), signed);
-        let (mk, _, _) = super::open::unlock(&h, b, at, &[key.clone()]).unwrap();
+        let (mk, _, _) = super::open::unlock(&h, b, at, std::slice::from_ref(&key)).unwrap();
         match &h.signer {
             None => assert!(h.encode(&mk).unwrap() == b, "copy at {at:#x} re-encodes"),
             Some(rec) => {
