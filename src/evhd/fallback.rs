@@ -14,11 +14,11 @@
 //! Damage that breaks this (one byte of the current copy and one of the
 //! journal magic suffice) would otherwise let open use the older copy
 //! silently: the newest commit (a removed recipient, a rekey, a header
-//! change) would be undone. [`assess`] finds these states without a key:
+//! change) would be undone. `assess` finds these states without a key:
 //! the used copy is *confirmed* when the journal holds a complete record
 //! of its sequence with the same header bytes (it is the newest commit) or
 //! of its sequence + 1 whose header decodes (the unfinished commit that
-//! open replays). With a key, [`Assessment::verdict`] also requires that
+//! open replays). With a key, `Assessment::verdict` also requires that
 //! such a record was actually replayed.
 
 use super::header::{self, COPY_OFFSETS, Header};

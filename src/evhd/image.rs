@@ -119,7 +119,7 @@ impl Candidate {
 impl EvhdImage {
     /// Open the container in `storage` without a key: `info` works, reads
     /// fail with `KeyRequired`. A writable open needs a key
-    /// ([`EvhdDisk::open`]): asked for here, it is a `KeyRequired` error.
+    /// ([`EvhdDisk::open`](super::EvhdDisk::open)): asked for here, it is a `KeyRequired` error.
     pub fn open(
         storage: Box<dyn Storage>,
         path: Option<PathBuf>,

@@ -16,7 +16,7 @@
 //! [`recipient`], [`journal`] and [`table`]. A container opens as one of two
 //! types: an [`EvhdImage`] (locked: what needs no key, for `info`, keyless
 //! `check` and the recipient list) or an [`EvhdDisk`] (unlocked with a
-//! recipient's key: a [`VirtualDisk`](crate::disk::VirtualDisk) that reads
+//! recipient's key: a [`VirtualDisk`] that reads
 //! and writes). [`open`] gives the one the options allow.
 //!
 //! The code by responsibility: choosing the header copy and the locked
