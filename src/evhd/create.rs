@@ -113,7 +113,7 @@ impl EvhdBuilder {
             ));
         }
         for s in [self.logical_sector_size, self.physical_sector_size] {
-            if s != 512 && s != 4096 {
+            if !header::SECTOR_SIZES.contains(&s) {
                 return Err(Error::invalid_argument(format!(
                     "sector size {s}; expected 512 or 4096"
                 )));

@@ -65,6 +65,8 @@ pub const MIN_SIGNATURE: usize = MIN_BITS / 8;
 pub const SIGNATURE_OFFSET: usize = MAC_OFFSET - MAX_SIGNATURE;
 /// Most recipients: keeps unwrapping attempts and the header size bounded.
 pub const MAX_RECIPIENTS: usize = 32;
+/// The sector sizes a container may have (logical and physical).
+pub const SECTOR_SIZES: [u32; 2] = [512, 4096];
 /// Smallest and largest block shift: 4 KiB to 1 MiB blocks.
 pub const BLOCK_SHIFTS: std::ops::RangeInclusive<u8> = 12..=20;
 /// Flag: a rekey started and has not re-encrypted every block yet.
@@ -140,43 +142,43 @@ pub struct RawHeader {
     pub version: u32,
     /// CRC-32C of the copy with this field zeroed ([`compute_crc`]).
     pub crc: u32,
-    /// See [`Header`] for the fields down to `journal_len`.
+    /// Sequence number; the valid copy with the higher one wins.
     pub sequence: u64,
-    #[allow(missing_docs)]
+    /// Random container identity.
     pub container_id: [u8; 16],
-    #[allow(missing_docs)]
+    /// Virtual disk size in bytes.
     pub virtual_size: u64,
-    #[allow(missing_docs)]
+    /// Logical sector size.
     pub logical_sector_size: u32,
-    #[allow(missing_docs)]
+    /// Physical sector size.
     pub physical_sector_size: u32,
-    #[allow(missing_docs)]
+    /// log2 of the block size.
     pub block_shift: u8,
     /// [`CipherId::id`].
     pub cipher: u8,
-    #[allow(missing_docs)]
+    /// [`FLAG_REKEYING`].
     pub flags: u16,
-    #[allow(missing_docs)]
+    /// File offset of the block table.
     pub table_offset: u64,
-    #[allow(missing_docs)]
+    /// Pages of the block table.
     pub table_pages: u64,
-    #[allow(missing_docs)]
+    /// File offset of slot 1.
     pub data_offset: u64,
-    #[allow(missing_docs)]
+    /// Slots in the data area.
     pub slot_count: u64,
-    #[allow(missing_docs)]
+    /// The epoch new writes use.
     pub epoch: u16,
     /// Number of recipient stanzas.
     pub recipient_count: u16,
     /// Bytes of the recipient stanzas.
     pub recipients_len: u32,
-    #[allow(missing_docs)]
+    /// SHA-256 over all page MACs.
     pub table_root: [u8; 32],
-    #[allow(missing_docs)]
+    /// Block writes under the current epoch.
     pub epoch_writes: u64,
-    #[allow(missing_docs)]
+    /// File offset of the journal.
     pub journal_offset: u64,
-    #[allow(missing_docs)]
+    /// Bytes of the journal region.
     pub journal_len: u64,
     /// Number of epoch key records in use.
     pub epoch_key_count: u16,
@@ -188,9 +190,9 @@ pub struct RawHeader {
     /// Origin block size (after 2 zero bytes).
     #[brw(pad_before = 2)]
     pub origin_block_size: u32,
-    #[allow(missing_docs)]
+    /// Origin logical sector size.
     pub origin_logical_sector_size: u32,
-    #[allow(missing_docs)]
+    /// Origin physical sector size.
     pub origin_physical_sector_size: u32,
     /// Origin disk id, zero when unknown.
     pub origin_disk_id: [u8; 16],
@@ -531,7 +533,7 @@ impl Header {
         let logical = raw.logical_sector_size;
         let physical = raw.physical_sector_size;
         for (o, v) in [(48, logical), (52, physical)] {
-            if v != 512 && v != 4096 {
+            if !SECTOR_SIZES.contains(&v) {
                 return Err(bad(o, format!("sector size {v}; expected 512 or 4096")));
             }
         }
