@@ -8,10 +8,10 @@
 //! turns into an [`Error`] of its kind at the file offset it names.
 
 use std::fmt;
-use std::io::Cursor;
+use std::io::{Cursor, Read, Seek, Write};
 
 use binrw::meta::{ReadEndian, WriteEndian};
-use binrw::{BinRead, BinWrite};
+use binrw::{BinRead, BinResult, BinWrite, Endian};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -102,6 +102,30 @@ fn read_error<T: FixedStruct>(e: binrw::Error, offset: u64) -> Error {
         return read_error::<T>(*bt.error, offset);
     }
     Error::corrupt(T::NAME, offset, format!("cannot decode: {e}"))
+}
+
+/// Read a byte array in one piece (`#[br(parse_with = read_bytes)]`):
+/// binrw reads `[u8; N]` one byte at a time, which the block table, read
+/// whole on every open, cannot afford.
+pub fn read_bytes<R: Read + Seek, const N: usize>(
+    reader: &mut R,
+    _: Endian,
+    _: (),
+) -> BinResult<[u8; N]> {
+    let mut b = [0u8; N];
+    reader.read_exact(&mut b)?;
+    Ok(b)
+}
+
+/// Write a byte array in one piece (`#[bw(write_with = write_bytes)]`).
+pub fn write_bytes<W: Write + Seek, const N: usize>(
+    b: &[u8; N],
+    writer: &mut W,
+    _: Endian,
+    _: (),
+) -> BinResult<()> {
+    writer.write_all(b)?;
+    Ok(())
 }
 
 /// The size and name of each structure, checked against its layout.

@@ -21,7 +21,7 @@ use binrw::binrw;
 use sha2_10::{Digest, Sha256};
 
 use super::cipher::{KEY_LEN, NONCE_LEN, TAG_LEN, ct_eq, hmac_sha256};
-use crate::fixed::FixedStruct;
+use crate::fixed::{FixedStruct, read_bytes, write_bytes};
 
 /// Bytes of one table page.
 pub const PAGE_SIZE: usize = 4096;
@@ -46,8 +46,12 @@ pub struct Entry {
     /// Write count of this block.
     pub generation: u64,
     /// Nonce of the last write.
+    #[br(parse_with = read_bytes)]
+    #[bw(write_with = write_bytes)]
     pub nonce: [u8; NONCE_LEN],
     /// Tag of the last write.
+    #[br(parse_with = read_bytes)]
+    #[bw(write_with = write_bytes)]
     pub tag: [u8; TAG_LEN],
     /// Key epoch of the last write.
     pub epoch: u16,
@@ -70,8 +74,12 @@ pub struct Page {
     /// The entries of blocks `84 * index ..`; past the last block, zero.
     pub entries: [Entry; ENTRIES_PER_PAGE],
     /// `HMAC-SHA256(K_tbl, container id || u64le page index || entries)`.
+    #[br(parse_with = read_bytes)]
+    #[bw(write_with = write_bytes)]
     pub mac: [u8; 32],
     /// Must be zero.
+    #[br(parse_with = read_bytes)]
+    #[bw(write_with = write_bytes)]
     pub reserved: [u8; PAGE_SIZE - RESERVED_OFFSET],
 }
 
