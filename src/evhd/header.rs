@@ -634,7 +634,7 @@ impl Header {
             ));
         }
         let stanzas_end = if raw.version == VERSION_SIGNED {
-            h.signer = Some(signer_of(raw, at)?);
+            h.signer = Some(signature::signer_of(raw, at)?);
             SIGNATURE_OFFSET
         } else {
             MAC_OFFSET
@@ -663,48 +663,4 @@ impl Header {
         }
         Ok(h)
     }
-}
-
-/// The signer record and signature of a signed copy `raw` read at `at`:
-/// the scheme known, the length in range and the rest of the signature
-/// area zero (it is outside the MAC, so nothing there may go unchecked).
-/// Whether the signer is a recipient and the signature verifies is
-/// [`signature::verify`]'s business.
-fn signer_of(raw: &RawHeader, at: u64) -> Result<SignerRecord> {
-    let bad = |o: usize, msg: String| Error::corrupt(STRUCTURE, at + o as u64, msg);
-    let len = raw.signer.signature_len as usize;
-    let scheme = raw.signer.scheme;
-    if scheme != signature::SCHEME_RSA_PSS_SHA256 {
-        return Err(Error::unsupported(
-            STRUCTURE,
-            at + (SIGNER_OFFSET + 34) as u64,
-            format!(
-                "signature scheme {scheme}; expected {} (RSA-PSS-SHA256)",
-                signature::SCHEME_RSA_PSS_SHA256
-            ),
-        ));
-    }
-    if !(MIN_SIGNATURE..=MAX_SIGNATURE).contains(&len) {
-        return Err(bad(
-            SIGNER_OFFSET + 32,
-            format!("signature of {len} bytes; expected {MIN_SIGNATURE} to {MAX_SIGNATURE}"),
-        ));
-    }
-    if let Some(i) = raw.reserved.iter().position(|&x| x != 0) {
-        return Err(bad(
-            SIGNER_OFFSET + SIGNER_RECORD + i,
-            "reserved byte after the signer record is not zero".into(),
-        ));
-    }
-    let sig = SIGNATURE_OFFSET - RECIPIENTS_OFFSET;
-    if let Some(i) = raw.body[sig + len..].iter().position(|&x| x != 0) {
-        return Err(bad(
-            SIGNATURE_OFFSET + len + i,
-            format!("byte after the {len}-byte signature is not zero"),
-        ));
-    }
-    Ok(SignerRecord {
-        fingerprint: Fingerprint(raw.signer.fingerprint),
-        signature: raw.body[sig..sig + len].to_vec(),
-    })
 }
