@@ -28,6 +28,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sum = sum.wrapping_add(u64::from(buf[0]));
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("{:.6} s {:.0} reads/s (checksum {sum})", secs, count as f64 / secs);
+    println!(
+        "{:.6} s {:.0} reads/s (checksum {sum})",
+        secs,
+        count as f64 / secs
+    );
     Ok(())
 }
