@@ -905,7 +905,7 @@ mod tests {
         let link = d.path().join("hard");
         fs::hard_link(&t, &link).unwrap();
         let target = DeviceTarget::open(&t).unwrap();
-        refuse_writing_onto_sources(&target, &[other.clone()]).unwrap();
+        refuse_writing_onto_sources(&target, std::slice::from_ref(&other)).unwrap();
         let e = refuse_writing_onto_sources(&target, &[other, link.clone()]).unwrap_err();
         assert!(
             e.to_string().contains("is the source")
