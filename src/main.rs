@@ -868,6 +868,17 @@ fn run(cmd: Command) -> Outcome {
             parent.refuse_key_for(&[&image], &opts).map_err(fail1)?;
             let r = vhdkit::check(&image, &opts, repair)
                 .map_err(|e| fail1(force_share_hint(e, repair)))?;
+            if parent.ignore_parent_id
+                && r.not_checked
+                    .iter()
+                    .any(|n| vhdkit::parent::is_mismatch_warning(n))
+            {
+                eprintln!(
+                    "vhdkit: warning: --ignore-parent-id lets check read a parent that is not the \
+                     recorded one, but cannot make the chain clean: the mismatch stays listed \
+                     under not checked (exit 1 unless damage is found)"
+                );
+            }
             emit(json, &r, report::write_check_text)?;
             Ok(r.exit_code() as u8)
         }
@@ -975,7 +986,10 @@ fn run(cmd: Command) -> Outcome {
                 let salvage = salvage.log();
                 refuse_device_options(&dst, format, &sectors, &recipients)?;
                 let code = convert_device(&src, &dst, quiet, &parent, salvage.clone())?;
-                return Ok(report_salvage(salvage.as_deref(), code));
+                let code = report_salvage(salvage.as_deref(), code);
+                // Written and synced: a signal from now on is no interruption.
+                vhdkit::pending::written_in_place(code);
+                return Ok(code);
             }
             if dst.as_os_str() != "-" {
                 // Before any work: DST must be nothing or a regular file.
@@ -1358,15 +1372,18 @@ fn convert_device(
         .open(src, &parent.options().salvage(salvage))
         .map_err(fail1)?;
     warn_signature(disk.as_ref(), src);
+    let sources = vhdkit::device::source_chain(src, disk.as_ref(), &parent.options());
+    vhdkit::device::refuse_writing_onto_sources(&target, &sources).map_err(fail1)?;
     let bar = progress_bar(disk.virtual_size(), quiet);
     let mut tick = |done: u64| {
         if let Some(b) = &bar {
             b.set_position(done);
         }
     };
-    vhdkit::pending::writing_in_place(Some(dst));
+    // Recorded until the process exits (a failed write is partly written
+    // too) or the caller marks the write complete.
+    vhdkit::pending::writing_in_place(dst);
     let r = vhdkit::device::write_in_place(&Named(disk.as_ref(), src), &target, &mut tick);
-    vhdkit::pending::writing_in_place(None);
     if let Some(b) = bar {
         b.finish_and_clear();
     }
