@@ -25,20 +25,26 @@ pub fn convert_device(a: &ConvertArgs) -> Outcome {
         .open(src, &parent.options().salvage(salvage.clone()))
         .map_err(fail1)?;
     warn_signature(disk.as_ref(), src);
+    let sources = vhdkit::device::source_chain(src, disk.as_ref(), &parent.options());
+    vhdkit::device::refuse_writing_onto_sources(&target, &sources).map_err(fail1)?;
     let bar = progress_bar(disk.virtual_size(), a.quiet);
     let mut tick = |done: u64| {
         if let Some(b) = &bar {
             b.set_position(done);
         }
     };
-    vhdkit::pending::writing_in_place(Some(dst));
+    // Recorded until the process exits (a failed write is partly written
+    // too) or the write is marked complete below.
+    vhdkit::pending::writing_in_place(dst);
     let r = vhdkit::device::write_in_place(&Named(disk.as_ref(), src), &target, &mut tick);
-    vhdkit::pending::writing_in_place(None);
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     r.map_err(fail1)?;
-    Ok(report_salvage(salvage.as_deref(), 0))
+    let code = report_salvage(salvage.as_deref(), 0);
+    // Written and synced: a signal from now on is no interruption.
+    vhdkit::pending::written_in_place(code);
+    Ok(code)
 }
 
 /// Refuse what `--device` cannot do: stream to stdout, write an image
