@@ -17,6 +17,8 @@ use crate::report::{DiskType, Format};
 use crate::vhd::VhdBuilder;
 use crate::vhdx::VhdxBuilder;
 
+pub mod plan;
+
 /// Bytes copied per step: a whole default VHD block.
 pub const COPY_CHUNK: usize = 2 << 20;
 /// Bytes handed over per write when a mapped source is lent to the

@@ -205,8 +205,9 @@ impl Stored<'_> {
                     self.structure,
                     self.block_offset,
                     format!(
-                        "block {} ({:#x}..{block_end:#x} in the file) lies past the end of the \
-                         {file_len:#x}-byte file from {file_start:#x}: virtual bytes \
+                        "block {} (file bytes {:#x}..{block_end:#x}) runs past the end of the \
+                         file, which is {file_len:#x} bytes long, so its bytes from \
+                         {file_start:#x} on are missing: virtual bytes \
                          {vstart:#x}..{:#x} being read are missing (`vhdkit check` lists all \
                          the damage; --salvage reads missing bytes as zeros)",
                         self.block,

@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use rand_core::RngCore;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::evhd::keys::{PrivateKey, PublicKey};
+
+pub mod report;
 
 /// Permissions of a private key file: owner read and write only.
 pub const PRIVATE_MODE: u32 = 0o600;
@@ -29,8 +32,10 @@ const TEMP_ATTEMPTS: usize = 8;
 /// room for the process id, random part and suffix within 255 bytes.
 const TEMP_NAME_PREFIX: usize = 200;
 
-/// Whether a key file holds a private or a public key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether a key file holds a private or a public key (in JSON reports
+/// `"private"` or `"public"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum KeyKind {
     /// Private key material: the file is made 0600.
     Private,
@@ -39,6 +44,14 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
+    /// Lowercase name, as in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Private => "private",
+            KeyKind::Public => "public",
+        }
+    }
+
     /// The file mode this kind of key file gets.
     pub fn mode(self) -> u32 {
         match self {
@@ -46,6 +59,42 @@ impl KeyKind {
             KeyKind::Public => PUBLIC_MODE,
         }
     }
+}
+
+/// The text form a key file is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyEncoding {
+    /// The .NET `RSAKeyValue` XML form (KeyPair.xml); a public key keeps
+    /// only `Modulus` and `Exponent`.
+    Xml,
+    /// PEM: PKCS#8 for a private key, SubjectPublicKeyInfo for a public one.
+    Pem,
+}
+
+/// Save a private key as the key file `path`, created with mode 0600 (see
+/// [`write_key_file`] for `force`, symbolic links and what a failure
+/// leaves). The serialized key is wiped from memory once written.
+pub fn save_private(
+    path: &Path,
+    key: &PrivateKey,
+    encoding: KeyEncoding,
+    force: bool,
+) -> Result<()> {
+    let text = match encoding {
+        KeyEncoding::Xml => key.to_xml(),
+        KeyEncoding::Pem => key.to_pem()?,
+    };
+    write_key_file(path, text.as_bytes(), KeyKind::Private, force)
+}
+
+/// Save a public key as the key file `path`, created with mode 0644 (see
+/// [`write_key_file`]).
+pub fn save_public(path: &Path, key: &PublicKey, encoding: KeyEncoding, force: bool) -> Result<()> {
+    let text = match encoding {
+        KeyEncoding::Xml => key.to_xml(),
+        KeyEncoding::Pem => key.to_pem()?,
+    };
+    write_key_file(path, text.as_bytes(), KeyKind::Public, force)
 }
 
 /// A temporary file that is removed when dropped unless renamed into place.
@@ -266,5 +315,65 @@ mod tests {
             let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, PUBLIC_MODE);
         }
+    }
+
+    #[cfg(unix)]
+    fn mode_of(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// A saved private key is 0600 in both encodings, even when it replaces
+    /// a world-readable file, and reads back as the same key; its public
+    /// half is 0644 and reads back as public.
+    #[test]
+    fn saved_keys_get_their_modes_and_read_back() {
+        use crate::evhd::keys::KeyFile;
+        let d = tempfile::tempdir().unwrap();
+        let key = PrivateKey::generate(2048).unwrap();
+        for enc in [KeyEncoding::Xml, KeyEncoding::Pem] {
+            let p = d.path().join(format!("k-{enc:?}"));
+            fs::write(&p, b"old").unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+            }
+            assert!(save_private(&p, &key, enc, false).is_err());
+            save_private(&p, &key, enc, true).unwrap();
+            #[cfg(unix)]
+            assert_eq!(mode_of(&p), PRIVATE_MODE, "{enc:?}");
+            let back = KeyFile::read(&p).unwrap().into_private().unwrap();
+            assert_eq!(back.fingerprint(), key.fingerprint());
+
+            let q = d.path().join(format!("pub-{enc:?}"));
+            save_public(&q, key.public(), enc, false).unwrap();
+            #[cfg(unix)]
+            assert_eq!(mode_of(&q), PUBLIC_MODE, "{enc:?}");
+            let back = KeyFile::read(&q).unwrap();
+            assert!(matches!(back, KeyFile::Public(_)));
+            assert_eq!(back.public().fingerprint(), key.fingerprint());
+        }
+        assert!(leftovers(d.path()).is_empty());
+    }
+
+    /// A symbolic link is never written through, even with force.
+    #[cfg(unix)]
+    #[test]
+    fn symlinks_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("target");
+        fs::write(&target, b"keep").unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = write_key_file(&link, b"secret", KeyKind::Private, true).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 }

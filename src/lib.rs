@@ -252,8 +252,27 @@ pub fn open_storage(
 
 /// Check the image at `path` for damage; with `repair`, fix what can be
 /// fixed safely. Missing parents are reported, not fatal.
+///
+/// A differencing image is checked with its parents: each parent that is
+/// found is checked too (never repaired), and its findings, what it could
+/// not check and what it checked are added, each prefixed `in parent
+/// PATH:`. Damage anywhere in the chain makes the report corrupt. A parent
+/// that is not the recorded one (id mismatch) stays listed under
+/// `not_checked` even with `ignore_parent_id`, which only lets its content
+/// be checked as well.
 pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckReport> {
+    check_in_chain(path, opts, repair, 0)
+}
+
+/// [`check`] of an image `depth` parents up from the one asked about.
+fn check_in_chain(
+    path: &Path,
+    opts: &OpenOptions,
+    repair: bool,
+    depth: usize,
+) -> Result<CheckReport> {
     let mut report = CheckReport::default();
+    let mut parent_path: Option<PathBuf> = None;
     // One open of the file at a time: a second one would conflict with this
     // one's lock (locks belong to each open, even in one process), so the
     // storage is closed at the end of this block, before `open` below.
@@ -298,17 +317,18 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
     match open(path, &inspect) {
         Ok(disk) => {
             let info = disk.info();
-            if !opts.ignore_parent_id {
-                // Opened for inspection only: what the child reads from a
-                // parent (or a parent's parent) that is not the recorded
-                // one was not checked.
-                for w in info
-                    .warnings
-                    .iter()
-                    .filter(|w| parent::is_mismatch_warning(w))
-                {
-                    report.not_checked.push(w.clone());
-                }
+            // A parent (or a parent's parent) that is not the recorded one:
+            // whether the child's data fits it cannot be checked, even
+            // when --ignore-parent-id lets it be read.
+            for w in info
+                .warnings
+                .iter()
+                .filter(|w| parent::is_mismatch_warning(w))
+            {
+                report.not_checked.push(w.clone());
+            }
+            if let Some(p) = info.parent.as_ref().filter(|p| p.found) {
+                parent_path = p.path.as_ref().map(PathBuf::from);
             }
             if let Some(p) = info.parent.filter(|p| !p.found) {
                 let text = format!(
@@ -357,14 +377,56 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
     }
     // After a repair the status is that of what remains: the image is
     // checked again and its findings replace those found before the repair
-    // (the `repaired` list says what was fixed).
+    // (the `repaired` list says what was fixed). That check covers the
+    // parents.
     if repair && !report.repaired.is_empty() {
-        let after = check(path, opts, false)?;
+        let after = check_in_chain(path, opts, false, depth)?;
         report.findings = after.findings;
         report.checked = after.checked;
         report.not_checked = after.not_checked;
+        return Ok(report);
+    }
+    if let Some(pp) = parent_path {
+        add_parent_check(&mut report, &pp, opts, depth);
     }
     Ok(report)
+}
+
+/// Check the parent at `parent` (read-only, its own parents resolved from
+/// what it records) and add what that found to the child's `report`, each
+/// line prefixed `in parent PATH:`. A parent that cannot be checked at all
+/// is listed under `not_checked` with the reason.
+fn add_parent_check(report: &mut CheckReport, parent: &Path, opts: &OpenOptions, depth: usize) {
+    let prefix = format!("in parent {}: ", parent.display());
+    if depth + 1 >= parent::MAX_CHAIN_DEPTH {
+        report.not_checked.push(format!(
+            "{prefix}the chain is deeper than {} images",
+            parent::MAX_CHAIN_DEPTH
+        ));
+        return;
+    }
+    let mut popts = opts.clone();
+    popts.parent_path = None;
+    match check_in_chain(parent, &popts, false, depth + 1) {
+        Ok(r) => {
+            for mut f in r.findings {
+                f.message = format!("{prefix}{}", f.message);
+                report.findings.push(f);
+            }
+            for c in r.checked {
+                report.checked.push(format!("{prefix}{c}"));
+            }
+            // Mismatches further up were listed from the child's own open.
+            for n in r.not_checked {
+                if !parent::is_mismatch_warning(&n) {
+                    report.not_checked.push(format!("{prefix}{n}"));
+                }
+            }
+        }
+        Err(e) => report
+            .not_checked
+            .push(format!("{prefix}could not be checked: {e}")),
+    }
 }
 
 /// The message of a finding made from an open error of the image at `path`:

@@ -345,7 +345,13 @@ pub fn resolve(
     let mut failure: Option<Error> = None;
     let mut mismatched: Option<Parent> = None;
     for (p, candidate) in &paths {
-        if !p.is_file() {
+        if std::fs::metadata(p).is_err() {
+            continue;
+        }
+        // Something that cannot be an image (a FIFO, a directory) is named
+        // for what it is rather than reported as "not found".
+        if let Err(e) = crate::filekind::refuse_path(p) {
+            failure.get_or_insert(e);
             continue;
         }
         // A record that leads back into the chain is reported where it is

@@ -90,23 +90,45 @@ pub fn remove_all_and_exit(code: i32) -> ! {
     for p in reg.iter() {
         let _ = fs::remove_file(p);
     }
-    if let Some(p) = IN_PLACE.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-        eprintln!(
+    match &*IN_PLACE.lock().unwrap_or_else(|p| p.into_inner()) {
+        Some(InPlace::Writing(p)) => eprintln!(
             "vhdkit: interrupted while writing onto {}: it may be left partly written (an in-place write cannot be undone)",
             p.display()
-        );
+        ),
+        // Everything was written and synced: the command succeeded, the
+        // signal only came before the process could exit.
+        Some(InPlace::Done(code)) => std::process::exit(i32::from(*code)),
+        None => {}
     }
     std::process::exit(code)
 }
 
-/// The target being written in place (`convert --device`), which no
-/// clean-up can restore: named by [`remove_all_and_exit`].
-static IN_PLACE: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// The state of a write in place (`convert --device`).
+enum InPlace {
+    /// The target is being written (or the write failed): an interrupted
+    /// process says it may be left partly written.
+    Writing(PathBuf),
+    /// The write completed and was synced; the command exits with this
+    /// status even when a signal arrives before it could exit.
+    Done(u8),
+}
 
-/// Record that `target` is being written in place (`None`: no longer), so
-/// that an interrupted process says it is left partly written.
-pub fn writing_in_place(target: Option<&Path>) {
-    *IN_PLACE.lock().unwrap_or_else(|p| p.into_inner()) = target.map(Path::to_path_buf);
+/// The target being written in place, which no clean-up can restore:
+/// named by [`remove_all_and_exit`].
+static IN_PLACE: Mutex<Option<InPlace>> = Mutex::new(None);
+
+/// Record that `target` is being written in place, so that an interrupted
+/// process says it may be left partly written. Stays recorded until
+/// [`written_in_place`]: a failed write is left partly written too.
+pub fn writing_in_place(target: &Path) {
+    *IN_PLACE.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some(InPlace::Writing(target.to_path_buf()));
+}
+
+/// Record that the write in place completed and was synced, and that the
+/// command's exit status is `code`: a signal from now on exits with it.
+pub fn written_in_place(code: u8) {
+    *IN_PLACE.lock().unwrap_or_else(|p| p.into_inner()) = Some(InPlace::Done(code));
 }
 
 /// The temporary name for a file built by this process for `dest`:

@@ -30,6 +30,13 @@ pub fn parse_size(s: &str) -> Result<u64> {
             "cannot parse size {s:?} (examples: 4096, 64M, 10G)"
         ))
     };
+    // Only digits with at most one decimal point: Rust's number parsers
+    // would also take `+5`, `1e3`, `inf` and `nan`, which no size is.
+    let digits = num.bytes().filter(u8::is_ascii_digit).count();
+    let dots = num.bytes().filter(|&b| b == b'.').count();
+    if digits == 0 || digits + dots != num.len() || dots > 1 {
+        return Err(bad());
+    }
     if let Ok(n) = num.parse::<u64>() {
         return n.checked_mul(1u64 << shift).ok_or_else(bad);
     }
@@ -78,6 +85,10 @@ mod tests {
         assert!(parse_size("0xzz").is_err());
         assert!(parse_size("lots").is_err());
         assert!(parse_size("99999999999P").is_err());
+        for bad in ["1e3", "+5", "inf", "nan", "1.2.3", ".", "-1", "1 k", ""] {
+            assert!(parse_size(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert_eq!(parse_size(".5k").unwrap(), 512);
     }
 
     #[test]

@@ -326,7 +326,30 @@ fn child_of_truncated_parent(ext: &str) {
         "--length",
         "64K",
     ]);
-    truncate_in_block(&parent);
+    let cut_at = truncate_in_block(&parent);
+
+    // `check CHILD` checks the chain: the parent's damage makes it corrupt
+    // (exit 2), named with the parent, in text and in JSON.
+    let (code, text) = all_output(&["check", s(&child)]);
+    assert_eq!(code, 2, "the damaged parent must be reported:\n{text}");
+    assert!(
+        text.contains(&format!("in parent {}: ", parent.display()))
+            && text.contains(&format!("{LOST:#x}..")),
+        "the finding names the parent and the range lost:\n{text}"
+    );
+    let (code, out, err) = code_out_err(&vhdkit(["check", "--json", s(&child)]));
+    assert_eq!(code, 2, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["status"], "corrupt", "{r:#}");
+    let block_at = if ext == "vhd" { cut_at - 512 } else { cut_at };
+    assert!(
+        r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["offset"] == block_at && f["severity"] == "error"),
+        "a finding at the parent's block {block_at:#x}: {r:#}"
+    );
 
     let dst = dir.path().join("out.raw");
     let err = vhdkit_fails(Some(1), &["convert", "-q", s(&child), s(&dst)]);
@@ -376,20 +399,24 @@ fn vhdx_sector_bitmap_past_the_end_is_damage() {
         "create",
         "-t",
         "differencing",
+        "--block-size",
+        "1M",
         "--parent",
         s(&parent),
         s(&child),
     ]);
-    vhdkit_ok([
-        "write",
-        s(&child),
-        "--offset",
-        "4096",
-        "--pattern",
-        "0x5a",
-        "--length",
-        "4096",
-    ]);
+    for (offset, length) in [("4096", "4096"), ("2M", "1M"), ("3149824", "4096")] {
+        vhdkit_ok([
+            "write",
+            s(&child),
+            "--offset",
+            offset,
+            "--pattern",
+            "0x5a",
+            "--length",
+            length,
+        ]);
+    }
     // Point the chunk's sector bitmap entry (BAT index chunk_ratio: the
     // entry after the chunk's payload blocks) past the end of the file, so
     // that only the bitmap is missing.
@@ -413,6 +440,17 @@ fn vhdx_sector_bitmap_past_the_end_is_damage() {
     assert_eq!(code, 2, "{text}\n{info}");
     assert!(text.contains("VHDX sector bitmap block at "), "{text}");
     assert!(!text.contains("VHDX payload block"), "{text}");
+    // Only the partially present blocks of the chunk lose their sector
+    // presence: block 0 (written in part), not block 2 (written whole, so
+    // fully present) nor the unwritten blocks; block 3 (in part) too.
+    let block = info["block_size"].as_u64().unwrap();
+    assert_eq!(block, BLOCK, "{info}");
+    let want = format!("virtual bytes 0x0..{BLOCK:#x} ");
+    assert!(text.contains(&want), "{want}: {text}");
+    let want = format!("virtual bytes {:#x}..{:#x} ", 3 * BLOCK, 4 * BLOCK);
+    assert!(text.contains(&want), "{want}: {text}");
+    assert!(!text.contains(&format!("..{SIZE:#x}")), "{text}");
+    assert!(!text.contains(&format!("{:#x}..", 2 * BLOCK)), "{text}");
     let err = vhdkit_fails(
         Some(1),
         &["read", s(&child), "--offset", "0", "--length", "8192"],

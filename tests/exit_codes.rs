@@ -180,6 +180,12 @@ fn check_exit_codes_are_as_documented() {
             1,
             None,
         ),
+        (
+            "parent id mismatch with --ignore-parent-id",
+            vec!["check".into(), "--ignore-parent-id".into(), p(&mismatch)],
+            1,
+            Some("--ignore-parent-id".into()),
+        ),
         ("missing parent", vec!["check".into(), p(&orphan)], 1, None),
         (
             "compare usage error",

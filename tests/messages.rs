@@ -266,7 +266,7 @@ fn info_and_check_give_the_same_offset_for_a_finding() {
     let hoff = u64::from_be_bytes(file_bytes(&good, footer + 16, 8).try_into().unwrap());
     for (name, at, structure, want) in [
         ("footer", footer + 64, "VHD footer at", footer + 64),
-        ("footer copy", 64, "VHD footer copy at", 64),
+        ("footer copy", 64, "VHD footer copy at", 0),
         (
             "dynamic header",
             hoff + 36,
@@ -321,6 +321,41 @@ fn differencing_create_refuses_a_size_that_is_not_the_parents() {
     std::fs::remove_file(&c).unwrap();
     vhdkit_ok(["create", "--parent", s(&p), s(&c)]);
     assert_eq!(info_json(&c)["virtual_size"], 16 << 20);
+}
+
+/// A parent path that names a FIFO (or a directory) is reported as what it
+/// is, not as "not found", and opening it never blocks.
+#[test]
+fn a_parent_that_is_a_fifo_is_named_for_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.vhd");
+    let c = dir.path().join("c.vhd");
+    vhdkit_ok(["create", "-t", "dynamic", s(&p), "4M"]);
+    vhdkit_ok(["create", "--parent", s(&p), s(&c)]);
+    std::fs::remove_file(&p).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&p).status();
+    if !made.is_ok_and(|st| st.success()) {
+        return skip("mkfifo is not available");
+    }
+    let err = vhdkit_fails(Some(1), &["info", s(&c)]);
+    assert!(err.contains("FIFO") && err.contains(s(&p)), "{err}");
+    assert!(!err.contains("not found"), "{err}");
+}
+
+/// Sizes are digits with an optional fraction and unit: `1e3`, `+5` and
+/// `inf`, which Rust's number parsers take, are refused.
+#[test]
+fn sizes_in_scientific_notation_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("x.vhd");
+    vhdkit_ok(["create", s(&img), "1M"]);
+    for bad in ["1e3", "+5", "inf"] {
+        let err = vhdkit_fails(
+            Some(1),
+            &["read", s(&img), "--offset", bad, "--length", "1"],
+        );
+        assert!(err.contains("cannot parse size"), "{bad}: {err}");
+    }
 }
 
 /// `10GB` is 10 GiB, as in qemu-img, and the command says so on stderr;

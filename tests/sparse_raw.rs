@@ -87,8 +87,7 @@ fn reports_holes(path: &Path, expected_data: u64) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("{why}, and CI requires it");
     }
-    eprintln!("skipping: {why}");
-    println!("skipping: {why}");
+    common::skip(&why);
     false
 }
 
@@ -573,8 +572,7 @@ fn block_device_as_source_reads_its_whole_size() {
         Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap().trim().to_string(),
         _ => {
             let why = "cannot attach a loop device (needs root and losetup)";
-            eprintln!("skipping: {why}");
-            println!("skipping: {why}");
+            common::skip(why);
             return;
         }
     };

@@ -261,9 +261,10 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         Some(c) if !c.checksum_ok() => report.add(
             Severity::Error,
             "VHD footer copy",
-            Some(64),
+            Some(0),
             format!(
-                "bad checksum: stored {:#010x}, computed {:#010x}",
+                "bad checksum (its checksum field at {:#x}): stored {:#010x}, computed {:#010x}",
+                crate::vhd::footer::CHECKSUM_FIELD,
                 c.checksum,
                 c.compute_checksum()
             ),

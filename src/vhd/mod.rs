@@ -206,7 +206,7 @@ impl VhdDisk {
             (None, Some(c)) => {
                 if !copy_valid {
                     warnings.push(format!(
-                        "VHD footer copy at {:#x}: bad checksum: stored {:#010x}, computed {:#010x}",
+                        "VHD footer copy at 0x0: bad checksum (its checksum field at {:#x}): stored {:#010x}, computed {:#010x}",
                         footer::CHECKSUM_FIELD,
                         c.checksum,
                         c.compute_checksum()
@@ -242,7 +242,7 @@ impl VhdDisk {
                     "footer copy at offset 0 is missing".to_string()
                 } else if !c.checksum_ok() {
                     format!(
-                        "VHD footer copy at {:#x}: bad checksum: stored {:#010x}, computed {:#010x}",
+                        "VHD footer copy at 0x0: bad checksum (its checksum field at {:#x}): stored {:#010x}, computed {:#010x}",
                         footer::CHECKSUM_FIELD,
                         c.checksum,
                         c.compute_checksum()

@@ -278,40 +278,46 @@ fn check_bat(s: &Structure, report: &mut CheckReport) {
         let end = off.saturating_add(size);
         if end > s.file_len {
             // Stored data the file does not hold: an error, never zeros.
-            let (runs, block, vstart, vend) = if is_bitmap {
-                // Byte k of a sector bitmap block describes sectors
-                // 8k..8k+8 of its chunk.
+            let lost = s.file_len.saturating_sub(off).min(size);
+            if is_bitmap {
                 let chunk = i / (l.chunk_ratio + 1);
-                let lost = s.file_len.saturating_sub(off).min(size);
-                let chunk_bytes = l.chunk_ratio * l.block_size;
-                let v0 = chunk * chunk_bytes;
-                (
-                    &mut missing_bitmaps,
-                    chunk,
-                    v0.saturating_add(lost * 8 * l.sector_size),
-                    v0.saturating_add(chunk_bytes),
-                )
+                let ranges = lost_bitmap_ranges(s, chunk, lost);
+                if ranges.is_empty() {
+                    report.add(
+                        Severity::Error,
+                        "VHDX sector bitmap block",
+                        Some(off),
+                        format!(
+                            "block {chunk} ({off:#x}..{end:#x} in the file, table entry at                              {at:#x}) lies past the end of the {:#x}-byte file; no payload                              block of its chunk is partially present, so no virtual bytes                              depend on it",
+                            s.file_len
+                        ),
+                    );
+                }
+                for (vstart, vend) in ranges {
+                    missing_bitmaps.push(MissingBlock {
+                        block: chunk,
+                        file_offset: off,
+                        file_len: size,
+                        vstart,
+                        vend,
+                        entry_offset: at,
+                    });
+                }
             } else {
                 let block = i - i / (l.chunk_ratio + 1);
-                let lost = s.file_len.saturating_sub(off).min(size);
                 let v0 = block * l.block_size;
-                (
-                    &mut missing_payload,
-                    block,
-                    v0.saturating_add(lost),
-                    v0.saturating_add(l.block_size),
-                )
-            };
-            let vend = vend.min(s.metadata.virtual_size);
-            if vstart < vend {
-                runs.push(MissingBlock {
-                    block,
-                    file_offset: off,
-                    file_len: size,
-                    vstart,
-                    vend,
-                    entry_offset: at,
-                });
+                let vstart = v0.saturating_add(lost);
+                let vend = v0.saturating_add(l.block_size).min(s.metadata.virtual_size);
+                if vstart < vend {
+                    missing_payload.push(MissingBlock {
+                        block,
+                        file_offset: off,
+                        file_len: size,
+                        vstart,
+                        vend,
+                        entry_offset: at,
+                    });
+                }
             }
             if off >= s.file_len {
                 continue;
@@ -356,4 +362,37 @@ fn check_bat(s: &Structure, report: &mut CheckReport) {
             );
         }
     }
+}
+
+/// The virtual ranges whose sector presence is lost when only the first
+/// `present` bytes of chunk `chunk`'s sector bitmap block are in the file:
+/// the parts of the chunk's partially present payload blocks described by
+/// the missing bytes (byte k of the bitmap describes sectors 8k..8k+8 of
+/// the chunk). Fully present, zero and unmapped blocks do not read the
+/// bitmap, so they lose nothing. Adjacent ranges are joined.
+fn lost_bitmap_ranges(s: &Structure, chunk: u64, present: u64) -> Vec<(u64, u64)> {
+    let l = &s.layout;
+    let chunk_bytes = l.chunk_ratio * l.block_size;
+    let v0 = chunk.saturating_mul(chunk_bytes);
+    let from = v0.saturating_add(present.saturating_mul(8 * l.sector_size));
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for k in 0..l.chunk_ratio {
+        let block = chunk * l.chunk_ratio + k;
+        let Some(&e) = s.bat.get(l.payload_index(block) as usize) else {
+            break;
+        };
+        if bat::state(e) != bat::PAYLOAD_PARTIALLY_PRESENT {
+            continue;
+        }
+        let a = (block * l.block_size).max(from);
+        let b = ((block + 1) * l.block_size).min(s.metadata.virtual_size);
+        if a >= b {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if last.1 == a => last.1 = b,
+            _ => out.push((a, b)),
+        }
+    }
+    out
 }

@@ -370,11 +370,31 @@ fn parent_locator(linkage: Uuid, parent: &Path, child: Option<&Path>) -> Result<
     if let Some(rel) = child_dir.and_then(|d| crate::vhd::create::relative_path(&d, parent)) {
         entries.push((KEY_RELATIVE_PATH.to_string(), rel));
     }
-    entries.push((
-        KEY_ABSOLUTE_WIN32_PATH.to_string(),
-        parent.to_string_lossy().into_owned(),
-    ));
+    // `absolute_win32_path` holds a Windows path ([MS-VHDX] 2.6.2.6.3): a
+    // POSIX path there would be read by Windows as a path on the current
+    // drive. Off Windows the relative path (always present: two absolute
+    // POSIX paths share the root) is the locator; older vhdkit children
+    // that hold a POSIX path under this key are still read.
+    if let Some(win) = win32_absolute(parent) {
+        entries.push((KEY_ABSOLUTE_WIN32_PATH.to_string(), win));
+    }
+    if entries.len() == 1 {
+        return Err(Error::invalid_argument(format!(
+            "cannot record the parent {} in a VHDX parent locator: no relative path \
+             from the child's folder and no Windows absolute path",
+            parent.display()
+        )));
+    }
     ParentLocator::new(entries).to_bytes()
+}
+
+/// `path` as an absolute Windows path (`C:\dir\p.vhdx`), or `None` when it
+/// is not one (a POSIX path).
+fn win32_absolute(path: &Path) -> Option<String> {
+    let s = path.to_str()?;
+    let b = s.as_bytes();
+    let drive = b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b':';
+    (drive && (b[2] == b'\\' || b[2] == b'/')).then(|| s.replace('/', "\\"))
 }
 
 /// Create a VHDX at `path` (which must not exist) with the given settings.
@@ -383,4 +403,35 @@ pub fn create(path: &Path, builder: VhdxBuilder) -> Result<VhdxDisk> {
     builder
         .create(Box::new(storage), Some(path))
         .map_err(|e| e.with_path(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vhdx::parent_locator::ParentLocator;
+
+    #[test]
+    fn only_windows_paths_are_recorded_as_win32_paths() {
+        assert_eq!(win32_absolute(Path::new("/srv/p.vhdx")), None);
+        assert_eq!(win32_absolute(Path::new("p.vhdx")), None);
+        assert_eq!(
+            win32_absolute(Path::new("C:/vms/p.vhdx")).as_deref(),
+            Some("C:\\vms\\p.vhdx")
+        );
+        assert_eq!(
+            win32_absolute(Path::new("d:\\p.vhdx")).as_deref(),
+            Some("d:\\p.vhdx")
+        );
+    }
+
+    #[test]
+    fn a_posix_parent_is_located_by_relative_path_only() {
+        let dir = std::env::temp_dir();
+        let child = dir.join("child.vhdx");
+        let parent = dir.join("sub").join("parent.vhdx");
+        let bytes = parent_locator(Uuid::nil(), &parent, Some(&child)).unwrap();
+        let loc = ParentLocator::parse(&bytes, 0).unwrap();
+        assert_eq!(loc.get(KEY_RELATIVE_PATH), Some(".\\sub\\parent.vhdx"));
+        assert_eq!(loc.get(KEY_ABSOLUTE_WIN32_PATH), None);
+    }
 }

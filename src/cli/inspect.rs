@@ -1,0 +1,60 @@
+//! `info`, `check` and `map`: reports about one image, printed by the
+//! library's report writers.
+
+use std::path::Path;
+
+use vhdkit::report;
+
+use super::args::ParentArgs;
+use super::open::{force_share_hint, warn_signature};
+use super::output::emit;
+use super::{Outcome, fail1};
+
+/// `vhdkit info`.
+pub fn info(json: bool, image: &Path, parent: &ParentArgs) -> Outcome {
+    parent.warn_force_share(&[image]);
+    let disk = parent
+        .open(image, &parent.options().allow_missing_parent(true))
+        .map_err(fail1)?;
+    warn_signature(disk.as_ref(), image);
+    emit(json, &disk.info(), report::write_info_text)?;
+    Ok(0)
+}
+
+/// `vhdkit check`: the exit status is the report's.
+pub fn check(json: bool, repair: bool, image: &Path, parent: &ParentArgs) -> Outcome {
+    if repair {
+        parent.refuse_force_share(image, "check --repair")?;
+    }
+    parent.warn_force_share(&[image]);
+    let opts = parent.options();
+    parent.refuse_key_for(&[image], &opts).map_err(fail1)?;
+    let r = vhdkit::check(image, &opts, repair).map_err(|e| fail1(force_share_hint(e, repair)))?;
+    if parent.ignore_parent_id
+        && r.not_checked
+            .iter()
+            .any(|n| vhdkit::parent::is_mismatch_warning(n))
+    {
+        eprintln!(
+            "vhdkit: warning: --ignore-parent-id lets check read a parent that is not the \
+             recorded one, but cannot make the chain clean: the mismatch stays listed \
+             under not checked (exit 1 unless damage is found)"
+        );
+    }
+    emit(json, &r, report::write_check_text)?;
+    Ok(r.exit_code() as u8)
+}
+
+/// `vhdkit map`.
+pub fn map(json: bool, image: &Path, parent: &ParentArgs) -> Outcome {
+    parent.warn_force_share(&[image]);
+    let disk = parent
+        .open(image, &parent.options().allow_missing_parent(true))
+        .map_err(fail1)?;
+    warn_signature(disk.as_ref(), image);
+    let extents = disk
+        .map(0, disk.virtual_size())
+        .map_err(|e| fail1(e.with_path(image)))?;
+    emit(json, &extents[..], report::write_map_text)?;
+    Ok(0)
+}

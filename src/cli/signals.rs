@@ -1,0 +1,23 @@
+//! Interrupts: unfinished output files are removed, and the exit status
+//! says which signal stopped the command.
+
+/// On SIGINT, SIGTERM and SIGHUP delete the unfinished output files
+/// (see `vhdkit::pending`) and exit with 128 + the signal's number (130,
+/// 143, 129), the status a shell reports for a command the signal killed.
+pub fn remove_temp_files_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "vhdkit: warning: cannot handle interrupts ({e}); an interrupted command may leave a temporary file"
+            );
+            return;
+        }
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            vhdkit::pending::remove_all_and_exit(128 + sig);
+        }
+    });
+}
