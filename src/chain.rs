@@ -2,7 +2,7 @@
 //! parents.
 //!
 //! A format opens its own file only and reports what it records about its
-//! parent ([`ChildLayer::parent_spec`]: locations, expected identity). This
+//! parent (`ChildLayer::parent_spec`: locations, expected identity). This
 //! module is the one place that opens parents: it tries the recorded
 //! locations, opens the first that exists read-only (through the same open
 //! path, so a parent may itself be differencing), checks its identity,

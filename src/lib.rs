@@ -42,8 +42,8 @@ pub use disk::{Extent, ExtentKind, VirtualDisk};
 pub use error::{Error, ErrorKind, Result};
 pub use report::{CheckReport, DiskType, Format, ImageInfo};
 
-use io::{FileStorage, Storage};
 use chain::Chain;
+use io::{FileStorage, Storage};
 
 /// How to open an image.
 #[derive(Debug, Clone, Default)]

@@ -237,7 +237,12 @@ fn mismatch_text(path: &Path, expected: Uuid, found: Option<Uuid>, id_name: &str
     )
 }
 
-pub(crate) fn mismatch_error(path: &Path, expected: Uuid, found: Option<Uuid>, id_name: &str) -> Error {
+pub(crate) fn mismatch_error(
+    path: &Path,
+    expected: Uuid,
+    found: Option<Uuid>,
+    id_name: &str,
+) -> Error {
     Error::new(
         ErrorKind::ParentMismatch,
         format!(

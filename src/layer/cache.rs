@@ -110,6 +110,9 @@ mod tests {
         }
         assert!(c.lock().bytes <= MAX_CACHED_BYTES);
         c.insert(99, Arc::from(vec![0u8; MAX_CACHED_BYTES + 1]));
-        assert!(c.get(99).is_none(), "a bitmap larger than the cache is not kept");
+        assert!(
+            c.get(99).is_none(),
+            "a bitmap larger than the cache is not kept"
+        );
     }
 }

@@ -105,7 +105,9 @@ impl SectorBits {
         } else {
             1u8 << (b % 8)
         };
-        self.bytes.get((b / 8) as usize).is_some_and(|x| x & mask != 0)
+        self.bytes
+            .get((b / 8) as usize)
+            .is_some_and(|x| x & mask != 0)
     }
 }
 
@@ -151,15 +153,20 @@ fn runs<M: BlockMap + ?Sized>(
     in_off: u64,
     len: u64,
 ) -> Result<std::result::Result<Vec<(u64, u64, bool)>, MissingBitmap<'_>>> {
-    Ok(sector_bits(m, block, in_off, len)?.map(|bits| {
-        presence_runs(in_off, len, m.sector_size(), |s| bits.present::<M>(s))
-    }))
+    Ok(sector_bits(m, block, in_off, len)?
+        .map(|bits| presence_runs(in_off, len, m.sector_size(), |s| bits.present::<M>(s))))
 }
 
 /// Fill `buf` with the virtual bytes at `offset` (checked by the caller).
 pub(crate) fn read<M: BlockMap + ?Sized>(m: &M, buf: &mut [u8], offset: u64) -> Result<()> {
     for p in block_pieces(offset, buf.len() as u64, m.block_size()) {
-        read_block(m, p.block, p.in_block, &mut buf[p.done..p.done + p.len], p.pos)?;
+        read_block(
+            m,
+            p.block,
+            p.in_block,
+            &mut buf[p.done..p.done + p.len],
+            p.pos,
+        )?;
     }
     Ok(())
 }
@@ -230,9 +237,9 @@ pub(crate) fn map<M: BlockMap + ?Sized>(m: &M, offset: u64, end: u64) -> Result<
                 let runs = match runs(m, block, in_off, n)? {
                     Ok(runs) => runs,
                     Err(_) => match m.unreadable_bitmap(block)? {
-                        Some(bits) => presence_runs(in_off, n, m.sector_size(), |s| {
-                            bits.present::<M>(s)
-                        }),
+                        Some(bits) => {
+                            presence_runs(in_off, n, m.sector_size(), |s| bits.present::<M>(s))
+                        }
                         None => vec![(in_off, n, true)],
                     },
                 };
@@ -339,5 +346,60 @@ mod tests {
         assert_eq!(lsb, [8, 15, 17]);
         let msb: Vec<u64> = (0..40).filter(|&s| bits.present::<Vhd>(s)).collect();
         assert_eq!(msb, [8, 15, 22]);
+    }
+
+    /// A read caches a block's bitmap; a later write to the block must not
+    /// leave it stale, in VHD (bitmap in front of the block) and VHDX
+    /// (bitmap in its chunk's block, changed through the log).
+    #[test]
+    fn reads_after_writes_see_the_new_bitmap() {
+        use crate::VirtualDisk;
+        let dir = tempfile::tempdir().unwrap();
+        let size = 8 << 20;
+        for fmt in ["vhd", "vhdx"] {
+            let parent = dir.path().join(format!("p.{fmt}"));
+            let child = dir.path().join(format!("c.{fmt}"));
+            let mut p: Box<dyn VirtualDisk> = match fmt {
+                "vhd" => Box::new(
+                    crate::vhd::create(&parent, crate::vhd::VhdBuilder::new(size)).unwrap(),
+                ),
+                _ => Box::new(
+                    crate::vhdx::create(&parent, crate::vhdx::VhdxBuilder::new(size)).unwrap(),
+                ),
+            };
+            p.write_at(&vec![0x11; size as usize], 0).unwrap();
+            p.close().unwrap();
+            drop(p);
+            let mut c: Box<dyn VirtualDisk> = match fmt {
+                "vhd" => Box::new(
+                    crate::vhd::create(
+                        &child,
+                        crate::vhd::VhdBuilder::new(size).differencing(&parent),
+                    )
+                    .unwrap(),
+                ),
+                _ => Box::new(
+                    crate::vhdx::create(
+                        &child,
+                        crate::vhdx::VhdxBuilder::new(size).differencing(&parent),
+                    )
+                    .unwrap(),
+                ),
+            };
+            c.write_at(&[0x22; 4096], 4096).unwrap();
+            let mut got = vec![0u8; 64 << 10];
+            c.read_at(&mut got, 0).unwrap();
+            assert!(got[..4096].iter().all(|&b| b == 0x11), "{fmt}");
+            assert!(got[4096..8192].iter().all(|&b| b == 0x22), "{fmt}");
+            c.write_at(&[0x33; 4096], 32 << 10).unwrap();
+            c.read_at(&mut got, 0).unwrap();
+            assert!(got[4096..8192].iter().all(|&b| b == 0x22), "{fmt}");
+            assert!(got[8192..32 << 10].iter().all(|&b| b == 0x11), "{fmt}");
+            assert!(
+                got[32 << 10..36 << 10].iter().all(|&b| b == 0x33),
+                "{fmt}: stale bitmap"
+            );
+            c.close().unwrap();
+        }
     }
 }

@@ -8,7 +8,7 @@ use crate::damage::Stored;
 use crate::disk::is_zero;
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::{Storage, io_err};
-use crate::layer::{BitmapCache, BlockMap, BlockState, MissingBitmap, SectorBits};
+use crate::layer::{self, BitmapCache, BlockMap, BlockState, MissingBitmap, SectorBits};
 use crate::parent::Parent;
 
 /// A sparse VHD as the engine sees it.
@@ -177,7 +177,7 @@ impl VhdDisk {
 
     /// Write `data` into block `block` at `in_off` (sector-aligned for
     /// differencing disks).
-    pub(super) fn write_block(&mut self, block: usize, in_off: u64, data: &[u8]) -> Result<()> {
+    fn write_block(&mut self, block: usize, in_off: u64, data: &[u8]) -> Result<()> {
         let diff = self.is_differencing();
         let sparse = self.sparse.as_ref().expect("sparse");
         let mut entry = sparse.bat[block];
@@ -222,5 +222,20 @@ impl VhdDisk {
             self.link_block(block, entry)?;
         }
         Ok(())
+    }
+
+    /// Write `buf` at `offset` of a sparse disk, block by block.
+    pub(super) fn write_sparse(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        let Some(bs) = self.sparse.as_ref().map(|s| s.block_size) else {
+            return Ok(());
+        };
+        layer::write_blocks(
+            self,
+            |d| &d.bitmap_cache,
+            bs,
+            buf,
+            offset,
+            |d, b, at, data| d.write_block(b as usize, at, data),
+        )
     }
 }

@@ -145,7 +145,6 @@ fn read_footer_at(storage: &dyn Storage, offset: u64, size: usize) -> Result<Foo
     Footer::parse(&b, offset)
 }
 
-
 impl VhdDisk {
     /// The decoded parent locators of a sparse disk.
     pub fn locators(&self) -> Result<Vec<parent_locator::Locator>> {
@@ -390,14 +389,5 @@ impl VhdDisk {
     /// Path the image was opened from.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
-    }
-
-    fn write_sparse(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        let Some(bs) = self.sparse.as_ref().map(|s| s.block_size) else {
-            return Ok(());
-        };
-        layer::write_blocks(self, |d| &d.bitmap_cache, bs, buf, offset, |d, b, at, data| {
-            d.write_block(b as usize, at, data)
-        })
     }
 }

@@ -10,16 +10,16 @@ use super::{
     FooterSource, LEGACY_FOOTER_SIZE, Sparse, VhdDisk, bat, parent_locator, read_footer_at,
     sparse_type_code,
 };
+use crate::chain::ChildLayer;
 use crate::error::{Error, Result};
 use crate::io::{Storage, io_err, read_struct};
 use crate::layer::BitmapCache;
-use crate::chain::ChildLayer;
 use crate::parent::{Candidate, Parent, ParentSpec};
 
 impl VhdDisk {
     /// Open the VHD held in `storage` alone: a differencing disk comes
     /// without its parent, which [`crate::chain`] opens from
-    /// [`crate::chain::ChildLayer::parent_spec`] and attaches
+    /// what the image records about it and attaches
     /// ([`VhdDisk::open`] does both).
     pub fn open_layer(
         storage: Box<dyn Storage>,

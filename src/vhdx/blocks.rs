@@ -30,7 +30,9 @@ impl BlockMap for VhdxDisk {
         let idx = l.payload_index(block);
         let diff = self.s.metadata.has_parent;
         Ok(match bat::state(self.s.bat[idx as usize]) {
-            bat::PAYLOAD_FULLY_PRESENT => BlockState::Stored(self.stored_offset(idx, l.block_size)?),
+            bat::PAYLOAD_FULLY_PRESENT => {
+                BlockState::Stored(self.stored_offset(idx, l.block_size)?)
+            }
             bat::PAYLOAD_NOT_PRESENT if diff => BlockState::Parent,
             bat::PAYLOAD_NOT_PRESENT
             | bat::PAYLOAD_UNDEFINED

@@ -122,7 +122,6 @@ impl std::fmt::Debug for VhdxDisk {
     }
 }
 
-
 impl VhdxDisk {
     /// The structures read at open.
     pub fn structure(&self) -> &Structure {
@@ -190,7 +189,6 @@ impl VhdxDisk {
         (payload, bitmaps, stored)
     }
 }
-
 
 impl VirtualDisk for VhdxDisk {
     fn virtual_size(&self) -> u64 {

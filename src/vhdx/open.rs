@@ -13,10 +13,10 @@ use super::region_table::HEADER_AREA;
 use super::{
     LogReplay, Structure, VhdxDisk, bat, parent_locator, read_file_identifier, read_region_tables,
 };
+use crate::chain::ChildLayer;
 use crate::error::{Error, Result};
 use crate::io::{Storage, io_err};
 use crate::layer::BitmapCache;
-use crate::chain::ChildLayer;
 use crate::parent::{Candidate, Parent, ParentSpec};
 
 /// Find the active log sequence of the current header, if the log is pending.
@@ -53,13 +53,13 @@ pub(crate) fn replay_and_clear(
 impl VhdxDisk {
     /// Open the VHDX held in `storage` alone: a differencing disk comes
     /// without its parent, which [`crate::chain`] opens from
-    /// [`crate::chain::ChildLayer::parent_spec`] and attaches
+    /// what the image records about it and attaches
     /// ([`VhdxDisk::open`] does both).
     pub fn open_layer(
         storage: Box<dyn Storage>,
         path: Option<PathBuf>,
         opts: &crate::OpenOptions,
-) -> Result<VhdxDisk> {
+    ) -> Result<VhdxDisk> {
         let len = storage.len().map_err(io_err("VHDX file", 0))?;
         if len < HEADER_AREA {
             return Err(Error::corrupt(
@@ -139,7 +139,6 @@ impl VhdxDisk {
             bitmap_cache: BitmapCache::default(),
         })
     }
-
 }
 
 /// Where the parent of a differencing VHDX with metadata `m` may be:

@@ -29,9 +29,9 @@ use super::log::{LOG_SECTOR, LogWriter, Op};
 use super::region_table::REGION_ALIGNMENT;
 use super::sector_bitmap;
 use crate::disk::{check_range, is_zero};
-use crate::layer;
 use crate::error::Result;
 use crate::io::{Storage, io_err};
+use crate::layer;
 
 /// Size of the pages the log carries.
 const PAGE: u64 = LOG_SECTOR;
@@ -273,7 +273,14 @@ impl VhdxDisk {
 
     fn write_blocks(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         let bs = self.s.layout.block_size;
-        layer::write_blocks(self, |d| &d.bitmap_cache, bs, buf, offset, Self::write_block)
+        layer::write_blocks(
+            self,
+            |d| &d.bitmap_cache,
+            bs,
+            buf,
+            offset,
+            Self::write_block,
+        )
     }
 
     fn write_data(&self, data: &[u8], off: u64) -> Result<()> {
