@@ -11,6 +11,7 @@
 //! # Ok::<(), vhdkit::Error>(())
 //! ```
 
+pub mod chain;
 pub mod checksum;
 pub mod convert;
 pub mod damage;
@@ -24,6 +25,7 @@ pub mod fixed;
 pub mod guid;
 pub mod io;
 pub mod keyfile;
+mod layer;
 pub mod lock;
 pub mod parent;
 pub mod pending;
@@ -41,8 +43,8 @@ pub use disk::{Extent, ExtentKind, VirtualDisk};
 pub use error::{Error, ErrorKind, Result};
 pub use report::{CheckReport, DiskType, Format, ImageInfo};
 
+use chain::Chain;
 use io::{FileStorage, Storage};
-use parent::Chain;
 
 /// How to open an image.
 #[derive(Debug, Clone, Default)]
@@ -177,21 +179,10 @@ pub fn detect(storage: &dyn Storage) -> Format {
     detect::trace(storage).map_or(Format::Raw, |t| t.format)
 }
 
-/// Open the image at `path`, detecting its format.
+/// Open the image at `path`, detecting its format, with its parent chain
+/// (see [`chain`]).
 pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Box<dyn VirtualDisk>> {
-    open_in_chain(path.as_ref(), opts, &Chain::default())
-}
-
-/// Open `path` as one link of a parent chain.
-pub(crate) fn open_in_chain(
-    path: &Path,
-    opts: &OpenOptions,
-    chain: &Chain,
-) -> Result<Box<dyn VirtualDisk>> {
-    let chain = chain.enter(path).map_err(|e| e.with_path(path))?;
-    let storage: Box<dyn Storage> = Box::new(open_file(path, opts.writable, opts.force_share)?);
-    refuse_unsignable(storage.as_ref(), opts).map_err(|e| e.with_path(path))?;
-    open_storage(storage, Some(path), opts, &chain).map_err(|e| e.with_path(path))
+    chain::open_path(path.as_ref(), opts, &Chain::default())
 }
 
 /// Open the file of an image, locked unless `force_share` (see [`io::lock`]).
@@ -206,48 +197,15 @@ pub fn open_file(path: &Path, writable: bool, force_share: bool) -> Result<FileS
     }
 }
 
-/// With `require_signed`, only an EVHD can be accepted: other formats
-/// carry no signature, so they are refused before anything is opened.
-fn refuse_unsignable(storage: &dyn Storage, opts: &OpenOptions) -> Result<()> {
-    if !opts.require_signed {
-        return Ok(());
-    }
-    let format = match detect::resolve(storage, opts.format) {
-        Ok(f) => f,
-        // Left for the open to report as it does without the requirement.
-        Err(_) => return Ok(()),
-    };
-    if format != Format::Evhd {
-        return Err(Error::new(
-            ErrorKind::Untrusted,
-            format!(
-                "a {} image carries no signature; --require-signed accepts only signed EVHD images",
-                format.as_str()
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Open an image held in `storage`; `path` (if any) locates its parent.
+/// `chain` holds the images already open below it (empty for a child).
 pub fn open_storage(
     storage: Box<dyn Storage>,
     path: Option<&Path>,
     opts: &OpenOptions,
     chain: &Chain,
 ) -> Result<Box<dyn VirtualDisk>> {
-    let path_buf = path.map(Path::to_path_buf);
-    let (format, decided) = detect::resolve_traced(storage.as_ref(), opts.format)?;
-    let disk: Result<Box<dyn VirtualDisk>> = match format {
-        Format::Vhd => vhd::VhdDisk::open(storage, path_buf, opts, chain).map(|d| Box::new(d) as _),
-        Format::Vhdx => {
-            vhdx::VhdxDisk::open(storage, path_buf, opts, chain).map(|d| Box::new(d) as _)
-        }
-        Format::Evhd => evhd::open(storage, path_buf, opts),
-        Format::Raw => raw::RawDisk::open(storage, path_buf)
-            .map(|d| Box::new(d.probed(opts.format.is_none())) as _),
-    };
-    disk.map_err(|e| detect::damaged_detected(format, decided, e))
+    chain::open_storage(storage, path, opts, chain)
 }
 
 /// Check the image at `path` for damage; with `repair`, fix what can be
