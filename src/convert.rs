@@ -377,8 +377,10 @@ fn write_nonzero(
 ) -> Result<()> {
     if zeros.contains(&true) {
         write_runs(dst, buf, zeros, offset)
+    } else if let Some(fast) = dst.fast_paths_mut() {
+        fast.write_in_place(buf, offset)
     } else {
-        dst.write_in_place(buf, offset)
+        dst.write_at(buf, offset)
     }
 }
 
@@ -474,7 +476,9 @@ pub fn copy_into(
     // the bytes straight from a mapped source: one copy fewer, made by the
     // disk's own workers while the data is in their caches.
     let lent = match usize::try_from(size) {
-        Ok(n) if dst.copies_writes() => src.mapped(0, n),
+        Ok(n) if dst.fast_paths().is_some_and(|f| f.copies_writes()) => {
+            src.fast_paths().and_then(|f| f.mapped(0, n))
+        }
         _ => None,
     };
     if let Some(bytes) = lent {

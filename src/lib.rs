@@ -21,6 +21,7 @@ pub mod error;
 pub mod evhd;
 pub mod filekind;
 pub mod guid;
+pub mod handle;
 pub mod io;
 pub mod keyfile;
 pub mod lock;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 
 pub use disk::{Extent, ExtentKind, VirtualDisk};
 pub use error::{Error, ErrorKind, Result};
+pub use handle::{Disk, DiskCursor, DiskReader};
 pub use report::{CheckReport, DiskType, Format, ImageInfo};
 
 use io::{FileStorage, Storage};
@@ -176,9 +178,12 @@ pub fn detect(storage: &dyn Storage) -> Format {
     detect::trace(storage).map_or(Format::Raw, |t| t.format)
 }
 
-/// Open the image at `path`, detecting its format.
-pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Box<dyn VirtualDisk>> {
-    open_in_chain(path.as_ref(), opts, &Chain::default())
+/// Open the image at `path`, detecting its format. Every error of the
+/// returned [`Disk`] names `path` (or the parent it concerns).
+pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Disk> {
+    let path = path.as_ref();
+    let inner = open_in_chain(path, opts, &Chain::default())?;
+    Ok(Disk::new(inner, Some(path.to_path_buf())))
 }
 
 /// Open `path` as one link of a parent chain.

@@ -149,7 +149,7 @@ impl ParentArgs {
     }
 
     /// Open `image` for a command; `--key` must be for an EVHD.
-    fn open(&self, image: &Path, opts: &OpenOptions) -> Result<Box<dyn VirtualDisk>, Error> {
+    fn open(&self, image: &Path, opts: &OpenOptions) -> Result<vhdkit::Disk, Error> {
         self.refuse_key_for(&[image], opts)?;
         let disk = vhdkit::open(image, opts).map_err(|e| force_share_hint(e, opts.writable))?;
         // A parent that is not the recorded one is only ever opened for
@@ -764,40 +764,6 @@ fn remove_temp_files_on_signals() {
 
 type Outcome = Result<u8, (Error, u8)>;
 
-/// An image read by a command: its read errors name it (rather than the
-/// file being written, or the other image of a comparison).
-struct Named<'a>(&'a dyn VirtualDisk, &'a Path);
-
-impl VirtualDisk for Named<'_> {
-    fn virtual_size(&self) -> u64 {
-        self.0.virtual_size()
-    }
-    fn logical_sector_size(&self) -> u32 {
-        self.0.logical_sector_size()
-    }
-    fn physical_sector_size(&self) -> u32 {
-        self.0.physical_sector_size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
-        self.0.read_at(buf, offset).map_err(|e| e.with_path(self.1))
-    }
-    fn write_at(&mut self, _: &[u8], _: u64) -> Result<(), Error> {
-        Err(Error::new(ErrorKind::ReadOnly, "the source image is read-only").with_path(self.1))
-    }
-    fn flush(&mut self) -> Result<(), Error> {
-        Ok(())
-    }
-    fn map(&self, offset: u64, length: u64) -> Result<Vec<vhdkit::Extent>, Error> {
-        self.0.map(offset, length).map_err(|e| e.with_path(self.1))
-    }
-    fn info(&self) -> vhdkit::ImageInfo {
-        self.0.info()
-    }
-    fn parent_link_id(&self) -> Option<uuid::Uuid> {
-        self.0.parent_link_id()
-    }
-}
-
 /// Warn, before a write into `image`, about the differencing images beside
 /// it that record it as their parent: a VHDX parent's data write id changes
 /// with the write, so they no longer open; a VHD parent keeps its unique
@@ -1003,8 +969,7 @@ fn run(cmd: Command) -> Outcome {
                     )));
                 }
                 let mut out = std::io::stdout().lock();
-                convert::stream_raw(&Named(disk.as_ref(), &src), &mut out, &mut tick)
-                    .map_err(fail1)?;
+                convert::stream_raw(&disk, &mut out, &mut tick).map_err(fail1)?;
             } else {
                 refuse_same_file(&src, &dst).map_err(fail1)?;
                 // From an EVHD, an unknown extension restores the origin format.
@@ -1076,11 +1041,9 @@ fn run(cmd: Command) -> Outcome {
                         )
                         .map_err(|e| fail1(force_share_hint(e, false)))?;
                         spec.disk_type = DiskType::Differencing;
-                        let b_path = b.clone();
                         spec.parent = Some(b);
                         convert::create_file(&dst, &spec, size, out, |out| {
-                            let base = Named(base_disk.as_ref(), &b_path);
-                            convert::copy_delta(&Named(disk.as_ref(), &src), &base, out, &mut tick)
+                            convert::copy_delta(&disk, &base_disk, out, &mut tick)
                         })
                         .map_err(fail1)?;
                     }
@@ -1091,7 +1054,7 @@ fn run(cmd: Command) -> Outcome {
                             )));
                         }
                         convert::create_file(&dst, &spec, size, out, |out| {
-                            convert::copy_into(&Named(disk.as_ref(), &src), out, &mut tick)
+                            convert::copy_into(&disk, out, &mut tick)
                         })
                         .map_err(fail1)?;
                     }
@@ -1118,7 +1081,7 @@ fn run(cmd: Command) -> Outcome {
             let db = vhdkit::open(&b, &opts).map_err(|e| (force_share_hint(e, false), 2))?;
             warn_signature(da.as_ref(), &a);
             warn_signature(db.as_ref(), &b);
-            let diff = convert::first_difference(&Named(da.as_ref(), &a), &Named(db.as_ref(), &b));
+            let diff = convert::first_difference(&da, &db);
             match diff.map_err(|e| (e, 2))? {
                 None => {
                     println!("Images are identical.");
@@ -1365,7 +1328,7 @@ fn convert_device(
         }
     };
     vhdkit::pending::writing_in_place(Some(dst));
-    let r = vhdkit::device::write_in_place(&Named(disk.as_ref(), src), &target, &mut tick);
+    let r = vhdkit::device::write_in_place(&disk, &target, &mut tick);
     vhdkit::pending::writing_in_place(None);
     if let Some(b) = bar {
         b.finish_and_clear();

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use common::{code_out_err, s, vhdkit_bin, vhdkit_ok, vhdkit_ok_stdout};
 use vhdkit::convert::{self, ImageSpec};
+use vhdkit::disk::FastPaths;
 use vhdkit::evhd::cipher::CipherId;
 use vhdkit::evhd::header::Origin;
 use vhdkit::evhd::keys::KeyFile;
@@ -356,7 +357,7 @@ fn the_copy_engine_reads_only_the_data_of_a_sparse_source() {
         signer: None,
     });
     let mut dst = convert::create_in(Box::new(MemStorage::new()), None, &spec, size).unwrap();
-    assert!(dst.copies_writes());
+    assert!(dst.fast_paths().is_some_and(|f| f.copies_writes()));
     convert::copy_into(&mapped, dst.as_mut(), &mut |_| {}).unwrap();
     let after = cached_pages_outside(&src, &data);
     assert_eq!(after, before, "the lent copy touched pages of the holes");
