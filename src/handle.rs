@@ -461,7 +461,7 @@ mod tests {
             if !self.writable {
                 return Err(Error::new(ErrorKind::ReadOnly, "read-only"));
             }
-            if offset % 512 != 0 || buf.len() % 512 != 0 {
+            if !offset.is_multiple_of(512) || !buf.len().is_multiple_of(512) {
                 return Err(Error::invalid_argument("partial sector"));
             }
             let mut d = self.data.lock().unwrap();

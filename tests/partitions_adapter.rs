@@ -178,7 +178,6 @@ fn a_table_written_through_the_cursor_is_what_sgdisk_reads() {
         };
         gpt.write_into(&mut cursor).unwrap();
         GPT::write_protective_mbr_into(&mut cursor, 512).unwrap();
-        drop(cursor);
         disk.close().unwrap();
     }
     vhdkit_ok([
