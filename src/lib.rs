@@ -137,7 +137,7 @@ pub mod vhdx;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use disk::{Extent, ExtentKind, VirtualDisk};
+pub use disk::{Discard, Extent, ExtentKind, FastPaths, VirtualDisk};
 pub use error::{Error, ErrorKind, Result};
 pub use handle::{Disk, DiskCursor, DiskReader};
 pub use report::{CheckReport, DiskType, Format, ImageInfo};
