@@ -472,33 +472,16 @@ pub fn copy_into(
         .filter(|e| e.kind != ExtentKind::Zero)
         .map(|e| (e.start, e.length))
         .collect();
-    // A disk that copies whatever it is given into its own buffers takes
-    // the bytes straight from a mapped source: one copy fewer, made by the
-    // disk's own workers while the data is in their caches.
-    let lent = match usize::try_from(size) {
-        Ok(n) if dst.fast_paths().is_some_and(|f| f.copies_writes()) => {
-            src.fast_paths().and_then(|f| f.mapped(0, n))
-        }
-        _ => None,
-    };
-    if let Some(bytes) = lent {
-        for &(start, len) in &ranges {
-            for (k, chunk) in bytes[start as usize..(start + len) as usize]
-                .chunks(LENT_CHUNK)
-                .enumerate()
-            {
-                let pos = start + (k * LENT_CHUNK) as u64;
-                write_runs(dst, chunk, &zero_pieces(chunk), pos)?;
-                progress(pos + chunk.len() as u64);
-            }
-        }
-    } else {
-        read_pipelined(src, &ranges, |pos, buf, zeros| {
-            write_nonzero(dst, buf, zeros, pos)?;
-            progress(pos + buf.len() as u64);
-            Ok(())
-        })?;
-    }
+    // A mapped source is read like any other, not lent to a disk that
+    // copies writes (an encrypting one): lending saves no copy (the disk
+    // copies the bytes into its own buffers instead of sealing a read
+    // buffer in place) and loses the overlap of reading with sealing;
+    // raw -> evhd through the CLI measured about a quarter slower with it.
+    read_pipelined(src, &ranges, |pos, buf, zeros| {
+        write_nonzero(dst, buf, zeros, pos)?;
+        progress(pos + buf.len() as u64);
+        Ok(())
+    })?;
     progress(size);
     Ok(())
 }
