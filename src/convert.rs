@@ -19,11 +19,6 @@ use crate::vhdx::VhdxBuilder;
 
 /// Bytes copied per step: a whole default VHD block.
 pub const COPY_CHUNK: usize = 2 << 20;
-/// Bytes handed over per write when a mapped source is lent to the
-/// destination (no buffer to bound): large, so that a disk that spreads a
-/// write over worker threads keeps them busy (its last piece finishing
-/// alone idles the other cores once per write); one EVHD write batch.
-pub const LENT_CHUNK: usize = 8 << 20;
 /// Granularity of zero detection when writing: zero pieces of this size are
 /// not written, so outputs stay sparse.
 pub const ZERO_PIECE: usize = 64 << 10;

@@ -187,8 +187,7 @@ fn hundred_gib_sparse_raw_converts_only_its_data() {
         "map shows {data_bytes} bytes of data: {map}"
     );
 
-    // Convert to dynamic VHDX, VHD and (lending the mapped source to the
-    // encrypting writer) EVHD.
+    // Convert to dynamic VHDX, VHD and EVHD.
     let out = tempfile::tempdir().unwrap();
     let key = &common::test_key().1;
     let outputs: Vec<(PathBuf, Vec<&str>)> = vec![
@@ -338,8 +337,8 @@ fn the_copy_engine_reads_only_the_data_of_a_sparse_source() {
         assert!(hole.iter().all(|&b| b == 0));
     }
 
-    // An encrypting output takes the bytes straight from the mapped source
-    // (no reads to count): none of the holes' pages is touched.
+    // An encrypting output of a mapped source reads only its data: none
+    // of the holes' pages is touched.
     let data: Vec<(u64, u64)> = layout.iter().map(|&(o, _)| (o, piece)).collect();
     let before = cached_pages_outside(&src, &data);
     let mapped = RawDisk::open(
