@@ -1,14 +1,114 @@
 //! vhdkit: read, write, create, check and convert virtual hard disk images
 //! (raw, VHD, VHDX and the encrypted EVHD container).
 //!
-//! Every image kind is a [`VirtualDisk`]; [`open`] detects the format from
-//! the file's signatures, never from its name.
+//! [`open`] detects an image's format from the file's signatures, never
+//! from its name, and returns a [`Disk`]: a [`VirtualDisk`] that names its
+//! file in every error, offers the optional abilities of its format
+//! ([`Disk::discard`], [`Disk::write_zeroes`], [`Disk::allocation`]), and
+//! turns into a `std::io` stream ([`Disk::reader`], [`Disk::cursor`]) for
+//! crates that read partition tables or file systems.
 //!
-//! ```no_run
-//! let disk = vhdkit::open("disk.vhd", &vhdkit::OpenOptions::default())?;
+//! # Opening
+//!
+//! ```
+//! use vhdkit::{Format, OpenOptions};
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("disk.vhdx");
+//! # vhdkit::vhdx::create(&path, vhdkit::vhdx::VhdxBuilder::new(64 << 20))?;
+//! let disk = vhdkit::open(&path, &OpenOptions::new())?;
+//! assert_eq!(disk.info().format, Format::Vhdx);
 //! let mut sector = [0u8; 512];
 //! disk.read_at(&mut sector, 0)?;
-//! # Ok::<(), vhdkit::Error>(())
+//! assert_eq!(disk.virtual_size(), 64 << 20);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Reading through the adapter
+//!
+//! [`Disk::reader`] is `Read + Seek`, so a partition crate (here `gptman`)
+//! reads the disk's partition table as it would from a file:
+//!
+//! ```
+//! use vhdkit::OpenOptions;
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("disk.vhdx");
+//! # vhdkit::vhdx::create(&path, vhdkit::vhdx::VhdxBuilder::new(64 << 20))?;
+//! # {
+//! #     let mut disk = vhdkit::open(&path, &OpenOptions::new().writable(true))?;
+//! #     let mut cursor = disk.cursor();
+//! #     let mut gpt = gptman::GPT::new_from(&mut cursor, 512, [1; 16])?;
+//! #     gpt[1] = gptman::GPTPartitionEntry {
+//! #         partition_type_guid: [2; 16],
+//! #         unique_partition_guid: [3; 16],
+//! #         starting_lba: 2048,
+//! #         ending_lba: 4095,
+//! #         attribute_bits: 0,
+//! #         partition_name: "data".into(),
+//! #     };
+//! #     gpt.write_into(&mut cursor)?;
+//! # }
+//! let disk = vhdkit::open(&path, &OpenOptions::new())?;
+//! let gpt = gptman::GPT::find_from(&mut disk.reader())?;
+//! let (number, first) = gpt.iter().find(|(_, p)| p.is_used()).unwrap();
+//! assert_eq!((number, first.starting_lba), (1, 2048));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Writing
+//!
+//! Positional writes, or [`Disk::cursor`] (`Read + Write + Seek`) for code
+//! that writes through `std::io`, which may write any bytes, not only
+//! whole sectors:
+//!
+//! ```
+//! use std::io::{Seek, SeekFrom, Write};
+//! use vhdkit::OpenOptions;
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("disk.vhdx");
+//! # vhdkit::vhdx::create(&path, vhdkit::vhdx::VhdxBuilder::new(64 << 20))?;
+//! let mut disk = vhdkit::open(&path, &OpenOptions::new().writable(true))?;
+//! disk.write_at(&[0xab; 4096], 1 << 20)?;
+//! let mut cursor = disk.cursor();
+//! cursor.seek(SeekFrom::Start(3))?;
+//! cursor.write_all(b"hello")?;
+//! disk.write_zeroes(1 << 20, 4096)?;
+//! disk.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Converting
+//!
+//! A new file is written under a temporary name and renamed into place
+//! only when complete ([`convert::create_file`]):
+//!
+//! ```
+//! use vhdkit::convert::{self, ImageSpec, OutputOptions};
+//! use vhdkit::{Format, OpenOptions};
+//! # let dir = tempfile::tempdir()?;
+//! # let vhdx = dir.path().join("disk.vhdx");
+//! # let vhd = dir.path().join("disk.vhd");
+//! # vhdkit::vhdx::create(&vhdx, vhdkit::vhdx::VhdxBuilder::new(64 << 20))?;
+//! let src = vhdkit::open(&vhdx, &OpenOptions::new())?;
+//! let spec = ImageSpec::new(Format::Vhd);
+//! let size = src.virtual_size();
+//! convert::create_file(&vhd, &spec, size, OutputOptions::default(), |out| {
+//!     convert::copy_into(&src, out, &mut |_bytes_done| {})
+//! })?;
+//! assert_eq!(convert::first_difference(&src, &vhdkit::open(&vhd, &OpenOptions::new())?)?, None);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Checking
+//!
+//! ```
+//! use vhdkit::OpenOptions;
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("disk.vhdx");
+//! # vhdkit::vhdx::create(&path, vhdkit::vhdx::VhdxBuilder::new(64 << 20))?;
+//! let report = vhdkit::check(&path, &OpenOptions::new(), false)?;
+//! assert!(report.findings.is_empty());
+//! assert_eq!(report.exit_code(), 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod chain;
@@ -23,6 +123,7 @@ pub mod evhd;
 pub mod filekind;
 pub mod fixed;
 pub mod guid;
+pub mod handle;
 pub mod io;
 pub mod keyfile;
 mod layer;
@@ -39,8 +140,9 @@ pub mod vhdx;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use disk::{Extent, ExtentKind, VirtualDisk};
+pub use disk::{Discard, Extent, ExtentKind, FastPaths, VirtualDisk};
 pub use error::{Error, ErrorKind, Result};
+pub use handle::{Disk, DiskCursor, DiskReader};
 pub use report::{CheckReport, DiskType, Format, ImageInfo};
 
 use chain::Chain;
@@ -180,9 +282,12 @@ pub fn detect(storage: &dyn Storage) -> Format {
 }
 
 /// Open the image at `path`, detecting its format, with its parent chain
-/// (see [`chain`]).
-pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Box<dyn VirtualDisk>> {
-    chain::open_path(path.as_ref(), opts, &Chain::default())
+/// (see [`chain`]). Every error of the returned [`Disk`] names `path` (or
+/// the parent it concerns).
+pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Disk> {
+    let path = path.as_ref();
+    let inner = chain::open_path(path, opts, &Chain::default())?;
+    Ok(Disk::new(inner, Some(path.to_path_buf())))
 }
 
 /// Open the file of an image, locked unless `force_share` (see [`io::lock`]).

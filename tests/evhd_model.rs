@@ -4,6 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use proptest::prelude::*;
+use vhdkit::disk::FastPaths;
 use vhdkit::evhd::cipher::CipherId;
 use vhdkit::evhd::keys::PrivateKey;
 use vhdkit::evhd::{EvhdBuilder, EvhdDisk};

@@ -449,7 +449,7 @@ proptest! {
                 Op::Reopen => {
                     disk.flush().unwrap();
                     drop(disk);
-                    disk = vhdkit::open(&path, &opts).unwrap();
+                    disk = vhdkit::open(&path, &opts).unwrap().into();
                 }
             }
             prop_assert!(common::read_disk(disk.as_ref()) == model);

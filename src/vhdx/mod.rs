@@ -312,6 +312,10 @@ impl VirtualDisk for VhdxDisk {
     fn parent_link_id(&self) -> Option<Uuid> {
         Some(self.s.header().data_write_guid())
     }
+
+    fn discarder(&mut self) -> Option<&mut dyn Discard> {
+        Some(self)
+    }
 }
 
 impl Discard for VhdxDisk {
