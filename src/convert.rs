@@ -408,13 +408,52 @@ const READ_AHEAD: usize = 4;
 /// [`ZERO_PIECE`]s are zeros (computed on the reading thread).
 type Chunk = (u64, Vec<u8>, Vec<bool>);
 
+/// How much of a disk's map a whole-disk pass asks for at a time: the
+/// extents of one window are held at once, never the whole disk's, so a
+/// fragmented source (a sparse raw file with millions of extents) is copied
+/// in bounded memory.
+pub const MAP_WINDOW: u64 = 1 << 30;
+
+/// The extents of `src` from `start` to `end`, asked for one
+/// [`MAP_WINDOW`] at a time as the iteration advances.
+pub fn windowed_map(
+    src: &dyn VirtualDisk,
+    start: u64,
+    end: u64,
+) -> impl Iterator<Item = Result<crate::disk::Extent>> + Send + '_ {
+    let mut pos = start;
+    let mut pending = std::collections::VecDeque::new();
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        loop {
+            if let Some(e) = pending.pop_front() {
+                return Some(Ok(e));
+            }
+            if pos >= end || failed {
+                return None;
+            }
+            let n = (end - pos).min(MAP_WINDOW);
+            match src.map(pos, n) {
+                Ok(extents) => pending.extend(extents),
+                Err(e) => {
+                    failed = true;
+                    return Some(Err(e));
+                }
+            }
+            pos += n;
+        }
+    })
+}
+
 /// Read `ranges` of `src` in order on a second thread, in pieces of at most
 /// [`COPY_CHUNK`], and hand each piece with its offset and zero map to
 /// `consume` on this thread, so reading and zero detection overlap with
-/// whatever `consume` does (writing).
+/// whatever `consume` does (writing). The ranges are taken from the
+/// iterator as the reading advances (a map found window by window); its
+/// first error ends the copy.
 pub fn read_pipelined(
     src: &dyn VirtualDisk,
-    ranges: &[(u64, u64)],
+    ranges: impl Iterator<Item = Result<(u64, u64)>> + Send,
     mut consume: impl FnMut(u64, &mut [u8], &[bool]) -> Result<()>,
 ) -> Result<()> {
     use std::sync::mpsc::sync_channel;
@@ -427,7 +466,14 @@ pub fn read_pipelined(
     }
     std::thread::scope(|scope| {
         scope.spawn(move || {
-            for &(start, len) in ranges {
+            for range in ranges {
+                let (start, len) = match range {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = full_tx.send(Err(e));
+                        return;
+                    }
+                };
                 let mut pos = start;
                 while pos < start + len {
                     let Ok(mut buf) = free_rx.recv() else { return };
@@ -463,18 +509,15 @@ pub fn copy_into(
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     let size = src.virtual_size().min(dst.virtual_size());
-    let ranges: Vec<(u64, u64)> = src
-        .map(0, size)?
-        .into_iter()
-        .filter(|e| e.kind != ExtentKind::Zero)
-        .map(|e| (e.start, e.length))
-        .collect();
+    let ranges = windowed_map(src, 0, size)
+        .filter(|e| !matches!(e, Ok(e) if e.kind == ExtentKind::Zero))
+        .map(|e| e.map(|e| (e.start, e.length)));
     // A mapped source is read like any other, not lent to a disk that
     // copies writes (an encrypting one): lending saves no copy (the disk
     // copies the bytes into its own buffers instead of sealing a read
     // buffer in place) and loses the overlap of reading with sealing;
     // raw -> evhd through the CLI measured about a quarter slower with it.
-    read_pipelined(src, &ranges, |pos, buf, zeros| {
+    read_pipelined(src, ranges, |pos, buf, zeros| {
         write_nonzero(dst, buf, zeros, pos)?;
         progress(pos + buf.len() as u64);
         Ok(())
@@ -527,7 +570,7 @@ pub fn stream_raw(
     out: &mut dyn Write,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
-    read_pipelined(src, &[(0, src.virtual_size())], |pos, buf, _| {
+    read_pipelined(src, std::iter::once(Ok((0, src.virtual_size()))), |pos, buf, _| {
         out.write_all(buf)
             .map_err(|e| Error::io(e, "writing to the output stream"))?;
         progress(pos + buf.len() as u64);
@@ -539,27 +582,79 @@ pub fn stream_raw(
 
 /// The first offset where `a` and `b` differ, or `None` when their content
 /// is the same. Disks of different sizes differ at the shorter one's end.
+/// Ranges that both disks' maps call zero are not read.
 pub fn first_difference(a: &dyn VirtualDisk, b: &dyn VirtualDisk) -> Result<Option<u64>> {
     let size = a.virtual_size().min(b.virtual_size());
     let mut x = vec![0u8; COPY_CHUNK];
     let mut y = vec![0u8; COPY_CHUNK];
-    let mut pos = 0u64;
-    while pos < size {
-        let n = (size - pos).min(COPY_CHUNK as u64) as usize;
-        a.read_at(&mut x[..n], pos)?;
-        b.read_at(&mut y[..n], pos)?;
-        if x[..n] != y[..n] {
-            let i = x[..n]
-                .iter()
-                .zip(&y[..n])
-                .position(|(p, q)| p != q)
-                .unwrap_or(0);
-            return Ok(Some(pos + i as u64));
+    let mut window = 0u64;
+    while window < size {
+        let end = (size - window).min(MAP_WINDOW) + window;
+        for (start, len) in unequal_zero_ranges(a, b, window, end)? {
+            let mut pos = start;
+            while pos < start + len {
+                let n = (start + len - pos).min(COPY_CHUNK as u64) as usize;
+                a.read_at(&mut x[..n], pos)?;
+                b.read_at(&mut y[..n], pos)?;
+                if x[..n] != y[..n] {
+                    let i = x[..n]
+                        .iter()
+                        .zip(&y[..n])
+                        .position(|(p, q)| p != q)
+                        .unwrap_or(0);
+                    return Ok(Some(pos + i as u64));
+                }
+                pos += n as u64;
+            }
         }
-        pos += n as u64;
+        window = end;
     }
     if a.virtual_size() != b.virtual_size() {
         return Ok(Some(size));
     }
     Ok(None)
+}
+
+/// The ranges of `start..end` that are not zero in both `a`'s and `b`'s
+/// maps, in order, as `(start, length)`.
+fn unequal_zero_ranges(
+    a: &dyn VirtualDisk,
+    b: &dyn VirtualDisk,
+    start: u64,
+    end: u64,
+) -> Result<Vec<(u64, u64)>> {
+    let zeros = |d: &dyn VirtualDisk| -> Result<Vec<(u64, u64)>> {
+        Ok(d.map(start, end - start)?
+            .into_iter()
+            .filter(|e| e.kind == ExtentKind::Zero)
+            .map(|e| (e.start.max(start), e.end().min(end)))
+            .collect())
+    };
+    let (za, zb) = (zeros(a)?, zeros(b)?);
+    // Intersect the two zero lists; the rest of the window is to be read.
+    let mut both = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < za.len() && j < zb.len() {
+        let (s, e) = (za[i].0.max(zb[j].0), za[i].1.min(zb[j].1));
+        if s < e {
+            both.push((s, e));
+        }
+        if za[i].1 < zb[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    let mut out = Vec::new();
+    let mut pos = start;
+    for (s, e) in both {
+        if s > pos {
+            out.push((pos, s - pos));
+        }
+        pos = pos.max(e);
+    }
+    if pos < end {
+        out.push((pos, end - pos));
+    }
+    Ok(out)
 }

@@ -593,14 +593,13 @@ pub fn write_in_place(
         ))
         .with_path(&target.path));
     }
-    let extents = src.map(0, size)?;
     let mut w = InPlaceWriter {
         target,
         stats: InPlaceStats::default(),
         can_zero: true,
         zero_buf: Vec::new(),
     };
-    let r = fill(src, &mut w, &extents, progress).and_then(|_| {
+    let r = fill(src, &mut w, size, progress).and_then(|_| {
         target.file.sync_all().map_err(|e| {
             Error::io(
                 e,
@@ -624,46 +623,52 @@ pub fn write_in_place(
     Ok(w.stats)
 }
 
-/// Zero the zero `extents` of `src` on the target, then write the rest
-/// (zeroing its zero pieces).
+/// Copy `..size` of `src` onto the target one map window at a time: zero
+/// the window's zero extents, then write the rest (zeroing its zero pieces).
 fn fill(
     src: &dyn VirtualDisk,
     w: &mut InPlaceWriter<'_>,
-    extents: &[crate::disk::Extent],
+    size: u64,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     let mut done = 0u64;
-    let mut data = Vec::new();
-    for e in extents {
-        if e.kind == ExtentKind::Zero {
-            w.zero(e.start, e.length)?;
-            done += e.length;
-            progress(done);
-        } else {
-            data.push((e.start, e.length));
-        }
-    }
-    read_pipelined(src, &data, |pos, buf, zeros| {
-        let mut i = 0;
-        while i < zeros.len() {
-            let zero = zeros[i];
-            let mut j = i;
-            while j < zeros.len() && zeros[j] == zero {
-                j += 1;
-            }
-            let a = i * ZERO_PIECE;
-            let b = (j * ZERO_PIECE).min(buf.len());
-            if zero {
-                w.zero(pos + a as u64, (b - a) as u64)?;
+    let mut window = 0u64;
+    while window < size {
+        let end = (size - window).min(crate::convert::MAP_WINDOW) + window;
+        let mut data = Vec::new();
+        for e in src.map(window, end - window)? {
+            if e.kind == ExtentKind::Zero {
+                w.zero(e.start, e.length)?;
+                done += e.length;
+                progress(done);
             } else {
-                w.write(&buf[a..b], pos + a as u64)?;
+                data.push(Ok((e.start, e.length)));
             }
-            i = j;
         }
-        done += buf.len() as u64;
-        progress(done);
-        Ok(())
-    })
+        read_pipelined(src, data.into_iter(), |pos, buf, zeros| {
+            let mut i = 0;
+            while i < zeros.len() {
+                let zero = zeros[i];
+                let mut j = i;
+                while j < zeros.len() && zeros[j] == zero {
+                    j += 1;
+                }
+                let a = i * ZERO_PIECE;
+                let b = (j * ZERO_PIECE).min(buf.len());
+                if zero {
+                    w.zero(pos + a as u64, (b - a) as u64)?;
+                } else {
+                    w.write(&buf[a..b], pos + a as u64)?;
+                }
+                i = j;
+            }
+            done += buf.len() as u64;
+            progress(done);
+            Ok(())
+        })?;
+        window = end;
+    }
+    Ok(())
 }
 
 /// Writes onto a [`DeviceTarget`], counting what it does.

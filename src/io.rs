@@ -6,7 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
-use std::sync::{OnceLock, RwLock};
+use std::sync::RwLock;
 
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::lock::{LOCK_FAILED, LockMode, force_share_would_help, lock, lock_for_replace};
@@ -107,11 +107,12 @@ pub struct FileStorage {
     writable: bool,
     /// Whether `flush` syncs to stable storage (off for scratch files).
     sync: bool,
-    /// The file's holes, found on first use and kept, for locked
-    /// read-only opens (the lock keeps vhdkit's writers away, and a file
-    /// being read is not expected to change); other opens, whose file may
-    /// change, look afresh each time (see [`Storage::data_runs`]).
-    holes: Option<OnceLock<Option<crate::sparse::DataMap>>>,
+    /// The file's holes, found a window at a time as reads advance and
+    /// kept, for locked read-only opens (the lock keeps vhdkit's writers
+    /// away, and a file being read is not expected to change); other
+    /// opens, whose file may change, look afresh each time (see
+    /// [`Storage::data_runs`]).
+    holes: Option<crate::sparse::HoleWindow>,
 }
 
 impl FileStorage {
@@ -167,7 +168,7 @@ impl FileStorage {
         let keep = map && !writable;
         Ok(FileStorage {
             map: if keep { map_read_only(&file) } else { None },
-            holes: keep.then(OnceLock::new),
+            holes: keep.then(crate::sparse::HoleWindow::default),
             file,
             writable,
             sync: true,
@@ -294,30 +295,7 @@ fn map_read_only(file: &File) -> Option<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(file) }.ok()
 }
 
-/// Reads of at least this many bytes look up the file's holes (finding
-/// them on the first such read) and fill the parts in holes with zeros
-/// without reading them; smaller reads (a format probe, a header) use the
-/// holes only once found.
-const HOLE_LOOKUP_MIN: usize = 64 << 10;
-
 impl FileStorage {
-    /// The holes of the whole file, kept (locked read-only opens only);
-    /// found now if `find`. `None` also when the system cannot tell.
-    fn kept_holes(&self, find: bool) -> Option<&crate::sparse::DataMap> {
-        let cell = self.holes.as_ref()?;
-        if find {
-            cell.get_or_init(|| {
-                let len = self.len().ok()?;
-                crate::sparse::DataMap::scan(&self.file, 0, len)
-                    .ok()
-                    .flatten()
-            })
-            .as_ref()
-        } else {
-            cell.get()?.as_ref()
-        }
-    }
-
     /// The length of the mapped file (the length of a locked read-only
     /// open, which does not change while it is open), or 0.
     fn map_len(&self) -> u64 {
@@ -332,20 +310,22 @@ impl FileStorage {
         pread_exact(&self.file, buf, offset)
     }
 
-    /// Read `buf` at `offset`, which `holes` covers: zeros for the parts
-    /// in holes, the rest read.
+    /// Read `buf` at `offset`, whose stored runs are `runs`: zeros for the
+    /// parts in holes, the rest read with `pread`, never through the
+    /// mapping (touching a hole's page through a mapping allocates it on
+    /// tmpfs, changing the source a read-only command reads).
     fn read_around_holes(
         &self,
-        holes: &crate::sparse::DataMap,
+        runs: &[(u64, u64)],
         buf: &mut [u8],
         offset: u64,
     ) -> io::Result<()> {
         let mut done = 0usize;
-        for (start, len) in holes.data_in(offset, buf.len() as u64) {
+        for &(start, len) in runs {
             // Both lie within `buf`, whose length is a usize.
             let (at, n) = ((start - offset) as usize, len as usize);
             buf[done..at].fill(0);
-            self.read_plain(&mut buf[at..at + n], start)?;
+            pread_exact(&self.file, &mut buf[at..at + n], start)?;
             done = at + n;
         }
         buf[done..].fill(0);
@@ -407,31 +387,31 @@ impl Storage for FileStorage {
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let len = buf.len() as u64;
-        if let Some(holes) = self.kept_holes(buf.len() >= HOLE_LOOKUP_MIN)
-            && holes.covers(offset, len)
-        {
-            return self.read_around_holes(holes, buf, offset);
-        }
-        // A small read before the holes are known (a format probe): one
-        // look at where the next data is, so that probing a sparse file
-        // reads none of its holes either.
-        if self.holes.is_some()
+        let map_len = self.map_len();
+        // A locked read-only open reads only the stored runs of the range
+        // (the holes' zeros are filled in), whatever its size: a format
+        // probe of a sparse file reads none of its holes either.
+        if let Some(w) = &self.holes
             && !buf.is_empty()
-            && offset.checked_add(len).is_some_and(|e| e <= self.map_len())
-            && crate::sparse::in_hole(&self.file, offset, len)
+            && offset.checked_add(len).is_some_and(|e| e <= map_len)
+            && let Ok(Some(runs)) = w.data_in(&self.file, map_len, offset, len)
         {
-            buf.fill(0);
-            return Ok(());
+            if runs.as_slice() != [(offset, len)] {
+                return self.read_around_holes(&runs, buf, offset);
+            }
         }
         self.read_plain(buf, offset)
     }
     fn data_runs(&self, offset: u64, len: u64) -> io::Result<Option<Vec<(u64, u64)>>> {
-        if let Some(holes) = self.kept_holes(true)
-            && holes.covers(offset, len)
-        {
-            return Ok(Some(holes.data_in(offset, len)));
+        let file_len = if self.holes.is_some() {
+            self.map_len()
+        } else {
+            self.len()?
+        };
+        let end = offset.saturating_add(len).min(file_len);
+        if let Some(w) = &self.holes {
+            return w.data_in(&self.file, file_len, offset, end.saturating_sub(offset));
         }
-        let end = offset.saturating_add(len).min(self.len()?);
         Ok(crate::sparse::DataMap::scan(&self.file, offset, end)?
             .map(|m| m.data_in(offset, end.saturating_sub(offset))))
     }

@@ -5,15 +5,16 @@
 use std::fs::File;
 use std::io;
 
-/// Most runs a [`DataMap`] keeps (16 bytes each, so 1 MiB): a file with
-/// more extents than this has its shortest holes counted as data (read and
-/// found to be zeros) rather than a map that grows with the file's
-/// fragmentation.
+/// Most runs a [`HoleWindow`] keeps beyond what it was asked for (16 bytes
+/// each, so 1 MiB): the window it scans ahead stops there, so its memory
+/// stays bounded whatever the file's fragmentation, and the next request
+/// past it scans the next window. No run is ever dropped or merged: a hole
+/// is never read as data.
 pub const MAX_RUNS: usize = 1 << 16;
 
-/// The smallest hole a map keeps once [`MAX_RUNS`] forced it to drop
-/// holes: a page, since no file system stores holes smaller than that.
-const FIRST_MIN_HOLE: u64 = 4096;
+/// How far ahead of a request a [`HoleWindow`] scans, so that a copy
+/// advancing through the file asks the file system once per window.
+pub const WINDOW_BYTES: u64 = 1 << 30;
 
 /// The runs of a byte range of a file that its file system stores: the
 /// bytes between them are holes, which read as zeros.
@@ -21,42 +22,44 @@ const FIRST_MIN_HOLE: u64 = 4096;
 pub struct DataMap {
     /// `(start, end)` of each stored run, in order, not touching each other.
     runs: Vec<(u64, u64)>,
-    /// Holes shorter than this are counted as data (0: every hole is kept).
-    min_hole: u64,
-    /// Most runs kept (see [`MAX_RUNS`]).
-    max_runs: usize,
+    /// The start of the range the map describes.
+    start: u64,
     /// The end of the range the map describes.
     end: u64,
 }
 
 impl DataMap {
-    fn new(max_runs: usize, end: u64) -> Self {
-        DataMap {
-            runs: Vec::new(),
-            min_hole: 0,
-            max_runs: max_runs.max(2),
-            end,
-        }
-    }
-
     /// Find the stored runs of `start..end` of `file`, or `None` when the
     /// system cannot tell (no `SEEK_DATA` for this file or file system):
-    /// then everything is to be read. Moves the file's seek position, which
-    /// nothing in vhdkit uses (all reads and writes are positional).
+    /// then everything is to be read. Every run is kept: the map grows
+    /// with the range asked for, so callers ask for windows (see
+    /// [`HoleWindow`]). Moves the file's seek position, which nothing in
+    /// vhdkit uses (all reads and writes are positional).
     pub fn scan(file: &File, start: u64, end: u64) -> io::Result<Option<DataMap>> {
-        Self::scan_with(file, start, end, MAX_RUNS)
+        Self::scan_ahead(file, start, end, end, usize::MAX)
     }
 
-    /// [`DataMap::scan`] keeping at most `max_runs` runs.
-    pub fn scan_with(
+    /// Scan `start..need` fully, then on up to `ahead` while the map holds
+    /// fewer than `max_runs` runs; the map ends where the scan stopped.
+    fn scan_ahead(
         file: &File,
         start: u64,
-        end: u64,
+        need: u64,
+        ahead: u64,
         max_runs: usize,
     ) -> io::Result<Option<DataMap>> {
-        let mut map = DataMap::new(max_runs, end);
+        let ahead = ahead.max(need);
+        let mut map = DataMap {
+            runs: Vec::new(),
+            start,
+            end: ahead,
+        };
         let mut pos = start;
-        while pos < end {
+        while pos < ahead {
+            if pos >= need && map.runs.len() >= max_runs {
+                map.end = pos;
+                break;
+            }
             let data = match seek_data(file, pos) {
                 Ok(Some(d)) => d,
                 // No data from `pos` on: the rest is one hole.
@@ -64,17 +67,17 @@ impl DataMap {
                 Err(e) if pos == start && unsupported(&e) => return Ok(None),
                 Err(e) => return Err(e),
             };
-            if data >= end {
+            if data >= ahead {
                 break;
             }
             // A file that shrank since `data` was found ends the data there;
             // a system that cannot find the hole makes the rest data.
             let hole = match seek_hole(file, data) {
                 Ok(h) => h.unwrap_or(data),
-                Err(e) if unsupported(&e) => end,
+                Err(e) if unsupported(&e) => ahead,
                 Err(e) => return Err(e),
             }
-            .clamp(data, end);
+            .clamp(data, ahead);
             if hole == data {
                 break;
             }
@@ -85,12 +88,12 @@ impl DataMap {
     }
 
     /// A map of `..end` from runs `(start, end)` already known, in order.
-    pub fn from_runs(
-        runs: impl IntoIterator<Item = (u64, u64)>,
-        end: u64,
-        max_runs: usize,
-    ) -> Self {
-        let mut map = DataMap::new(max_runs, end);
+    pub fn from_runs(runs: impl IntoIterator<Item = (u64, u64)>, end: u64) -> Self {
+        let mut map = DataMap {
+            runs: Vec::new(),
+            start: 0,
+            end,
+        };
         for (s, e) in runs {
             map.push(s, e.min(end));
         }
@@ -99,7 +102,7 @@ impl DataMap {
 
     /// Whether the map describes all of `offset..offset + len`.
     pub fn covers(&self, offset: u64, len: u64) -> bool {
-        offset.checked_add(len).is_some_and(|e| e <= self.end)
+        offset >= self.start && offset.checked_add(len).is_some_and(|e| e <= self.end)
     }
 
     /// Add the run `start..end`, which lies after every run so far.
@@ -108,36 +111,12 @@ impl DataMap {
             return;
         }
         if let Some(last) = self.runs.last_mut()
-            && start.saturating_sub(last.1) < self.min_hole.max(1)
+            && start <= last.1
         {
             last.1 = last.1.max(end);
             return;
         }
         self.runs.push((start, end));
-        while self.runs.len() > self.max_runs {
-            self.coarsen();
-        }
-    }
-
-    /// Double the smallest hole kept and merge the runs around every
-    /// shorter one, until at most half of [`DataMap::max_runs`] remain.
-    fn coarsen(&mut self) {
-        while self.runs.len() > self.max_runs / 2 {
-            self.min_hole = if self.min_hole == 0 {
-                FIRST_MIN_HOLE
-            } else {
-                self.min_hole.saturating_mul(2)
-            };
-            let min_hole = self.min_hole;
-            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.runs.len());
-            for &(s, e) in &self.runs {
-                match merged.last_mut() {
-                    Some(last) if s - last.1 < min_hole => last.1 = e,
-                    _ => merged.push((s, e)),
-                }
-            }
-            self.runs = merged;
-        }
     }
 
     /// The stored runs that meet `offset..offset + len`, cut to it, as
@@ -166,14 +145,57 @@ impl DataMap {
     }
 }
 
-/// Whether `offset..offset + len` of `file`, which must lie within the
-/// file, is all in one hole (one `SEEK_DATA`); `false` when it holds data
-/// or the system cannot tell.
-pub fn in_hole(file: &File, offset: u64, len: u64) -> bool {
-    match seek_data(file, offset) {
-        Ok(None) => true,
-        Ok(Some(data)) => data >= offset.saturating_add(len),
-        Err(_) => false,
+/// The data map of a file that does not change while it is read (a locked
+/// read-only open), found one window at a time as reads advance: a request
+/// outside the window kept scans afresh from the request's start, through
+/// its end and on up to [`WINDOW_BYTES`] or [`MAX_RUNS`] runs further.
+/// Memory stays bounded by the larger of a request and that window, and
+/// every hole stays a hole, however fragmented the file.
+#[derive(Debug, Default)]
+pub struct HoleWindow {
+    /// The window kept: `None` before the first request, `Some(None)` when
+    /// the system cannot tell holes for this file.
+    kept: std::sync::Mutex<Option<Option<DataMap>>>,
+}
+
+impl HoleWindow {
+    /// The stored runs of `offset..offset + len` of `file` (whose length is
+    /// `file_len`), cut to it, as `(start, length)`; `None` when the system
+    /// cannot tell (then all of it is to be read).
+    pub fn data_in(
+        &self,
+        file: &File,
+        file_len: u64,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<Option<Vec<(u64, u64)>>> {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        match &*kept {
+            Some(None) => return Ok(None),
+            Some(Some(map)) if map.covers(offset, len) => {
+                return Ok(Some(map.data_in(offset, len)));
+            }
+            _ => {}
+        }
+        let need = offset.saturating_add(len).min(file_len);
+        let ahead = need.saturating_add(WINDOW_BYTES).min(file_len);
+        let map = DataMap::scan_ahead(file, offset, need, ahead, MAX_RUNS)?;
+        let runs = map.as_ref().map(|m| m.data_in(offset, len));
+        *kept = Some(map);
+        Ok(runs)
+    }
+
+    /// Whether the window kept already says that all of `offset..offset +
+    /// len` is one hole (`Some(true)`), holds data (`Some(false)`), or does
+    /// not cover it (`None`).
+    pub fn known_hole(&self, offset: u64, len: u64) -> Option<bool> {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        match &*kept {
+            Some(Some(map)) if map.covers(offset, len) => {
+                Some(map.data_in(offset, len).is_empty())
+            }
+            _ => None,
+        }
     }
 }
 
@@ -282,29 +304,53 @@ mod tests {
     }
 
     #[test]
-    fn too_many_runs_merge_the_shortest_holes() {
-        // 1000 runs of 4 KiB: holes of 4 KiB among the first 500, of 1 MiB after.
-        let mut runs = Vec::new();
-        let mut pos = 0u64;
-        for i in 0..1000 {
-            runs.push((pos, pos + 4096));
-            pos += 4096 + if i < 500 { 4096 } else { 1 << 20 };
+    fn a_window_keeps_every_hole_and_stays_bounded() {
+        // More runs than one window keeps: every hole stays a hole, and
+        // the window kept never holds more than a request plus MAX_RUNS.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        let n = (MAX_RUNS as u64) * 2 + 10;
+        let step = 64u64 << 10;
+        f.set_len(n * step).unwrap();
+        for i in 0..n {
+            f.write_all_at(&[1], i * step).unwrap();
         }
-        let map = DataMap::from_runs(runs.iter().copied(), pos, 600);
-        assert!(map.run_count() <= 600);
-        // The small holes were merged away; the large ones stay holes.
-        assert_eq!(map.data_in(0, 500 * 8192).len(), 1);
-        let big = runs[700];
-        assert_eq!(map.data_in(big.0 - 4096, 8192 + 4096), vec![(big.0, 4096)]);
-        // Every stored byte is still inside a run.
-        for &(s, e) in &runs {
-            let got: u64 = map.data_in(s, e - s).iter().map(|r| r.1).sum();
-            assert_eq!(got, e - s);
+        let w = HoleWindow::default();
+        let len = f.metadata().unwrap().len();
+        // A file system that does not report holes has nothing to test.
+        let Some(first) = w.data_in(&f, len, 0, 1).unwrap() else {
+            return;
+        };
+        assert_eq!(first.len(), 1);
+        {
+            let kept = w.kept.lock().unwrap();
+            let map = kept.as_ref().unwrap().as_ref().unwrap();
+            assert!(map.run_count() <= MAX_RUNS + 1, "{}", map.run_count());
         }
-        // Bounded whatever the input.
-        let many = (0..100_000u64).map(|i| (i * 8192, i * 8192 + 4096));
-        let map = DataMap::from_runs(many, u64::MAX, 64);
-        assert!(map.run_count() <= 64);
-        assert!(map.data_bytes() >= 100_000 * 4096);
+        // Far past the first window: found by a new scan, still exact.
+        let at = (n - 3) * step;
+        let runs = w.data_in(&f, len, at - step / 2, step).unwrap().unwrap();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert!(runs[0].0 <= at && runs[0].0 + runs[0].1 > at);
+        assert!(runs[0].1 <= step / 2, "{runs:?}");
+        assert_eq!(w.known_hole(at - step / 2, 4096), Some(true));
+        assert_eq!(w.known_hole(at, 1), Some(false));
+        // A whole-file scan keeps every run.
+        let all = DataMap::scan(&f, 0, len).unwrap().unwrap();
+        assert_eq!(all.run_count() as u64, n);
+    }
+
+    #[test]
+    fn from_runs_merges_only_touching_runs() {
+        let map = DataMap::from_runs([(0, 10), (10, 20), (21, 30)], 100);
+        assert_eq!(map.run_count(), 2);
+        assert_eq!(map.data_in(0, 100), vec![(0, 20), (21, 9)]);
     }
 }
