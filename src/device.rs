@@ -478,6 +478,7 @@ pub fn refuse_writing_onto_sources(target: &DeviceTarget, sources: &[PathBuf]) -
         ))
         .with_path(&target.path))
     };
+    let tchain = loop_chain(&target.file, &tmeta);
     for src in sources {
         let Ok(smeta) = fs::metadata(src) else {
             continue;
@@ -497,6 +498,10 @@ pub fn refuse_writing_onto_sources(target: &DeviceTarget, sources: &[PathBuf]) -
                 src.display()
             ));
         }
+        let schain = match File::open(src) {
+            Ok(f) if smeta.file_type().is_block_device() => loop_chain(&f, &smeta),
+            _ => LoopChain::of(&smeta),
+        };
         if smeta.file_type().is_block_device()
             && let Ok(f) = File::open(src)
             && let Some(b) = loop_backing(&f, &smeta)
@@ -507,8 +512,97 @@ pub fn refuse_writing_onto_sources(target: &DeviceTarget, sources: &[PathBuf]) -
                 src.display()
             ));
         }
+        // Loops over loops: the target and the source reach one file
+        // further down their chains of backing files.
+        if let Some(name) = tchain.meets(&schain) {
+            return refuse(format!(
+                "reaches the same file {} as the source {} (following each loop \
+                 device's backing file down the chain)",
+                name.display(),
+                src.display()
+            ));
+        }
     }
     Ok(())
+}
+
+/// Most loop devices followed down a chain of backing files (a loop's
+/// backing file may be another loop device): more than any real stack,
+/// and a bound on a cycle.
+#[cfg(unix)]
+const LOOP_CHAIN_MAX: usize = 16;
+
+/// Every file system object a block device or file reaches down its chain
+/// of loop backing files: itself, then each backing file in turn.
+#[cfg(unix)]
+#[derive(Debug, Default)]
+struct LoopChain {
+    /// Each object's identity and the path it was reached by (`None` for
+    /// the one the chain starts at, named by the caller).
+    ids: Vec<(FileId, Option<PathBuf>)>,
+    /// The device numbers of the block devices on the way.
+    rdevs: Vec<(u64, Option<PathBuf>)>,
+}
+
+#[cfg(unix)]
+impl LoopChain {
+    /// The chain of an object that is no loop device: itself alone.
+    fn of(meta: &fs::Metadata) -> Self {
+        let mut c = LoopChain::default();
+        c.add(meta, None);
+        c
+    }
+
+    fn add(&mut self, meta: &fs::Metadata, path: Option<PathBuf>) {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        self.ids.push((FileId::of(meta), path.clone()));
+        if meta.file_type().is_block_device() {
+            self.rdevs.push((meta.rdev(), path));
+        }
+    }
+
+    /// The name of an object both chains reach, if any (the caller
+    /// words the plain cases, a chain's start meeting the other, first).
+    fn meets(&self, other: &LoopChain) -> Option<PathBuf> {
+        let name = |a: &Option<PathBuf>, b: &Option<PathBuf>| {
+            a.clone().or_else(|| b.clone()).unwrap_or_default()
+        };
+        for (id, p) in &self.ids {
+            if let Some((_, q)) = other.ids.iter().find(|(o, _)| o == id) {
+                return Some(name(p, q));
+            }
+        }
+        for (r, p) in &self.rdevs {
+            if let Some((_, q)) = other.rdevs.iter().find(|(o, _)| o == r) {
+                return Some(name(p, q));
+            }
+        }
+        None
+    }
+}
+
+/// The chain of `file` (metadata `meta`): itself and, while it is a loop
+/// device, its backing file, that file's backing file, and so on.
+#[cfg(unix)]
+fn loop_chain(file: &File, meta: &fs::Metadata) -> LoopChain {
+    use std::os::unix::fs::FileTypeExt;
+    let mut chain = LoopChain::of(meta);
+    let mut next = loop_backing(file, meta);
+    for _ in 0..LOOP_CHAIN_MAX {
+        let Some(b) = next.take() else { break };
+        if let Some(id) = b.by_status {
+            chain.ids.push((id, b.path.clone()));
+        }
+        let Some(path) = b.path else { break };
+        let Ok(m) = fs::metadata(&path) else { break };
+        chain.add(&m, Some(path.clone()));
+        if m.file_type().is_block_device()
+            && let Ok(f) = File::open(&path)
+        {
+            next = loop_backing(&f, &m);
+        }
+    }
+    chain
 }
 
 #[cfg(not(unix))]

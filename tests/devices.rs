@@ -634,3 +634,47 @@ fn device_onto_the_source_file_is_refused() {
     }
     assert!(fs::read(&src).unwrap() == data);
 }
+
+/// A loop device over a loop device over the source: the guard follows
+/// each loop's backing file down to the end, for the target and for a
+/// source that is itself a loop device, and refuses when the chains meet.
+#[test]
+fn device_loop_over_loop_over_the_source_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let (vhdx, _) = source(d.path());
+    // Room for the whole virtual disk, so that only the guard refuses.
+    let src = d.path().join("v.vhdx");
+    fs::copy(&vhdx, &src).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
+    let before = fs::read(&src).unwrap();
+    let a = match attach_loop(&src) {
+        Ok(l) => l,
+        Err(why) => {
+            skip(&format!("no loop device to stack: {why}"));
+            return;
+        }
+    };
+    let b = match attach_loop(Path::new(&a.0)) {
+        Ok(l) => l,
+        Err(why) => {
+            skip(&format!("no loop device over a loop device: {why}"));
+            return;
+        }
+    };
+    let err = vhdkit_fails(Some(1), &["convert", "--device", s(&src), &b.0]);
+    assert!(
+        err.contains("same file") && err.contains(s(&src)) && err.contains("nothing was written"),
+        "{err}"
+    );
+    // The outer loop as SRC and the file under both as the target.
+    let err = vhdkit_fails(Some(1), &["convert", "--device", "-O", "raw", &b.0, s(&src)]);
+    assert!(err.contains("same file") || err.contains("backs"), "{err}");
+    drop(b);
+    drop(a);
+    assert!(fs::read(&src).unwrap() == before, "the source changed");
+}
