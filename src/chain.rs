@@ -82,9 +82,36 @@ pub(crate) trait ChildLayer {
 }
 
 /// `layer` with its parent (and so its whole chain) opened and attached.
-fn compose<D: ChildLayer>(mut layer: D, opts: &OpenOptions, chain: &Chain) -> Result<D> {
+/// A parent whose virtual size is not the child's is refused, even with
+/// `ignore_parent_id`: that option waives the parent's identity, not its
+/// geometry, and a smaller parent would read as zeros past its end.
+fn compose<D: ChildLayer + VirtualDisk>(
+    mut layer: D,
+    opts: &OpenOptions,
+    chain: &Chain,
+) -> Result<D> {
     if let Some(spec) = layer.parent_spec()? {
         let parent = open_parent(layer.path(), &spec, opts, chain)?;
+        if let Parent::Open { disk, path, .. } = &parent
+            && disk.virtual_size() != layer.virtual_size()
+        {
+            let (c, p) = (layer.virtual_size(), disk.virtual_size());
+            let err = Error::new(
+                ErrorKind::ParentMismatch,
+                format!(
+                    "the parent {} has a virtual size of {p:#x} bytes ({}), the child's is \
+                     {c:#x} bytes ({}); a differencing image and its parent must be the same \
+                     size (--ignore-parent-id waives the parent's id, not its size)",
+                    path.display(),
+                    crate::report::human_size(p),
+                    crate::report::human_size(c),
+                ),
+            );
+            return Err(match layer.path() {
+                Some(child) => err.with_path(child),
+                None => err,
+            });
+        }
         layer.attach_parent(parent);
     }
     Ok(layer)

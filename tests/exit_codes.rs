@@ -241,3 +241,31 @@ fn repair_status_reflects_what_remains() {
     assert!(!r["repaired"].as_array().unwrap().is_empty(), "{r:#}");
     assert!(r["findings"].as_array().unwrap().is_empty(), "{r:#}");
 }
+
+/// A parent of another virtual size than the child's is refused with both
+/// sizes named, even with `--ignore-parent-id` (which waives identity,
+/// not geometry): a 16 MiB parent under a 64 MiB child would otherwise
+/// read as zeros past 16 MiB.
+#[test]
+fn parent_of_another_size_is_refused_even_ignoring_its_id() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("p.vhd");
+    let small = d.path().join("psmall.vhd");
+    let c = d.path().join("cv.vhd");
+    vhdkit_ok(["create", "-f", "vhd", s(&p), "64M"]);
+    vhdkit_ok(["create", "-f", "vhd", s(&small), "16M"]);
+    vhdkit_ok(["create", "--parent", s(&p), s(&c)]);
+    for cmd in [
+        vec!["read", "--parent-file", s(&small), "--ignore-parent-id", s(&c), "--offset", "60M", "--length", "1"],
+        vec!["info", "--parent-file", s(&small), "--ignore-parent-id", s(&c)],
+    ] {
+        let (code, _, err) = code_out_err(&vhdkit(&cmd));
+        assert_eq!(code, 1, "{cmd:?}: {err}");
+        assert!(
+            err.contains("0x1000000") && err.contains("0x4000000") && err.contains(s(&small)),
+            "{cmd:?}: {err}"
+        );
+    }
+    // The right parent still opens.
+    vhdkit_ok(["read", "--parent-file", s(&p), s(&c), "--offset", "60M", "--length", "1"]);
+}
