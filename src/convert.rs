@@ -303,6 +303,16 @@ pub fn create_file(
     fill: impl FnOnce(&mut dyn VirtualDisk) -> Result<()>,
 ) -> Result<()> {
     let overwrite = out.overwrite;
+    // A folder (or a name ending in `/`) is refused before anything is
+    // written, not after the whole image was built and the rename failed.
+    if dest.as_os_str().as_encoded_bytes().ends_with(b"/") || dest.is_dir() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "ends in '/' or is a directory, so it names a folder; give the path of the image \
+             file to create (e.g. DIR/disk.vhdx)",
+        )
+        .with_path(dest));
+    }
     // Only a regular file is ever replaced (not a link, device or FIFO).
     crate::device::refuse_unless_replaceable(dest, false)?;
     if !overwrite && dest.exists() {

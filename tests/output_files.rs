@@ -111,3 +111,33 @@ fn failed_convert_prints_only_the_real_error() {
         );
     }
 }
+
+/// A DST that ends in `/` or names a folder is refused before anything is
+/// converted: no temporary file, nothing created, the error names DST.
+#[test]
+fn destination_folder_is_refused_up_front() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src.raw");
+    write_raw(&src, &random_bytes(1 << 20, 3));
+    let slash = format!("{}/x.vhd/", d.path().display());
+    let folder = d.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    for dst in [slash.as_str(), s(&folder)] {
+        for cmd in [
+            vec!["convert", "-O", "vhd", s(&src), dst],
+            vec!["convert", "--force", "-O", "vhd", s(&src), dst],
+            vec!["create", "-f", "vhd", dst, "1M"],
+        ] {
+            let (code, _, err) = code_out_err(&vhdkit(&cmd));
+            assert_eq!(code, 1, "{cmd:?}: {err}");
+            assert!(
+                err.contains("names a folder") || err.contains("is a directory"),
+                "{cmd:?}: {err}"
+            );
+            assert!(!err.contains("rename"), "{cmd:?}: {err}");
+        }
+    }
+    assert!(!d.path().join("x.vhd").exists());
+    assert!(temp_debris(d.path()).is_empty(), "{:?}", temp_debris(d.path()));
+    assert!(temp_debris(&folder).is_empty());
+}
