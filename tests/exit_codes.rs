@@ -269,3 +269,35 @@ fn parent_of_another_size_is_refused_even_ignoring_its_id() {
     // The right parent still opens.
     vhdkit_ok(["read", "--parent-file", s(&p), s(&c), "--offset", "60M", "--length", "1"]);
 }
+
+/// A stream whose reader stops early (`| head -c 10`) is cut short, and
+/// that must not look like success: `convert SRC -` and `read` exit 141
+/// (128 + SIGPIPE, as a shell reports it for `cat`) without a message.
+#[test]
+fn output_cut_short_by_the_reader_exits_141() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let d = tempfile::tempdir().unwrap();
+    let raw = d.path().join("src.raw");
+    write_raw(&raw, &random_bytes(8 << 20, 9));
+    let vhdx = d.path().join("src.vhdx");
+    vhdkit_ok(["convert", s(&raw), s(&vhdx)]);
+    for args in [
+        vec!["convert", s(&vhdx), "-"],
+        vec!["read", s(&vhdx), "--offset", "0", "--length", "8M"],
+    ] {
+        let mut child = Command::new(vhdkit_bin())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut first = [0u8; 10];
+        out.read_exact(&mut first).unwrap();
+        drop(out);
+        let done = child.wait_with_output().unwrap();
+        assert_eq!(done.status.code(), Some(141), "{args:?}");
+        assert!(done.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&done.stderr));
+    }
+}

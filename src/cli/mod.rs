@@ -40,7 +40,7 @@ pub fn main() -> ExitCode {
     signals::remove_temp_files_on_signals();
     match run(cli.command) {
         Ok(code) => ExitCode::from(code),
-        Err((e, _)) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err((e, _)) if output::is_broken_pipe(&e) => ExitCode::from(output::EXIT_BROKEN_PIPE),
         Err((e, code)) => {
             eprintln!("vhdkit: error: {e}");
             ExitCode::from(code)

@@ -29,7 +29,16 @@ pub fn emit<T: serde::Serialize + ?Sized>(
     }
 }
 
-/// A reader that stopped reading our output (`vhdkit ... | head`) is not an error.
+/// Exit status when the reader of standard output went away before all of
+/// it was written (`vhdkit convert X - | head -c 10`): 128 + SIGPIPE, the
+/// status a shell reports for `cat` and other tools that SIGPIPE ends, so
+/// that a cut-short stream never looks like success. No message is printed:
+/// the reader stopped on purpose, as far as vhdkit can tell.
+pub const EXIT_BROKEN_PIPE: u8 = 128 + 13;
+
+/// Whether `e` is the reader of our output having stopped reading
+/// (`vhdkit ... | head`): such a run exits with [`EXIT_BROKEN_PIPE`] and
+/// no message, wherever the write failed (a stream, a report, a listing).
 pub fn is_broken_pipe(e: &Error) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<std::io::Error>())
