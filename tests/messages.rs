@@ -265,13 +265,13 @@ fn info_and_check_give_the_same_offset_for_a_finding() {
     // The dynamic header's offset, from the footer's data offset field.
     let hoff = u64::from_be_bytes(file_bytes(&good, footer + 16, 8).try_into().unwrap());
     for (name, at, structure, want) in [
-        ("footer", footer + 64, "VHD footer at", footer + 64),
+        ("footer", footer + 64, "VHD footer at", footer),
         ("footer copy", 64, "VHD footer copy at", 0),
         (
             "dynamic header",
             hoff + 36,
             "VHD dynamic header at",
-            hoff + 36,
+            hoff,
         ),
     ] {
         let bad = dir.path().join(format!("{}.vhd", name.replace(' ', "-")));

@@ -178,9 +178,10 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         Some(e) if !e.checksum_ok() => report.add(
             Severity::Error,
             "VHD footer",
-            Some(fs.end_offset + 64),
+            Some(fs.end_offset),
             format!(
-                "bad checksum: stored {:#010x}, computed {:#010x}",
+                "bad checksum (its checksum field at {:#x}): stored {:#010x}, computed {:#010x}",
+                fs.end_offset + crate::vhd::footer::CHECKSUM_FIELD as u64,
                 e.checksum,
                 e.compute_checksum()
             ),
@@ -243,8 +244,9 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
                 .map_err(io_err("VHD footer", fs.end_offset))?;
             storage.flush().map_err(io_err("VHD file", 0))?;
             report.repaired.push(format!(
-                "rewrote the footer checksum at {:#x}",
-                fs.end_offset + 64
+                "rewrote the footer at {:#x} (its checksum field at {:#x})",
+                fs.end_offset,
+                fs.end_offset + crate::vhd::footer::CHECKSUM_FIELD as u64
             ));
         }
         return Ok(());
@@ -304,9 +306,10 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         report.add(
             Severity::Error,
             "VHD dynamic header",
-            Some(hoff + 36),
+            Some(hoff),
             format!(
-                "bad checksum: stored {:#010x}, computed {:#010x}",
+                "bad checksum (its checksum field at {:#x}): stored {:#010x}, computed {:#010x}",
+                hoff + crate::vhd::dynamic_header::CHECKSUM_FIELD as u64,
                 header.checksum,
                 header.compute_checksum()
             ),
@@ -538,8 +541,8 @@ fn repair_footers(
             .write_at(&h.to_bytes(), hoff)
             .map_err(io_err("VHD dynamic header", hoff))?;
         report.repaired.push(format!(
-            "rewrote the dynamic header checksum at {:#x}",
-            hoff + 36
+            "rewrote the dynamic header at {hoff:#x} (its checksum field at {:#x})",
+            hoff + crate::vhd::dynamic_header::CHECKSUM_FIELD as u64
         ));
     }
     storage.flush().map_err(io_err("VHD file", 0))?;

@@ -64,7 +64,8 @@ impl VhdDisk {
             (Some((f, src, off)), _) if end_ok => (f, src, off),
             (Some((f, _, off)), Some(c)) if copy_valid => {
                 warnings.push(format!(
-                    "VHD footer at {:#x}: bad checksum: stored {:#010x}, computed {:#010x}; using the copy at offset 0",
+                    "VHD footer at {:#x}: bad checksum (its checksum field at {:#x}): stored {:#010x}, computed {:#010x}; using the copy at offset 0",
+                    off,
                     off + footer::CHECKSUM_FIELD as u64,
                     f.checksum,
                     f.compute_checksum()
@@ -73,7 +74,8 @@ impl VhdDisk {
             }
             (Some((f, src, off)), _) => {
                 warnings.push(format!(
-                    "VHD footer at {:#x}: bad checksum: stored {:#010x}, computed {:#010x}",
+                    "VHD footer at {:#x}: bad checksum (its checksum field at {:#x}): stored {:#010x}, computed {:#010x}",
+                    off,
                     off + footer::CHECKSUM_FIELD as u64,
                     f.checksum,
                     f.compute_checksum()
@@ -190,7 +192,8 @@ impl VhdDisk {
         header.validate(header_offset, self.footer.current_size, len)?;
         if !header.checksum_ok() {
             self.warnings.push(format!(
-                "VHD dynamic header at {:#x}: bad checksum: stored {:#010x}, computed {:#010x}",
+                "VHD dynamic header at {:#x}: bad checksum (its checksum field at {:#x}): stored {:#010x}, computed {:#010x}",
+                header_offset,
                 header_offset + dynamic_header::CHECKSUM_FIELD as u64,
                 header.checksum,
                 header.compute_checksum()
