@@ -202,6 +202,9 @@ fn create_temp(dir: &Path, dest: &Path) -> Result<(File, TempFile)> {
         }
         match opened {
             Ok(f) => {
+                // Held while the key is written: a later run's clean-up
+                // removes only temporary files nobody holds locked.
+                let _ = f.try_lock();
                 return Ok((
                     f,
                     TempFile {

@@ -233,12 +233,41 @@ pub fn reclaim_stale(dest: &Path) -> Vec<Reclaimed> {
             continue;
         }
         let path = entry.path();
+        // The writer holds a lock on its temporary file for as long as it
+        // writes (images: the exclusive lock of every writable open; key
+        // files: one taken on creation). A process id that is gone here
+        // may be a live writer on another host (NFS, where Linux carries
+        // flock to the server) or in another PID namespace: only a file
+        // whose lock this process can take is removed, under that lock.
+        let Some(_held) = lock_if_unused(&path) else {
+            continue;
+        };
         if fs::remove_file(&path).is_ok() {
             out.push(Reclaimed { path, pid });
         }
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out
+}
+
+/// The file at `path` opened and exclusively locked (`flock`), when no one
+/// else holds a lock on it; `None` when someone does, or when it cannot be
+/// opened or locked at all (left alone: fail closed). A FIFO or other
+/// special file put there meanwhile is never waited on.
+fn lock_if_unused(path: &Path) -> Option<fs::File> {
+    let mut o = fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let f = o.open(path).ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    f.try_lock().ok()?;
+    Some(f)
 }
 
 /// [`reclaim_stale`], with a note on stderr for each deleted file.
@@ -304,6 +333,18 @@ mod tests {
         );
         assert!(!stale.exists());
         assert!(mine.exists() && live.exists() && other.exists());
+
+        // A file of a gone pid that someone still holds locked (a writer
+        // on another host or in another PID namespace) stays.
+        fs::write(&stale, b"x").unwrap();
+        let holder = fs::File::open(&stale).unwrap();
+        holder.try_lock().unwrap();
+        assert_eq!(reclaim_stale(&dest), vec![]);
+        assert!(stale.exists());
+        holder.unlock().unwrap();
+        drop(holder);
+        assert_eq!(reclaim_stale(&dest).len(), 1);
+        assert!(!stale.exists());
     }
 
     #[test]

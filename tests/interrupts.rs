@@ -205,3 +205,31 @@ fn create_and_keygen_reclaim_stale_files() {
     );
     assert!(!stale_key.exists() && key.exists());
 }
+
+/// A temporary file whose process id is gone here but which another
+/// process still holds locked (a writer on another host over NFS, or in
+/// another PID namespace) is not removed by a later convert; once the lock
+/// is released it is.
+#[test]
+fn locked_temp_file_of_a_gone_pid_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new("true").spawn().unwrap();
+    let gone = child.id();
+    child.wait().unwrap();
+    let src = dir.path().join("src.raw");
+    write_raw(&src, &random_bytes(1 << 20, 4));
+    let dst = dir.path().join("out.vhd");
+    let stale = dir.path().join(format!(".out.vhd.vhdkit-{gone}.tmp"));
+    std::fs::write(&stale, b"being written elsewhere").unwrap();
+    let holder = std::fs::File::open(&stale).unwrap();
+    holder.try_lock().unwrap();
+    let (code, _, stderr) = code_out_err(&vhdkit(["convert", s(&src), s(&dst)]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stale.exists(), "a locked temporary file was removed");
+    assert!(!stderr.contains("stale"), "{stderr}");
+    holder.unlock().unwrap();
+    drop(holder);
+    let (code, _, stderr) = code_out_err(&vhdkit(["convert", "--force", s(&src), s(&dst)]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stale.exists(), "{stderr}");
+}
