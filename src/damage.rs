@@ -201,15 +201,19 @@ impl Stored<'_> {
             }
             None => {
                 let block_end = self.block_offset.saturating_add(self.block_len);
+                // Where the block's missing bytes start: the end of the file
+                // (or the block's start, for a block wholly past it), not
+                // where the read that found them began.
+                let missing_from = file_len.clamp(self.block_offset, block_end);
                 let mut e = Error::corrupt(
                     self.structure,
                     self.block_offset,
                     format!(
                         "block {} (file bytes {:#x}..{block_end:#x}) runs past the end of the \
-                         file, which is {file_len:#x} bytes long, so its bytes from \
-                         {file_start:#x} on are missing: virtual bytes \
-                         {vstart:#x}..{:#x} being read are missing (`vhdkit check` lists all \
-                         the damage; --salvage reads missing bytes as zeros)",
+                         file, which ends at {file_len:#x}, so its bytes from {missing_from:#x} \
+                         on are missing: virtual bytes {vstart:#x}..{:#x} being read are \
+                         missing (`vhdkit check` lists all the damage; --salvage reads missing \
+                         bytes as zeros)",
                         self.block,
                         self.block_offset,
                         vstart.saturating_add(vlen)

@@ -681,9 +681,11 @@ pub fn write_in_place(
             }
         };
         return Err(Error::invalid_argument(format!(
-            "{what} holds {} bytes, less than the image's virtual size of {size} bytes; \
-             nothing was written{grow}",
-            target.size
+            "{what} holds {:#x} bytes ({}), less than the image's virtual size of {size:#x} \
+             bytes ({}); nothing was written{grow}",
+            target.size,
+            crate::report::human_size(target.size),
+            crate::report::human_size(size)
         ))
         .with_path(&target.path));
     }

@@ -472,8 +472,11 @@ fn add_parent_check(report: &mut CheckReport, parent: &Path, opts: &OpenOptions,
     popts.parent_path = None;
     match check_in_chain(parent, &popts, false, depth + 1) {
         Ok(r) => {
+            // The prefix goes before the structure, so that a finding
+            // reads `in parent P: STRUCTURE at OFFSET: ...` and the offset
+            // is not taken for the child's.
             for mut f in r.findings {
-                f.message = format!("{prefix}{}", f.message);
+                f.structure = format!("{prefix}{}", f.structure);
                 report.findings.push(f);
             }
             for c in r.checked {

@@ -181,6 +181,17 @@ fn reads_fail_closed(ext: &str) {
         err.contains(&format!("{:#x}..{:#x}", 4 << 20, (4 << 20) + 4096)),
         "{err}"
     );
+    // A read that starts past the cut names where the file ends, which is
+    // where the block's bytes go missing, not where the read began.
+    let file_len = std::fs::metadata(&path).unwrap().len();
+    let err = vhdkit_fails(
+        Some(1),
+        &["read", s(&path), "--offset", "2816K", "--length", "4096"],
+    );
+    assert!(
+        err.contains(&format!("ends at {file_len:#x}, so its bytes from {file_len:#x} on are missing")),
+        "{err}"
+    );
     // What the file holds still reads.
     let head = vhdkit_ok(["read", s(&path), "--offset", "0", "--length", "2M"]);
     assert_eq!(head, data()[..2 << 20]);
@@ -333,7 +344,7 @@ fn child_of_truncated_parent(ext: &str) {
     let (code, text) = all_output(&["check", s(&child)]);
     assert_eq!(code, 2, "the damaged parent must be reported:\n{text}");
     assert!(
-        text.contains(&format!("in parent {}: ", parent.display()))
+        text.contains(&format!("error: in parent {}: ", parent.display()))
             && text.contains(&format!("{LOST:#x}..")),
         "the finding names the parent and the range lost:\n{text}"
     );

@@ -281,6 +281,8 @@ fn device_onto_smaller_file_is_refused() {
     assert!(
         err.contains(s(&target))
             && err.contains("less than")
+            && err.contains(&format!("holds {:#x} bytes", old.len()))
+            && err.contains(&format!("virtual size of {:#x} bytes", data.len()))
             && err.contains("nothing was written"),
         "{err}"
     );
