@@ -403,11 +403,7 @@ impl Storage for FileStorage {
         self.read_plain(buf, offset)
     }
     fn data_runs(&self, offset: u64, len: u64) -> io::Result<Option<Vec<(u64, u64)>>> {
-        let file_len = if self.holes.is_some() {
-            self.map_len()
-        } else {
-            self.len()?
-        };
+        let file_len = self.len()?;
         let end = offset.saturating_add(len).min(file_len);
         if let Some(w) = &self.holes {
             return w.data_in(&self.file, file_len, offset, end.saturating_sub(offset));
