@@ -580,12 +580,16 @@ pub fn stream_raw(
     out: &mut dyn Write,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
-    read_pipelined(src, std::iter::once(Ok((0, src.virtual_size()))), |pos, buf, _| {
-        out.write_all(buf)
-            .map_err(|e| Error::io(e, "writing to the output stream"))?;
-        progress(pos + buf.len() as u64);
-        Ok(())
-    })?;
+    read_pipelined(
+        src,
+        std::iter::once(Ok((0, src.virtual_size()))),
+        |pos, buf, _| {
+            out.write_all(buf)
+                .map_err(|e| Error::io(e, "writing to the output stream"))?;
+            progress(pos + buf.len() as u64);
+            Ok(())
+        },
+    )?;
     out.flush()
         .map_err(|e| Error::io(e, "writing to the output stream"))
 }

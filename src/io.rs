@@ -395,10 +395,9 @@ impl Storage for FileStorage {
             && !buf.is_empty()
             && offset.checked_add(len).is_some_and(|e| e <= map_len)
             && let Ok(Some(runs)) = w.data_in(&self.file, map_len, offset, len)
+            && runs.as_slice() != [(offset, len)]
         {
-            if runs.as_slice() != [(offset, len)] {
-                return self.read_around_holes(&runs, buf, offset);
-            }
+            return self.read_around_holes(&runs, buf, offset);
         }
         self.read_plain(buf, offset)
     }

@@ -191,9 +191,7 @@ impl HoleWindow {
     pub fn known_hole(&self, offset: u64, len: u64) -> Option<bool> {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         match &*kept {
-            Some(Some(map)) if map.covers(offset, len) => {
-                Some(map.data_in(offset, len).is_empty())
-            }
+            Some(Some(map)) if map.covers(offset, len) => Some(map.data_in(offset, len).is_empty()),
             _ => None,
         }
     }

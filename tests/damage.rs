@@ -189,7 +189,9 @@ fn reads_fail_closed(ext: &str) {
         &["read", s(&path), "--offset", "2816K", "--length", "4096"],
     );
     assert!(
-        err.contains(&format!("ends at {file_len:#x}, so its bytes from {file_len:#x} on are missing")),
+        err.contains(&format!(
+            "ends at {file_len:#x}, so its bytes from {file_len:#x} on are missing"
+        )),
         "{err}"
     );
     // What the file holds still reads.

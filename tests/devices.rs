@@ -674,7 +674,10 @@ fn device_loop_over_loop_over_the_source_is_refused() {
         "{err}"
     );
     // The outer loop as SRC and the file under both as the target.
-    let err = vhdkit_fails(Some(1), &["convert", "--device", "-O", "raw", &b.0, s(&src)]);
+    let err = vhdkit_fails(
+        Some(1),
+        &["convert", "--device", "-O", "raw", &b.0, s(&src)],
+    );
     assert!(err.contains("same file") || err.contains("backs"), "{err}");
     drop(b);
     drop(a);

@@ -256,8 +256,24 @@ fn parent_of_another_size_is_refused_even_ignoring_its_id() {
     vhdkit_ok(["create", "-f", "vhd", s(&small), "16M"]);
     vhdkit_ok(["create", "--parent", s(&p), s(&c)]);
     for cmd in [
-        vec!["read", "--parent-file", s(&small), "--ignore-parent-id", s(&c), "--offset", "60M", "--length", "1"],
-        vec!["info", "--parent-file", s(&small), "--ignore-parent-id", s(&c)],
+        vec![
+            "read",
+            "--parent-file",
+            s(&small),
+            "--ignore-parent-id",
+            s(&c),
+            "--offset",
+            "60M",
+            "--length",
+            "1",
+        ],
+        vec![
+            "info",
+            "--parent-file",
+            s(&small),
+            "--ignore-parent-id",
+            s(&c),
+        ],
     ] {
         let (code, _, err) = code_out_err(&vhdkit(&cmd));
         assert_eq!(code, 1, "{cmd:?}: {err}");
@@ -267,7 +283,16 @@ fn parent_of_another_size_is_refused_even_ignoring_its_id() {
         );
     }
     // The right parent still opens.
-    vhdkit_ok(["read", "--parent-file", s(&p), s(&c), "--offset", "60M", "--length", "1"]);
+    vhdkit_ok([
+        "read",
+        "--parent-file",
+        s(&p),
+        s(&c),
+        "--offset",
+        "60M",
+        "--length",
+        "1",
+    ]);
 }
 
 /// A stream whose reader stops early (`| head -c 10`) is cut short, and
@@ -298,6 +323,10 @@ fn output_cut_short_by_the_reader_exits_141() {
         drop(out);
         let done = child.wait_with_output().unwrap();
         assert_eq!(done.status.code(), Some(141), "{args:?}");
-        assert!(done.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&done.stderr));
+        assert!(
+            done.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
     }
 }

@@ -267,12 +267,7 @@ fn info_and_check_give_the_same_offset_for_a_finding() {
     for (name, at, structure, want) in [
         ("footer", footer + 64, "VHD footer at", footer),
         ("footer copy", 64, "VHD footer copy at", 0),
-        (
-            "dynamic header",
-            hoff + 36,
-            "VHD dynamic header at",
-            hoff,
-        ),
+        ("dynamic header", hoff + 36, "VHD dynamic header at", hoff),
     ] {
         let bad = dir.path().join(format!("{}.vhd", name.replace(' ', "-")));
         std::fs::copy(&good, &bad).unwrap();

@@ -138,6 +138,10 @@ fn destination_folder_is_refused_up_front() {
         }
     }
     assert!(!d.path().join("x.vhd").exists());
-    assert!(temp_debris(d.path()).is_empty(), "{:?}", temp_debris(d.path()));
+    assert!(
+        temp_debris(d.path()).is_empty(),
+        "{:?}",
+        temp_debris(d.path())
+    );
     assert!(temp_debris(&folder).is_empty());
 }

@@ -339,9 +339,15 @@ fn the_copy_engine_reads_only_the_data_of_a_sparse_source() {
         // under the copy's unallocated blocks are not read (at most the
         // copy's allocated blocks around the pieces are).
         read.store(0, Ordering::Relaxed);
-        assert_eq!(convert::first_difference(&disk, dst.as_ref()).unwrap(), None);
+        assert_eq!(
+            convert::first_difference(&disk, dst.as_ref()).unwrap(),
+            None
+        );
         let n = read.load(Ordering::Relaxed);
-        assert!(n <= 256 * MIB, "{format:?}: compare read {n} bytes of a 16 GiB source");
+        assert!(
+            n <= 256 * MIB,
+            "{format:?}: compare read {n} bytes of a 16 GiB source"
+        );
     }
 
     // An encrypting output of a mapped source reads only its data: none

@@ -175,11 +175,7 @@ fn fixed_footer_bad_checksum_found_and_repaired() {
     patch_file(&path, len - 512 + 100, &[0x55]);
     let (code, r) = cli_check(&path, false);
     assert_eq!(code, 2);
-    assert_eq!(
-        findings_at(&r, "VHD footer", len - 512).len(),
-        1,
-        "{r:#}"
-    );
+    assert_eq!(findings_at(&r, "VHD footer", len - 512).len(), 1, "{r:#}");
     assert_eq!(read_image(&path), model);
     assert_eq!(write_kind(&path), Err(ErrorKind::NeedsRepair));
     cli_check(&path, true);
