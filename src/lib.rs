@@ -11,35 +11,47 @@
 //! # Ok::<(), vhdkit::Error>(())
 //! ```
 
-pub mod checksum;
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod convert;
 pub mod damage;
-pub mod detect;
-pub mod device;
-pub mod disk;
-pub mod error;
-pub mod evhd;
-pub mod filekind;
-pub mod fixed;
-pub mod guid;
-pub mod io;
 pub mod keyfile;
-pub mod lock;
-pub mod parent;
-pub mod pending;
-pub mod raw;
 pub mod report;
 pub mod size;
-pub mod sparse;
-pub mod vhd;
-pub mod vhdx;
+pub mod unstable;
+
+mod checksum;
+mod detect;
+mod device;
+mod disk;
+mod error;
+mod evhd;
+mod filekind;
+mod fixed;
+mod guid;
+mod io;
+mod lock;
+mod parent;
+mod pending;
+mod raw;
+mod sparse;
+mod vhd;
+mod vhdx;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use damage::SalvageLog;
 pub use disk::{Extent, ExtentKind, VirtualDisk};
 pub use error::{Error, ErrorKind, Result};
-pub use report::{CheckReport, DiskType, Format, ImageInfo};
+pub use evhd::cipher::CipherId;
+pub use evhd::keys::{Fingerprint, KeyFile, PrivateKey, PublicKey};
+pub use evhd::{EvhdBuilder, EvhdDisk, EvhdImage, EvhdOptions};
+pub use report::{CheckReport, DiskType, Finding, Format, ImageInfo, ParentInfo, Severity};
+pub use size::parse_size;
+pub use vhd::VhdBuilder;
+pub use vhdx::VhdxBuilder;
 
 use io::{FileStorage, Storage};
 use parent::Chain;
@@ -57,7 +69,7 @@ pub struct OpenOptions {
     /// Use this file as the parent instead of the recorded locations.
     pub parent_path: Option<PathBuf>,
     /// Private keys to try on encrypted (EVHD) images.
-    pub keys: Vec<Arc<evhd::keys::PrivateKey>>,
+    pub keys: Vec<Arc<PrivateKey>>,
     /// Open the image as this format instead of detecting it (parents are
     /// always detected). `Some(Format::Raw)` is the only way to read a file
     /// that carries a trace of another format as a flat disk; any other
@@ -73,7 +85,7 @@ pub struct OpenOptions {
     pub print_warnings: bool,
     /// Keys trusted to have signed an EVHD image, besides the public
     /// halves of `keys`.
-    pub trust: Vec<evhd::keys::PublicKey>,
+    pub trust: Vec<PublicKey>,
     /// Refuse an EVHD image that is not signed by a trusted key
     /// (`ErrorKind::Untrusted`); otherwise such an image opens with a warning.
     pub require_signed: bool,
@@ -134,7 +146,7 @@ impl OpenOptions {
     }
 
     /// Also trust EVHD images signed by `key` (see [`OpenOptions::trust`]).
-    pub fn trust(mut self, key: evhd::keys::PublicKey) -> Self {
+    pub fn trust(mut self, key: PublicKey) -> Self {
         self.trust.push(key);
         self
     }
@@ -165,7 +177,7 @@ impl OpenOptions {
     }
 
     /// Also try `key` on encrypted images.
-    pub fn key(mut self, key: Arc<evhd::keys::PrivateKey>) -> Self {
+    pub fn key(mut self, key: Arc<PrivateKey>) -> Self {
         self.keys.push(key);
         self
     }
@@ -173,7 +185,8 @@ impl OpenOptions {
 
 /// Detect the container format from signatures: raw only when the file
 /// has no trace of any other format (see [`detect::trace`]).
-pub fn detect(storage: &dyn Storage) -> Format {
+#[cfg(test)]
+pub(crate) fn detect(storage: &dyn Storage) -> Format {
     detect::trace(storage).map_or(Format::Raw, |t| t.format)
 }
 
@@ -195,7 +208,7 @@ pub(crate) fn open_in_chain(
 }
 
 /// Open the file of an image, locked unless `force_share` (see [`io::lock`]).
-pub fn open_file(path: &Path, writable: bool, force_share: bool) -> Result<FileStorage> {
+pub(crate) fn open_file(path: &Path, writable: bool, force_share: bool) -> Result<FileStorage> {
     match (force_share, writable) {
         (false, _) => FileStorage::open(path, writable),
         (true, false) => FileStorage::open_force_share(path),
@@ -230,7 +243,7 @@ fn refuse_unsignable(storage: &dyn Storage, opts: &OpenOptions) -> Result<()> {
 }
 
 /// Open an image held in `storage`; `path` (if any) locates its parent.
-pub fn open_storage(
+pub(crate) fn open_storage(
     storage: Box<dyn Storage>,
     path: Option<&Path>,
     opts: &OpenOptions,

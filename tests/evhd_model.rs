@@ -4,10 +4,10 @@
 use std::sync::{Arc, OnceLock};
 
 use proptest::prelude::*;
-use vhdkit::evhd::cipher::CipherId;
-use vhdkit::evhd::keys::PrivateKey;
-use vhdkit::evhd::{EvhdBuilder, EvhdDisk};
-use vhdkit::io::MemStorage;
+use vhdkit::unstable::evhd::cipher::CipherId;
+use vhdkit::unstable::evhd::keys::PrivateKey;
+use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk};
+use vhdkit::unstable::io::MemStorage;
 use vhdkit::{OpenOptions, VirtualDisk};
 
 fn key() -> &'static Arc<PrivateKey> {

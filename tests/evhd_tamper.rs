@@ -5,12 +5,12 @@
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
-use vhdkit::evhd::cipher::CipherId;
-use vhdkit::evhd::header::{COPY_OFFSETS, HEADER_SIZE, Header, RECIPIENTS_OFFSET};
-use vhdkit::evhd::keys::PrivateKey;
-use vhdkit::evhd::table::PAGE_SIZE;
-use vhdkit::evhd::{EvhdBuilder, EvhdDisk};
-use vhdkit::io::MemStorage;
+use vhdkit::unstable::evhd::cipher::CipherId;
+use vhdkit::unstable::evhd::header::{COPY_OFFSETS, HEADER_SIZE, Header, RECIPIENTS_OFFSET};
+use vhdkit::unstable::evhd::keys::PrivateKey;
+use vhdkit::unstable::evhd::table::PAGE_SIZE;
+use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk};
+use vhdkit::unstable::io::MemStorage;
 use vhdkit::report::{CheckReport, Severity};
 use vhdkit::{OpenOptions, VirtualDisk};
 
@@ -78,7 +78,7 @@ fn detected(image: Vec<u8>, content: &[u8]) -> bool {
         }
     }
     let mut report = CheckReport::default();
-    vhdkit::evhd::check::check(
+    vhdkit::unstable::evhd::check::check(
         Box::new(MemStorage::from_vec(image)),
         &[keys()[0].clone()],
         &mut report,
