@@ -330,7 +330,7 @@ fn random_writes(dir: &Path, size: u64, runs: usize) -> (Duration, Duration, u64
 /// The write benchmark through the library: open, write, flush, close.
 fn library_writes(path: &Path, size: u64, count: u64) {
     use vhdkit::VirtualDisk;
-    let storage = vhdkit::unstable::io::FileStorage::open(path, true).expect("open");
+    let storage = vhdkit::FileStorage::open(path, true).expect("open");
     let mut disk = vhdkit::unstable::vhdx::VhdxDisk::open(
         Box::new(storage),
         Some(path.to_path_buf()),

@@ -45,15 +45,16 @@ use std::sync::Arc;
 pub use damage::SalvageLog;
 pub use disk::{Extent, ExtentKind, VirtualDisk};
 pub use error::{Error, ErrorKind, Result};
+pub use io::{FileStorage, MemStorage, Storage};
 pub use evhd::cipher::CipherId;
-pub use evhd::keys::{Fingerprint, KeyFile, PrivateKey, PublicKey};
+pub use evhd::keys::{DEFAULT_BITS, Fingerprint, KeyFile, PrivateKey, PublicKey};
+pub use evhd::signature::Status as SignatureStatus;
 pub use evhd::{EvhdBuilder, EvhdDisk, EvhdImage, EvhdOptions};
 pub use report::{CheckReport, DiskType, Finding, Format, ImageInfo, ParentInfo, Severity};
 pub use size::parse_size;
 pub use vhd::VhdBuilder;
 pub use vhdx::VhdxBuilder;
 
-use io::{FileStorage, Storage};
 use parent::Chain;
 
 /// How to open an image.
@@ -73,7 +74,7 @@ pub struct OpenOptions {
     /// Open the image as this format instead of detecting it (parents are
     /// always detected). `Some(Format::Raw)` is the only way to read a file
     /// that carries a trace of another format as a flat disk; any other
-    /// format must have a signature in the file (see [`detect`]).
+    /// format must have a signature in the file (see [`unstable::detect`]).
     pub format: Option<Format>,
     /// Open read-only without taking or honouring the image lock (qemu's
     /// `-U/--force-share`), to inspect an image another program has open;

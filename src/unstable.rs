@@ -6,7 +6,7 @@
 //! structure by structure, and the command-line tool can reach the device
 //! and crash-recovery helpers it shares with the library. Programs that
 //! use vhdkit as a library should need only the crate root and its public
-//! modules ([`open`](crate::open), [`VirtualDisk`](crate::VirtualDisk),
+//! modules ([`open`](crate::open), [`VirtualDisk`],
 //! [`convert`](crate::convert), [`check`](crate::check), ...).
 //!
 //! Each module below mirrors the internal module of the same name.

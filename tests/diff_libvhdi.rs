@@ -20,7 +20,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{random_bytes, read_disk, require_tool};
-use vhdkit::unstable::vhdx::VhdxBuilder;
+use vhdkit::VhdxBuilder;
 use vhdkit::{OpenOptions, VirtualDisk};
 
 const MIB: u64 = 1 << 20;

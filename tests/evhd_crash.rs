@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use common::torn::{Failing, Faulty, Handle};
-use vhdkit::unstable::evhd::keys::PrivateKey;
+use vhdkit::PrivateKey;
 use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk};
 use vhdkit::unstable::io::{MemStorage, Storage};
 use vhdkit::{OpenOptions, VirtualDisk};

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use common::torn::Failing;
-use vhdkit::unstable::evhd::keys::PrivateKey;
+use vhdkit::PrivateKey;
 use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk};
 use vhdkit::unstable::io::{FileStorage, MemStorage};
 use vhdkit::{OpenOptions, VirtualDisk};

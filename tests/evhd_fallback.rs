@@ -12,9 +12,9 @@ use std::sync::{Arc, OnceLock};
 use common::torn::{Faulty, Handle};
 use common::{code_out_err, patch_file, test_key, vhdkit, vhdkit_ok};
 use vhdkit::unstable::evhd::header::{COPY_OFFSETS, HEADER_SIZE};
-use vhdkit::unstable::evhd::keys::PrivateKey;
+use vhdkit::PrivateKey;
 use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk, EvhdImage, JOURNAL_OFFSET};
-use vhdkit::unstable::io::MemStorage;
+use vhdkit::MemStorage;
 use vhdkit::report::Severity;
 use vhdkit::{CheckReport, OpenOptions, VirtualDisk};
 

@@ -4,10 +4,10 @@
 use std::sync::{Arc, OnceLock};
 
 use proptest::prelude::*;
-use vhdkit::unstable::evhd::cipher::CipherId;
-use vhdkit::unstable::evhd::keys::PrivateKey;
+use vhdkit::CipherId;
+use vhdkit::PrivateKey;
 use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk};
-use vhdkit::unstable::io::MemStorage;
+use vhdkit::MemStorage;
 use vhdkit::{OpenOptions, VirtualDisk};
 
 fn key() -> &'static Arc<PrivateKey> {

@@ -18,10 +18,10 @@ use common::{
 use vhdkit::unstable::evhd::header::{
     self, COPY_OFFSETS, HEADER_SIZE, Header, MAC_OFFSET, SIGNATURE_OFFSET, SIGNER_OFFSET,
 };
-use vhdkit::unstable::evhd::keys::{KeyFile, PrivateKey};
+use vhdkit::{KeyFile, PrivateKey};
 use vhdkit::unstable::evhd::signature::{self, Status};
 use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk, journal};
-use vhdkit::unstable::io::MemStorage;
+use vhdkit::MemStorage;
 use vhdkit::{ErrorKind, OpenOptions, VirtualDisk};
 
 fn stdout(o: &Output) -> String {

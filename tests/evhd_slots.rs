@@ -15,10 +15,10 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vhdkit::unstable::evhd::EvhdBuilder;
+use vhdkit::EvhdBuilder;
 use vhdkit::unstable::evhd::header::{COPY_OFFSETS, HEADER_SIZE, Header};
 use vhdkit::unstable::evhd::table::{ENTRY_SIZE, PAGE_SIZE};
-use vhdkit::unstable::io::MemStorage;
+use vhdkit::MemStorage;
 use vhdkit::unstable::parent::Chain;
 use vhdkit::report::{CheckReport, Severity};
 use vhdkit::{OpenOptions, VirtualDisk};

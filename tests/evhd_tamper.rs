@@ -5,12 +5,12 @@
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
-use vhdkit::unstable::evhd::cipher::CipherId;
+use vhdkit::CipherId;
 use vhdkit::unstable::evhd::header::{COPY_OFFSETS, HEADER_SIZE, Header, RECIPIENTS_OFFSET};
-use vhdkit::unstable::evhd::keys::PrivateKey;
+use vhdkit::PrivateKey;
 use vhdkit::unstable::evhd::table::PAGE_SIZE;
 use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk};
-use vhdkit::unstable::io::MemStorage;
+use vhdkit::MemStorage;
 use vhdkit::report::{CheckReport, Severity};
 use vhdkit::{OpenOptions, VirtualDisk};
 

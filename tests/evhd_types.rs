@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use vhdkit::unstable::evhd::keys::{KeyFile, PrivateKey};
+use vhdkit::{KeyFile, PrivateKey};
 use vhdkit::unstable::evhd::{EvhdDisk, EvhdImage};
-use vhdkit::unstable::io::MemStorage;
+use vhdkit::MemStorage;
 use vhdkit::{ErrorKind, OpenOptions, VirtualDisk};
 
 const SIGNED: &[u8] = include_bytes!("data/evhd/signed.evhd.sparse");

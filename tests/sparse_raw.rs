@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 
 use common::{code_out_err, s, vhdkit_bin, vhdkit_ok, vhdkit_ok_stdout};
 use vhdkit::convert::{self, ImageSpec};
-use vhdkit::unstable::evhd::cipher::CipherId;
+use vhdkit::CipherId;
 use vhdkit::unstable::evhd::header::Origin;
-use vhdkit::unstable::evhd::keys::KeyFile;
+use vhdkit::KeyFile;
 use vhdkit::unstable::io::{FileStorage, MemStorage, Storage};
 use vhdkit::unstable::raw::RawDisk;
 use vhdkit::{ExtentKind, Format, VirtualDisk};
@@ -348,7 +348,7 @@ fn the_copy_engine_reads_only_the_data_of_a_sparse_source() {
     assert!(mapped.mapped(0, size as usize).is_some());
     let key = KeyFile::read(&common::test_key().1).unwrap();
     let mut spec = ImageSpec::new(Format::Evhd);
-    spec.evhd = Some(vhdkit::unstable::evhd::EvhdOptions {
+    spec.evhd = Some(vhdkit::EvhdOptions {
         recipients: vec![(key.public().clone(), "test".into())],
         cipher: CipherId::Aes256Gcm,
         origin: Origin::of(&mapped.info()),

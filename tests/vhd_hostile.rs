@@ -420,7 +420,7 @@ fn damaged_vhdx_never_panics_the_cli() {
     let orig = dir.path().join("orig.vhdx");
     let mut d = vhdkit::unstable::vhdx::create(
         &orig,
-        vhdkit::unstable::vhdx::VhdxBuilder::new(4 << 20).block_size(1 << 20),
+        vhdkit::VhdxBuilder::new(4 << 20).block_size(1 << 20),
     )
     .unwrap();
     d.write_at(&mixed_content(1 << 20, 5), 1 << 20).unwrap();

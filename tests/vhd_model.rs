@@ -22,7 +22,7 @@ use common::{Rng, random_bytes};
 use vhdkit::unstable::io::{MemStorage, Storage};
 use vhdkit::unstable::parent::Chain;
 use vhdkit::report::CheckReport;
-use vhdkit::unstable::vhd::VhdBuilder;
+use vhdkit::VhdBuilder;
 use vhdkit::{OpenOptions, VirtualDisk};
 
 /// One storage operation the disk made.

@@ -57,7 +57,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 }
 
 fn open(path: &Path, parent: Option<&PathBuf>) -> VhdxDisk {
-    let storage = vhdkit::unstable::io::FileStorage::open(path, true).unwrap();
+    let storage = vhdkit::FileStorage::open(path, true).unwrap();
     VhdxDisk::open(
         Box::new(storage),
         Some(path.to_path_buf()),

@@ -19,7 +19,7 @@ const MIB: u64 = 1 << 20;
 
 /// Open `path` read-write as a VHDX.
 fn open_rw(path: &Path) -> VhdxDisk {
-    let storage = vhdkit::unstable::io::FileStorage::open(path, true).unwrap();
+    let storage = vhdkit::FileStorage::open(path, true).unwrap();
     VhdxDisk::open(
         Box::new(storage),
         Some(path.to_path_buf()),

@@ -16,7 +16,7 @@
 
 use vhdkit::unstable::evhd::cipher::MasterKey;
 use vhdkit::unstable::evhd::header::{self, COPY_OFFSETS, HEADER_SIZE, Header};
-use vhdkit::unstable::evhd::keys::PrivateKey;
+use vhdkit::PrivateKey;
 use vhdkit::unstable::evhd::table::{self, PAGE_SIZE};
 use vhdkit::unstable::evhd::{journal, signature};
 

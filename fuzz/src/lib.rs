@@ -7,7 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use vhdkit::OpenOptions;
-use vhdkit::unstable::evhd::keys::{KeyFile, PrivateKey};
+use vhdkit::{KeyFile, PrivateKey};
 use vhdkit::unstable::io::{MemStorage, Storage};
 use vhdkit::unstable::parent::Chain;
 

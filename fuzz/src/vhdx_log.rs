@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use arbitrary::{Arbitrary, Unstructured};
 use uuid::Uuid;
 use vhdkit::unstable::fixed::FixedStruct;
-use vhdkit::unstable::io::MemStorage;
+use vhdkit::MemStorage;
 use vhdkit::unstable::parent::Chain;
 use vhdkit::unstable::vhdx::VhdxDisk;
 use vhdkit::unstable::vhdx::log::{EntryParams, Op, encode_entry};
@@ -42,7 +42,7 @@ fn base() -> &'static Base {
     static BASE: OnceLock<Base> = OnceLock::new();
     BASE.get_or_init(|| {
         let mem = Arc::new(MemStorage::new());
-        let mut disk = vhdkit::unstable::vhdx::VhdxBuilder::new(SIZE)
+        let mut disk = vhdkit::VhdxBuilder::new(SIZE)
             .block_size(MIB as u32)
             .create(Box::new(mem.clone()), None)
             .expect("create the base image");

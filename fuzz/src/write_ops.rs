@@ -11,9 +11,9 @@ use std::sync::{Arc, OnceLock};
 
 use arbitrary::{Arbitrary, Unstructured};
 use vhdkit::unstable::disk::Discard;
-use vhdkit::unstable::evhd::EvhdDisk;
-use vhdkit::unstable::evhd::cipher::CipherId;
-use vhdkit::unstable::io::MemStorage;
+use vhdkit::EvhdDisk;
+use vhdkit::CipherId;
+use vhdkit::MemStorage;
 use vhdkit::unstable::parent::Chain;
 use vhdkit::unstable::vhd::{VhdBuilder, VhdDisk};
 use vhdkit::unstable::vhdx::{VhdxBuilder, VhdxDisk};
@@ -110,7 +110,7 @@ impl fmt::Debug for Scenario {
 }
 
 /// The fixed test key (it protects nothing).
-fn key() -> Arc<vhdkit::unstable::evhd::keys::PrivateKey> {
+fn key() -> Arc<vhdkit::PrivateKey> {
     super::test_key()
 }
 
@@ -209,7 +209,7 @@ impl Image {
 
     fn create_in(
         kind: Kind,
-        storage: Box<dyn vhdkit::unstable::io::Storage>,
+        storage: Box<dyn vhdkit::Storage>,
         path: &Path,
         parent: Option<&Path>,
     ) -> Disk {
@@ -238,7 +238,7 @@ impl Image {
                 } else {
                     CipherId::Aes256GcmSiv
                 };
-                let d = vhdkit::unstable::evhd::EvhdBuilder::new(size)
+                let d = vhdkit::EvhdBuilder::new(size)
                     .block_size(bs)
                     .cipher(cipher)
                     .recipient(key().public().clone(), "fuzz")

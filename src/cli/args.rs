@@ -7,8 +7,8 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use vhdkit::Error;
-use vhdkit::unstable::evhd::cipher::CipherId;
-use vhdkit::unstable::evhd::keys::{DEFAULT_BITS, KeyFile, PrivateKey, PublicKey};
+use vhdkit::CipherId;
+use vhdkit::{DEFAULT_BITS, KeyFile, PrivateKey, PublicKey};
 use vhdkit::report::{DiskType, Format};
 use vhdkit::size::binary_unit_note;
 

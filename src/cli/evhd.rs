@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use vhdkit::unstable::evhd::keys::PrivateKey;
-use vhdkit::unstable::evhd::signature::Status;
+use vhdkit::PrivateKey;
+use vhdkit::SignatureStatus as Status;
 use vhdkit::keyfile::report::{RecipientReport, write_recipients_text};
 use vhdkit::report::Format;
 use vhdkit::{Error, ErrorKind, OpenOptions};
@@ -24,11 +24,11 @@ fn open_evhd(
     force_share: bool,
     trust: TrustArgs,
     vouch: bool,
-) -> Result<vhdkit::unstable::evhd::EvhdDisk, (Error, u8)> {
+) -> Result<vhdkit::EvhdDisk, (Error, u8)> {
     open_evhd_as(image, keys, writable, force_share, trust, vouch)
 }
 
-/// [`open_evhd`], locked ([`vhdkit::unstable::evhd::EvhdImage`]) or unlocked.
+/// [`open_evhd`], locked ([`vhdkit::EvhdImage`]) or unlocked.
 fn open_evhd_as<D: vhdkit::unstable::evhd::Open>(
     image: &Path,
     keys: Vec<Arc<PrivateKey>>,
@@ -45,9 +45,9 @@ fn open_evhd_as<D: vhdkit::unstable::evhd::Open>(
     opts.trust = trust.trust;
     let storage = if force_share {
         refuse_force_share(writable, image, "a command that changes the image")?;
-        vhdkit::unstable::io::FileStorage::open_force_share(image)
+        vhdkit::FileStorage::open_force_share(image)
     } else {
-        vhdkit::unstable::io::FileStorage::open(image, writable)
+        vhdkit::FileStorage::open(image, writable)
     }
     .map_err(|e| fail1(force_share_hint(e, writable)))?;
     // Any trace of EVHD (a damaged one too) is opened as EVHD, so that
@@ -119,7 +119,7 @@ pub fn recipients(cmd: RecipientsCmd) -> Outcome {
             if force_share {
                 warn_force_share(&[&image]);
             }
-            let disk = open_evhd_as::<vhdkit::unstable::evhd::EvhdImage>(
+            let disk = open_evhd_as::<vhdkit::EvhdImage>(
                 &image,
                 Vec::new(),
                 false,

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use vhdkit::unstable::evhd::keys::{KeyFile, PrivateKey};
+use vhdkit::{KeyFile, PrivateKey};
 use vhdkit::keyfile::report::{KeyReport, write_key_text};
 use vhdkit::keyfile::{KeyEncoding, save_private, save_public};
 

@@ -938,7 +938,7 @@ impl FaultStorage {
     }
 }
 
-impl vhdkit::unstable::io::Storage for FaultStorage {
+impl vhdkit::Storage for FaultStorage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         let st = self.0.lock().unwrap();
         let s = offset as usize;
