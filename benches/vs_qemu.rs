@@ -335,7 +335,7 @@ fn library_writes(path: &Path, size: u64, count: u64) {
         Box::new(storage),
         Some(path.to_path_buf()),
         &vhdkit::OpenOptions::new().writable(true),
-        &vhdkit::unstable::parent::Chain::default(),
+        &vhdkit::unstable::chain::Chain::default(),
     )
     .expect("open VHDX");
     let buf = [165u8; 4096];

@@ -98,29 +98,6 @@ pub trait VirtualDisk: Send + Sync {
     /// Write `buf` to the virtual disk at `offset`.
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()>;
 
-    /// The virtual disk's bytes `offset..offset + len` in place, when the
-    /// disk is a plain mapping of them (a raw file opened read-only), so a
-    /// copy can hand them on without reading them into a buffer first.
-    fn mapped(&self, _offset: u64, _len: usize) -> Option<&[u8]> {
-        None
-    }
-
-    /// Whether the disk copies what [`VirtualDisk::write_at`] gets into
-    /// buffers of its own before storing it (an encrypting disk does), so
-    /// that a caller gains nothing by copying the bytes first and should
-    /// lend them from wherever they are (see [`VirtualDisk::mapped`]).
-    fn copies_writes(&self) -> bool {
-        false
-    }
-
-    /// Write `buf` at `offset` like [`VirtualDisk::write_at`], for a caller
-    /// that is done with the bytes: the disk may use `buf` as scratch space
-    /// and leave unspecified content in it (an encrypting disk seals in
-    /// place instead of copying).
-    fn write_in_place(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.write_at(buf, offset)
-    }
-
     /// Make every completed write durable.
     fn flush(&mut self) -> Result<()>;
 
@@ -140,6 +117,52 @@ pub trait VirtualDisk: Send + Sync {
     /// parent (VHD: the footer's unique id; VHDX: the DataWriteGuid).
     fn parent_link_id(&self) -> Option<Uuid> {
         None
+    }
+
+    /// The disk's speed-only hooks, if it has any (see [`FastPaths`]).
+    fn fast_paths(&self) -> Option<&dyn FastPaths> {
+        None
+    }
+
+    /// [`VirtualDisk::fast_paths`], for writing.
+    fn fast_paths_mut(&mut self) -> Option<&mut dyn FastPaths> {
+        None
+    }
+
+    /// The disk's ability to give back whole blocks, if it has one (see
+    /// [`Discard`]).
+    fn discarder(&mut self) -> Option<&mut dyn Discard> {
+        None
+    }
+}
+
+/// Optional ability: hooks that only make whole-disk copies faster.
+///
+/// Nothing here changes what a disk reads or stores: a caller that ignores
+/// these hooks gets the same bytes, only later. Reached through
+/// [`VirtualDisk::fast_paths`].
+pub trait FastPaths: VirtualDisk {
+    /// The virtual disk's bytes `offset..offset + len` in place, when the
+    /// disk is a plain mapping of them (a raw file opened read-only), so a
+    /// copy can hand them on without reading them into a buffer first.
+    fn mapped(&self, _offset: u64, _len: usize) -> Option<&[u8]> {
+        None
+    }
+
+    /// Whether the disk copies what [`VirtualDisk::write_at`] gets into
+    /// buffers of its own before storing it (an encrypting disk does), so
+    /// that a caller gains nothing by copying the bytes first and should
+    /// lend them from wherever they are (see [`FastPaths::mapped`]).
+    fn copies_writes(&self) -> bool {
+        false
+    }
+
+    /// Write `buf` at `offset` like [`VirtualDisk::write_at`], for a caller
+    /// that is done with the bytes: the disk may use `buf` as scratch space
+    /// and leave unspecified content in it (an encrypting disk seals in
+    /// place instead of copying).
+    fn write_in_place(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.write_at(buf, offset)
     }
 }
 
@@ -208,6 +231,7 @@ pub fn presence_runs(
 }
 
 /// Optional ability: give back the storage of whole blocks (trim).
+/// Reached through [`VirtualDisk::discarder`].
 pub trait Discard {
     /// Deallocate every whole block inside `[offset, offset + len)`: those
     /// blocks read as zeros afterwards (never from a parent). Parts of

@@ -1,14 +1,114 @@
 //! vhdkit: read, write, create, check and convert virtual hard disk images
 //! (raw, VHD, VHDX and the encrypted EVHD container).
 //!
-//! Every image kind is a [`VirtualDisk`]; [`open`] detects the format from
-//! the file's signatures, never from its name.
+//! [`open`] detects an image's format from the file's signatures, never
+//! from its name, and returns a [`Disk`]: a [`VirtualDisk`] that names its
+//! file in every error, offers the optional abilities of its format
+//! ([`Disk::discard`], [`Disk::write_zeroes`], [`Disk::allocation`]), and
+//! turns into a `std::io` stream ([`Disk::reader`], [`Disk::cursor`]) for
+//! crates that read partition tables or file systems.
 //!
-//! ```no_run
-//! let disk = vhdkit::open("disk.vhd", &vhdkit::OpenOptions::default())?;
+//! # Opening
+//!
+//! ```
+//! use vhdkit::{Format, OpenOptions};
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("disk.vhdx");
+//! # vhdkit::create_vhdx(&path, vhdkit::VhdxBuilder::new(64 << 20))?;
+//! let disk = vhdkit::open(&path, &OpenOptions::new())?;
+//! assert_eq!(disk.info().format, Format::Vhdx);
 //! let mut sector = [0u8; 512];
 //! disk.read_at(&mut sector, 0)?;
-//! # Ok::<(), vhdkit::Error>(())
+//! assert_eq!(disk.virtual_size(), 64 << 20);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Reading through the adapter
+//!
+//! [`Disk::reader`] is `Read + Seek`, so a partition crate (here `gptman`)
+//! reads the disk's partition table as it would from a file:
+//!
+//! ```
+//! use vhdkit::OpenOptions;
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("disk.vhdx");
+//! # vhdkit::create_vhdx(&path, vhdkit::VhdxBuilder::new(64 << 20))?;
+//! # {
+//! #     let mut disk = vhdkit::open(&path, &OpenOptions::new().writable(true))?;
+//! #     let mut cursor = disk.cursor();
+//! #     let mut gpt = gptman::GPT::new_from(&mut cursor, 512, [1; 16])?;
+//! #     gpt[1] = gptman::GPTPartitionEntry {
+//! #         partition_type_guid: [2; 16],
+//! #         unique_partition_guid: [3; 16],
+//! #         starting_lba: 2048,
+//! #         ending_lba: 4095,
+//! #         attribute_bits: 0,
+//! #         partition_name: "data".into(),
+//! #     };
+//! #     gpt.write_into(&mut cursor)?;
+//! # }
+//! let disk = vhdkit::open(&path, &OpenOptions::new())?;
+//! let gpt = gptman::GPT::find_from(&mut disk.reader())?;
+//! let (number, first) = gpt.iter().find(|(_, p)| p.is_used()).unwrap();
+//! assert_eq!((number, first.starting_lba), (1, 2048));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Writing
+//!
+//! Positional writes, or [`Disk::cursor`] (`Read + Write + Seek`) for code
+//! that writes through `std::io`, which may write any bytes, not only
+//! whole sectors:
+//!
+//! ```
+//! use std::io::{Seek, SeekFrom, Write};
+//! use vhdkit::OpenOptions;
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("disk.vhdx");
+//! # vhdkit::create_vhdx(&path, vhdkit::VhdxBuilder::new(64 << 20))?;
+//! let mut disk = vhdkit::open(&path, &OpenOptions::new().writable(true))?;
+//! disk.write_at(&[0xab; 4096], 1 << 20)?;
+//! let mut cursor = disk.cursor();
+//! cursor.seek(SeekFrom::Start(3))?;
+//! cursor.write_all(b"hello")?;
+//! disk.write_zeroes(1 << 20, 4096)?;
+//! disk.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Converting
+//!
+//! A new file is written under a temporary name and renamed into place
+//! only when complete ([`convert::create_file`]):
+//!
+//! ```
+//! use vhdkit::convert::{self, ImageSpec, OutputOptions};
+//! use vhdkit::{Format, OpenOptions};
+//! # let dir = tempfile::tempdir()?;
+//! # let vhdx = dir.path().join("disk.vhdx");
+//! # let vhd = dir.path().join("disk.vhd");
+//! # vhdkit::create_vhdx(&vhdx, vhdkit::VhdxBuilder::new(64 << 20))?;
+//! let src = vhdkit::open(&vhdx, &OpenOptions::new())?;
+//! let spec = ImageSpec::new(Format::Vhd);
+//! let size = src.virtual_size();
+//! convert::create_file(&vhd, &spec, size, OutputOptions::default(), |out| {
+//!     convert::copy_into(&src, out, &mut |_bytes_done| {})
+//! })?;
+//! assert_eq!(convert::first_difference(&src, &vhdkit::open(&vhd, &OpenOptions::new())?)?, None);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Checking
+//!
+//! ```
+//! use vhdkit::OpenOptions;
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("disk.vhdx");
+//! # vhdkit::create_vhdx(&path, vhdkit::VhdxBuilder::new(64 << 20))?;
+//! let report = vhdkit::check(&path, &OpenOptions::new(), false)?;
+//! assert!(report.findings.is_empty());
+//! assert_eq!(report.exit_code(), 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 #![deny(unsafe_code)]
@@ -21,6 +121,7 @@ pub mod report;
 pub mod size;
 pub mod unstable;
 
+mod chain;
 mod checksum;
 mod detect;
 mod device;
@@ -30,7 +131,9 @@ mod evhd;
 mod filekind;
 mod fixed;
 mod guid;
+mod handle;
 mod io;
+mod layer;
 mod lock;
 mod parent;
 mod pending;
@@ -43,19 +146,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use damage::SalvageLog;
-pub use disk::{Extent, ExtentKind, VirtualDisk};
+pub use disk::{Discard, Extent, ExtentKind, FastPaths, VirtualDisk};
 pub use error::{Error, ErrorKind, Result};
-pub use io::{FileStorage, MemStorage, Storage};
 pub use evhd::cipher::CipherId;
 pub use evhd::keys::{DEFAULT_BITS, Fingerprint, KeyFile, PrivateKey, PublicKey};
 pub use evhd::signature::Status as SignatureStatus;
 pub use evhd::{EvhdBuilder, EvhdDisk, EvhdImage, EvhdOptions};
+pub use handle::{Disk, DiskCursor, DiskReader};
+pub use io::{FileStorage, MemStorage, Storage};
 pub use report::{CheckReport, DiskType, Finding, Format, ImageInfo, ParentInfo, Severity};
 pub use size::parse_size;
 pub use vhd::VhdBuilder;
 pub use vhdx::VhdxBuilder;
 
-use parent::Chain;
+use chain::Chain;
 
 /// How to open an image.
 #[derive(Debug, Clone, Default)]
@@ -191,21 +295,29 @@ pub(crate) fn detect(storage: &dyn Storage) -> Format {
     detect::trace(storage).map_or(Format::Raw, |t| t.format)
 }
 
-/// Open the image at `path`, detecting its format.
-pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Box<dyn VirtualDisk>> {
-    open_in_chain(path.as_ref(), opts, &Chain::default())
+/// Open the image at `path`, detecting its format, with its parent chain
+/// (see [`unstable::chain`]). Every error of the returned [`Disk`] names `path` (or
+/// the parent it concerns).
+pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Disk> {
+    let path = path.as_ref();
+    let inner = chain::open_path(path, opts, &Chain::default())?;
+    Ok(Disk::new(inner, Some(path.to_path_buf())))
 }
 
-/// Open `path` as one link of a parent chain.
-pub(crate) fn open_in_chain(
-    path: &Path,
-    opts: &OpenOptions,
-    chain: &Chain,
-) -> Result<Box<dyn VirtualDisk>> {
-    let chain = chain.enter(path).map_err(|e| e.with_path(path))?;
-    let storage: Box<dyn Storage> = Box::new(open_file(path, opts.writable, opts.force_share)?);
-    refuse_unsignable(storage.as_ref(), opts).map_err(|e| e.with_path(path))?;
-    open_storage(storage, Some(path), opts, &chain).map_err(|e| e.with_path(path))
+/// Create a VHD image at `path` as `builder` describes (fixed, dynamic or
+/// differencing) and return it open for writing.
+pub fn create_vhd(path: impl AsRef<Path>, builder: VhdBuilder) -> Result<Disk> {
+    let path = path.as_ref();
+    let disk = vhd::create(path, builder)?;
+    Ok(Disk::new(Box::new(disk), Some(path.to_path_buf())))
+}
+
+/// Create a VHDX image at `path` as `builder` describes (fixed, dynamic or
+/// differencing) and return it open for writing.
+pub fn create_vhdx(path: impl AsRef<Path>, builder: VhdxBuilder) -> Result<Disk> {
+    let path = path.as_ref();
+    let disk = vhdx::create(path, builder)?;
+    Ok(Disk::new(Box::new(disk), Some(path.to_path_buf())))
 }
 
 /// Open the file of an image, locked unless `force_share` (see [`io::lock`]).
@@ -220,48 +332,15 @@ pub(crate) fn open_file(path: &Path, writable: bool, force_share: bool) -> Resul
     }
 }
 
-/// With `require_signed`, only an EVHD can be accepted: other formats
-/// carry no signature, so they are refused before anything is opened.
-fn refuse_unsignable(storage: &dyn Storage, opts: &OpenOptions) -> Result<()> {
-    if !opts.require_signed {
-        return Ok(());
-    }
-    let format = match detect::resolve(storage, opts.format) {
-        Ok(f) => f,
-        // Left for the open to report as it does without the requirement.
-        Err(_) => return Ok(()),
-    };
-    if format != Format::Evhd {
-        return Err(Error::new(
-            ErrorKind::Untrusted,
-            format!(
-                "a {} image carries no signature; --require-signed accepts only signed EVHD images",
-                format.as_str()
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Open an image held in `storage`; `path` (if any) locates its parent.
+/// `chain` holds the images already open below it (empty for a child).
 pub(crate) fn open_storage(
     storage: Box<dyn Storage>,
     path: Option<&Path>,
     opts: &OpenOptions,
     chain: &Chain,
 ) -> Result<Box<dyn VirtualDisk>> {
-    let path_buf = path.map(Path::to_path_buf);
-    let (format, decided) = detect::resolve_traced(storage.as_ref(), opts.format)?;
-    let disk: Result<Box<dyn VirtualDisk>> = match format {
-        Format::Vhd => vhd::VhdDisk::open(storage, path_buf, opts, chain).map(|d| Box::new(d) as _),
-        Format::Vhdx => {
-            vhdx::VhdxDisk::open(storage, path_buf, opts, chain).map(|d| Box::new(d) as _)
-        }
-        Format::Evhd => evhd::open(storage, path_buf, opts),
-        Format::Raw => raw::RawDisk::open(storage, path_buf)
-            .map(|d| Box::new(d.probed(opts.format.is_none())) as _),
-    };
-    disk.map_err(|e| detect::damaged_detected(format, decided, e))
+    chain::open_storage(storage, path, opts, chain)
 }
 
 /// Check the image at `path` for damage; with `repair`, fix what can be

@@ -1,8 +1,9 @@
-//! Finding, verifying and reading the parent of a differencing image.
+//! The parent of a differencing image: what the child records about it
+//! ([`ParentSpec`]), the parent as found ([`Parent`]), and the children of
+//! an image ([`children_beside`]).
 //!
-//! Every format hands its recorded locations to [`resolve`], which tries them
-//! in order, opens the first that exists read-only, checks its identity and
-//! bounds the chain so that hostile images cannot loop or recurse forever.
+//! Formats only report the [`ParentSpec`]; [`crate::chain`] opens the
+//! parent, checks its identity and bounds the chain.
 
 use std::path::{Path, PathBuf};
 
@@ -12,55 +13,7 @@ use crate::disk::VirtualDisk;
 use crate::error::{Error, ErrorKind, Result};
 use crate::report::ParentInfo;
 
-/// Longest parent chain we follow. Hyper-V checkpoint trees rarely exceed a
-/// few dozen levels; a longer chain is almost certainly a loop or an attack.
-pub const MAX_CHAIN_DEPTH: usize = 64;
-
-/// Files already open in the chain being built, for depth and loop checks.
-#[derive(Debug, Clone, Default)]
-pub struct Chain {
-    files: Vec<PathBuf>,
-}
-
-impl Chain {
-    /// The chain with `path` added; fails on a loop or when too deep.
-    pub fn enter(&self, path: &Path) -> Result<Chain> {
-        let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        if self.files.contains(&canon) {
-            return Err(Error::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "parent chain loops back to {} (chain: {})",
-                    canon.display(),
-                    self.describe()
-                ),
-            ));
-        }
-        if self.files.len() >= MAX_CHAIN_DEPTH {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("parent chain is deeper than {MAX_CHAIN_DEPTH} images"),
-            ));
-        }
-        let mut files = self.files.clone();
-        files.push(canon);
-        Ok(Chain { files })
-    }
-
-    /// Whether `path` is already open in the chain.
-    pub fn contains(&self, path: &Path) -> bool {
-        let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        self.files.contains(&canon)
-    }
-
-    fn describe(&self) -> String {
-        self.files
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(" -> ")
-    }
-}
+pub use crate::chain::{Chain, MAX_CHAIN_DEPTH};
 
 /// One place where the parent may be, as recorded in the child.
 #[derive(Debug, Clone)]
@@ -284,7 +237,12 @@ fn mismatch_text(path: &Path, expected: Uuid, found: Option<Uuid>, id_name: &str
     )
 }
 
-fn mismatch_error(path: &Path, expected: Uuid, found: Option<Uuid>, id_name: &str) -> Error {
+pub(crate) fn mismatch_error(
+    path: &Path,
+    expected: Uuid,
+    found: Option<Uuid>,
+    id_name: &str,
+) -> Error {
     Error::new(
         ErrorKind::ParentMismatch,
         format!(
@@ -294,129 +252,13 @@ fn mismatch_error(path: &Path, expected: Uuid, found: Option<Uuid>, id_name: &st
     )
 }
 
-fn missing_error(recorded: &str, id: Uuid, tried: &[PathBuf]) -> Error {
+pub(crate) fn missing_error(recorded: &str, id: Uuid, tried: &[PathBuf]) -> Error {
     let mut msg = format!("parent image {recorded} (id {id}) not found");
     if !tried.is_empty() {
         let t: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
         msg.push_str(&format!("; looked at: {}", t.join(", ")));
     }
     Error::new(ErrorKind::ParentMissing, msg)
-}
-
-/// Find and open the parent described by `spec` for the child at `child`.
-pub fn resolve(
-    child: Option<&Path>,
-    spec: &ParentSpec,
-    opts: &crate::OpenOptions,
-    chain: &Chain,
-) -> Result<Parent> {
-    let recorded = spec
-        .candidates
-        .first()
-        .map(|c| c.recorded.clone())
-        .unwrap_or_else(|| "(no recorded path)".to_string());
-    let child_dir = child
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    // Each path with the record that names it (none for an explicit path).
-    let paths: Vec<(PathBuf, Option<&Candidate>)> = match &opts.parent_path {
-        Some(p) => vec![(p.clone(), None)],
-        None => {
-            let mut v: Vec<(PathBuf, Option<&Candidate>)> = Vec::new();
-            for c in &spec.candidates {
-                let p = c.resolve(&child_dir);
-                if !v.iter().any(|(q, _)| *q == p) {
-                    v.push((p, Some(c)));
-                }
-            }
-            v
-        }
-    };
-    let parent_opts = crate::OpenOptions {
-        writable: false,
-        parent_path: None,
-        // A forced format is the child's; parents are always detected.
-        format: None,
-        ..opts.clone()
-    };
-    // The first candidate that opens and matches wins; otherwise the most
-    // telling failure is reported: a mismatch or an open error beats "not found".
-    let mut failure: Option<Error> = None;
-    let mut mismatched: Option<Parent> = None;
-    for (p, candidate) in &paths {
-        if std::fs::metadata(p).is_err() {
-            continue;
-        }
-        // Something that cannot be an image (a FIFO, a directory) is named
-        // for what it is rather than reported as "not found".
-        if let Err(e) = crate::filekind::refuse_path(p) {
-            failure.get_or_insert(e);
-            continue;
-        }
-        // A record that leads back into the chain is reported where it is
-        // recorded, before the loop is entered.
-        if let Some(c) = candidate
-            && chain.contains(p)
-        {
-            failure.get_or_insert(
-                Error::corrupt(
-                    c.structure,
-                    c.offset,
-                    format!(
-                        "parent path {:?} leads to {}, which is already in the parent chain ({}); expected a different image",
-                        c.recorded,
-                        p.display(),
-                        chain.describe()
-                    ),
-                )
-                .with_path(child.unwrap_or(p)),
-            );
-            continue;
-        }
-        let disk = match crate::open_in_chain(p, &parent_opts, chain) {
-            Ok(d) => d,
-            Err(e) => {
-                failure.get_or_insert(e);
-                continue;
-            }
-        };
-        let found = disk.parent_link_id();
-        if found != Some(spec.expected_id) && !opts.ignore_parent_id {
-            failure = Some(mismatch_error(p, spec.expected_id, found, spec.id_name));
-            // For inspection, the first parent found that does not match
-            // (unless a later candidate does).
-            mismatched.get_or_insert(Parent::Mismatched {
-                path: p.clone(),
-                expected_id: spec.expected_id,
-                found_id: found,
-                id_name: spec.id_name,
-            });
-            continue;
-        }
-        return Ok(Parent::Open {
-            disk,
-            path: p.clone(),
-            expected_id: spec.expected_id,
-            found_id: found,
-            id_name: spec.id_name,
-        });
-    }
-    if let (Some(m), true) = (mismatched, opts.allow_missing_parent) {
-        return Ok(m);
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    if opts.allow_missing_parent {
-        Ok(Parent::Missing {
-            recorded,
-            expected_id: spec.expected_id,
-        })
-    } else {
-        let tried: Vec<PathBuf> = paths.into_iter().map(|(p, _)| p).collect();
-        Err(missing_error(&recorded, spec.expected_id, &tried))
-    }
 }
 
 /// Most files [`children_beside`] looks at in one folder, so that writing

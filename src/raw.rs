@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::disk::{Extent, ExtentKind, ExtentList, VirtualDisk, check_range};
+use crate::disk::{Extent, ExtentKind, ExtentList, FastPaths, VirtualDisk, check_range};
 use crate::error::Result;
 use crate::io::{Storage, io_err};
 use crate::report::{DiskType, Format, ImageInfo};
@@ -65,11 +65,6 @@ impl VirtualDisk for RawDisk {
         self.storage
             .read_at(buf, offset)
             .map_err(io_err("raw image data", offset))
-    }
-
-    fn mapped(&self, offset: u64, len: usize) -> Option<&[u8]> {
-        check_range(self.size, offset, len).ok()?;
-        self.storage.mapped(offset, len)
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
@@ -142,6 +137,21 @@ impl VirtualDisk for RawDisk {
             vhdx: None,
             evhd: None,
         }
+    }
+
+    fn fast_paths(&self) -> Option<&dyn FastPaths> {
+        Some(self)
+    }
+
+    fn fast_paths_mut(&mut self) -> Option<&mut dyn FastPaths> {
+        Some(self)
+    }
+}
+
+impl FastPaths for RawDisk {
+    fn mapped(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        check_range(self.size, offset, len).ok()?;
+        self.storage.mapped(offset, len)
     }
 }
 

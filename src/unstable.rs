@@ -26,9 +26,14 @@ pub fn open_storage(
     storage: Box<dyn io::Storage>,
     path: Option<&Path>,
     opts: &OpenOptions,
-    chain: &parent::Chain,
+    chain: &chain::Chain,
 ) -> Result<Box<dyn VirtualDisk>> {
     crate::open_storage(storage, path, opts, chain)
+}
+
+/// The chain composer: opens parents, checks identities, limits depth.
+pub mod chain {
+    pub use crate::chain::*;
 }
 
 /// CRC-32C helpers of the on-disk checksums.

@@ -83,6 +83,7 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<String> {
 fn open_rw(path: &Path) -> Box<dyn VirtualDisk> {
     vhdkit::open(path, &OpenOptions::new().writable(true))
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+        .into()
 }
 
 /// A dynamic VHDX parent of `size` bytes with `sector`-byte sectors and

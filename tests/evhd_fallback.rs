@@ -11,11 +11,11 @@ use std::sync::{Arc, OnceLock};
 
 use common::torn::{Faulty, Handle};
 use common::{code_out_err, patch_file, test_key, vhdkit, vhdkit_ok};
-use vhdkit::unstable::evhd::header::{COPY_OFFSETS, HEADER_SIZE};
-use vhdkit::PrivateKey;
-use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk, EvhdImage, JOURNAL_OFFSET};
 use vhdkit::MemStorage;
+use vhdkit::PrivateKey;
 use vhdkit::report::Severity;
+use vhdkit::unstable::evhd::header::{COPY_OFFSETS, HEADER_SIZE};
+use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk, EvhdImage, JOURNAL_OFFSET};
 use vhdkit::{CheckReport, OpenOptions, VirtualDisk};
 
 const FELL_BACK: &str = "fell back to the older header copy";

@@ -5,9 +5,10 @@ use std::sync::{Arc, OnceLock};
 
 use proptest::prelude::*;
 use vhdkit::CipherId;
+use vhdkit::FastPaths;
+use vhdkit::MemStorage;
 use vhdkit::PrivateKey;
 use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk};
-use vhdkit::MemStorage;
 use vhdkit::{OpenOptions, VirtualDisk};
 
 fn key() -> &'static Arc<PrivateKey> {

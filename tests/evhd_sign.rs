@@ -15,14 +15,14 @@ use common::{
     code_out_err, key_show_json, keypair, require_tool, s, vhdkit, vhdkit_fails,
     vhdkit_ok_output as ok,
 };
+use vhdkit::MemStorage;
 use vhdkit::unstable::evhd::header::{
     self, COPY_OFFSETS, HEADER_SIZE, Header, MAC_OFFSET, SIGNATURE_OFFSET, SIGNER_OFFSET,
 };
-use vhdkit::{KeyFile, PrivateKey};
 use vhdkit::unstable::evhd::signature::{self, Status};
 use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk, journal};
-use vhdkit::MemStorage;
 use vhdkit::{ErrorKind, OpenOptions, VirtualDisk};
+use vhdkit::{KeyFile, PrivateKey};
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

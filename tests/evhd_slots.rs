@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use vhdkit::EvhdBuilder;
+use vhdkit::MemStorage;
+use vhdkit::report::{CheckReport, Severity};
+use vhdkit::unstable::chain::Chain;
 use vhdkit::unstable::evhd::header::{COPY_OFFSETS, HEADER_SIZE, Header};
 use vhdkit::unstable::evhd::table::{ENTRY_SIZE, PAGE_SIZE};
-use vhdkit::MemStorage;
-use vhdkit::unstable::parent::Chain;
-use vhdkit::report::{CheckReport, Severity};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 const BLOCK: u64 = 64 << 10;

@@ -6,12 +6,12 @@ use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use vhdkit::CipherId;
-use vhdkit::unstable::evhd::header::{COPY_OFFSETS, HEADER_SIZE, Header, RECIPIENTS_OFFSET};
+use vhdkit::MemStorage;
 use vhdkit::PrivateKey;
+use vhdkit::report::{CheckReport, Severity};
+use vhdkit::unstable::evhd::header::{COPY_OFFSETS, HEADER_SIZE, Header, RECIPIENTS_OFFSET};
 use vhdkit::unstable::evhd::table::PAGE_SIZE;
 use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk};
-use vhdkit::MemStorage;
-use vhdkit::report::{CheckReport, Severity};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 /// Test keys, generated once per test binary (RSA generation is slow).

@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use vhdkit::{KeyFile, PrivateKey};
-use vhdkit::unstable::evhd::{EvhdDisk, EvhdImage};
 use vhdkit::MemStorage;
+use vhdkit::unstable::evhd::{EvhdDisk, EvhdImage};
 use vhdkit::{ErrorKind, OpenOptions, VirtualDisk};
+use vhdkit::{KeyFile, PrivateKey};
 
 const SIGNED: &[u8] = include_bytes!("data/evhd/signed.evhd.sparse");
 

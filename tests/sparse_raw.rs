@@ -26,10 +26,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{code_out_err, s, vhdkit_bin, vhdkit_ok, vhdkit_ok_stdout};
-use vhdkit::convert::{self, ImageSpec};
 use vhdkit::CipherId;
-use vhdkit::unstable::evhd::header::Origin;
+use vhdkit::FastPaths;
 use vhdkit::KeyFile;
+use vhdkit::convert::{self, ImageSpec};
+use vhdkit::unstable::evhd::header::Origin;
 use vhdkit::unstable::io::{FileStorage, MemStorage, Storage};
 use vhdkit::unstable::raw::RawDisk;
 use vhdkit::{ExtentKind, Format, VirtualDisk};
@@ -185,8 +186,7 @@ fn hundred_gib_sparse_raw_converts_only_its_data() {
         "map shows {data_bytes} bytes of data: {map}"
     );
 
-    // Convert to dynamic VHDX, VHD and (lending the mapped source to the
-    // encrypting writer) EVHD.
+    // Convert to dynamic VHDX, VHD and EVHD.
     let out = tempfile::tempdir().unwrap();
     let key = &common::test_key().1;
     let outputs: Vec<(PathBuf, Vec<&str>)> = vec![
@@ -336,8 +336,8 @@ fn the_copy_engine_reads_only_the_data_of_a_sparse_source() {
         assert!(hole.iter().all(|&b| b == 0));
     }
 
-    // An encrypting output takes the bytes straight from the mapped source
-    // (no reads to count): none of the holes' pages is touched.
+    // An encrypting output of a mapped source reads only its data: none
+    // of the holes' pages is touched.
     let data: Vec<(u64, u64)> = layout.iter().map(|&(o, _)| (o, piece)).collect();
     let before = cached_pages_outside(&src, &data);
     let mapped = RawDisk::open(
@@ -355,7 +355,7 @@ fn the_copy_engine_reads_only_the_data_of_a_sparse_source() {
         signer: None,
     });
     let mut dst = convert::create_in(Box::new(MemStorage::new()), None, &spec, size).unwrap();
-    assert!(dst.copies_writes());
+    assert!(dst.fast_paths().is_some_and(|f| f.copies_writes()));
     convert::copy_into(&mapped, dst.as_mut(), &mut |_| {}).unwrap();
     let after = cached_pages_outside(&src, &data);
     assert_eq!(after, before, "the lent copy touched pages of the holes");

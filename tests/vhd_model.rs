@@ -19,10 +19,10 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError};
 
 use common::{Rng, random_bytes};
-use vhdkit::unstable::io::{MemStorage, Storage};
-use vhdkit::unstable::parent::Chain;
-use vhdkit::report::CheckReport;
 use vhdkit::VhdBuilder;
+use vhdkit::report::CheckReport;
+use vhdkit::unstable::chain::Chain;
+use vhdkit::unstable::io::{MemStorage, Storage};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 /// One storage operation the disk made.
@@ -449,7 +449,7 @@ proptest! {
                 Op::Reopen => {
                     disk.flush().unwrap();
                     drop(disk);
-                    disk = vhdkit::open(&path, &opts).unwrap();
+                    disk = vhdkit::open(&path, &opts).unwrap().into();
                 }
             }
             prop_assert!(common::read_disk(disk.as_ref()) == model);

@@ -11,8 +11,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError};
 
 use common::Rng;
-use vhdkit::unstable::disk::Discard;
-use vhdkit::unstable::parent::Chain;
+use vhdkit::Discard;
+use vhdkit::unstable::chain::Chain;
 use vhdkit::unstable::vhdx::{VhdxBuilder, VhdxDisk};
 use vhdkit::{OpenOptions, VirtualDisk};
 

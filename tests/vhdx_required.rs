@@ -73,7 +73,7 @@ fn add_metadata_item(file: &mut [u8], required: bool) {
 fn open_bytes(dir: &Path, name: &str, file: &[u8]) -> vhdkit::Result<Box<dyn vhdkit::VirtualDisk>> {
     let p = dir.join(name);
     std::fs::write(&p, file).expect("write patched image");
-    vhdkit::open(&p, &OpenOptions::new())
+    vhdkit::open(&p, &OpenOptions::new()).map(Into::into)
 }
 
 #[test]

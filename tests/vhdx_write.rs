@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{Rng, random_bytes, read_disk, run};
-use vhdkit::unstable::disk::Discard;
+use vhdkit::Discard;
 use vhdkit::unstable::vhdx::{VhdxBuilder, VhdxDisk};
 use vhdkit::{OpenOptions, VirtualDisk};
 
@@ -24,7 +24,7 @@ fn open_rw(path: &Path) -> VhdxDisk {
         Box::new(storage),
         Some(path.to_path_buf()),
         &OpenOptions::new().writable(true),
-        &vhdkit::unstable::parent::Chain::default(),
+        &vhdkit::unstable::chain::Chain::default(),
     )
     .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
 }

@@ -14,9 +14,9 @@
 //! re-signs a signed (version 2) header copy whose signer is the test key,
 //! so mutations of signed images get past the signature check too.
 
+use vhdkit::PrivateKey;
 use vhdkit::unstable::evhd::cipher::MasterKey;
 use vhdkit::unstable::evhd::header::{self, COPY_OFFSETS, HEADER_SIZE, Header};
-use vhdkit::PrivateKey;
 use vhdkit::unstable::evhd::table::{self, PAGE_SIZE};
 use vhdkit::unstable::evhd::{journal, signature};
 

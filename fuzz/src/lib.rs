@@ -7,9 +7,9 @@
 use std::sync::{Arc, OnceLock};
 
 use vhdkit::OpenOptions;
-use vhdkit::{KeyFile, PrivateKey};
+use vhdkit::unstable::chain::Chain;
 use vhdkit::unstable::io::{MemStorage, Storage};
-use vhdkit::unstable::parent::Chain;
+use vhdkit::{KeyFile, PrivateKey};
 
 #[path = "evhd_seal.rs"]
 pub mod evhd_seal;
@@ -97,7 +97,8 @@ pub fn evhd_bytes(data: &[u8]) -> Vec<u8> {
 pub fn open_evhd(data: &[u8]) {
     let file = Arc::new(MemStorage::read_only(evhd_bytes(data)));
     let mut report = vhdkit::CheckReport::default();
-    let _ = vhdkit::unstable::evhd::check::check(Box::new(file.clone()), &[test_key()], &mut report);
+    let _ =
+        vhdkit::unstable::evhd::check::check(Box::new(file.clone()), &[test_key()], &mut report);
     exercise(file, &OpenOptions::new().key(test_key()), READ_LIMIT);
 }
 
@@ -165,7 +166,8 @@ pub fn image_bytes(data: &[u8]) -> Vec<u8> {
 /// up to `read_limit` bytes of the virtual disk. Errors are fine; panics,
 /// hangs and runaway allocations are what the fuzzer looks for.
 pub fn exercise(file: Arc<MemStorage>, opts: &OpenOptions, read_limit: u64) {
-    let Ok(disk) = vhdkit::unstable::open_storage(Box::new(file), None, opts, &Chain::default()) else {
+    let Ok(disk) = vhdkit::unstable::open_storage(Box::new(file), None, opts, &Chain::default())
+    else {
         return;
     };
     let _ = disk.info();

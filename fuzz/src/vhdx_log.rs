@@ -12,9 +12,9 @@ use std::sync::{Arc, OnceLock};
 
 use arbitrary::{Arbitrary, Unstructured};
 use uuid::Uuid;
-use vhdkit::unstable::fixed::FixedStruct;
 use vhdkit::MemStorage;
-use vhdkit::unstable::parent::Chain;
+use vhdkit::unstable::chain::Chain;
+use vhdkit::unstable::fixed::FixedStruct;
 use vhdkit::unstable::vhdx::VhdxDisk;
 use vhdkit::unstable::vhdx::log::{EntryParams, Op, encode_entry};
 use vhdkit::{OpenOptions, VirtualDisk};
@@ -191,7 +191,11 @@ fn read_all(disk: &dyn VirtualDisk) -> vhdkit::Result<Vec<u8>> {
 pub fn run(input: &LogInput) {
     let file = build(input);
     let mut report = vhdkit::CheckReport::default();
-    let _ = vhdkit::unstable::vhdx::check::check(&MemStorage::read_only(file.clone()), &mut report, false);
+    let _ = vhdkit::unstable::vhdx::check::check(
+        &MemStorage::read_only(file.clone()),
+        &mut report,
+        false,
+    );
 
     let in_memory = open(file.clone(), false).and_then(|d| {
         let _ = d.info();

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use arbitrary::{Arbitrary, Unstructured};
-use vhdkit::unstable::disk::Discard;
-use vhdkit::EvhdDisk;
 use vhdkit::CipherId;
+use vhdkit::Discard;
+use vhdkit::EvhdDisk;
 use vhdkit::MemStorage;
-use vhdkit::unstable::parent::Chain;
+use vhdkit::unstable::chain::Chain;
 use vhdkit::unstable::vhd::{VhdBuilder, VhdDisk};
 use vhdkit::unstable::vhdx::{VhdxBuilder, VhdxDisk};
 use vhdkit::{OpenOptions, VirtualDisk};
@@ -137,13 +137,15 @@ fn parents() -> &'static Parents {
         let vhd = dir.join("parent.vhd");
         let vhdx = dir.join("parent.vhdx");
         let (size, bs) = Kind::VhdDifferencing.shape();
-        let mut d = vhdkit::unstable::vhd::create(&vhd, VhdBuilder::new(size).block_size(bs as u32))
-            .expect("create the VHD parent");
+        let mut d =
+            vhdkit::unstable::vhd::create(&vhd, VhdBuilder::new(size).block_size(bs as u32))
+                .expect("create the VHD parent");
         d.write_at(&parent_content(size), 0).expect("write");
         d.flush().expect("flush");
         let (size, bs) = Kind::VhdxDifferencing.shape();
-        let mut d = vhdkit::unstable::vhdx::create(&vhdx, VhdxBuilder::new(size).block_size(bs as u32))
-            .expect("create the VHDX parent");
+        let mut d =
+            vhdkit::unstable::vhdx::create(&vhdx, VhdxBuilder::new(size).block_size(bs as u32))
+                .expect("create the VHDX parent");
         d.write_at(&parent_content(size), 0).expect("write");
         d.close().expect("close");
         Parents { dir, vhd, vhdx }

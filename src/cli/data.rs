@@ -8,7 +8,7 @@ use vhdkit::report::Format;
 use vhdkit::{Error, VirtualDisk};
 
 use super::args::{ParentArgs, SalvageArg, WriteArgs, parse_byte, parse_size};
-use super::open::{Named, force_share_hint, warn_signature};
+use super::open::{force_share_hint, warn_signature};
 use super::output::{report_salvage, stdout_err};
 use super::{Outcome, fail1};
 
@@ -22,7 +22,7 @@ pub fn compare(a: &Path, b: &Path, parent: &ParentArgs, salvage: &SalvageArg) ->
     let db = vhdkit::open(b, &opts).map_err(|e| (force_share_hint(e, false), 2))?;
     warn_signature(da.as_ref(), a);
     warn_signature(db.as_ref(), b);
-    let diff = convert::first_difference(&Named(da.as_ref(), a), &Named(db.as_ref(), b));
+    let diff = convert::first_difference(&da, &db);
     match diff.map_err(|e| (e, 2))? {
         None => {
             println!("Images are identical.");

@@ -7,7 +7,7 @@ use vhdkit::Error;
 use vhdkit::report::Format;
 
 use super::args::{ConvertArgs, FormatArg, RecipientArgs, SectorArgs};
-use super::open::{Named, refuse_same_file, warn_signature};
+use super::open::{refuse_same_file, warn_signature};
 use super::output::{progress_bar, report_salvage};
 use super::{Outcome, fail1};
 
@@ -36,7 +36,7 @@ pub fn convert_device(a: &ConvertArgs) -> Outcome {
     // Recorded until the process exits (a failed write is partly written
     // too) or the write is marked complete below.
     vhdkit::unstable::pending::writing_in_place(dst);
-    let r = vhdkit::unstable::device::write_in_place(&Named(disk.as_ref(), src), &target, &mut tick);
+    let r = vhdkit::unstable::device::write_in_place(&disk, &target, &mut tick);
     if let Some(b) = bar {
         b.finish_and_clear();
     }

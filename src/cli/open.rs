@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use vhdkit::report::Format;
-use vhdkit::{Error, ErrorKind, OpenOptions, VirtualDisk};
+use vhdkit::{Error, OpenOptions, VirtualDisk};
 
 use super::args::{ParentArgs, SalvageArg};
 use super::fail1;
@@ -77,7 +77,7 @@ impl ParentArgs {
     }
 
     /// Open `image` for a command; `--key` must be for an EVHD.
-    pub fn open(&self, image: &Path, opts: &OpenOptions) -> Result<Box<dyn VirtualDisk>, Error> {
+    pub fn open(&self, image: &Path, opts: &OpenOptions) -> Result<vhdkit::Disk, Error> {
         self.refuse_key_for(&[image], opts)?;
         let disk = vhdkit::open(image, opts).map_err(|e| force_share_hint(e, opts.writable))?;
         // A parent that is not the recorded one is only ever opened for
@@ -151,40 +151,6 @@ pub fn warn_signature(disk: &dyn VirtualDisk, path: &Path) {
         .and_then(|e| e["signature"]["warning"].as_str().map(str::to_string))
     {
         eprintln!("vhdkit: warning: {}: {w}", path.display());
-    }
-}
-
-/// An image read by a command: its read errors name it (rather than the
-/// file being written, or the other image of a comparison).
-pub struct Named<'a>(pub &'a dyn VirtualDisk, pub &'a Path);
-
-impl VirtualDisk for Named<'_> {
-    fn virtual_size(&self) -> u64 {
-        self.0.virtual_size()
-    }
-    fn logical_sector_size(&self) -> u32 {
-        self.0.logical_sector_size()
-    }
-    fn physical_sector_size(&self) -> u32 {
-        self.0.physical_sector_size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
-        self.0.read_at(buf, offset).map_err(|e| e.with_path(self.1))
-    }
-    fn write_at(&mut self, _: &[u8], _: u64) -> Result<(), Error> {
-        Err(Error::new(ErrorKind::ReadOnly, "the source image is read-only").with_path(self.1))
-    }
-    fn flush(&mut self) -> Result<(), Error> {
-        Ok(())
-    }
-    fn map(&self, offset: u64, length: u64) -> Result<Vec<vhdkit::Extent>, Error> {
-        self.0.map(offset, length).map_err(|e| e.with_path(self.1))
-    }
-    fn info(&self) -> vhdkit::ImageInfo {
-        self.0.info()
-    }
-    fn parent_link_id(&self) -> Option<uuid::Uuid> {
-        self.0.parent_link_id()
     }
 }
 

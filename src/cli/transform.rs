@@ -6,7 +6,7 @@ use vhdkit::report::Format;
 use vhdkit::{Error, ErrorKind, OpenOptions};
 
 use super::args::{ConvertArgs, format_flag_hint, parse_opt_size};
-use super::open::{Named, force_share_hint, refuse_same_file, warn_signature};
+use super::open::{force_share_hint, refuse_same_file, warn_signature};
 use super::output::{progress_bar, report_salvage};
 use super::{Outcome, device, fail1};
 
@@ -34,7 +34,7 @@ pub fn convert(a: ConvertArgs) -> Outcome {
             b.set_position(done);
         }
     };
-    let source = Named(disk.as_ref(), src);
+    let source = &disk;
     if dst.as_os_str() == "-" {
         if a.base.is_some() {
             return Err(fail1(Error::invalid_argument(
@@ -42,7 +42,7 @@ pub fn convert(a: ConvertArgs) -> Outcome {
             )));
         }
         let mut out = std::io::stdout().lock();
-        convert::stream_raw(&source, &mut out, &mut tick).map_err(fail1)?;
+        convert::stream_raw(source, &mut out, &mut tick).map_err(fail1)?;
     } else {
         refuse_same_file(src, dst).map_err(fail1)?;
         let format = plan::conversion_format(a.format.map(Format::from), dst, &src_info)
@@ -81,8 +81,7 @@ pub fn convert(a: ConvertArgs) -> Outcome {
                 )
                 .map_err(|e| fail1(force_share_hint(e, false)))?;
                 convert::create_file(dst, &spec, size, out, |out| {
-                    let base = Named(base_disk.as_ref(), b);
-                    convert::copy_delta(&source, &base, out, &mut tick)
+                    convert::copy_delta(source, &base_disk, out, &mut tick)
                 })
                 .map_err(fail1)?;
             }
@@ -93,7 +92,7 @@ pub fn convert(a: ConvertArgs) -> Outcome {
                     )));
                 }
                 convert::create_file(dst, &spec, size, out, |out| {
-                    convert::copy_into(&source, out, &mut tick)
+                    convert::copy_into(source, out, &mut tick)
                 })
                 .map_err(fail1)?;
             }

@@ -15,7 +15,7 @@ use super::signature::Status;
 use super::table::{self, ENTRIES_PER_PAGE, Entry, PAGE_SIZE};
 use super::{DATA, EPOCH_WRITE_LIMIT, REKEY_BATCH, TABLE, journal, signed_by_self};
 use crate::disk::{
-    Extent, ExtentKind, ExtentList, VirtualDisk, block_pieces, check_range, is_zero,
+    Extent, ExtentKind, ExtentList, FastPaths, VirtualDisk, block_pieces, check_range, is_zero,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::io_err;
@@ -373,30 +373,12 @@ impl VirtualDisk for EvhdDisk {
         Ok(())
     }
 
-    /// Whole blocks are copied into the writing workers' pieces.
-    fn copies_writes(&self) -> bool {
-        true
+    fn fast_paths(&self) -> Option<&dyn FastPaths> {
+        Some(self)
     }
 
-    /// Whole non-zero blocks are sealed in place in `buf` (it holds
-    /// ciphertext afterwards), saving a copy.
-    fn write_in_place(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let bs = self.block_size() as usize;
-        if buf.is_empty() || !offset.is_multiple_of(bs as u64) || !buf.len().is_multiple_of(bs) {
-            return self.write_at(buf, offset);
-        }
-        check_range(self.image.header.virtual_size, offset, buf.len())?;
-        self.ensure_writable()?;
-        let first = offset / bs as u64;
-        let n = buf.len() / bs;
-        for b in first..first + n as u64 {
-            self.check_page(b)?;
-        }
-        if buf.chunks(bs).any(is_zero) {
-            return self.write_at(buf, offset);
-        }
-        let items: Vec<(u64, &[u8])> = (0..n).map(|i| (first + i as u64, &[][..])).collect();
-        self.seal(&items, buf, false)
+    fn fast_paths_mut(&mut self) -> Option<&mut dyn FastPaths> {
+        Some(self)
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -435,5 +417,33 @@ impl VirtualDisk for EvhdDisk {
             unlocked_with: self.state.key,
         };
         info::image_info(&self.image, Some(&keyed))
+    }
+}
+
+impl FastPaths for EvhdDisk {
+    /// Whole blocks are copied into the writing workers' pieces.
+    fn copies_writes(&self) -> bool {
+        true
+    }
+
+    /// Whole non-zero blocks are sealed in place in `buf` (it holds
+    /// ciphertext afterwards), saving a copy.
+    fn write_in_place(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let bs = self.block_size() as usize;
+        if buf.is_empty() || !offset.is_multiple_of(bs as u64) || !buf.len().is_multiple_of(bs) {
+            return self.write_at(buf, offset);
+        }
+        check_range(self.image.header.virtual_size, offset, buf.len())?;
+        self.ensure_writable()?;
+        let first = offset / bs as u64;
+        let n = buf.len() / bs;
+        for b in first..first + n as u64 {
+            self.check_page(b)?;
+        }
+        if buf.chunks(bs).any(is_zero) {
+            return self.write_at(buf, offset);
+        }
+        let items: Vec<(u64, &[u8])> = (0..n).map(|i| (first + i as u64, &[][..])).collect();
+        self.seal(&items, buf, false)
     }
 }

@@ -80,7 +80,7 @@ impl VhdBuilder {
         let (parent, size) = match &self.parent {
             Some(p) => {
                 let opts = crate::OpenOptions::default();
-                let disk = crate::open(p, &opts)?;
+                let disk = crate::open(p, &opts)?.into_inner();
                 if disk.info().format != Format::Vhd {
                     return Err(Error::new(
                         ErrorKind::Unsupported,

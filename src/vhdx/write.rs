@@ -28,9 +28,10 @@ use super::header;
 use super::log::{LOG_SECTOR, LogWriter, Op};
 use super::region_table::REGION_ALIGNMENT;
 use super::sector_bitmap;
-use crate::disk::{block_pieces, check_range, is_zero};
+use crate::disk::{check_range, is_zero};
 use crate::error::Result;
 use crate::io::{Storage, io_err};
+use crate::layer;
 
 /// Size of the pages the log carries.
 const PAGE: u64 = LOG_SECTOR;
@@ -220,6 +221,7 @@ impl VhdxDisk {
         let chunk = block / l.chunk_ratio;
         let base = (block % l.chunk_ratio) * l.sectors_per_block();
         let (b0, b1) = (base + first, base + last);
+        self.bitmap_cache.invalidate(block);
         let bm = self.bitmaps.get_mut(&chunk).expect("bitmap loaded");
         sector_bitmap::set_range(bm, b0, b1, value);
         let pages = (b0 / 8 / PAGE)..=((b1 - 1) / 8 / PAGE);
@@ -253,17 +255,14 @@ impl VhdxDisk {
             return self.ensure_writable();
         }
         self.begin_session()?;
-        let ss = self.s.layout.sector_size;
-        let end = offset + buf.len() as u64;
-        if self.s.metadata.has_parent && (!offset.is_multiple_of(ss) || !end.is_multiple_of(ss)) {
-            // A sector becomes present as a whole: merge partial sectors
-            // with what they read as now (possibly from the parent).
-            let a = offset / ss * ss;
-            let b = end.div_ceil(ss) * ss;
-            let mut merged = vec![0u8; (b - a) as usize];
-            crate::VirtualDisk::read_at(self, &mut merged, a)?;
-            merged[(offset - a) as usize..(end - a) as usize].copy_from_slice(buf);
-            return self.write_blocks(&merged, a);
+        if self.s.metadata.has_parent {
+            // A sector becomes present as a whole: partial sectors are
+            // merged with what they read as now (possibly from the parent).
+            let (size, ss) = (self.virtual_size_(), self.s.layout.sector_size);
+            let read = |b: &mut [u8], o: u64| crate::VirtualDisk::read_at(self, b, o);
+            if let Some((merged, at)) = layer::widen(read, size, ss, buf, offset)? {
+                return self.write_blocks(&merged, at);
+            }
         }
         self.write_blocks(buf, offset)
     }
@@ -273,10 +272,15 @@ impl VhdxDisk {
     }
 
     fn write_blocks(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        for p in block_pieces(offset, buf.len() as u64, self.s.layout.block_size) {
-            self.write_block(p.block, p.in_block, &buf[p.done..p.done + p.len])?;
-        }
-        Ok(())
+        let bs = self.s.layout.block_size;
+        layer::write_blocks(
+            self,
+            |d| &d.bitmap_cache,
+            bs,
+            buf,
+            offset,
+            Self::write_block,
+        )
     }
 
     fn write_data(&self, data: &[u8], off: u64) -> Result<()> {

@@ -474,7 +474,7 @@ pub fn file_sha256(path: &Path) -> String {
 }
 
 /// Open `path` read-only through the library.
-pub fn open(path: &Path) -> Box<dyn VirtualDisk> {
+pub fn open(path: &Path) -> vhdkit::Disk {
     vhdkit::open(path, &OpenOptions::new())
         .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
 }

@@ -1,0 +1,575 @@
+//! [`Disk`]: an opened image, with its path, its optional abilities and
+//! `std::io` adapters.
+//!
+//! [`crate::open`] returns a `Disk`. It is a [`VirtualDisk`] itself, so it
+//! goes wherever one is expected, and every error it returns names the
+//! image's file (unless the error already names another one, such as a
+//! parent's). [`Disk::reader`] and [`Disk::cursor`] make it a `Read + Seek`
+//! (and `Write`) stream for crates that read partition tables or file
+//! systems.
+
+use std::fmt;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::disk::{Discard, Extent, ExtentKind, FastPaths, VirtualDisk, check_extent};
+use crate::error::{Error, ErrorKind, Result};
+use crate::report::ImageInfo;
+
+/// Bytes of zeros written per step by [`Disk::write_zeroes`].
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// An opened image: a virtual disk that knows its file.
+pub struct Disk {
+    inner: Box<dyn VirtualDisk>,
+    path: Option<PathBuf>,
+}
+
+impl Disk {
+    /// Wrap `inner`, whose errors are to name `path` (if any).
+    pub fn new(inner: Box<dyn VirtualDisk>, path: Option<PathBuf>) -> Self {
+        Disk { inner, path }
+    }
+
+    /// The image's file, if it has one.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The format's disk, without the path on its errors.
+    pub fn into_inner(self) -> Box<dyn VirtualDisk> {
+        self.inner
+    }
+
+    /// This disk as a trait object (its errors name the file).
+    pub fn as_virtual_disk(&self) -> &dyn VirtualDisk {
+        self
+    }
+
+    /// [`Disk::as_virtual_disk`], for writing.
+    pub fn as_virtual_disk_mut(&mut self) -> &mut dyn VirtualDisk {
+        self
+    }
+
+    /// Name the image's file in `result`'s error.
+    fn named<T>(&self, result: Result<T>) -> Result<T> {
+        match &self.path {
+            Some(p) => result.map_err(|e| e.with_path(p)),
+            None => result,
+        }
+    }
+
+    /// Size of the virtual disk in bytes.
+    pub fn virtual_size(&self) -> u64 {
+        self.inner.virtual_size()
+    }
+
+    /// Logical sector size in bytes (512 or 4096).
+    pub fn logical_sector_size(&self) -> u32 {
+        self.inner.logical_sector_size()
+    }
+
+    /// Physical sector size in bytes (512 or 4096).
+    pub fn physical_sector_size(&self) -> u32 {
+        self.inner.physical_sector_size()
+    }
+
+    /// Fill `buf` with the virtual disk's bytes starting at `offset`.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.named(self.inner.read_at(buf, offset))
+    }
+
+    /// Write `buf` to the virtual disk at `offset`.
+    pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        let r = self.inner.write_at(buf, offset);
+        self.named(r)
+    }
+
+    /// Make every completed write durable.
+    pub fn flush(&mut self) -> Result<()> {
+        let r = self.inner.flush();
+        self.named(r)
+    }
+
+    /// Flush and leave the file in its at-rest form; dropping the disk does
+    /// the same but cannot report errors.
+    pub fn close(&mut self) -> Result<()> {
+        let r = self.inner.close();
+        self.named(r)
+    }
+
+    /// The allocation map of `[offset, offset + length)` as maximal runs.
+    pub fn map(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
+        self.named(self.inner.map(offset, length))
+    }
+
+    /// The allocation map of the whole disk: which runs are stored in the
+    /// file, read as zeros, or come from the parent.
+    pub fn allocation(&self) -> Result<Vec<Extent>> {
+        self.map(0, self.virtual_size())
+    }
+
+    /// Everything known about the image.
+    pub fn info(&self) -> ImageInfo {
+        self.inner.info()
+    }
+
+    /// The identifier a differencing child records to name this disk as
+    /// its parent.
+    pub fn parent_link_id(&self) -> Option<Uuid> {
+        self.inner.parent_link_id()
+    }
+
+    /// Give back the storage of the whole blocks inside
+    /// `[offset, offset + len)` (trim); they read as zeros afterwards. See
+    /// [`Discard::discard`]. Returns the bytes of those blocks.
+    ///
+    /// Formats that cannot give blocks back (raw, VHD, EVHD) refuse with
+    /// [`ErrorKind::Unsupported`].
+    pub fn discard(&mut self, offset: u64, len: u64) -> Result<u64> {
+        let r = match self.inner.discarder() {
+            Some(d) => d.discard(offset, len),
+            None => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{} images cannot give back blocks (discard)",
+                    self.inner.info().format.as_str()
+                ),
+            )),
+        };
+        self.named(r)
+    }
+
+    /// Make `[offset, offset + len)` read as zeros, on every format: whole
+    /// blocks are given back where the format can (see [`Disk::discard`]),
+    /// and zeros are written wherever the disk does not read as zeros yet,
+    /// so ranges that already do cost nothing and stay unallocated.
+    pub fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        let r = self.write_zeroes_(offset, len);
+        self.named(r)
+    }
+
+    fn write_zeroes_(&mut self, offset: u64, len: u64) -> Result<()> {
+        check_extent(self.inner.virtual_size(), offset, len)?;
+        // Refused as any write is on a disk that cannot be written, even
+        // where nothing would change.
+        self.inner.write_at(&[], offset)?;
+        if let Some(d) = self.inner.discarder() {
+            d.discard(offset, len)?;
+        }
+        let zeros = vec![0u8; (len as usize).min(ZERO_CHUNK)];
+        for e in self.inner.map(offset, len)? {
+            if e.kind == ExtentKind::Zero {
+                continue;
+            }
+            let mut pos = e.start;
+            while pos < e.end() {
+                let n = (e.end() - pos).min(ZERO_CHUNK as u64) as usize;
+                self.write_patched(&zeros[..n], pos)?;
+                pos += n as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// A `Read + Seek` stream over the virtual disk, starting at byte 0.
+    /// Several readers may share one disk.
+    pub fn reader(&self) -> DiskReader<'_> {
+        DiskReader { disk: self, pos: 0 }
+    }
+
+    /// A `Read + Write + Seek` stream over the virtual disk, starting at
+    /// byte 0. Writes need not be sector-aligned (partial sectors are read,
+    /// patched and written back); on a disk opened read-only they fail with
+    /// [`io::ErrorKind::PermissionDenied`].
+    pub fn cursor(&mut self) -> DiskCursor<'_> {
+        DiskCursor { disk: self, pos: 0 }
+    }
+
+    /// Write `buf` at `offset`, reading and patching the sectors it covers
+    /// only in part (formats may refuse writes that are not whole sectors).
+    fn write_patched(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        let ss = u64::from(self.logical_sector_size());
+        let size = self.virtual_size();
+        check_extent(size, offset, buf.len() as u64)?;
+        let end = offset + buf.len() as u64;
+        let body_start = offset.next_multiple_of(ss).min(end);
+        let body_end = (end / ss * ss).max(body_start);
+        if body_start > offset {
+            self.patch_sector(
+                offset / ss * ss,
+                &buf[..(body_start - offset) as usize],
+                offset,
+            )?;
+        }
+        if body_end > body_start {
+            let b = &buf[(body_start - offset) as usize..(body_end - offset) as usize];
+            self.write_at(b, body_start)?;
+        }
+        if end > body_end {
+            self.patch_sector(body_end, &buf[(body_end - offset) as usize..], body_end)?;
+        }
+        Ok(())
+    }
+
+    /// Write `part` at `offset` inside the sector that starts at `sector`.
+    fn patch_sector(&mut self, sector: u64, part: &[u8], offset: u64) -> Result<()> {
+        let ss = u64::from(self.logical_sector_size());
+        let len = ss.min(self.virtual_size() - sector) as usize;
+        let mut whole = vec![0u8; len];
+        self.read_at(&mut whole, sector)?;
+        let at = (offset - sector) as usize;
+        whole[at..at + part.len()].copy_from_slice(part);
+        self.write_at(&whole, sector)
+    }
+}
+
+impl fmt::Debug for Disk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Disk")
+            .field("path", &self.path)
+            .field("virtual_size", &self.virtual_size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VirtualDisk for Disk {
+    fn virtual_size(&self) -> u64 {
+        Disk::virtual_size(self)
+    }
+    fn logical_sector_size(&self) -> u32 {
+        Disk::logical_sector_size(self)
+    }
+    fn physical_sector_size(&self) -> u32 {
+        Disk::physical_sector_size(self)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        Disk::read_at(self, buf, offset)
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        Disk::write_at(self, buf, offset)
+    }
+    fn flush(&mut self) -> Result<()> {
+        Disk::flush(self)
+    }
+    fn close(&mut self) -> Result<()> {
+        Disk::close(self)
+    }
+    fn map(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
+        Disk::map(self, offset, length)
+    }
+    fn info(&self) -> ImageInfo {
+        Disk::info(self)
+    }
+    fn parent_link_id(&self) -> Option<Uuid> {
+        Disk::parent_link_id(self)
+    }
+    fn fast_paths(&self) -> Option<&dyn FastPaths> {
+        self.inner.fast_paths().map(|_| self as _)
+    }
+    fn fast_paths_mut(&mut self) -> Option<&mut dyn FastPaths> {
+        match self.inner.fast_paths_mut() {
+            Some(_) => Some(self),
+            None => None,
+        }
+    }
+    fn discarder(&mut self) -> Option<&mut dyn Discard> {
+        match self.inner.discarder() {
+            Some(_) => Some(self),
+            None => None,
+        }
+    }
+}
+
+/// The inner disk's hooks (a `Disk` offers them only when it has them).
+impl FastPaths for Disk {
+    fn mapped(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        self.inner.fast_paths()?.mapped(offset, len)
+    }
+    fn copies_writes(&self) -> bool {
+        self.inner.fast_paths().is_some_and(|f| f.copies_writes())
+    }
+    fn write_in_place(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let r = match self.inner.fast_paths_mut() {
+            Some(f) => f.write_in_place(buf, offset),
+            None => self.inner.write_at(buf, offset),
+        };
+        self.named(r)
+    }
+}
+
+impl Discard for Disk {
+    fn discard(&mut self, offset: u64, len: u64) -> Result<u64> {
+        Disk::discard(self, offset, len)
+    }
+}
+
+impl AsRef<dyn VirtualDisk> for Disk {
+    fn as_ref(&self) -> &(dyn VirtualDisk + 'static) {
+        self
+    }
+}
+
+impl AsMut<dyn VirtualDisk> for Disk {
+    fn as_mut(&mut self) -> &mut (dyn VirtualDisk + 'static) {
+        self
+    }
+}
+
+impl From<Disk> for Box<dyn VirtualDisk> {
+    /// The disk as a trait object whose errors still name its file.
+    fn from(disk: Disk) -> Self {
+        Box::new(disk)
+    }
+}
+
+/// A library error as an I/O error of the nearest kind; the original is
+/// its inner error (`io::Error::get_ref`), so its kind, path and offset
+/// stay reachable.
+fn to_io(e: Error) -> io::Error {
+    let kind = match e.kind() {
+        ErrorKind::Io => std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .map_or(io::ErrorKind::Other, io::Error::kind),
+        ErrorKind::ReadOnly => io::ErrorKind::PermissionDenied,
+        ErrorKind::InUse => io::ErrorKind::ResourceBusy,
+        ErrorKind::InvalidArgument | ErrorKind::OutOfBounds => io::ErrorKind::InvalidInput,
+        ErrorKind::Corrupt | ErrorKind::Authentication => io::ErrorKind::InvalidData,
+        ErrorKind::Unsupported => io::ErrorKind::Unsupported,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e)
+}
+
+/// The new position of a stream at `pos` over `size` bytes after `seek`;
+/// past the end is allowed (reads there return nothing), before 0 is not.
+fn seek_to(pos: u64, size: u64, seek: SeekFrom) -> io::Result<u64> {
+    let (base, delta) = match seek {
+        SeekFrom::Start(n) => return Ok(n),
+        SeekFrom::End(d) => (size, d),
+        SeekFrom::Current(d) => (pos, d),
+    };
+    base.checked_add_signed(delta).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "seek to a position before the start of the disk or past 2^64",
+        )
+    })
+}
+
+/// Read from `disk` at `*pos` into `buf`, up to the disk's end.
+fn read_from(disk: &Disk, pos: &mut u64, buf: &mut [u8]) -> io::Result<usize> {
+    let left = disk.virtual_size().saturating_sub(*pos);
+    let n = (buf.len() as u64).min(left) as usize;
+    if n > 0 {
+        disk.read_at(&mut buf[..n], *pos).map_err(to_io)?;
+        *pos += n as u64;
+    }
+    Ok(n)
+}
+
+/// A `Read + Seek` stream over a [`Disk`], from [`Disk::reader`].
+///
+/// Reads stop at the end of the virtual disk; seeking past it is allowed.
+#[derive(Debug, Clone)]
+pub struct DiskReader<'a> {
+    disk: &'a Disk,
+    pos: u64,
+}
+
+impl Read for DiskReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        read_from(self.disk, &mut self.pos, buf)
+    }
+}
+
+impl Seek for DiskReader<'_> {
+    fn seek(&mut self, seek: SeekFrom) -> io::Result<u64> {
+        self.pos = seek_to(self.pos, self.disk.virtual_size(), seek)?;
+        Ok(self.pos)
+    }
+}
+
+/// A `Read + Write + Seek` stream over a [`Disk`], from [`Disk::cursor`].
+///
+/// Reads and writes stop at the end of the virtual disk (a write there
+/// writes nothing, so `write_all` fails with `WriteZero`); seeking past it
+/// is allowed.
+#[derive(Debug)]
+pub struct DiskCursor<'a> {
+    disk: &'a mut Disk,
+    pos: u64,
+}
+
+impl Read for DiskCursor<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        read_from(self.disk, &mut self.pos, buf)
+    }
+}
+
+impl Write for DiskCursor<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let left = self.disk.virtual_size().saturating_sub(self.pos);
+        let n = (buf.len() as u64).min(left) as usize;
+        if n > 0 {
+            self.disk
+                .write_patched(&buf[..n], self.pos)
+                .map_err(to_io)?;
+            self.pos += n as u64;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.disk.flush().map_err(to_io)
+    }
+}
+
+impl Seek for DiskCursor<'_> {
+    fn seek(&mut self, seek: SeekFrom) -> io::Result<u64> {
+        self.pos = seek_to(self.pos, self.disk.virtual_size(), seek)?;
+        Ok(self.pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A flat disk in memory that refuses writes of partial sectors, as a
+    /// differencing VHDX does.
+    struct Strict {
+        data: Arc<Mutex<Vec<u8>>>,
+        writable: bool,
+    }
+
+    impl VirtualDisk for Strict {
+        fn virtual_size(&self) -> u64 {
+            self.data.lock().unwrap().len() as u64
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+            crate::disk::check_range(self.virtual_size(), offset, buf.len())?;
+            let d = self.data.lock().unwrap();
+            buf.copy_from_slice(&d[offset as usize..offset as usize + buf.len()]);
+            Ok(())
+        }
+        fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+            crate::disk::check_range(self.virtual_size(), offset, buf.len())?;
+            if !self.writable {
+                return Err(Error::new(ErrorKind::ReadOnly, "read-only"));
+            }
+            if !offset.is_multiple_of(512) || !buf.len().is_multiple_of(512) {
+                return Err(Error::invalid_argument("partial sector"));
+            }
+            let mut d = self.data.lock().unwrap();
+            d[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn map(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
+            let d = self.data.lock().unwrap();
+            let mut list = crate::disk::ExtentList::default();
+            for p in crate::disk::block_pieces(offset, length, 512) {
+                let zero = crate::disk::is_zero(&d[p.pos as usize..p.pos as usize + p.len]);
+                let kind = if zero {
+                    ExtentKind::Zero
+                } else {
+                    ExtentKind::Data
+                };
+                list.push(p.pos, p.len as u64, kind, None);
+            }
+            Ok(list.into_vec())
+        }
+        fn info(&self) -> ImageInfo {
+            crate::raw::RawDisk::open(Box::new(crate::io::MemStorage::new()), None)
+                .map(|d| d.info())
+                .expect("an empty raw disk opens")
+        }
+    }
+
+    fn disk(bytes: Vec<u8>, writable: bool) -> (Disk, Arc<Mutex<Vec<u8>>>) {
+        let data = Arc::new(Mutex::new(bytes));
+        let inner = Strict {
+            data: data.clone(),
+            writable,
+        };
+        (Disk::new(Box::new(inner), Some("img".into())), data)
+    }
+
+    #[test]
+    fn cursor_writes_partial_sectors_by_patching() {
+        let (mut d, data) = disk(vec![7u8; 4096], true);
+        let mut model = vec![7u8; 4096];
+        let mut c = d.cursor();
+        for (at, len) in [
+            (3u64, 5usize),
+            (500, 30),
+            (1000, 2000),
+            (1024, 512),
+            (4000, 96),
+        ] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i as u8) ^ (at as u8) | 1).collect();
+            c.seek(SeekFrom::Start(at)).unwrap();
+            c.write_all(&bytes).unwrap();
+            model[at as usize..at as usize + len].copy_from_slice(&bytes);
+            assert!(*data.lock().unwrap() == model, "after {len} bytes at {at}");
+        }
+        assert_eq!(c.write(&[1]).unwrap(), 0, "nothing is written past the end");
+        let mut back = Vec::new();
+        c.seek(SeekFrom::Start(0)).unwrap();
+        c.read_to_end(&mut back).unwrap();
+        assert!(back == model);
+    }
+
+    #[test]
+    fn reader_reads_to_the_end_and_seeks() {
+        let bytes: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let (d, _) = disk(bytes.clone(), false);
+        let mut r = d.reader();
+        assert_eq!(r.seek(SeekFrom::End(-10)).unwrap(), 2990);
+        let mut tail = Vec::new();
+        r.read_to_end(&mut tail).unwrap();
+        assert_eq!(tail, bytes[2990..]);
+        assert_eq!(r.seek(SeekFrom::Current(-3000)).unwrap(), 0);
+        let mut head = [0u8; 7];
+        r.read_exact(&mut head).unwrap();
+        assert_eq!(head, bytes[..7]);
+        assert!(r.seek(SeekFrom::Current(-8)).is_err());
+        r.seek(SeekFrom::Start(5000)).unwrap();
+        assert_eq!(r.read(&mut head).unwrap(), 0);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_map_to_io_kinds() {
+        let (mut d, _) = disk(vec![0u8; 1024], false);
+        let e = d.write_at(&[0u8; 512], 0).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ReadOnly);
+        assert_eq!(e.path(), Some(Path::new("img")));
+        let e = d.cursor().write(&[1u8; 3]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        let inner = e.get_ref().and_then(|i| i.downcast_ref::<Error>()).unwrap();
+        assert_eq!(inner.path(), Some(Path::new("img")));
+        // Nothing to change still needs a writable disk.
+        let e = d.write_zeroes(0, 512).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ReadOnly);
+        let e = d.discard(0, 512).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn write_zeroes_writes_only_where_needed() {
+        let mut bytes = vec![0u8; 4096];
+        bytes[600..700].fill(9);
+        bytes[3000] = 1;
+        let (mut d, data) = disk(bytes, true);
+        d.write_zeroes(512, 3072).unwrap();
+        let after = data.lock().unwrap().clone();
+        assert!(after[..3584].iter().all(|&b| b == 0));
+        assert!(d.write_zeroes(4000, 200).is_err(), "past the end");
+    }
+}
