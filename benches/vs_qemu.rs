@@ -330,12 +330,12 @@ fn random_writes(dir: &Path, size: u64, runs: usize) -> (Duration, Duration, u64
 /// The write benchmark through the library: open, write, flush, close.
 fn library_writes(path: &Path, size: u64, count: u64) {
     use vhdkit::VirtualDisk;
-    let storage = vhdkit::io::FileStorage::open(path, true).expect("open");
-    let mut disk = vhdkit::vhdx::VhdxDisk::open(
+    let storage = vhdkit::FileStorage::open(path, true).expect("open");
+    let mut disk = vhdkit::unstable::vhdx::VhdxDisk::open(
         Box::new(storage),
         Some(path.to_path_buf()),
         &vhdkit::OpenOptions::new().writable(true),
-        &vhdkit::parent::Chain::default(),
+        &vhdkit::unstable::chain::Chain::default(),
     )
     .expect("open VHDX");
     let buf = [165u8; 4096];

@@ -74,7 +74,7 @@ pub struct PendingFile {
 
 impl PendingFile {
     /// Reserve a temporary name beside `dest` (registered in
-    /// [`crate::pending`], so a signal removes the file), after removing the
+    /// [`crate::unstable::pending`], so a signal removes the file), after removing the
     /// temporary files for `dest` that killed processes left (with a note).
     pub fn new(dest: &Path) -> Self {
         crate::pending::reclaim_stale_noted(dest);

@@ -6,7 +6,7 @@
 //! A truncated file (a copy cut short, a full disk) loses the blocks at its
 //! end while the block table still says they are stored. Zeros in their
 //! place would be silent data loss, so every read of a stored block goes
-//! through [`read_stored`].
+//! through `read_stored`.
 
 use std::io;
 use std::path::{Path, PathBuf};

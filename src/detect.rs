@@ -89,7 +89,7 @@ const VHDX_METADATA_HEADER_END: usize = vhdx::metadata::HEADER_SIZE;
 
 /// End of the first region detection reads: the last window it looks at
 /// from the start of the file is the VHDX metadata table header at 2 MiB
-/// ([`SHAPE_BYTES`] bytes read there). A write below this offset may change
+/// (`SHAPE_BYTES` bytes read there). A write below this offset may change
 /// what detection finds.
 pub const DETECTION_HEAD_END: u64 = VHDX_METADATA_OFFSET + SHAPE_BYTES as u64;
 

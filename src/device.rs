@@ -199,7 +199,7 @@ impl DeviceTarget {
     /// block device is opened with `O_EXCL`, which the kernel refuses
     /// (`EBUSY`) while the device is mounted or otherwise claimed. It is
     /// opened read-write, not write-only, because qemu's lock bytes (see
-    /// [`crate::lock`]) are read locks, which need a readable open. The
+    /// [`crate::unstable::lock`]) are read locks, which need a readable open. The
     /// open takes vhdkit's exclusive image lock, so two writers (or a
     /// reader of the same file) cannot collide.
     pub fn open(path: &Path) -> Result<Self> {
@@ -286,6 +286,7 @@ impl Drop for DeviceTarget {
 /// while opening so that a FIFO swapped in after the check cannot block
 /// the open (cleared again afterwards).
 #[cfg(unix)]
+#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
 fn open_in_place(path: &Path, kind: TargetKind) -> Result<File> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
@@ -419,6 +420,7 @@ struct LoopInfo64 {
 /// What backs the block device `file` (metadata `meta`), if it is a loop
 /// device; `None` for anything else.
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
 pub fn loop_backing(file: &File, meta: &fs::Metadata) -> Option<LoopBacking> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -866,6 +868,7 @@ const BLKZEROOUT: libc::Ioctl = libc::_IO(0x12, 127);
 /// size unchanged); a block device's 512-aligned part goes through
 /// `BLKZEROOUT`, its unaligned edges are written as zeros.
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
 fn zero_range(file: &File, kind: TargetKind, offset: u64, len: u64) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
     let unsupported = |e: &io::Error| {

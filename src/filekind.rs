@@ -95,6 +95,7 @@ pub fn open_flags() -> i32 {
 }
 
 /// Take off the `O_NONBLOCK` of [`open_flags`].
+#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
 pub fn clear_nonblock(file: &File) -> io::Result<()> {
     #[cfg(unix)]
     {

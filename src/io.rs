@@ -252,6 +252,7 @@ pub fn rename_into_place(tmp: &Path, dest: &Path, replace: bool) -> io::Result<(
 /// `renameat2(tmp, dest, RENAME_NOREPLACE)`: fails with `EEXIST` if `dest`
 /// exists, atomically.
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
 fn rename_noreplace(tmp: &Path, dest: &Path) -> io::Result<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
@@ -279,6 +280,7 @@ fn rename_noreplace(tmp: &Path, dest: &Path) -> io::Result<()> {
 
 /// Map a file opened read-only, or `None` when it cannot be mapped (empty
 /// files, devices, pipes): reads then use `pread`.
+#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
 fn map_read_only(file: &File) -> Option<memmap2::Mmap> {
     let len = file.metadata().ok()?.len();
     if len == 0 || usize::try_from(len).is_err() {

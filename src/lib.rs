@@ -14,7 +14,7 @@
 //! use vhdkit::{Format, OpenOptions};
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("disk.vhdx");
-//! # vhdkit::vhdx::create(&path, vhdkit::vhdx::VhdxBuilder::new(64 << 20))?;
+//! # vhdkit::create_vhdx(&path, vhdkit::VhdxBuilder::new(64 << 20))?;
 //! let disk = vhdkit::open(&path, &OpenOptions::new())?;
 //! assert_eq!(disk.info().format, Format::Vhdx);
 //! let mut sector = [0u8; 512];
@@ -32,7 +32,7 @@
 //! use vhdkit::OpenOptions;
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("disk.vhdx");
-//! # vhdkit::vhdx::create(&path, vhdkit::vhdx::VhdxBuilder::new(64 << 20))?;
+//! # vhdkit::create_vhdx(&path, vhdkit::VhdxBuilder::new(64 << 20))?;
 //! # {
 //! #     let mut disk = vhdkit::open(&path, &OpenOptions::new().writable(true))?;
 //! #     let mut cursor = disk.cursor();
@@ -65,7 +65,7 @@
 //! use vhdkit::OpenOptions;
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("disk.vhdx");
-//! # vhdkit::vhdx::create(&path, vhdkit::vhdx::VhdxBuilder::new(64 << 20))?;
+//! # vhdkit::create_vhdx(&path, vhdkit::VhdxBuilder::new(64 << 20))?;
 //! let mut disk = vhdkit::open(&path, &OpenOptions::new().writable(true))?;
 //! disk.write_at(&[0xab; 4096], 1 << 20)?;
 //! let mut cursor = disk.cursor();
@@ -87,7 +87,7 @@
 //! # let dir = tempfile::tempdir()?;
 //! # let vhdx = dir.path().join("disk.vhdx");
 //! # let vhd = dir.path().join("disk.vhd");
-//! # vhdkit::vhdx::create(&vhdx, vhdkit::vhdx::VhdxBuilder::new(64 << 20))?;
+//! # vhdkit::create_vhdx(&vhdx, vhdkit::VhdxBuilder::new(64 << 20))?;
 //! let src = vhdkit::open(&vhdx, &OpenOptions::new())?;
 //! let spec = ImageSpec::new(Format::Vhd);
 //! let size = src.virtual_size();
@@ -104,49 +104,62 @@
 //! use vhdkit::OpenOptions;
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("disk.vhdx");
-//! # vhdkit::vhdx::create(&path, vhdkit::vhdx::VhdxBuilder::new(64 << 20))?;
+//! # vhdkit::create_vhdx(&path, vhdkit::VhdxBuilder::new(64 << 20))?;
 //! let report = vhdkit::check(&path, &OpenOptions::new(), false)?;
 //! assert!(report.findings.is_empty());
 //! assert_eq!(report.exit_code(), 0);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod chain;
-pub mod checksum;
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod convert;
 pub mod damage;
-pub mod detect;
-pub mod device;
-pub mod disk;
-pub mod error;
-pub mod evhd;
-pub mod filekind;
-pub mod fixed;
-pub mod guid;
-pub mod handle;
-pub mod io;
 pub mod keyfile;
-mod layer;
-pub mod lock;
-pub mod parent;
-pub mod pending;
-pub mod raw;
 pub mod report;
 pub mod size;
-pub mod sparse;
-pub mod vhd;
-pub mod vhdx;
+pub mod unstable;
+
+mod chain;
+mod checksum;
+mod detect;
+mod device;
+mod disk;
+mod error;
+mod evhd;
+mod filekind;
+mod fixed;
+mod guid;
+mod handle;
+mod io;
+mod layer;
+mod lock;
+mod parent;
+mod pending;
+mod raw;
+mod sparse;
+mod vhd;
+mod vhdx;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use damage::SalvageLog;
 pub use disk::{Discard, Extent, ExtentKind, FastPaths, VirtualDisk};
 pub use error::{Error, ErrorKind, Result};
+pub use evhd::cipher::CipherId;
+pub use evhd::keys::{DEFAULT_BITS, Fingerprint, KeyFile, PrivateKey, PublicKey};
+pub use evhd::signature::Status as SignatureStatus;
+pub use evhd::{EvhdBuilder, EvhdDisk, EvhdImage, EvhdOptions};
 pub use handle::{Disk, DiskCursor, DiskReader};
-pub use report::{CheckReport, DiskType, Format, ImageInfo};
+pub use io::{FileStorage, MemStorage, Storage};
+pub use report::{CheckReport, DiskType, Finding, Format, ImageInfo, ParentInfo, Severity};
+pub use size::parse_size;
+pub use vhd::VhdBuilder;
+pub use vhdx::VhdxBuilder;
 
 use chain::Chain;
-use io::{FileStorage, Storage};
 
 /// How to open an image.
 #[derive(Debug, Clone, Default)]
@@ -161,11 +174,11 @@ pub struct OpenOptions {
     /// Use this file as the parent instead of the recorded locations.
     pub parent_path: Option<PathBuf>,
     /// Private keys to try on encrypted (EVHD) images.
-    pub keys: Vec<Arc<evhd::keys::PrivateKey>>,
+    pub keys: Vec<Arc<PrivateKey>>,
     /// Open the image as this format instead of detecting it (parents are
     /// always detected). `Some(Format::Raw)` is the only way to read a file
     /// that carries a trace of another format as a flat disk; any other
-    /// format must have a signature in the file (see [`detect`]).
+    /// format must have a signature in the file (see [`unstable::detect`]).
     pub format: Option<Format>,
     /// Open read-only without taking or honouring the image lock (qemu's
     /// `-U/--force-share`), to inspect an image another program has open;
@@ -177,7 +190,7 @@ pub struct OpenOptions {
     pub print_warnings: bool,
     /// Keys trusted to have signed an EVHD image, besides the public
     /// halves of `keys`.
-    pub trust: Vec<evhd::keys::PublicKey>,
+    pub trust: Vec<PublicKey>,
     /// Refuse an EVHD image that is not signed by a trusted key
     /// (`ErrorKind::Untrusted`); otherwise such an image opens with a warning.
     pub require_signed: bool,
@@ -238,7 +251,7 @@ impl OpenOptions {
     }
 
     /// Also trust EVHD images signed by `key` (see [`OpenOptions::trust`]).
-    pub fn trust(mut self, key: evhd::keys::PublicKey) -> Self {
+    pub fn trust(mut self, key: PublicKey) -> Self {
         self.trust.push(key);
         self
     }
@@ -269,7 +282,7 @@ impl OpenOptions {
     }
 
     /// Also try `key` on encrypted images.
-    pub fn key(mut self, key: Arc<evhd::keys::PrivateKey>) -> Self {
+    pub fn key(mut self, key: Arc<PrivateKey>) -> Self {
         self.keys.push(key);
         self
     }
@@ -277,12 +290,13 @@ impl OpenOptions {
 
 /// Detect the container format from signatures: raw only when the file
 /// has no trace of any other format (see [`detect::trace`]).
-pub fn detect(storage: &dyn Storage) -> Format {
+#[cfg(test)]
+pub(crate) fn detect(storage: &dyn Storage) -> Format {
     detect::trace(storage).map_or(Format::Raw, |t| t.format)
 }
 
 /// Open the image at `path`, detecting its format, with its parent chain
-/// (see [`chain`]). Every error of the returned [`Disk`] names `path` (or
+/// (see [`unstable::chain`]). Every error of the returned [`Disk`] names `path` (or
 /// the parent it concerns).
 pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Disk> {
     let path = path.as_ref();
@@ -290,8 +304,24 @@ pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Disk> {
     Ok(Disk::new(inner, Some(path.to_path_buf())))
 }
 
+/// Create a VHD image at `path` as `builder` describes (fixed, dynamic or
+/// differencing) and return it open for writing.
+pub fn create_vhd(path: impl AsRef<Path>, builder: VhdBuilder) -> Result<Disk> {
+    let path = path.as_ref();
+    let disk = vhd::create(path, builder)?;
+    Ok(Disk::new(Box::new(disk), Some(path.to_path_buf())))
+}
+
+/// Create a VHDX image at `path` as `builder` describes (fixed, dynamic or
+/// differencing) and return it open for writing.
+pub fn create_vhdx(path: impl AsRef<Path>, builder: VhdxBuilder) -> Result<Disk> {
+    let path = path.as_ref();
+    let disk = vhdx::create(path, builder)?;
+    Ok(Disk::new(Box::new(disk), Some(path.to_path_buf())))
+}
+
 /// Open the file of an image, locked unless `force_share` (see [`io::lock`]).
-pub fn open_file(path: &Path, writable: bool, force_share: bool) -> Result<FileStorage> {
+pub(crate) fn open_file(path: &Path, writable: bool, force_share: bool) -> Result<FileStorage> {
     match (force_share, writable) {
         (false, _) => FileStorage::open(path, writable),
         (true, false) => FileStorage::open_force_share(path),
@@ -304,7 +334,7 @@ pub fn open_file(path: &Path, writable: bool, force_share: bool) -> Result<FileS
 
 /// Open an image held in `storage`; `path` (if any) locates its parent.
 /// `chain` holds the images already open below it (empty for a child).
-pub fn open_storage(
+pub(crate) fn open_storage(
     storage: Box<dyn Storage>,
     path: Option<&Path>,
     opts: &OpenOptions,

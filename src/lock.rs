@@ -456,6 +456,7 @@ mod qemu_locks {
     /// `kind` on `len` bytes from `start`. Returns the lock type the kernel
     /// leaves in the request: for `F_OFD_GETLK`, `F_UNLCK` when no other open
     /// holds a conflicting lock.
+    #[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
     fn ofd_lock(
         file: &File,
         cmd: libc::c_int,

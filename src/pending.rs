@@ -176,6 +176,7 @@ pub fn temp_owner(file_name: &str, dest_name: &str) -> Option<u32> {
 /// process that exists (whatever it runs now) or that cannot be asked
 /// about counts as running.
 #[cfg(unix)]
+#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
 pub fn process_gone(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;

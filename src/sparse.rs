@@ -206,6 +206,7 @@ fn unsupported(e: &io::Error) -> bool {
 }
 
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
 fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
     use std::os::fd::AsRawFd;
     let offset = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;

@@ -581,7 +581,7 @@ fn interrupted_device_write_says_target_is_partly_written() {
 /// of SRC, would destroy the source while it is read: refused with exit 1
 /// naming the source, nothing written. Skips, saying why, where no loop
 /// device can be attached. (The comparison itself is unit-tested in
-/// `vhdkit::device`.)
+/// `vhdkit::unstable::device`.)
 #[test]
 fn device_onto_a_loop_device_over_the_source_is_refused() {
     let d = tempfile::tempdir().unwrap();

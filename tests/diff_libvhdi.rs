@@ -20,7 +20,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{random_bytes, read_disk, require_tool};
-use vhdkit::vhdx::VhdxBuilder;
+use vhdkit::VhdxBuilder;
 use vhdkit::{OpenOptions, VirtualDisk};
 
 const MIB: u64 = 1 << 20;
@@ -90,7 +90,7 @@ fn open_rw(path: &Path) -> Box<dyn VirtualDisk> {
 /// non-zero pseudo-random data in each of `ranges` (the whole disk when
 /// `ranges` is empty).
 fn make_parent(path: &Path, size: u64, sector: u32, ranges: &[(u64, u64)]) {
-    let mut p = vhdkit::vhdx::create(
+    let mut p = vhdkit::unstable::vhdx::create(
         path,
         VhdxBuilder::new(size)
             .block_size(MIB as u32)
@@ -115,7 +115,7 @@ fn make_parent(path: &Path, size: u64, sector: u32, ranges: &[(u64, u64)]) {
 
 fn make_child(child: &Path, parent: &Path) -> Box<dyn VirtualDisk> {
     Box::new(
-        vhdkit::vhdx::create(
+        vhdkit::unstable::vhdx::create(
             child,
             VhdxBuilder::new(0)
                 .differencing(parent)

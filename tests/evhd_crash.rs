@@ -11,9 +11,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use common::torn::{Failing, Faulty, Handle};
-use vhdkit::evhd::keys::PrivateKey;
-use vhdkit::evhd::{EvhdBuilder, EvhdDisk};
-use vhdkit::io::{MemStorage, Storage};
+use vhdkit::PrivateKey;
+use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk};
+use vhdkit::unstable::io::{MemStorage, Storage};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 fn key() -> &'static Arc<PrivateKey> {

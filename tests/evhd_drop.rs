@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use common::torn::Failing;
-use vhdkit::evhd::keys::PrivateKey;
-use vhdkit::evhd::{EvhdBuilder, EvhdDisk};
-use vhdkit::io::{FileStorage, MemStorage};
+use vhdkit::PrivateKey;
+use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk};
+use vhdkit::unstable::io::{FileStorage, MemStorage};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 fn key() -> &'static Arc<PrivateKey> {

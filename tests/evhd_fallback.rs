@@ -11,11 +11,11 @@ use std::sync::{Arc, OnceLock};
 
 use common::torn::{Faulty, Handle};
 use common::{code_out_err, patch_file, test_key, vhdkit, vhdkit_ok};
-use vhdkit::evhd::header::{COPY_OFFSETS, HEADER_SIZE};
-use vhdkit::evhd::keys::PrivateKey;
-use vhdkit::evhd::{EvhdBuilder, EvhdDisk, EvhdImage, JOURNAL_OFFSET};
-use vhdkit::io::MemStorage;
+use vhdkit::MemStorage;
+use vhdkit::PrivateKey;
 use vhdkit::report::Severity;
+use vhdkit::unstable::evhd::header::{COPY_OFFSETS, HEADER_SIZE};
+use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk, EvhdImage, JOURNAL_OFFSET};
 use vhdkit::{CheckReport, OpenOptions, VirtualDisk};
 
 const FELL_BACK: &str = "fell back to the older header copy";
@@ -46,7 +46,7 @@ fn check_lib(image: &[u8], with_key: bool) -> CheckReport {
     } else {
         Vec::new()
     };
-    vhdkit::evhd::check::check(
+    vhdkit::unstable::evhd::check::check(
         Box::new(MemStorage::from_vec(image.to_vec())),
         &k,
         &mut report,
@@ -248,9 +248,9 @@ fn forged_journal_record_does_not_confirm() {
     let len = u64::from_le_bytes(image[j + 48..j + 56].try_into().unwrap()) as usize;
     let h = j + 4096;
     image[h + 200] ^= 0x01;
-    let hcrc = vhdkit::checksum::crc32c_with_zeroed_field(&image[h..h + HEADER_SIZE], 12);
+    let hcrc = vhdkit::unstable::checksum::crc32c_with_zeroed_field(&image[h..h + HEADER_SIZE], 12);
     image[h + 12..h + 16].copy_from_slice(&hcrc.to_le_bytes());
-    let rcrc = vhdkit::checksum::crc32c_with_zeroed_field(&image[j..j + len], 12);
+    let rcrc = vhdkit::unstable::checksum::crc32c_with_zeroed_field(&image[j..j + len], 12);
     image[j + 12..j + 16].copy_from_slice(&rcrc.to_le_bytes());
     let w = open_warnings(&image, &opts(false));
     let hit = w.iter().find(|w| w.contains(FELL_BACK)).cloned();

@@ -4,11 +4,11 @@
 use std::sync::{Arc, OnceLock};
 
 use proptest::prelude::*;
-use vhdkit::disk::FastPaths;
-use vhdkit::evhd::cipher::CipherId;
-use vhdkit::evhd::keys::PrivateKey;
-use vhdkit::evhd::{EvhdBuilder, EvhdDisk};
-use vhdkit::io::MemStorage;
+use vhdkit::CipherId;
+use vhdkit::FastPaths;
+use vhdkit::MemStorage;
+use vhdkit::PrivateKey;
+use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 fn key() -> &'static Arc<PrivateKey> {

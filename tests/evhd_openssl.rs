@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use vhdkit::evhd::keys::{KeyFile, OAEP_LABEL, PrivateKey};
+use vhdkit::unstable::evhd::keys::{KeyFile, OAEP_LABEL, PrivateKey};
 
 fn openssl(args: &[&str]) -> String {
     let out = common::run(Command::new("openssl").args(args));

@@ -15,14 +15,14 @@ use common::{
     code_out_err, key_show_json, keypair, require_tool, s, vhdkit, vhdkit_fails,
     vhdkit_ok_output as ok,
 };
-use vhdkit::evhd::header::{
+use vhdkit::MemStorage;
+use vhdkit::unstable::evhd::header::{
     self, COPY_OFFSETS, HEADER_SIZE, Header, MAC_OFFSET, SIGNATURE_OFFSET, SIGNER_OFFSET,
 };
-use vhdkit::evhd::keys::{KeyFile, PrivateKey};
-use vhdkit::evhd::signature::{self, Status};
-use vhdkit::evhd::{EvhdBuilder, EvhdDisk, journal};
-use vhdkit::io::MemStorage;
+use vhdkit::unstable::evhd::signature::{self, Status};
+use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk, journal};
 use vhdkit::{ErrorKind, OpenOptions, VirtualDisk};
+use vhdkit::{KeyFile, PrivateKey};
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -749,7 +749,7 @@ fn a_journaled_header_is_verified_like_a_header_copy() {
     assert_eq!(e.kind(), ErrorKind::Untrusted, "{e}");
     // Flip a byte of the journaled header's signature and fix the record's
     // CRC: opening fails as tampering, it does not fall back silently.
-    let j = vhdkit::evhd::JOURNAL_OFFSET as usize;
+    let j = vhdkit::unstable::evhd::JOURNAL_OFFSET as usize;
     let h = j + journal::RECORD_HEADER;
     let mut bad = img.clone();
     bad[h + SIGNATURE_OFFSET + 3] ^= 0x40;
@@ -839,7 +839,7 @@ fn every_signed_byte_is_checked() {
             continue;
         }
         let mut report = vhdkit::CheckReport::default();
-        vhdkit::evhd::check::check(
+        vhdkit::unstable::evhd::check::check(
             Box::new(MemStorage::from_vec(bad)),
             &[lib_keys()[0].clone()],
             &mut report,
@@ -983,7 +983,7 @@ fn a_signer_that_is_not_a_recipient_is_refused() {
     )
     .unwrap();
     let stanza = h.recipients.iter().find(|s| s.label == "carol").unwrap();
-    let mk = vhdkit::evhd::cipher::MasterKey::from_unwrapped(
+    let mk = vhdkit::unstable::evhd::cipher::MasterKey::from_unwrapped(
         &c.unwrap_key(&stanza.wrapped).unwrap(),
         &h.container_id,
     )

@@ -15,12 +15,12 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vhdkit::evhd::EvhdBuilder;
-use vhdkit::evhd::header::{COPY_OFFSETS, HEADER_SIZE, Header};
-use vhdkit::evhd::table::{ENTRY_SIZE, PAGE_SIZE};
-use vhdkit::io::MemStorage;
-use vhdkit::parent::Chain;
+use vhdkit::EvhdBuilder;
+use vhdkit::MemStorage;
 use vhdkit::report::{CheckReport, Severity};
+use vhdkit::unstable::chain::Chain;
+use vhdkit::unstable::evhd::header::{COPY_OFFSETS, HEADER_SIZE, Header};
+use vhdkit::unstable::evhd::table::{ENTRY_SIZE, PAGE_SIZE};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 const BLOCK: u64 = 64 << 10;
@@ -75,7 +75,7 @@ fn with_slot(slot: u64, seal: bool) -> (Vec<u8>, Header) {
 }
 
 fn open(file: &[u8]) -> vhdkit::Result<Box<dyn VirtualDisk>> {
-    vhdkit::open_storage(
+    vhdkit::unstable::open_storage(
         Box::new(Arc::new(MemStorage::read_only(file.to_vec()))),
         None,
         &OpenOptions::new().key(harness::test_key()),
@@ -85,7 +85,7 @@ fn open(file: &[u8]) -> vhdkit::Result<Box<dyn VirtualDisk>> {
 
 fn check(file: &[u8]) -> CheckReport {
     let mut report = CheckReport::default();
-    vhdkit::evhd::check::check(
+    vhdkit::unstable::evhd::check::check(
         Box::new(Arc::new(MemStorage::read_only(file.to_vec()))),
         &[harness::test_key()],
         &mut report,
@@ -287,7 +287,7 @@ fn resealing_re_signs_a_signed_image() {
     changed[gen_at] ^= 1;
     let strict = |bytes: &[u8]| {
         let opts = OpenOptions::new().key(key.clone()).require_signed(true);
-        vhdkit::open_storage(
+        vhdkit::unstable::open_storage(
             Box::new(MemStorage::from_vec(bytes.to_vec())),
             None,
             &opts,

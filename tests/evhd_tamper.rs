@@ -5,13 +5,13 @@
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
-use vhdkit::evhd::cipher::CipherId;
-use vhdkit::evhd::header::{COPY_OFFSETS, HEADER_SIZE, Header, RECIPIENTS_OFFSET};
-use vhdkit::evhd::keys::PrivateKey;
-use vhdkit::evhd::table::PAGE_SIZE;
-use vhdkit::evhd::{EvhdBuilder, EvhdDisk};
-use vhdkit::io::MemStorage;
+use vhdkit::CipherId;
+use vhdkit::MemStorage;
+use vhdkit::PrivateKey;
 use vhdkit::report::{CheckReport, Severity};
+use vhdkit::unstable::evhd::header::{COPY_OFFSETS, HEADER_SIZE, Header, RECIPIENTS_OFFSET};
+use vhdkit::unstable::evhd::table::PAGE_SIZE;
+use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 /// Test keys, generated once per test binary (RSA generation is slow).
@@ -78,7 +78,7 @@ fn detected(image: Vec<u8>, content: &[u8]) -> bool {
         }
     }
     let mut report = CheckReport::default();
-    vhdkit::evhd::check::check(
+    vhdkit::unstable::evhd::check::check(
         Box::new(MemStorage::from_vec(image)),
         &[keys()[0].clone()],
         &mut report,

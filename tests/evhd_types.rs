@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use vhdkit::evhd::keys::{KeyFile, PrivateKey};
-use vhdkit::evhd::{EvhdDisk, EvhdImage};
-use vhdkit::io::MemStorage;
+use vhdkit::MemStorage;
+use vhdkit::unstable::evhd::{EvhdDisk, EvhdImage};
 use vhdkit::{ErrorKind, OpenOptions, VirtualDisk};
+use vhdkit::{KeyFile, PrivateKey};
 
 const SIGNED: &[u8] = include_bytes!("data/evhd/signed.evhd.sparse");
 
@@ -46,7 +46,7 @@ fn block2() -> Vec<u8> {
 
 #[test]
 fn without_a_key_the_container_opens_locked() {
-    let d = vhdkit::evhd::open(storage(), None, &OpenOptions::new()).unwrap();
+    let d = vhdkit::unstable::evhd::open(storage(), None, &OpenOptions::new()).unwrap();
     assert_eq!(d.virtual_size(), 64 << 10);
     let mut buf = vec![0u8; 4096];
     let e = d.read_at(&mut buf, 0).unwrap_err();
@@ -86,7 +86,7 @@ fn a_disk_needs_a_key() {
 #[test]
 fn a_key_unlocks_the_disk() {
     let o = OpenOptions::new().key(key());
-    let d = vhdkit::evhd::open(storage(), None, &o).unwrap();
+    let d = vhdkit::unstable::evhd::open(storage(), None, &o).unwrap();
     let mut buf = vec![0u8; 4096];
     d.read_at(&mut buf, 2 * 4096).unwrap();
     assert_eq!(buf, block2());

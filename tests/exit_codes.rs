@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use vhdkit::VirtualDisk;
-use vhdkit::vhd::{VhdBuilder, create};
+use vhdkit::unstable::vhd::{VhdBuilder, create};
 
 const SIZE: u64 = 4 << 20;
 const BS: u32 = 512 << 10;

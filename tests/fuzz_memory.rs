@@ -152,11 +152,11 @@ fn peak_of(f: impl FnOnce()) -> usize {
 fn zeroed_vhd_table_costs_memory_by_the_file_not_the_entries() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     use std::sync::Arc;
-    use vhdkit::io::MemStorage;
+    use vhdkit::MemStorage;
     let entries: u64 = (64 << 20) / 4 - 1024;
     let size = entries * 512;
     let mem = Arc::new(MemStorage::new());
-    let disk = vhdkit::vhd::create::VhdBuilder::new(size)
+    let disk = vhdkit::unstable::vhd::create::VhdBuilder::new(size)
         .dynamic()
         .block_size(512)
         .create(Box::new(mem.clone()), None)

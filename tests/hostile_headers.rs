@@ -13,11 +13,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{file_bytes, fix_footer_checksum, fix_header_checksum, patch_file, vhdkit_bin};
-use vhdkit::evhd::header::{COPY_OFFSETS, CRC_OFFSET, HEADER_SIZE, MAC_OFFSET, compute_crc};
-use vhdkit::evhd::keys::{KeyFile, PrivateKey};
-use vhdkit::vhd::{VhdBuilder, create as create_vhd};
-use vhdkit::vhdx::{VhdxBuilder, create as create_vhdx};
+use vhdkit::unstable::evhd::header::{
+    COPY_OFFSETS, CRC_OFFSET, HEADER_SIZE, MAC_OFFSET, compute_crc,
+};
+use vhdkit::unstable::vhd::{VhdBuilder, create as create_vhd};
+use vhdkit::unstable::vhdx::{VhdxBuilder, create as create_vhdx};
 use vhdkit::{ErrorKind, OpenOptions, VirtualDisk};
+use vhdkit::{KeyFile, PrivateKey};
 
 /// The bound the issue sets on failing over hostile input; a correctness
 /// bound (no hang, no quadratic search), not a benchmark.
@@ -380,8 +382,8 @@ fn metadata_entry(path: &Path, item: uuid::Uuid) -> u64 {
 
 #[test]
 fn vhdx_gigantic_bat_and_region_lengths() {
-    use vhdkit::vhdx::metadata::{FILE_PARAMETERS, VIRTUAL_DISK_SIZE};
-    use vhdkit::vhdx::region_table::{BAT_GUID, METADATA_GUID};
+    use vhdkit::unstable::vhdx::metadata::{FILE_PARAMETERS, VIRTUAL_DISK_SIZE};
+    use vhdkit::unstable::vhdx::region_table::{BAT_GUID, METADATA_GUID};
     let dir = tempfile::tempdir().unwrap();
 
     // A 64 TiB disk of 1 MiB blocks needs a 512 MiB BAT in a 1 MiB region.
@@ -529,8 +531,8 @@ fn vhdx_log_descriptor_count_in_the_millions() {
 
 #[test]
 fn vhdx_log_claiming_a_huge_file_does_not_grow_the_bat() {
-    use vhdkit::vhdx::metadata::VIRTUAL_DISK_SIZE;
-    use vhdkit::vhdx::region_table::BAT_GUID;
+    use vhdkit::unstable::vhdx::metadata::VIRTUAL_DISK_SIZE;
+    use vhdkit::unstable::vhdx::region_table::BAT_GUID;
     let dir = tempfile::tempdir().unwrap();
     let path = vhdx_sample(dir.path(), "g.vhdx", None);
     let lay = vhdx_layout(&path);
@@ -691,7 +693,7 @@ fn evhd_hostile_counts_are_refused_before_the_key_is_used() {
     // epoch key count, table pages, a virtual size whose (matching) table
     // cannot fit, journal length, slot count.
     let huge_size: u64 = 1 << 60;
-    let pages = vhdkit::evhd::table::pages_for(huge_size >> shift);
+    let pages = vhdkit::unstable::evhd::table::pages_for(huge_size >> shift);
     let cases: Vec<EvhdCase> = vec![
         (
             "recipients",

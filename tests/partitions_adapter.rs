@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use common::{s, vhdkit_ok};
 use gptman::{GPT, GPTPartitionEntry};
-use vhdkit::evhd::keys::KeyFile;
+use vhdkit::KeyFile;
 use vhdkit::{Disk, OpenOptions};
 
 const MIB: u64 = 1 << 20;

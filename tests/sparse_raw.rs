@@ -26,13 +26,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{code_out_err, s, vhdkit_bin, vhdkit_ok, vhdkit_ok_stdout};
+use vhdkit::CipherId;
+use vhdkit::FastPaths;
+use vhdkit::KeyFile;
 use vhdkit::convert::{self, ImageSpec};
-use vhdkit::disk::FastPaths;
-use vhdkit::evhd::cipher::CipherId;
-use vhdkit::evhd::header::Origin;
-use vhdkit::evhd::keys::KeyFile;
-use vhdkit::io::{FileStorage, MemStorage, Storage};
-use vhdkit::raw::RawDisk;
+use vhdkit::unstable::evhd::header::Origin;
+use vhdkit::unstable::io::{FileStorage, MemStorage, Storage};
+use vhdkit::unstable::raw::RawDisk;
 use vhdkit::{ExtentKind, Format, VirtualDisk};
 
 const MIB: u64 = 1 << 20;
@@ -75,7 +75,7 @@ fn make_sparse(path: &Path, size: u64, pieces: &[(u64, u64)], piece: u64) {
 fn reports_holes(path: &Path, expected_data: u64) -> bool {
     let f = File::open(path).unwrap();
     let len = f.metadata().unwrap().len();
-    let found = vhdkit::sparse::DataMap::scan(&f, 0, len)
+    let found = vhdkit::unstable::sparse::DataMap::scan(&f, 0, len)
         .unwrap()
         .map(|m| m.data_bytes());
     if found.is_some_and(|d| d <= expected_data + 16 * MIB) {
@@ -362,7 +362,7 @@ fn the_copy_engine_reads_only_the_data_of_a_sparse_source() {
     assert!(mapped.mapped(0, size as usize).is_some());
     let key = KeyFile::read(&common::test_key().1).unwrap();
     let mut spec = ImageSpec::new(Format::Evhd);
-    spec.evhd = Some(vhdkit::evhd::EvhdOptions {
+    spec.evhd = Some(vhdkit::EvhdOptions {
         recipients: vec![(key.public().clone(), "test".into())],
         cipher: CipherId::Aes256Gcm,
         origin: Origin::of(&mapped.info()),

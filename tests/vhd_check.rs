@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use vhdkit::vhd::{VhdBuilder, create};
+use vhdkit::unstable::vhd::{VhdBuilder, create};
 use vhdkit::{ErrorKind, OpenOptions, VirtualDisk};
 
 const SIZE: u64 = 4 << 20;

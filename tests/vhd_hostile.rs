@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 
 use common::*;
-use vhdkit::vhd::{VhdBuilder, create};
+use vhdkit::unstable::vhd::{VhdBuilder, create};
 use vhdkit::{ErrorKind, OpenOptions, VirtualDisk};
 
 /// A small dynamic VHD with some data, for damaging.
@@ -406,7 +406,7 @@ fn fix_vhdx_checksums(path: &Path) {
         (256 << 10, 64 << 10),
     ] {
         let mut b = file_bytes(path, at, size);
-        let crc = vhdkit::checksum::crc32c_with_zeroed_field(&b, 4);
+        let crc = vhdkit::unstable::checksum::crc32c_with_zeroed_field(&b, 4);
         b[4..8].copy_from_slice(&crc.to_le_bytes());
         patch_file(path, at, &b);
     }
@@ -418,9 +418,9 @@ fn damaged_vhdx_never_panics_the_cli() {
     let out = dir.path().join("out.raw");
     let mut rng = common::Rng::new(7);
     let orig = dir.path().join("orig.vhdx");
-    let mut d = vhdkit::vhdx::create(
+    let mut d = vhdkit::unstable::vhdx::create(
         &orig,
-        vhdkit::vhdx::VhdxBuilder::new(4 << 20).block_size(1 << 20),
+        vhdkit::VhdxBuilder::new(4 << 20).block_size(1 << 20),
     )
     .unwrap();
     d.write_at(&mixed_content(1 << 20, 5), 1 << 20).unwrap();
@@ -443,7 +443,7 @@ fn damaged_vhdx_never_panics_the_cli() {
 
 /// Recompute the CRC-32C of both EVHD header copies (the MAC then fails).
 fn fix_evhd_crcs(path: &Path) {
-    use vhdkit::evhd::header::{COPY_OFFSETS, CRC_OFFSET, HEADER_SIZE, compute_crc};
+    use vhdkit::unstable::evhd::header::{COPY_OFFSETS, CRC_OFFSET, HEADER_SIZE, compute_crc};
     for at in COPY_OFFSETS {
         let mut h = file_bytes(path, at, HEADER_SIZE);
         let crc = compute_crc(&h);

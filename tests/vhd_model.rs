@@ -19,10 +19,10 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError};
 
 use common::{Rng, random_bytes};
-use vhdkit::io::{MemStorage, Storage};
-use vhdkit::parent::Chain;
+use vhdkit::VhdBuilder;
 use vhdkit::report::CheckReport;
-use vhdkit::vhd::VhdBuilder;
+use vhdkit::unstable::chain::Chain;
+use vhdkit::unstable::io::{MemStorage, Storage};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 /// One storage operation the disk made.
@@ -180,14 +180,14 @@ impl Setup {
     }
 
     fn open(&self, storage: Rec) -> Result<Box<dyn VirtualDisk>, TestCaseError> {
-        vhdkit::open_storage(Box::new(storage), None, &self.opts(), &Chain::default())
+        vhdkit::unstable::open_storage(Box::new(storage), None, &self.opts(), &Chain::default())
             .map_err(|e| TestCaseError::fail(format!("reopen: {e}")))
     }
 }
 
 fn check_storage(storage: &dyn Storage) -> CheckReport {
     let mut report = CheckReport::default();
-    vhdkit::vhd::check::check(storage, &mut report, false).expect("check runs");
+    vhdkit::unstable::vhd::check::check(storage, &mut report, false).expect("check runs");
     report
 }
 
@@ -399,7 +399,7 @@ proptest! {
 /// and some blocks left unallocated.
 fn make_parent(dir: &Path, size: u64, bs: u32, seed: u64) -> PathBuf {
     let path = dir.join("parent.vhd");
-    let mut d = vhdkit::vhd::create(&path, VhdBuilder::new(size).block_size(bs)).unwrap();
+    let mut d = vhdkit::unstable::vhd::create(&path, VhdBuilder::new(size).block_size(bs)).unwrap();
     d.set_write_barriers(false);
     let mut rng = Rng::new(seed);
     let mut content = vec![0u8; size as usize];
@@ -437,7 +437,7 @@ proptest! {
             VhdBuilder::new(size)
         };
         let mut disk: Box<dyn VirtualDisk> =
-            Box::new(vhdkit::vhd::create(&path, builder.block_size(bs as u32)).unwrap());
+            Box::new(vhdkit::unstable::vhd::create(&path, builder.block_size(bs as u32)).unwrap());
         let opts = OpenOptions::new().writable(true);
         for op in &ops {
             match *op {

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use common::*;
 use vhdkit::VirtualDisk;
-use vhdkit::vhd::{VhdBuilder, create};
+use vhdkit::unstable::vhd::{VhdBuilder, create};
 
 /// 10 MiB: not a CHS size (CHS gives 10479616).
 const NOT_CHS: u64 = 10 << 20;
@@ -19,10 +19,10 @@ const NOT_CHS: u64 = 10 << 20;
 const CHS_EXACT: u64 = 302 * 4 * 17 * 512;
 
 fn assert_chs_exact() {
-    let g = vhdkit::vhd::geometry::Geometry::for_size(CHS_EXACT);
+    let g = vhdkit::unstable::vhd::geometry::Geometry::for_size(CHS_EXACT);
     assert_eq!(g.size(), CHS_EXACT);
     assert_ne!(
-        vhdkit::vhd::geometry::Geometry::for_size(NOT_CHS).size(),
+        vhdkit::unstable::vhd::geometry::Geometry::for_size(NOT_CHS).size(),
         NOT_CHS
     );
 }

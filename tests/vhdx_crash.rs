@@ -24,11 +24,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use vhdkit::disk::Discard;
-use vhdkit::io::{MemStorage, Storage};
-use vhdkit::parent::Chain;
+use vhdkit::Discard;
 use vhdkit::report::{CheckReport, Severity};
-use vhdkit::vhdx::{VhdxBuilder, VhdxDisk};
+use vhdkit::unstable::chain::Chain;
+use vhdkit::unstable::io::{MemStorage, Storage};
+use vhdkit::unstable::vhdx::{VhdxBuilder, VhdxDisk};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 const MIB: u64 = 1 << 20;
@@ -213,7 +213,8 @@ fn differencing_setup() -> Setup {
     content[(3 * MIB) as usize..(4 * MIB) as usize].fill(0);
     {
         let mut p =
-            vhdkit::vhdx::create(&parent, VhdxBuilder::new(SIZE).block_size(2 << 20)).unwrap();
+            vhdkit::unstable::vhdx::create(&parent, VhdxBuilder::new(SIZE).block_size(2 << 20))
+                .unwrap();
         p.write_at(&content, 0).unwrap();
         p.close().unwrap();
     }
@@ -306,7 +307,8 @@ fn candidates(
 fn check_clean(image: &[u8]) -> Result<(), String> {
     let storage = MemStorage::read_only(image.to_vec());
     let mut report = CheckReport::default();
-    vhdkit::vhdx::check::check(&storage, &mut report, false).map_err(|e| e.to_string())?;
+    vhdkit::unstable::vhdx::check::check(&storage, &mut report, false)
+        .map_err(|e| e.to_string())?;
     if report.worst() == Some(Severity::Error) {
         return Err(format!("{:?}", report.findings));
     }

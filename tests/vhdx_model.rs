@@ -11,9 +11,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError};
 
 use common::Rng;
-use vhdkit::disk::Discard;
-use vhdkit::parent::Chain;
-use vhdkit::vhdx::{VhdxBuilder, VhdxDisk};
+use vhdkit::Discard;
+use vhdkit::unstable::chain::Chain;
+use vhdkit::unstable::vhdx::{VhdxBuilder, VhdxDisk};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 const MIB: u64 = 1 << 20;
@@ -57,7 +57,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 }
 
 fn open(path: &Path, parent: Option<&PathBuf>) -> VhdxDisk {
-    let storage = vhdkit::io::FileStorage::open(path, true).unwrap();
+    let storage = vhdkit::FileStorage::open(path, true).unwrap();
     VhdxDisk::open(
         Box::new(storage),
         Some(path.to_path_buf()),
@@ -83,7 +83,7 @@ fn run(ops: &[Op], differencing: bool, sector: u32) -> Result<(), TestCaseError>
         let p = dir.path().join("p.vhdx");
         Rng::new(3).fill(&mut model);
         model[(2 * MIB) as usize..(3 * MIB) as usize].fill(0);
-        let mut pd = vhdkit::vhdx::create(
+        let mut pd = vhdkit::unstable::vhdx::create(
             &p,
             VhdxBuilder::new(SIZE)
                 .block_size(2 << 20)
@@ -93,7 +93,7 @@ fn run(ops: &[Op], differencing: bool, sector: u32) -> Result<(), TestCaseError>
         pd.write_at(&model, 0).unwrap();
         pd.close().unwrap();
         drop(pd);
-        vhdkit::vhdx::create(
+        vhdkit::unstable::vhdx::create(
             &path,
             VhdxBuilder::new(0)
                 .differencing(&p)
@@ -102,7 +102,7 @@ fn run(ops: &[Op], differencing: bool, sector: u32) -> Result<(), TestCaseError>
         .unwrap();
         Some(p)
     } else {
-        vhdkit::vhdx::create(
+        vhdkit::unstable::vhdx::create(
             &path,
             VhdxBuilder::new(SIZE)
                 .block_size(BLOCK as u32)

@@ -11,20 +11,20 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{Rng, random_bytes, read_disk, run};
-use vhdkit::disk::Discard;
-use vhdkit::vhdx::{VhdxBuilder, VhdxDisk};
+use vhdkit::Discard;
+use vhdkit::unstable::vhdx::{VhdxBuilder, VhdxDisk};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 const MIB: u64 = 1 << 20;
 
 /// Open `path` read-write as a VHDX.
 fn open_rw(path: &Path) -> VhdxDisk {
-    let storage = vhdkit::io::FileStorage::open(path, true).unwrap();
+    let storage = vhdkit::FileStorage::open(path, true).unwrap();
     VhdxDisk::open(
         Box::new(storage),
         Some(path.to_path_buf()),
         &OpenOptions::new().writable(true),
-        &vhdkit::parent::Chain::default(),
+        &vhdkit::unstable::chain::Chain::default(),
     )
     .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
 }
@@ -106,7 +106,7 @@ fn written_fixed_and_dynamic_images_pass_qemu_check_and_read_like_qemu() {
             }
             let mut model = vec![0u8; size as usize];
             {
-                let mut disk = vhdkit::vhdx::create(&img, b).unwrap();
+                let mut disk = vhdkit::unstable::vhdx::create(&img, b).unwrap();
                 mixed_writes(&mut disk, &mut model, bs, bs + fixed as u64);
                 disk.close().unwrap();
             }
@@ -206,7 +206,7 @@ fn sector_4096_images_are_read_identically_by_libvhdi() {
             b = b.fixed();
         }
         let mut model = vec![0u8; size as usize];
-        let mut disk = vhdkit::vhdx::create(&img, b).unwrap();
+        let mut disk = vhdkit::unstable::vhdx::create(&img, b).unwrap();
         assert_eq!(disk.logical_sector_size(), 4096);
         mixed_writes(&mut disk, &mut model, 2 << 20, 4096 + fixed as u64);
         disk.close().unwrap();
@@ -224,7 +224,7 @@ fn sector_4096_images_are_read_identically_by_libvhdi() {
 
 /// A parent VHDX at `path` holding `content`.
 fn make_parent(path: &Path, content: &[u8], sector: u32) {
-    let mut p = vhdkit::vhdx::create(
+    let mut p = vhdkit::unstable::vhdx::create(
         path,
         VhdxBuilder::new(content.len() as u64)
             .block_size(4 << 20)
@@ -260,7 +260,7 @@ fn differencing_images_resolve_partial_blocks_and_fall_through_like_libvhdi() {
         let child = tmp.path().join(format!("c{sector}.vhdx"));
         let bs = MIB;
         {
-            let mut d = vhdkit::vhdx::create(
+            let mut d = vhdkit::unstable::vhdx::create(
                 &child,
                 VhdxBuilder::new(0)
                     .differencing(&parent)

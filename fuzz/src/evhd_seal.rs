@@ -14,11 +14,11 @@
 //! re-signs a signed (version 2) header copy whose signer is the test key,
 //! so mutations of signed images get past the signature check too.
 
-use vhdkit::evhd::cipher::MasterKey;
-use vhdkit::evhd::header::{self, COPY_OFFSETS, HEADER_SIZE, Header};
-use vhdkit::evhd::keys::PrivateKey;
-use vhdkit::evhd::table::{self, PAGE_SIZE};
-use vhdkit::evhd::{journal, signature};
+use vhdkit::PrivateKey;
+use vhdkit::unstable::evhd::cipher::MasterKey;
+use vhdkit::unstable::evhd::header::{self, COPY_OFFSETS, HEADER_SIZE, Header};
+use vhdkit::unstable::evhd::table::{self, PAGE_SIZE};
+use vhdkit::unstable::evhd::{journal, signature};
 
 /// Where the header copy `at` (a file offset or a journal record's copy)
 /// lies in `file`, if the file holds all of it.
@@ -78,7 +78,7 @@ fn unlock(copy: &[u8], at: u64, file_len: u64, key: &PrivateKey) -> Option<(Head
 /// Re-MAC page `index` in place; returns its MAC.
 pub fn seal_page(page: &mut [u8], mk: &MasterKey, container_id: &[u8; 16], index: u64) -> [u8; 32] {
     let mac = table::page_mac(
-        &mk.table_mac,
+        mk.table_mac(),
         container_id,
         index,
         &page[..table::MAC_OFFSET],
@@ -156,7 +156,7 @@ fn reseal_journal(file: &mut [u8], h: &Header, key: &PrivateKey, table_macs: &[[
     fix_crc(copy);
     // The record's copy may name other keys; its pages are sealed with its own.
     let Some((_, mk)) = unlock(copy, copy_at, u64::MAX, key) else {
-        let crc = vhdkit::checksum::crc32c_with_zeroed_field(rec, 12);
+        let crc = vhdkit::unstable::checksum::crc32c_with_zeroed_field(rec, 12);
         rec[12..16].copy_from_slice(&crc.to_le_bytes());
         return;
     };
@@ -171,6 +171,6 @@ fn reseal_journal(file: &mut [u8], h: &Header, key: &PrivateKey, table_macs: &[[
     }
     let copy = &mut rec[journal::RECORD_HEADER..journal::RECORD_HEADER + HEADER_SIZE];
     seal_header(copy, &mk, &table::root(&macs), key);
-    let crc = vhdkit::checksum::crc32c_with_zeroed_field(rec, 12);
+    let crc = vhdkit::unstable::checksum::crc32c_with_zeroed_field(rec, 12);
     rec[12..16].copy_from_slice(&crc.to_le_bytes());
 }

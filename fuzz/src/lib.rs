@@ -7,9 +7,9 @@
 use std::sync::{Arc, OnceLock};
 
 use vhdkit::OpenOptions;
-use vhdkit::evhd::keys::{KeyFile, PrivateKey};
-use vhdkit::io::{MemStorage, Storage};
-use vhdkit::parent::Chain;
+use vhdkit::unstable::chain::Chain;
+use vhdkit::unstable::io::{MemStorage, Storage};
+use vhdkit::{KeyFile, PrivateKey};
 
 #[path = "evhd_seal.rs"]
 pub mod evhd_seal;
@@ -62,13 +62,13 @@ fn check_and_exercise(data: &[u8], check: Checker) {
 /// Arbitrary bytes (or the sparse form) as a VHD file: check, open, info,
 /// map and read.
 pub fn open_vhd(data: &[u8]) {
-    check_and_exercise(data, vhdkit::vhd::check::check);
+    check_and_exercise(data, vhdkit::unstable::vhd::check::check);
 }
 
 /// Arbitrary bytes (or the sparse form) as a VHDX file: check, open
 /// (replaying any log into memory), info, map and read.
 pub fn open_vhdx(data: &[u8]) {
-    check_and_exercise(data, vhdkit::vhdx::check::check);
+    check_and_exercise(data, vhdkit::unstable::vhdx::check::check);
 }
 
 /// First bytes of a sealed EVHD input: the rest is the sparse form's
@@ -97,7 +97,8 @@ pub fn evhd_bytes(data: &[u8]) -> Vec<u8> {
 pub fn open_evhd(data: &[u8]) {
     let file = Arc::new(MemStorage::read_only(evhd_bytes(data)));
     let mut report = vhdkit::CheckReport::default();
-    let _ = vhdkit::evhd::check::check(Box::new(file.clone()), &[test_key()], &mut report);
+    let _ =
+        vhdkit::unstable::evhd::check::check(Box::new(file.clone()), &[test_key()], &mut report);
     exercise(file, &OpenOptions::new().key(test_key()), READ_LIMIT);
 }
 
@@ -165,7 +166,8 @@ pub fn image_bytes(data: &[u8]) -> Vec<u8> {
 /// up to `read_limit` bytes of the virtual disk. Errors are fine; panics,
 /// hangs and runaway allocations are what the fuzzer looks for.
 pub fn exercise(file: Arc<MemStorage>, opts: &OpenOptions, read_limit: u64) {
-    let Ok(disk) = vhdkit::open_storage(Box::new(file), None, opts, &Chain::default()) else {
+    let Ok(disk) = vhdkit::unstable::open_storage(Box::new(file), None, opts, &Chain::default())
+    else {
         return;
     };
     let _ = disk.info();

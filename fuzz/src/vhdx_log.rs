@@ -12,11 +12,11 @@ use std::sync::{Arc, OnceLock};
 
 use arbitrary::{Arbitrary, Unstructured};
 use uuid::Uuid;
-use vhdkit::fixed::FixedStruct;
-use vhdkit::io::MemStorage;
-use vhdkit::parent::Chain;
-use vhdkit::vhdx::VhdxDisk;
-use vhdkit::vhdx::log::{EntryParams, Op, encode_entry};
+use vhdkit::MemStorage;
+use vhdkit::unstable::chain::Chain;
+use vhdkit::unstable::fixed::FixedStruct;
+use vhdkit::unstable::vhdx::VhdxDisk;
+use vhdkit::unstable::vhdx::log::{EntryParams, Op, encode_entry};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 const MIB: u64 = 1 << 20;
@@ -42,7 +42,7 @@ fn base() -> &'static Base {
     static BASE: OnceLock<Base> = OnceLock::new();
     BASE.get_or_init(|| {
         let mem = Arc::new(MemStorage::new());
-        let mut disk = vhdkit::vhdx::VhdxBuilder::new(SIZE)
+        let mut disk = vhdkit::VhdxBuilder::new(SIZE)
             .block_size(MIB as u32)
             .create(Box::new(mem.clone()), None)
             .expect("create the base image");
@@ -173,11 +173,11 @@ pub fn build(input: &LogInput) -> Vec<u8> {
         HeaderGuid::Other => Uuid::from_u128(7),
     };
     let h = b.header_offset as usize;
-    let mut header = vhdkit::vhdx::header::Header::parse(&file[h..], b.header_offset)
+    let mut header = vhdkit::unstable::vhdx::header::Header::parse(&file[h..], b.header_offset)
         .expect("the base header parses");
     header.set_log_guid(guid);
     header.checksum = header.compute_checksum();
-    file[h..h + vhdkit::vhdx::header::HEADER_SIZE].copy_from_slice(&header.to_bytes());
+    file[h..h + vhdkit::unstable::vhdx::header::HEADER_SIZE].copy_from_slice(&header.to_bytes());
     file
 }
 
@@ -191,7 +191,11 @@ fn read_all(disk: &dyn VirtualDisk) -> vhdkit::Result<Vec<u8>> {
 pub fn run(input: &LogInput) {
     let file = build(input);
     let mut report = vhdkit::CheckReport::default();
-    let _ = vhdkit::vhdx::check::check(&MemStorage::read_only(file.clone()), &mut report, false);
+    let _ = vhdkit::unstable::vhdx::check::check(
+        &MemStorage::read_only(file.clone()),
+        &mut report,
+        false,
+    );
 
     let in_memory = open(file.clone(), false).and_then(|d| {
         let _ = d.info();
@@ -215,7 +219,7 @@ pub fn run(input: &LogInput) {
     let again = open(mem.to_vec(), false).expect("a replayed image opens");
     assert_ne!(
         again.log_replay(),
-        vhdkit::vhdx::LogReplay::InMemory,
+        vhdkit::unstable::vhdx::LogReplay::InMemory,
         "a log left to replay after a read-write open"
     );
     assert!(

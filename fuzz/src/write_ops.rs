@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use arbitrary::{Arbitrary, Unstructured};
-use vhdkit::disk::Discard;
-use vhdkit::evhd::EvhdDisk;
-use vhdkit::evhd::cipher::CipherId;
-use vhdkit::io::MemStorage;
-use vhdkit::parent::Chain;
-use vhdkit::vhd::{VhdBuilder, VhdDisk};
-use vhdkit::vhdx::{VhdxBuilder, VhdxDisk};
+use vhdkit::CipherId;
+use vhdkit::Discard;
+use vhdkit::EvhdDisk;
+use vhdkit::MemStorage;
+use vhdkit::unstable::chain::Chain;
+use vhdkit::unstable::vhd::{VhdBuilder, VhdDisk};
+use vhdkit::unstable::vhdx::{VhdxBuilder, VhdxDisk};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 const MIB: u64 = 1 << 20;
@@ -110,7 +110,7 @@ impl fmt::Debug for Scenario {
 }
 
 /// The fixed test key (it protects nothing).
-fn key() -> Arc<vhdkit::evhd::keys::PrivateKey> {
+fn key() -> Arc<vhdkit::PrivateKey> {
     super::test_key()
 }
 
@@ -137,13 +137,15 @@ fn parents() -> &'static Parents {
         let vhd = dir.join("parent.vhd");
         let vhdx = dir.join("parent.vhdx");
         let (size, bs) = Kind::VhdDifferencing.shape();
-        let mut d = vhdkit::vhd::create(&vhd, VhdBuilder::new(size).block_size(bs as u32))
-            .expect("create the VHD parent");
+        let mut d =
+            vhdkit::unstable::vhd::create(&vhd, VhdBuilder::new(size).block_size(bs as u32))
+                .expect("create the VHD parent");
         d.write_at(&parent_content(size), 0).expect("write");
         d.flush().expect("flush");
         let (size, bs) = Kind::VhdxDifferencing.shape();
-        let mut d = vhdkit::vhdx::create(&vhdx, VhdxBuilder::new(size).block_size(bs as u32))
-            .expect("create the VHDX parent");
+        let mut d =
+            vhdkit::unstable::vhdx::create(&vhdx, VhdxBuilder::new(size).block_size(bs as u32))
+                .expect("create the VHDX parent");
         d.write_at(&parent_content(size), 0).expect("write");
         d.close().expect("close");
         Parents { dir, vhd, vhdx }
@@ -209,7 +211,7 @@ impl Image {
 
     fn create_in(
         kind: Kind,
-        storage: Box<dyn vhdkit::io::Storage>,
+        storage: Box<dyn vhdkit::Storage>,
         path: &Path,
         parent: Option<&Path>,
     ) -> Disk {
@@ -238,7 +240,7 @@ impl Image {
                 } else {
                     CipherId::Aes256GcmSiv
                 };
-                let d = vhdkit::evhd::EvhdBuilder::new(size)
+                let d = vhdkit::EvhdBuilder::new(size)
                     .block_size(bs)
                     .cipher(cipher)
                     .recipient(key().public().clone(), "fuzz")
@@ -279,12 +281,12 @@ impl Image {
         let mut r = vhdkit::CheckReport::default();
         let done = match self.kind {
             Kind::VhdDynamic | Kind::VhdDifferencing => {
-                vhdkit::vhd::check::check(self.mem.as_ref(), &mut r, false)
+                vhdkit::unstable::vhd::check::check(self.mem.as_ref(), &mut r, false)
             }
             Kind::EvhdGcm | Kind::EvhdGcmSiv => {
-                vhdkit::evhd::check::check(Box::new(self.mem.clone()), &[key()], &mut r)
+                vhdkit::unstable::evhd::check::check(Box::new(self.mem.clone()), &[key()], &mut r)
             }
-            _ => vhdkit::vhdx::check::check(self.mem.as_ref(), &mut r, false),
+            _ => vhdkit::unstable::vhdx::check::check(self.mem.as_ref(), &mut r, false),
         };
         done.expect("the checker runs");
         r

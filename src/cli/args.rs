@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use vhdkit::CipherId;
 use vhdkit::Error;
-use vhdkit::evhd::cipher::CipherId;
-use vhdkit::evhd::keys::{DEFAULT_BITS, KeyFile, PrivateKey, PublicKey};
 use vhdkit::report::{DiskType, Format};
 use vhdkit::size::binary_unit_note;
+use vhdkit::{DEFAULT_BITS, KeyFile, PrivateKey, PublicKey};
 
 #[derive(Parser)]
 #[command(

@@ -61,7 +61,7 @@ pub fn read(
     warn_signature(disk.as_ref(), image);
     let offset = parse_size(offset).map_err(fail1)?;
     let length = parse_size(length).map_err(fail1)?;
-    vhdkit::disk::check_extent(disk.virtual_size(), offset, length)
+    vhdkit::unstable::disk::check_extent(disk.virtual_size(), offset, length)
         .map_err(|e| fail1(e.with_path(image)))?;
     let mut out = std::io::stdout().lock();
     let mut buf = vec![0u8; convert::COPY_CHUNK];
@@ -121,7 +121,7 @@ pub fn write(a: WriteArgs) -> Outcome {
     // (nor does one the disk refuses, such as one past its end).
     if !a.no_children_check
         && !data.is_empty()
-        && vhdkit::disk::check_range(disk.virtual_size(), offset, data.len()).is_ok()
+        && vhdkit::unstable::disk::check_range(disk.virtual_size(), offset, data.len()).is_ok()
     {
         warn_children(disk.as_ref(), image);
     }
@@ -139,12 +139,12 @@ fn warn_children(disk: &dyn VirtualDisk, image: &Path) {
     let Some(id) = disk.parent_link_id() else {
         return;
     };
-    let scan = vhdkit::parent::children_beside(image, id);
+    let scan = vhdkit::unstable::parent::children_beside(image, id);
     if scan.truncated {
         eprintln!(
             "vhdkit: note: {}: only the first {} image files of its folder were checked for children of this image",
             image.display(),
-            vhdkit::parent::MAX_CHILD_SCAN
+            vhdkit::unstable::parent::MAX_CHILD_SCAN
         );
     }
     if scan.children.is_empty() {

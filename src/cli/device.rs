@@ -19,14 +19,14 @@ pub fn convert_device(a: &ConvertArgs) -> Outcome {
     refuse_same_file(src, dst).map_err(fail1)?;
     // The target first: a missing, wrong or busy target is refused before
     // the source is read, and its lock keeps other writers away.
-    let target = vhdkit::device::DeviceTarget::open(dst).map_err(fail1)?;
+    let target = vhdkit::unstable::device::DeviceTarget::open(dst).map_err(fail1)?;
     parent.warn_force_share(&[src]);
     let disk = parent
         .open(src, &parent.options().salvage(salvage.clone()))
         .map_err(fail1)?;
     warn_signature(disk.as_ref(), src);
-    let sources = vhdkit::device::source_chain(src, disk.as_ref(), &parent.options());
-    vhdkit::device::refuse_writing_onto_sources(&target, &sources).map_err(fail1)?;
+    let sources = vhdkit::unstable::device::source_chain(src, disk.as_ref(), &parent.options());
+    vhdkit::unstable::device::refuse_writing_onto_sources(&target, &sources).map_err(fail1)?;
     let bar = progress_bar(disk.virtual_size(), a.quiet);
     let mut tick = |done: u64| {
         if let Some(b) = &bar {
@@ -35,15 +35,15 @@ pub fn convert_device(a: &ConvertArgs) -> Outcome {
     };
     // Recorded until the process exits (a failed write is partly written
     // too) or the write is marked complete below.
-    vhdkit::pending::writing_in_place(dst);
-    let r = vhdkit::device::write_in_place(&disk, &target, &mut tick);
+    vhdkit::unstable::pending::writing_in_place(dst);
+    let r = vhdkit::unstable::device::write_in_place(&disk, &target, &mut tick);
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     r.map_err(fail1)?;
     let code = report_salvage(salvage.as_deref(), 0);
     // Written and synced: a signal from now on is no interruption.
-    vhdkit::pending::written_in_place(code);
+    vhdkit::unstable::pending::written_in_place(code);
     Ok(code)
 }
 
@@ -74,7 +74,7 @@ fn refuse_device_options(
                 return refuse(format!(
                     "--device writes the raw content only, and {} is named like a {} image; pass -O raw to write raw bytes into it",
                     dst.display(),
-                    vhdkit::detect::format_name(f)
+                    vhdkit::unstable::detect::format_name(f)
                 ));
             }
             _ => {}

@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use vhdkit::evhd::keys::PrivateKey;
-use vhdkit::evhd::signature::Status;
+use vhdkit::PrivateKey;
+use vhdkit::SignatureStatus as Status;
 use vhdkit::keyfile::report::{RecipientReport, write_recipients_text};
 use vhdkit::report::Format;
 use vhdkit::{Error, ErrorKind, OpenOptions};
@@ -24,12 +24,12 @@ fn open_evhd(
     force_share: bool,
     trust: TrustArgs,
     vouch: bool,
-) -> Result<vhdkit::evhd::EvhdDisk, (Error, u8)> {
+) -> Result<vhdkit::EvhdDisk, (Error, u8)> {
     open_evhd_as(image, keys, writable, force_share, trust, vouch)
 }
 
-/// [`open_evhd`], locked ([`vhdkit::evhd::EvhdImage`]) or unlocked.
-fn open_evhd_as<D: vhdkit::evhd::Open>(
+/// [`open_evhd`], locked ([`vhdkit::EvhdImage`]) or unlocked.
+fn open_evhd_as<D: vhdkit::unstable::evhd::Open>(
     image: &Path,
     keys: Vec<Arc<PrivateKey>>,
     writable: bool,
@@ -45,18 +45,18 @@ fn open_evhd_as<D: vhdkit::evhd::Open>(
     opts.trust = trust.trust;
     let storage = if force_share {
         refuse_force_share(writable, image, "a command that changes the image")?;
-        vhdkit::io::FileStorage::open_force_share(image)
+        vhdkit::FileStorage::open_force_share(image)
     } else {
-        vhdkit::io::FileStorage::open(image, writable)
+        vhdkit::FileStorage::open(image, writable)
     }
     .map_err(|e| fail1(force_share_hint(e, writable)))?;
     // Any trace of EVHD (a damaged one too) is opened as EVHD, so that
     // damage is reported as such.
-    if let Err(e) = vhdkit::detect::resolve(&storage, Some(Format::Evhd)) {
+    if let Err(e) = vhdkit::unstable::detect::resolve(&storage, Some(Format::Evhd)) {
         return Err(fail1(e.with_path(image)));
     }
     D::open(Box::new(storage), Some(image.to_path_buf()), &opts)
-        .map_err(|e| fail1(vhdkit::detect::damaged(Format::Evhd, e).with_path(image)))
+        .map_err(|e| fail1(vhdkit::unstable::detect::damaged(Format::Evhd, e).with_path(image)))
 }
 
 /// `vhdkit sign`.
@@ -119,7 +119,7 @@ pub fn recipients(cmd: RecipientsCmd) -> Outcome {
             if force_share {
                 warn_force_share(&[&image]);
             }
-            let disk = open_evhd_as::<vhdkit::evhd::EvhdImage>(
+            let disk = open_evhd_as::<vhdkit::EvhdImage>(
                 &image,
                 Vec::new(),
                 false,

@@ -33,7 +33,7 @@ pub fn check(json: bool, repair: bool, image: &Path, parent: &ParentArgs) -> Out
     if parent.ignore_parent_id
         && r.not_checked
             .iter()
-            .any(|n| vhdkit::parent::is_mismatch_warning(n))
+            .any(|n| vhdkit::unstable::parent::is_mismatch_warning(n))
     {
         eprintln!(
             "vhdkit: warning: --ignore-parent-id lets check read a parent that is not the \

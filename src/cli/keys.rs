@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use vhdkit::evhd::keys::{KeyFile, PrivateKey};
 use vhdkit::keyfile::report::{KeyReport, write_key_text};
 use vhdkit::keyfile::{KeyEncoding, save_private, save_public};
+use vhdkit::{KeyFile, PrivateKey};
 
 use super::args::KeyCmd;
 use super::open::refuse_same_file;

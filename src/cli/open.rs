@@ -46,7 +46,7 @@ impl ParentArgs {
                 format!(
                     "{} is a {} image",
                     p.display(),
-                    vhdkit::detect::format_name(*f)
+                    vhdkit::unstable::detect::format_name(*f)
                 )
             })
             .collect();
@@ -66,8 +66,8 @@ impl ParentArgs {
         }
         let mut found = Vec::new();
         for &image in images {
-            match vhdkit::open_file(image, false, opts.force_share)
-                .and_then(|s| vhdkit::detect::resolve(&s, opts.format))
+            match vhdkit::unstable::open_file(image, false, opts.force_share)
+                .and_then(|s| vhdkit::unstable::detect::resolve(&s, opts.format))
             {
                 Ok(format) => found.push((image, format)),
                 Err(_) => return Ok(()),
@@ -87,7 +87,7 @@ impl ParentArgs {
             for w in info
                 .warnings
                 .iter()
-                .filter(|w| vhdkit::parent::is_mismatch_warning(w))
+                .filter(|w| vhdkit::unstable::parent::is_mismatch_warning(w))
             {
                 eprintln!("vhdkit: warning: {}: {w}", image.display());
             }
@@ -111,7 +111,7 @@ impl ParentArgs {
 /// For a read-only open by a command that takes `-U`: say that `-U` reads
 /// an image that is in use (or cannot be locked) anyway.
 pub fn force_share_hint(e: Error, writable: bool) -> Error {
-    if !writable && vhdkit::io::force_share_would_help(&e) {
+    if !writable && vhdkit::unstable::io::force_share_would_help(&e) {
         e.with_note(" (-U/--force-share reads it without a lock)")
     } else {
         e

@@ -2,7 +2,7 @@
 //! says which signal stopped the command.
 
 /// On SIGINT, SIGTERM and SIGHUP delete the unfinished output files
-/// (see `vhdkit::pending`) and exit with 128 + the signal's number (130,
+/// (see `vhdkit::unstable::pending`) and exit with 128 + the signal's number (130,
 /// 143, 129), the status a shell reports for a command the signal killed.
 pub fn remove_temp_files_on_signals() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -17,7 +17,7 @@ pub fn remove_temp_files_on_signals() {
     };
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            vhdkit::pending::remove_all_and_exit(128 + sig);
+            vhdkit::unstable::pending::remove_all_and_exit(128 + sig);
         }
     });
 }

@@ -18,7 +18,7 @@ pub fn convert(a: ConvertArgs) -> Outcome {
     let (src, dst, parent) = (&a.src, &a.dst, &a.parent);
     if dst.as_os_str() != "-" {
         // Before any work: DST must be nothing or a regular file.
-        vhdkit::device::refuse_unless_replaceable(dst, true).map_err(fail1)?;
+        vhdkit::unstable::device::refuse_unless_replaceable(dst, true).map_err(fail1)?;
     }
     parent.warn_force_share(&[src]);
     let salvage = a.salvage.log();

@@ -127,11 +127,11 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 pub struct MasterKey {
     mk: Secret,
     /// HMAC key of the header copies.
-    pub header_mac: Secret,
+    pub(crate) header_mac: Secret,
     /// HMAC key of the block table pages.
-    pub table_mac: Secret,
+    pub(crate) table_mac: Secret,
     /// AES-256-GCM key that wraps the epoch data keys.
-    pub epoch_wrap: Secret,
+    pub(crate) epoch_wrap: Secret,
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -180,6 +180,12 @@ impl MasterKey {
     /// The raw master key, for wrapping to recipients.
     pub fn bytes(&self) -> &[u8; KEY_LEN] {
         &self.mk
+    }
+
+    /// The HMAC key of the block table pages (tools that reseal a table
+    /// they changed, such as the fuzz targets).
+    pub fn table_mac(&self) -> &[u8; KEY_LEN] {
+        &self.table_mac
     }
 }
 

@@ -19,7 +19,7 @@ use crate::parent::{Candidate, Parent, ParentSpec};
 
 impl VhdDisk {
     /// Open the VHD held in `storage` alone: a differencing disk comes
-    /// without its parent, which [`crate::chain`] opens from
+    /// without its parent, which [`crate::unstable::chain`] opens from
     /// what the image records about it and attaches
     /// ([`VhdDisk::open`] does both).
     pub fn open_layer(

@@ -52,7 +52,7 @@ pub(crate) fn replay_and_clear(
 
 impl VhdxDisk {
     /// Open the VHDX held in `storage` alone: a differencing disk comes
-    /// without its parent, which [`crate::chain`] opens from
+    /// without its parent, which [`crate::unstable::chain`] opens from
     /// what the image records about it and attaches
     /// ([`VhdxDisk::open`] does both).
     pub fn open_layer(

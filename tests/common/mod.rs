@@ -706,7 +706,7 @@ impl SparseLayout {
 
 /// CRC-32C of `b` with the 4 bytes at `field` taken as zero.
 pub fn crc_without(b: &[u8], field: usize) -> u32 {
-    vhdkit::checksum::crc32c_with_zeroed_field(b, field)
+    vhdkit::unstable::checksum::crc32c_with_zeroed_field(b, field)
 }
 
 /// Parsed positions of a VHDX file, found independently of the library.
@@ -938,7 +938,7 @@ impl FaultStorage {
     }
 }
 
-impl vhdkit::io::Storage for FaultStorage {
+impl vhdkit::Storage for FaultStorage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         let st = self.0.lock().unwrap();
         let s = offset as usize;
