@@ -301,12 +301,8 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
                 // Opened for inspection only: what the child reads from a
                 // parent (or a parent's parent) that is not the recorded
                 // one was not checked.
-                for w in info
-                    .warnings
-                    .iter()
-                    .filter(|w| parent::is_mismatch_warning(w))
-                {
-                    report.not_checked.push(w.clone());
+                for w in info.parent_mismatch_warnings() {
+                    report.not_checked.push(w.message.clone());
                 }
             }
             if let Some(p) = info.parent.filter(|p| !p.found) {

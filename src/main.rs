@@ -156,11 +156,7 @@ impl ParentArgs {
         // inspection or on --ignore-parent-id: say so where people look.
         if opts.ignore_parent_id || opts.allow_missing_parent {
             let info = disk.info();
-            for w in info
-                .warnings
-                .iter()
-                .filter(|w| vhdkit::parent::is_mismatch_warning(w))
-            {
+            for w in info.parent_mismatch_warnings() {
                 eprintln!("vhdkit: warning: {}: {w}", image.display());
             }
         }
@@ -222,13 +218,13 @@ fn refuse_to_sign_untrusted(src: &vhdkit::ImageInfo, signer: &PrivateKey) -> Res
     if src.format != Format::Evhd {
         return Ok(());
     }
-    let sig = src.evhd.as_ref().map(|e| &e["signature"]);
+    let sig = src.details.evhd().map(|e| &e.signature);
     let trusted = sig.is_some_and(|s| {
-        s["trusted"] == true || s["signer"].as_str() == Some(signer.fingerprint().hex().as_str())
+        s.trusted() || s.signer() == Some(signer.fingerprint().hex().as_str())
     });
     if !trusted {
         let why = sig
-            .and_then(|s| s["warning"].as_str())
+            .and_then(|s| s.warning())
             .unwrap_or("the source is not signed by a trusted key");
         return Err(Error::new(
             ErrorKind::Untrusted,
@@ -241,7 +237,7 @@ fn refuse_to_sign_untrusted(src: &vhdkit::ImageInfo, signer: &PrivateKey) -> Res
     if let Some(w) = src
         .warnings
         .iter()
-        .find(|w| w.contains(vhdkit::evhd::fallback::FELL_BACK))
+        .find(|w| w.kind == vhdkit::report::WarningKind::CommitMayBeLost)
     {
         return Err(Error::new(
             ErrorKind::NeedsRepair,
@@ -266,9 +262,9 @@ fn parse_public_key(s: &str) -> Result<PublicKey, String> {
 fn warn_signature(disk: &dyn VirtualDisk, path: &Path) {
     if let Some(w) = disk
         .info()
-        .evhd
-        .as_ref()
-        .and_then(|e| e["signature"]["warning"].as_str().map(str::to_string))
+        .details
+        .evhd()
+        .and_then(|e| e.signature.warning().map(str::to_string))
     {
         eprintln!("vhdkit: warning: {}: {w}", path.display());
     }

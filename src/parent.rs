@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::disk::VirtualDisk;
 use crate::error::{Error, ErrorKind, Result};
-use crate::report::ParentInfo;
+use crate::report::{ParentInfo, Warning, WarningKind};
 
 /// Longest parent chain we follow. Hyper-V checkpoint trees rarely exceed a
 /// few dozen levels; a longer chain is almost certainly a loop or an attack.
@@ -186,7 +186,7 @@ impl Parent {
 
     /// The warning for a parent whose identity is not the recorded one
     /// (`None` when it matches or was not found).
-    pub fn warning(&self) -> Option<String> {
+    pub fn warning(&self) -> Option<Warning> {
         match self {
             Parent::Open {
                 path,
@@ -194,18 +194,24 @@ impl Parent {
                 found_id,
                 id_name,
                 ..
-            } if *found_id != Some(*expected_id) => Some(format!(
-                "{}; it is read anyway (--ignore-parent-id), so the data may be inconsistent",
-                mismatch_text(path, *expected_id, *found_id, id_name)
+            } if *found_id != Some(*expected_id) => Some(Warning::new(
+                WarningKind::ParentMismatchIgnored,
+                format!(
+                    "{}; it is read anyway (--ignore-parent-id), so the data may be inconsistent",
+                    mismatch_text(path, *expected_id, *found_id, id_name)
+                ),
             )),
             Parent::Mismatched {
                 path,
                 expected_id,
                 found_id,
                 id_name,
-            } => Some(format!(
-                "{}; reading the child's data is refused (--ignore-parent-id reads it anyway, knowing it may be inconsistent)",
-                mismatch_text(path, *expected_id, *found_id, id_name)
+            } => Some(Warning::new(
+                WarningKind::ParentMismatchRefused,
+                format!(
+                    "{}; reading the child's data is refused (--ignore-parent-id reads it anyway, knowing it may be inconsistent)",
+                    mismatch_text(path, *expected_id, *found_id, id_name)
+                ),
             )),
             _ => None,
         }
@@ -213,14 +219,14 @@ impl Parent {
 
     /// [`Parent::warning`], then the same warnings of the parent's own
     /// parents (a mismatch anywhere up the chain), nearest first.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.warning().into_iter().collect();
+    pub fn warnings(&self) -> Vec<Warning> {
+        let mut v: Vec<Warning> = self.warning().into_iter().collect();
         if let Parent::Open { disk, .. } = self {
             v.extend(
                 disk.info()
                     .warnings
                     .into_iter()
-                    .filter(|w| is_mismatch_warning(w)),
+                    .filter(|w| w.kind.is_parent_mismatch()),
             );
         }
         v
@@ -266,19 +272,10 @@ impl Parent {
     }
 }
 
-/// Whether `warning` (from `info().warnings`) is the one a parent that is
-/// not the recorded one gives (see [`Parent::warning`]).
-pub fn is_mismatch_warning(warning: &str) -> bool {
-    warning.starts_with("parent ") && warning.contains(MISMATCH_WORDS)
-}
-
-/// The words that mark a mismatch warning.
-const MISMATCH_WORDS: &str = ", but the child expects ";
-
 /// The mismatch said for people: both ids and what it means.
 fn mismatch_text(path: &Path, expected: Uuid, found: Option<Uuid>, id_name: &str) -> String {
     format!(
-        "parent {} has {id_name} {}{MISMATCH_WORDS}{expected}: the parent was written to or replaced after the child was made",
+        "parent {} has {id_name} {}, but the child expects {expected}: the parent was written to or replaced after the child was made",
         path.display(),
         found.map_or_else(|| "(none)".to_string(), |u| u.to_string()),
     )

@@ -11,7 +11,7 @@ use super::signature::Status;
 use super::{EvhdDisk, journal, read_copies};
 use crate::error::Result;
 use crate::io::{Storage, io_err, read_struct};
-use crate::report::{CheckReport, Severity};
+use crate::report::{CheckReport, Severity, WarningKind};
 
 /// Blocks verified per step.
 const CHUNK_BLOCKS: u64 = 64;
@@ -118,13 +118,21 @@ pub fn check_with(
         add_fallback(report, f);
     }
     report_signature(disk.signature(), opts.require_signed, report);
+    // What open noticed in the journal, unless reported just above.
     for w in disk.warnings() {
-        if w.contains("journal") && f.as_ref().is_none_or(|f| &f.message != w) {
+        let noted = match w.kind {
+            WarningKind::JournalInMemory => true,
+            WarningKind::CommitMayBeLost | WarningKind::CommitNotApplied => {
+                f.as_ref().is_none_or(|f| f.message != w.message)
+            }
+            _ => false,
+        };
+        if noted {
             report.add(
                 Severity::Info,
                 "EVHD journal",
                 Some(disk.header.journal_offset),
-                w.clone(),
+                w.message.clone(),
             );
         }
     }

@@ -37,7 +37,6 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use serde_json::json;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -46,7 +45,10 @@ use crate::disk::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::{Storage, io_err, read_struct};
-use crate::report::{DiskType, Format, ImageInfo};
+use crate::report::{
+    DiskType, EvhdDetails, EvhdOriginDetails, EvhdRecipientDetails, EvhdSignatureDetails, Format,
+    FormatDetails, ImageInfo, Warning, WarningKind,
+};
 use cipher::{CipherId, DataKey, MasterKey, NONCE_LEN, block_aad, random_bytes, random_secret};
 use header::{COPY_OFFSETS, EpochKey, HEADER_SIZE, Header, Origin};
 use keys::{Fingerprint, PrivateKey, PublicKey};
@@ -188,7 +190,7 @@ pub struct EvhdDisk {
     /// Which copy (0 = A, 1 = B) holds the committed header.
     current_copy: usize,
     writable: bool,
-    warnings: Vec<String>,
+    warnings: Vec<Warning>,
     /// Who signed the committed header, as this reader judges it.
     signature: Status,
     epoch_write_limit: u64,
@@ -351,7 +353,7 @@ impl EvhdDisk {
     }
 
     /// Warnings from opening.
-    pub fn warnings(&self) -> &[String] {
+    pub fn warnings(&self) -> &[Warning] {
         &self.warnings
     }
 
@@ -791,88 +793,88 @@ impl EvhdDisk {
         self.path.as_deref()
     }
 
-    /// Public facts about the container, as JSON for `info`.
-    fn evhd_json(&self) -> serde_json::Value {
+    /// Public facts about the container, for `info`.
+    fn evhd_details(&self) -> EvhdDetails {
         let h = &self.header;
         let o = &h.origin;
+        let warning = self.signature.warning();
         let signature = match &self.signature {
-            Status::Unsigned => json!({ "signed": false, "warning": self.signature.warning() }),
+            Status::Unsigned => EvhdSignatureDetails::Unsigned {
+                signed: false,
+                warning,
+            },
             Status::Signed {
                 fingerprint,
                 label,
                 trusted,
-            } => json!({
-                "signed": true,
-                "signer": fingerprint.hex(),
-                "signer_short": fingerprint.short(),
-                "signer_label": label,
-                "trusted": trusted,
-                "verified": if self.state.is_some() {
+            } => EvhdSignatureDetails::Signed {
+                signed: true,
+                signer: fingerprint.hex(),
+                signer_label: label.clone(),
+                signer_short: fingerprint.short(),
+                trusted: *trusted,
+                verified: if self.state.is_some() {
                     "signature and header MAC"
                 } else {
                     "signature only (without a key the header MAC was not checked)"
                 },
-                "warning": self.signature.warning(),
-            }),
-        };
-        json!({
-            "version": if h.signer.is_some() { header::VERSION_SIGNED } else { header::VERSION_UNSIGNED },
-            "signature": signature,
-            "container_id": h.container_uuid().to_string(),
-            "cipher": h.cipher.as_str(),
-            "block_size": h.block_size(),
-            "sequence": h.sequence,
-            "header_copy": if self.current_copy == 0 { "A" } else { "B" },
-            "key_epoch": h.epoch,
-            "live_epochs": h.epoch_keys.len(),
-            "rekey_in_progress": self.rekey_in_progress(),
-            "locked": self.state.is_none(),
-            "unlocked_with": self.state.as_ref().and_then(|s| s.key).map(|k| k.short()),
-            "recipients": h.recipients.iter().map(|s| json!({
-                "fingerprint": s.key.fingerprint().hex(),
-                "short": s.key.fingerprint().short(),
-                "bits": s.key.bits(),
-                "label": s.label,
-            })).collect::<Vec<_>>(),
-            "origin": {
-                "format": o.format.map(|f| f.as_str()),
-                "type": o.disk_type.map(|t| t.as_str()),
-                "block_size": (o.block_size != 0).then_some(o.block_size),
-                "logical_sector_size": o.logical_sector_size,
-                "physical_sector_size": o.physical_sector_size,
-                "disk_id": o.disk_id.map(|u| u.to_string()),
+                warning,
             },
-        })
+        };
+        EvhdDetails {
+            block_size: h.block_size(),
+            cipher: h.cipher.as_str(),
+            container_id: h.container_uuid(),
+            header_copy: if self.current_copy == 0 { "A" } else { "B" },
+            key_epoch: u64::from(h.epoch),
+            live_epochs: h.epoch_keys.len() as u64,
+            locked: self.state.is_none(),
+            origin: EvhdOriginDetails {
+                block_size: (o.block_size != 0).then_some(o.block_size),
+                disk_id: o.disk_id,
+                format: o.format,
+                logical_sector_size: o.logical_sector_size,
+                physical_sector_size: o.physical_sector_size,
+                disk_type: o.disk_type,
+            },
+            recipients: h
+                .recipients
+                .iter()
+                .map(|s| EvhdRecipientDetails {
+                    bits: s.key.bits() as u64,
+                    fingerprint: s.key.fingerprint().hex(),
+                    label: s.label.clone(),
+                    short: s.key.fingerprint().short(),
+                })
+                .collect(),
+            rekey_in_progress: self.rekey_in_progress(),
+            sequence: h.sequence,
+            signature,
+            unlocked_with: self
+                .state
+                .as_ref()
+                .and_then(|s| s.key)
+                .map(|k| k.short()),
+            version: if h.signer.is_some() {
+                header::VERSION_SIGNED
+            } else {
+                header::VERSION_UNSIGNED
+            },
+        }
     }
 }
 
 impl Origin {
     /// The origin recorded in an EVHD's `info` (its `evhd.origin` object).
     pub fn from_info(info: &ImageInfo) -> Option<Origin> {
-        let o = info.evhd.as_ref()?.get("origin")?;
-        let format = match o.get("format")?.as_str() {
-            Some("raw") => Some(Format::Raw),
-            Some("vhd") => Some(Format::Vhd),
-            Some("vhdx") => Some(Format::Vhdx),
-            _ => None,
-        };
-        let disk_type = match o.get("type")?.as_str() {
-            Some("fixed") => Some(DiskType::Fixed),
-            Some("dynamic") => Some(DiskType::Dynamic),
-            Some("differencing") => Some(DiskType::Differencing),
-            _ => None,
-        };
-        let num = |k: &str| o.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        let o = &info.details.evhd()?.origin;
         Some(Origin {
-            format,
-            disk_type,
-            block_size: num("block_size"),
-            logical_sector_size: num("logical_sector_size"),
-            physical_sector_size: num("physical_sector_size"),
-            disk_id: o
-                .get("disk_id")
-                .and_then(|v| v.as_str())
-                .and_then(|s| Uuid::parse_str(s).ok()),
+            format: o.format,
+            disk_type: o.disk_type,
+            block_size: o.block_size.unwrap_or(0),
+            logical_sector_size: o.logical_sector_size,
+            physical_sector_size: o.physical_sector_size,
+            disk_id: o.disk_id,
         })
     }
 
@@ -1059,11 +1061,9 @@ impl VirtualDisk for EvhdDisk {
                 .warnings
                 .iter()
                 .cloned()
-                .chain(self.signature.warning())
+                .chain(self.signature.as_warning())
                 .collect(),
-            vhd: None,
-            vhdx: None,
-            evhd: Some(self.evhd_json()),
+            details: FormatDetails::Evhd(Box::new(self.evhd_details())),
         }
     }
 }

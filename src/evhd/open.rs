@@ -29,11 +29,23 @@ impl EvhdDisk {
                 }
             }
             (Ok((h, b)), Err(e)) => {
-                warnings.push(format!("header copy B unusable ({e}); using copy A"));
+                warnings.push(
+                    Warning::new(
+                        WarningKind::CopyUnusable,
+                        format!("header copy B unusable ({e}); using copy A"),
+                    )
+                    .at(header::STRUCTURE, COPY_OFFSETS[1]),
+                );
                 (0, h, b)
             }
             (Err(e), Ok((h, b))) => {
-                warnings.push(format!("header copy A unusable ({e}); using copy B"));
+                warnings.push(
+                    Warning::new(
+                        WarningKind::CopyUnusable,
+                        format!("header copy A unusable ({e}); using copy B"),
+                    )
+                    .at(header::STRUCTURE, COPY_OFFSETS[0]),
+                );
                 (1, h, b)
             }
             (Err(ea), Err(eb)) => {
@@ -103,7 +115,13 @@ impl EvhdDisk {
                     .map_or_else(|| "EVHD image".to_string(), |p| p.display().to_string());
                 eprintln!("vhdkit: warning: {name}: {}", f.message);
             }
-            self.warnings.push(f.message);
+            let kind = if f.lost {
+                WarningKind::CommitMayBeLost
+            } else {
+                WarningKind::CommitNotApplied
+            };
+            self.warnings
+                .push(Warning::new(kind, f.message).in_structure(header::STRUCTURE));
         }
     }
 
@@ -305,16 +323,26 @@ impl EvhdDisk {
                 self.current_copy = target;
             }
         } else if install {
-            self.warnings.push(format!(
-                "an unfinished flush (sequence {}) was found in the journal and applied in memory; open writable to install it",
-                h.sequence
-            ));
+            self.warnings.push(
+                Warning::new(
+                    WarningKind::JournalInMemory,
+                    format!(
+                        "an unfinished flush (sequence {}) was found in the journal and applied in memory; open writable to install it",
+                        h.sequence
+                    ),
+                )
+                .at("EVHD journal", h.journal_offset),
+            );
         }
         for (p, why) in &bad_pages {
-            self.warnings.push(format!(
-                "block table page {p} at {:#x}: {why}; its blocks cannot be read",
-                h.table_offset + p * PAGE_SIZE as u64
-            ));
+            let at = h.table_offset + p * PAGE_SIZE as u64;
+            self.warnings.push(
+                Warning::new(
+                    WarningKind::UnreadableTablePage,
+                    format!("block table page {p} at {at:#x}: {why}; its blocks cannot be read"),
+                )
+                .at("EVHD block table", at),
+            );
         }
         self.header = h;
         // The key that opened the image signs; the others are fallbacks for

@@ -12,11 +12,11 @@ pub mod create;
 pub mod dynamic_header;
 pub mod footer;
 pub mod geometry;
+mod info;
 pub mod parent_locator;
 
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::damage::Stored;
@@ -26,7 +26,7 @@ use crate::disk::{
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::{Storage, io_err, read_struct};
 use crate::parent::{Candidate, Chain, Parent, ParentSpec};
-use crate::report::{DiskType, Format, ImageInfo};
+use crate::report::{ImageInfo, Warning, WarningKind};
 use dynamic_header::{DynamicHeader, HEADER_SIZE};
 use footer::{FOOTER_COOKIE, FOOTER_SIZE, Footer, VhdType};
 use geometry::SECTOR;
@@ -82,7 +82,7 @@ pub struct VhdDisk {
     copy_ok: bool,
     sparse: Option<Sparse>,
     parent: Option<Parent>,
-    warnings: Vec<String>,
+    warnings: Vec<Warning>,
     /// Sync data to disk before linking a new block into the BAT.
     barriers: bool,
     /// Fixed disks: where the data ends in the file (the footer's offset).
@@ -185,36 +185,60 @@ impl VhdDisk {
         let (footer, source, footer_offset) = match (end, copy) {
             (Some((f, src, off)), _) if end_ok => (f, src, off),
             (Some((f, _, off)), Some(c)) if copy_valid => {
-                warnings.push(format!(
-                    "VHD footer at {:#x}: bad checksum: stored {:#010x}, computed {:#010x}; using the copy at offset 0",
-                    off + footer::CHECKSUM_FIELD as u64,
-                    f.checksum,
-                    f.compute_checksum()
-                ));
+                let at = off + footer::CHECKSUM_FIELD as u64;
+                warnings.push(
+                    Warning::new(
+                        WarningKind::CopyUnusable,
+                        format!(
+                            "VHD footer at {at:#x}: bad checksum: stored {:#010x}, computed {:#010x}; using the copy at offset 0",
+                            f.checksum,
+                            f.compute_checksum()
+                        ),
+                    )
+                    .at("VHD footer", at),
+                );
                 (c, FooterSource::Copy, off)
             }
             (Some((f, src, off)), _) => {
-                warnings.push(format!(
-                    "VHD footer at {:#x}: bad checksum: stored {:#010x}, computed {:#010x}",
-                    off + footer::CHECKSUM_FIELD as u64,
-                    f.checksum,
-                    f.compute_checksum()
-                ));
+                let at = off + footer::CHECKSUM_FIELD as u64;
+                warnings.push(
+                    Warning::new(
+                        WarningKind::Checksum,
+                        format!(
+                            "VHD footer at {at:#x}: bad checksum: stored {:#010x}, computed {:#010x}",
+                            f.checksum,
+                            f.compute_checksum()
+                        ),
+                    )
+                    .at("VHD footer", at),
+                );
                 (f, src, off)
             }
             (None, Some(c)) => {
                 if !copy_valid {
-                    warnings.push(format!(
-                        "VHD footer copy at {:#x}: bad checksum: stored {:#010x}, computed {:#010x}",
-                        footer::CHECKSUM_FIELD,
-                        c.checksum,
-                        c.compute_checksum()
-                    ));
+                    warnings.push(
+                        Warning::new(
+                            WarningKind::Checksum,
+                            format!(
+                                "VHD footer copy at {:#x}: bad checksum: stored {:#010x}, computed {:#010x}",
+                                footer::CHECKSUM_FIELD,
+                                c.checksum,
+                                c.compute_checksum()
+                            ),
+                        )
+                        .at("VHD footer copy", footer::CHECKSUM_FIELD as u64),
+                    );
                 }
-                warnings.push(format!(
-                    "no footer at the end of the file (offset {:#x}); using the copy at offset 0",
-                    len - FOOTER_SIZE as u64
-                ));
+                let at = len - FOOTER_SIZE as u64;
+                warnings.push(
+                    Warning::new(
+                        WarningKind::CopyUnusable,
+                        format!(
+                            "no footer at the end of the file (offset {at:#x}); using the copy at offset 0"
+                        ),
+                    )
+                    .at("VHD footer", at),
+                );
                 (c, FooterSource::Copy, len)
             }
             (None, None) => {
@@ -238,16 +262,28 @@ impl VhdDisk {
             copy_ok = c.cookie == FOOTER_COOKIE && c.checksum_ok() && c == footer;
             if !copy_ok {
                 warnings.push(if c.cookie != FOOTER_COOKIE {
-                    "footer copy at offset 0 is missing".to_string()
-                } else if !c.checksum_ok() {
-                    format!(
-                        "VHD footer copy at {:#x}: bad checksum: stored {:#010x}, computed {:#010x}",
-                        footer::CHECKSUM_FIELD,
-                        c.checksum,
-                        c.compute_checksum()
+                    Warning::new(
+                        WarningKind::CopyUnusable,
+                        "footer copy at offset 0 is missing",
                     )
+                    .at("VHD footer copy", 0)
+                } else if !c.checksum_ok() {
+                    Warning::new(
+                        WarningKind::CopyUnusable,
+                        format!(
+                            "VHD footer copy at {:#x}: bad checksum: stored {:#010x}, computed {:#010x}",
+                            footer::CHECKSUM_FIELD,
+                            c.checksum,
+                            c.compute_checksum()
+                        ),
+                    )
+                    .at("VHD footer copy", footer::CHECKSUM_FIELD as u64)
                 } else {
-                    "footer copy at offset 0 differs from the footer at the end".to_string()
+                    Warning::new(
+                        WarningKind::CopyDiffers,
+                        "footer copy at offset 0 differs from the footer at the end",
+                    )
+                    .at("VHD footer copy", 0)
                 });
             }
         }
@@ -269,10 +305,16 @@ impl VhdDisk {
             VhdType::Fixed => {
                 let data_end = footer_offset;
                 if data_end < disk.footer.current_size {
-                    disk.warnings.push(format!(
-                        "file holds {data_end} data bytes before the footer but the disk is {} bytes; the rest reads as zeros",
-                        disk.footer.current_size
-                    ));
+                    disk.warnings.push(
+                        Warning::new(
+                            WarningKind::Truncated,
+                            format!(
+                                "file holds {data_end} data bytes before the footer but the disk is {} bytes; the rest reads as zeros",
+                                disk.footer.current_size
+                            ),
+                        )
+                        .at("VHD data", data_end),
+                    );
                 }
             }
             VhdType::Dynamic | VhdType::Differencing => {
@@ -315,12 +357,18 @@ impl VhdDisk {
         let header = DynamicHeader::parse(&b, header_offset)?;
         header.validate(header_offset, self.footer.current_size, len)?;
         if !header.checksum_ok() {
-            self.warnings.push(format!(
-                "VHD dynamic header at {:#x}: bad checksum: stored {:#010x}, computed {:#010x}",
-                header_offset + dynamic_header::CHECKSUM_FIELD as u64,
-                header.checksum,
-                header.compute_checksum()
-            ));
+            let at = header_offset + dynamic_header::CHECKSUM_FIELD as u64;
+            self.warnings.push(
+                Warning::new(
+                    WarningKind::Checksum,
+                    format!(
+                        "VHD dynamic header at {at:#x}: bad checksum: stored {:#010x}, computed {:#010x}",
+                        header.checksum,
+                        header.compute_checksum()
+                    ),
+                )
+                .at("VHD dynamic header", at),
+            );
         }
         let bat = bat::load(
             self.storage.as_ref(),
@@ -338,9 +386,15 @@ impl VhdDisk {
             let start = u64::from(e) * SECTOR;
             let stop = start + bitmap_size + block_size;
             if stop > footer_offset {
-                self.warnings.push(format!(
-                    "block {i} at {start:#x} extends past the end of the data at {footer_offset:#x}; what lies past the end of the file cannot be read"
-                ));
+                self.warnings.push(
+                    Warning::new(
+                        WarningKind::Truncated,
+                        format!(
+                            "block {i} at {start:#x} extends past the end of the data at {footer_offset:#x}; what lies past the end of the file cannot be read"
+                        ),
+                    )
+                    .at("VHD block", start),
+                );
             }
             next_free = next_free.max(stop);
         }
@@ -415,8 +469,13 @@ impl VhdDisk {
             }
         }
         if let Some(w) = on_meta {
-            self.warnings
-                .push(format!("{w} ({on_meta_count} such block(s))"));
+            self.warnings.push(
+                Warning::new(
+                    WarningKind::Overlap,
+                    format!("{w} ({on_meta_count} such block(s))"),
+                )
+                .in_structure("VHD block allocation table"),
+            );
         }
         blocks.sort_unstable();
         let mut shared: Option<String> = None;
@@ -437,8 +496,13 @@ impl VhdDisk {
             }
         }
         if let Some(w) = shared {
-            self.warnings
-                .push(format!("{w} ({shared_count} overlap(s))"));
+            self.warnings.push(
+                Warning::new(
+                    WarningKind::Overlap,
+                    format!("{w} ({shared_count} overlap(s))"),
+                )
+                .in_structure("VHD block allocation table"),
+            );
         }
     }
 
@@ -485,7 +549,7 @@ impl VhdDisk {
     }
 
     /// Problems found at open.
-    pub fn warnings(&self) -> &[String] {
+    pub fn warnings(&self) -> &[Warning] {
         &self.warnings
     }
 
@@ -936,112 +1000,7 @@ impl VirtualDisk for VhdDisk {
     }
 
     fn info(&self) -> ImageInfo {
-        let f = &self.footer;
-        let kind = self.vhd_type();
-        let file_size = self.storage.len().unwrap_or(0);
-        let (block_size, allocated) = match &self.sparse {
-            Some(s) => {
-                let used = self.footer.current_size.div_ceil(s.block_size) as usize;
-                let n = s
-                    .bat
-                    .iter()
-                    .take(used)
-                    .filter(|&&e| e != bat::UNUSED)
-                    .count() as u64;
-                (Some(s.block_size), (n * s.block_size).min(f.current_size))
-            }
-            None => (None, f.current_size),
-        };
-        let g = f.geometry();
-        let mut details = json!({
-            "footer": {
-                "source": match self.footer_source {
-                    FooterSource::End => "end",
-                    FooterSource::EndLegacy => "end-511",
-                    FooterSource::Copy => "copy-at-0",
-                },
-                "cookie": String::from_utf8_lossy(&f.cookie),
-                "features": format!("{:#010x}", f.features),
-                "temporary": f.features & footer::FEATURE_TEMPORARY != 0,
-                "file_format_version": format!("{}.{}", f.file_format_version >> 16, f.file_format_version & 0xffff),
-                "data_offset": if f.data_offset == footer::NO_DATA_OFFSET { serde_json::Value::Null } else { json!(f.data_offset) },
-                "timestamp": footer::timestamp_iso(f.timestamp),
-                "creator_application": f.creator_app_str(),
-                "creator_version": format!("{}.{}", f.creator_version >> 16, f.creator_version & 0xffff),
-                "creator_host_os": f.host_os_str(),
-                "original_size": f.original_size,
-                "current_size": f.current_size,
-                "geometry": {
-                    "cylinders": g.cylinders,
-                    "heads": g.heads,
-                    "sectors_per_track": g.sectors_per_track,
-                    "chs_size": g.size(),
-                },
-                "disk_type": f.disk_type,
-                "checksum": format!("{:#010x}", f.checksum),
-                "checksum_ok": f.checksum_ok(),
-                "unique_id": f.unique_id().to_string(),
-                "saved_state": f.saved_state != 0,
-            },
-            "footer_copy_ok": if kind == VhdType::Fixed { serde_json::Value::Null } else { json!(self.copy_ok) },
-        });
-        if let Some(s) = &self.sparse {
-            let h = &s.header;
-            let used = f.current_size.div_ceil(s.block_size);
-            let locators: Vec<serde_json::Value> = self
-                .locators()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|l| serde_json::to_value(l).unwrap_or_default())
-                .collect();
-            details["dynamic_header"] = json!({
-                "offset": s.header_offset,
-                "cookie": String::from_utf8_lossy(&h.cookie),
-                "data_offset": format!("{:#018x}", h.data_offset),
-                "table_offset": h.table_offset,
-                "header_version": format!("{}.{}", h.header_version >> 16, h.header_version & 0xffff),
-                "max_table_entries": h.max_table_entries,
-                "block_size": h.block_size,
-                "checksum": format!("{:#010x}", h.checksum),
-                "checksum_ok": h.checksum_ok(),
-                "parent_unique_id": if kind == VhdType::Differencing { json!(h.parent_unique_id().to_string()) } else { serde_json::Value::Null },
-                "parent_timestamp": if kind == VhdType::Differencing { json!(footer::timestamp_iso(h.parent_timestamp)) } else { serde_json::Value::Null },
-                "parent_unicode_name": h.parent_name(),
-                "parent_locators": locators,
-            });
-            details["blocks"] = json!({
-                "total": used,
-                "allocated": s.bat.iter().take(used as usize).filter(|&&e| e != bat::UNUSED).count(),
-                "bitmap_size": s.bitmap_size,
-            });
-        }
-        ImageInfo {
-            format: Format::Vhd,
-            disk_type: match kind {
-                VhdType::Fixed => DiskType::Fixed,
-                VhdType::Dynamic => DiskType::Dynamic,
-                VhdType::Differencing => DiskType::Differencing,
-            },
-            virtual_size: f.current_size,
-            file_size,
-            logical_sector_size: SECTOR as u32,
-            physical_sector_size: SECTOR as u32,
-            block_size,
-            disk_id: Some(f.unique_id().to_string()),
-            creator: Some(f.creator_summary()),
-            allocated_bytes: allocated,
-            data_write_id: None,
-            parent: self.parent.as_ref().map(Parent::info),
-            warnings: self
-                .warnings
-                .iter()
-                .cloned()
-                .chain(self.parent.iter().flat_map(Parent::warnings))
-                .collect(),
-            vhd: Some(details),
-            vhdx: None,
-            evhd: None,
-        }
+        self.image_info()
     }
 
     fn parent_link_id(&self) -> Option<Uuid> {

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::io::{self, Cursor};
 
 use binrw::{BinRead, binrw};
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::checksum::crc32c_with_zeroed_field;
@@ -384,20 +383,6 @@ impl Sequence {
         Ok(())
     }
 
-    /// For `info`.
-    pub fn to_json(&self) -> serde_json::Value {
-        match (self.entries.first(), self.entries.last()) {
-            (Some(t), Some(h)) => json!({
-                "entries": self.entries.len(),
-                "tail_offset": t.position,
-                "head_offset": h.position,
-                "first_sequence_number": t.header.sequence_number,
-                "last_sequence_number": h.header.sequence_number,
-                "descriptors": self.entries.iter().map(|e| e.ops.len()).sum::<usize>(),
-            }),
-            _ => json!({ "entries": 0 }),
-        }
-    }
 }
 
 /// Load the log region at `offset` (`length` bytes) of a file whose header

@@ -12,6 +12,7 @@ pub mod check;
 pub mod create;
 pub mod file_identifier;
 pub mod header;
+mod info;
 pub mod log;
 pub mod metadata;
 pub mod parent_locator;
@@ -22,7 +23,6 @@ mod write;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::damage::Stored;
@@ -32,7 +32,7 @@ use crate::disk::{
 use crate::error::{Error, Result};
 use crate::io::{Storage, io_err, read_struct};
 use crate::parent::{Candidate, Chain, Parent, ParentSpec};
-use crate::report::{DiskType, Format, ImageInfo};
+use crate::report::{ImageInfo, Warning, WarningKind};
 use bat::Layout;
 use file_identifier::{DECODED_SIZE, FileIdentifier};
 use header::HeaderSlot;
@@ -288,7 +288,7 @@ pub struct VhdxDisk {
     log_replay: LogReplay,
     log_sequence: Sequence,
     parent: Option<Parent>,
-    warnings: Vec<String>,
+    warnings: Vec<Warning>,
     /// Sector bitmaps held in memory, by chunk: every bitmap a write
     /// changed (they reach the file through the log).
     bitmaps: HashMap<u64, Box<[u8]>>,
@@ -377,10 +377,16 @@ impl VhdxDisk {
         let mut current = header::current(&slots)?;
         for s in &slots {
             if let Some(p) = &s.problem {
-                warnings.push(format!(
-                    "header at {:#x} is invalid ({p}); using the header at {:#x}",
-                    s.offset, slots[current].offset
-                ));
+                warnings.push(
+                    Warning::new(
+                        WarningKind::CopyUnusable,
+                        format!(
+                            "header at {:#x} is invalid ({p}); using the header at {:#x}",
+                            s.offset, slots[current].offset
+                        ),
+                    )
+                    .at("VHDX header", s.offset),
+                );
             }
         }
         slots[current].header.validate(slots[current].offset, len)?;
@@ -403,7 +409,14 @@ impl VhdxDisk {
         let storage = LogView::new(storage, overlay);
         let s = Structure::load(&storage, creator, slots, current, len)?;
         if let Some(p) = &s.region_table_problems[1 - s.region_table_used] {
-            warnings.push(format!("region table copy is unusable: {p}"));
+            let copy = 1 - s.region_table_used;
+            warnings.push(
+                Warning::new(
+                    WarningKind::CopyUnusable,
+                    format!("region table copy is unusable: {p}"),
+                )
+                .at("VHDX region table", region_table::REGION_TABLE_OFFSETS[copy]),
+            );
         }
 
         let mut bad = 0usize;
@@ -416,16 +429,28 @@ impl VhdxDisk {
             };
             if !ok {
                 if bad < 4 {
-                    warnings.push(format!(
-                        "BAT entry {i} at {:#x} has invalid state {st}; reading its block fails",
-                        s.entry_offset(i)
-                    ));
+                    warnings.push(
+                        Warning::new(
+                            WarningKind::InvalidBlockState,
+                            format!(
+                                "BAT entry {i} at {:#x} has invalid state {st}; reading its block fails",
+                                s.entry_offset(i)
+                            ),
+                        )
+                        .at("VHDX BAT entry", s.entry_offset(i)),
+                    );
                 }
                 bad += 1;
             }
         }
         if bad > 4 {
-            warnings.push(format!("{} more BAT entries have invalid states", bad - 4));
+            warnings.push(
+                Warning::new(
+                    WarningKind::InvalidBlockState,
+                    format!("{} more BAT entries have invalid states", bad - 4),
+                )
+                .in_structure("VHDX BAT entry"),
+            );
         }
 
         let mut disk = VhdxDisk {
@@ -469,7 +494,7 @@ impl VhdxDisk {
     }
 
     /// Problems found at open.
-    pub fn warnings(&self) -> &[String] {
+    pub fn warnings(&self) -> &[Warning] {
         &self.warnings
     }
 
@@ -667,43 +692,6 @@ impl VhdxDisk {
                 .corrupt_entry(idx, format!("payload block {block} has invalid state {st}"))),
         }
     }
-
-    fn count_states(
-        &self,
-    ) -> (
-        serde_json::Map<String, serde_json::Value>,
-        serde_json::Map<String, serde_json::Value>,
-        u64,
-    ) {
-        let l = &self.s.layout;
-        let diff = self.is_differencing();
-        let mut payload = serde_json::Map::new();
-        let mut bitmaps = serde_json::Map::new();
-        let mut stored = 0u64;
-        for i in 0..l.total_entries {
-            let st = bat::state(self.s.bat[i as usize]);
-            let (map, name) = if l.is_bitmap_index(i) {
-                (&mut bitmaps, bat::bitmap_state_name(st))
-            } else {
-                if i - i / (l.chunk_ratio + 1) >= l.data_blocks {
-                    continue;
-                }
-                if matches!(
-                    st,
-                    bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT
-                ) {
-                    stored += 1;
-                }
-                (&mut payload, bat::payload_state_name(st, diff))
-            };
-            let key = name
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("invalid_{st}"));
-            let n = map.get(&key).and_then(|v| v.as_u64()).unwrap_or(0);
-            map.insert(key, json!(n + 1));
-        }
-        (payload, bitmaps, stored)
-    }
 }
 
 /// Where the parent of a differencing VHDX with metadata `m` may be:
@@ -848,86 +836,7 @@ impl VirtualDisk for VhdxDisk {
     }
 
     fn info(&self) -> ImageInfo {
-        let s = &self.s;
-        let m = &s.metadata;
-        let (payload, bitmaps, stored) = self.count_states();
-        let headers: Vec<serde_json::Value> = s
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(i, slot)| {
-                let mut v = slot.header.to_json();
-                v["slot"] = json!(i + 1);
-                v["offset"] = json!(slot.offset);
-                v["valid"] = json!(slot.is_valid());
-                v["problem"] = json!(slot.problem);
-                v["current"] = json!(i == s.current);
-                v
-            })
-            .collect();
-        let h = s.header();
-        let details = json!({
-            "creator": s.creator,
-            "headers": headers,
-            "region_table": {
-                "copy_used": s.region_table_used + 1,
-                "problems": s.region_table_problems,
-                "entries": s.region_table.entries.iter().map(RegionTableEntry::to_json).collect::<Vec<_>>(),
-            },
-            "metadata": m.to_json(),
-            "file_parameters": {
-                "block_size": m.block_size,
-                "leave_block_allocated": m.leave_block_allocated,
-                "has_parent": m.has_parent,
-            },
-            "chunk_ratio": s.layout.chunk_ratio,
-            "bat": {
-                "offset": s.bat_region.file_offset,
-                "entries": s.layout.total_entries,
-                "payload_blocks": s.layout.data_blocks,
-                "sector_bitmap_blocks": s.layout.bitmap_blocks,
-                "payload_states": payload,
-                "sector_bitmap_states": bitmaps,
-            },
-            "log": {
-                "offset": h.log_offset,
-                "length": h.log_length,
-                "guid": h.log_guid().to_string(),
-                "state": self.log_replay.as_str(),
-                "replayed": self.log_sequence.to_json(),
-            },
-            "parent_locator": m.parent_locator.as_ref().map(|p| p.to_json()),
-        });
-        let allocated = (stored * s.layout.block_size).min(m.virtual_size);
-        ImageInfo {
-            format: Format::Vhdx,
-            disk_type: if m.has_parent {
-                DiskType::Differencing
-            } else if m.leave_block_allocated {
-                DiskType::Fixed
-            } else {
-                DiskType::Dynamic
-            },
-            virtual_size: m.virtual_size,
-            file_size: self.storage.inner().len().unwrap_or(0),
-            logical_sector_size: m.logical_sector_size,
-            physical_sector_size: m.physical_sector_size,
-            block_size: Some(u64::from(m.block_size)),
-            disk_id: Some(m.page_83.to_string()),
-            creator: Some(s.creator.clone()),
-            allocated_bytes: allocated,
-            data_write_id: Some(h.data_write_guid().to_string()),
-            parent: self.parent.as_ref().map(Parent::info),
-            warnings: self
-                .warnings
-                .iter()
-                .cloned()
-                .chain(self.parent.iter().flat_map(Parent::warnings))
-                .collect(),
-            vhd: None,
-            vhdx: Some(details),
-            evhd: None,
-        }
+        self.image_info()
     }
 
     fn parent_link_id(&self) -> Option<Uuid> {

@@ -4,7 +4,6 @@
 use std::io::Cursor;
 
 use binrw::{BinRead, BinWrite, binrw};
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::checksum::crc32c_with_zeroed_field;
@@ -101,16 +100,6 @@ impl RegionTableEntry {
         }
     }
 
-    /// For `info`.
-    pub fn to_json(&self) -> serde_json::Value {
-        json!({
-            "guid": self.guid().to_string(),
-            "name": self.name(),
-            "file_offset": self.file_offset,
-            "length": self.length,
-            "required": self.required(),
-        })
-    }
 }
 
 /// A decoded region table.
