@@ -270,7 +270,10 @@ fn two_bat_entries_sharing_a_block() {
     let bs = BS as usize;
     assert_eq!(data[2 * bs..3 * bs], data[6 * bs..7 * bs]);
     assert!(
-        disk.info().warnings.iter().any(|w| w.contains("overlap")),
+        disk.info()
+            .warnings
+            .iter()
+            .any(|w| w.kind == vhdkit::report::WarningKind::Overlap),
         "{:?}",
         disk.info().warnings
     );

@@ -287,7 +287,21 @@ pub struct VhdxLogDetails {
     /// The sequence that was replayed (or would be).
     pub replayed: VhdxLogSequenceDetails,
     /// What open did with the log.
-    pub state: &'static str,
+    pub state: VhdxLogState,
+}
+
+/// What opening a VHDX did with its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VhdxLogState {
+    /// The LogGuid was nil: nothing to replay.
+    Empty,
+    /// The LogGuid was set but no active sequence was found.
+    NoActiveSequence,
+    /// Replayed into memory; the file is unchanged.
+    ReplayedInMemory,
+    /// Replayed onto the file and the LogGuid cleared.
+    ReplayedOnDisk,
 }
 
 /// A VHDX log sequence: only `entries` (0) when there is none.

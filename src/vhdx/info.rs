@@ -7,13 +7,13 @@ use super::log::Sequence;
 use super::metadata::{FLAG_IS_VIRTUAL_DISK, Metadata};
 use super::parent_locator::ParentLocator;
 use super::region_table::RegionTableEntry;
-use super::{VhdxDisk, bat};
+use super::{LogReplay, VhdxDisk, bat};
 use crate::parent::Parent;
 use crate::report::{
     DiskType, Format, FormatDetails, ImageInfo, VhdxBatDetails, VhdxDetails, VhdxFileParameters,
     VhdxHeaderDetails, VhdxLogDetails, VhdxLogSequenceDetails, VhdxMetadataDetails,
     VhdxMetadataItemDetails, VhdxMetadataValue, VhdxParentLocatorDetails, VhdxRegionDetails,
-    VhdxRegionTableDetails,
+    VhdxLogState, VhdxRegionTableDetails,
 };
 
 /// BAT entries counted by state name.
@@ -54,7 +54,12 @@ impl VhdxDisk {
                 length: h.log_length,
                 offset: h.log_offset,
                 replayed: sequence_details(&self.log_sequence),
-                state: self.log_replay.as_str(),
+                state: match self.log_replay {
+                    LogReplay::Empty => VhdxLogState::Empty,
+                    LogReplay::NoActiveSequence => VhdxLogState::NoActiveSequence,
+                    LogReplay::InMemory => VhdxLogState::ReplayedInMemory,
+                    LogReplay::OnDisk => VhdxLogState::ReplayedOnDisk,
+                },
             },
             metadata: metadata_details(m),
             parent_locator: m.parent_locator.as_ref().map(locator_details),

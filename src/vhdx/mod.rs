@@ -63,17 +63,6 @@ pub enum LogReplay {
     OnDisk,
 }
 
-impl LogReplay {
-    fn as_str(self) -> &'static str {
-        match self {
-            LogReplay::Empty => "empty",
-            LogReplay::NoActiveSequence => "no-active-sequence",
-            LogReplay::InMemory => "replayed-in-memory",
-            LogReplay::OnDisk => "replayed-on-disk",
-        }
-    }
-}
-
 /// The structures every VHDX reader needs, read through the replayed log.
 #[derive(Debug)]
 pub struct Structure {
