@@ -234,14 +234,15 @@ pub(crate) fn ensure_writable(
         return Err(Error::new(
             ErrorKind::NeedsRepair,
             format!(
-                "the image is damaged ({}); repair it with `vhdkit check --repair` before writing",
+                "the image is damaged ({})",
                 warnings
                     .iter()
                     .map(|w| w.message.as_str())
                     .collect::<Vec<_>>()
                     .join("; ")
             ),
-        ));
+        )
+        .with_hint(crate::Hint::Repair));
     }
     if let Some(crate::parent::Parent::Missing { .. }) = parent {
         return Err(Error::new(

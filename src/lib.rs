@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use disk::{Extent, ExtentKind, VirtualDisk};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Hint, Result};
 pub use report::{CheckReport, DiskType, Format, ImageInfo};
 
 use io::{FileStorage, Storage};
@@ -219,11 +219,9 @@ fn refuse_unsignable(storage: &dyn Storage, opts: &OpenOptions) -> Result<()> {
     if format != Format::Evhd {
         return Err(Error::new(
             ErrorKind::Untrusted,
-            format!(
-                "a {} image carries no signature; --require-signed accepts only signed EVHD images",
-                format.as_str()
-            ),
-        ));
+            format!("a {} image carries no signature", format.as_str()),
+        )
+        .with_hint(Hint::RequireSignedNeedsEvhd));
     }
     Ok(())
 }

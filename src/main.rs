@@ -15,7 +15,7 @@ use vhdkit::evhd::keys::{DEFAULT_BITS, KeyFile, PrivateKey, PublicKey};
 use vhdkit::evhd::signature::Status;
 use vhdkit::report::{self, DiskType, Format};
 use vhdkit::size::binary_unit_note;
-use vhdkit::{Error, ErrorKind, OpenOptions, VirtualDisk};
+use vhdkit::{Error, ErrorKind, Hint, OpenOptions, VirtualDisk};
 
 #[derive(Parser)]
 #[command(
@@ -712,10 +712,30 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err((e, _)) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err((e, code)) => {
-            eprintln!("vhdkit: error: {e}");
+            eprintln!("vhdkit: error: {}", with_option_hint(e));
             ExitCode::from(code)
         }
     }
+}
+
+/// `e` with the library's hint said in terms of this tool's options.
+fn with_option_hint(e: Error) -> Error {
+    let note = match e.hint() {
+        Some(Hint::IgnoreParentId) => " (override with --ignore-parent-id to read it anyway)",
+        Some(Hint::ReplaceOutput) => " (pass --force to replace it)",
+        Some(Hint::ReplaceKeyFile) => " (--force replaces it)",
+        Some(Hint::RequireSigned) => " (--require-signed)",
+        Some(Hint::RequireSignedNeedsEvhd) => {
+            "; --require-signed accepts only signed EVHD images"
+        }
+        Some(Hint::Recipient) => " (--recipient)",
+        Some(Hint::RecipientKey) => " with --key",
+        Some(Hint::ReadAsRaw) => " (a raw image: -f raw)",
+        Some(Hint::OpenAsRaw) => " with -f raw",
+        Some(Hint::Repair) => "; repair it with `vhdkit check --repair` before writing",
+        _ => return e,
+    };
+    e.with_note(note)
 }
 
 /// Print clap's message for a command line it refused (or for `--help`

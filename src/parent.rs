@@ -285,10 +285,11 @@ fn mismatch_error(path: &Path, expected: Uuid, found: Option<Uuid>, id_name: &st
     Error::new(
         ErrorKind::ParentMismatch,
         format!(
-            "{}, so the child's data may be inconsistent (override with --ignore-parent-id to read it anyway)",
+            "{}, so the child's data may be inconsistent",
             mismatch_text(path, expected, found, id_name)
         ),
     )
+    .with_hint(crate::Hint::IgnoreParentId)
 }
 
 fn missing_error(recorded: &str, id: Uuid, tried: &[PathBuf]) -> Error {

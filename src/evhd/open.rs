@@ -131,10 +131,7 @@ impl EvhdDisk {
         if opts.require_signed
             && let Some(p) = status.problem()
         {
-            return Err(Error::new(
-                ErrorKind::Untrusted,
-                format!("{p} (--require-signed)"),
-            ));
+            return Err(Error::new(ErrorKind::Untrusted, p).with_hint(crate::Hint::RequireSigned));
         }
         // A writer's next commit signs with its key: refuse to vouch for
         // content nobody this writer trusts has signed, unless told to.
