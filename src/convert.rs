@@ -310,12 +310,9 @@ pub fn create_file(
     // Only a regular file is ever replaced (not a link, device or FIFO).
     crate::device::refuse_unless_replaceable(dest, false)?;
     if !overwrite && dest.exists() {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "the file exists",
-        )
-        .with_hint(Hint::ReplaceOutput)
-        .with_path(dest));
+        return Err(Error::new(ErrorKind::InvalidArgument, "the file exists")
+            .with_hint(Hint::ReplaceOutput)
+            .with_path(dest));
     }
     // Refuse to replace an image another program has open, and keep it
     // locked until it is replaced so none starts using it meanwhile.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::io::{Storage, io_err};
-use crate::report::{CheckReport, Severity};
+use crate::report::{CheckReport, FindingKind, Severity};
 
 /// Damage findings (runs of blocks) listed before the rest are only counted:
 /// a hostile block table cannot make millions of findings.
@@ -362,6 +362,7 @@ impl MissingRuns {
             };
             report.add(
                 Severity::Error,
+                FindingKind::OutOfBounds,
                 self.structure,
                 Some(first.file_offset),
                 text,
@@ -370,6 +371,7 @@ impl MissingRuns {
         if self.dropped > 0 {
             report.add(
                 Severity::Error,
+                FindingKind::OutOfBounds,
                 self.structure,
                 None,
                 format!(
@@ -437,6 +439,14 @@ mod tests {
         let mut report = CheckReport::default();
         runs.report(&mut report);
         assert_eq!(report.findings.len(), 2, "{:?}", report.findings);
+        let at: Vec<_> = report.findings.iter().map(|f| (f.kind, f.offset)).collect();
+        assert_eq!(
+            at,
+            [
+                (crate::report::FindingKind::OutOfBounds, Some(2 << 20)),
+                (crate::report::FindingKind::OutOfBounds, Some(7 << 20)),
+            ]
+        );
         assert!(report.findings[0].message.contains("blocks 2 to 3"));
         assert!(report.findings[0].message.contains("0x280000..0x400000"));
         assert!(report.findings[1].message.contains("block 7 "));

@@ -279,6 +279,7 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
     match checked.map_err(|e| detect::damaged_detected(format, decided, e.with_path(path))) {
         Err(e) if e.context().is_some() => report.add(
             report::Severity::Error,
+            report::FindingKind::of_error(&e),
             e.structure().unwrap_or("image"),
             e.offset(),
             finding_text(&e, path),
@@ -309,7 +310,13 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
                     p.path.unwrap_or_default(),
                     p.id.unwrap_or_default()
                 );
-                report.add(report::Severity::Info, "parent", None, text.clone());
+                report.add(
+                    report::Severity::Info,
+                    report::FindingKind::ParentMissing,
+                    "parent",
+                    None,
+                    text.clone(),
+                );
                 // The data the child leaves to its parent was not checked.
                 report
                     .not_checked
@@ -341,6 +348,7 @@ pub fn check(path: &Path, opts: &OpenOptions, repair: bool) -> Result<CheckRepor
         {
             report.add(
                 report::Severity::Error,
+                report::FindingKind::of_error(&e),
                 e.structure().unwrap_or("image"),
                 e.offset(),
                 finding_text(&e, path),

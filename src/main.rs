@@ -219,9 +219,8 @@ fn refuse_to_sign_untrusted(src: &vhdkit::ImageInfo, signer: &PrivateKey) -> Res
         return Ok(());
     }
     let sig = src.details.evhd().map(|e| &e.signature);
-    let trusted = sig.is_some_and(|s| {
-        s.trusted() || s.signer() == Some(signer.fingerprint().hex().as_str())
-    });
+    let trusted =
+        sig.is_some_and(|s| s.trusted() || s.signer() == Some(signer.fingerprint().hex().as_str()));
     if !trusted {
         let why = sig
             .and_then(|s| s.warning())
@@ -725,9 +724,7 @@ fn with_option_hint(e: Error) -> Error {
         Some(Hint::ReplaceOutput) => " (pass --force to replace it)",
         Some(Hint::ReplaceKeyFile) => " (--force replaces it)",
         Some(Hint::RequireSigned) => " (--require-signed)",
-        Some(Hint::RequireSignedNeedsEvhd) => {
-            "; --require-signed accepts only signed EVHD images"
-        }
+        Some(Hint::RequireSignedNeedsEvhd) => "; --require-signed accepts only signed EVHD images",
         Some(Hint::Recipient) => " (--recipient)",
         Some(Hint::RecipientKey) => " with --key",
         Some(Hint::ReadAsRaw) => " (a raw image: -f raw)",

@@ -101,7 +101,12 @@ fn golden(name: &str, got: &str) {
 /// `info`, `info --json`, `check` and `check --json` of `image` (with
 /// `extra` arguments) against the goldens named after `name`.
 fn reports(dir: &Path, name: &str, image: &str, extra: &[&str]) {
-    for (cmd, json) in [("info", false), ("info", true), ("check", false), ("check", true)] {
+    for (cmd, json) in [
+        ("info", false),
+        ("info", true),
+        ("check", false),
+        ("check", true),
+    ] {
         let mut args = vec![cmd];
         if json {
             args.push("--json");
@@ -202,7 +207,12 @@ fn evhd_reports() {
     )
     .unwrap();
     reports(d, "evhd-locked", "enc.evhd", &[]);
-    reports(d, "evhd-unlocked", "enc.evhd", &["--key", "test-only-key.xml"]);
+    reports(
+        d,
+        "evhd-unlocked",
+        "enc.evhd",
+        &["--key", "test-only-key.xml"],
+    );
 }
 
 /// Errors whose remedy is an option: the library names no option (it gives
@@ -227,7 +237,10 @@ fn errors_name_the_option_that_helps() {
         ),
         ("error-no-signature", &["info", "-f", "vhd", "disk.raw"]),
         ("error-output-exists", &["create", "parentf.vhd", "2M"]),
-        ("error-key-file-exists", &["keygen", "-o", "test-only-key.xml"]),
+        (
+            "error-key-file-exists",
+            &["keygen", "-o", "test-only-key.xml"],
+        ),
     ] {
         golden(name, &run_in(d, args));
     }
@@ -242,7 +255,7 @@ fn library_errors_give_hints_not_options() {
     for name in ["parent2.vhdx", "stale.vhdx"] {
         unpack(name, d);
     }
-    let e = match vhdkit::open(&d.join("stale.vhdx"), &OpenOptions::new()) {
+    let e = match vhdkit::open(d.join("stale.vhdx"), &OpenOptions::new()) {
         Err(e) => e,
         Ok(disk) => disk
             .read_at(&mut [0u8; 512], 0)
@@ -254,7 +267,9 @@ fn library_errors_give_hints_not_options() {
 
     std::fs::write(d.join("disk.raw"), vec![7u8; 4096]).unwrap();
     let opts = OpenOptions::new().format(Some(vhdkit::Format::Vhd));
-    let e = vhdkit::open(&d.join("disk.raw"), &opts).err().expect("not a VHD");
+    let e = vhdkit::open(d.join("disk.raw"), &opts)
+        .err()
+        .expect("not a VHD");
     assert_eq!(e.hint(), Some(Hint::ReadAsRaw), "{e}");
     assert!(!e.to_string().contains("-f"), "no option named: {e}");
 }

@@ -366,7 +366,14 @@ fn differencing_images_resolve_partial_blocks_and_fall_through_like_libvhdi() {
         // The parent link is the parent's DataWriteGuid, which writing the
         // parent would change.
         let info = d.info();
-        let pl = &info.details.vhdx().unwrap().parent_locator.as_ref().unwrap().entries;
+        let pl = &info
+            .details
+            .vhdx()
+            .unwrap()
+            .parent_locator
+            .as_ref()
+            .unwrap()
+            .entries;
         let p = common::open(&parent);
         assert_eq!(
             pl["parent_linkage"],

@@ -851,11 +851,7 @@ impl EvhdDisk {
             rekey_in_progress: self.rekey_in_progress(),
             sequence: h.sequence,
             signature,
-            unlocked_with: self
-                .state
-                .as_ref()
-                .and_then(|s| s.key)
-                .map(|k| k.short()),
+            unlocked_with: self.state.as_ref().and_then(|s| s.key).map(|k| k.short()),
             version: if h.signer.is_some() {
                 header::VERSION_SIGNED
             } else {

@@ -294,11 +294,74 @@ pub enum Severity {
     Error,
 }
 
-/// One problem `check` found.
+/// What a `check` finding is about, stable for callers to match on (new
+/// kinds may be added).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FindingKind {
+    /// A structure is damaged in a way the format's parser rejects (the
+    /// error that stopped it, e.g. a bad signature or an impossible field).
+    Damaged,
+    /// A MAC, authentication tag or signature does not verify.
+    Authentication,
+    /// The image uses something this library does not implement.
+    Unsupported,
+    /// A stored checksum is not the computed one.
+    Checksum,
+    /// A structure, or a copy of one, is missing or unusable.
+    Missing,
+    /// Two copies that must agree differ.
+    CopyDiffers,
+    /// A table entry holds a state or value the format does not define.
+    InvalidEntry,
+    /// A structure or block lies outside the file or the data.
+    OutOfBounds,
+    /// Structures or blocks overlap.
+    Overlap,
+    /// Table entries that lie beyond the virtual size.
+    BeyondSize,
+    /// Space in the file that nothing references.
+    Leak,
+    /// A log or journal holds changes not (yet) applied to the file.
+    PendingLog,
+    /// A variant of the format written by old software.
+    Legacy,
+    /// The signature of an EVHD: who signed, or that it is unsigned or
+    /// not trusted.
+    Signature,
+    /// An EVHD fell back to its older header copy and nothing confirms
+    /// it: the newest commit may have been lost (rolled back).
+    RolledBack,
+    /// An EVHD holds an unfinished commit addressed to other keys (an
+    /// interrupted recipient change); it was not applied.
+    CommitNotApplied,
+    /// The parent of a differencing image was not found.
+    ParentMissing,
+}
+
+impl FindingKind {
+    /// The kind of finding an error that stopped a check is.
+    pub fn of_error(e: &crate::Error) -> FindingKind {
+        use crate::ErrorKind;
+        match e.kind() {
+            ErrorKind::Authentication => FindingKind::Authentication,
+            ErrorKind::Unsupported => FindingKind::Unsupported,
+            ErrorKind::Untrusted => FindingKind::Signature,
+            ErrorKind::ParentMissing => FindingKind::ParentMissing,
+            _ => FindingKind::Damaged,
+        }
+    }
+}
+
+/// One problem `check` found. Serializes as `{severity, structure, offset,
+/// message}`, the form `check --json` has always had.
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
     /// How serious it is.
     pub severity: Severity,
+    /// What it is about.
+    #[serde(skip)]
+    pub kind: FindingKind,
     /// The on-disk structure concerned.
     pub structure: String,
     /// Byte offset in the file.
@@ -353,12 +416,14 @@ impl CheckReport {
     pub fn add(
         &mut self,
         severity: Severity,
+        kind: FindingKind,
         structure: &str,
         offset: Option<u64>,
         message: impl Into<String>,
     ) {
         self.findings.push(Finding {
             severity,
+            kind,
             structure: structure.to_string(),
             offset,
             message: message.into(),

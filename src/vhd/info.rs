@@ -22,13 +22,14 @@ impl VhdDisk {
         let file_size = self.storage.len().unwrap_or(0);
         let stored_blocks = self.sparse.as_ref().map(|s| {
             let used = f.current_size.div_ceil(s.block_size) as usize;
-            s.bat.iter().take(used).filter(|&&e| e != bat::UNUSED).count() as u64
+            s.bat
+                .iter()
+                .take(used)
+                .filter(|&&e| e != bat::UNUSED)
+                .count() as u64
         });
         let (block_size, allocated) = match (&self.sparse, stored_blocks) {
-            (Some(s), Some(n)) => (
-                Some(s.block_size),
-                (n * s.block_size).min(f.current_size),
-            ),
+            (Some(s), Some(n)) => (Some(s.block_size), (n * s.block_size).min(f.current_size)),
             _ => (None, f.current_size),
         };
         let g = f.geometry();

@@ -199,7 +199,6 @@ impl Header {
         }
         Ok(())
     }
-
 }
 
 /// One of the two header slots as found in the file.

@@ -11,9 +11,9 @@ use super::{LogReplay, VhdxDisk, bat};
 use crate::parent::Parent;
 use crate::report::{
     DiskType, Format, FormatDetails, ImageInfo, VhdxBatDetails, VhdxDetails, VhdxFileParameters,
-    VhdxHeaderDetails, VhdxLogDetails, VhdxLogSequenceDetails, VhdxMetadataDetails,
+    VhdxHeaderDetails, VhdxLogDetails, VhdxLogSequenceDetails, VhdxLogState, VhdxMetadataDetails,
     VhdxMetadataItemDetails, VhdxMetadataValue, VhdxParentLocatorDetails, VhdxRegionDetails,
-    VhdxLogState, VhdxRegionTableDetails,
+    VhdxRegionTableDetails,
 };
 
 /// BAT entries counted by state name.
@@ -178,17 +178,17 @@ fn metadata_details(m: &Metadata) -> VhdxMetadataDetails {
         .iter()
         .map(|e| {
             let value = match e.name() {
-                Some("file_parameters") => Some(VhdxMetadataValue::FileParameters(
-                    file_parameters(m),
-                )),
+                Some("file_parameters") => {
+                    Some(VhdxMetadataValue::FileParameters(file_parameters(m)))
+                }
                 Some("virtual_disk_size") => Some(VhdxMetadataValue::Number(m.virtual_size)),
                 Some("page_83_data") => Some(VhdxMetadataValue::Id(m.page_83)),
-                Some("logical_sector_size") => Some(VhdxMetadataValue::Number(u64::from(
-                    m.logical_sector_size,
-                ))),
-                Some("physical_sector_size") => Some(VhdxMetadataValue::Number(u64::from(
-                    m.physical_sector_size,
-                ))),
+                Some("logical_sector_size") => {
+                    Some(VhdxMetadataValue::Number(u64::from(m.logical_sector_size)))
+                }
+                Some("physical_sector_size") => {
+                    Some(VhdxMetadataValue::Number(u64::from(m.physical_sector_size)))
+                }
                 Some("parent_locator") => m
                     .parent_locator
                     .as_ref()

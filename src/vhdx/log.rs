@@ -382,7 +382,6 @@ impl Sequence {
         }
         Ok(())
     }
-
 }
 
 /// Load the log region at `offset` (`length` bytes) of a file whose header

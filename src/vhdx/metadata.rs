@@ -349,7 +349,6 @@ impl Metadata {
                 self.region_offset + u64::from(e.offset)
             })
     }
-
 }
 
 /// The items of a new file's metadata region.

@@ -404,7 +404,10 @@ impl VhdxDisk {
                     WarningKind::CopyUnusable,
                     format!("region table copy is unusable: {p}"),
                 )
-                .at("VHDX region table", region_table::REGION_TABLE_OFFSETS[copy]),
+                .at(
+                    "VHDX region table",
+                    region_table::REGION_TABLE_OFFSETS[copy],
+                ),
             );
         }
 

@@ -184,5 +184,4 @@ impl ParentLocator {
         self.get(KEY_PARENT_LINKAGE)
             .and_then(|s| Uuid::parse_str(s.trim().trim_matches(['{', '}'])).ok())
     }
-
 }

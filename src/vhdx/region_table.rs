@@ -99,7 +99,6 @@ impl RegionTableEntry {
             _ => None,
         }
     }
-
 }
 
 /// A decoded region table.
