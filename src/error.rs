@@ -98,6 +98,10 @@ pub enum Hint {
     OpenAsRaw,
     /// The image must be repaired (`check` with repair) before it is written.
     Repair,
+    /// The image is in use or cannot be locked: opening it read-only
+    /// without taking or honouring locks would read it (what is read may
+    /// be inconsistent).
+    ForceShare,
 }
 
 /// An error with its context.

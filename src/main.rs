@@ -730,6 +730,8 @@ fn with_option_hint(e: Error) -> Error {
         Some(Hint::ReadAsRaw) => " (a raw image: -f raw)",
         Some(Hint::OpenAsRaw) => " with -f raw",
         Some(Hint::Repair) => "; repair it with `vhdkit check --repair` before writing",
+        // ForceShare is said only by the commands that take -U
+        // (`force_share_hint`).
         _ => return e,
     };
     e.with_note(note)
