@@ -14,6 +14,7 @@ use super::{DiskType, Format};
 
 /// The details `info` gives of one format's structures.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum FormatDetails {
     /// A raw image has no structures of its own.
     Raw,

@@ -130,7 +130,7 @@ pub struct ImageInfo {
 impl Serialize for ImageInfo {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("ImageInfo", 15)?;
+        let mut st = s.serialize_struct("ImageInfo", 14)?;
         st.serialize_field("format", &self.format)?;
         st.serialize_field("type", &self.disk_type)?;
         st.serialize_field("virtual_size", &self.virtual_size)?;

@@ -59,9 +59,8 @@ impl WarningKind {
 
 /// A problem found while opening an image that did not stop it opening
 /// (damage the reader worked around, an untrusted signature, a parent that
-/// is not the recorded one). An image with warnings refuses writes, except
-/// for those about its signature or its parent, which refuse them on their
-/// own terms.
+/// is not the recorded one). A VHD or VHDX with warnings about its own
+/// structures refuses writes until it is repaired.
 ///
 /// Serializes as its message, the form `info --json` has always had.
 #[derive(Debug, Clone, PartialEq, Eq)]
