@@ -113,15 +113,13 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         for (off, why) in
             log::entry_problems(storage, h.log_offset, u64::from(h.log_length), h.log_guid())?
         {
-            if !why.starts_with("log GUID") {
-                report.add(
-                    Severity::Info,
-                    FindingKind::PendingLog,
-                    "VHDX log entry",
-                    Some(off),
-                    format!("not a valid entry, so not replayed: {why}"),
-                );
-            }
+            report.add(
+                Severity::Info,
+                FindingKind::PendingLog,
+                "VHDX log entry",
+                Some(off),
+                format!("not a valid entry, so not replayed: {why}"),
+            );
         }
     }
     match pending_log(storage, &h, len) {
