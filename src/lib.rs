@@ -141,7 +141,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use disk::{Discard, Extent, ExtentKind, FastPaths, VirtualDisk};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Hint, Result};
 pub use handle::{Disk, DiskCursor, DiskReader};
 pub use report::{CheckReport, DiskType, Format, ImageInfo};
 
@@ -364,6 +364,7 @@ fn check_in_chain(
     match checked.map_err(|e| detect::damaged_detected(format, decided, e.with_path(path))) {
         Err(e) if e.context().is_some() => report.add(
             report::Severity::Error,
+            report::FindingKind::of_error(&e),
             e.structure().unwrap_or("image"),
             e.offset(),
             finding_text(&e, path),
@@ -382,13 +383,14 @@ fn check_in_chain(
             let info = disk.info();
             // A parent (or a parent's parent) that is not the recorded one:
             // whether the child's data fits it cannot be checked, even
-            // when --ignore-parent-id lets it be read.
-            for w in info
-                .warnings
-                .iter()
-                .filter(|w| parent::is_mismatch_warning(w))
-            {
-                report.not_checked.push(w.clone());
+            // when --ignore-parent-id lets it be read. A parent checked for
+            // its child (depth > 0) leaves them out: the child's open
+            // listed those of the whole chain already.
+            if depth == 0 {
+                for w in info.parent_mismatch_warnings() {
+                    report.not_checked.push(w.message.clone());
+                    report.parent_mismatch = true;
+                }
             }
             if let Some(p) = info.parent.as_ref().filter(|p| p.found) {
                 parent_path = p.path.as_ref().map(PathBuf::from);
@@ -399,7 +401,13 @@ fn check_in_chain(
                     p.path.unwrap_or_default(),
                     p.id.unwrap_or_default()
                 );
-                report.add(report::Severity::Info, "parent", None, text.clone());
+                report.add(
+                    report::Severity::Info,
+                    report::FindingKind::ParentMissing,
+                    "parent",
+                    None,
+                    text.clone(),
+                );
                 // The data the child leaves to its parent was not checked.
                 report
                     .not_checked
@@ -415,7 +423,9 @@ fn check_in_chain(
                 ErrorKind::ParentMissing | ErrorKind::ParentMismatch | ErrorKind::KeyMismatch
             ) =>
         {
-            if !report.not_checked.iter().any(|n| n.contains(e.message())) {
+            // The EVHD check has already said that no key given opens it.
+            let said = format == Format::Evhd && e.kind() == ErrorKind::KeyMismatch;
+            if !said {
                 report.not_checked.push(e.to_string());
             }
         }
@@ -431,6 +441,7 @@ fn check_in_chain(
         {
             report.add(
                 report::Severity::Error,
+                report::FindingKind::of_error(&e),
                 e.structure().unwrap_or("image"),
                 e.offset(),
                 finding_text(&e, path),
@@ -447,6 +458,7 @@ fn check_in_chain(
         report.findings = after.findings;
         report.checked = after.checked;
         report.not_checked = after.not_checked;
+        report.parent_mismatch = after.parent_mismatch;
         return Ok(report);
     }
     if let Some(pp) = parent_path {
@@ -479,11 +491,10 @@ fn add_parent_check(report: &mut CheckReport, parent: &Path, opts: &OpenOptions,
             for c in r.checked {
                 report.checked.push(format!("{prefix}{c}"));
             }
-            // Mismatches further up were listed from the child's own open.
+            // Mismatches further up were listed from the child's own open
+            // (the parent's check leaves them out).
             for n in r.not_checked {
-                if !parent::is_mismatch_warning(&n) {
-                    report.not_checked.push(format!("{prefix}{n}"));
-                }
+                report.not_checked.push(format!("{prefix}{n}"));
             }
         }
         Err(e) => report

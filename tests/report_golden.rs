@@ -101,7 +101,12 @@ fn golden(name: &str, got: &str) {
 /// `info`, `info --json`, `check` and `check --json` of `image` (with
 /// `extra` arguments) against the goldens named after `name`.
 fn reports(dir: &Path, name: &str, image: &str, extra: &[&str]) {
-    for (cmd, json) in [("info", false), ("info", true), ("check", false), ("check", true)] {
+    for (cmd, json) in [
+        ("info", false),
+        ("info", true),
+        ("check", false),
+        ("check", true),
+    ] {
         let mut args = vec![cmd];
         if json {
             args.push("--json");
@@ -202,7 +207,71 @@ fn evhd_reports() {
     )
     .unwrap();
     reports(d, "evhd-locked", "enc.evhd", &[]);
-    reports(d, "evhd-unlocked", "enc.evhd", &["--key", "test-only-key.xml"]);
+    reports(
+        d,
+        "evhd-unlocked",
+        "enc.evhd",
+        &["--key", "test-only-key.xml"],
+    );
+}
+
+/// Errors whose remedy is an option: the library names no option (it gives
+/// a hint), the command line says the option as it always has.
+#[test]
+fn errors_name_the_option_that_helps() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for name in ["parent2.vhdx", "stale.vhdx", "parentf.vhd"] {
+        unpack(name, d);
+    }
+    std::fs::write(d.join("disk.raw"), vec![7u8; 4096]).unwrap();
+    std::fs::copy(
+        fixture_dir().join("test-only-key.xml"),
+        d.join("test-only-key.xml"),
+    )
+    .unwrap();
+    for (name, args) in [
+        (
+            "error-parent-mismatch",
+            &["read", "--offset", "0", "--length", "512", "stale.vhdx"][..],
+        ),
+        ("error-no-signature", &["info", "-f", "vhd", "disk.raw"]),
+        ("error-output-exists", &["create", "parentf.vhd", "2M"]),
+        (
+            "error-key-file-exists",
+            &["keygen", "-o", "test-only-key.xml"],
+        ),
+    ] {
+        golden(name, &run_in(d, args));
+    }
+}
+
+/// The library's side of the same errors: a hint, and no option named.
+#[test]
+fn library_errors_give_hints_not_options() {
+    use vhdkit::{ErrorKind, Hint, OpenOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for name in ["parent2.vhdx", "stale.vhdx"] {
+        unpack(name, d);
+    }
+    let e = match vhdkit::open(d.join("stale.vhdx"), &OpenOptions::new()) {
+        Err(e) => e,
+        Ok(disk) => disk
+            .read_at(&mut [0u8; 512], 0)
+            .expect_err("the parent is not the recorded one"),
+    };
+    assert_eq!(e.kind(), ErrorKind::ParentMismatch, "{e}");
+    assert_eq!(e.hint(), Some(Hint::IgnoreParentId), "{e}");
+    assert!(!e.to_string().contains("--"), "no option named: {e}");
+
+    std::fs::write(d.join("disk.raw"), vec![7u8; 4096]).unwrap();
+    let opts = OpenOptions::new().format(Some(vhdkit::Format::Vhd));
+    let e = vhdkit::open(d.join("disk.raw"), &opts)
+        .err()
+        .expect("not a VHD");
+    assert_eq!(e.hint(), Some(Hint::ReadAsRaw), "{e}");
+    assert!(!e.to_string().contains("-f"), "no option named: {e}");
 }
 
 /// The goldens cannot pass by accident: a report that differs is caught.

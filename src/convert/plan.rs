@@ -18,7 +18,7 @@ use crate::evhd::EvhdOptions;
 use crate::evhd::cipher::CipherId;
 use crate::evhd::header::Origin;
 use crate::evhd::keys::{PrivateKey, PublicKey};
-use crate::report::{DiskType, Format, ImageInfo};
+use crate::report::{DiskType, Format, ImageInfo, WarningKind};
 
 /// File name extensions (lowercase) and the format each names. `avhd` and
 /// `avhdx` are Hyper-V's names for differencing (snapshot) images.
@@ -191,13 +191,12 @@ fn refuse_to_sign_untrusted(src: &ImageInfo, signer: &PrivateKey) -> Result<()> 
     if src.format != Format::Evhd {
         return Ok(());
     }
-    let sig = src.evhd.as_ref().map(|e| &e["signature"]);
-    let trusted = sig.is_some_and(|s| {
-        s["trusted"] == true || s["signer"].as_str() == Some(signer.fingerprint().hex().as_str())
-    });
+    let sig = src.details.evhd().map(|e| &e.signature);
+    let trusted =
+        sig.is_some_and(|s| s.trusted() || s.signer() == Some(signer.fingerprint().hex().as_str()));
     if !trusted {
         let why = sig
-            .and_then(|s| s["warning"].as_str())
+            .and_then(|s| s.warning())
             .unwrap_or("the source is not signed by a trusted key");
         return Err(Error::new(
             ErrorKind::Untrusted,
@@ -210,7 +209,7 @@ fn refuse_to_sign_untrusted(src: &ImageInfo, signer: &PrivateKey) -> Result<()> 
     if let Some(w) = src
         .warnings
         .iter()
-        .find(|w| w.contains(crate::evhd::fallback::FELL_BACK))
+        .find(|w| w.kind == WarningKind::CommitMayBeLost)
     {
         return Err(Error::new(
             ErrorKind::NeedsRepair,
