@@ -273,7 +273,7 @@ fn bat_entry_past_the_end_of_the_file() {
     assert_eq!(log.runs().len(), 1);
     assert!(lib_warning(
         &path,
-        WarningKind::Truncated,
+        WarningKind::BlockPastEof,
         "VHD block",
         Some(1 << 30)
     ));
@@ -514,4 +514,36 @@ fn differencing_child_checks_clean_and_a_missing_parent_is_could_not_check() {
         "parent",
         None
     ));
+}
+
+#[test]
+fn info_merges_a_run_of_blocks_past_the_end_into_one_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.vhd");
+    let mut d = create(&path, VhdBuilder::new(SIZE).block_size(BS)).unwrap();
+    for block in 0..4u64 {
+        d.write_at(&[7u8; 4096], block * u64::from(BS)).unwrap();
+    }
+    d.flush().unwrap();
+    drop(d);
+    let lay = SparseLayout::read(&path);
+    let start1 = u64::from(lay.bat[1]) * 512;
+    // Cut inside block 1: blocks 1, 2 and 3 reach past the end.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(start1 + lay.bitmap_size() + 1000)
+        .unwrap();
+    let disk = vhdkit::open(&path, &OpenOptions::new()).unwrap();
+    let past: Vec<_> = disk
+        .info()
+        .warnings
+        .into_iter()
+        .filter(|w| w.kind == WarningKind::BlockPastEof)
+        .collect();
+    assert_eq!(past.len(), 1, "{past:?}");
+    assert_eq!(past[0].structure, Some("VHD block"));
+    assert_eq!(past[0].offset, Some(start1));
+    assert!(past[0].message.contains("blocks 1 to 3"), "{past:?}");
 }

@@ -269,7 +269,8 @@ impl VhdDisk {
             }
             next_free = next_free.max(stop);
         }
-        self.warnings.extend(past.warnings("VHD block", footer_offset));
+        self.warnings
+            .extend(past.warnings("VHD block", footer_offset));
         self.warn_overlaps(
             &header,
             header_offset,

@@ -13,9 +13,9 @@ pub mod check;
 pub mod create;
 pub mod file_identifier;
 pub mod header;
+mod info;
 pub mod log;
 pub mod metadata;
-mod info;
 mod open;
 pub mod parent_locator;
 pub mod region_table;
@@ -35,7 +35,6 @@ use crate::layer::{self, BitmapCache};
 use crate::parent::Parent;
 use crate::report::{ImageInfo, Warning};
 use log::{LogView, Sequence};
-
 
 pub use create::{VhdxBuilder, create};
 pub use open::parent_spec_from_headers;
@@ -60,7 +59,6 @@ pub enum LogReplay {
     /// Replayed onto the file and the LogGuid cleared.
     OnDisk,
 }
-
 
 /// An open VHDX.
 ///
