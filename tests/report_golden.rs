@@ -267,9 +267,9 @@ fn library_errors_give_hints_not_options() {
 
     std::fs::write(d.join("disk.raw"), vec![7u8; 4096]).unwrap();
     let opts = OpenOptions::new().format(Some(vhdkit::Format::Vhd));
-    let e = vhdkit::open(d.join("disk.raw"), &opts)
-        .err()
-        .expect("not a VHD");
+    let Err(e) = vhdkit::open(d.join("disk.raw"), &opts) else {
+        panic!("a raw file opened as a VHD");
+    };
     assert_eq!(e.hint(), Some(Hint::ReadAsRaw), "{e}");
     assert!(!e.to_string().contains("-f"), "no option named: {e}");
 }
