@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::disk::VirtualDisk;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Hint, Result};
 use crate::io::Storage;
 use crate::parent::{Candidate, Parent, ParentSpec, mismatch_error, missing_error};
 use crate::report::Format;
@@ -174,11 +174,9 @@ fn refuse_unsignable(storage: &dyn Storage, opts: &OpenOptions) -> Result<()> {
     if format != Format::Evhd {
         return Err(Error::new(
             ErrorKind::Untrusted,
-            format!(
-                "a {} image carries no signature; --require-signed accepts only signed EVHD images",
-                format.as_str()
-            ),
-        ));
+            format!("a {} image carries no signature", format.as_str()),
+        )
+        .with_hint(Hint::RequireSignedNeedsEvhd));
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::disk::{ExtentKind, VirtualDisk, is_zero};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Hint, Result};
 use crate::io::{FileStorage, Storage};
 use crate::raw::RawDisk;
 use crate::report::{DiskType, Format};
@@ -233,7 +233,8 @@ pub fn create_in(
         }
         Format::Evhd => {
             let o = spec.evhd.as_ref().ok_or_else(|| {
-                Error::invalid_argument("an EVHD needs at least one recipient (--recipient)")
+                Error::invalid_argument("an EVHD needs at least one recipient")
+                    .with_hint(Hint::Recipient)
             })?;
             if spec.disk_type != DiskType::Dynamic {
                 return Err(Error::invalid_argument("EVHD images are always dynamic"));
@@ -316,11 +317,9 @@ pub fn create_file(
     // Only a regular file is ever replaced (not a link, device or FIFO).
     crate::device::refuse_unless_replaceable(dest, false)?;
     if !overwrite && dest.exists() {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "the file exists (pass --force to replace it)",
-        )
-        .with_path(dest));
+        return Err(Error::new(ErrorKind::InvalidArgument, "the file exists")
+            .with_hint(Hint::ReplaceOutput)
+            .with_path(dest));
     }
     // Refuse to replace an image another program has open, and keep it
     // locked until it is replaced so none starts using it meanwhile.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::io::{Storage, io_err};
-use crate::report::{CheckReport, Severity};
+use crate::report::{CheckReport, FindingKind, Severity, Warning, WarningKind};
 
 /// Damage findings (runs of blocks) listed before the rest are only counted:
 /// a hostile block table cannot make millions of findings.
@@ -367,6 +367,7 @@ impl MissingRuns {
             };
             report.add(
                 Severity::Error,
+                FindingKind::OutOfBounds,
                 self.structure,
                 Some(first.file_offset),
                 text,
@@ -375,6 +376,7 @@ impl MissingRuns {
         if self.dropped > 0 {
             report.add(
                 Severity::Error,
+                FindingKind::OutOfBounds,
                 self.structure,
                 None,
                 format!(
@@ -383,6 +385,52 @@ impl MissingRuns {
                 ),
             );
         }
+    }
+}
+
+/// Blocks that reach past the end of an image's data, found while opening
+/// it: one [`Warning`] per run of consecutive blocks (a large truncated
+/// disk would otherwise give one per block), as `check` lists them.
+#[derive(Debug, Default)]
+pub(crate) struct PastEnd {
+    /// (first block, its file offset, last block) of each run.
+    runs: Vec<(u64, u64, u64)>,
+}
+
+impl PastEnd {
+    /// Add block `block` stored at `file_offset` (in increasing block order).
+    pub fn add(&mut self, block: u64, file_offset: u64) {
+        if let Some(last) = self.runs.last_mut()
+            && last.2 + 1 == block
+        {
+            last.2 = block;
+            return;
+        }
+        self.runs.push((block, file_offset, block));
+    }
+
+    /// The warnings, about blocks of `structure`, the data ending at `end`.
+    pub fn warnings(self, structure: &'static str, end: u64) -> Vec<Warning> {
+        self.runs
+            .into_iter()
+            .map(|(first, at, last)| {
+                let what = if first == last {
+                    format!("block {first} at {at:#x} extends")
+                } else {
+                    format!(
+                        "blocks {first} to {last} ({} blocks, the first at {at:#x}) extend",
+                        last - first + 1
+                    )
+                };
+                Warning::new(
+                    WarningKind::BlockPastEof,
+                    format!(
+                        "{what} past the end of the data at {end:#x}; what lies past the end of the file cannot be read"
+                    ),
+                )
+                .at(structure, at)
+            })
+            .collect()
     }
 }
 
@@ -442,6 +490,14 @@ mod tests {
         let mut report = CheckReport::default();
         runs.report(&mut report);
         assert_eq!(report.findings.len(), 2, "{:?}", report.findings);
+        let at: Vec<_> = report.findings.iter().map(|f| (f.kind, f.offset)).collect();
+        assert_eq!(
+            at,
+            [
+                (crate::report::FindingKind::OutOfBounds, Some(2 << 20)),
+                (crate::report::FindingKind::OutOfBounds, Some(7 << 20)),
+            ]
+        );
         assert!(report.findings[0].message.contains("blocks 2 to 3"));
         assert!(report.findings[0].message.contains("0x280000..0x400000"));
         assert!(report.findings[1].message.contains("block 7 "));

@@ -459,7 +459,8 @@ pub fn resolve_traced(
     if want == Format::Raw || trace_of(storage, want).is_some() {
         return Ok((want, None));
     }
-    let found = match trace(storage) {
+    let t = trace(storage);
+    let found = match &t {
         Some(t) => format!(
             "found {} {} ({} {} image)",
             article(t.format),
@@ -467,12 +468,17 @@ pub fn resolve_traced(
             article(t.format),
             format_name(t.format)
         ),
-        None => "found no signature of VHD, VHDX or EVHD (a raw image: -f raw)".to_string(),
+        None => "found no signature of VHD, VHDX or EVHD".to_string(),
     };
-    Err(Error::new(
+    let e = Error::new(
         ErrorKind::InvalidArgument,
         format!("not {} {} image: {found}", article(want), format_name(want)),
-    ))
+    );
+    // A file with no signature at all may be a raw disk.
+    Err(match t {
+        None => e.with_hint(crate::Hint::ReadAsRaw),
+        Some(_) => e,
+    })
 }
 
 /// Whether writing `len` bytes at `offset` of a file of `file_len` bytes
@@ -562,11 +568,12 @@ pub fn guard_probed_raw(storage: &dyn Storage, data: &[u8], offset: u64) -> Resu
             ErrorKind::InvalidArgument,
             format!(
                 "refusing to write: this data would make the raw image look like {} {} image ({t}); \
-                 a disk whose content others control must be opened with -f raw",
+                 a disk whose content others control must be opened",
                 article(t.format),
                 format_name(t.format)
             ),
-        )),
+        )
+        .with_hint(crate::Hint::OpenAsRaw)),
     }
 }
 

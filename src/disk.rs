@@ -245,7 +245,7 @@ pub trait Discard {
 /// warnings from its open: repair first), and with its parent present.
 pub(crate) fn ensure_writable(
     storage: &dyn crate::io::Storage,
-    warnings: &[String],
+    warnings: &[crate::report::Warning],
     parent: Option<&crate::parent::Parent>,
 ) -> Result<()> {
     if !storage.is_writable() {
@@ -258,10 +258,15 @@ pub(crate) fn ensure_writable(
         return Err(Error::new(
             ErrorKind::NeedsRepair,
             format!(
-                "the image is damaged ({}); repair it with `vhdkit check --repair` before writing",
-                warnings.join("; ")
+                "the image is damaged ({})",
+                warnings
+                    .iter()
+                    .map(|w| w.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
-        ));
+        )
+        .with_hint(crate::Hint::Repair));
     }
     if let Some(crate::parent::Parent::Missing { .. }) = parent {
         return Err(Error::new(
@@ -274,7 +279,7 @@ pub(crate) fn ensure_writable(
             ErrorKind::ParentMismatch,
             format!(
                 "cannot write to a differencing image whose parent is not the recorded one: {}",
-                p.warning().unwrap_or_default()
+                p.warning().map(|w| w.message).unwrap_or_default()
             ),
         ));
     }

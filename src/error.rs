@@ -69,10 +69,46 @@ impl ErrorKind {
     }
 }
 
+/// What a caller can do about an error, for a front end to say in its own
+/// terms (the command-line tool names its options). The library's messages
+/// never name an option of a particular front end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Hint {
+    /// A parent that is not the recorded one can be read anyway
+    /// ([`crate::OpenOptions::ignore_parent_id`]).
+    IgnoreParentId,
+    /// The output file exists and may be replaced if the caller says so.
+    ReplaceOutput,
+    /// The key file exists and may be replaced if the caller says so.
+    ReplaceKeyFile,
+    /// The image was refused because a trusted signature was required
+    /// ([`crate::OpenOptions::require_signed`]).
+    RequireSigned,
+    /// A trusted signature was required, and only an EVHD can carry one.
+    RequireSignedNeedsEvhd,
+    /// An EVHD needs the public key of at least one recipient.
+    Recipient,
+    /// The private key of a remaining recipient is needed.
+    RecipientKey,
+    /// The file is raw data, readable by stating the raw format.
+    ReadAsRaw,
+    /// Data whose content others control must be opened by stating the raw
+    /// format, so that it is never taken for another format.
+    OpenAsRaw,
+    /// The image must be repaired (`check` with repair) before it is written.
+    Repair,
+    /// The image is in use or cannot be locked: opening it read-only
+    /// without taking or honouring locks would read it (what is read may
+    /// be inconsistent).
+    ForceShare,
+}
+
 /// An error with its context.
 #[derive(Debug)]
 pub struct Error {
     kind: ErrorKind,
+    hint: Option<Hint>,
     path: Option<PathBuf>,
     /// What the error means for the image as a whole, printed before the
     /// structure (e.g. "damaged VHDX image").
@@ -91,6 +127,7 @@ impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
             kind,
+            hint: None,
             path: None,
             context: None,
             structure: None,
@@ -120,6 +157,17 @@ impl Error {
         let mut e = Error::new(ErrorKind::Io, what);
         e.source = Some(err);
         e
+    }
+
+    /// Say what the caller can do about the error.
+    pub fn with_hint(mut self, hint: Hint) -> Self {
+        self.hint = Some(hint);
+        self
+    }
+
+    /// What the caller can do about the error, if the library knows.
+    pub fn hint(&self) -> Option<Hint> {
+        self.hint
     }
 
     /// Attach the structure name and file offset where the problem lies.

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use rand_core::RngCore;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Hint, Result};
 use crate::evhd::keys::{PrivateKey, PublicKey};
 
 pub mod report;
@@ -131,8 +131,9 @@ pub fn write_key_file(path: &Path, bytes: &[u8], kind: KeyKind, force: bool) -> 
         Ok(_) if !force => {
             return Err(Error::io(
                 io::Error::from(io::ErrorKind::AlreadyExists),
-                "cannot create the key file (--force replaces it)",
+                "cannot create the key file",
             )
+            .with_hint(Hint::ReplaceKeyFile)
             .with_path(path));
         }
         Ok(_) => {}
@@ -239,7 +240,9 @@ fn place(tmp: &Path, dest: &Path, force: bool) -> Result<()> {
     crate::device::refuse_unless_replaceable(dest, false)?;
     crate::pending::commit(tmp, || crate::io::rename_into_place(tmp, dest, force)).map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {
-            Error::io(e, "cannot create the key file (--force replaces it)").with_path(dest)
+            Error::io(e, "cannot create the key file")
+                .with_hint(Hint::ReplaceKeyFile)
+                .with_path(dest)
         } else {
             Error::io(e, "cannot move the key file into place").with_path(dest)
         }
@@ -288,7 +291,8 @@ mod tests {
         let p = d.path().join("k.xml");
         fs::write(&p, b"old").unwrap();
         let e = write_key_file(&p, b"new", KeyKind::Private, false).unwrap_err();
-        assert!(e.to_string().contains("--force"), "{e}");
+        assert_eq!(e.hint(), Some(Hint::ReplaceKeyFile), "{e}");
+        assert!(!e.to_string().contains("--"), "no option named: {e}");
         assert_eq!(fs::read(&p).unwrap(), b"old");
         write_key_file(&p, b"new", KeyKind::Private, true).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"new");

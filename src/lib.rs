@@ -147,7 +147,7 @@ use std::sync::Arc;
 
 pub use damage::SalvageLog;
 pub use disk::{Discard, Extent, ExtentKind, FastPaths, VirtualDisk};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Hint, Result};
 pub use evhd::cipher::CipherId;
 pub use evhd::keys::{DEFAULT_BITS, Fingerprint, KeyFile, PrivateKey, PublicKey};
 pub use evhd::signature::Status as SignatureStatus;
@@ -394,6 +394,7 @@ fn check_in_chain(
     match checked.map_err(|e| detect::damaged_detected(format, decided, e.with_path(path))) {
         Err(e) if e.context().is_some() => report.add(
             report::Severity::Error,
+            report::FindingKind::of_error(&e),
             e.structure().unwrap_or("image"),
             e.offset(),
             finding_text(&e, path),
@@ -412,13 +413,14 @@ fn check_in_chain(
             let info = disk.info();
             // A parent (or a parent's parent) that is not the recorded one:
             // whether the child's data fits it cannot be checked, even
-            // when --ignore-parent-id lets it be read.
-            for w in info
-                .warnings
-                .iter()
-                .filter(|w| parent::is_mismatch_warning(w))
-            {
-                report.not_checked.push(w.clone());
+            // when --ignore-parent-id lets it be read. A parent checked for
+            // its child (depth > 0) leaves them out: the child's open
+            // listed those of the whole chain already.
+            if depth == 0 {
+                for w in info.parent_mismatch_warnings() {
+                    report.not_checked.push(w.message.clone());
+                    report.parent_mismatch = true;
+                }
             }
             if let Some(p) = info.parent.as_ref().filter(|p| p.found) {
                 parent_path = p.path.as_ref().map(PathBuf::from);
@@ -429,7 +431,13 @@ fn check_in_chain(
                     p.path.unwrap_or_default(),
                     p.id.unwrap_or_default()
                 );
-                report.add(report::Severity::Info, "parent", None, text.clone());
+                report.add(
+                    report::Severity::Info,
+                    report::FindingKind::ParentMissing,
+                    "parent",
+                    None,
+                    text.clone(),
+                );
                 // The data the child leaves to its parent was not checked.
                 report
                     .not_checked
@@ -445,7 +453,9 @@ fn check_in_chain(
                 ErrorKind::ParentMissing | ErrorKind::ParentMismatch | ErrorKind::KeyMismatch
             ) =>
         {
-            if !report.not_checked.iter().any(|n| n.contains(e.message())) {
+            // The EVHD check has already said that no key given opens it.
+            let said = format == Format::Evhd && e.kind() == ErrorKind::KeyMismatch;
+            if !said {
                 report.not_checked.push(e.to_string());
             }
         }
@@ -461,6 +471,7 @@ fn check_in_chain(
         {
             report.add(
                 report::Severity::Error,
+                report::FindingKind::of_error(&e),
                 e.structure().unwrap_or("image"),
                 e.offset(),
                 finding_text(&e, path),
@@ -477,6 +488,7 @@ fn check_in_chain(
         report.findings = after.findings;
         report.checked = after.checked;
         report.not_checked = after.not_checked;
+        report.parent_mismatch = after.parent_mismatch;
         return Ok(report);
     }
     if let Some(pp) = parent_path {
@@ -512,11 +524,10 @@ fn add_parent_check(report: &mut CheckReport, parent: &Path, opts: &OpenOptions,
             for c in r.checked {
                 report.checked.push(format!("{prefix}{c}"));
             }
-            // Mismatches further up were listed from the child's own open.
+            // Mismatches further up were listed from the child's own open
+            // (the parent's check leaves them out).
             for n in r.not_checked {
-                if !parent::is_mismatch_warning(&n) {
-                    report.not_checked.push(format!("{prefix}{n}"));
-                }
+                report.not_checked.push(format!("{prefix}{n}"));
             }
         }
         Err(e) => report

@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Hint, Result};
 
 /// Release every lock an open of `file` holds (qemu's bytes, then the
 /// `flock`).
@@ -34,7 +34,7 @@ pub const LOCK_FAILED: &str = "cannot lock the image file (the file system may n
 /// every caller can open without a lock (a parent opened to create a
 /// child, say).
 pub fn force_share_would_help(e: &Error) -> bool {
-    e.kind() == ErrorKind::InUse || (e.kind() == ErrorKind::Io && e.message() == LOCK_FAILED)
+    e.kind() == ErrorKind::InUse || e.hint() == Some(Hint::ForceShare)
 }
 
 /// Lock an open image file without waiting, like qemu: `flock` on Unix
@@ -60,7 +60,9 @@ pub fn lock(file: &File, path: &Path, mode: LockMode) -> Result<()> {
             return Err(in_use_error(file, mode).with_path(path));
         }
         Err(std::fs::TryLockError::Error(e)) => {
-            return Err(Error::io(e, LOCK_FAILED).with_path(path));
+            return Err(Error::io(e, LOCK_FAILED)
+                .with_hint(Hint::ForceShare)
+                .with_path(path));
         }
     }
     #[cfg(target_os = "linux")]

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::disk::VirtualDisk;
 use crate::error::{Error, ErrorKind, Result};
-use crate::report::ParentInfo;
+use crate::report::{ParentInfo, Warning, WarningKind};
 
 pub use crate::chain::{Chain, MAX_CHAIN_DEPTH};
 
@@ -139,7 +139,7 @@ impl Parent {
 
     /// The warning for a parent whose identity is not the recorded one
     /// (`None` when it matches or was not found).
-    pub fn warning(&self) -> Option<String> {
+    pub fn warning(&self) -> Option<Warning> {
         match self {
             Parent::Open {
                 path,
@@ -147,18 +147,24 @@ impl Parent {
                 found_id,
                 id_name,
                 ..
-            } if *found_id != Some(*expected_id) => Some(format!(
-                "{}; it is read anyway (--ignore-parent-id), so the data may be inconsistent",
-                mismatch_text(path, *expected_id, *found_id, id_name)
+            } if *found_id != Some(*expected_id) => Some(Warning::new(
+                WarningKind::ParentMismatchIgnored,
+                format!(
+                    "{}; it is read anyway (--ignore-parent-id), so the data may be inconsistent",
+                    mismatch_text(path, *expected_id, *found_id, id_name)
+                ),
             )),
             Parent::Mismatched {
                 path,
                 expected_id,
                 found_id,
                 id_name,
-            } => Some(format!(
-                "{}; reading the child's data is refused (--ignore-parent-id reads it anyway, knowing it may be inconsistent)",
-                mismatch_text(path, *expected_id, *found_id, id_name)
+            } => Some(Warning::new(
+                WarningKind::ParentMismatchRefused,
+                format!(
+                    "{}; reading the child's data is refused (--ignore-parent-id reads it anyway, knowing it may be inconsistent)",
+                    mismatch_text(path, *expected_id, *found_id, id_name)
+                ),
             )),
             _ => None,
         }
@@ -166,14 +172,14 @@ impl Parent {
 
     /// [`Parent::warning`], then the same warnings of the parent's own
     /// parents (a mismatch anywhere up the chain), nearest first.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.warning().into_iter().collect();
+    pub fn warnings(&self) -> Vec<Warning> {
+        let mut v: Vec<Warning> = self.warning().into_iter().collect();
         if let Parent::Open { disk, .. } = self {
             v.extend(
                 disk.info()
                     .warnings
                     .into_iter()
-                    .filter(|w| is_mismatch_warning(w)),
+                    .filter(|w| w.kind.is_parent_mismatch()),
             );
         }
         v
@@ -219,19 +225,10 @@ impl Parent {
     }
 }
 
-/// Whether `warning` (from `info().warnings`) is the one a parent that is
-/// not the recorded one gives (see [`Parent::warning`]).
-pub fn is_mismatch_warning(warning: &str) -> bool {
-    warning.starts_with("parent ") && warning.contains(MISMATCH_WORDS)
-}
-
-/// The words that mark a mismatch warning.
-const MISMATCH_WORDS: &str = ", but the child expects ";
-
 /// The mismatch said for people: both ids and what it means.
 fn mismatch_text(path: &Path, expected: Uuid, found: Option<Uuid>, id_name: &str) -> String {
     format!(
-        "parent {} has {id_name} {}{MISMATCH_WORDS}{expected}: the parent was written to or replaced after the child was made",
+        "parent {} has {id_name} {}, but the child expects {expected}: the parent was written to or replaced after the child was made",
         path.display(),
         found.map_or_else(|| "(none)".to_string(), |u| u.to_string()),
     )
@@ -246,10 +243,11 @@ pub(crate) fn mismatch_error(
     Error::new(
         ErrorKind::ParentMismatch,
         format!(
-            "{}, so the child's data may be inconsistent (override with --ignore-parent-id to read it anyway)",
+            "{}, so the child's data may be inconsistent",
             mismatch_text(path, expected, found, id_name)
         ),
     )
+    .with_hint(crate::Hint::IgnoreParentId)
 }
 
 pub(crate) fn missing_error(recorded: &str, id: Uuid, tried: &[PathBuf]) -> Error {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::disk::{Extent, ExtentKind, ExtentList, FastPaths, VirtualDisk, check_range};
 use crate::error::Result;
 use crate::io::{Storage, io_err};
-use crate::report::{DiskType, Format, ImageInfo};
+use crate::report::{DiskType, Format, FormatDetails, ImageInfo};
 
 /// A flat image whose bytes are the virtual disk's bytes.
 pub struct RawDisk {
@@ -133,9 +133,7 @@ impl VirtualDisk for RawDisk {
                 .map_or(self.size, |a| a.min(self.size)),
             parent: None,
             warnings: Vec::new(),
-            vhd: None,
-            vhdx: None,
-            evhd: None,
+            details: FormatDetails::Raw,
         }
     }
 

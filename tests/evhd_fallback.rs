@@ -13,7 +13,7 @@ use common::torn::{Faulty, Handle};
 use common::{code_out_err, patch_file, test_key, vhdkit, vhdkit_ok};
 use vhdkit::MemStorage;
 use vhdkit::PrivateKey;
-use vhdkit::report::Severity;
+use vhdkit::report::{FindingKind, Severity, Warning, WarningKind};
 use vhdkit::unstable::evhd::header::{COPY_OFFSETS, HEADER_SIZE};
 use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk, EvhdImage, JOURNAL_OFFSET};
 use vhdkit::{CheckReport, OpenOptions, VirtualDisk};
@@ -58,12 +58,12 @@ fn check_lib(image: &[u8], with_key: bool) -> CheckReport {
 fn fallback_findings(r: &CheckReport) -> Vec<String> {
     r.findings
         .iter()
-        .filter(|f| f.message.contains(FELL_BACK))
+        .filter(|f| f.kind == FindingKind::RolledBack)
         .map(|f| f.message.clone())
         .collect()
 }
 
-fn open_warnings(image: &[u8], o: &OpenOptions) -> Vec<String> {
+fn open_warnings(image: &[u8], o: &OpenOptions) -> Vec<Warning> {
     let storage = Box::new(MemStorage::from_vec(image.to_vec()));
     // Without a key the image opens locked.
     let warnings = if o.keys.is_empty() {
@@ -118,9 +118,11 @@ fn rolled_back_header_warns_on_open_and_is_a_check_error() {
     // Opening still works (the older copy is a complete state) but says so.
     for o in [opts(false), OpenOptions::new()] {
         let w = open_warnings(&image, &o);
-        let w = w.iter().find(|w| w.contains(FELL_BACK)).unwrap_or_else(|| {
-            panic!("no fall-back warning among {w:?}");
-        });
+        let w = w
+            .iter()
+            .find(|w| w.kind == WarningKind::CommitMayBeLost)
+            .map(|w| w.message.as_str())
+            .unwrap_or_else(|| panic!("no fall-back warning among {w:?}"));
         assert!(
             w.contains(&format!(
                 "header copy {} at {:#x} (sequence {})",
@@ -164,7 +166,7 @@ fn rolled_back_header_warns_on_open_and_is_a_check_error() {
         assert!(
             r.findings
                 .iter()
-                .any(|x| x.severity == Severity::Error && x.message.contains(FELL_BACK))
+                .any(|x| x.severity == Severity::Error && x.kind == FindingKind::RolledBack)
         );
     }
 }
@@ -210,7 +212,10 @@ fn two_copies_of_the_older_sequence_are_a_fallback() {
     image[c..c + HEADER_SIZE].copy_from_slice(&copy);
     image[JOURNAL_OFFSET as usize + 3] ^= 0x10;
     let w = open_warnings(&image, &opts(false));
-    assert!(w.iter().any(|w| w.contains(FELL_BACK)), "{w:?}");
+    assert!(
+        w.iter().any(|w| w.kind == WarningKind::CommitMayBeLost),
+        "{w:?}"
+    );
     assert_eq!(check_lib(&image, false).exit_code(), 2);
 }
 
@@ -228,7 +233,11 @@ fn damaged_current_copy_with_its_journal_record_is_quiet() {
     )
     .unwrap();
     assert_eq!(d.recipients().len(), 2, "the record was replayed");
-    assert!(!d.warnings().iter().any(|w| w.contains(FELL_BACK)));
+    assert!(
+        !d.warnings()
+            .iter()
+            .any(|w| w.kind == WarningKind::CommitMayBeLost)
+    );
     for with_key in [false, true] {
         assert!(fallback_findings(&check_lib(&image, with_key)).is_empty());
     }
@@ -253,8 +262,11 @@ fn forged_journal_record_does_not_confirm() {
     let rcrc = vhdkit::unstable::checksum::crc32c_with_zeroed_field(&image[j..j + len], 12);
     image[j + 12..j + 16].copy_from_slice(&rcrc.to_le_bytes());
     let w = open_warnings(&image, &opts(false));
-    let hit = w.iter().find(|w| w.contains(FELL_BACK)).cloned();
-    let hit = hit.unwrap_or_else(|| panic!("no fall-back warning among {w:?}"));
+    let hit = w.iter().find(|w| w.kind == WarningKind::CommitMayBeLost);
+    let hit = hit.map_or_else(
+        || panic!("no fall-back warning among {w:?}"),
+        |w| &w.message,
+    );
     assert!(hit.contains("does not verify"), "{hit}");
     let r = check_lib(&image, true);
     assert_eq!(r.exit_code(), 2, "{:?}", r.findings);
@@ -360,7 +372,10 @@ fn workload(d: &mut EvhdDisk) -> vhdkit::Result<()> {
 fn assert_quiet(image: &[u8], what: &str) {
     for o in [opts(false), OpenOptions::new()] {
         let w = open_warnings(image, &o);
-        assert!(!w.iter().any(|w| w.contains(FELL_BACK)), "{what}: {w:?}");
+        assert!(
+            !w.iter().any(|w| w.kind == WarningKind::CommitMayBeLost),
+            "{what}: {w:?}"
+        );
     }
     for with_key in [false, true] {
         let f = fallback_findings(&check_lib(image, with_key));

@@ -9,6 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use vhdkit::report::{FindingKind, WarningKind};
 use vhdkit::unstable::vhd::{VhdBuilder, create};
 use vhdkit::{ErrorKind, OpenOptions, VirtualDisk};
 
@@ -78,6 +79,25 @@ fn warnings(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Whether the library's check of `path` has a finding of `kind` in
+/// `structure` at `offset`.
+fn lib_finding(path: &Path, kind: FindingKind, structure: &str, offset: Option<u64>) -> bool {
+    let report = vhdkit::check(path, &OpenOptions::new(), false).unwrap();
+    report
+        .findings
+        .iter()
+        .any(|f| f.kind == kind && f.structure == structure && f.offset == offset)
+}
+
+/// Whether opening `path` warns with `kind` about `structure` at `offset`.
+fn lib_warning(path: &Path, kind: WarningKind, structure: &str, offset: Option<u64>) -> bool {
+    let disk = vhdkit::open(path, &OpenOptions::new()).unwrap();
+    disk.info()
+        .warnings
+        .iter()
+        .any(|w| w.kind == kind && w.structure == Some(structure) && w.offset == offset)
+}
+
 fn write_kind(path: &Path) -> Result<(), ErrorKind> {
     let mut d = vhdkit::open(path, &OpenOptions::new().writable(true)).map_err(|e| e.kind())?;
     d.write_at(&[1u8; 512], 512).map_err(|e| e.kind())?;
@@ -108,12 +128,21 @@ fn bad_end_footer_checksum_is_found_opens_with_warning_refuses_writes_and_repair
     assert_eq!(code, 2, "{r:#}");
     let f = findings_at(&r, "VHD footer", len - 512);
     assert_eq!(f.len(), 1, "{r:#}");
-    assert!(f[0]["message"].as_str().unwrap().contains("checksum"));
+    let at = len - 512 + 64;
+    assert!(lib_finding(
+        &path,
+        FindingKind::Checksum,
+        "VHD footer",
+        Some(at)
+    ));
 
     // Readable (through the good copy at offset 0), with a warning.
     assert_eq!(read_image(&path), model);
-    let w = warnings(&path);
-    assert!(w.iter().any(|w| w.contains("checksum")), "{w:?}");
+    assert!(
+        lib_warning(&path, WarningKind::CopyUnusable, "VHD footer", Some(at)),
+        "{:?}",
+        warnings(&path)
+    );
     assert_eq!(write_kind(&path), Err(ErrorKind::NeedsRepair));
     // The CLI says so too, and changes nothing.
     let before = std::fs::read(&path).unwrap();
@@ -218,10 +247,13 @@ fn bat_entry_past_the_end_of_the_file() {
     assert_eq!(code, 2);
     let f = findings_at(&r, "VHD block", 1 << 30);
     assert_eq!(f.len(), 1, "{r:#}");
-    assert!(
-        f[0]["message"].as_str().unwrap().contains("block 3"),
-        "{r:#}"
-    );
+    assert_eq!(f[0]["offset"], 1u64 << 30, "{r:#}");
+    assert!(lib_finding(
+        &path,
+        FindingKind::OutOfBounds,
+        "VHD block",
+        Some(1 << 30)
+    ));
     assert_eq!(r["findings"].as_array().unwrap().len(), 1, "{r:#}");
 
     // Reading: the block cannot be read (tests/damage.rs); salvaging, its
@@ -235,7 +267,12 @@ fn bat_entry_past_the_end_of_the_file() {
         model
     );
     assert_eq!(log.runs().len(), 1);
-    assert!(warnings(&path).iter().any(|w| w.contains("block 3")));
+    assert!(lib_warning(
+        &path,
+        WarningKind::BlockPastEof,
+        "VHD block",
+        Some(1 << 30)
+    ));
     assert_eq!(write_kind(&path), Err(ErrorKind::NeedsRepair));
 }
 
@@ -266,7 +303,10 @@ fn two_bat_entries_sharing_a_block() {
     let bs = BS as usize;
     assert_eq!(data[2 * bs..3 * bs], data[6 * bs..7 * bs]);
     assert!(
-        disk.info().warnings.iter().any(|w| w.contains("overlap")),
+        disk.info()
+            .warnings
+            .iter()
+            .any(|w| w.kind == vhdkit::report::WarningKind::Overlap),
         "{:?}",
         disk.info().warnings
     );
@@ -291,7 +331,13 @@ fn block_over_the_metadata_is_found_and_refuses_writes() {
     let f = findings_at(&r, "VHD block allocation table", entry);
     assert!(!f.is_empty(), "{r:#}");
     assert!(
-        f.iter()
+        lib_finding(
+            &path,
+            FindingKind::Overlap,
+            "VHD block allocation table",
+            Some(entry)
+        ) && f
+            .iter()
             .any(|f| f["message"].as_str().unwrap().contains("dynamic header"))
     );
     let before = std::fs::read(&path).unwrap();
@@ -458,4 +504,42 @@ fn differencing_child_checks_clean_and_a_missing_parent_is_could_not_check() {
             .any(|f| f["severity"] == "info" && f["message"].as_str().unwrap().contains("d.vhd")),
         "{r:#}"
     );
+    assert!(lib_finding(
+        &child,
+        FindingKind::ParentMissing,
+        "parent",
+        None
+    ));
+}
+
+#[test]
+fn info_merges_a_run_of_blocks_past_the_end_into_one_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.vhd");
+    let mut d = create(&path, VhdBuilder::new(SIZE).block_size(BS)).unwrap();
+    for block in 0..4u64 {
+        d.write_at(&[7u8; 4096], block * u64::from(BS)).unwrap();
+    }
+    d.flush().unwrap();
+    drop(d);
+    let lay = SparseLayout::read(&path);
+    let start1 = u64::from(lay.bat[1]) * 512;
+    // Cut inside block 1: blocks 1, 2 and 3 reach past the end.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(start1 + lay.bitmap_size() + 1000)
+        .unwrap();
+    let disk = vhdkit::open(&path, &OpenOptions::new()).unwrap();
+    let past: Vec<_> = disk
+        .info()
+        .warnings
+        .into_iter()
+        .filter(|w| w.kind == WarningKind::BlockPastEof)
+        .collect();
+    assert_eq!(past.len(), 1, "{past:?}");
+    assert_eq!(past[0].structure, Some("VHD block"));
+    assert_eq!(past[0].offset, Some(start1));
+    assert!(past[0].message.contains("blocks 1 to 3"), "{past:?}");
 }

@@ -9,7 +9,13 @@ use std::process::Command;
 
 use common::*;
 use uuid::Uuid;
-use vhdkit::{ErrorKind, OpenOptions};
+use vhdkit::report::VhdxLogState;
+use vhdkit::{ErrorKind, OpenOptions, VirtualDisk};
+
+/// What opening `disk` did with its log, per `info`.
+fn log_state(disk: &dyn VirtualDisk) -> VhdxLogState {
+    disk.info().details.vhdx().expect("a VHDX").log.state
+}
 
 const SECTOR: usize = 4096;
 const MIB: u64 = 1 << 20;
@@ -134,11 +140,7 @@ fn base_image(dir: &Path, content: &[u8], log_size: &str) -> std::path::PathBuf 
 fn assert_replayed_in_memory(img: &Path, expected: &[u8]) -> Vec<u8> {
     let before = file_sha256(img);
     let disk = open(img);
-    let info = disk.info();
-    assert_eq!(
-        info.vhdx.as_ref().unwrap()["log"]["state"],
-        "replayed-in-memory"
-    );
+    assert_eq!(log_state(disk.as_ref()), VhdxLogState::ReplayedInMemory);
     let got = read_disk(disk.as_ref());
     drop(disk);
     assert_eq!(file_sha256(img), before, "read-only open changed the file");
@@ -300,7 +302,7 @@ fn entry_with_more_than_126_descriptors_replays_and_repairs() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("replayed"), "{text}");
     let disk = open(&rep);
-    assert_eq!(disk.info().vhdx.unwrap()["log"]["state"], "empty");
+    assert_eq!(log_state(disk.as_ref()), VhdxLogState::Empty);
     assert!(read_disk(disk.as_ref()) == expected);
     let raw = tmp.path().join("rep.raw");
     run(Command::new("qemu-img")
@@ -443,10 +445,7 @@ fn sequence_continuing_at_log_start_is_replayed_from_its_tail() {
     let before = VhdxLayout::parse(&f);
     let seq_before = le64(&f, before.header + 8);
     let disk = vhdkit::open(&img, &OpenOptions::new().writable(true)).unwrap();
-    assert_eq!(
-        disk.info().vhdx.unwrap()["log"]["state"],
-        "replayed-on-disk"
-    );
+    assert_eq!(log_state(disk.as_ref()), VhdxLogState::ReplayedOnDisk);
     assert!(read_disk(disk.as_ref()) == expected);
     drop(disk);
     let g = std::fs::read(&img).unwrap();
@@ -509,10 +508,7 @@ fn damaged_logs_are_refused_or_ignored_safely() {
     set_log_guid(&mut f, &l, guid);
     std::fs::write(&img, &f).unwrap();
     let disk = open(&img);
-    assert_eq!(
-        disk.info().vhdx.unwrap()["log"]["state"],
-        "no-active-sequence"
-    );
+    assert_eq!(log_state(disk.as_ref()), VhdxLogState::NoActiveSequence);
     assert!(read_disk(disk.as_ref()) == content);
 
     // Hostile counts and lengths never panic.

@@ -130,12 +130,8 @@ fn written_fixed_and_dynamic_images_pass_qemu_check_and_read_like_qemu() {
                 info.creator.as_deref(),
                 Some(format!("vhdkit {}", env!("CARGO_PKG_VERSION")).as_str())
             );
-            let v = info.vhdx.unwrap();
-            assert_eq!(
-                v["log"]["guid"],
-                uuid::Uuid::nil().to_string(),
-                "{ctx}: log emptied at close"
-            );
+            let v = info.details.vhdx().unwrap();
+            assert_eq!(v.log.guid, uuid::Uuid::nil(), "{ctx}: log emptied at close");
             assert!(
                 qemu_check_and_raw(&img, tmp.path()) == model,
                 "{ctx}: qemu-img reads the same bytes"
@@ -237,9 +233,9 @@ fn make_parent(path: &Path, content: &[u8], sector: u32) {
 
 /// Count of payload blocks in `state` per `info`.
 fn blocks_in(disk: &dyn VirtualDisk, state: &str) -> u64 {
-    disk.info().vhdx.unwrap()["bat"]["payload_states"][state]
-        .as_u64()
-        .unwrap_or(0)
+    let info = disk.info();
+    let v = info.details.vhdx().unwrap();
+    v.bat.payload_states.get(state).copied().unwrap_or(0)
 }
 
 #[test]
@@ -369,7 +365,15 @@ fn differencing_images_resolve_partial_blocks_and_fall_through_like_libvhdi() {
             .copy_from_slice(&p[(5 * bs) as usize..(7 * bs) as usize]);
         // The parent link is the parent's DataWriteGuid, which writing the
         // parent would change.
-        let pl = d.info().vhdx.unwrap()["parent_locator"]["entries"].clone();
+        let info = d.info();
+        let pl = &info
+            .details
+            .vhdx()
+            .unwrap()
+            .parent_locator
+            .as_ref()
+            .unwrap()
+            .entries;
         let p = common::open(&parent);
         assert_eq!(
             pl["parent_linkage"],

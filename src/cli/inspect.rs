@@ -30,11 +30,7 @@ pub fn check(json: bool, repair: bool, image: &Path, parent: &ParentArgs) -> Out
     let opts = parent.options();
     parent.refuse_key_for(&[image], &opts).map_err(fail1)?;
     let r = vhdkit::check(image, &opts, repair).map_err(|e| fail1(force_share_hint(e, repair)))?;
-    if parent.ignore_parent_id
-        && r.not_checked
-            .iter()
-            .any(|n| vhdkit::unstable::parent::is_mismatch_warning(n))
-    {
+    if parent.ignore_parent_id && r.parent_mismatch {
         eprintln!(
             "vhdkit: warning: --ignore-parent-id lets check read a parent that is not the \
              recorded one, but cannot make the chain clean: the mismatch stays listed \

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use vhdkit::Error;
+use vhdkit::{Error, Hint};
 
 use args::{Cli, Command};
 
@@ -42,10 +42,30 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err((e, _)) if output::is_broken_pipe(&e) => ExitCode::from(output::EXIT_BROKEN_PIPE),
         Err((e, code)) => {
-            eprintln!("vhdkit: error: {e}");
+            eprintln!("vhdkit: error: {}", with_option_hint(e));
             ExitCode::from(code)
         }
     }
+}
+
+/// `e` with the library's hint said in terms of this tool's options.
+fn with_option_hint(e: Error) -> Error {
+    let note = match e.hint() {
+        Some(Hint::IgnoreParentId) => " (override with --ignore-parent-id to read it anyway)",
+        Some(Hint::ReplaceOutput) => " (pass --force to replace it)",
+        Some(Hint::ReplaceKeyFile) => " (--force replaces it)",
+        Some(Hint::RequireSigned) => " (--require-signed)",
+        Some(Hint::RequireSignedNeedsEvhd) => "; --require-signed accepts only signed EVHD images",
+        Some(Hint::Recipient) => " (--recipient)",
+        Some(Hint::RecipientKey) => " with --key",
+        Some(Hint::ReadAsRaw) => " (a raw image: -f raw)",
+        Some(Hint::OpenAsRaw) => " with -f raw",
+        Some(Hint::Repair) => "; repair it with `vhdkit check --repair` before writing",
+        // ForceShare is said only by the commands that take -U
+        // (`force_share_hint`).
+        _ => return e,
+    };
+    e.with_note(note)
 }
 
 /// Print clap's message for a command line it refused (or for `--help`

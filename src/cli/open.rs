@@ -84,11 +84,7 @@ impl ParentArgs {
         // inspection or on --ignore-parent-id: say so where people look.
         if opts.ignore_parent_id || opts.allow_missing_parent {
             let info = disk.info();
-            for w in info
-                .warnings
-                .iter()
-                .filter(|w| vhdkit::unstable::parent::is_mismatch_warning(w))
-            {
+            for w in info.parent_mismatch_warnings() {
                 eprintln!("vhdkit: warning: {}: {w}", image.display());
             }
         }
@@ -146,9 +142,9 @@ pub fn refuse_force_share(force_share: bool, image: &Path, what: &str) -> Result
 pub fn warn_signature(disk: &dyn VirtualDisk, path: &Path) {
     if let Some(w) = disk
         .info()
-        .evhd
-        .as_ref()
-        .and_then(|e| e["signature"]["warning"].as_str().map(str::to_string))
+        .details
+        .evhd()
+        .and_then(|e| e.signature.warning().map(str::to_string))
     {
         eprintln!("vhdkit: warning: {}: {w}", path.display());
     }

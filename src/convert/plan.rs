@@ -18,7 +18,7 @@ use crate::evhd::EvhdOptions;
 use crate::evhd::cipher::CipherId;
 use crate::evhd::header::Origin;
 use crate::evhd::keys::{PrivateKey, PublicKey};
-use crate::report::{DiskType, Format, ImageInfo};
+use crate::report::{DiskType, Format, ImageInfo, WarningKind};
 
 /// File name extensions (lowercase) and the format each names. `avhd` and
 /// `avhdx` are Hyper-V's names for differencing (snapshot) images.
@@ -191,13 +191,12 @@ fn refuse_to_sign_untrusted(src: &ImageInfo, signer: &PrivateKey) -> Result<()> 
     if src.format != Format::Evhd {
         return Ok(());
     }
-    let sig = src.evhd.as_ref().map(|e| &e["signature"]);
-    let trusted = sig.is_some_and(|s| {
-        s["trusted"] == true || s["signer"].as_str() == Some(signer.fingerprint().hex().as_str())
-    });
+    let sig = src.details.evhd().map(|e| &e.signature);
+    let trusted =
+        sig.is_some_and(|s| s.trusted() || s.signer() == Some(signer.fingerprint().hex().as_str()));
     if !trusted {
         let why = sig
-            .and_then(|s| s["warning"].as_str())
+            .and_then(|s| s.warning())
             .unwrap_or("the source is not signed by a trusted key");
         return Err(Error::new(
             ErrorKind::Untrusted,
@@ -210,7 +209,7 @@ fn refuse_to_sign_untrusted(src: &ImageInfo, signer: &PrivateKey) -> Result<()> 
     if let Some(w) = src
         .warnings
         .iter()
-        .find(|w| w.contains(crate::evhd::fallback::FELL_BACK))
+        .find(|w| w.kind == WarningKind::CommitMayBeLost)
     {
         return Err(Error::new(
             ErrorKind::NeedsRepair,
@@ -290,6 +289,9 @@ pub fn create_size(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::{
+        EvhdDetails, EvhdOriginDetails, EvhdSignatureDetails, FormatDetails, Warning,
+    };
 
     fn info(format: Format, lss: u32) -> ImageInfo {
         ImageInfo {
@@ -306,24 +308,49 @@ mod tests {
             allocated_bytes: 0,
             parent: None,
             warnings: Vec::new(),
-            vhd: None,
-            vhdx: None,
-            evhd: None,
+            details: FormatDetails::Raw,
         }
     }
 
     /// An EVHD source whose origin record names `format` and `disk_type`.
     fn evhd_from(format: &str, disk_type: &str) -> ImageInfo {
         let mut i = info(Format::Evhd, 512);
-        i.evhd = Some(serde_json::json!({
-            "origin": {
-                "format": format,
-                "type": disk_type,
-                "block_size": 1 << 20,
-                "logical_sector_size": 512,
-                "physical_sector_size": 512,
-                "disk_id": null,
+        let format = match format {
+            "raw" => Some(Format::Raw),
+            "vhd" => Some(Format::Vhd),
+            "vhdx" => Some(Format::Vhdx),
+            _ => None,
+        };
+        let disk_type = match disk_type {
+            "fixed" => Some(DiskType::Fixed),
+            "dynamic" => Some(DiskType::Dynamic),
+            _ => Some(DiskType::Differencing),
+        };
+        i.details = FormatDetails::Evhd(Box::new(EvhdDetails {
+            block_size: 1 << 20,
+            cipher: "aes-256-gcm",
+            container_id: uuid::Uuid::nil(),
+            header_copy: "A",
+            key_epoch: 0,
+            live_epochs: 1,
+            locked: true,
+            origin: EvhdOriginDetails {
+                block_size: Some(1 << 20),
+                disk_id: None,
+                format,
+                logical_sector_size: 512,
+                physical_sector_size: 512,
+                disk_type,
             },
+            recipients: Vec::new(),
+            rekey_in_progress: false,
+            sequence: 1,
+            signature: EvhdSignatureDetails::Unsigned {
+                signed: false,
+                warning: None,
+            },
+            unlocked_with: None,
+            version: 1,
         }));
         i
     }
@@ -491,8 +518,17 @@ mod tests {
         // A source the signer signed itself may be signed over, unless it
         // fell back to its older header copy.
         let mut own = evhd_from("vhd", "dynamic");
-        own.evhd.as_mut().unwrap()["signature"] =
-            serde_json::json!({ "signer": signer.fingerprint().hex() });
+        if let FormatDetails::Evhd(d) = &mut own.details {
+            d.signature = EvhdSignatureDetails::Signed {
+                signed: true,
+                signer: signer.fingerprint().hex(),
+                signer_label: String::new(),
+                signer_short: signer.fingerprint().short(),
+                trusted: false,
+                verified: "signature only (without a key the header MAC was not checked)",
+                warning: None,
+            };
+        }
         evhd_output(
             &own,
             recipients.clone(),
@@ -500,9 +536,9 @@ mod tests {
             Some(signer.clone()),
         )
         .unwrap();
-        own.warnings.push(format!(
-            "{}: using copy 2",
-            crate::evhd::fallback::FELL_BACK
+        own.warnings.push(Warning::new(
+            WarningKind::CommitMayBeLost,
+            format!("{}: using copy 2", crate::evhd::fallback::FELL_BACK),
         ));
         let e = evhd_output(&own, recipients, CipherId::Aes256Gcm, Some(signer)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NeedsRepair);

@@ -11,7 +11,7 @@ use super::signature::Status;
 use super::{EvhdDisk, EvhdImage, journal, read_copies};
 use crate::error::Result;
 use crate::io::{Storage, io_err, read_struct};
-use crate::report::{CheckReport, Severity};
+use crate::report::{CheckReport, FindingKind, Severity, WarningKind};
 
 /// Blocks verified per step.
 const CHUNK_BLOCKS: u64 = 64;
@@ -61,6 +61,7 @@ pub fn check_with(
             };
             report.add(
                 Severity::Error,
+                FindingKind::Missing,
                 name,
                 Some(e.offset().unwrap_or(COPY_OFFSETS[i])),
                 format!("{}; the next flush rewrites this copy", e.message()),
@@ -88,6 +89,7 @@ pub fn check_with(
             Ok(d) => report_signature(d.signature(), opts.require_signed, report),
             Err(e) => report.add(
                 Severity::Error,
+                FindingKind::of_error(&e),
                 e.structure().unwrap_or("EVHD"),
                 e.offset(),
                 e.message().to_string(),
@@ -106,6 +108,7 @@ pub fn check_with(
         Err(e) => {
             report.add(
                 Severity::Error,
+                FindingKind::of_error(&e),
                 e.structure().unwrap_or("EVHD"),
                 e.offset(),
                 e.message().to_string(),
@@ -118,19 +121,32 @@ pub fn check_with(
         add_fallback(report, f);
     }
     report_signature(disk.signature(), opts.require_signed, report);
+    // What open noticed in the journal, unless reported just above.
     for w in disk.warnings() {
-        if w.contains("journal") && f.as_ref().is_none_or(|f| &f.message != w) {
+        let kind = match w.kind {
+            WarningKind::JournalInMemory => Some(FindingKind::PendingLog),
+            WarningKind::CommitMayBeLost if f.as_ref().is_none_or(|f| f.message != w.message) => {
+                Some(FindingKind::RolledBack)
+            }
+            WarningKind::CommitNotApplied if f.as_ref().is_none_or(|f| f.message != w.message) => {
+                Some(FindingKind::CommitNotApplied)
+            }
+            _ => None,
+        };
+        if let Some(kind) = kind {
             report.add(
                 Severity::Info,
+                kind,
                 "EVHD journal",
                 Some(disk.header().journal_offset),
-                w.clone(),
+                w.message.clone(),
             );
         }
     }
     for (p, why) in disk.bad_pages() {
         report.add(
             Severity::Error,
+            FindingKind::Damaged,
             "EVHD block table",
             Some(disk.header().table_offset + p * super::table::PAGE_SIZE as u64),
             format!("page {p}: {why}"),
@@ -154,6 +170,7 @@ pub fn check_with(
                 if let Err(e) = disk.read_block(i) {
                     report.add(
                         Severity::Error,
+                        FindingKind::of_error(&e),
                         e.structure().unwrap_or("EVHD data block"),
                         e.offset(),
                         e.message().to_string(),
@@ -174,7 +191,17 @@ fn add_fallback(report: &mut CheckReport, f: &Fallback) {
     } else {
         Severity::Info
     };
-    report.add(sev, "EVHD header", Some(COPY_OFFSETS[0]), f.message.clone());
+    report.add(
+        sev,
+        if f.lost {
+            FindingKind::RolledBack
+        } else {
+            FindingKind::CommitNotApplied
+        },
+        "EVHD header",
+        Some(COPY_OFFSETS[0]),
+        f.message.clone(),
+    );
 }
 
 /// Without a key: the journal record of the current copy, by its CRC.
@@ -204,6 +231,7 @@ fn check_journal(
     match rec {
         Err(e) => report.add(
             Severity::Error,
+            FindingKind::of_error(&e),
             journal::STRUCTURE,
             e.offset(),
             e.message().to_string(),
@@ -237,12 +265,14 @@ fn report_signature(status: &Status, require_signed: bool, report: &mut CheckRep
             trusted: true,
         } => report.add(
             Severity::Info,
+            FindingKind::Signature,
             WHAT,
             None,
             format!("signed by trusted key {} ({label:?})", fingerprint.short()),
         ),
         _ if require_signed => report.add(
             Severity::Error,
+            FindingKind::Signature,
             WHAT,
             None,
             format!(
@@ -252,6 +282,7 @@ fn report_signature(status: &Status, require_signed: bool, report: &mut CheckRep
         ),
         _ => report.add(
             Severity::Info,
+            FindingKind::Signature,
             WHAT,
             None,
             format!("warning: {}", status.warning().unwrap_or_default()),

@@ -120,9 +120,10 @@ impl EvhdBuilder {
             }
         }
         if self.recipients.is_empty() {
-            return Err(Error::invalid_argument(
-                "an EVHD needs at least one recipient (--recipient)",
-            ));
+            return Err(
+                Error::invalid_argument("an EVHD needs at least one recipient")
+                    .with_hint(crate::Hint::Recipient),
+            );
         }
         let fps: BTreeSet<[u8; 32]> = self
             .recipients

@@ -19,7 +19,7 @@ use crate::disk::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::io_err;
-use crate::report::ImageInfo;
+use crate::report::{ImageInfo, Warning};
 
 /// Bytes encrypted per step of a large write: bounds the ciphertext buffer.
 const WRITE_BATCH_BYTES: usize = 8 << 20;
@@ -155,7 +155,7 @@ impl EvhdDisk {
     }
 
     /// Warnings from opening.
-    pub fn warnings(&self) -> &[String] {
+    pub fn warnings(&self) -> &[Warning] {
         &self.image.warnings
     }
 

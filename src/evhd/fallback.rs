@@ -262,6 +262,9 @@ pub(crate) fn explain(e: crate::Error, assessment: Option<Assessment>) -> crate:
         return e;
     };
     let mut out = crate::Error::new(e.kind(), format!("{}; {}", e.message(), f.message));
+    if let Some(h) = e.hint() {
+        out = out.with_hint(h);
+    }
     if let (Some(s), Some(o)) = (e.structure(), e.offset()) {
         out = out.at(s, o);
     }

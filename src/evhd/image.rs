@@ -13,7 +13,7 @@ use super::{read_copies, trusted};
 use crate::disk::{Extent, VirtualDisk, check_range};
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::{Storage, io_err};
-use crate::report::ImageInfo;
+use crate::report::{ImageInfo, Warning, WarningKind};
 
 /// An EVHD container opened without a key (locked): its public header.
 ///
@@ -26,7 +26,7 @@ pub struct EvhdImage {
     pub(super) header: Header,
     /// Which copy (0 = A, 1 = B) holds the committed header.
     pub(super) current_copy: usize,
-    pub(super) warnings: Vec<String>,
+    pub(super) warnings: Vec<Warning>,
     /// Who signed the committed header, as this reader judges it.
     pub(super) signature: Status,
 }
@@ -68,11 +68,23 @@ impl Candidate {
                 }
             }
             (Ok((h, b)), Err(e)) => {
-                warnings.push(format!("header copy B unusable ({e}); using copy A"));
+                warnings.push(
+                    Warning::new(
+                        WarningKind::CopyUnusable,
+                        format!("header copy B unusable ({e}); using copy A"),
+                    )
+                    .at(header::STRUCTURE, COPY_OFFSETS[1]),
+                );
                 (0, h, b)
             }
             (Err(e), Ok((h, b))) => {
-                warnings.push(format!("header copy A unusable ({e}); using copy B"));
+                warnings.push(
+                    Warning::new(
+                        WarningKind::CopyUnusable,
+                        format!("header copy A unusable ({e}); using copy B"),
+                    )
+                    .at(header::STRUCTURE, COPY_OFFSETS[0]),
+                );
                 (1, h, b)
             }
             (Err(ea), Err(eb)) => {
@@ -143,7 +155,7 @@ impl EvhdImage {
     }
 
     /// Warnings from opening.
-    pub fn warnings(&self) -> &[String] {
+    pub fn warnings(&self) -> &[Warning] {
         &self.warnings
     }
 
@@ -190,7 +202,13 @@ impl EvhdImage {
             if opts.print_warnings {
                 eprintln!("vhdkit: warning: {}: {}", self.display_name(), f.message);
             }
-            self.warnings.push(f.message);
+            let kind = if f.lost {
+                WarningKind::CommitMayBeLost
+            } else {
+                WarningKind::CommitNotApplied
+            };
+            self.warnings
+                .push(Warning::new(kind, f.message).in_structure(header::STRUCTURE));
         }
     }
 

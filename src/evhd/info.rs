@@ -2,13 +2,14 @@
 //! what only the block table knows; the origin record that `convert`
 //! restores.
 
-use serde_json::json;
-
 use super::EvhdImage;
 use super::header;
 use super::keys::Fingerprint;
 use super::signature::Status;
-use crate::report::{DiskType, Format, ImageInfo};
+use crate::report::{
+    DiskType, EvhdDetails, EvhdOriginDetails, EvhdRecipientDetails, EvhdSignatureDetails, Format,
+    FormatDetails, ImageInfo,
+};
 
 /// What only an unlocked disk knows.
 pub(super) struct Keyed {
@@ -43,64 +44,74 @@ pub(super) fn image_info(image: &EvhdImage, keyed: Option<&Keyed>) -> ImageInfo 
             .warnings
             .iter()
             .cloned()
-            .chain(image.signature.warning())
+            .chain(image.signature.as_warning())
             .collect(),
-        vhd: None,
-        vhdx: None,
-        evhd: Some(evhd_json(image, keyed)),
+        details: FormatDetails::Evhd(Box::new(evhd_details(image, keyed))),
     }
 }
 
-/// Public facts about the container, as JSON for `info`.
-fn evhd_json(image: &EvhdImage, keyed: Option<&Keyed>) -> serde_json::Value {
+/// Public facts about the container, for `info`.
+fn evhd_details(image: &EvhdImage, keyed: Option<&Keyed>) -> EvhdDetails {
     let h = &image.header;
     let o = &h.origin;
+    let warning = image.signature.warning();
     let signature = match &image.signature {
-        Status::Unsigned => json!({ "signed": false, "warning": image.signature.warning() }),
+        Status::Unsigned => EvhdSignatureDetails::Unsigned {
+            signed: false,
+            warning,
+        },
         Status::Signed {
             fingerprint,
             label,
             trusted,
-        } => json!({
-            "signed": true,
-            "signer": fingerprint.hex(),
-            "signer_short": fingerprint.short(),
-            "signer_label": label,
-            "trusted": trusted,
-            "verified": if keyed.is_some() {
+        } => EvhdSignatureDetails::Signed {
+            signed: true,
+            signer: fingerprint.hex(),
+            signer_label: label.clone(),
+            signer_short: fingerprint.short(),
+            trusted: *trusted,
+            verified: if keyed.is_some() {
                 "signature and header MAC"
             } else {
                 "signature only (without a key the header MAC was not checked)"
             },
-            "warning": image.signature.warning(),
-        }),
-    };
-    json!({
-        "version": if h.signer.is_some() { header::VERSION_SIGNED } else { header::VERSION_UNSIGNED },
-        "signature": signature,
-        "container_id": h.container_uuid().to_string(),
-        "cipher": h.cipher.as_str(),
-        "block_size": h.block_size(),
-        "sequence": h.sequence,
-        "header_copy": if image.current_copy == 0 { "A" } else { "B" },
-        "key_epoch": h.epoch,
-        "live_epochs": h.epoch_keys.len(),
-        "rekey_in_progress": image.rekey_in_progress(),
-        "locked": keyed.is_none(),
-        "unlocked_with": keyed.and_then(|k| k.unlocked_with).map(|k| k.short()),
-        "recipients": h.recipients.iter().map(|s| json!({
-            "fingerprint": s.key.fingerprint().hex(),
-            "short": s.key.fingerprint().short(),
-            "bits": s.key.bits(),
-            "label": s.label,
-        })).collect::<Vec<_>>(),
-        "origin": {
-            "format": o.format.map(|f| f.as_str()),
-            "type": o.disk_type.map(|t| t.as_str()),
-            "block_size": (o.block_size != 0).then_some(o.block_size),
-            "logical_sector_size": o.logical_sector_size,
-            "physical_sector_size": o.physical_sector_size,
-            "disk_id": o.disk_id.map(|u| u.to_string()),
+            warning,
         },
-    })
+    };
+    EvhdDetails {
+        block_size: h.block_size(),
+        cipher: h.cipher.as_str(),
+        container_id: h.container_uuid(),
+        header_copy: if image.current_copy == 0 { "A" } else { "B" },
+        key_epoch: u64::from(h.epoch),
+        live_epochs: h.epoch_keys.len() as u64,
+        locked: keyed.is_none(),
+        origin: EvhdOriginDetails {
+            block_size: (o.block_size != 0).then_some(o.block_size),
+            disk_id: o.disk_id,
+            format: o.format,
+            logical_sector_size: o.logical_sector_size,
+            physical_sector_size: o.physical_sector_size,
+            disk_type: o.disk_type,
+        },
+        recipients: h
+            .recipients
+            .iter()
+            .map(|s| EvhdRecipientDetails {
+                bits: s.key.bits() as u64,
+                fingerprint: s.key.fingerprint().hex(),
+                label: s.label.clone(),
+                short: s.key.fingerprint().short(),
+            })
+            .collect(),
+        rekey_in_progress: image.rekey_in_progress(),
+        sequence: h.sequence,
+        signature,
+        unlocked_with: keyed.and_then(|k| k.unlocked_with).map(|k| k.short()),
+        version: if h.signer.is_some() {
+            header::VERSION_SIGNED
+        } else {
+            header::VERSION_UNSIGNED
+        },
+    }
 }

@@ -16,6 +16,7 @@ use super::{EvhdDisk, TABLE, fallback, journal, no_recipient, signature, trusted
 use crate::error::{Error, ErrorKind, Result};
 use crate::fixed::FixedStruct;
 use crate::io::{Storage, io_err, read_struct};
+use crate::report::{Warning, WarningKind};
 
 /// The secrets a key unwrapped from a header: the master key, the key's
 /// fingerprint and the epochs' data keys.
@@ -300,16 +301,26 @@ fn finish_load(
             image.current_copy = target;
         }
     } else if install {
-        image.warnings.push(format!(
-            "an unfinished flush (sequence {}) was found in the journal and applied in memory; open writable to install it",
-            h.sequence
-        ));
+        image.warnings.push(
+            Warning::new(
+                WarningKind::JournalInMemory,
+                format!(
+                    "an unfinished flush (sequence {}) was found in the journal and applied in memory; open writable to install it",
+                    h.sequence
+                ),
+            )
+            .at("EVHD journal", h.journal_offset),
+        );
     }
     for (p, why) in &bad_pages {
-        image.warnings.push(format!(
-            "block table page {p} at {:#x}: {why}; its blocks cannot be read",
-            h.table_offset + p * PAGE_SIZE as u64
-        ));
+        let at = h.table_offset + p * PAGE_SIZE as u64;
+        image.warnings.push(
+            Warning::new(
+                WarningKind::UnreadableTablePage,
+                format!("block table page {p} at {at:#x}: {why}; its blocks cannot be read"),
+            )
+            .at("EVHD block table", at),
+        );
     }
     image.header = h;
     // The key that opened the image signs; the others are fallbacks for

@@ -67,30 +67,14 @@ pub(super) fn type_from(c: u8) -> Option<Option<DiskType>> {
 impl Origin {
     /// The origin recorded in an EVHD's `info` (its `evhd.origin` object).
     pub fn from_info(info: &ImageInfo) -> Option<Origin> {
-        let o = info.evhd.as_ref()?.get("origin")?;
-        let format = match o.get("format")?.as_str() {
-            Some("raw") => Some(Format::Raw),
-            Some("vhd") => Some(Format::Vhd),
-            Some("vhdx") => Some(Format::Vhdx),
-            _ => None,
-        };
-        let disk_type = match o.get("type")?.as_str() {
-            Some("fixed") => Some(DiskType::Fixed),
-            Some("dynamic") => Some(DiskType::Dynamic),
-            Some("differencing") => Some(DiskType::Differencing),
-            _ => None,
-        };
-        let num = |k: &str| o.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        let o = &info.details.evhd()?.origin;
         Some(Origin {
-            format,
-            disk_type,
-            block_size: num("block_size"),
-            logical_sector_size: num("logical_sector_size"),
-            physical_sector_size: num("physical_sector_size"),
-            disk_id: o
-                .get("disk_id")
-                .and_then(|v| v.as_str())
-                .and_then(|s| Uuid::parse_str(s).ok()),
+            format: o.format,
+            disk_type: o.disk_type,
+            block_size: o.block_size.unwrap_or(0),
+            logical_sector_size: o.logical_sector_size,
+            physical_sector_size: o.physical_sector_size,
+            disk_id: o.disk_id,
         })
     }
 

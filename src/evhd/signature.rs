@@ -21,6 +21,7 @@ use super::header::{
 };
 use super::keys::Fingerprint;
 use crate::error::{Error, ErrorKind, Result};
+use crate::report::{Warning, WarningKind};
 
 /// Signature scheme 1: RSASSA-PSS, SHA-256, MGF1-SHA-256, 32-byte salt.
 pub const SCHEME_RSA_PSS_SHA256: u16 = 1;
@@ -94,6 +95,15 @@ impl Status {
                 "{p}: give its public key with --trust to trust it (--require-signed refuses it)"
             ),
         })
+    }
+
+    /// [`Status::warning`] as one of `info`'s warnings.
+    pub fn as_warning(&self) -> Option<Warning> {
+        let kind = match self {
+            Status::Unsigned => WarningKind::Unsigned,
+            Status::Signed { .. } => WarningKind::UntrustedSigner,
+        };
+        Some(Warning::new(kind, self.warning()?).in_structure(STRUCTURE))
     }
 }
 

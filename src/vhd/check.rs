@@ -10,7 +10,7 @@ use crate::damage::{MissingBlock, MissingRuns};
 use crate::error::Result;
 use crate::fixed::FixedStruct;
 use crate::io::{Storage, io_err, read_struct};
-use crate::report::{CheckReport, Severity};
+use crate::report::{CheckReport, FindingKind, Severity};
 
 /// A byte range of the file and what occupies it.
 #[derive(Debug, Clone)]
@@ -45,6 +45,16 @@ impl Kind {
             Kind::Leak => (Severity::Leak, "VHD file", "unreferenced ranges"),
         }
     }
+
+    /// The kind of finding, listed or counted.
+    fn finding_kind(self) -> FindingKind {
+        match self {
+            Kind::BeyondSize => FindingKind::BeyondSize,
+            Kind::PastEnd => FindingKind::OutOfBounds,
+            Kind::OnMeta | Kind::Shared => FindingKind::Overlap,
+            Kind::Leak => FindingKind::Leak,
+        }
+    }
 }
 
 /// Counts of the findings of each [`Kind`].
@@ -64,7 +74,7 @@ impl Listed {
         *n += 1;
         if *n <= MAX_LISTED {
             let (severity, structure, _) = kind.describe();
-            report.add(severity, structure, offset, message());
+            report.add(severity, kind.finding_kind(), structure, offset, message());
         }
     }
 
@@ -82,6 +92,7 @@ impl Listed {
                 let (severity, structure, what) = kind.describe();
                 report.add(
                     severity,
+                    kind.finding_kind(),
                     structure,
                     None,
                     format!("{n} {what} in all; only the first {MAX_LISTED} are listed"),
@@ -161,6 +172,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         (None, None) => {
             report.add(
                 Severity::Error,
+                FindingKind::Missing,
                 "VHD footer",
                 Some(fs.end_offset),
                 "no \"conectix\" cookie at the end of the file or at offset 0",
@@ -171,12 +183,14 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
     match &fs.end {
         None => report.add(
             Severity::Error,
+            FindingKind::Missing,
             "VHD footer",
             Some(fs.end_offset),
             "the footer at the end of the file is missing (truncated or overwritten)",
         ),
         Some(e) if !e.checksum_ok() => report.add(
             Severity::Error,
+            FindingKind::Checksum,
             "VHD footer",
             Some(fs.end_offset),
             format!(
@@ -191,6 +205,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
     if fs.end.is_some() && len - fs.end_offset == LEGACY_FOOTER_SIZE {
         report.add(
             Severity::Info,
+            FindingKind::Legacy,
             "VHD footer",
             Some(fs.end_offset),
             "legacy 511-byte footer (written before Virtual PC 2004)",
@@ -202,6 +217,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         Err(e) => {
             report.add(
                 Severity::Error,
+                FindingKind::of_error(&e),
                 "VHD footer",
                 e.offset(),
                 e.message().to_string(),
@@ -215,6 +231,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         if data_end < footer.current_size {
             report.add(
                 Severity::Error,
+                FindingKind::OutOfBounds,
                 "VHD data",
                 Some(data_end),
                 format!(
@@ -225,6 +242,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         } else if data_end > footer.current_size {
             report.add(
                 Severity::Leak,
+                FindingKind::Leak,
                 "VHD data",
                 Some(footer.current_size),
                 format!(
@@ -256,12 +274,14 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
     match &fs.copy {
         None => report.add(
             Severity::Error,
+            FindingKind::Missing,
             "VHD footer copy",
             Some(0),
             "the footer copy at offset 0 is missing",
         ),
         Some(c) if !c.checksum_ok() => report.add(
             Severity::Error,
+            FindingKind::Checksum,
             "VHD footer copy",
             Some(0),
             format!(
@@ -273,6 +293,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         ),
         Some(c) if fs.end.as_ref().is_some_and(|e| e.checksum_ok() && e != c) => report.add(
             Severity::Error,
+            FindingKind::CopyDiffers,
             "VHD footer copy",
             Some(0),
             "the copy at offset 0 differs from the footer at the end",
@@ -284,6 +305,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
     if hoff.checked_add(HEADER_SIZE as u64).is_none_or(|e| e > len) {
         report.add(
             Severity::Error,
+            FindingKind::OutOfBounds,
             "VHD footer",
             Some(footer_at + 16),
             format!("dynamic header offset {hoff:#x} lies outside the {len:#x}-byte file"),
@@ -296,6 +318,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
     if let Err(e) = header.validate(hoff, footer.current_size, len) {
         report.add(
             Severity::Error,
+            FindingKind::of_error(&e),
             "VHD dynamic header",
             e.offset(),
             e.message().to_string(),
@@ -305,6 +328,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
     if !header.checksum_ok() {
         report.add(
             Severity::Error,
+            FindingKind::Checksum,
             "VHD dynamic header",
             Some(hoff),
             format!(
@@ -348,6 +372,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
             }),
             _ => report.add(
                 Severity::Error,
+                FindingKind::OutOfBounds,
                 "VHD parent locator",
                 Some(loc_off),
                 format!(

@@ -13,12 +13,12 @@ pub mod create;
 pub mod dynamic_header;
 pub mod footer;
 pub mod geometry;
+mod info;
 mod open;
 pub mod parent_locator;
 
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::disk::{Extent, ExtentKind, ExtentList, VirtualDisk, check_range};
@@ -27,7 +27,7 @@ use crate::fixed::FixedStruct;
 use crate::io::{Storage, io_err, read_struct};
 use crate::layer::{self, BitmapCache};
 use crate::parent::Parent;
-use crate::report::{DiskType, Format, ImageInfo};
+use crate::report::{ImageInfo, Warning};
 pub(crate) use blocks::VhdBlocks;
 use dynamic_header::DynamicHeader;
 use footer::{FOOTER_COOKIE, FOOTER_SIZE, Footer, VhdType};
@@ -85,7 +85,7 @@ pub struct VhdDisk {
     copy_ok: bool,
     sparse: Option<Sparse>,
     parent: Option<Parent>,
-    warnings: Vec<String>,
+    warnings: Vec<Warning>,
     /// Sync data to disk before linking a new block into the BAT.
     barriers: bool,
     /// Fixed disks: where the data ends in the file (the footer's offset).
@@ -182,7 +182,7 @@ impl VhdDisk {
     }
 
     /// Problems found at open.
-    pub fn warnings(&self) -> &[String] {
+    pub fn warnings(&self) -> &[Warning] {
         &self.warnings
     }
 
@@ -272,112 +272,7 @@ impl VirtualDisk for VhdDisk {
     }
 
     fn info(&self) -> ImageInfo {
-        let f = &self.footer;
-        let kind = self.vhd_type();
-        let file_size = self.storage.len().unwrap_or(0);
-        let (block_size, allocated) = match &self.sparse {
-            Some(s) => {
-                let used = self.footer.current_size.div_ceil(s.block_size) as usize;
-                let n = s
-                    .bat
-                    .iter()
-                    .take(used)
-                    .filter(|&&e| e != bat::UNUSED)
-                    .count() as u64;
-                (Some(s.block_size), (n * s.block_size).min(f.current_size))
-            }
-            None => (None, f.current_size),
-        };
-        let g = f.geometry();
-        let mut details = json!({
-            "footer": {
-                "source": match self.footer_source {
-                    FooterSource::End => "end",
-                    FooterSource::EndLegacy => "end-511",
-                    FooterSource::Copy => "copy-at-0",
-                },
-                "cookie": String::from_utf8_lossy(&f.cookie),
-                "features": format!("{:#010x}", f.features),
-                "temporary": f.features & footer::FEATURE_TEMPORARY != 0,
-                "file_format_version": format!("{}.{}", f.file_format_version >> 16, f.file_format_version & 0xffff),
-                "data_offset": if f.data_offset == footer::NO_DATA_OFFSET { serde_json::Value::Null } else { json!(f.data_offset) },
-                "timestamp": footer::timestamp_iso(f.timestamp),
-                "creator_application": f.creator_app_str(),
-                "creator_version": format!("{}.{}", f.creator_version >> 16, f.creator_version & 0xffff),
-                "creator_host_os": f.host_os_str(),
-                "original_size": f.original_size,
-                "current_size": f.current_size,
-                "geometry": {
-                    "cylinders": g.cylinders,
-                    "heads": g.heads,
-                    "sectors_per_track": g.sectors_per_track,
-                    "chs_size": g.size(),
-                },
-                "disk_type": f.disk_type,
-                "checksum": format!("{:#010x}", f.checksum),
-                "checksum_ok": f.checksum_ok(),
-                "unique_id": f.unique_id().to_string(),
-                "saved_state": f.saved_state != 0,
-            },
-            "footer_copy_ok": if kind == VhdType::Fixed { serde_json::Value::Null } else { json!(self.copy_ok) },
-        });
-        if let Some(s) = &self.sparse {
-            let h = &s.header;
-            let used = f.current_size.div_ceil(s.block_size);
-            let locators: Vec<serde_json::Value> = self
-                .locators()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|l| serde_json::to_value(l).unwrap_or_default())
-                .collect();
-            details["dynamic_header"] = json!({
-                "offset": s.header_offset,
-                "cookie": String::from_utf8_lossy(&h.cookie),
-                "data_offset": format!("{:#018x}", h.data_offset),
-                "table_offset": h.table_offset,
-                "header_version": format!("{}.{}", h.header_version >> 16, h.header_version & 0xffff),
-                "max_table_entries": h.max_table_entries,
-                "block_size": h.block_size,
-                "checksum": format!("{:#010x}", h.checksum),
-                "checksum_ok": h.checksum_ok(),
-                "parent_unique_id": if kind == VhdType::Differencing { json!(h.parent_unique_id().to_string()) } else { serde_json::Value::Null },
-                "parent_timestamp": if kind == VhdType::Differencing { json!(footer::timestamp_iso(h.parent_timestamp)) } else { serde_json::Value::Null },
-                "parent_unicode_name": h.parent_name(),
-                "parent_locators": locators,
-            });
-            details["blocks"] = json!({
-                "total": used,
-                "allocated": s.bat.iter().take(used as usize).filter(|&&e| e != bat::UNUSED).count(),
-                "bitmap_size": s.bitmap_size,
-            });
-        }
-        ImageInfo {
-            format: Format::Vhd,
-            disk_type: match kind {
-                VhdType::Fixed => DiskType::Fixed,
-                VhdType::Dynamic => DiskType::Dynamic,
-                VhdType::Differencing => DiskType::Differencing,
-            },
-            virtual_size: f.current_size,
-            file_size,
-            logical_sector_size: SECTOR as u32,
-            physical_sector_size: SECTOR as u32,
-            block_size,
-            disk_id: Some(f.unique_id().to_string()),
-            creator: Some(f.creator_summary()),
-            allocated_bytes: allocated,
-            data_write_id: None,
-            parent: self.parent.as_ref().map(Parent::info),
-            warnings: self
-                .warnings
-                .iter()
-                .cloned()
-                .chain(self.parent.iter().flat_map(Parent::warnings))
-                .collect(),
-            vhd: Some(details),
-            vhdx: None,
-            evhd: None,
-        }
+        self.image_info()
     }
 
     fn parent_link_id(&self) -> Option<Uuid> {

@@ -11,11 +11,13 @@ use super::{
     sparse_type_code,
 };
 use crate::chain::ChildLayer;
+use crate::damage::PastEnd;
 use crate::error::{Error, Result};
 use crate::fixed::FixedStruct;
 use crate::io::{Storage, io_err, read_struct};
 use crate::layer::BitmapCache;
 use crate::parent::{Candidate, Parent, ParentSpec};
+use crate::report::{Warning, WarningKind};
 
 impl VhdDisk {
     /// Open the VHD held in `storage` alone: a differencing disk comes
@@ -63,38 +65,60 @@ impl VhdDisk {
         let (footer, source, footer_offset) = match (end, copy) {
             (Some((f, src, off)), _) if end_ok => (f, src, off),
             (Some((f, _, off)), Some(c)) if copy_valid => {
-                warnings.push(format!(
-                    "VHD footer at {:#x}: bad checksum (its checksum field at {:#x}): stored {:#010x}, computed {:#010x}; using the copy at offset 0",
-                    off,
-                    off + footer::CHECKSUM_FIELD as u64,
-                    f.checksum,
-                    f.compute_checksum()
-                ));
+                let field = off + footer::CHECKSUM_FIELD as u64;
+                warnings.push(
+                    Warning::new(
+                        WarningKind::CopyUnusable,
+                        format!(
+                            "VHD footer at {off:#x}: bad checksum (its checksum field at {field:#x}): stored {:#010x}, computed {:#010x}; using the copy at offset 0",
+                            f.checksum,
+                            f.compute_checksum()
+                        ),
+                    )
+                    .at("VHD footer", off),
+                );
                 (c, FooterSource::Copy, off)
             }
             (Some((f, src, off)), _) => {
-                warnings.push(format!(
-                    "VHD footer at {:#x}: bad checksum (its checksum field at {:#x}): stored {:#010x}, computed {:#010x}",
-                    off,
-                    off + footer::CHECKSUM_FIELD as u64,
-                    f.checksum,
-                    f.compute_checksum()
-                ));
+                let field = off + footer::CHECKSUM_FIELD as u64;
+                warnings.push(
+                    Warning::new(
+                        WarningKind::Checksum,
+                        format!(
+                            "VHD footer at {off:#x}: bad checksum (its checksum field at {field:#x}): stored {:#010x}, computed {:#010x}",
+                            f.checksum,
+                            f.compute_checksum()
+                        ),
+                    )
+                    .at("VHD footer", off),
+                );
                 (f, src, off)
             }
             (None, Some(c)) => {
                 if !copy_valid {
-                    warnings.push(format!(
-                        "VHD footer copy at 0x0: bad checksum (its checksum field at {:#x}): stored {:#010x}, computed {:#010x}",
-                        footer::CHECKSUM_FIELD,
-                        c.checksum,
-                        c.compute_checksum()
-                    ));
+                    warnings.push(
+                        Warning::new(
+                            WarningKind::Checksum,
+                            format!(
+                                "VHD footer copy at 0x0: bad checksum (its checksum field at {:#x}): stored {:#010x}, computed {:#010x}",
+                                footer::CHECKSUM_FIELD,
+                                c.checksum,
+                                c.compute_checksum()
+                            ),
+                        )
+                        .at("VHD footer copy", 0),
+                    );
                 }
-                warnings.push(format!(
-                    "no footer at the end of the file (offset {:#x}); using the copy at offset 0",
-                    len - FOOTER_SIZE as u64
-                ));
+                let at = len - FOOTER_SIZE as u64;
+                warnings.push(
+                    Warning::new(
+                        WarningKind::CopyUnusable,
+                        format!(
+                            "no footer at the end of the file (offset {at:#x}); using the copy at offset 0"
+                        ),
+                    )
+                    .at("VHD footer", at),
+                );
                 (c, FooterSource::Copy, len)
             }
             (None, None) => {
@@ -118,16 +142,28 @@ impl VhdDisk {
             copy_ok = c.cookie == FOOTER_COOKIE && c.checksum_ok() && c == footer;
             if !copy_ok {
                 warnings.push(if c.cookie != FOOTER_COOKIE {
-                    "footer copy at offset 0 is missing".to_string()
-                } else if !c.checksum_ok() {
-                    format!(
-                        "VHD footer copy at 0x0: bad checksum (its checksum field at {:#x}): stored {:#010x}, computed {:#010x}",
-                        footer::CHECKSUM_FIELD,
-                        c.checksum,
-                        c.compute_checksum()
+                    Warning::new(
+                        WarningKind::CopyUnusable,
+                        "footer copy at offset 0 is missing",
                     )
+                    .at("VHD footer copy", 0)
+                } else if !c.checksum_ok() {
+                    Warning::new(
+                        WarningKind::CopyUnusable,
+                        format!(
+                            "VHD footer copy at 0x0: bad checksum (its checksum field at {:#x}): stored {:#010x}, computed {:#010x}",
+                            footer::CHECKSUM_FIELD,
+                            c.checksum,
+                            c.compute_checksum()
+                        ),
+                    )
+                    .at("VHD footer copy", 0)
                 } else {
-                    "footer copy at offset 0 differs from the footer at the end".to_string()
+                    Warning::new(
+                        WarningKind::CopyDiffers,
+                        "footer copy at offset 0 differs from the footer at the end",
+                    )
+                    .at("VHD footer copy", 0)
                 });
             }
         }
@@ -150,10 +186,16 @@ impl VhdDisk {
             VhdType::Fixed => {
                 let data_end = footer_offset;
                 if data_end < disk.footer.current_size {
-                    disk.warnings.push(format!(
-                        "file holds {data_end} data bytes before the footer but the disk is {} bytes; the rest reads as zeros",
-                        disk.footer.current_size
-                    ));
+                    disk.warnings.push(
+                        Warning::new(
+                            WarningKind::Truncated,
+                            format!(
+                                "file holds {data_end} data bytes before the footer but the disk is {} bytes; the rest reads as zeros",
+                                disk.footer.current_size
+                            ),
+                        )
+                        .at("VHD data", data_end),
+                    );
                 }
             }
             VhdType::Dynamic | VhdType::Differencing => {
@@ -191,13 +233,18 @@ impl VhdDisk {
         let header = DynamicHeader::parse(&b, header_offset)?;
         header.validate(header_offset, self.footer.current_size, len)?;
         if !header.checksum_ok() {
-            self.warnings.push(format!(
-                "VHD dynamic header at {:#x}: bad checksum (its checksum field at {:#x}): stored {:#010x}, computed {:#010x}",
-                header_offset,
-                header_offset + dynamic_header::CHECKSUM_FIELD as u64,
-                header.checksum,
-                header.compute_checksum()
-            ));
+            let field = header_offset + dynamic_header::CHECKSUM_FIELD as u64;
+            self.warnings.push(
+                Warning::new(
+                    WarningKind::Checksum,
+                    format!(
+                        "VHD dynamic header at {header_offset:#x}: bad checksum (its checksum field at {field:#x}): stored {:#010x}, computed {:#010x}",
+                        header.checksum,
+                        header.compute_checksum()
+                    ),
+                )
+                .at("VHD dynamic header", header_offset),
+            );
         }
         let bat = bat::load(
             self.storage.as_ref(),
@@ -208,6 +255,9 @@ impl VhdDisk {
         let bitmap_size = (block_size / SECTOR).div_ceil(8).div_ceil(SECTOR) * SECTOR;
         let used = self.footer.current_size.div_ceil(block_size) as usize;
         let mut next_free = footer_offset.div_ceil(SECTOR) * SECTOR;
+        // Blocks past the end of the data: one warning per run of
+        // consecutive blocks, as `check` reports them.
+        let mut past = PastEnd::default();
         for (i, &e) in bat.iter().enumerate().take(used) {
             if e == bat::UNUSED {
                 continue;
@@ -215,12 +265,12 @@ impl VhdDisk {
             let start = u64::from(e) * SECTOR;
             let stop = start + bitmap_size + block_size;
             if stop > footer_offset {
-                self.warnings.push(format!(
-                    "block {i} at {start:#x} extends past the end of the data at {footer_offset:#x}; what lies past the end of the file cannot be read"
-                ));
+                past.add(i as u64, start);
             }
             next_free = next_free.max(stop);
         }
+        self.warnings
+            .extend(past.warnings("VHD block", footer_offset));
         self.warn_overlaps(
             &header,
             header_offset,
@@ -292,8 +342,13 @@ impl VhdDisk {
             }
         }
         if let Some(w) = on_meta {
-            self.warnings
-                .push(format!("{w} ({on_meta_count} such block(s))"));
+            self.warnings.push(
+                Warning::new(
+                    WarningKind::Overlap,
+                    format!("{w} ({on_meta_count} such block(s))"),
+                )
+                .in_structure("VHD block allocation table"),
+            );
         }
         blocks.sort_unstable();
         let mut shared: Option<String> = None;
@@ -314,8 +369,13 @@ impl VhdDisk {
             }
         }
         if let Some(w) = shared {
-            self.warnings
-                .push(format!("{w} ({shared_count} overlap(s))"));
+            self.warnings.push(
+                Warning::new(
+                    WarningKind::Overlap,
+                    format!("{w} ({shared_count} overlap(s))"),
+                )
+                .in_structure("VHD block allocation table"),
+            );
         }
     }
 

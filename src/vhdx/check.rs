@@ -12,7 +12,7 @@ use super::{Structure, bat, pending_log, read_file_identifier, replay_and_clear}
 use crate::damage::{MissingBlock, MissingRuns};
 use crate::error::{Error, Result};
 use crate::io::{Storage, io_err, read_struct};
-use crate::report::{CheckReport, Severity};
+use crate::report::{CheckReport, FindingKind, Severity};
 
 /// A borrowed storage seen through an in-memory replay of the log.
 struct View<'a> {
@@ -56,6 +56,7 @@ impl Storage for View<'_> {
 fn add_error(report: &mut CheckReport, e: &Error) {
     report.add(
         Severity::Error,
+        FindingKind::of_error(e),
         e.structure().unwrap_or("VHDX file"),
         e.offset(),
         e.message().to_string(),
@@ -69,6 +70,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
     if len < HEADER_AREA {
         report.add(
             Severity::Error,
+            FindingKind::OutOfBounds,
             "VHDX file",
             Some(0),
             format!("file of {len} bytes is smaller than the 1 MiB header area"),
@@ -84,6 +86,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         if let Some(p) = &s.problem {
             report.add(
                 Severity::Error,
+                FindingKind::Missing,
                 "VHDX header",
                 Some(s.offset),
                 format!("header {} is invalid: {p}", i + 1),
@@ -110,14 +113,13 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         for (off, why) in
             log::entry_problems(storage, h.log_offset, u64::from(h.log_length), h.log_guid())?
         {
-            if !why.starts_with("log GUID") {
-                report.add(
-                    Severity::Info,
-                    "VHDX log entry",
-                    Some(off),
-                    format!("not a valid entry, so not replayed: {why}"),
-                );
-            }
+            report.add(
+                Severity::Info,
+                FindingKind::PendingLog,
+                "VHDX log entry",
+                Some(off),
+                format!("not a valid entry, so not replayed: {why}"),
+            );
         }
     }
     match pending_log(storage, &h, len) {
@@ -125,6 +127,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         Ok(None) => {}
         Ok(Some(seq)) if seq.is_empty() => report.add(
             Severity::Info,
+            FindingKind::PendingLog,
             "VHDX log",
             Some(h.log_offset),
             "the header names a log GUID but the log holds no active sequence; nothing to replay",
@@ -141,6 +144,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
             } else {
                 report.add(
                     Severity::Info,
+                    FindingKind::PendingLog,
                     "VHDX log",
                     Some(h.log_offset + first),
                     format!(
@@ -180,6 +184,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         if let Some(p) = p {
             report.add(
                 Severity::Error,
+                FindingKind::Missing,
                 "VHDX region table",
                 Some(REGION_TABLE_OFFSETS[i]),
                 format!("copy {} is unusable: {p}", i + 1),
@@ -215,6 +220,7 @@ fn check_metadata_items(s: &Structure, report: &mut CheckReport) {
             if a0 < b1 && b0 < a1 {
                 report.add(
                     Severity::Error,
+                    FindingKind::Overlap,
                     "VHDX metadata table",
                     Some(m.region_offset + u64::from(a0)),
                     format!(
@@ -265,6 +271,7 @@ fn check_bat(s: &Structure, report: &mut CheckReport) {
         if !valid {
             report.add(
                 Severity::Error,
+                FindingKind::InvalidEntry,
                 "VHDX BAT entry",
                 Some(at),
                 format!("{what} has invalid state {st}"),
@@ -285,6 +292,7 @@ fn check_bat(s: &Structure, report: &mut CheckReport) {
                 if ranges.is_empty() {
                     report.add(
                         Severity::Error,
+                        FindingKind::OutOfBounds,
                         "VHDX sector bitmap block",
                         Some(off),
                         format!(
@@ -326,6 +334,7 @@ fn check_bat(s: &Structure, report: &mut CheckReport) {
         if let Some(p) = s.block_problem(i, size) {
             report.add(
                 Severity::Error,
+                FindingKind::InvalidEntry,
                 "VHDX BAT entry",
                 Some(at),
                 format!("{what}: {p}"),
@@ -337,6 +346,7 @@ fn check_bat(s: &Structure, report: &mut CheckReport) {
             if bat::state(s.bat[b as usize]) != bat::BITMAP_PRESENT {
                 report.add(
                     Severity::Error,
+                    FindingKind::InvalidEntry,
                     "VHDX BAT entry",
                     Some(at),
                     format!("{what} is partially present but its sector bitmap (entry {b}) is not present"),
@@ -353,6 +363,7 @@ fn check_bat(s: &Structure, report: &mut CheckReport) {
         if b.0 < a.1 {
             report.add(
                 Severity::Error,
+                FindingKind::Overlap,
                 "VHDX BAT entry",
                 Some(s.entry_offset(b.2)),
                 format!(

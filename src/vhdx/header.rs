@@ -4,7 +4,6 @@
 //! torn write always leaves one valid header.
 
 use binrw::binrw;
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::checksum::crc32c_with_zeroed_field;
@@ -188,21 +187,6 @@ impl Header {
             ));
         }
         Ok(())
-    }
-
-    /// For `info`.
-    pub fn to_json(&self) -> serde_json::Value {
-        json!({
-            "sequence_number": self.sequence_number,
-            "checksum": format!("{:#010x}", self.checksum),
-            "file_write_guid": self.file_write_guid().to_string(),
-            "data_write_guid": self.data_write_guid().to_string(),
-            "log_guid": self.log_guid().to_string(),
-            "log_version": self.log_version,
-            "version": self.version,
-            "log_offset": self.log_offset,
-            "log_length": self.log_length,
-        })
     }
 }
 

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::io::{self, Cursor};
 
 use binrw::{BinRead, binrw};
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::checksum::crc32c_with_zeroed_field;
@@ -125,6 +124,15 @@ pub struct Entry {
     pub ops: Vec<Op>,
 }
 
+/// Why there is no entry of the log at a position.
+struct NotAnEntry {
+    /// The entry is well formed but belongs to another log (an older
+    /// LogGuid): what a log reused after a clear holds, not a defect.
+    other_log: bool,
+    /// Why, for people.
+    why: String,
+}
+
 /// The log region loaded for searching.
 struct LogBuf<'a> {
     data: &'a [u8],
@@ -201,30 +209,46 @@ impl<'a> LogBuf<'a> {
         }
     }
 
-    /// The entry at `pos`, or why there is no valid entry there.
-    fn entry_at(&self, pos: u64) -> std::result::Result<Entry, String> {
+    /// The header of the entry at `pos` if it is one of this log, or why
+    /// it is not.
+    fn entry_header(&self, pos: u64) -> std::result::Result<EntryHeader, NotAnEntry> {
+        let invalid = |why: String| NotAnEntry {
+            other_log: false,
+            why,
+        };
         let head = self.read_wrapped(pos, ENTRY_HEADER_SIZE);
-        let h = EntryHeader::read(&mut Cursor::new(&head[..])).map_err(|e| e.to_string())?;
+        let h =
+            EntryHeader::read(&mut Cursor::new(&head[..])).map_err(|e| invalid(e.to_string()))?;
         if h.signature != ENTRY_SIGNATURE {
-            return Err("no \"loge\" signature".into());
+            return Err(invalid("no \"loge\" signature".into()));
         }
         let len = u64::from(h.entry_length);
         if len == 0 || !len.is_multiple_of(LOG_SECTOR) || len > self.len() {
-            return Err(format!(
+            return Err(invalid(format!(
                 "entry length {len:#x} is not a non-zero multiple of 4 KiB within the {:#x}-byte log",
                 self.len()
-            ));
+            )));
         }
         if h.sequence_number == 0 {
-            return Err("sequence number is 0".into());
+            return Err(invalid("sequence number is 0".into()));
         }
         if from_ms_bytes(h.log_guid) != self.guid {
-            return Err(format!(
-                "log GUID {} is not the header's {}",
-                from_ms_bytes(h.log_guid),
-                self.guid
-            ));
+            return Err(NotAnEntry {
+                other_log: true,
+                why: format!(
+                    "log GUID {} is not the header's {}",
+                    from_ms_bytes(h.log_guid),
+                    self.guid
+                ),
+            });
         }
+        Ok(h)
+    }
+
+    /// The entry at `pos`, or why there is no valid entry there.
+    fn entry_at(&self, pos: u64) -> std::result::Result<Entry, String> {
+        let h = self.entry_header(pos).map_err(|e| e.why)?;
+        let len = u64::from(h.entry_length);
         if !u64::from(h.tail).is_multiple_of(LOG_SECTOR) || u64::from(h.tail) >= self.len() {
             return Err(format!(
                 "tail {:#x} is not a 4 KiB offset in the log",
@@ -383,21 +407,6 @@ impl Sequence {
         }
         Ok(())
     }
-
-    /// For `info`.
-    pub fn to_json(&self) -> serde_json::Value {
-        match (self.entries.first(), self.entries.last()) {
-            (Some(t), Some(h)) => json!({
-                "entries": self.entries.len(),
-                "tail_offset": t.position,
-                "head_offset": h.position,
-                "first_sequence_number": t.header.sequence_number,
-                "last_sequence_number": h.header.sequence_number,
-                "descriptors": self.entries.iter().map(|e| e.ops.len()).sum::<usize>(),
-            }),
-            _ => json!({ "entries": 0 }),
-        }
-    }
 }
 
 /// Load the log region at `offset` (`length` bytes) of a file whose header
@@ -483,7 +492,8 @@ pub fn find_active(
 }
 
 /// Why the log at `offset` has no valid entry at each sector where one starts
-/// with a "loge" signature, for `check`.
+/// with a "loge" signature, for `check`. Entries of another log (an older
+/// LogGuid) are what a reused log holds, not defects: they are left out.
 pub fn entry_problems(
     storage: &dyn Storage,
     offset: u64,
@@ -505,6 +515,7 @@ pub fn entry_problems(
         let pos = s * LOG_SECTOR;
         if data[pos as usize..pos as usize + 4] == ENTRY_SIGNATURE
             && let Err(why) = log.entry_at(pos)
+            && !log.entry_header(pos).is_err_and(|e| e.other_log)
         {
             out.push((offset + pos, why));
         }
@@ -936,5 +947,35 @@ mod writer_tests {
             assert_eq!(e.ops, ops);
             assert_eq!(seq.last_file_offset(), 6 << 20);
         }
+    }
+
+    /// An entry of another log (an older LogGuid) is no defect; a damaged
+    /// entry of this log is one.
+    #[test]
+    fn entry_problems_leave_out_entries_of_other_logs() {
+        const LOG_LEN: u64 = 1 << 20;
+        let guid = Uuid::new_v4();
+        let params = |log_guid| EntryParams {
+            sequence_number: 1,
+            tail: 0,
+            log_guid,
+            flushed_file_offset: 4 << 20,
+            last_file_offset: 4 << 20,
+        };
+        let ops = [Op::Zero {
+            offset: 3 << 20,
+            length: 4096,
+        }];
+        let mut log = vec![0u8; LOG_LEN as usize];
+        let other = encode_entry(&params(Uuid::new_v4()), &ops);
+        log[..other.len()].copy_from_slice(&other);
+        let mut damaged = encode_entry(&params(guid), &ops);
+        damaged[100] ^= 1;
+        let at = 64 * LOG_SECTOR;
+        log[at as usize..at as usize + damaged.len()].copy_from_slice(&damaged);
+        let storage = MemStorage::from_vec(log);
+        let problems = entry_problems(&storage, 0, LOG_LEN, guid).unwrap();
+        let offsets: Vec<u64> = problems.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, [at], "{problems:?}");
     }
 }

@@ -5,7 +5,6 @@
 use std::io::Cursor;
 
 use binrw::{BinRead, BinWrite, binrw};
-use serde_json::json;
 use uuid::Uuid;
 
 use super::parent_locator::ParentLocator;
@@ -349,45 +348,6 @@ impl Metadata {
             .map_or(self.region_offset, |e| {
                 self.region_offset + u64::from(e.offset)
             })
-    }
-
-    /// For `info`: every item, known ones with their decoded value.
-    pub fn to_json(&self) -> serde_json::Value {
-        let items: Vec<serde_json::Value> = self
-            .entries
-            .iter()
-            .map(|e| {
-                let value = match e.name() {
-                    Some("file_parameters") => json!({
-                        "block_size": self.block_size,
-                        "leave_block_allocated": self.leave_block_allocated,
-                        "has_parent": self.has_parent,
-                    }),
-                    Some("virtual_disk_size") => json!(self.virtual_size),
-                    Some("page_83_data") => json!(self.page_83.to_string()),
-                    Some("logical_sector_size") => json!(self.logical_sector_size),
-                    Some("physical_sector_size") => json!(self.physical_sector_size),
-                    Some("parent_locator") => self
-                        .parent_locator
-                        .as_ref()
-                        .map(ParentLocator::to_json)
-                        .unwrap_or(serde_json::Value::Null),
-                    _ => serde_json::Value::Null,
-                };
-                json!({
-                    "item_id": e.item_id().to_string(),
-                    "name": e.name(),
-                    "known": e.name().is_some(),
-                    "offset": e.offset,
-                    "length": e.length,
-                    "is_user": e.is_user(),
-                    "is_virtual_disk": e.flags & FLAG_IS_VIRTUAL_DISK != 0,
-                    "is_required": e.is_required(),
-                    "value": value,
-                })
-            })
-            .collect();
-        json!({ "offset": self.region_offset, "items": items })
     }
 }
 

@@ -13,6 +13,7 @@ pub mod check;
 pub mod create;
 pub mod file_identifier;
 pub mod header;
+mod info;
 pub mod log;
 pub mod metadata;
 mod open;
@@ -25,7 +26,6 @@ mod write;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::disk::{Discard, Extent, VirtualDisk, check_range};
@@ -33,9 +33,8 @@ use crate::error::Result;
 use crate::io::Storage;
 use crate::layer::{self, BitmapCache};
 use crate::parent::Parent;
-use crate::report::{DiskType, Format, ImageInfo};
+use crate::report::{ImageInfo, Warning};
 use log::{LogView, Sequence};
-use region_table::RegionTableEntry;
 
 pub use create::{VhdxBuilder, create};
 pub use open::parent_spec_from_headers;
@@ -61,17 +60,6 @@ pub enum LogReplay {
     OnDisk,
 }
 
-impl LogReplay {
-    fn as_str(self) -> &'static str {
-        match self {
-            LogReplay::Empty => "empty",
-            LogReplay::NoActiveSequence => "no-active-sequence",
-            LogReplay::InMemory => "replayed-in-memory",
-            LogReplay::OnDisk => "replayed-on-disk",
-        }
-    }
-}
-
 /// An open VHDX.
 ///
 /// Call [`VirtualDisk::flush`] or [`VirtualDisk::close`] to learn whether
@@ -84,7 +72,7 @@ pub struct VhdxDisk {
     log_replay: LogReplay,
     log_sequence: Sequence,
     parent: Option<Parent>,
-    warnings: Vec<String>,
+    warnings: Vec<Warning>,
     /// Sector bitmaps held in memory, by chunk: every bitmap a write
     /// changed (they reach the file through the log).
     bitmaps: HashMap<u64, Box<[u8]>>,
@@ -134,7 +122,7 @@ impl VhdxDisk {
     }
 
     /// Problems found at open.
-    pub fn warnings(&self) -> &[String] {
+    pub fn warnings(&self) -> &[Warning] {
         &self.warnings
     }
 
@@ -150,43 +138,6 @@ impl VhdxDisk {
 
     fn is_differencing(&self) -> bool {
         self.s.metadata.has_parent
-    }
-
-    fn count_states(
-        &self,
-    ) -> (
-        serde_json::Map<String, serde_json::Value>,
-        serde_json::Map<String, serde_json::Value>,
-        u64,
-    ) {
-        let l = &self.s.layout;
-        let diff = self.is_differencing();
-        let mut payload = serde_json::Map::new();
-        let mut bitmaps = serde_json::Map::new();
-        let mut stored = 0u64;
-        for i in 0..l.total_entries {
-            let st = bat::state(self.s.bat[i as usize]);
-            let (map, name) = if l.is_bitmap_index(i) {
-                (&mut bitmaps, bat::bitmap_state_name(st))
-            } else {
-                if i - i / (l.chunk_ratio + 1) >= l.data_blocks {
-                    continue;
-                }
-                if matches!(
-                    st,
-                    bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT
-                ) {
-                    stored += 1;
-                }
-                (&mut payload, bat::payload_state_name(st, diff))
-            };
-            let key = name
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("invalid_{st}"));
-            let n = map.get(&key).and_then(|v| v.as_u64()).unwrap_or(0);
-            map.insert(key, json!(n + 1));
-        }
-        (payload, bitmaps, stored)
     }
 }
 
@@ -227,86 +178,7 @@ impl VirtualDisk for VhdxDisk {
     }
 
     fn info(&self) -> ImageInfo {
-        let s = &self.s;
-        let m = &s.metadata;
-        let (payload, bitmaps, stored) = self.count_states();
-        let headers: Vec<serde_json::Value> = s
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(i, slot)| {
-                let mut v = slot.header.to_json();
-                v["slot"] = json!(i + 1);
-                v["offset"] = json!(slot.offset);
-                v["valid"] = json!(slot.is_valid());
-                v["problem"] = json!(slot.problem);
-                v["current"] = json!(i == s.current);
-                v
-            })
-            .collect();
-        let h = s.header();
-        let details = json!({
-            "creator": s.creator,
-            "headers": headers,
-            "region_table": {
-                "copy_used": s.region_table_used + 1,
-                "problems": s.region_table_problems,
-                "entries": s.region_table.entries.iter().map(RegionTableEntry::to_json).collect::<Vec<_>>(),
-            },
-            "metadata": m.to_json(),
-            "file_parameters": {
-                "block_size": m.block_size,
-                "leave_block_allocated": m.leave_block_allocated,
-                "has_parent": m.has_parent,
-            },
-            "chunk_ratio": s.layout.chunk_ratio,
-            "bat": {
-                "offset": s.bat_region.file_offset,
-                "entries": s.layout.total_entries,
-                "payload_blocks": s.layout.data_blocks,
-                "sector_bitmap_blocks": s.layout.bitmap_blocks,
-                "payload_states": payload,
-                "sector_bitmap_states": bitmaps,
-            },
-            "log": {
-                "offset": h.log_offset,
-                "length": h.log_length,
-                "guid": h.log_guid().to_string(),
-                "state": self.log_replay.as_str(),
-                "replayed": self.log_sequence.to_json(),
-            },
-            "parent_locator": m.parent_locator.as_ref().map(|p| p.to_json()),
-        });
-        let allocated = (stored * s.layout.block_size).min(m.virtual_size);
-        ImageInfo {
-            format: Format::Vhdx,
-            disk_type: if m.has_parent {
-                DiskType::Differencing
-            } else if m.leave_block_allocated {
-                DiskType::Fixed
-            } else {
-                DiskType::Dynamic
-            },
-            virtual_size: m.virtual_size,
-            file_size: self.storage.inner().len().unwrap_or(0),
-            logical_sector_size: m.logical_sector_size,
-            physical_sector_size: m.physical_sector_size,
-            block_size: Some(u64::from(m.block_size)),
-            disk_id: Some(m.page_83.to_string()),
-            creator: Some(s.creator.clone()),
-            allocated_bytes: allocated,
-            data_write_id: Some(h.data_write_guid().to_string()),
-            parent: self.parent.as_ref().map(Parent::info),
-            warnings: self
-                .warnings
-                .iter()
-                .cloned()
-                .chain(self.parent.iter().flat_map(Parent::warnings))
-                .collect(),
-            vhd: None,
-            vhdx: Some(details),
-            evhd: None,
-        }
+        self.image_info()
     }
 
     fn parent_link_id(&self) -> Option<Uuid> {

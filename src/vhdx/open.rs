@@ -14,10 +14,12 @@ use super::{
     LogReplay, Structure, VhdxDisk, bat, parent_locator, read_file_identifier, read_region_tables,
 };
 use crate::chain::ChildLayer;
+use crate::damage::PastEnd;
 use crate::error::{Error, Result};
 use crate::io::{Storage, io_err};
 use crate::layer::BitmapCache;
 use crate::parent::{Candidate, Parent, ParentSpec};
+use crate::report::{Warning, WarningKind};
 
 /// Find the active log sequence of the current header, if the log is pending.
 pub(crate) fn pending_log(
@@ -74,10 +76,16 @@ impl VhdxDisk {
         let mut current = header::current(&slots)?;
         for s in &slots {
             if let Some(p) = &s.problem {
-                warnings.push(format!(
-                    "header at {:#x} is invalid ({p}); using the header at {:#x}",
-                    s.offset, slots[current].offset
-                ));
+                warnings.push(
+                    Warning::new(
+                        WarningKind::CopyUnusable,
+                        format!(
+                            "header at {:#x} is invalid ({p}); using the header at {:#x}",
+                            s.offset, slots[current].offset
+                        ),
+                    )
+                    .at("VHDX header", s.offset),
+                );
             }
         }
         slots[current].header.validate(slots[current].offset, len)?;
@@ -99,11 +107,39 @@ impl VhdxDisk {
         }
         let storage = LogView::new(storage, overlay);
         let s = Structure::load(&storage, creator, slots, current, len)?;
-        if let Some(p) = &s.region_table_problems[1 - s.region_table_used] {
-            warnings.push(format!("region table copy is unusable: {p}"));
+        let copy = 1 - s.region_table_used;
+        if let Some(p) = &s.region_table_problems[copy] {
+            warnings.push(
+                Warning::new(
+                    WarningKind::CopyUnusable,
+                    format!("region table copy is unusable: {p}"),
+                )
+                .at(
+                    "VHDX region table",
+                    super::region_table::REGION_TABLE_OFFSETS[copy],
+                ),
+            );
         }
 
         let mut bad = 0usize;
+        // Stored payload blocks the file does not hold (whole or in part):
+        // one warning per run of consecutive blocks, as `check` lists them.
+        let mut past = PastEnd::default();
+        for i in 0..s.layout.total_entries {
+            let st = bat::state(s.bat[i as usize]);
+            if !s.layout.is_bitmap_index(i)
+                && matches!(
+                    st,
+                    bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT
+                )
+            {
+                let off = bat::file_offset(s.bat[i as usize]);
+                if off.saturating_add(s.layout.block_size) > s.file_len {
+                    past.add(i - i / (s.layout.chunk_ratio + 1), off);
+                }
+            }
+        }
+        warnings.extend(past.warnings("VHDX payload block", s.file_len));
         for i in 0..s.layout.total_entries {
             let st = bat::state(s.bat[i as usize]);
             let ok = if s.layout.is_bitmap_index(i) {
@@ -113,16 +149,28 @@ impl VhdxDisk {
             };
             if !ok {
                 if bad < 4 {
-                    warnings.push(format!(
-                        "BAT entry {i} at {:#x} has invalid state {st}; reading its block fails",
-                        s.entry_offset(i)
-                    ));
+                    warnings.push(
+                        Warning::new(
+                            WarningKind::InvalidBlockState,
+                            format!(
+                                "BAT entry {i} at {:#x} has invalid state {st}; reading its block fails",
+                                s.entry_offset(i)
+                            ),
+                        )
+                        .at("VHDX BAT entry", s.entry_offset(i)),
+                    );
                 }
                 bad += 1;
             }
         }
         if bad > 4 {
-            warnings.push(format!("{} more BAT entries have invalid states", bad - 4));
+            warnings.push(
+                Warning::new(
+                    WarningKind::InvalidBlockState,
+                    format!("{} more BAT entries have invalid states", bad - 4),
+                )
+                .in_structure("VHDX BAT entry"),
+            );
         }
 
         Ok(VhdxDisk {

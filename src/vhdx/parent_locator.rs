@@ -4,7 +4,6 @@
 use std::io::Cursor;
 
 use binrw::{BinRead, BinWrite, binrw};
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -184,18 +183,5 @@ impl ParentLocator {
     pub fn parent_linkage(&self) -> Option<Uuid> {
         self.get(KEY_PARENT_LINKAGE)
             .and_then(|s| Uuid::parse_str(s.trim().trim_matches(['{', '}'])).ok())
-    }
-
-    /// For `info`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let map: serde_json::Map<String, serde_json::Value> = self
-            .entries
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect();
-        json!({
-            "locator_type": self.locator_type.to_string(),
-            "entries": map,
-        })
     }
 }

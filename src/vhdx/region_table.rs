@@ -4,7 +4,6 @@
 use std::io::Cursor;
 
 use binrw::{BinRead, BinWrite, binrw};
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::checksum::crc32c_with_zeroed_field;
@@ -99,17 +98,6 @@ impl RegionTableEntry {
             g if g == METADATA_GUID => Some("metadata"),
             _ => None,
         }
-    }
-
-    /// For `info`.
-    pub fn to_json(&self) -> serde_json::Value {
-        json!({
-            "guid": self.guid().to_string(),
-            "name": self.name(),
-            "file_offset": self.file_offset,
-            "length": self.length,
-            "required": self.required(),
-        })
     }
 }
 

@@ -9,6 +9,12 @@ use serde::Serialize;
 
 use crate::disk::{Extent, ExtentKind};
 
+mod details;
+mod warning;
+
+pub use details::*;
+pub use warning::{Warning, WarningKind};
+
 /// The container format of an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -81,12 +87,14 @@ pub struct ParentInfo {
 }
 
 /// Everything `info` reports about an image.
-#[derive(Debug, Clone, Serialize)]
+///
+/// Serializes as `info --json` prints it: the common fields, then the
+/// format's details under its name (`vhd`, `vhdx` or `evhd`; none for raw).
+#[derive(Debug, Clone)]
 pub struct ImageInfo {
     /// Container format.
     pub format: Format,
     /// Disk type.
-    #[serde(rename = "type")]
     pub disk_type: DiskType,
     /// Size of the virtual disk in bytes.
     pub virtual_size: u64,
@@ -105,7 +113,6 @@ pub struct ImageInfo {
     /// VHDX: the DataWriteGuid, which changes whenever the data is first
     /// written after an open; a differencing child records it as its parent
     /// id. Absent for other formats.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_write_id: Option<String>,
     /// The program that created the image, as recorded in it.
     pub creator: Option<String>,
@@ -113,17 +120,48 @@ pub struct ImageInfo {
     pub allocated_bytes: u64,
     /// The parent of a differencing image.
     pub parent: Option<ParentInfo>,
-    /// Problems found while opening (damage that did not prevent reading).
-    pub warnings: Vec<String>,
-    /// VHD footer, dynamic header and locators.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vhd: Option<serde_json::Value>,
-    /// VHDX headers, region table, metadata, BAT and log.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vhdx: Option<serde_json::Value>,
-    /// EVHD header, recipients and origin record.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub evhd: Option<serde_json::Value>,
+    /// Problems found while opening (damage that did not prevent reading,
+    /// an untrusted signature, a parent that is not the recorded one).
+    pub warnings: Vec<Warning>,
+    /// The format's own structures.
+    pub details: FormatDetails,
+}
+
+impl Serialize for ImageInfo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("ImageInfo", 14)?;
+        st.serialize_field("format", &self.format)?;
+        st.serialize_field("type", &self.disk_type)?;
+        st.serialize_field("virtual_size", &self.virtual_size)?;
+        st.serialize_field("file_size", &self.file_size)?;
+        st.serialize_field("logical_sector_size", &self.logical_sector_size)?;
+        st.serialize_field("physical_sector_size", &self.physical_sector_size)?;
+        st.serialize_field("block_size", &self.block_size)?;
+        st.serialize_field("disk_id", &self.disk_id)?;
+        match &self.data_write_id {
+            Some(id) => st.serialize_field("data_write_id", id)?,
+            None => st.skip_field("data_write_id")?,
+        }
+        st.serialize_field("creator", &self.creator)?;
+        st.serialize_field("allocated_bytes", &self.allocated_bytes)?;
+        st.serialize_field("parent", &self.parent)?;
+        st.serialize_field("warnings", &self.warnings)?;
+        match &self.details {
+            FormatDetails::Raw => {}
+            FormatDetails::Vhd(d) => st.serialize_field("vhd", d)?,
+            FormatDetails::Vhdx(d) => st.serialize_field("vhdx", d)?,
+            FormatDetails::Evhd(d) => st.serialize_field("evhd", d)?,
+        }
+        st.end()
+    }
+}
+
+impl ImageInfo {
+    /// The warnings that say a parent up the chain is not the recorded one.
+    pub fn parent_mismatch_warnings(&self) -> impl Iterator<Item = &Warning> {
+        self.warnings.iter().filter(|w| w.kind.is_parent_mismatch())
+    }
 }
 
 /// Print `info` as an aligned, readable summary.
@@ -185,16 +223,17 @@ pub fn write_info_text(info: &ImageInfo, out: &mut dyn Write) -> io::Result<()> 
         }
     }
     for w in &info.warnings {
-        rows.push(("WARNING".into(), w.clone()));
+        rows.push(("WARNING".into(), w.message.clone()));
     }
-    for (name, details) in [
-        ("vhd", &info.vhd),
-        ("vhdx", &info.vhdx),
-        ("evhd", &info.evhd),
-    ] {
-        if let Some(v) = details {
-            flatten(name, v, &mut rows);
-        }
+    if let Some(name) = info.details.json_key() {
+        // The rows follow the JSON form: one per leaf, keys in JSON order.
+        let v = match &info.details {
+            FormatDetails::Raw => serde_json::Value::Null,
+            FormatDetails::Vhd(d) => serde_json::to_value(d)?,
+            FormatDetails::Vhdx(d) => serde_json::to_value(d)?,
+            FormatDetails::Evhd(d) => serde_json::to_value(d)?,
+        };
+        flatten(name, &v, &mut rows);
     }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in rows {
@@ -255,11 +294,74 @@ pub enum Severity {
     Error,
 }
 
-/// One problem `check` found.
+/// What a `check` finding is about, stable for callers to match on (new
+/// kinds may be added).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FindingKind {
+    /// A structure is damaged in a way the format's parser rejects (the
+    /// error that stopped it, e.g. a bad signature or an impossible field).
+    Damaged,
+    /// A MAC, authentication tag or signature does not verify.
+    Authentication,
+    /// The image uses something this library does not implement.
+    Unsupported,
+    /// A stored checksum is not the computed one.
+    Checksum,
+    /// A structure, or a copy of one, is missing or unusable.
+    Missing,
+    /// Two copies that must agree differ.
+    CopyDiffers,
+    /// A table entry holds a state or value the format does not define.
+    InvalidEntry,
+    /// A structure or block lies outside the file or the data.
+    OutOfBounds,
+    /// Structures or blocks overlap.
+    Overlap,
+    /// Table entries that lie beyond the virtual size.
+    BeyondSize,
+    /// Space in the file that nothing references.
+    Leak,
+    /// A log or journal holds changes not (yet) applied to the file.
+    PendingLog,
+    /// A variant of the format written by old software.
+    Legacy,
+    /// The signature of an EVHD: who signed, or that it is unsigned or
+    /// not trusted.
+    Signature,
+    /// An EVHD fell back to its older header copy and nothing confirms
+    /// it: the newest commit may have been lost (rolled back).
+    RolledBack,
+    /// An EVHD holds an unfinished commit addressed to other keys (an
+    /// interrupted recipient change); it was not applied.
+    CommitNotApplied,
+    /// The parent of a differencing image was not found.
+    ParentMissing,
+}
+
+impl FindingKind {
+    /// The kind of finding an error that stopped a check is.
+    pub fn of_error(e: &crate::Error) -> FindingKind {
+        use crate::ErrorKind;
+        match e.kind() {
+            ErrorKind::Authentication => FindingKind::Authentication,
+            ErrorKind::Unsupported => FindingKind::Unsupported,
+            ErrorKind::Untrusted => FindingKind::Signature,
+            ErrorKind::ParentMissing => FindingKind::ParentMissing,
+            _ => FindingKind::Damaged,
+        }
+    }
+}
+
+/// One problem `check` found. Serializes as `{severity, structure, offset,
+/// message}`, the form `check --json` has always had.
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
     /// How serious it is.
     pub severity: Severity,
+    /// What it is about.
+    #[serde(skip)]
+    pub kind: FindingKind,
     /// The on-disk structure concerned.
     pub structure: String,
     /// Byte offset in the file.
@@ -284,6 +386,10 @@ pub struct CheckReport {
     /// encrypted part). Not empty makes the exit status 1 unless damage
     /// was found.
     pub not_checked: Vec<String>,
+    /// A parent up the chain is not the one the image records: what the
+    /// image reads from it was not checked (the mismatch is one of the
+    /// `not_checked` lines). Not serialized: the line says it.
+    pub parent_mismatch: bool,
 }
 
 impl Serialize for CheckReport {
@@ -314,12 +420,14 @@ impl CheckReport {
     pub fn add(
         &mut self,
         severity: Severity,
+        kind: FindingKind,
         structure: &str,
         offset: Option<u64>,
         message: impl Into<String>,
     ) {
         self.findings.push(Finding {
             severity,
+            kind,
             structure: structure.to_string(),
             offset,
             message: message.into(),
