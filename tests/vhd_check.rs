@@ -128,7 +128,7 @@ fn bad_end_footer_checksum_is_found_opens_with_warning_refuses_writes_and_repair
     assert_eq!(code, 2, "{r:#}");
     let f = findings_at(&r, "VHD footer", len - 512);
     assert_eq!(f.len(), 1, "{r:#}");
-    let at = len - 512 + 64;
+    let at = len - 512;
     assert!(lib_finding(
         &path,
         FindingKind::Checksum,
