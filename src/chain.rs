@@ -101,7 +101,7 @@ fn compose<D: ChildLayer + VirtualDisk>(
                 format!(
                     "the parent {} has a virtual size of {p:#x} bytes ({}), the child's is \
                      {c:#x} bytes ({}); a differencing image and its parent must be the same \
-                     size (--ignore-parent-id waives the parent's id, not its size)",
+                     size (ignoring the parent's id does not waive its size)",
                     path.display(),
                     crate::report::human_size(p),
                     crate::report::human_size(c),

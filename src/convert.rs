@@ -112,8 +112,9 @@ impl PendingFile {
                 Error::new(
                     ErrorKind::InvalidArgument,
                     "the file was created by another program while the image was being written; \
-                     it was left as it is and the new image discarded (pass --force to replace it)",
+                     it was left as it is and the new image discarded",
                 )
+                .with_hint(Hint::ReplaceOutput)
                 .with_path(&self.dest)
             } else {
                 Error::io(e, "cannot rename the finished image into place").with_path(&self.dest)

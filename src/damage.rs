@@ -212,13 +212,13 @@ impl Stored<'_> {
                         "block {} (file bytes {:#x}..{block_end:#x}) runs past the end of the \
                          file, which ends at {file_len:#x}, so its bytes from {missing_from:#x} \
                          on are missing: virtual bytes {vstart:#x}..{:#x} being read are \
-                         missing (`vhdkit check` lists all the damage; --salvage reads missing \
-                         bytes as zeros)",
+                         missing",
                         self.block,
                         self.block_offset,
                         vstart.saturating_add(vlen)
                     ),
-                );
+                )
+                .with_hint(crate::Hint::Salvage);
                 if let Some(p) = self.path {
                     e = e.with_path(p);
                 }

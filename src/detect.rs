@@ -578,14 +578,16 @@ pub fn guard_probed_raw(storage: &dyn Storage, data: &[u8], offset: u64) -> Resu
 }
 
 /// [`damaged`], and when the format was detected from `decided` (not
-/// stated), a note naming that signature and how to read the file as raw.
+/// stated), a note naming that signature and the hint that it may be raw.
 pub fn damaged_detected(format: Format, decided: Option<Trace>, e: Error) -> Error {
     let e = damaged(format, e);
     match decided {
-        Some(t) if e.context().is_some() && t.format == format => e.with_note(&format!(
-            " (detected as {} from its {t}; if this is a raw disk, -f raw reads it as one)",
-            format_name(format)
-        )),
+        Some(t) if e.context().is_some() && t.format == format => e
+            .with_note(&format!(
+                " (detected as {} from its {t})",
+                format_name(format)
+            ))
+            .or_hint(crate::Hint::MaybeRaw),
         _ => e,
     }
 }

@@ -102,6 +102,38 @@ pub enum Hint {
     /// without taking or honouring locks would read it (what is read may
     /// be inconsistent).
     ForceShare,
+    /// An encrypted image is read with the private key of one of its
+    /// recipients ([`crate::OpenOptions::keys`]).
+    Key,
+    /// An encrypted image opens to an older state than its newest commit:
+    /// inspecting it, then signing it, accepts the state it opens to.
+    AcceptOlderState,
+    /// Writing an encrypted image would vouch for content nobody trusted
+    /// signed: checking the content, then signing it, vouches for it; or
+    /// the signer's public key can be trusted.
+    Vouch,
+    /// Every epoch key record of an encrypted image is in use: rekeying
+    /// the image frees them.
+    Rekey,
+    /// Bytes being read are missing from a damaged image: checking it lists
+    /// all the damage, and reading with salvage reads missing bytes as
+    /// zeros.
+    Salvage,
+    /// The format was detected from a signature that raw data can hold by
+    /// chance: stating the raw format reads the file as raw data.
+    MaybeRaw,
+    /// The destination is a block device that an in-place write (rather
+    /// than replacing the file) writes the image's content onto.
+    WriteOntoDevice,
+    /// The destination is a symbolic link to a file or block device that an
+    /// in-place write writes the image's content into.
+    WriteThroughLink,
+    /// The destination is a FIFO that the raw content can be streamed
+    /// into through standard output.
+    StreamToStdout,
+    /// An in-place write was asked for but the target does not exist: an
+    /// image file is created by an ordinary (not in-place) write.
+    CreateImageFile,
 }
 
 /// An error with its context.
@@ -165,6 +197,13 @@ impl Error {
         self
     }
 
+    /// [`Error::with_hint`], unless a hint is already given (the innermost
+    /// one is the most specific).
+    pub fn or_hint(mut self, hint: Hint) -> Self {
+        self.hint.get_or_insert(hint);
+        self
+    }
+
     /// What the caller can do about the error, if the library knows.
     pub fn hint(&self) -> Option<Hint> {
         self.hint
@@ -200,8 +239,8 @@ impl Error {
         self.context
     }
 
-    /// Append `note` to the message (e.g. a hint about an option that
-    /// avoids the error).
+    /// Append `note` to the message (e.g. what an error means for the
+    /// file; a front end appends its own wording of [`Error::hint`] too).
     pub fn with_note(mut self, note: &str) -> Self {
         self.message.push_str(note);
         self

@@ -326,7 +326,7 @@ pub(crate) fn open_file(path: &Path, writable: bool, force_share: bool) -> Resul
         (false, _) => FileStorage::open(path, writable),
         (true, false) => FileStorage::open_force_share(path),
         (true, true) => Err(Error::invalid_argument(
-            "force-share (-U) opens images read-only and cannot be combined with writing",
+            "a force-share open is read-only and cannot be combined with writing",
         )
         .with_path(path)),
     }

@@ -201,7 +201,7 @@ fn a_vhdx_detected_from_its_metadata_table_says_so() {
     assert!(
         err.contains("damaged VHDX image")
             && err.contains(
-                "detected as VHDX from its VHDX metadata table signature at offset 0x200000; \
+                "(detected as VHDX from its VHDX metadata table signature at offset 0x200000); \
                  if this is a raw disk, -f raw reads it as one"
             ),
         "{err}"

@@ -61,6 +61,26 @@ fn with_option_hint(e: Error) -> Error {
         Some(Hint::ReadAsRaw) => " (a raw image: -f raw)",
         Some(Hint::OpenAsRaw) => " with -f raw",
         Some(Hint::Repair) => "; repair it with `vhdkit check --repair` before writing",
+        Some(Hint::Key) => " (pass one with --key)",
+        Some(Hint::AcceptOlderState) => {
+            ": inspect it (`vhdkit check`), then `vhdkit sign IMAGE --key KEY` accepts the state it opens to"
+        }
+        Some(Hint::Vouch) => {
+            "; check its content, then `vhdkit sign IMAGE --key KEY` vouches for it (or give its signer's public key with --trust)"
+        }
+        Some(Hint::Rekey) => "; run `vhdkit rekey`",
+        Some(Hint::Salvage) => {
+            " (`vhdkit check` lists all the damage; --salvage reads missing bytes as zeros)"
+        }
+        Some(Hint::MaybeRaw) => "; if this is a raw disk, -f raw reads it as one",
+        Some(Hint::WriteOntoDevice) => "; use --device to write the image's content onto it",
+        Some(Hint::WriteThroughLink) => {
+            ", or use --device to write the image's content into what it points to"
+        }
+        Some(Hint::StreamToStdout) => {
+            "; DST `-` streams the raw content to standard output, which can be redirected into it"
+        }
+        Some(Hint::CreateImageFile) => " (leave out --device to create an image file)",
         // ForceShare is said only by the commands that take -U
         // (`force_share_hint`).
         _ => return e,

@@ -140,7 +140,7 @@ pub fn loop_backing(_file: &File, _meta: &fs::Metadata) -> Option<LoopBacking> {
 pub fn refuse_writing_onto_sources(target: &DeviceTarget, sources: &[PathBuf]) -> Result<()> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let tmeta = target.file.metadata().map_err(|e| {
-        Error::io(e, "cannot examine the opened --device target").with_path(&target.path)
+        Error::io(e, "cannot examine the opened in-place target").with_path(&target.path)
     })?;
     let tid = FileId::of(&tmeta);
     let tloop = loop_backing(&target.file, &tmeta);

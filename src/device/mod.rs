@@ -18,7 +18,7 @@ use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Hint, Result};
 use crate::io::LockMode;
 
 mod loops;
@@ -120,9 +120,10 @@ pub fn node_kind(path: &Path) -> io::Result<Option<NodeKind>> {
 /// directory). Judged with `lstat`, so a symbolic link is refused even when
 /// it points to a regular file, and nothing at `dest` is touched.
 ///
-/// `offers_device` adds the hint that `convert --device` writes an image's
-/// content onto a block device or into a linked file (for `convert`; other
-/// commands have no such option).
+/// `offers_device` attaches the hint ([`crate::Hint::WriteOntoDevice`] and
+/// its kin) that an in-place write ([`DeviceTarget`]) puts an image's
+/// content onto a block device or into a linked file, for callers that
+/// offer one.
 ///
 /// Callers check before they start and again right before the rename, so
 /// only an object swapped in during the last few system calls can escape
@@ -136,43 +137,44 @@ pub fn refuse_unless_replaceable(dest: &Path, offers_device: bool) -> Result<()>
     if kind == NodeKind::Regular {
         return Ok(());
     }
-    let hint = match kind {
-        NodeKind::Symlink => {
-            let to = fs::read_link(dest)
-                .map(|t| format!(" (to {})", t.display()))
-                .unwrap_or_default();
-            let into = match fs::metadata(dest) {
-                Ok(m) if m.is_file() || NodeKind::of(&m.file_type()) == NodeKind::BlockDevice => {
-                    if offers_device {
-                        "; give the path it points to, or use --device to write the image's \
-                         content into what it points to"
-                    } else {
-                        "; give the path it points to"
-                    }
-                }
-                Ok(_) => "",
-                Err(_) => " (the link points to nothing)",
-            };
-            return Err(Error::invalid_argument(format!(
-                "is a symbolic link{to}; vhdkit replaces only regular files and will not \
-                 replace a link with a file{into}"
-            ))
-            .with_path(dest));
-        }
-        NodeKind::BlockDevice if offers_device => {
-            "; use --device to write the image's content onto it"
-        }
-        NodeKind::Fifo if offers_device => {
-            "; DST `-` streams the raw content to standard output, which can be redirected into it"
-        }
-        NodeKind::Directory => "; give a file name inside it",
-        _ => "",
+    let offer = |e: Error, hint: Hint| if offers_device { e.with_hint(hint) } else { e };
+    if kind == NodeKind::Symlink {
+        let to = fs::read_link(dest)
+            .map(|t| format!(" (to {})", t.display()))
+            .unwrap_or_default();
+        let (into, target) = match fs::metadata(dest) {
+            Ok(m) if m.is_file() || NodeKind::of(&m.file_type()) == NodeKind::BlockDevice => {
+                ("; give the path it points to", true)
+            }
+            Ok(_) => ("", false),
+            Err(_) => (" (the link points to nothing)", false),
+        };
+        let e = Error::invalid_argument(format!(
+            "is a symbolic link{to}; vhdkit replaces only regular files and will not \
+             replace a link with a file{into}"
+        ))
+        .with_path(dest);
+        return Err(if target {
+            offer(e, Hint::WriteThroughLink)
+        } else {
+            e
+        });
+    }
+    let note = if kind == NodeKind::Directory {
+        "; give a file name inside it"
+    } else {
+        ""
     };
-    Err(Error::invalid_argument(format!(
-        "is {}; vhdkit will not replace it with a file{hint}",
+    let e = Error::invalid_argument(format!(
+        "is {}; vhdkit will not replace it with a file{note}",
         kind.describe()
     ))
-    .with_path(dest))
+    .with_path(dest);
+    Err(match kind {
+        NodeKind::BlockDevice => offer(e, Hint::WriteOntoDevice),
+        NodeKind::Fifo => offer(e, Hint::StreamToStdout),
+        _ => e,
+    })
 }
 
 /// What [`DeviceTarget`] writes onto.
@@ -217,13 +219,14 @@ impl DeviceTarget {
                     "does not exist"
                 };
                 return Err(Error::invalid_argument(format!(
-                    "{what}; --device writes onto an existing block device or file and never \
-                     creates one (leave out --device to create an image file)"
+                    "{what}; an in-place write goes onto an existing block device or file and \
+                     never creates one"
                 ))
-                .with_path(path));
+                .with_path(path)
+                .with_hint(Hint::CreateImageFile));
             }
             Err(e) => {
-                return Err(Error::io(e, "cannot examine the --device target").with_path(path));
+                return Err(Error::io(e, "cannot examine the in-place target").with_path(path));
             }
         };
         let kind = match NodeKind::of(&meta.file_type()) {
@@ -231,7 +234,7 @@ impl DeviceTarget {
             NodeKind::Regular => TargetKind::File,
             other => {
                 return Err(Error::invalid_argument(format!(
-                    "is {}; --device writes only onto a block device or an existing regular file",
+                    "is {}; an in-place write goes only onto a block device or an existing regular file",
                     other.describe()
                 ))
                 .with_path(path));
@@ -241,7 +244,7 @@ impl DeviceTarget {
         // The path may have been swapped between the stat and the open:
         // what was opened must be what was examined.
         let opened = file.metadata().map_err(|e| {
-            Error::io(e, "cannot examine the opened --device target").with_path(path)
+            Error::io(e, "cannot examine the opened in-place target").with_path(path)
         })?;
         if !same_object(&meta, &opened) {
             return Err(Error::invalid_argument(
@@ -314,7 +317,7 @@ fn open_in_place(path: &Path, kind: TargetKind) -> Result<File> {
                 )
                 .with_path(path)
             } else {
-                Error::io(e, "cannot open the --device target for writing").with_path(path)
+                Error::io(e, "cannot open the in-place target for writing").with_path(path)
             }
         })?;
     let fd = file.as_raw_fd();
@@ -327,7 +330,7 @@ fn open_in_place(path: &Path, kind: TargetKind) -> Result<File> {
     if !cleared {
         return Err(Error::io(
             io::Error::last_os_error(),
-            "cannot set up the --device target for writing",
+            "cannot set up the in-place target for writing",
         )
         .with_path(path));
     }
@@ -340,7 +343,7 @@ fn open_in_place(path: &Path, _kind: TargetKind) -> Result<File> {
         .read(true)
         .write(true)
         .open(path)
-        .map_err(|e| Error::io(e, "cannot open the --device target for writing").with_path(path))
+        .map_err(|e| Error::io(e, "cannot open the in-place target for writing").with_path(path))
 }
 
 /// Whether two metadata describe one file system object.

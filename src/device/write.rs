@@ -47,7 +47,7 @@ pub fn write_in_place(
         let grow = match target.kind {
             TargetKind::BlockDevice => "",
             TargetKind::File => {
-                " (--device never grows a file; extend it first, e.g. `truncate -s SIZE`)"
+                " (an in-place write never grows a file; extend it first, e.g. `truncate -s SIZE`)"
             }
         };
         return Err(Error::invalid_argument(format!(

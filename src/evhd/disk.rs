@@ -248,10 +248,11 @@ impl EvhdDisk {
                     Error::new(
                         ErrorKind::KeyMismatch,
                         format!(
-                            "no key given ({}) remains a recipient to sign this change; give the private key of a remaining recipient with --key",
+                            "no key given ({}) remains a recipient to sign this change; give the private key of a remaining recipient",
                             given.join(", ")
                         ),
                     )
+                    .with_hint(crate::Hint::RecipientKey)
                 })?;
             let (b, rec) = h.encode_signed(&st.mk, key)?;
             h.signer = Some(rec);

@@ -318,10 +318,11 @@ impl EvhdDisk {
             return Err(Error::new(
                 ErrorKind::NeedsRepair,
                 format!(
-                    "all {} epoch key records are in use; run `vhdkit rekey`",
+                    "all {} epoch key records are in use",
                     header::MAX_EPOCH_KEYS
                 ),
-            ));
+            )
+            .with_hint(crate::Hint::Rekey));
         }
         let epoch = self
             .image

@@ -185,10 +185,11 @@ impl EvhdImage {
         Error::new(
             ErrorKind::KeyRequired,
             format!(
-                "this image is encrypted (EVHD); pass --key with the private key of one of its recipients: {}",
+                "this image is encrypted (EVHD) and is read with the private key of one of its recipients: {}",
                 to.join(", ")
             ),
         )
+        .with_hint(crate::Hint::Key)
     }
 
     /// Record a fall back to the older header copy among the warnings
@@ -225,10 +226,7 @@ impl EvhdImage {
         if opts.require_signed
             && let Some(p) = status.problem()
         {
-            return Err(Error::new(
-                ErrorKind::Untrusted,
-                format!("{p} (--require-signed)"),
-            ));
+            return Err(Error::new(ErrorKind::Untrusted, p).with_hint(crate::Hint::RequireSigned));
         }
         // A writer's next commit signs with its key: refuse to vouch for
         // content nobody this writer trusts has signed, unless told to.
@@ -239,9 +237,10 @@ impl EvhdImage {
             return Err(Error::new(
                 ErrorKind::Untrusted,
                 format!(
-                    "refusing to write: {p}, and the next commit would sign it with your key, vouching for content nobody you trust wrote; check its content, then `vhdkit sign IMAGE --key KEY` vouches for it (or give its signer's public key with --trust)"
+                    "refusing to write: {p}, and the next commit would sign it with your key, vouching for content nobody you trust wrote"
                 ),
-            ));
+            )
+            .with_hint(crate::Hint::Vouch));
         }
         self.signature = status;
         Ok(())

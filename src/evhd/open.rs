@@ -62,10 +62,11 @@ impl EvhdDisk {
             return Err(Error::new(
                 ErrorKind::NeedsRepair,
                 format!(
-                    "refusing to write: {}; a commit would make that older state the newest and overwrite the evidence: inspect it (`vhdkit check`), then `vhdkit sign IMAGE --key KEY` accepts the state it opens to",
+                    "refusing to write: {}; a commit would make that older state the newest and overwrite the evidence",
                     f.message
                 ),
-            ));
+            )
+            .with_hint(crate::Hint::AcceptOlderState));
         }
         image.note_fallback(verdict, opts);
         Ok(EvhdDisk::new(image, state, opts.writable))

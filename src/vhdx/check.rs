@@ -296,7 +296,10 @@ fn check_bat(s: &Structure, report: &mut CheckReport) {
                         "VHDX sector bitmap block",
                         Some(off),
                         format!(
-                            "block {chunk} ({off:#x}..{end:#x} in the file, table entry at                              {at:#x}) lies past the end of the {:#x}-byte file; no payload                              block of its chunk is partially present, so no virtual bytes                              depend on it",
+                            "block {chunk} ({off:#x}..{end:#x} in the file, table entry at \
+                             {at:#x}) lies past the end of the {:#x}-byte file; no payload \
+                             block of its chunk is partially present, so no virtual bytes \
+                             depend on it",
                             s.file_len
                         ),
                     );
