@@ -392,13 +392,7 @@ fn check_in_chain(
     // Damage that stops the format's own check is a finding of a damaged
     // image (exit 2), not a failure to check.
     match checked.map_err(|e| detect::damaged_detected(format, decided, e.with_path(path))) {
-        Err(e) if e.context().is_some() => report.add(
-            report::Severity::Error,
-            report::FindingKind::of_error(&e),
-            e.structure().unwrap_or("image"),
-            e.offset(),
-            finding_text(&e, path),
-        ),
+        Err(e) if e.context().is_some() => report.add_error(&e, finding_text(&e, path)),
         Err(e) => return Err(e),
         Ok(()) => {}
     }
@@ -469,13 +463,7 @@ fn check_in_chain(
                         .iter()
                         .any(|f| f.message == finding_text(&e, path))) =>
         {
-            report.add(
-                report::Severity::Error,
-                report::FindingKind::of_error(&e),
-                e.structure().unwrap_or("image"),
-                e.offset(),
-                finding_text(&e, path),
-            );
+            report.add_error(&e, finding_text(&e, path));
         }
         Err(_) => {}
     }

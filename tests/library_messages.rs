@@ -78,6 +78,15 @@ fn a_damaged_image_that_may_be_raw_says_so_without_naming_an_option() {
     assert_eq!(e.context(), Some("damaged VHDX image"), "{e}");
     assert!(e.to_string().contains("detected as VHDX"), "{e}");
     assert_fact_only(&e, Hint::MaybeRaw);
+    // `check` lists the same damage as a finding that carries the hint.
+    let r = vhdkit::check(&img, &OpenOptions::new(), false).unwrap();
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.message.contains("detected as VHDX"))
+        .unwrap_or_else(|| panic!("{:?}", r.findings));
+    assert_eq!(f.hint, Some(Hint::MaybeRaw), "{f:?}");
+    assert!(!f.message.contains("-f raw"), "{f:?}");
 }
 
 #[test]

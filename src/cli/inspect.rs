@@ -29,7 +29,13 @@ pub fn check(json: bool, repair: bool, image: &Path, parent: &ParentArgs) -> Out
     parent.warn_force_share(&[image]);
     let opts = parent.options();
     parent.refuse_key_for(&[image], &opts).map_err(fail1)?;
-    let r = vhdkit::check(image, &opts, repair).map_err(|e| fail1(force_share_hint(e, repair)))?;
+    let mut r =
+        vhdkit::check(image, &opts, repair).map_err(|e| fail1(force_share_hint(e, repair)))?;
+    for f in &mut r.findings {
+        if let Some(note) = f.hint.and_then(super::option_note) {
+            f.message.push_str(note);
+        }
+    }
     if parent.ignore_parent_id && r.parent_mismatch {
         eprintln!(
             "vhdkit: warning: --ignore-parent-id lets check read a parent that is not the \

@@ -50,42 +50,50 @@ pub fn main() -> ExitCode {
 
 /// `e` with the library's hint said in terms of this tool's options.
 fn with_option_hint(e: Error) -> Error {
-    let note = match e.hint() {
-        Some(Hint::IgnoreParentId) => " (override with --ignore-parent-id to read it anyway)",
-        Some(Hint::ReplaceOutput) => " (pass --force to replace it)",
-        Some(Hint::ReplaceKeyFile) => " (--force replaces it)",
-        Some(Hint::RequireSigned) => " (--require-signed)",
-        Some(Hint::RequireSignedNeedsEvhd) => "; --require-signed accepts only signed EVHD images",
-        Some(Hint::Recipient) => " (--recipient)",
-        Some(Hint::RecipientKey) => " with --key",
-        Some(Hint::ReadAsRaw) => " (a raw image: -f raw)",
-        Some(Hint::OpenAsRaw) => " with -f raw",
-        Some(Hint::Repair) => "; repair it with `vhdkit check --repair` before writing",
-        Some(Hint::Key) => " (pass one with --key)",
-        Some(Hint::AcceptOlderState) => {
+    match e.hint().and_then(option_note) {
+        Some(note) => e.with_note(note),
+        None => e,
+    }
+}
+
+/// The library's hint `h` said in terms of this tool's options, as a note
+/// to append to a message; `None` for a hint only some commands say.
+fn option_note(h: Hint) -> Option<&'static str> {
+    Some(match h {
+        Hint::IgnoreParentId => " (override with --ignore-parent-id to read it anyway)",
+        Hint::ReplaceOutput => " (pass --force to replace it)",
+        Hint::ReplaceKeyFile => " (--force replaces it)",
+        Hint::RequireSigned => " (--require-signed)",
+        Hint::RequireSignedNeedsEvhd => "; --require-signed accepts only signed EVHD images",
+        Hint::Recipient => " (--recipient)",
+        Hint::RecipientKey => " with --key",
+        Hint::ReadAsRaw => " (a raw image: -f raw)",
+        Hint::OpenAsRaw => " with -f raw",
+        Hint::Repair => "; repair it with `vhdkit check --repair` before writing",
+        Hint::Key => " (pass one with --key)",
+        Hint::AcceptOlderState => {
             ": inspect it (`vhdkit check`), then `vhdkit sign IMAGE --key KEY` accepts the state it opens to"
         }
-        Some(Hint::Vouch) => {
+        Hint::Vouch => {
             "; check its content, then `vhdkit sign IMAGE --key KEY` vouches for it (or give its signer's public key with --trust)"
         }
-        Some(Hint::Rekey) => "; run `vhdkit rekey`",
-        Some(Hint::Salvage) => {
+        Hint::Rekey => "; run `vhdkit rekey`",
+        Hint::Salvage => {
             " (`vhdkit check` lists all the damage; --salvage reads missing bytes as zeros)"
         }
-        Some(Hint::MaybeRaw) => "; if this is a raw disk, -f raw reads it as one",
-        Some(Hint::WriteOntoDevice) => "; use --device to write the image's content onto it",
-        Some(Hint::WriteThroughLink) => {
+        Hint::MaybeRaw => "; if this is a raw disk, -f raw reads it as one",
+        Hint::WriteOntoDevice => "; use --device to write the image's content onto it",
+        Hint::WriteThroughLink => {
             ", or use --device to write the image's content into what it points to"
         }
-        Some(Hint::StreamToStdout) => {
+        Hint::StreamToStdout => {
             "; DST `-` streams the raw content to standard output, which can be redirected into it"
         }
-        Some(Hint::CreateImageFile) => " (leave out --device to create an image file)",
+        Hint::CreateImageFile => " (leave out --device to create an image file)",
         // ForceShare is said only by the commands that take -U
         // (`force_share_hint`).
-        _ => return e,
-    };
-    e.with_note(note)
+        _ => return None,
+    })
 }
 
 /// Print clap's message for a command line it refused (or for `--help`

@@ -270,16 +270,18 @@ fn report_signature(status: &Status, require_signed: bool, report: &mut CheckRep
             None,
             format!("signed by trusted key {} ({label:?})", fingerprint.short()),
         ),
-        _ if require_signed => report.add(
-            Severity::Error,
-            FindingKind::Signature,
-            WHAT,
-            None,
-            format!(
-                "{} (--require-signed)",
-                status.problem().unwrap_or_default()
-            ),
-        ),
+        _ if require_signed => {
+            report.add(
+                Severity::Error,
+                FindingKind::Signature,
+                WHAT,
+                None,
+                status.problem().unwrap_or_default(),
+            );
+            if let Some(f) = report.findings.last_mut() {
+                f.hint = Some(crate::Hint::RequireSigned);
+            }
+        }
         _ => report.add(
             Severity::Info,
             FindingKind::Signature,

@@ -368,6 +368,10 @@ pub struct Finding {
     pub offset: Option<u64>,
     /// What is wrong, with expected and found values.
     pub message: String,
+    /// What can be done about it, for a front end to say in its own terms
+    /// (the message names no option of a particular front end).
+    #[serde(skip)]
+    pub hint: Option<crate::Hint>,
 }
 
 /// The result of `check`. Serializes as `{status, findings, repaired,
@@ -431,7 +435,24 @@ impl CheckReport {
             structure: structure.to_string(),
             offset,
             message: message.into(),
+            hint: None,
         });
+    }
+
+    /// Record the finding an error that stopped a check (or an open) is,
+    /// with the error's hint: its kind [`FindingKind::of_error`], its
+    /// structure (or "image") and offset, and `message`.
+    pub fn add_error(&mut self, e: &crate::Error, message: impl Into<String>) {
+        self.add(
+            Severity::Error,
+            FindingKind::of_error(e),
+            e.structure().unwrap_or("image"),
+            e.offset(),
+            message,
+        );
+        if let Some(f) = self.findings.last_mut() {
+            f.hint = e.hint();
+        }
     }
 
     /// The worst severity found, if any.
