@@ -13,9 +13,7 @@ use binrw::binrw;
 
 pub use replay::{LogView, Overlay, replay_on_disk};
 pub use search::{Sequence, entry_problems, find_active};
-pub use write::{
-    EntryParams, LogWriter, descriptor_area, encode_entry, entry_length, max_data_sectors,
-};
+pub use write::{EntryParams, LogWriter, encode_entry};
 
 /// Unit of the log: entries, descriptors areas and data sectors are 4 KiB.
 pub const LOG_SECTOR: u64 = 4096;

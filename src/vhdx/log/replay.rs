@@ -40,11 +40,6 @@ impl Overlay {
         self.len
     }
 
-    /// Whether nothing was replayed.
-    pub fn is_empty(&self) -> bool {
-        self.sectors.is_empty() && self.zeros.is_empty()
-    }
-
     fn cut_zeros(&mut self, start: u64, end: u64) {
         let hits: Vec<(u64, u64)> = self
             .zeros
@@ -123,11 +118,6 @@ impl LogView {
     /// A view of `inner` with `overlay` (if any) on top.
     pub fn new(inner: Box<dyn Storage>, overlay: Option<Overlay>) -> LogView {
         LogView { inner, overlay }
-    }
-
-    /// Whether a replayed log is held in memory.
-    pub fn has_overlay(&self) -> bool {
-        self.overlay.is_some()
     }
 
     /// The storage under the view.

@@ -130,11 +130,6 @@ impl LogWriter {
         }
     }
 
-    /// The LogGuid the entries carry.
-    pub fn guid(&self) -> Uuid {
-        self.guid
-    }
-
     /// Most data sectors one entry may carry.
     pub fn max_data_sectors(&self) -> u64 {
         max_data_sectors(self.length)
