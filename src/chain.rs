@@ -160,6 +160,14 @@ pub(crate) fn open_path(
     open_storage(storage, Some(path), opts, &chain).map_err(|e| e.with_path(path))
 }
 
+/// Open the image at `path` read-only, with its own chain, as the parent
+/// of a differencing image about to be created: the format's builder takes
+/// the parent's identity, size and sector sizes from it (and a VHD keeps it
+/// as its parent), so the formats never open images themselves.
+pub(crate) fn open_new_parent(path: &Path) -> Result<Box<dyn VirtualDisk>> {
+    open_path(path, &OpenOptions::default(), &Chain::default())
+}
+
 /// With `require_signed`, only an EVHD can be accepted: other formats
 /// carry no signature, so they are refused before anything is opened.
 fn refuse_unsignable(storage: &dyn Storage, opts: &OpenOptions) -> Result<()> {

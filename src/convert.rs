@@ -99,7 +99,7 @@ impl PendingFile {
     /// Rename into place, replacing an existing file only with `replace`:
     /// without it a file that appeared at the destination since the caller
     /// checked is an error naming it, and the temporary file is removed
-    /// (see [`crate::io::rename_into_place`]).
+    /// (see `crate::io::rename_into_place`).
     pub fn commit(mut self, replace: bool) -> Result<()> {
         // Checked again right before the rename: something other than a
         // regular file may have appeared at the destination meanwhile.

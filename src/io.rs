@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::RwLock;
 
 use crate::error::{Error, ErrorKind, Result};
-pub use crate::lock::{LOCK_FAILED, LockMode, force_share_would_help, lock, lock_for_replace};
+pub use crate::lock::{LockMode, force_share_would_help, lock, lock_for_replace};
 
 /// Positional byte storage holding an image file.
 pub trait Storage: Send + Sync {
@@ -118,7 +118,7 @@ pub struct FileStorage {
 impl FileStorage {
     /// Open an existing file, read-only or read-write, and lock it: a
     /// writable open takes an exclusive lock, a read-only open a shared one
-    /// (see [`lock`]). The lock lasts as long as this storage.
+    /// (see `lock`). The lock lasts as long as this storage.
     pub fn open(path: &Path, writable: bool) -> Result<Self> {
         let storage = Self::open_file(path, writable, !writable)?;
         let mode = if writable {

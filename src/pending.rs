@@ -76,7 +76,8 @@ pub fn forget(path: &Path) {
     registry().retain(|p| p != path);
 }
 
-/// The temporary files currently registered (for tests and diagnostics).
+/// The temporary files currently registered (for tests).
+#[cfg(test)]
 pub fn registered() -> Vec<PathBuf> {
     registry().clone()
 }

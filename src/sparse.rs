@@ -33,7 +33,7 @@ impl DataMap {
     /// system cannot tell (no `SEEK_DATA` for this file or file system):
     /// then everything is to be read. Every run is kept: the map grows
     /// with the range asked for, so callers ask for windows (see
-    /// [`HoleWindow`]). Moves the file's seek position, which nothing in
+    /// `HoleWindow`). Moves the file's seek position, which nothing in
     /// vhdkit uses (all reads and writes are positional).
     pub fn scan(file: &File, start: u64, end: u64) -> io::Result<Option<DataMap>> {
         Self::scan_ahead(file, start, end, end, usize::MAX)
@@ -188,6 +188,7 @@ impl HoleWindow {
     /// Whether the window kept already says that all of `offset..offset +
     /// len` is one hole (`Some(true)`), holds data (`Some(false)`), or does
     /// not cover it (`None`).
+    #[cfg(test)]
     pub fn known_hole(&self, offset: u64, len: u64) -> Option<bool> {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         match &*kept {

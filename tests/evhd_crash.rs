@@ -12,8 +12,8 @@ use std::sync::{Arc, OnceLock};
 
 use common::torn::{Failing, Faulty, Handle};
 use vhdkit::PrivateKey;
-use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk};
-use vhdkit::unstable::io::{MemStorage, Storage};
+use vhdkit::{EvhdBuilder, EvhdDisk};
+use vhdkit::{MemStorage, Storage};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 fn key() -> &'static Arc<PrivateKey> {

@@ -9,8 +9,8 @@ use std::sync::{Arc, OnceLock};
 
 use common::torn::Failing;
 use vhdkit::PrivateKey;
-use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk};
-use vhdkit::unstable::io::{FileStorage, MemStorage};
+use vhdkit::{EvhdBuilder, EvhdDisk};
+use vhdkit::{FileStorage, MemStorage};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 fn key() -> &'static Arc<PrivateKey> {

@@ -14,9 +14,10 @@ use common::{code_out_err, patch_file, test_key, vhdkit, vhdkit_ok};
 use vhdkit::MemStorage;
 use vhdkit::PrivateKey;
 use vhdkit::report::{FindingKind, Severity, Warning, WarningKind};
+use vhdkit::unstable::evhd::JOURNAL_OFFSET;
 use vhdkit::unstable::evhd::header::{COPY_OFFSETS, HEADER_SIZE};
-use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk, EvhdImage, JOURNAL_OFFSET};
 use vhdkit::{CheckReport, OpenOptions, VirtualDisk};
+use vhdkit::{EvhdBuilder, EvhdDisk, EvhdImage};
 
 const FELL_BACK: &str = "fell back to the older header copy";
 

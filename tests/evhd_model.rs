@@ -8,7 +8,7 @@ use vhdkit::CipherId;
 use vhdkit::FastPaths;
 use vhdkit::MemStorage;
 use vhdkit::PrivateKey;
-use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk};
+use vhdkit::{EvhdBuilder, EvhdDisk};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 fn key() -> &'static Arc<PrivateKey> {

@@ -11,7 +11,8 @@ use std::sync::OnceLock;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use vhdkit::unstable::evhd::keys::{KeyFile, OAEP_LABEL, PrivateKey};
+use vhdkit::unstable::evhd::keys::OAEP_LABEL;
+use vhdkit::{KeyFile, PrivateKey};
 
 fn openssl(args: &[&str]) -> String {
     let out = common::run(Command::new("openssl").args(args));

@@ -16,12 +16,14 @@ use common::{
     vhdkit_ok_output as ok,
 };
 use vhdkit::MemStorage;
+use vhdkit::SignatureStatus as Status;
 use vhdkit::unstable::evhd::header::{
     self, COPY_OFFSETS, HEADER_SIZE, Header, MAC_OFFSET, SIGNATURE_OFFSET, SIGNER_OFFSET,
 };
-use vhdkit::unstable::evhd::signature::{self, Status};
-use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk, journal};
+use vhdkit::unstable::evhd::journal;
+use vhdkit::unstable::evhd::signature;
 use vhdkit::{ErrorKind, OpenOptions, VirtualDisk};
+use vhdkit::{EvhdBuilder, EvhdDisk};
 use vhdkit::{KeyFile, PrivateKey};
 
 fn stdout(o: &Output) -> String {

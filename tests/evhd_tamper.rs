@@ -11,7 +11,7 @@ use vhdkit::PrivateKey;
 use vhdkit::report::{CheckReport, Severity};
 use vhdkit::unstable::evhd::header::{COPY_OFFSETS, HEADER_SIZE, Header, RECIPIENTS_OFFSET};
 use vhdkit::unstable::evhd::table::PAGE_SIZE;
-use vhdkit::unstable::evhd::{EvhdBuilder, EvhdDisk};
+use vhdkit::{EvhdBuilder, EvhdDisk};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 /// Test keys, generated once per test binary (RSA generation is slow).

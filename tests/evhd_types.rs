@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use vhdkit::MemStorage;
-use vhdkit::unstable::evhd::{EvhdDisk, EvhdImage};
 use vhdkit::{ErrorKind, OpenOptions, VirtualDisk};
+use vhdkit::{EvhdDisk, EvhdImage};
 use vhdkit::{KeyFile, PrivateKey};
 
 const SIGNED: &[u8] = include_bytes!("data/evhd/signed.evhd.sparse");

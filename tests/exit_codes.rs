@@ -10,8 +10,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use vhdkit::VhdBuilder;
 use vhdkit::VirtualDisk;
-use vhdkit::unstable::vhd::{VhdBuilder, create};
+use vhdkit::unstable::vhd::create;
 
 const SIZE: u64 = 4 << 20;
 const BS: u32 = 512 << 10;

@@ -156,7 +156,7 @@ fn zeroed_vhd_table_costs_memory_by_the_file_not_the_entries() {
     let entries: u64 = (64 << 20) / 4 - 1024;
     let size = entries * 512;
     let mem = Arc::new(MemStorage::new());
-    let disk = vhdkit::unstable::vhd::create::VhdBuilder::new(size)
+    let disk = vhdkit::VhdBuilder::new(size)
         .dynamic()
         .block_size(512)
         .create(Box::new(mem.clone()), None)

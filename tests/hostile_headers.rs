@@ -13,11 +13,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{file_bytes, fix_footer_checksum, fix_header_checksum, patch_file, vhdkit_bin};
+use vhdkit::VhdBuilder;
+use vhdkit::VhdxBuilder;
 use vhdkit::unstable::evhd::header::{
     COPY_OFFSETS, CRC_OFFSET, HEADER_SIZE, MAC_OFFSET, compute_crc,
 };
-use vhdkit::unstable::vhd::{VhdBuilder, create as create_vhd};
-use vhdkit::unstable::vhdx::{VhdxBuilder, create as create_vhdx};
+use vhdkit::unstable::vhd::create as create_vhd;
+use vhdkit::unstable::vhdx::create as create_vhdx;
 use vhdkit::{ErrorKind, OpenOptions, VirtualDisk};
 use vhdkit::{KeyFile, PrivateKey};
 

@@ -31,9 +31,9 @@ use vhdkit::FastPaths;
 use vhdkit::KeyFile;
 use vhdkit::convert::{self, ImageSpec};
 use vhdkit::unstable::evhd::header::Origin;
-use vhdkit::unstable::io::{FileStorage, MemStorage, Storage};
 use vhdkit::unstable::raw::RawDisk;
 use vhdkit::{ExtentKind, Format, VirtualDisk};
+use vhdkit::{FileStorage, MemStorage, Storage};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;

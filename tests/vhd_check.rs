@@ -9,8 +9,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use vhdkit::VhdBuilder;
 use vhdkit::report::{FindingKind, WarningKind};
-use vhdkit::unstable::vhd::{VhdBuilder, create};
+use vhdkit::unstable::vhd::create;
 use vhdkit::{ErrorKind, OpenOptions, VirtualDisk};
 
 const SIZE: u64 = 4 << 20;

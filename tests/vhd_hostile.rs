@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 
 use common::*;
-use vhdkit::unstable::vhd::{VhdBuilder, create};
+use vhdkit::VhdBuilder;
+use vhdkit::unstable::vhd::create;
 use vhdkit::{ErrorKind, OpenOptions, VirtualDisk};
 
 /// A small dynamic VHD with some data, for damaging.

@@ -22,7 +22,7 @@ use common::{Rng, random_bytes};
 use vhdkit::VhdBuilder;
 use vhdkit::report::CheckReport;
 use vhdkit::unstable::chain::Chain;
-use vhdkit::unstable::io::{MemStorage, Storage};
+use vhdkit::{MemStorage, Storage};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 /// One storage operation the disk made.

@@ -9,8 +9,9 @@ use std::ffi::OsStr;
 use std::path::Path;
 
 use common::*;
+use vhdkit::VhdBuilder;
 use vhdkit::VirtualDisk;
-use vhdkit::unstable::vhd::{VhdBuilder, create};
+use vhdkit::unstable::vhd::create;
 
 /// 10 MiB: not a CHS size (CHS gives 10479616).
 const NOT_CHS: u64 = 10 << 20;

@@ -25,10 +25,11 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use vhdkit::Discard;
+use vhdkit::VhdxBuilder;
 use vhdkit::report::{CheckReport, Severity};
 use vhdkit::unstable::chain::Chain;
-use vhdkit::unstable::io::{MemStorage, Storage};
-use vhdkit::unstable::vhdx::{VhdxBuilder, VhdxDisk};
+use vhdkit::unstable::vhdx::VhdxDisk;
+use vhdkit::{MemStorage, Storage};
 use vhdkit::{OpenOptions, VirtualDisk};
 
 const MIB: u64 = 1 << 20;

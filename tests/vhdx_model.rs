@@ -12,8 +12,9 @@ use proptest::test_runner::{Config, TestCaseError};
 
 use common::Rng;
 use vhdkit::Discard;
+use vhdkit::VhdxBuilder;
 use vhdkit::unstable::chain::Chain;
-use vhdkit::unstable::vhdx::{VhdxBuilder, VhdxDisk};
+use vhdkit::unstable::vhdx::VhdxDisk;
 use vhdkit::{OpenOptions, VirtualDisk};
 
 const MIB: u64 = 1 << 20;

@@ -12,7 +12,8 @@ use std::process::Command;
 
 use common::{Rng, random_bytes, read_disk, run};
 use vhdkit::Discard;
-use vhdkit::unstable::vhdx::{VhdxBuilder, VhdxDisk};
+use vhdkit::VhdxBuilder;
+use vhdkit::unstable::vhdx::VhdxDisk;
 use vhdkit::{OpenOptions, VirtualDisk};
 
 const MIB: u64 = 1 << 20;

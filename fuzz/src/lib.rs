@@ -8,8 +8,8 @@ use std::sync::{Arc, OnceLock};
 
 use vhdkit::OpenOptions;
 use vhdkit::unstable::chain::Chain;
-use vhdkit::unstable::io::{MemStorage, Storage};
 use vhdkit::{KeyFile, PrivateKey};
+use vhdkit::{MemStorage, Storage};
 
 #[path = "evhd_seal.rs"]
 pub mod evhd_seal;

@@ -14,9 +14,11 @@ use vhdkit::CipherId;
 use vhdkit::Discard;
 use vhdkit::EvhdDisk;
 use vhdkit::MemStorage;
+use vhdkit::VhdBuilder;
+use vhdkit::VhdxBuilder;
 use vhdkit::unstable::chain::Chain;
-use vhdkit::unstable::vhd::{VhdBuilder, VhdDisk};
-use vhdkit::unstable::vhdx::{VhdxBuilder, VhdxDisk};
+use vhdkit::unstable::vhd::VhdDisk;
+use vhdkit::unstable::vhdx::VhdxDisk;
 use vhdkit::{OpenOptions, VirtualDisk};
 
 const MIB: u64 = 1 << 20;

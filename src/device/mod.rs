@@ -206,7 +206,7 @@ impl DeviceTarget {
     /// block device is opened with `O_EXCL`, which the kernel refuses
     /// (`EBUSY`) while the device is mounted or otherwise claimed. It is
     /// opened read-write, not write-only, because qemu's lock bytes (see
-    /// [`crate::unstable::lock`]) are read locks, which need a readable open. The
+    /// `crate::lock`) are read locks, which need a readable open. The
     /// open takes vhdkit's exclusive image lock, so two writers (or a
     /// reader of the same file) cannot collide.
     pub fn open(path: &Path) -> Result<Self> {

@@ -24,13 +24,11 @@ use crate::fixed::{FixedStruct, Invalid};
 
 /// Signature at byte 0 of each header copy.
 pub const MAGIC: [u8; 8] = *b"EVHDCRPT";
-/// The newest format version this library reads and writes.
-pub const VERSION: u32 = VERSION_SIGNED;
 /// Version of an unsigned header: no signer record, stanzas may run up
 /// to the MAC.
 pub const VERSION_UNSIGNED: u32 = 1;
 /// Version of a signed header: signer record at [`SIGNER_OFFSET`],
-/// signature at [`SIGNATURE_OFFSET`] (see [`signature`]).
+/// signature at `SIGNATURE_OFFSET` (see `signature`).
 pub const VERSION_SIGNED: u32 = 2;
 /// Bytes of one header copy.
 pub const HEADER_SIZE: usize = 64 << 10;
@@ -244,7 +242,7 @@ pub struct Header {
     pub block_shift: u8,
     /// Data block cipher.
     pub cipher: CipherId,
-    /// [`FLAG_REKEYING`].
+    /// `FLAG_REKEYING`.
     pub flags: u16,
     /// File offset of the block table.
     pub table_offset: u64,

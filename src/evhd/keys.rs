@@ -120,8 +120,8 @@ impl PublicKey {
         Ok(PublicKey { key, fingerprint })
     }
 
-    /// The public key of modulus `n` and exponent `e`, of [`MIN_BITS`] to
-    /// [`MAX_BITS`] bits.
+    /// The public key of modulus `n` and exponent `e`, of `MIN_BITS` to
+    /// `MAX_BITS` bits.
     pub fn from_parts(n: BigUint, e: BigUint) -> Result<Self> {
         let bits = n.bits();
         if !(MIN_BITS..=MAX_BITS).contains(&bits) {
@@ -183,7 +183,7 @@ impl PublicKey {
     }
 
     /// Whether `sig` is this key's RSASSA-PSS signature of `msg` (SHA-256,
-    /// MGF1-SHA-256, salt of [`PSS_SALT_LEN`] bytes), as long as the
+    /// MGF1-SHA-256, salt of `PSS_SALT_LEN` bytes), as long as the
     /// modulus.
     pub fn verify_pss(&self, msg: &[u8], sig: &[u8]) -> bool {
         use rsa::signature::Verifier;
@@ -255,7 +255,7 @@ impl PrivateKey {
         })
     }
 
-    /// Generate a new key pair of `bits` bits (at least [`MIN_BITS`]).
+    /// Generate a new key pair of `bits` bits (at least `MIN_BITS`).
     pub fn generate(bits: usize) -> Result<Self> {
         if !(MIN_BITS..=MAX_BITS).contains(&bits) {
             return Err(Error::invalid_argument(format!(
@@ -305,7 +305,7 @@ impl PrivateKey {
     }
 
     /// RSASSA-PSS signature of `msg` (SHA-256, MGF1-SHA-256, salt of
-    /// [`PSS_SALT_LEN`] bytes), as long as the modulus. Blinded, as
+    /// `PSS_SALT_LEN` bytes), as long as the modulus. Blinded, as
     /// unwrapping is.
     pub fn sign_pss(&self, msg: &[u8]) -> Result<Vec<u8>> {
         use rsa::signature::{RandomizedSigner, SignatureEncoding};

@@ -80,15 +80,6 @@ pub const REKEY_BATCH: usize = 1024;
 const DATA: &str = "EVHD data block";
 const TABLE: &str = table::STRUCTURE;
 
-/// Whether `storage` holds an EVHD container: the signature at the start of
-/// header copy A or B.
-pub fn probe(storage: &dyn Storage) -> bool {
-    COPY_OFFSETS.iter().any(|&o| {
-        let mut m = [0u8; 8];
-        storage.read_at(&mut m, o).is_ok() && m == header::MAGIC
-    })
-}
-
 /// Open the container in `storage`: unlocked ([`EvhdDisk`]) when `opts`
 /// has keys, else locked ([`EvhdImage`]: `info` works, reads fail with
 /// `KeyRequired`). A writable open needs a key.

@@ -103,7 +103,7 @@ impl EvhdDisk {
     }
 
     /// Replace the master key and re-encrypt every block under a fresh data
-    /// key, committing every [`REKEY_BATCH`](super::REKEY_BATCH) blocks. Resumes an interrupted
+    /// key, committing every `REKEY_BATCH` blocks. Resumes an interrupted
     /// rekey. `progress` gets (blocks done, blocks to do).
     pub fn rekey(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
         self.ensure_writable()?;

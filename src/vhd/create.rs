@@ -79,8 +79,7 @@ impl VhdBuilder {
     pub fn create(self, storage: Box<dyn Storage>, path: Option<&Path>) -> Result<VhdDisk> {
         let (parent, size) = match &self.parent {
             Some(p) => {
-                let opts = crate::OpenOptions::default();
-                let disk = crate::open(p, &opts)?.into_inner();
+                let disk = crate::chain::open_new_parent(p)?;
                 if disk.info().format != Format::Vhd {
                     return Err(Error::new(
                         ErrorKind::Unsupported,

@@ -62,7 +62,7 @@ impl Geometry {
     }
 
     /// The geometry to store for a disk of exactly `size` bytes: the computed
-    /// one when it describes the size exactly, otherwise [`MAX_GEOMETRY`], so
+    /// one when it describes the size exactly, otherwise `MAX_GEOMETRY`, so
     /// that CHS-based readers do not see a truncated disk.
     pub fn to_store(size: u64) -> Geometry {
         let g = Geometry::for_size(size);

@@ -17,7 +17,9 @@ pub const PLATFORM_W2RU: u32 = u32::from_be_bytes(*b"W2ru");
 pub const PLATFORM_WI2K: u32 = u32::from_be_bytes(*b"Wi2k");
 /// Deprecated relative Windows path (single-byte characters).
 pub const PLATFORM_WI2R: u32 = u32::from_be_bytes(*b"Wi2r");
-/// Mac OS alias blob (not a path; not decoded).
+/// Mac OS alias blob (not a path; not decoded). Listed to complete the
+/// table of platform codes ([VHD] "Parent Locator Entries"); nothing reads it.
+#[allow(dead_code)]
 pub const PLATFORM_MAC: u32 = u32::from_be_bytes(*b"Mac ");
 /// Mac OS X file URL, UTF-8.
 pub const PLATFORM_MACX: u32 = u32::from_be_bytes(*b"MacX");

@@ -217,7 +217,7 @@ impl VhdxBuilder {
         let mut locator = None;
         let (size, lss, pss) = match &self.kind {
             Kind::Differencing(p) => {
-                let parent = crate::open(p, &crate::OpenOptions::default())?;
+                let parent = crate::chain::open_new_parent(p)?;
                 if parent.info().format != Format::Vhdx {
                     return Err(Error::new(
                         ErrorKind::Unsupported,

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vhdkit::unstable::io::{MemStorage, Storage};
+use vhdkit::{MemStorage, Storage};
 
 /// Storage that persists its first `limit - 1` writes and flushes, half of
 /// the `limit`-th write (if it is a write), and nothing after: every later
