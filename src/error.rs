@@ -122,6 +122,13 @@ pub enum Hint {
     /// The format was detected from a signature that raw data can hold by
     /// chance: stating the raw format reads the file as raw data.
     MaybeRaw,
+    /// An encrypted image is not signed: signing it vouches for its
+    /// content; requiring a trusted signature refuses it.
+    Sign,
+    /// An encrypted image is signed by a key the reader does not trust:
+    /// trusting the signer's public key accepts it; requiring a trusted
+    /// signature refuses it.
+    Trust,
     /// The destination is a block device that an in-place write (rather
     /// than replacing the file) writes the image's content onto.
     WriteOntoDevice,

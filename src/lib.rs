@@ -412,7 +412,7 @@ fn check_in_chain(
             // listed those of the whole chain already.
             if depth == 0 {
                 for w in info.parent_mismatch_warnings() {
-                    report.not_checked.push(w.message.clone());
+                    report.add_not_checked(w.message.clone(), w.hint);
                     report.parent_mismatch = true;
                 }
             }
@@ -476,6 +476,7 @@ fn check_in_chain(
         report.findings = after.findings;
         report.checked = after.checked;
         report.not_checked = after.not_checked;
+        report.not_checked_hints = after.not_checked_hints;
         report.parent_mismatch = after.parent_mismatch;
         return Ok(report);
     }
@@ -514,8 +515,10 @@ fn add_parent_check(report: &mut CheckReport, parent: &Path, opts: &OpenOptions,
             }
             // Mismatches further up were listed from the child's own open
             // (the parent's check leaves them out).
-            for n in r.not_checked {
-                report.not_checked.push(format!("{prefix}{n}"));
+            let hints = r.not_checked_hints;
+            for (i, n) in r.not_checked.into_iter().enumerate() {
+                let hint = hints.get(i).copied().flatten();
+                report.add_not_checked(format!("{prefix}{n}"), hint);
             }
         }
         Err(e) => report

@@ -147,25 +147,31 @@ impl Parent {
                 found_id,
                 id_name,
                 ..
-            } if *found_id != Some(*expected_id) => Some(Warning::new(
-                WarningKind::ParentMismatchIgnored,
-                format!(
-                    "{}; it is read anyway (--ignore-parent-id), so the data may be inconsistent",
-                    mismatch_text(path, *expected_id, *found_id, id_name)
-                ),
-            )),
+            } if *found_id != Some(*expected_id) => Some(
+                Warning::new(
+                    WarningKind::ParentMismatchIgnored,
+                    format!(
+                        "{}; it is read anyway, so the data may be inconsistent",
+                        mismatch_text(path, *expected_id, *found_id, id_name)
+                    ),
+                )
+                .with_hint(crate::Hint::IgnoreParentId),
+            ),
             Parent::Mismatched {
                 path,
                 expected_id,
                 found_id,
                 id_name,
-            } => Some(Warning::new(
-                WarningKind::ParentMismatchRefused,
-                format!(
-                    "{}; reading the child's data is refused (--ignore-parent-id reads it anyway, knowing it may be inconsistent)",
-                    mismatch_text(path, *expected_id, *found_id, id_name)
-                ),
-            )),
+            } => Some(
+                Warning::new(
+                    WarningKind::ParentMismatchRefused,
+                    format!(
+                        "{}; reading the child's data is refused",
+                        mismatch_text(path, *expected_id, *found_id, id_name)
+                    ),
+                )
+                .with_hint(crate::Hint::IgnoreParentId),
+            ),
             _ => None,
         }
     }

@@ -17,7 +17,9 @@ pub fn info(json: bool, image: &Path, parent: &ParentArgs) -> Outcome {
         .open(image, &parent.options().allow_missing_parent(true))
         .map_err(fail1)?;
     warn_signature(disk.as_ref(), image);
-    emit(json, &disk.info(), report::write_info_text)?;
+    let mut info = disk.info();
+    super::say_info_hints(&mut info);
+    emit(json, &info, report::write_info_text)?;
     Ok(0)
 }
 
@@ -31,11 +33,7 @@ pub fn check(json: bool, repair: bool, image: &Path, parent: &ParentArgs) -> Out
     parent.refuse_key_for(&[image], &opts).map_err(fail1)?;
     let mut r =
         vhdkit::check(image, &opts, repair).map_err(|e| fail1(force_share_hint(e, repair)))?;
-    for f in &mut r.findings {
-        if let Some(note) = f.hint.and_then(super::option_note) {
-            f.message.push_str(note);
-        }
-    }
+    super::say_check_hints(&mut r, parent.ignore_parent_id);
     if parent.ignore_parent_id && r.parent_mismatch {
         eprintln!(
             "vhdkit: warning: --ignore-parent-id lets check read a parent that is not the \

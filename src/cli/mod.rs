@@ -18,7 +18,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use vhdkit::{Error, Hint};
+use vhdkit::report::{FindingKind, FormatDetails, Warning, WarningKind};
+use vhdkit::{CheckReport, Error, Hint, ImageInfo};
 
 use args::{Cli, Command};
 
@@ -90,10 +91,81 @@ fn option_note(h: Hint) -> Option<&'static str> {
             "; DST `-` streams the raw content to standard output, which can be redirected into it"
         }
         Hint::CreateImageFile => " (leave out --device to create an image file)",
+        Hint::Sign => " (`vhdkit sign` signs it; --require-signed refuses it)",
+        Hint::Trust => {
+            ": give its public key with --trust to trust it (--require-signed refuses it)"
+        }
         // ForceShare is said only by the commands that take -U
         // (`force_share_hint`).
         _ => return None,
     })
+}
+
+/// A library warning with its hint said in terms of this tool's options.
+fn warning_note(kind: WarningKind, h: Hint) -> Option<&'static str> {
+    match (kind, h) {
+        (WarningKind::ParentMismatchRefused, Hint::IgnoreParentId) => {
+            Some(" (--ignore-parent-id reads it anyway, knowing it may be inconsistent)")
+        }
+        (WarningKind::ParentMismatchIgnored, Hint::IgnoreParentId) => {
+            Some(" (as --ignore-parent-id asks)")
+        }
+        _ => option_note(h),
+    }
+}
+
+/// Append to the message of warning `w` what this tool's options can do
+/// about it (text and JSON output alike: `info --json` has always said it).
+pub(crate) fn say_warning_hint(w: &mut Warning) {
+    if let Some(note) = w.hint.and_then(|h| warning_note(w.kind, h)) {
+        w.message.push_str(note);
+    }
+}
+
+/// Append to the messages of `info`'s warnings (and its EVHD signature
+/// warning) what this tool's options can do about them.
+pub(crate) fn say_info_hints(info: &mut ImageInfo) {
+    for w in &mut info.warnings {
+        say_warning_hint(w);
+    }
+    if let FormatDetails::Evhd(d) = &mut info.details {
+        let note = d.signature.hint().and_then(option_note);
+        if let (Some(w), Some(note)) = (d.signature.warning_mut(), note) {
+            w.push_str(note);
+        }
+    }
+}
+
+/// Append to a check report's findings and "not checked" lines what this
+/// tool's options can do about them; `ignored` is whether
+/// `--ignore-parent-id` was given (a parent mismatch is then read anyway).
+pub(crate) fn say_check_hints(r: &mut CheckReport, ignored: bool) {
+    for f in &mut r.findings {
+        let note = match (f.kind, f.hint) {
+            (FindingKind::PendingLog, Some(Hint::Repair)) => {
+                Some(", `check --repair` applies them")
+            }
+            (_, h) => h.and_then(option_note),
+        };
+        if let Some(note) = note {
+            f.message.push_str(note);
+        }
+    }
+    for i in 0..r.not_checked.len() {
+        let note = match r.not_checked_hint(i) {
+            Some(Hint::Key) => Some(" (--key)"),
+            Some(Hint::IgnoreParentId) if ignored => {
+                warning_note(WarningKind::ParentMismatchIgnored, Hint::IgnoreParentId)
+            }
+            Some(Hint::IgnoreParentId) => {
+                warning_note(WarningKind::ParentMismatchRefused, Hint::IgnoreParentId)
+            }
+            h => h.and_then(option_note),
+        };
+        if let Some(note) = note {
+            r.not_checked[i].push_str(note);
+        }
+    }
 }
 
 /// Print clap's message for a command line it refused (or for `--help`

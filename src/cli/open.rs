@@ -85,6 +85,8 @@ impl ParentArgs {
         if opts.ignore_parent_id || opts.allow_missing_parent {
             let info = disk.info();
             for w in info.parent_mismatch_warnings() {
+                let mut w = w.clone();
+                super::say_warning_hint(&mut w);
                 eprintln!("vhdkit: warning: {}: {w}", image.display());
             }
         }
@@ -140,8 +142,9 @@ pub fn refuse_force_share(force_share: bool, image: &Path, what: &str) -> Result
 /// Print the warning about an EVHD image's signature (unsigned, or by an
 /// untrusted key) on stderr; `info` and `check` show it too.
 pub fn warn_signature(disk: &dyn VirtualDisk, path: &Path) {
-    if let Some(w) = disk
-        .info()
+    let mut info = disk.info();
+    super::say_info_hints(&mut info);
+    if let Some(w) = info
         .details
         .evhd()
         .and_then(|e| e.signature.warning().map(str::to_string))

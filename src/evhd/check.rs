@@ -82,8 +82,9 @@ pub fn check_with(
             "that the copies and the journal agree on the newest commit (no fall back to the older copy)".to_string(),
         ]);
         check_journal(storage.as_ref(), &copies, report);
-        report.not_checked.push(
-            "header MACs, epoch keys, block table pages (MACs, table root) and data blocks (authentication tags): they need the private key of a recipient (--key)".to_string(),
+        report.add_not_checked(
+            "header MACs, epoch keys, block table pages (MACs, table root) and data blocks (authentication tags): they need the private key of a recipient",
+            Some(crate::Hint::Key),
         );
         match EvhdImage::open(storage, None, &lenient) {
             Ok(d) => report_signature(d.signature(), opts.require_signed, report),
@@ -282,12 +283,17 @@ fn report_signature(status: &Status, require_signed: bool, report: &mut CheckRep
                 f.hint = Some(crate::Hint::RequireSigned);
             }
         }
-        _ => report.add(
-            Severity::Info,
-            FindingKind::Signature,
-            WHAT,
-            None,
-            format!("warning: {}", status.warning().unwrap_or_default()),
-        ),
+        _ => {
+            report.add(
+                Severity::Info,
+                FindingKind::Signature,
+                WHAT,
+                None,
+                format!("warning: {}", status.warning().unwrap_or_default()),
+            );
+            if let Some(f) = report.findings.last_mut() {
+                f.hint = status.hint();
+            }
+        }
     }
 }

@@ -84,17 +84,26 @@ impl Status {
     }
 
     /// The warning a reader that does not require a signature prints, or
-    /// `None` for an image signed by a trusted key.
+    /// `None` for an image signed by a trusted key (what can be done about
+    /// it is [`Status::hint`]).
     pub fn warning(&self) -> Option<String> {
         let p = self.problem()?;
         Some(match self {
-            Status::Unsigned => format!(
-                "{p}: nothing shows that a holder of a recipient's private key wrote it (`vhdkit sign` signs it; --require-signed refuses it)"
-            ),
-            _ => format!(
-                "{p}: give its public key with --trust to trust it (--require-signed refuses it)"
-            ),
+            Status::Unsigned => {
+                format!("{p}: nothing shows that a holder of a recipient's private key wrote it")
+            }
+            _ => p,
         })
+    }
+
+    /// What can be done about [`Status::warning`]: sign the image, or
+    /// trust its signer (either way, requiring a signature refuses it).
+    pub fn hint(&self) -> Option<crate::Hint> {
+        match self {
+            Status::Unsigned => Some(crate::Hint::Sign),
+            Status::Signed { trusted: false, .. } => Some(crate::Hint::Trust),
+            Status::Signed { .. } => None,
+        }
     }
 
     /// [`Status::warning`] as one of `info`'s warnings.
@@ -103,7 +112,11 @@ impl Status {
             Status::Unsigned => WarningKind::Unsigned,
             Status::Signed { .. } => WarningKind::UntrustedSigner,
         };
-        Some(Warning::new(kind, self.warning()?).in_structure(STRUCTURE))
+        let w = Warning::new(kind, self.warning()?).in_structure(STRUCTURE);
+        Some(match self.hint() {
+            Some(h) => w.with_hint(h),
+            None => w,
+        })
     }
 }
 

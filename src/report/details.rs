@@ -523,4 +523,29 @@ impl EvhdSignatureDetails {
             | EvhdSignatureDetails::Unsigned { warning, .. } => warning.as_deref(),
         }
     }
+
+    /// [`EvhdSignatureDetails::warning`], to change (a front end adding
+    /// what its user can do about it).
+    pub fn warning_mut(&mut self) -> Option<&mut String> {
+        match self {
+            EvhdSignatureDetails::Signed { warning, .. }
+            | EvhdSignatureDetails::Unsigned { warning, .. } => warning.as_mut(),
+        }
+    }
+
+    /// What can be done about the warning, if there is one: sign the
+    /// image, or trust its signer.
+    pub fn hint(&self) -> Option<crate::Hint> {
+        match self {
+            EvhdSignatureDetails::Unsigned {
+                warning: Some(_), ..
+            } => Some(crate::Hint::Sign),
+            EvhdSignatureDetails::Signed {
+                trusted: false,
+                warning: Some(_),
+                ..
+            } => Some(crate::Hint::Trust),
+            _ => None,
+        }
+    }
 }

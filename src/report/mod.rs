@@ -205,7 +205,7 @@ pub fn write_info_text(info: &ImageInfo, out: &mut dyn Write) -> io::Result<()> 
                 "found, but NOT the recorded parent: the ids differ and reads are refused (see WARNING)"
             }
             (true, Some(false), false) => {
-                "found, but NOT the recorded parent: the ids differ, read anyway as --ignore-parent-id asks (see WARNING)"
+                "found, but NOT the recorded parent: the ids differ, read anyway as asked (see WARNING)"
             }
             (true, _, _) => "found, ids match",
         };
@@ -390,6 +390,11 @@ pub struct CheckReport {
     /// encrypted part). Not empty makes the exit status 1 unless damage
     /// was found.
     pub not_checked: Vec<String>,
+    /// What can be done about each `not_checked` line, by index (shorter
+    /// than `not_checked` when the last lines have none), for a front end
+    /// to say in its own terms. Not serialized; see
+    /// [`CheckReport::not_checked_hint`].
+    pub not_checked_hints: Vec<Option<crate::Hint>>,
     /// A parent up the chain is not the one the image records: what the
     /// image reads from it was not checked (the mismatch is one of the
     /// `not_checked` lines). Not serialized: the line says it.
@@ -437,6 +442,21 @@ impl CheckReport {
             message: message.into(),
             hint: None,
         });
+    }
+
+    /// Record something that could not be checked, and what can be done
+    /// about it.
+    pub fn add_not_checked(&mut self, text: impl Into<String>, hint: Option<crate::Hint>) {
+        if hint.is_some() {
+            self.not_checked_hints.resize(self.not_checked.len(), None);
+            self.not_checked_hints.push(hint);
+        }
+        self.not_checked.push(text.into());
+    }
+
+    /// What can be done about `not_checked[i]`, if anything is said.
+    pub fn not_checked_hint(&self, i: usize) -> Option<crate::Hint> {
+        self.not_checked_hints.get(i).copied().flatten()
     }
 
     /// Record the finding an error that stopped a check (or an open) is,

@@ -76,6 +76,9 @@ pub struct Warning {
     pub offset: Option<u64>,
     /// The warning for people, with the values found.
     pub message: String,
+    /// What can be done about it, for a front end to say in its own terms
+    /// (the message names no option of a particular front end).
+    pub hint: Option<crate::Hint>,
 }
 
 impl Warning {
@@ -86,7 +89,14 @@ impl Warning {
             structure: None,
             offset: None,
             message: message.into(),
+            hint: None,
         }
+    }
+
+    /// Say what can be done about it.
+    pub fn with_hint(mut self, hint: crate::Hint) -> Self {
+        self.hint = Some(hint);
+        self
     }
 
     /// Name the structure concerned and its byte offset in the file.

@@ -149,12 +149,15 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
                     Some(h.log_offset + first),
                     format!(
                         "the log is pending: {} entries (sequence {}..{}) not yet applied to the file; \
-                         vhdkit replays them in memory when reading, `check --repair` applies them",
+                         vhdkit replays them in memory when reading",
                         seq.entries.len(),
                         seq.entries.first().map(|e| e.header.sequence_number).unwrap_or(0),
                         seq.entries.last().map(|e| e.header.sequence_number).unwrap_or(0)
                     ),
                 );
+                if let Some(f) = report.findings.last_mut() {
+                    f.hint = Some(crate::Hint::Repair);
+                }
                 overlay = Some(Overlay::build(&seq, len));
             }
         }
