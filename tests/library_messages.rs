@@ -162,3 +162,127 @@ fn the_command_line_tool_words_the_hints_as_options() {
     assert!(err.contains("leave out --device"), "{err}");
     assert!(!Path::new(&missing).exists());
 }
+
+/// Assert that a warning, finding or "not checked" text names no
+/// command-line option or verb.
+fn assert_text_fact_only(text: &str) {
+    for option in ["--", "-f raw", "-U", "(--key)"] {
+        assert!(!text.contains(option), "names an option: {text}");
+    }
+    for verb in VERBS {
+        assert!(
+            !text.contains(&format!("vhdkit {verb}")) && !text.contains(&format!("`{verb} ")),
+            "names a command: {text}"
+        );
+    }
+}
+
+/// A child whose parent was written after it was made, in `dir`.
+fn stale_child(dir: &Path) -> std::path::PathBuf {
+    let parent = dir.join("p.vhdx");
+    let child = dir.join("c.vhdx");
+    vhdkit_ok(["create", s(&parent), "8M"]);
+    vhdkit_ok(["create", "--parent", s(&parent), s(&child)]);
+    vhdkit_ok([
+        "write",
+        s(&parent),
+        "--offset",
+        "0",
+        "--pattern",
+        "0xcd",
+        "--length",
+        "1",
+        "--no-children-check",
+    ]);
+    child
+}
+
+#[test]
+fn parent_mismatch_warnings_and_check_lines_do_not_name_an_option() {
+    use vhdkit::report::WarningKind;
+    let dir = tempfile::tempdir().unwrap();
+    let child = stale_child(dir.path());
+    for (ignore, kind, fact) in [
+        (
+            false,
+            WarningKind::ParentMismatchRefused,
+            "reading the child's data is refused",
+        ),
+        (
+            true,
+            WarningKind::ParentMismatchIgnored,
+            "it is read anyway, so the data may be inconsistent",
+        ),
+    ] {
+        let opts = OpenOptions::new()
+            .allow_missing_parent(true)
+            .ignore_parent_id(ignore);
+        let info = vhdkit::open(&child, &opts).unwrap().info();
+        let w: Vec<_> = info.parent_mismatch_warnings().collect();
+        assert_eq!(w.len(), 1, "{:?}", info.warnings);
+        assert_eq!(w[0].kind, kind, "{:?}", w[0]);
+        assert!(w[0].message.ends_with(fact), "{:?}", w[0]);
+        assert_text_fact_only(&w[0].message);
+        assert_eq!(w[0].hint, Some(Hint::IgnoreParentId), "{:?}", w[0]);
+        // `info` (text) says the state without the option either.
+        let mut text = Vec::new();
+        vhdkit::report::write_info_text(&info, &mut text).unwrap();
+        assert_text_fact_only(&String::from_utf8(text).unwrap());
+        // `check` lists the mismatch as not checked, with the same hint.
+        let r = vhdkit::check(&child, &OpenOptions::new().ignore_parent_id(ignore), false).unwrap();
+        let i = r
+            .not_checked
+            .iter()
+            .position(|n| n.contains("the child expects"))
+            .unwrap_or_else(|| panic!("{:?}", r.not_checked));
+        assert_eq!(r.not_checked[i], w[0].message);
+        assert_eq!(r.not_checked_hint(i), Some(Hint::IgnoreParentId));
+    }
+}
+
+#[test]
+fn evhd_signature_warnings_and_keyless_check_do_not_name_an_option() {
+    use vhdkit::report::{FindingKind, WarningKind};
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("d.raw");
+    let evhd = dir.path().join("d.evhd");
+    write_raw(&raw, &random_bytes(1 << 20, 15));
+    make_evhd(&raw, &evhd);
+    // An unsigned image (a version 1 header) is said as a fact.
+    let unsigned = vhdkit::SignatureStatus::Unsigned;
+    let w = unsigned.as_warning().unwrap();
+    assert_eq!(w.kind, WarningKind::Unsigned);
+    assert!(w.message.starts_with("EVHD image is not signed"), "{w:?}");
+    assert_text_fact_only(&w.message);
+    assert_eq!(w.hint, Some(Hint::Sign), "{w:?}");
+
+    // Signed by a key this reader does not trust (it holds none).
+    let info = vhdkit::open(&evhd, &OpenOptions::new()).unwrap().info();
+    let w = info
+        .warnings
+        .iter()
+        .find(|w| w.kind == WarningKind::UntrustedSigner)
+        .unwrap_or_else(|| panic!("{:?}", info.warnings));
+    assert!(w.message.ends_with("which this reader does not trust"), "{w:?}");
+    assert_text_fact_only(&w.message);
+    assert_eq!(w.hint, Some(Hint::Trust), "{w:?}");
+    let sig = &info.details.evhd().unwrap().signature;
+    assert_eq!(sig.warning(), Some(w.message.as_str()));
+    assert_eq!(sig.hint(), Some(Hint::Trust));
+    let r = vhdkit::check(&evhd, &OpenOptions::new(), false).unwrap();
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.kind == FindingKind::Signature)
+        .unwrap_or_else(|| panic!("{:?}", r.findings));
+    assert!(f.message.ends_with("which this reader does not trust"), "{f:?}");
+    assert_text_fact_only(&f.message);
+    assert_eq!(f.hint, Some(Hint::Trust), "{f:?}");
+    let i = r
+        .not_checked
+        .iter()
+        .position(|n| n.contains("private key of a recipient"))
+        .unwrap_or_else(|| panic!("{:?}", r.not_checked));
+    assert_text_fact_only(&r.not_checked[i]);
+    assert_eq!(r.not_checked_hint(i), Some(Hint::Key));
+}
