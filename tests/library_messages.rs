@@ -1,7 +1,8 @@
 //! Library error messages state facts only (issue 13, point 5): what a
 //! caller can do is a typed [`vhdkit::Hint`], which the command-line tool
-//! words in terms of its options. Errors reached through the library name
-//! no option (`--key`, `-f raw`, ...) and no `vhdkit VERB` command.
+//! words in terms of its options. Errors, warnings, check findings and
+//! "not checked" lines reached through the library name no option
+//! (`--key`, `-f raw`, ...) and no `vhdkit VERB` command.
 
 mod common;
 
@@ -263,7 +264,10 @@ fn evhd_signature_warnings_and_keyless_check_do_not_name_an_option() {
         .iter()
         .find(|w| w.kind == WarningKind::UntrustedSigner)
         .unwrap_or_else(|| panic!("{:?}", info.warnings));
-    assert!(w.message.ends_with("which this reader does not trust"), "{w:?}");
+    assert!(
+        w.message.ends_with("which this reader does not trust"),
+        "{w:?}"
+    );
     assert_text_fact_only(&w.message);
     assert_eq!(w.hint, Some(Hint::Trust), "{w:?}");
     let sig = &info.details.evhd().unwrap().signature;
@@ -275,7 +279,10 @@ fn evhd_signature_warnings_and_keyless_check_do_not_name_an_option() {
         .iter()
         .find(|f| f.kind == FindingKind::Signature)
         .unwrap_or_else(|| panic!("{:?}", r.findings));
-    assert!(f.message.ends_with("which this reader does not trust"), "{f:?}");
+    assert!(
+        f.message.ends_with("which this reader does not trust"),
+        "{f:?}"
+    );
     assert_text_fact_only(&f.message);
     assert_eq!(f.hint, Some(Hint::Trust), "{f:?}");
     let i = r
@@ -285,4 +292,59 @@ fn evhd_signature_warnings_and_keyless_check_do_not_name_an_option() {
         .unwrap_or_else(|| panic!("{:?}", r.not_checked));
     assert_text_fact_only(&r.not_checked[i]);
     assert_eq!(r.not_checked_hint(i), Some(Hint::Key));
+}
+
+/// Whether `f` says that log entries are pending.
+fn is_pending_entries(f: &vhdkit::Finding) -> bool {
+    f.kind == vhdkit::report::FindingKind::PendingLog
+        && f.message.contains("not yet applied to the file")
+}
+
+/// A VHDX whose log holds an entry not yet applied to the file: power
+/// fails during a write's flush at the first storage operation that leaves
+/// one (the log is written and flushed before the file is updated).
+fn pending_log_image(dir: &Path) -> Option<std::path::PathBuf> {
+    use vhdkit::VirtualDisk;
+    use vhdkit::unstable::chain::Chain;
+    use vhdkit::unstable::vhdx::VhdxDisk;
+    let img = dir.join("d.vhdx");
+    vhdkit_ok(["create", "-f", "vhdx", s(&img), "8M"]);
+    let base = std::fs::read(&img).unwrap();
+    let opts = OpenOptions::new().writable(true);
+    for crash_at in 1..200 {
+        let fs = FaultStorage::new(base.clone(), crash_at, CrashMode::Prefix { tear: false }, 1);
+        if let Ok(mut disk) = VhdxDisk::open(
+            Box::new(fs.clone()),
+            Some(img.clone()),
+            &opts,
+            &Chain::default(),
+        ) {
+            let _ = disk.write_at(&[0xab; 4096], 0).and_then(|_| disk.flush());
+        }
+        if !fs.crashed() {
+            return None;
+        }
+        std::fs::write(&img, fs.durable()).unwrap();
+        let r = vhdkit::check(&img, &OpenOptions::new(), false).unwrap();
+        if r.findings.iter().any(is_pending_entries) {
+            return Some(img);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_pending_log_finding_does_not_name_an_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = pending_log_image(dir.path()).expect("no crash point leaves a pending log");
+    let r = vhdkit::check(&img, &OpenOptions::new(), false).unwrap();
+    let f = r.findings.iter().find(|&f| is_pending_entries(f)).unwrap();
+    assert_text_fact_only(&f.message);
+    assert_eq!(f.hint, Some(Hint::Repair), "{f:?}");
+    // The command-line tool still says how to apply it.
+    let out = vhdkit_stdout(&["check", s(&img)]);
+    assert!(
+        out.contains("vhdkit replays them in memory when reading, `check --repair` applies them"),
+        "{out}"
+    );
 }
