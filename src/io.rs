@@ -47,6 +47,13 @@ pub trait Storage: Send + Sync {
         None
     }
 
+    /// Give back the file system space of `[offset, offset + len)`, which
+    /// then reads as zeros; the length stays. `Ok(false)` when the storage
+    /// or its file system cannot (the bytes are then left as they are).
+    fn punch_hole(&self, _offset: u64, _len: u64) -> io::Result<bool> {
+        Ok(false)
+    }
+
     /// Whether the storage is empty.
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
@@ -93,6 +100,9 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     }
     fn allocated_bytes(&self) -> Option<u64> {
         (**self).allocated_bytes()
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
+        (**self).punch_hole(offset, len)
     }
 }
 
@@ -440,6 +450,52 @@ impl Storage for FileStorage {
     fn is_writable(&self) -> bool {
         self.writable
     }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
+        if !self.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "opened read-only",
+            ));
+        }
+        punch_hole(&self.file, offset, len)
+    }
+}
+
+/// `fallocate(PUNCH_HOLE | KEEP_SIZE)`; `Ok(false)` when the file system
+/// refuses the operation.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
+fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Ok(false);
+    };
+    if n == 0 {
+        return Ok(true);
+    }
+    // SAFETY: the descriptor is open for as long as `file` is borrowed;
+    // fallocate reads no memory of ours.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            n,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL | libc::ENODEV) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn punch_hole(_file: &File, _offset: u64, _len: u64) -> io::Result<bool> {
+    Ok(false)
 }
 
 /// An image held in memory, for tests and for building images before writing them out.

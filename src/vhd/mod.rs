@@ -8,6 +8,7 @@
 
 pub mod bat;
 mod blocks;
+mod compact;
 pub mod check;
 pub mod create;
 pub mod dynamic_header;

@@ -9,6 +9,7 @@
 
 pub mod bat;
 mod blocks;
+mod compact;
 pub mod check;
 pub mod create;
 pub mod file_identifier;
