@@ -6,8 +6,9 @@
 //! log entry that switches the table to them, so after a crash the replayed
 //! table points either at the old copy, still intact, or at the new one.
 //! Space a block leaves is written to only after such a commit. Blocks
-//! that read as zeros become ZERO (differencing: they no longer fall
-//! through to the parent) or UNMAPPED (dynamic), as a discard makes them;
+//! that read as zeros become ZERO (differencing, where the parent reads
+//! zeros too: see [`VhdxDisk::fate`]) or UNMAPPED (dynamic), as a discard
+//! makes them;
 //! a partly present block with no sector present becomes NOT_PRESENT. The
 //! session keeps the DataWriteGuid, since the content does not change, so
 //! children of the image still open. The file is cut after the session is
@@ -21,6 +22,7 @@ use crate::compact::{
 use crate::disk::{ExtentKind, VirtualDisk};
 use crate::error::Result;
 use crate::io::{Storage, io_err};
+use crate::layer::parent_read;
 
 /// What becomes of a stored payload block.
 enum Fate {
@@ -172,6 +174,15 @@ impl VhdxDisk {
                 .any(|e| e.kind == ExtentKind::Data)
         {
             return Ok(Fate::NotPresent);
+        }
+        // Over parent data, libvhdi (20210425) reads a ZERO block of a
+        // differencing disk from the parent, against [MS-VHDX] 2.5.1.1:
+        // such a block stays stored, so that every reader sees zeros.
+        if self.is_differencing() {
+            let parent = |b: &mut [u8], o: u64| parent_read(self.parent.as_ref(), b, o);
+            if !reads_zero(parent, pos, len, buf)? {
+                return Ok(Fate::Keep);
+            }
         }
         if reads_zero(|b, o| self.read_at(b, o), pos, len, buf)? {
             return Ok(Fate::Zero);
