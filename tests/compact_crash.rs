@@ -203,16 +203,22 @@ impl Setup {
     }
 }
 
-/// Crash at `crash_at`, then verify, compact again and verify; returns the
+/// Crash at `crash_at` (`seed` draws what survives), then verify, compact again and verify; returns the
 /// operations the run made and the final file size.
 fn crash_and_rerun(
     s: &Setup,
     mode: Mode,
     crash_at: u64,
     fault: CrashMode,
+    seed: u64,
 ) -> Result<(u64, u64), String> {
-    let ctx = |m: String| format!("{} {mode:?} crash at {crash_at} ({fault:?}): {m}", s.name);
-    let fs = FaultStorage::new(s.base.clone(), crash_at, fault, crash_at ^ 0xc0de);
+    let ctx = |m: String| {
+        format!(
+            "{} {mode:?} crash at {crash_at} ({fault:?}, seed {seed}): {m}",
+            s.name
+        )
+    };
+    let fs = FaultStorage::new(s.base.clone(), crash_at, fault, seed);
     let r = s.compact(Box::new(fs.clone()), mode);
     if !fs.crashed() {
         r.map_err(|e| ctx(format!("compact failed: {e}")))?;
@@ -229,7 +235,7 @@ fn crash_and_rerun(
 }
 
 fn crash_everywhere(s: &Setup, mode: Mode) -> usize {
-    let (total, size) = crash_and_rerun(s, mode, u64::MAX, CrashMode::Prefix { tear: false })
+    let (total, size) = crash_and_rerun(s, mode, u64::MAX, CrashMode::Prefix { tear: false }, 0)
         .unwrap_or_else(|e| panic!("{e}"));
     if mode == Mode::Full {
         assert!(
@@ -241,15 +247,18 @@ fn crash_everywhere(s: &Setup, mode: Mode) -> usize {
     }
     let mut points = 0;
     let mut failures = Vec::new();
+    // Which writes since the last flush survive is drawn at random:
+    // several draws per crash point in the subset model.
     for crash_at in 0..total {
-        for fault in [
-            CrashMode::Prefix {
-                tear: crash_at % 2 == 1,
-            },
-            CrashMode::Subset,
-        ] {
+        let faults = [
+            (CrashMode::Prefix { tear: true }, 1),
+            (CrashMode::Subset, 2),
+            (CrashMode::Subset, 3),
+            (CrashMode::Subset, 4),
+        ];
+        for (fault, seed) in faults {
             points += 1;
-            match crash_and_rerun(s, mode, crash_at, fault) {
+            match crash_and_rerun(s, mode, crash_at, fault, crash_at * 8 + seed) {
                 Ok((_, n)) if n > size => failures.push(format!(
                     "{} {mode:?} crash at {crash_at} ({fault:?}): ends at {n} bytes, not {size}",
                     s.name
