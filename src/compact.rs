@@ -156,18 +156,44 @@ impl Packer {
 }
 
 /// Ranges of the file whose old content must stay until the next commit
-/// makes the table changes that freed them durable.
+/// makes the table changes that freed them durable: sorted and merged
+/// (blocks are freed in the order of their offsets, so adding is cheap and
+/// a lookup is a binary search).
 #[derive(Debug, Default)]
 pub(crate) struct Freed(Vec<(u64, u64)>);
 
 impl Freed {
     pub fn add(&mut self, start: u64, len: u64) {
-        self.0.push((start, start + len));
+        let end = start + len;
+        match self.0.last_mut() {
+            Some(last) if start >= last.0 => {
+                if start <= last.1 {
+                    last.1 = last.1.max(end);
+                } else {
+                    self.0.push((start, end));
+                }
+            }
+            None => self.0.push((start, end)),
+            Some(_) => {
+                self.0.push((start, end));
+                self.0.sort_unstable();
+                let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.0.len());
+                for &(s, e) in &self.0 {
+                    match merged.last_mut() {
+                        Some(m) if s <= m.1 => m.1 = m.1.max(e),
+                        _ => merged.push((s, e)),
+                    }
+                }
+                self.0 = merged;
+            }
+        }
     }
 
     /// Whether writing `[start, start + len)` would overwrite freed space.
     pub fn hits(&self, start: u64, len: u64) -> bool {
-        self.0.iter().any(|&(s, e)| start < e && s < start + len)
+        // The first range that ends after `start` is the only candidate.
+        let i = self.0.partition_point(|&(_, e)| e <= start);
+        self.0.get(i).is_some_and(|&(s, _)| s < start + len)
     }
 
     pub fn clear(&mut self) {
@@ -176,16 +202,7 @@ impl Freed {
 
     /// The freed ranges, merged where they touch, in file order.
     pub fn merged(&self) -> Vec<(u64, u64)> {
-        let mut v = self.0.clone();
-        v.sort_unstable();
-        let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
-        for (s, e) in v {
-            match out.last_mut() {
-                Some(last) if s <= last.1 => last.1 = last.1.max(e),
-                _ => out.push((s, e)),
-            }
-        }
-        out
+        self.0.clone()
     }
 }
 
@@ -284,7 +301,12 @@ mod tests {
         f.add(0, 4);
         f.add(4, 2);
         assert!(f.hits(14, 10));
+        assert!(f.hits(3, 1));
         assert!(!f.hits(6, 4));
+        assert!(!f.hits(15, 4));
         assert_eq!(f.merged(), vec![(0, 6), (10, 15)]);
+        f.add(20, 5);
+        f.add(25, 5);
+        assert_eq!(f.merged(), vec![(0, 6), (10, 15), (20, 30)]);
     }
 }

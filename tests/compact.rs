@@ -149,14 +149,20 @@ fn compacts_dynamic(fmt: Fmt) {
     assert!(r.blocks_moved > 0, "{fmt:?}: {r:?}");
     assert!(after < before, "{fmt:?}: {before} -> {after}");
     assert_check_clean(&path);
-    assert!(read_image(&path) == model, "{fmt:?}: vhdkit reads other content");
+    assert!(
+        read_image(&path) == model,
+        "{fmt:?}: vhdkit reads other content"
+    );
     let fresh = fresh_convert_size(fmt, &path, dir.path());
     assert!(
         after <= fresh + BS,
         "{fmt:?}: compacted to {after} bytes, a fresh convert is {fresh}"
     );
     if require_tool("qemu-img") {
-        assert!(qemu_content(fmt, &path) == model, "{fmt:?}: qemu-img reads other content");
+        assert!(
+            qemu_content(fmt, &path) == model,
+            "{fmt:?}: qemu-img reads other content"
+        );
     }
     if require_tool("pyvhdi") {
         let (n, got) = pyvhdi_read(&[&path]);
@@ -239,7 +245,7 @@ fn differencing_chain(fmt: Fmt, dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
     p.close().unwrap();
     drop(p);
     let mut c = fmt.create(&child, size, Some(&parent));
-    c.write_at(&model[..BS as usize].to_vec(), 0).unwrap();
+    c.write_at(&model[..BS as usize], 0).unwrap();
     c.write_at(&vec![0u8; BS as usize], BS).unwrap();
     c.write_at(&vec![0u8; BS as usize], 2 * BS).unwrap();
     model[(2 * BS) as usize..(3 * BS) as usize].fill(0);
@@ -269,7 +275,11 @@ fn compacts_differencing(fmt: Fmt) {
     let parent_hash = file_sha256(&parent);
     assert_eq!(stored_blocks(&child), [0, 1, 2, 3, 5]);
     let r = compact(&child, Mode::Full);
-    assert_eq!(file_sha256(&parent), parent_hash, "the parent is not written");
+    assert_eq!(
+        file_sha256(&parent),
+        parent_hash,
+        "the parent is not written"
+    );
     // Block 0 equals the parent but stays; block 2 reads zeros over
     // parent data and stays too (VHD cannot say zeros otherwise; libvhdi
     // reads a VHDX ZERO block from the parent).
@@ -277,14 +287,20 @@ fn compacts_differencing(fmt: Fmt) {
     assert_eq!(r.blocks_dropped, 2, "{fmt:?}: {r:?}");
     assert!(r.size_after < r.size_before, "{fmt:?}: {r:?}");
     assert_check_clean(&child);
-    assert!(read_image(&child) == model, "{fmt:?}: vhdkit reads other content");
+    assert!(
+        read_image(&child) == model,
+        "{fmt:?}: vhdkit reads other content"
+    );
     if require_tool("pyvhdi") {
         let (_, got) = pyvhdi_read(&[&child, &parent]);
         assert!(got == model, "{fmt:?}: libvhdi reads other content");
     }
     // Compacting the parent leaves the child's view of it valid.
     compact(&parent, Mode::Full);
-    assert!(read_image(&child) == model, "{fmt:?}: child after parent compaction");
+    assert!(
+        read_image(&child) == model,
+        "{fmt:?}: child after parent compaction"
+    );
     assert_check_clean(&child);
 }
 
@@ -333,7 +349,10 @@ fn the_command_prints_the_file_size_before_and_after() {
     let after = std::fs::metadata(&path).unwrap().len();
     assert!(out.contains(&format!("({before} bytes)")), "{out}");
     assert!(out.contains(&format!("({after} bytes)")), "{out}");
-    assert!(out.contains("6 block(s) that read as zeros dropped"), "{out}");
+    assert!(
+        out.contains("6 block(s) that read as zeros dropped"),
+        "{out}"
+    );
     assert!(read_image(&path) == model);
     let json = vhdkit_ok([
         "compact".as_ref(),

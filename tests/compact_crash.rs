@@ -76,10 +76,7 @@ fn build(fmt: Fmt, path: &Path, parent: Option<&Path>, writes: &[(u64, Vec<u8>)]
     }
     if fmt == Fmt::Vhdx && parent.is_none() {
         // Two blocks discarded: their space is free too.
-        disk.discarder()
-            .unwrap()
-            .discard(14 * BS, 2 * BS)
-            .unwrap();
+        disk.discarder().unwrap().discard(14 * BS, 2 * BS).unwrap();
     }
     disk.close().unwrap();
     drop(disk);
@@ -224,7 +221,8 @@ fn crash_and_rerun(
         r.map_err(|e| ctx(format!("compact failed: {e}")))?;
     }
     let image = fs.durable();
-    s.verify(&image).map_err(|m| ctx(format!("after the crash: {m}")))?;
+    s.verify(&image)
+        .map_err(|m| ctx(format!("after the crash: {m}")))?;
     let again = Arc::new(MemStorage::from_vec(image));
     s.compact(Box::new(again.clone()), mode)
         .map_err(|e| ctx(format!("compacting again: {e}")))?;

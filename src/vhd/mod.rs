@@ -8,8 +8,8 @@
 
 pub mod bat;
 mod blocks;
-mod compact;
 pub mod check;
+mod compact;
 pub mod create;
 pub mod dynamic_header;
 pub mod footer;

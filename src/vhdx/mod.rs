@@ -9,8 +9,8 @@
 
 pub mod bat;
 mod blocks;
-mod compact;
 pub mod check;
+mod compact;
 pub mod create;
 pub mod file_identifier;
 pub mod header;
