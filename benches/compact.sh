@@ -5,8 +5,10 @@
 # new file (B), alternately A B A B ... on tmpfs, each A on a fresh copy of
 # the image (the copy is not timed). Prints the median of the per-pair
 # ratios B time / A time (above 1: compact is faster) with their range, the
-# median times, and the file sizes each produces (and a fresh
-# `vhdkit convert` of the same content, for scale).
+# median times, the median CPU time (user + system) of each, which a
+# loaded machine disturbs less than elapsed time (qemu-img runs several
+# threads, vhdkit compact one), and the file sizes each produces (and a
+# fresh `vhdkit convert` of the same content, for scale).
 #
 #   benches/compact.sh            PAIRS (default 5), SIZE_MIB (default 2048),
 #                                 BENCH_DIR (default /dev/shm/vhdkit-compact)
@@ -41,31 +43,38 @@ for ((b = 1; b < blocks; b += 2)); do
 done
 echo "image: $size_mib MiB dynamic VHDX, $blocks blocks of $(( block >> 20 )) MiB, every other one zeroed"
 
-now() { date +%s.%N; }
-a_times=() b_times=()
+# "elapsed cpu" seconds of one command.
+timed() {
+  /usr/bin/time -f "%e %U %S" -o t.out "$@" >/dev/null
+  awk '{printf "%s %.2f", $1, $2 + $3}' t.out
+}
+a_times=() b_times=() a_cpu=() b_cpu=()
 for ((i = 0; i < pairs; i++)); do
   cp base.vhdx a.vhdx
   sync
-  t0=$(now); $v compact a.vhdx >/dev/null; t1=$(now)
-  a_times+=("$(echo "$t0 $t1" | awk '{printf "%.6f", $2 - $1}')")
+  read -r e c <<<"$(timed "$v" compact a.vhdx)"
+  a_times+=("$e") a_cpu+=("$c")
   a_size=$(stat -c %s a.vhdx)
   rm -f a.vhdx b.vhdx
-  t0=$(now); qemu-img convert -O vhdx base.vhdx b.vhdx; t1=$(now)
-  b_times+=("$(echo "$t0 $t1" | awk '{printf "%.6f", $2 - $1}')")
+  read -r e c <<<"$(timed qemu-img convert -O vhdx base.vhdx b.vhdx)"
+  b_times+=("$e") b_cpu+=("$c")
   b_size=$(stat -c %s b.vhdx)
   rm -f b.vhdx
 done
 $v convert -q base.vhdx fresh.vhdx
 fresh_size=$(stat -c %s fresh.vhdx)
-python3 - "${a_times[*]}" "${b_times[*]}" "$(stat -c %s base.vhdx)" "$a_size" "$b_size" "$fresh_size" <<'PY'
+python3 - "${a_times[*]}" "${b_times[*]}" "${a_cpu[*]}" "${b_cpu[*]}" "$(stat -c %s base.vhdx)" "$a_size" "$b_size" "$fresh_size" <<'PY'
 import statistics, sys
 a = list(map(float, sys.argv[1].split()))
 b = list(map(float, sys.argv[2].split()))
-before, a_size, b_size, fresh = map(int, sys.argv[3:7])
+ac = list(map(float, sys.argv[3].split()))
+bc = list(map(float, sys.argv[4].split()))
+before, a_size, b_size, fresh = map(int, sys.argv[5:9])
 r = [y / x for x, y in zip(a, b)]
 print(f"vhdkit compact (in place)     median {statistics.median(a):.3f} s  ({min(a):.3f}..{max(a):.3f})")
 print(f"qemu-img convert -O vhdx      median {statistics.median(b):.3f} s  ({min(b):.3f}..{max(b):.3f})")
 print(f"time ratio qemu / compact     median {statistics.median(r):.2f}x  (range {min(r):.2f}..{max(r):.2f}x, {len(r)} pairs)")
+print(f"CPU time (user + system)      compact {statistics.median(ac):.2f} s, qemu-img {statistics.median(bc):.2f} s")
 mib = lambda n: f"{n / 1048576:.1f} MiB ({n} bytes)"
 print(f"file size before              {mib(before)}")
 print(f"after vhdkit compact          {mib(a_size)}")

@@ -218,6 +218,14 @@ pub(crate) fn copy_down(
     to: u64,
     len: u64,
 ) -> Result<()> {
+    let file_len = storage.len().map_err(io_err(structure, from))?;
+    if from.saturating_add(len) <= file_len
+        && storage
+            .copy_within(from, to, len)
+            .map_err(io_err(structure, to))?
+    {
+        return Ok(());
+    }
     let mut buf = vec![0u8; COPY_CHUNK.min(len as usize)];
     let mut done = 0u64;
     while done < len {

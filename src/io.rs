@@ -54,6 +54,14 @@ pub trait Storage: Send + Sync {
         Ok(false)
     }
 
+    /// Copy `len` bytes from `from` to the disjoint range at `to` inside
+    /// the storage without passing them through the caller (the kernel's
+    /// `copy_file_range`, which may share the blocks): `Ok(false)` when the
+    /// storage cannot, and nothing was copied. Durable like a write.
+    fn copy_within(&self, _from: u64, _to: u64, _len: u64) -> io::Result<bool> {
+        Ok(false)
+    }
+
     /// Whether the storage is empty.
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
@@ -103,6 +111,9 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     }
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
         (**self).punch_hole(offset, len)
+    }
+    fn copy_within(&self, from: u64, to: u64, len: u64) -> io::Result<bool> {
+        (**self).copy_within(from, to, len)
     }
 }
 
@@ -459,6 +470,63 @@ impl Storage for FileStorage {
         }
         punch_hole(&self.file, offset, len)
     }
+    fn copy_within(&self, from: u64, to: u64, len: u64) -> io::Result<bool> {
+        if !self.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "opened read-only",
+            ));
+        }
+        copy_within(&self.file, from, to, len)
+    }
+}
+
+/// `copy_file_range` from `from` to `to` in `file`; `Ok(false)` when the
+/// kernel or file system cannot before anything was copied. A copy cut
+/// short later (the source ends) is finished by the caller's fallback only
+/// if nothing was copied, so a short source is an error here.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
+fn copy_within(file: &File, from: u64, to: u64, len: u64) -> io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    let fd = file.as_raw_fd();
+    let (Ok(mut off_in), Ok(mut off_out)) = (i64::try_from(from), i64::try_from(to)) else {
+        return Ok(false);
+    };
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+        // SAFETY: both offsets are valid i64 locals the kernel updates;
+        // the descriptor is open for as long as `file` is borrowed.
+        let r = unsafe { libc::copy_file_range(fd, &mut off_in, fd, &mut off_out, n, 0) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            let unsupported = matches!(
+                e.raw_os_error(),
+                Some(libc::ENOSYS | libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL)
+            );
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if unsupported && left == len {
+                return Ok(false);
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the copy's source ends early",
+            ));
+        }
+        left -= r as u64;
+    }
+    Ok(true)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn copy_within(_file: &File, _from: u64, _to: u64, _len: u64) -> io::Result<bool> {
+    Ok(false)
 }
 
 /// `fallocate(PUNCH_HOLE | KEEP_SIZE)`; `Ok(false)` when the file system

@@ -97,7 +97,8 @@ impl VhdxDisk {
                 self.commit()?;
                 freed.clear();
             }
-            copy_down(&self.storage, "VHDX block", src, dst, size)?;
+            // Writable opens replay the log onto the file: no overlay.
+            copy_down(self.storage.inner(), "VHDX block", src, dst, size)?;
             self.reserve_pages(1)?;
             let e = self.s.bat[idx as usize];
             self.set_entry(idx, bat::entry(bat::state(e), dst));
