@@ -80,8 +80,8 @@ pub fn compact_storage(
         Format::Vhdx => VhdxDisk::open(storage, path, &opts, &chain)?.compact(mode),
         Format::Evhd => Err(Error::new(
             ErrorKind::Unsupported,
-            "compacting an EVHD image in place is not supported yet; \
-             `convert` it to a new EVHD, which stores no zero blocks",
+            "compacting an EVHD image in place is not supported (a new EVHD image \
+             written from its content stores no zero blocks)",
         )),
         Format::Raw => Err(Error::new(
             ErrorKind::Unsupported,

@@ -21,7 +21,7 @@ use common::*;
 use vhdkit::compact::Mode;
 use vhdkit::report::{CheckReport, Severity};
 use vhdkit::unstable::chain::Chain;
-use vhdkit::unstable::io::{MemStorage, Storage};
+use vhdkit::{MemStorage, Storage};
 use vhdkit::{OpenOptions, VhdBuilder, VhdxBuilder, VirtualDisk};
 
 const MIB: u64 = 1 << 20;
