@@ -47,6 +47,21 @@ pub trait Storage: Send + Sync {
         None
     }
 
+    /// Give back the file system space of `[offset, offset + len)`, which
+    /// then reads as zeros; the length stays. `Ok(false)` when the storage
+    /// or its file system cannot (the bytes are then left as they are).
+    fn punch_hole(&self, _offset: u64, _len: u64) -> io::Result<bool> {
+        Ok(false)
+    }
+
+    /// Copy `len` bytes from `from` to the disjoint range at `to` inside
+    /// the storage without passing them through the caller (the kernel's
+    /// `copy_file_range`, which may share the blocks): `Ok(false)` when the
+    /// storage cannot, and nothing was copied. Durable like a write.
+    fn copy_within(&self, _from: u64, _to: u64, _len: u64) -> io::Result<bool> {
+        Ok(false)
+    }
+
     /// Whether the storage is empty.
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
@@ -93,6 +108,12 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     }
     fn allocated_bytes(&self) -> Option<u64> {
         (**self).allocated_bytes()
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
+        (**self).punch_hole(offset, len)
+    }
+    fn copy_within(&self, from: u64, to: u64, len: u64) -> io::Result<bool> {
+        (**self).copy_within(from, to, len)
     }
 }
 
@@ -440,6 +461,109 @@ impl Storage for FileStorage {
     fn is_writable(&self) -> bool {
         self.writable
     }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
+        if !self.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "opened read-only",
+            ));
+        }
+        punch_hole(&self.file, offset, len)
+    }
+    fn copy_within(&self, from: u64, to: u64, len: u64) -> io::Result<bool> {
+        if !self.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "opened read-only",
+            ));
+        }
+        copy_within(&self.file, from, to, len)
+    }
+}
+
+/// `copy_file_range` from `from` to `to` in `file`; `Ok(false)` when the
+/// kernel or file system cannot before anything was copied. A copy cut
+/// short later (the source ends) is finished by the caller's fallback only
+/// if nothing was copied, so a short source is an error here.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
+fn copy_within(file: &File, from: u64, to: u64, len: u64) -> io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    let fd = file.as_raw_fd();
+    let (Ok(mut off_in), Ok(mut off_out)) = (i64::try_from(from), i64::try_from(to)) else {
+        return Ok(false);
+    };
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+        // SAFETY: both offsets are valid i64 locals the kernel updates;
+        // the descriptor is open for as long as `file` is borrowed.
+        let r = unsafe { libc::copy_file_range(fd, &mut off_in, fd, &mut off_out, n, 0) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            let unsupported = matches!(
+                e.raw_os_error(),
+                Some(libc::ENOSYS | libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL)
+            );
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if unsupported && left == len {
+                return Ok(false);
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the copy's source ends early",
+            ));
+        }
+        left -= r as u64;
+    }
+    Ok(true)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn copy_within(_file: &File, _from: u64, _to: u64, _len: u64) -> io::Result<bool> {
+    Ok(false)
+}
+
+/// `fallocate(PUNCH_HOLE | KEEP_SIZE)`; `Ok(false)` when the file system
+/// refuses the operation.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
+fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Ok(false);
+    };
+    if n == 0 {
+        return Ok(true);
+    }
+    // SAFETY: the descriptor is open for as long as `file` is borrowed;
+    // fallocate reads no memory of ours.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            n,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL | libc::ENODEV) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn punch_hole(_file: &File, _offset: u64, _len: u64) -> io::Result<bool> {
+    Ok(false)
 }
 
 /// An image held in memory, for tests and for building images before writing them out.

@@ -114,6 +114,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod compact;
 pub mod convert;
 pub mod damage;
 pub mod keyfile;

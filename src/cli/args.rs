@@ -195,6 +195,8 @@ pub enum Command {
     },
     /// Write bytes into the virtual disk.
     Write(WriteArgs),
+    /// Stop storing blocks that read as zeros and shrink the file in place (Optimize-VHD).
+    Compact(CompactArgs),
     /// Create a new RSA key pair in the .NET KeyPair.xml form.
     Keygen {
         /// Modulus size in bits (at least 2048).
@@ -338,6 +340,22 @@ pub struct WriteArgs {
     /// after the write), nor warn about them.
     #[arg(long)]
     pub no_children_check: bool,
+    #[command(flatten)]
+    pub parent: ParentArgs,
+}
+
+/// `vhdkit compact`.
+#[derive(Args)]
+pub struct CompactArgs {
+    /// The dynamic or differencing image to compact.
+    pub image: PathBuf,
+    /// Only unlink blocks that read as zeros and punch holes where they
+    /// were; nothing moves and the file keeps its length.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub parent: ParentArgs,
 }

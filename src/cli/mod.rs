@@ -3,6 +3,7 @@
 //! library; this module only decides what to print and how to exit.
 
 mod args;
+mod compact;
 mod data;
 mod device;
 mod evhd;
@@ -221,6 +222,7 @@ fn run(cmd: Command) -> Outcome {
             salvage,
         } => data::read(&image, &offset, &length, &parent, &salvage),
         Command::Write(a) => data::write(a),
+        Command::Compact(a) => compact::compact(a),
         Command::Keygen {
             bits,
             output,

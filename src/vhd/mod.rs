@@ -9,6 +9,7 @@
 pub mod bat;
 mod blocks;
 pub mod check;
+mod compact;
 pub mod create;
 pub mod dynamic_header;
 pub mod footer;

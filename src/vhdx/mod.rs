@@ -10,6 +10,7 @@
 pub mod bat;
 mod blocks;
 pub mod check;
+mod compact;
 pub mod create;
 pub mod file_identifier;
 pub mod header;

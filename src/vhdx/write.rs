@@ -61,13 +61,20 @@ fn align_mib(x: u64) -> u64 {
 }
 
 impl VhdxDisk {
-    fn ensure_writable(&self) -> Result<()> {
+    pub(super) fn ensure_writable(&self) -> Result<()> {
         crate::disk::ensure_writable(&self.storage, &self.warnings, self.parent.as_ref())
     }
 
     /// Start a session if none is open: new FileWriteGuid, DataWriteGuid
     /// and LogGuid, written with the two-copy header update.
     fn begin_session(&mut self) -> Result<()> {
+        self.begin_session_with(true)
+    }
+
+    /// [`Self::begin_session`], keeping the DataWriteGuid unless
+    /// `new_data_id`: for changes that leave the content as it is
+    /// (compaction), so that children still accept the image as parent.
+    pub(super) fn begin_session_with(&mut self, new_data_id: bool) -> Result<()> {
         if self.session.is_some() {
             return Ok(());
         }
@@ -75,7 +82,9 @@ impl VhdxDisk {
         let mut h = self.s.header().clone();
         let log_guid = Uuid::new_v4();
         h.set_file_write_guid(Uuid::new_v4());
-        h.set_data_write_guid(Uuid::new_v4());
+        if new_data_id {
+            h.set_data_write_guid(Uuid::new_v4());
+        }
         h.set_log_guid(log_guid);
         let next_free = self.first_free()?;
         let slots = header::update(&self.storage, &self.s.slots, self.s.current, &h)?;
@@ -165,13 +174,13 @@ impl VhdxDisk {
     }
 
     /// Change BAT entry `index` in memory; it reaches the file at the next commit.
-    fn set_entry(&mut self, index: u64, value: u64) {
+    pub(super) fn set_entry(&mut self, index: u64, value: u64) {
         self.s.bat[index as usize] = value;
         self.session().dirty_bat.insert(index / ENTRIES_PER_PAGE);
     }
 
     /// Commit first if `pages` more changed pages would not fit in one entry.
-    fn reserve_pages(&mut self, pages: u64) -> Result<()> {
+    pub(super) fn reserve_pages(&mut self, pages: u64) -> Result<()> {
         let s = self.session();
         if s.dirty_pages() + pages > s.log.max_data_sectors() {
             self.commit()?;
