@@ -16,6 +16,7 @@ pub mod geometry;
 mod info;
 mod open;
 pub mod parent_locator;
+pub(crate) mod reparent;
 
 use std::path::{Path, PathBuf};
 

@@ -18,6 +18,7 @@ pub mod log;
 pub mod metadata;
 mod open;
 pub mod parent_locator;
+mod reparent;
 pub mod region_table;
 pub mod sector_bitmap;
 mod structure;
