@@ -117,6 +117,7 @@
 pub mod convert;
 pub mod damage;
 pub mod keyfile;
+pub mod chain_check;
 pub mod reparent;
 pub mod report;
 pub mod size;

@@ -57,9 +57,9 @@ pub fn set(image: &Path, reset_id: bool, physical: Option<u32>, force: bool) -> 
 
 /// `vhdkit check --chain`.
 pub fn check_chain(json: bool, image: &Path, parent: &ParentArgs) -> Outcome {
-    let _ = (json, image, parent);
-    Err(fail1(Error::new(
-        vhdkit::ErrorKind::Unsupported,
-        "check --chain is not built yet",
-    )))
+    parent.warn_force_share(&[image]);
+    let opts = parent.options();
+    let r = vhdkit::chain_check::check_chain(image, &opts).map_err(fail1)?;
+    super::output::emit(json, &r, |r, w| r.write_text(w))?;
+    Ok(r.exit_code() as u8)
 }
