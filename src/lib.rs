@@ -119,6 +119,7 @@ pub mod damage;
 pub mod keyfile;
 pub mod chain_check;
 pub mod reparent;
+pub mod set_identity;
 pub mod report;
 pub mod size;
 pub mod unstable;

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use vhdkit::Error;
 use vhdkit::reparent::{self, SetParentOptions};
+use vhdkit::set_identity::{self, SetOptions};
 
 use super::args::ParentArgs;
 use super::{Outcome, fail1};
@@ -48,11 +49,29 @@ pub fn rebase(child: &Path, new_base: &Path) -> Outcome {
 
 /// `vhdkit set`.
 pub fn set(image: &Path, reset_id: bool, physical: Option<u32>, force: bool) -> Outcome {
-    let _ = (image, reset_id, physical, force);
-    Err(fail1(Error::new(
-        vhdkit::ErrorKind::Unsupported,
-        "set is not built yet",
-    )))
+    let opts = SetOptions {
+        reset_id,
+        physical_sector_size: physical,
+        force,
+    };
+    let out = set_identity::set(image, &opts).map_err(fail1)?;
+    if let Some(id) = out.new_id {
+        println!("{}: new disk id {id}", image.display());
+    }
+    if let Some(n) = physical {
+        if out.sector_size_changed {
+            println!("{}: physical sector size set to {n}", image.display());
+        } else {
+            println!("{}: physical sector size is already {n}", image.display());
+        }
+    }
+    for c in &out.orphaned {
+        eprintln!(
+            "vhdkit: warning: {} recorded the old id and no longer opens (--force)",
+            c.display()
+        );
+    }
+    Ok(0)
 }
 
 /// `vhdkit check --chain`.

@@ -155,4 +155,35 @@ impl VhdDisk {
         self.data_end = new_footer_off;
         Ok(true)
     }
+
+    /// Give the disk a new unique id: the footer at the end first (the one
+    /// `open` trusts), flushed, then the copy at offset 0 of a dynamic or
+    /// differencing disk. A crash between the two leaves the new id with a
+    /// stale copy (`open` warns, `check --repair` rewrites the copy).
+    pub(crate) fn reset_unique_id(&mut self) -> Result<Uuid> {
+        if self.footer_source != FooterSource::End {
+            return Err(Error::corrupt(
+                "VHD footer",
+                self.data_end,
+                "the footer at the end of the file is missing or damaged; run `check --repair` first",
+            ));
+        }
+        let id = Uuid::new_v4();
+        let mut f = self.footer.clone();
+        f.unique_id = *id.as_bytes();
+        f.checksum = f.compute_checksum();
+        let len = self.storage.len().map_err(io_err("VHD file", 0))?;
+        let end = len - FOOTER_SIZE as u64;
+        let s = self.storage.as_ref();
+        s.write_at(&f.to_bytes(), end)
+            .map_err(io_err("VHD footer", end))?;
+        s.flush().map_err(io_err("VHD footer", end))?;
+        if self.footer.vhd_type() != Some(VhdType::Fixed) {
+            s.write_at(&f.to_bytes(), 0)
+                .map_err(io_err("VHD footer copy", 0))?;
+            s.flush().map_err(io_err("VHD footer copy", 0))?;
+        }
+        self.footer = f;
+        Ok(id)
+    }
 }

@@ -178,10 +178,10 @@ impl VhdxDisk {
         self.log_metadata_region(&region)
     }
 
-    /// Give the disk a new identity: a new DataWriteGuid (what children
-    /// record) and a new virtual disk id (Page 83 data, through the log).
-    /// Returns the new DataWriteGuid.
-    pub(crate) fn reset_identity(&mut self) -> Result<Uuid> {
+    /// Give the virtual disk a new id (the Page 83 data, what
+    /// `Set-VHD -ResetDiskIdentifier` changes), through the log. The
+    /// DataWriteGuid, which children record, stays. Returns the new id.
+    pub(crate) fn reset_disk_id(&mut self) -> Result<Uuid> {
         let idx = self.item_index(metadata::PAGE_83_DATA).ok_or_else(|| {
             Error::corrupt(
                 "VHDX metadata table",
@@ -191,16 +191,9 @@ impl VhdxDisk {
         })?;
         let mut region = self.metadata_region_bytes()?;
         let at = self.s.metadata.entries[idx].offset as usize;
-        region[at..at + 16].copy_from_slice(&crate::guid::to_ms_bytes(Uuid::new_v4()));
-        self.log_metadata_region(&region)?;
-        let storage: &dyn Storage = &self.storage;
-        let mut h = self.s.header().clone();
         let id = Uuid::new_v4();
-        h.set_data_write_guid(id);
-        h.set_file_write_guid(Uuid::new_v4());
-        let slots = header::update(storage, &self.s.slots, self.s.current, &h)?;
-        self.s.current = header::current(&slots)?;
-        self.s.slots = slots;
+        region[at..at + 16].copy_from_slice(&crate::guid::to_ms_bytes(id));
+        self.log_metadata_region(&region)?;
         Ok(id)
     }
 }
