@@ -114,13 +114,13 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod chain_check;
 pub mod convert;
 pub mod damage;
 pub mod keyfile;
-pub mod chain_check;
 pub mod reparent;
-pub mod set_identity;
 pub mod report;
+pub mod set_identity;
 pub mod size;
 pub mod unstable;
 

@@ -24,8 +24,7 @@ use crate::report::Format;
 use crate::vhd::VhdDisk;
 use crate::vhdx::VhdxDisk;
 use crate::vhdx::parent_locator::{
-    KEY_ABSOLUTE_WIN32_PATH, KEY_PARENT_LINKAGE, KEY_RELATIVE_PATH, KEY_VOLUME_PATH,
-    ParentLocator,
+    KEY_ABSOLUTE_WIN32_PATH, KEY_PARENT_LINKAGE, KEY_RELATIVE_PATH, KEY_VOLUME_PATH, ParentLocator,
 };
 use crate::{OpenOptions, detect};
 
@@ -55,7 +54,11 @@ pub struct SetParentOutcome {
 
 /// Set the parent of the differencing image at `child` to `parent` (see
 /// the module comment). The child is opened for writing (and locked).
-pub fn set_parent(child: &Path, parent: &Path, opts: &SetParentOptions) -> Result<SetParentOutcome> {
+pub fn set_parent(
+    child: &Path,
+    parent: &Path,
+    opts: &SetParentOptions,
+) -> Result<SetParentOutcome> {
     let storage = crate::open_file(child, true, false)?;
     set_parent_in(Box::new(storage), child, parent, opts).map_err(|e| e.with_path(child))
 }
@@ -241,4 +244,117 @@ fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// Piece of the disk compared and copied at a time.
+const REBASE_PIECE: u64 = 1 << 20;
+/// Unit of comparison: a range that differs is copied in whole units.
+const REBASE_UNIT: usize = 4096;
+
+/// What `rebase` did.
+#[derive(Debug, Clone)]
+pub struct RebaseOutcome {
+    /// Bytes copied from the old chain into the child.
+    pub copied: u64,
+    /// The parent record written at the end.
+    pub set_parent: SetParentOutcome,
+}
+
+/// Put the differencing image at `child` over `new_base`, keeping what it
+/// reads (`qemu-img rebase` in safe mode): wherever the child reads from
+/// its parent and the old chain's content differs from `new_base`'s, the
+/// old content is written into the child; then the child records
+/// `new_base` as its parent, taking its identity. A crash before the end
+/// leaves the child over its old parent reading as before (it only gained
+/// data equal to what it read); running again completes it.
+pub fn rebase(child: &Path, new_base: &Path) -> Result<RebaseOutcome> {
+    let base_canon = std::fs::canonicalize(new_base)
+        .map_err(|e| crate::io::io_err("new base image", 0)(e).with_path(new_base))?;
+    let chain = Chain::default().enter(child)?;
+    let base = crate::chain::open_path(&base_canon, &OpenOptions::default(), &chain)?;
+    let rw = OpenOptions {
+        writable: true,
+        ..OpenOptions::default()
+    };
+    let mut disk = crate::open(child, &rw)?;
+    let (cf, bf) = (disk.info().format, base.info().format);
+    if cf != bf || !matches!(cf, Format::Vhd | Format::Vhdx) {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "a differencing {} can only be rebased onto a {} image; {} is {}",
+                cf.as_str(),
+                cf.as_str(),
+                base_canon.display(),
+                bf.as_str()
+            ),
+        )
+        .with_path(child));
+    }
+    if disk.parent_link_id().is_none() || disk.info().parent.is_none() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "not a differencing image: it has no parent to replace",
+        )
+        .with_path(child));
+    }
+    let size = disk.virtual_size();
+    if base.virtual_size() != size {
+        return Err(Error::new(
+            ErrorKind::ParentMismatch,
+            format!(
+                "{} has a virtual size of {}, the child has {}; a differencing image and its \
+                 parent must be the same size",
+                base_canon.display(),
+                crate::report::human_size(base.virtual_size()),
+                crate::report::human_size(size)
+            ),
+        )
+        .with_path(child));
+    }
+    let from_parent: Vec<(u64, u64)> = disk
+        .map(0, size)?
+        .into_iter()
+        .filter(|e| e.kind == crate::disk::ExtentKind::Parent)
+        .map(|e| (e.start, e.start + e.length))
+        .collect();
+    let mut copied = 0u64;
+    let mut old = vec![0u8; REBASE_PIECE as usize];
+    let mut new = vec![0u8; REBASE_PIECE as usize];
+    for &(start, end) in &from_parent {
+        let mut pos = start - start % REBASE_UNIT as u64;
+        while pos < end {
+            let n = (REBASE_PIECE - pos % REBASE_PIECE)
+                .min(end.next_multiple_of(REBASE_UNIT as u64).min(size) - pos)
+                as usize;
+            disk.read_at(&mut old[..n], pos)?;
+            base.read_at(&mut new[..n], pos)?;
+            let mut i = 0;
+            while i < n {
+                let u = REBASE_UNIT.min(n - i);
+                if old[i..i + u] == new[i..i + u] {
+                    i += u;
+                    continue;
+                }
+                // A run of differing units, written at once.
+                let s = i;
+                while i < n
+                    && old[i..i + REBASE_UNIT.min(n - i)] != new[i..i + REBASE_UNIT.min(n - i)]
+                {
+                    i += REBASE_UNIT.min(n - i);
+                }
+                disk.write_at(&old[s..i], pos + s as u64)?;
+                copied += (i - s) as u64;
+            }
+            pos += n as u64;
+        }
+    }
+    disk.close()?;
+    drop(disk);
+    drop(base);
+    let set = set_parent(child, &base_canon, &SetParentOptions { ignore_id: true })?;
+    Ok(RebaseOutcome {
+        copied,
+        set_parent: set,
+    })
 }

@@ -128,10 +128,7 @@ pub fn set_in(
         other => {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                format!(
-                    "set applies to VHD and VHDX images, not {}",
-                    other.as_str()
-                ),
+                format!("set applies to VHD and VHDX images, not {}", other.as_str()),
             ));
         }
     }

@@ -18,7 +18,16 @@ fn a_vhd_parent_with_children_keeps_its_id_unless_forced() {
     let dir = tempfile::tempdir().unwrap();
     let (p, c) = (dir.path().join("p.vhd"), dir.path().join("c.vhd"));
     vhdkit_ok(["create", s(&p), "4M"]);
-    vhdkit_ok(["write", s(&p), "--offset", "0", "--pattern", "7", "--length", "65536"]);
+    vhdkit_ok([
+        "write",
+        s(&p),
+        "--offset",
+        "0",
+        "--pattern",
+        "7",
+        "--length",
+        "65536",
+    ]);
     vhdkit_ok(["create", "--parent", s(&p), s(&c)]);
     let before = file_sha256(&p);
     let err = vhdkit_fails(Some(1), &["set", s(&p), "--reset-id"]);
@@ -52,7 +61,16 @@ fn vhdx_disk_id_and_sector_size_change_and_children_keep_opening() {
     let dir = tempfile::tempdir().unwrap();
     let (p, c) = (dir.path().join("p.vhdx"), dir.path().join("c.vhdx"));
     vhdkit_ok(["create", s(&p), "4M"]);
-    vhdkit_ok(["write", s(&p), "--offset", "512", "--pattern", "9", "--length", "4096"]);
+    vhdkit_ok([
+        "write",
+        s(&p),
+        "--offset",
+        "512",
+        "--pattern",
+        "9",
+        "--length",
+        "4096",
+    ]);
     vhdkit_ok(["create", "--parent", s(&p), s(&c)]);
     let content = read_image(&p);
     let old = info_json(&p)["disk_id"].clone();
@@ -62,7 +80,11 @@ fn vhdx_disk_id_and_sector_size_change_and_children_keep_opening() {
     assert_ne!(v["disk_id"], old);
     assert_eq!(v["physical_sector_size"], 512);
     assert_eq!(vhdkit_run(&["check", s(&p)]).0, 0);
-    assert_eq!(vhdkit_run(&["check", s(&c)]).0, 0, "the child keeps its link");
+    assert_eq!(
+        vhdkit_run(&["check", s(&c)]).0,
+        0,
+        "the child keeps its link"
+    );
     assert!(read_image(&c) == content);
     let err = vhdkit_fails(Some(1), &["set", s(&p), "--physical-sector-size", "1024"]);
     assert!(err.contains("512 or 4096"), "{err}");
@@ -79,7 +101,16 @@ fn vhdx_sector_size_survives_a_crash_anywhere() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("p.vhdx");
     vhdkit_ok(["create", s(&p), "4M"]);
-    vhdkit_ok(["write", s(&p), "--offset", "0", "--pattern", "5", "--length", "8192"]);
+    vhdkit_ok([
+        "write",
+        s(&p),
+        "--offset",
+        "0",
+        "--pattern",
+        "5",
+        "--length",
+        "8192",
+    ]);
     let content = read_image(&p);
     let image = std::fs::read(&p).unwrap();
     let opts = SetOptions {
@@ -98,8 +129,8 @@ fn vhdx_sector_size_survives_a_crash_anywhere() {
             let ctx = format!("{mode:?} crash at op {n}");
             let here = dir.path().join("crashed.vhdx");
             std::fs::write(&here, fs.durable()).unwrap();
-            let d = vhdkit::open(&here, &OpenOptions::new())
-                .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            let d =
+                vhdkit::open(&here, &OpenOptions::new()).unwrap_or_else(|e| panic!("{ctx}: {e}"));
             match d.physical_sector_size() {
                 4096 => old += 1,
                 512 => new += 1,

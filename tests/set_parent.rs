@@ -69,7 +69,11 @@ fn moved_parent(ext: &str) {
     std::fs::create_dir_all(&b).unwrap();
     let moved = b.join(base.file_name().unwrap());
     std::fs::rename(&base, &moved).unwrap();
-    assert_eq!(check_code(&child), 1, "the parent is missing before set-parent");
+    assert_eq!(
+        check_code(&child),
+        1,
+        "the parent is missing before set-parent"
+    );
     vhdkit_ok(["set-parent", s(&child), s(&moved)]);
     assert_eq!(check_code(&child), 0);
     assert_eq!(parent_path(&child), std::fs::canonicalize(&moved).unwrap());
@@ -208,7 +212,10 @@ fn crash(ext: &str) {
         }
     }
     assert!(states >= 10, "only {states} crash points");
-    assert!(saw_old && saw_new, "crashes left old ({saw_old}) and new ({saw_new}) records");
+    assert!(
+        saw_old && saw_new,
+        "crashes left old ({saw_old}) and new ({saw_new}) records"
+    );
 }
 
 #[test]

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use vhdkit::Error;
 use vhdkit::reparent::{self, SetParentOptions};
 use vhdkit::set_identity::{self, SetOptions};
 
@@ -12,7 +11,8 @@ use super::{Outcome, fail1};
 
 /// `vhdkit set-parent`.
 pub fn set_parent(child: &Path, parent: &Path, ignore_id: bool) -> Outcome {
-    let out = reparent::set_parent(child, parent, &SetParentOptions { ignore_id }).map_err(fail1)?;
+    let out =
+        reparent::set_parent(child, parent, &SetParentOptions { ignore_id }).map_err(fail1)?;
     if !out.changed {
         println!(
             "{}: already records {} as its parent; nothing to do",
@@ -40,11 +40,14 @@ pub fn set_parent(child: &Path, parent: &Path, ignore_id: bool) -> Outcome {
 
 /// `vhdkit rebase`.
 pub fn rebase(child: &Path, new_base: &Path) -> Outcome {
-    let _ = (child, new_base);
-    Err(fail1(Error::new(
-        vhdkit::ErrorKind::Unsupported,
-        "rebase is not built yet",
-    )))
+    let out = reparent::rebase(child, new_base).map_err(fail1)?;
+    println!(
+        "{}: rebased onto {} ({} bytes copied from the old chain)",
+        child.display(),
+        out.set_parent.parent.display(),
+        out.copied
+    );
+    Ok(0)
 }
 
 /// `vhdkit set`.

@@ -21,12 +21,12 @@
 
 use uuid::Uuid;
 
+use super::FooterSource;
 use super::VhdDisk;
 use super::dynamic_header::LOCATOR_COUNT;
 use super::footer::{FOOTER_SIZE, VhdType};
 use super::geometry::SECTOR;
 use super::parent_locator::ParentLocatorEntry;
-use super::FooterSource;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fixed::FixedStruct;
 use crate::io::io_err;

@@ -120,7 +120,9 @@ impl VhdxDisk {
         let new_len = u32::try_from(item.len())
             .ok()
             .filter(|&l| l <= metadata::MAX_ITEM_LENGTH)
-            .ok_or_else(|| Error::invalid_argument("the new parent locator is longer than 1 MiB"))?;
+            .ok_or_else(|| {
+                Error::invalid_argument("the new parent locator is longer than 1 MiB")
+            })?;
         let offset = if new_len <= e.length {
             e.offset
         } else {
