@@ -329,6 +329,9 @@ pub struct ConvertArgs {
     /// created, truncated or renamed; an interrupted write cannot be undone).
     #[arg(long, conflicts_with_all = ["force", "base", "disk_type", "block_size"])]
     pub device: bool,
+    /// Make a cloud-ready fixed VHD (Azure, AWS import): size rounded up to a whole MiB.
+    #[arg(long, conflicts_with_all = ["device", "base", "disk_type", "block_size"])]
+    pub cloud: bool,
     /// Sync DST to stable storage before renaming it into place.
     #[arg(long)]
     pub sync: bool,

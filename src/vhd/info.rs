@@ -98,11 +98,27 @@ impl VhdDisk {
             bitmap_size: s.bitmap_size,
             total: f.current_size.div_ceil(s.block_size),
         });
+        let cloud_problems = super::cloud::cloud_problems(f, self.footer_source, file_size);
+        let mut warnings: Vec<_> = self
+            .warnings
+            .iter()
+            .cloned()
+            .chain(self.parent.iter().flat_map(Parent::warnings))
+            .collect();
+        // Only a fixed VHD is meant for the cloud; the others just say so.
+        if kind == VhdType::Fixed && !cloud_problems.is_empty() {
+            warnings.push(crate::report::Warning::new(
+                crate::report::WarningKind::NotCloudReady,
+                format!("not cloud ready: {}", cloud_problems.join("; ")),
+            ));
+        }
         let details = VhdDetails {
             blocks,
             dynamic_header,
             footer,
             footer_copy_ok: (kind != VhdType::Fixed).then_some(self.copy_ok),
+            cloud_ready: cloud_problems.is_empty(),
+            cloud_problems,
         };
         ImageInfo {
             format: Format::Vhd,
@@ -121,12 +137,7 @@ impl VhdDisk {
             allocated_bytes: allocated,
             data_write_id: None,
             parent: self.parent.as_ref().map(Parent::info),
-            warnings: self
-                .warnings
-                .iter()
-                .cloned()
-                .chain(self.parent.iter().flat_map(Parent::warnings))
-                .collect(),
+            warnings,
             details: FormatDetails::Vhd(Box::new(details)),
         }
     }

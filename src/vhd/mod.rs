@@ -9,6 +9,7 @@
 pub mod bat;
 mod blocks;
 pub mod check;
+pub mod cloud;
 pub mod create;
 pub mod dynamic_header;
 pub mod footer;
