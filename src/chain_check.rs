@@ -254,13 +254,12 @@ pub fn check_chain(image: &Path, opts: &OpenOptions) -> Result<ChainReport> {
                         error: e.to_string(),
                     });
                 }
-                Ok((l, s)) if l.id != Some(sp.expected_id) => {
+                Ok((l, _)) if l.id != Some(sp.expected_id) => {
                     first_problem.get_or_insert(Break::IdMismatch {
                         path: p.clone(),
                         expected: sp.expected_id,
                         found: l.id,
                     });
-                    let _ = s;
                 }
                 Ok((l, _)) if l.virtual_size != child.virtual_size => {
                     first_problem.get_or_insert(Break::SizeMismatch {

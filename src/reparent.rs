@@ -115,7 +115,8 @@ pub fn set_parent_in(
                     ]
                     .contains(&k.as_str());
                     let linkage = k.starts_with(KEY_PARENT_LINKAGE);
-                    if !path_key && !(linkage && link.replaced.is_some()) {
+                    let stale_linkage = linkage && link.replaced.is_some();
+                    if !path_key && !stale_linkage {
                         loc.entries.push((k.clone(), v.clone()));
                     }
                 }
