@@ -1,8 +1,8 @@
 //! `convert --cloud` (issue 14, point 7): a fixed VHD whose virtual size
 //! is rounded up to a whole MiB, with the footer right after the data;
 //! qemu-img reads the content (padded with zeros) and sees that size;
-//! `info` says `cloud_ready` and, for a fixed VHD that is not, warns
-//! naming what is wrong.
+//! `info` says `cloud_ready` and lists what keeps an image from being
+//! ready (`cloud_problems`).
 
 mod common;
 
@@ -61,7 +61,7 @@ fn convert_cloud_makes_a_mib_aligned_fixed_vhd() {
 }
 
 #[test]
-fn info_warns_about_a_fixed_vhd_that_is_not_cloud_ready() {
+fn info_names_what_keeps_a_fixed_vhd_from_being_cloud_ready() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.raw");
     write_raw(&src, &vec![1u8; 3 * MIB - 512]);
@@ -69,13 +69,15 @@ fn info_warns_about_a_fixed_vhd_that_is_not_cloud_ready() {
     vhdkit_ok(["convert", "-t", "fixed", s(&src), s(&dst)]);
     let v = info_json(&dst);
     assert_eq!(v["vhd"]["cloud_ready"], false);
-    let w = v["warnings"].to_string();
-    assert!(
-        w.contains("not cloud ready") && w.contains("whole number of MiB"),
-        "{w}"
-    );
+    let w = v["vhd"]["cloud_problems"].to_string();
+    assert!(w.contains("whole number of MiB"), "{w}");
+    // Not a warning about the image's health: nothing else flags it.
+    assert!(v["warnings"].as_array().unwrap().is_empty(), "{v}");
     let text = vhdkit_stdout(&["info", s(&dst)]);
-    assert!(text.contains("not cloud ready"), "{text}");
+    assert!(
+        text.contains("cloud_ready") && text.contains("whole number of MiB"),
+        "{text}"
+    );
     // A fixed VHD of a whole number of MiB is ready as it is.
     let fixed = dir.path().join("ok.vhd");
     write_raw(&src, &vec![1u8; 2 * MIB]);

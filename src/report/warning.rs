@@ -48,9 +48,6 @@ pub enum WarningKind {
     /// A parent (or a parent's parent) is not the one the child records,
     /// and the child is read anyway, as the caller asked.
     ParentMismatchIgnored,
-    /// A fixed VHD is not what cloud import services take (its size is not
-    /// a whole number of MiB, say).
-    NotCloudReady,
 }
 
 impl WarningKind {

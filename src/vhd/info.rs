@@ -99,19 +99,12 @@ impl VhdDisk {
             total: f.current_size.div_ceil(s.block_size),
         });
         let cloud_problems = super::cloud::cloud_problems(f, self.footer_source, file_size);
-        let mut warnings: Vec<_> = self
+        let warnings: Vec<_> = self
             .warnings
             .iter()
             .cloned()
             .chain(self.parent.iter().flat_map(Parent::warnings))
             .collect();
-        // Only a fixed VHD is meant for the cloud; the others just say so.
-        if kind == VhdType::Fixed && !cloud_problems.is_empty() {
-            warnings.push(crate::report::Warning::new(
-                crate::report::WarningKind::NotCloudReady,
-                format!("not cloud ready: {}", cloud_problems.join("; ")),
-            ));
-        }
         let details = VhdDetails {
             blocks,
             dynamic_header,
