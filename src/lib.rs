@@ -115,10 +115,13 @@
 #![warn(missing_docs)]
 
 pub mod compact;
+pub mod chain_check;
 pub mod convert;
 pub mod damage;
 pub mod keyfile;
+pub mod reparent;
 pub mod report;
+pub mod set_identity;
 pub mod size;
 pub mod unstable;
 

@@ -148,6 +148,9 @@ pub enum Command {
         /// Fix what can be fixed safely (checksums, footer copies).
         #[arg(long)]
         repair: bool,
+        /// Open and check every link of the parent chain, naming the link where it breaks.
+        #[arg(long, conflicts_with = "repair")]
+        chain: bool,
         /// The image file to check.
         image: PathBuf,
         #[command(flatten)]
@@ -243,6 +246,37 @@ pub enum Command {
         #[arg(short = 'q', long)]
         quiet: bool,
     },
+    /// Record a new place for a differencing image's parent (after it moved).
+    SetParent {
+        /// The differencing image.
+        child: PathBuf,
+        /// The parent at its new place.
+        parent: PathBuf,
+        /// Take the new parent's id into the child instead of requiring the recorded one.
+        #[arg(long)]
+        ignore_id: bool,
+    },
+    /// Put a differencing image over another base, keeping its content.
+    Rebase {
+        /// The differencing image.
+        child: PathBuf,
+        /// The new base image.
+        new_base: PathBuf,
+    },
+    /// Change an image's identity or physical sector size.
+    Set {
+        /// The image.
+        image: PathBuf,
+        /// Give the image a new unique id.
+        #[arg(long, conflicts_with = "physical_sector_size")]
+        reset_id: bool,
+        /// The physical sector size to record (VHDX only).
+        #[arg(long, value_name = "512|4096", required_unless_present = "reset_id")]
+        physical_sector_size: Option<u32>,
+        /// Reset the id even while differencing images beside it record the old one.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 // The arguments of `create` (no doc comment: clap would show it in place
@@ -297,6 +331,9 @@ pub struct ConvertArgs {
     /// created, truncated or renamed; an interrupted write cannot be undone).
     #[arg(long, conflicts_with_all = ["force", "base", "disk_type", "block_size"])]
     pub device: bool,
+    /// Make a cloud-ready fixed VHD (Azure, AWS import): size rounded up to a whole MiB.
+    #[arg(long, conflicts_with_all = ["device", "base", "disk_type", "block_size"])]
+    pub cloud: bool,
     /// Sync DST to stable storage before renaming it into place.
     #[arg(long)]
     pub sync: bool,

@@ -10,6 +10,7 @@ mod evhd;
 mod image;
 mod inspect;
 mod keys;
+mod lifecycle;
 mod open;
 mod output;
 mod signals;
@@ -197,9 +198,17 @@ fn run(cmd: Command) -> Outcome {
         } => inspect::info(json, &image, &parent),
         Command::Check {
             json,
+            chain: true,
+            image,
+            parent,
+            ..
+        } => lifecycle::check_chain(json, &image, &parent),
+        Command::Check {
+            json,
             repair,
             image,
             parent,
+            ..
         } => inspect::check(json, repair, &image, &parent),
         Command::Map {
             json,
@@ -238,5 +247,17 @@ fn run(cmd: Command) -> Outcome {
             trust,
             quiet,
         } => evhd::rekey(&image, key, trust, quiet),
+        Command::SetParent {
+            child,
+            parent,
+            ignore_id,
+        } => lifecycle::set_parent(&child, &parent, ignore_id),
+        Command::Rebase { child, new_base } => lifecycle::rebase(&child, &new_base),
+        Command::Set {
+            image,
+            reset_id,
+            physical_sector_size,
+            force,
+        } => lifecycle::set(&image, reset_id, physical_sector_size, force),
     }
 }

@@ -45,6 +45,22 @@ pub fn convert(a: ConvertArgs) -> Outcome {
         convert::stream_raw(source, &mut out, &mut tick).map_err(fail1)?;
     } else {
         refuse_same_file(src, dst).map_err(fail1)?;
+        if a.cloud {
+            let (spec, cloud_size) =
+                plan::cloud_spec(a.format.map(Format::from), size).map_err(fail1)?;
+            let out = convert::OutputOptions {
+                overwrite: a.force,
+                sync: a.sync,
+            };
+            convert::create_file(dst, &spec, cloud_size, out, |out| {
+                convert::copy_into(source, out, &mut tick)
+            })
+            .map_err(fail1)?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            return Ok(report_salvage(salvage.as_deref(), 0));
+        }
         let format = plan::conversion_format(a.format.map(Format::from), dst, &src_info)
             .map_err(|e| fail1(format_flag_hint(e, "-O/--output-format")))?;
         let request = plan::ConvertRequest {

@@ -85,6 +85,29 @@ pub fn conversion_format(
     }
 }
 
+/// `convert --cloud`: the output is a fixed VHD (refused when another
+/// format is asked for) whose virtual size, returned with the spec, is the
+/// source's `size` rounded up to a whole MiB, as cloud import services
+/// (Azure, AWS) need; the bytes added read as zeros.
+pub fn cloud_spec(requested: Option<Format>, size: u64) -> Result<(ImageSpec, u64)> {
+    if let Some(f) = requested.filter(|&f| f != Format::Vhd) {
+        return Err(Error::invalid_argument(format!(
+            "--cloud makes a fixed VHD, not {}",
+            f.as_str()
+        )));
+    }
+    let mut spec = ImageSpec::new(Format::Vhd);
+    spec.disk_type = DiskType::Fixed;
+    let rounded = crate::vhd::cloud::cloud_size(size);
+    if rounded > crate::vhd::MAX_VIRTUAL_SIZE {
+        return Err(Error::invalid_argument(format!(
+            "a fixed VHD holds at most {} bytes; the source rounded up to a MiB is {rounded}",
+            crate::vhd::MAX_VIRTUAL_SIZE
+        )));
+    }
+    Ok((spec, rounded))
+}
+
 /// The origin an EVHD source records (`None` for other sources).
 fn origin_of(source: &ImageInfo) -> Option<Origin> {
     Origin::from_info(source)

@@ -77,6 +77,12 @@ pub struct VhdDetails {
     /// Whether the footer copy at offset 0 matches (`None` for fixed disks,
     /// which have no copy).
     pub footer_copy_ok: Option<bool>,
+    /// Whether cloud import services (Azure, AWS) take the image as it is:
+    /// a fixed VHD of a whole number of MiB with a valid footer at the end.
+    pub cloud_ready: bool,
+    /// What keeps it from being cloud ready.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cloud_problems: Vec<String>,
 }
 
 /// The VHD footer's fields.

@@ -201,7 +201,7 @@ pub fn create(path: &Path, builder: VhdBuilder) -> Result<VhdDisk> {
 /// (UTF-8, RFC 2396), the one absolute locator for a path that is not a
 /// Windows one. Windows and Hyper-V find the parent through the relative
 /// W2ru locator written beside it.
-fn absolute_locator(abs: &Path) -> (u32, Vec<u8>) {
+pub(crate) fn absolute_locator(abs: &Path) -> (u32, Vec<u8>) {
     if cfg!(windows) {
         (PLATFORM_W2KU, to_utf16le(&abs.to_string_lossy()))
     } else {
@@ -210,7 +210,7 @@ fn absolute_locator(abs: &Path) -> (u32, Vec<u8>) {
 }
 
 /// Modification time of `p` as a VHD timestamp.
-fn file_timestamp(p: &Path) -> u32 {
+pub(crate) fn file_timestamp(p: &Path) -> u32 {
     std::fs::metadata(p)
         .and_then(|m| m.modified())
         .ok()

@@ -98,11 +98,20 @@ impl VhdDisk {
             bitmap_size: s.bitmap_size,
             total: f.current_size.div_ceil(s.block_size),
         });
+        let cloud_problems = super::cloud::cloud_problems(f, self.footer_source, file_size);
+        let warnings: Vec<_> = self
+            .warnings
+            .iter()
+            .cloned()
+            .chain(self.parent.iter().flat_map(Parent::warnings))
+            .collect();
         let details = VhdDetails {
             blocks,
             dynamic_header,
             footer,
             footer_copy_ok: (kind != VhdType::Fixed).then_some(self.copy_ok),
+            cloud_ready: cloud_problems.is_empty(),
+            cloud_problems,
         };
         ImageInfo {
             format: Format::Vhd,
@@ -121,12 +130,7 @@ impl VhdDisk {
             allocated_bytes: allocated,
             data_write_id: None,
             parent: self.parent.as_ref().map(Parent::info),
-            warnings: self
-                .warnings
-                .iter()
-                .cloned()
-                .chain(self.parent.iter().flat_map(Parent::warnings))
-                .collect(),
+            warnings,
             details: FormatDetails::Vhd(Box::new(details)),
         }
     }

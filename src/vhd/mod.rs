@@ -10,6 +10,7 @@ pub mod bat;
 mod blocks;
 pub mod check;
 mod compact;
+pub mod cloud;
 pub mod create;
 pub mod dynamic_header;
 pub mod footer;
@@ -17,6 +18,7 @@ pub mod geometry;
 mod info;
 mod open;
 pub mod parent_locator;
+pub(crate) mod reparent;
 
 use std::path::{Path, PathBuf};
 

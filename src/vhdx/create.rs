@@ -355,7 +355,11 @@ impl VhdxBuilder {
 
 /// The locator of a child at `child` (if known) over the parent at
 /// `parent` (absolute) whose DataWriteGuid is `linkage`.
-fn parent_locator(linkage: Uuid, parent: &Path, child: Option<&Path>) -> Result<Vec<u8>> {
+pub(crate) fn parent_locator(
+    linkage: Uuid,
+    parent: &Path,
+    child: Option<&Path>,
+) -> Result<Vec<u8>> {
     let mut entries = vec![(KEY_PARENT_LINKAGE.to_string(), format!("{{{linkage}}}"))];
     let child_dir = child
         .and_then(Path::parent)

@@ -20,6 +20,7 @@ pub mod metadata;
 mod open;
 pub mod parent_locator;
 pub mod region_table;
+mod reparent;
 pub mod sector_bitmap;
 mod structure;
 mod write;

@@ -1,0 +1,115 @@
+//! `check --chain` (issue 14, point 6): every link is opened and checked;
+//! the report names the link where the chain breaks (missing file, id
+//! mismatch, size mismatch, loop) with its recorded locators; the exit
+//! status is `check`'s.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use vhdkit::{OpenOptions, VhdBuilder};
+
+/// base <- mid <- top in `dir`, VHD or VHDX.
+fn chain(dir: &Path, ext: &str) -> [PathBuf; 3] {
+    let [base, mid, top] = ["base", "mid", "top"].map(|n| dir.join(format!("{n}.{ext}")));
+    vhdkit_ok(["create", s(&base), "4M"]);
+    vhdkit_ok(["create", "--parent", s(&base), s(&mid)]);
+    vhdkit_ok(["create", "--parent", s(&mid), s(&top)]);
+    [base, mid, top]
+}
+
+fn chain_json(top: &Path) -> (i32, serde_json::Value) {
+    let (code, out, err) = vhdkit_run(&["check", "--chain", "--json", s(top)]);
+    let v = serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {err}"));
+    (code, v)
+}
+
+#[test]
+fn a_whole_chain_is_clean() {
+    for ext in ["vhd", "vhdx"] {
+        let dir = tempfile::tempdir().unwrap();
+        let [_, _, top] = chain(dir.path(), ext);
+        let (code, v) = chain_json(&top);
+        assert_eq!(code, 0, "{v}");
+        assert_eq!(v["links"].as_array().unwrap().len(), 3);
+        assert!(v["broken"].is_null());
+        let text = vhdkit_stdout(&["check", "--chain", s(&top)]);
+        assert!(text.contains("chain of 3 image(s) is complete"), "{text}");
+    }
+}
+
+#[test]
+fn a_missing_link_is_named_with_its_locators() {
+    for ext in ["vhd", "vhdx"] {
+        let dir = tempfile::tempdir().unwrap();
+        let [base, _, top] = chain(dir.path(), ext);
+        std::fs::remove_file(&base).unwrap();
+        let (code, v) = chain_json(&top);
+        assert_eq!(code, 1);
+        assert_eq!(v["broken"][0], 1, "{v}");
+        assert_eq!(v["broken"][1]["kind"], "missing");
+        let locs = v["links"][1]["locators"].to_string();
+        assert!(locs.contains("base"), "{locs}");
+        let (_, out, _) = vhdkit_run(&["check", "--chain", s(&top)]);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("chain breaks at link 1"), "{text}");
+        assert!(text.contains(&format!("base.{ext}")), "{text}");
+    }
+}
+
+#[test]
+fn another_image_at_the_parents_place_is_an_id_or_size_mismatch() {
+    for ext in ["vhd", "vhdx"] {
+        let dir = tempfile::tempdir().unwrap();
+        let [base, _, top] = chain(dir.path(), ext);
+        std::fs::remove_file(&base).unwrap();
+        vhdkit_ok(["create", s(&base), "4M"]);
+        let (code, v) = chain_json(&top);
+        assert_eq!(code, 1);
+        assert_eq!(v["broken"][1]["kind"], "id_mismatch", "{v}");
+        std::fs::remove_file(&base).unwrap();
+        vhdkit_ok(["create", s(&base), "8M"]);
+        let (code, v) = chain_json(&top);
+        assert_eq!(code, 1);
+        // The id differs too; the id is what is checked first.
+        assert_eq!(v["broken"][0], 1, "{v}");
+    }
+}
+
+#[test]
+fn a_size_mismatch_with_the_recorded_id_is_named() {
+    // A VHD parent keeps its unique id whatever is written: a fresh image
+    // of another size with the recorded id stands in for a resized parent.
+    let dir = tempfile::tempdir().unwrap();
+    let [base, mid, _] = chain(dir.path(), "vhd");
+    let id = open(&base).parent_link_id().unwrap();
+    std::fs::remove_file(&base).unwrap();
+    vhdkit::create_vhd(&base, VhdBuilder::new(8 << 20).unique_id(id)).unwrap();
+    let (code, v) = chain_json(&mid);
+    assert_eq!(code, 1);
+    assert_eq!(v["broken"][1]["kind"], "size_mismatch", "{v}");
+    assert_eq!(v["broken"][1]["parent_size"], 8 << 20);
+}
+
+#[test]
+fn a_loop_is_named() {
+    // base is replaced by an image with base's id whose parent is mid:
+    // mid -> base -> mid.
+    let dir = tempfile::tempdir().unwrap();
+    let [base, mid, _] = chain(dir.path(), "vhd");
+    let id = open(&base).parent_link_id().unwrap();
+    let fake = dir.path().join("fake.vhd");
+    vhdkit::create_vhd(&fake, VhdBuilder::new(0).differencing(&mid).unique_id(id)).unwrap();
+    std::fs::rename(&fake, &base).unwrap();
+    // A loop is damage recorded in a file: `check` reports it as
+    // corruption (exit 2), like any recorded path back into the chain.
+    let (code, v) = chain_json(&mid);
+    assert_eq!(code, 2, "{v}");
+    assert_eq!(v["broken"][0], 1, "{v}");
+    assert_eq!(v["broken"][1]["kind"], "loop", "{v}");
+    // The library call gives the same.
+    let r = vhdkit::chain_check::check_chain(&mid, &OpenOptions::new()).unwrap();
+    assert_eq!(r.links.len(), 2);
+    assert_eq!(r.exit_code(), 2);
+}
