@@ -9,6 +9,7 @@ mod evhd;
 mod image;
 mod inspect;
 mod keys;
+mod merge;
 mod open;
 mod output;
 mod signals;
@@ -164,5 +165,6 @@ fn run(cmd: Command) -> Outcome {
             trust,
             quiet,
         } => evhd::rekey(&image, key, trust, quiet),
+        Command::Merge(a) => merge::merge(a),
     }
 }
