@@ -165,6 +165,9 @@ pub fn plan(child: &Path, opts: &MergeOptions) -> Result<MergePlan> {
     loop {
         let disk = crate::open(&cur, &open_opts)?;
         let info = disk.info();
+        if levels.is_empty() {
+            refuse_child(&cur, info.format, info.disk_type)?;
+        }
         if let Some(w) = info.warnings.first() {
             return Err(Error::new(
                 ErrorKind::NeedsRepair,
@@ -176,9 +179,6 @@ pub fn plan(child: &Path, opts: &MergeOptions) -> Result<MergePlan> {
             )
             .with_path(&cur)
             .with_hint(crate::Hint::Repair));
-        }
-        if levels.is_empty() {
-            refuse_child(&cur, info.format, info.disk_type)?;
         }
         size.get_or_insert(disk.virtual_size());
         levels.push(Level {
