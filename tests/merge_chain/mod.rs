@@ -63,11 +63,23 @@ fn create(kind: Kind, path: &Path, parent: Option<&Path>) -> vhdkit::Disk {
 
 /// Write random data (and, for differencing VHDX levels, a discard) into
 /// `disk`, applying it to `model`.
-fn fill(disk: &mut vhdkit::Disk, model: &mut [u8], r: &mut Rng, level: usize, base: bool) {
+fn fill(
+    disk: &mut vhdkit::Disk,
+    model: &mut [u8],
+    r: &mut Rng,
+    level: usize,
+    base: bool,
+    writes: usize,
+) {
     let sectors = SIZE / 512;
-    let writes = if base { 12 } else { 8 };
     for i in 0..writes {
-        let (off, len) = match (i + level) % 4 {
+        // Busy levels write small runs only, apart from one another.
+        let pick = if writes > 16 && !base {
+            0
+        } else {
+            (i + level) % 4
+        };
+        let (off, len) = match pick {
             // A few sectors: partially present blocks.
             0 => {
                 let len = (1 + r.below(24)) * 512;
@@ -110,8 +122,25 @@ pub fn build(dir: &Path, kind: Kind, levels: usize, seed: u64) -> Chain {
     build_named(dir, kind, levels, seed, "")
 }
 
+/// [`build`] with `writes` writes of a few sectors each into each level
+/// above the base: many small runs for the merge to copy.
+pub fn build_busy(dir: &Path, kind: Kind, levels: usize, seed: u64, writes: usize) -> Chain {
+    build_with(dir, kind, levels, seed, "", writes)
+}
+
 /// [`build`] with `prefix` before each level's name.
 pub fn build_named(dir: &Path, kind: Kind, levels: usize, seed: u64, prefix: &str) -> Chain {
+    build_with(dir, kind, levels, seed, prefix, 8)
+}
+
+fn build_with(
+    dir: &Path,
+    kind: Kind,
+    levels: usize,
+    seed: u64,
+    prefix: &str,
+    writes: usize,
+) -> Chain {
     let mut r = Rng::new(seed);
     let mut paths_up: Vec<PathBuf> = Vec::new();
     let mut views_up: Vec<Vec<u8>> = Vec::new();
@@ -125,7 +154,8 @@ pub fn build_named(dir: &Path, kind: Kind, levels: usize, seed: u64, prefix: &st
         };
         let path = dir.join(name);
         let mut disk = create(kind, &path, paths_up.last().map(PathBuf::as_path));
-        fill(&mut disk, &mut model, &mut r, level, level == 0);
+        let n = if level == 0 { 12 } else { writes };
+        fill(&mut disk, &mut model, &mut r, level, level == 0, n);
         disk.close().unwrap();
         paths_up.push(path);
         views_up.push(model.clone());
