@@ -133,6 +133,11 @@ pub struct MergePlan {
     /// level that record it as their parent: their content would change
     /// under them.
     pub siblings: Vec<PathBuf>,
+    /// Differencing images beside the child that record it as their
+    /// parent: removing the child after the merge would leave them without
+    /// one, so the merge refuses them unless the child is kept or the
+    /// merge is forced.
+    pub orphans: Vec<PathBuf>,
     /// Whether a folder held too many image files to look at them all for
     /// such children (see [`parent::MAX_CHILD_SCAN`]).
     pub scan_truncated: bool,
@@ -224,11 +229,20 @@ pub fn plan(child: &Path, opts: &MergeOptions) -> Result<MergePlan> {
         scan_truncated |= scan.truncated;
         siblings.extend(scan.children.into_iter().filter(|p| canonical(p) != below));
     }
+    let orphans = match levels[0].link_id {
+        Some(id) => {
+            let scan = parent::children_beside(&levels[0].path, id);
+            scan_truncated |= scan.truncated;
+            scan.children
+        }
+        None => Vec::new(),
+    };
     levels.truncate(target);
     Ok(MergePlan {
         merged: levels,
         ancestor,
         siblings,
+        orphans,
         scan_truncated,
         virtual_size: size.unwrap_or(0),
     })
@@ -245,8 +259,8 @@ pub fn merge(
     progress: &mut dyn FnMut(u64),
 ) -> Result<MergeReport> {
     let plan = plan(child, opts)?;
-    if !plan.siblings.is_empty() && !opts.force {
-        return Err(siblings_error(&plan));
+    if let Some(e) = refusal(&plan, opts) {
+        return Err(e);
     }
     let path = &plan.ancestor.path;
     let storage = crate::open_file(path, true, false)?;
@@ -289,24 +303,41 @@ pub fn merge(
     })
 }
 
-/// The refusal of a merge that would change what other children read.
-pub fn siblings_error(plan: &MergePlan) -> Error {
-    let names: Vec<String> = plan
-        .siblings
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    Error::new(
-        ErrorKind::InvalidArgument,
+/// Why `plan` must not be carried out with `opts`, if it must not: other
+/// children would read changed data ([`MergePlan::siblings`]), or the
+/// child's own children would lose their parent ([`MergePlan::orphans`],
+/// unless the child is kept); either unless forced.
+pub fn refusal(plan: &MergePlan, opts: &MergeOptions) -> Option<Error> {
+    if opts.force {
+        return None;
+    }
+    let names = |v: &[PathBuf]| {
+        v.iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let child = plan.merged[0].path.display();
+    let text = if !plan.siblings.is_empty() {
         format!(
-            "merging {} into {} would change the content of other differencing images that \
-             depend on it: {} (they would no longer be valid); nothing was changed (the merge \
-             can be forced)",
-            plan.merged[0].path.display(),
+            "merging {child} into {} would change the content of other differencing images \
+             that depend on it: {} (they would no longer be valid)",
             plan.ancestor.path.display(),
-            names.join(", ")
-        ),
-    )
+            names(&plan.siblings)
+        )
+    } else if !plan.orphans.is_empty() && !opts.keep {
+        format!(
+            "{child} is the parent of {}, which would be left without a parent when the merged \
+             image is removed (it can be kept)",
+            names(&plan.orphans)
+        )
+    } else {
+        return None;
+    };
+    Some(Error::new(
+        ErrorKind::InvalidArgument,
+        format!("{text}; nothing was changed (the merge can be forced)"),
+    ))
 }
 
 /// Write the data of `plan`'s merged levels into the ancestor held in

@@ -260,6 +260,32 @@ fn another_child_of_an_intermediate_level_is_refused() {
 }
 
 #[test]
+fn a_child_with_children_of_its_own_is_kept_or_refused() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let c = build(dir.path(), kind, 2, 15);
+        let (child, base) = (&c.paths[0], &c.paths[1]);
+        let grandchild = dir.path().join(format!("g.{}", kind.ext(true)));
+        sibling(kind, &grandchild, child);
+        let g_view = vhdkit_view(&grandchild);
+        let before = hashes(dir.path());
+        let e = merge::merge(child, &MergeOptions::new(), &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("g."), "{e}");
+        assert_eq!(hashes(dir.path()), before, "{kind:?}: nothing changed");
+        let (code, _, err) = vhdkit_run(&["merge", s(child)]);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains(s(&grandchild)) && err.contains("--keep"),
+            "{err}"
+        );
+        // Kept, the child reads as before, and so does its own child.
+        merge_ok(child, &MergeOptions::new().keep(true));
+        assert_content(kind, &[base], &c.views[0]);
+        assert!(vhdkit_view(&grandchild) == g_view, "{kind:?}");
+    }
+}
+
+#[test]
 fn forced_merge_breaks_the_other_vhdx_child_detectably() {
     for kind in KINDS {
         let dir = tempfile::tempdir().unwrap();

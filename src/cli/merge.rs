@@ -24,19 +24,24 @@ pub fn merge(a: MergeArgs) -> Outcome {
             vhdkit::unstable::parent::MAX_CHILD_SCAN
         );
     }
-    if !plan.siblings.is_empty() {
-        if !a.force {
-            let e = merge::siblings_error(&plan);
-            return Err(fail1(e.with_note(" (--force merges anyway)")));
-        }
-        let names: Vec<String> = plan
-            .siblings
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
+    if let Some(e) = merge::refusal(&plan, &opts) {
+        let note = if plan.siblings.is_empty() {
+            " (--keep keeps it for them; --force merges anyway)"
+        } else {
+            " (--force merges anyway)"
+        };
+        return Err(fail1(e.with_note(note)));
+    }
+    let hit: Vec<String> = plan
+        .siblings
+        .iter()
+        .chain(plan.orphans.iter().filter(|_| !a.keep))
+        .map(|p| p.display().to_string())
+        .collect();
+    if !hit.is_empty() {
         eprintln!(
             "vhdkit: warning: merging although {} depend on what changes; they are no longer valid",
-            names.join(", ")
+            hit.join(", ")
         );
     }
     let report = merge::merge(&a.child, &opts, &mut |_| {}).map_err(fail1)?;
