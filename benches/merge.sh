@@ -4,7 +4,9 @@
 # image, run alternately (merge, copy, merge, copy, ...) on tmpfs so that
 # a machine whose speed drifts slows both alike. Prints per baseline the
 # median of the per-pair ratios copy time / merge time (above 1: merge is
-# faster) and their range, and the median times.
+# faster) and their range, and the median times: wall-clock time, and CPU
+# time (user + system, from /usr/bin/time), which a machine busy with
+# other work disturbs less.
 #
 #   benches/merge.sh
 #
@@ -28,14 +30,10 @@ mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 
-now() { date +%s.%N; }
-# Seconds `$@` takes.
+# Seconds `$@` takes, wall-clock and CPU: "WALL CPU".
 timed() {
-  local t0 t1
-  t0=$(now)
-  "$@" >/dev/null
-  t1=$(now)
-  awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }'
+  /usr/bin/time -f '%e %U %S' -o time.out "$@" >/dev/null
+  awk '{ print $1, $2 + $3 }' time.out
 }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 range() { sort -g | awk 'NR==1{lo=$1} {hi=$1} END {printf "%.2f-%.2f", lo, hi}'; }
@@ -68,11 +66,16 @@ for i in $(seq "$pairs"); do
 done
 
 report() {
-  local name=$1 file=$2
-  paste "$file" merge.t | awk '{print $1 / $2}' >ratio.t
-  printf '%-34s ratio %s (range %s); median %s s vs merge %s s\n' \
-    "$name / merge:" "$(median <ratio.t | xargs printf '%.2f')" "$(range <ratio.t)" \
-    "$(median <"$file" | xargs printf '%.2f')" "$(median <merge.t | xargs printf '%.2f')"
+  local name=$1 file=$2 col what
+  for col in 1 2; do
+    what=$([ "$col" = 1 ] && echo wall || echo cpu)
+    paste "$file" merge.t | awk -v c="$col" '{ print $c / $(c + 2) }' >ratio.t
+    cut -d' ' -f"$col" "$file" >a.t
+    cut -d' ' -f"$col" merge.t >b.t
+    printf '%-30s %-4s ratio %s (range %s); median %s s vs merge %s s\n' \
+      "$name / merge:" "$what" "$(median <ratio.t | xargs printf '%.2f')" "$(range <ratio.t)" \
+      "$(median <a.t | xargs printf '%.2f')" "$(median <b.t | xargs printf '%.2f')"
+  done
 }
 echo "$pairs pairs, 1 GiB child into a 2 GiB parent (dynamic VHDX, 32 MiB blocks), tmpfs"
 report "qemu-img convert (flat copy)" qemu.t

@@ -168,7 +168,18 @@ pub fn plan(child: &Path, opts: &MergeOptions) -> Result<MergePlan> {
     let mut size = None;
     let mut cur = child.to_path_buf();
     loop {
-        let disk = crate::open(&cur, &open_opts)?;
+        let disk = crate::open(&cur, &open_opts).map_err(|e| {
+            // Reading a mismatched parent anyway is no way to merge: the
+            // merged data would land on content it was not made over.
+            if e.kind() == ErrorKind::ParentMismatch {
+                Error::new(
+                    ErrorKind::ParentMismatch,
+                    format!("{e}; a chain whose parent is not the recorded one cannot be merged"),
+                )
+            } else {
+                e
+            }
+        })?;
         let info = disk.info();
         if levels.is_empty() {
             refuse_child(&cur, info.format, info.disk_type)?;
@@ -249,10 +260,7 @@ pub fn plan(child: &Path, opts: &MergeOptions) -> Result<MergePlan> {
 }
 
 /// Merge `child` into its parent, or into `opts.into`: [`plan`], refuse
-/// other children unless forced, [`copy`] into the ancestor's file, then
-/// remove the merged images (unless kept) and renew the ancestor's
-/// identity where other images would otherwise read it inconsistently
-/// (see the module's documentation).
+/// it if [`refusal`] says so, then [`execute`].
 pub fn merge(
     child: &Path,
     opts: &MergeOptions,
@@ -262,6 +270,19 @@ pub fn merge(
     if let Some(e) = refusal(&plan, opts) {
         return Err(e);
     }
+    execute(plan, opts, progress)
+}
+
+/// Carry out `plan` (from [`plan`], checked by the caller with
+/// [`refusal`]): [`copy`] into the ancestor's file, then remove the merged
+/// images (unless kept) and renew the ancestor's identity where other
+/// images would otherwise read it inconsistently (see the module's
+/// documentation).
+pub fn execute(
+    plan: MergePlan,
+    opts: &MergeOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<MergeReport> {
     let path = &plan.ancestor.path;
     let storage = crate::open_file(path, true, false)?;
     let bytes = copy(&plan, Box::new(storage), opts, progress).map_err(|e| e.with_path(path))?;

@@ -334,6 +334,28 @@ fn images_without_a_parent_are_refused() {
 }
 
 #[test]
+fn a_chain_whose_parent_was_written_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = build(dir.path(), Kind::Vhdx, 2, 16);
+    let (child, base) = (&c.paths[0], &c.paths[1]);
+    // A write into the parent gives it a new data write id.
+    let mut d = vhdkit::open(base, &OpenOptions::new().writable(true)).unwrap();
+    d.write_at(&[1; 512], 0).unwrap();
+    d.close().unwrap();
+    drop(d);
+    let before = hashes(dir.path());
+    let e = merge::merge(child, &MergeOptions::new(), &mut |_| {}).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ParentMismatch, "{e}");
+    let (code, _, err) = vhdkit_run(&["merge", s(child)]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot be merged") && !err.contains("override"),
+        "{err}"
+    );
+    assert_eq!(hashes(dir.path()), before);
+}
+
+#[test]
 fn into_an_image_outside_the_chain_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let c = build(dir.path(), Kind::Vhd, 2, 12);

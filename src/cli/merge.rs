@@ -44,7 +44,7 @@ pub fn merge(a: MergeArgs) -> Outcome {
             hit.join(", ")
         );
     }
-    let report = merge::merge(&a.child, &opts, &mut |_| {}).map_err(fail1)?;
+    let report = merge::execute(plan, &opts, &mut |_| {}).map_err(fail1)?;
     if !a.quiet {
         let merged: Vec<String> = report
             .plan
