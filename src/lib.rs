@@ -114,11 +114,12 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod compact;
 pub mod chain_check;
+pub mod compact;
 pub mod convert;
 pub mod damage;
 pub mod keyfile;
+pub mod merge;
 pub mod reparent;
 pub mod report;
 pub mod set_identity;

@@ -277,6 +277,31 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Merge a differencing image into its parent (or an older ancestor) in place.
+    Merge(MergeArgs),
+}
+
+// The arguments of `merge`.
+#[derive(Args)]
+pub struct MergeArgs {
+    /// The differencing image whose data is merged.
+    pub child: PathBuf,
+    /// Merge into this ancestor (merging every level in between) instead of the parent.
+    #[arg(long, value_name = "ANCESTOR")]
+    pub into: Option<PathBuf>,
+    /// Keep the merged images (they are no longer valid afterwards).
+    #[arg(long)]
+    pub keep: bool,
+    /// Merge although other differencing images depend on the ancestor or a
+    /// merged level (they are no longer valid afterwards).
+    #[arg(long)]
+    pub force: bool,
+    /// Use this file as the child's parent instead of the locations recorded in it.
+    #[arg(long, value_name = "PATH")]
+    pub parent_file: Option<PathBuf>,
+    /// Print nothing on success.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
 }
 
 // The arguments of `create` (no doc comment: clap would show it in place

@@ -11,6 +11,7 @@ mod image;
 mod inspect;
 mod keys;
 mod lifecycle;
+mod merge;
 mod open;
 mod output;
 mod signals;
@@ -259,5 +260,6 @@ fn run(cmd: Command) -> Outcome {
             physical_sector_size,
             force,
         } => lifecycle::set(&image, reset_id, physical_sector_size, force),
+        Command::Merge(a) => merge::merge(a),
     }
 }

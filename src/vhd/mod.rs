@@ -9,8 +9,8 @@
 pub mod bat;
 mod blocks;
 pub mod check;
-mod compact;
 pub mod cloud;
+mod compact;
 pub mod create;
 pub mod dynamic_header;
 pub mod footer;

@@ -85,6 +85,9 @@ pub struct VhdxDisk {
     salvage: Option<std::sync::Arc<crate::damage::SalvageLog>>,
     /// Sector bitmaps of partially present blocks read lately.
     bitmap_cache: BitmapCache,
+    /// Keep the DataWriteGuid when a write session starts (see
+    /// [`VhdxDisk::keep_data_write_id`]).
+    keep_data_write_id: bool,
 }
 
 impl Drop for VhdxDisk {
@@ -136,6 +139,24 @@ impl VhdxDisk {
     /// Path the image was opened from.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    /// Let the writes from now on keep the DataWriteGuid, which a write
+    /// session otherwise replaces before its first change. Only for writes
+    /// that leave the content every child recording this image reads as it
+    /// was: `merge` writes into a parent exactly the data its merged child
+    /// holds over it, and the child must keep opening, also after an
+    /// interruption, until the merge is complete.
+    pub fn keep_data_write_id(&mut self) {
+        self.keep_data_write_id = true;
+    }
+
+    /// Give the image a new DataWriteGuid now (through the two-copy header
+    /// update), so that the children recording the old one no longer open;
+    /// writes after it change it no further in this session.
+    pub fn renew_data_write_id(&mut self) -> Result<()> {
+        self.keep_data_write_id = false;
+        self.renew_data_write_id_()
     }
 
     fn is_differencing(&self) -> bool {

@@ -185,6 +185,7 @@ impl VhdxDisk {
             session: None,
             salvage: opts.salvage.clone(),
             bitmap_cache: BitmapCache::default(),
+            keep_data_write_id: false,
         })
     }
 }

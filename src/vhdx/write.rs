@@ -66,7 +66,8 @@ impl VhdxDisk {
     }
 
     /// Start a session if none is open: new FileWriteGuid, DataWriteGuid
-    /// and LogGuid, written with the two-copy header update.
+    /// (unless kept, see [`VhdxDisk::keep_data_write_id`]) and LogGuid,
+    /// written with the two-copy header update.
     fn begin_session(&mut self) -> Result<()> {
         self.begin_session_with(true)
     }
@@ -82,7 +83,7 @@ impl VhdxDisk {
         let mut h = self.s.header().clone();
         let log_guid = Uuid::new_v4();
         h.set_file_write_guid(Uuid::new_v4());
-        if new_data_id {
+        if new_data_id && !self.keep_data_write_id {
             h.set_data_write_guid(Uuid::new_v4());
         }
         h.set_log_guid(log_guid);
@@ -97,6 +98,21 @@ impl VhdxDisk {
             next_free,
         });
         self.add_missing_bitmaps()
+    }
+
+    /// A new DataWriteGuid: with the session's start when none is open,
+    /// else by a header update of its own.
+    pub(super) fn renew_data_write_id_(&mut self) -> Result<()> {
+        if self.session.is_none() {
+            return self.begin_session();
+        }
+        self.ensure_writable()?;
+        let mut h = self.s.header().clone();
+        h.set_data_write_guid(Uuid::new_v4());
+        let slots = header::update(&self.storage, &self.s.slots, self.s.current, &h)?;
+        self.s.current = header::current(&slots)?;
+        self.s.slots = slots;
+        Ok(())
     }
 
     /// Give every chunk of a differencing disk that holds a block not
