@@ -117,6 +117,7 @@
 pub mod convert;
 pub mod damage;
 pub mod keyfile;
+pub mod nbd;
 pub mod report;
 pub mod size;
 pub mod unstable;
