@@ -123,7 +123,11 @@ fn qemu_map(uri: &str) -> Vec<(u64, u64, bool)> {
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     merged(v.as_array().unwrap().iter().map(|e| {
         let zero = e["zero"].as_bool().unwrap() && !e["data"].as_bool().unwrap();
-        (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap(), zero)
+        (
+            e["start"].as_u64().unwrap(),
+            e["length"].as_u64().unwrap(),
+            zero,
+        )
     }))
 }
 
@@ -161,8 +165,26 @@ fn images(dir: &Path) -> Vec<(&'static str, PathBuf, Vec<String>)> {
     let child = |parent: &Path, name: &str| {
         let p = dir.join(name);
         vhdkit_ok(["create", "--parent", s(parent), s(&p)]);
-        vhdkit_ok(["write", s(&p), "--offset", "1536K", "--pattern", "0x77", "--length", "1M"]);
-        vhdkit_ok(["write", s(&p), "--offset", "7M", "--pattern", "0", "--length", "64K"]);
+        vhdkit_ok([
+            "write",
+            s(&p),
+            "--offset",
+            "1536K",
+            "--pattern",
+            "0x77",
+            "--length",
+            "1M",
+        ]);
+        vhdkit_ok([
+            "write",
+            s(&p),
+            "--offset",
+            "7M",
+            "--pattern",
+            "0",
+            "--length",
+            "64K",
+        ]);
         p
     };
     let vhd_child = child(&vhd_dyn, "child.vhd");
@@ -200,7 +222,9 @@ fn clients_read_every_format_as_vhdkit_does() {
         let expected_map = vhdkit_map(&image, &extra);
         assert!(
             expected_map.iter().any(|r| r.2)
-                || ["fixed", "raw", "differencing"].iter().any(|w| what.contains(w)),
+                || ["fixed", "raw", "differencing"]
+                    .iter()
+                    .any(|w| what.contains(w)),
             "{what}: the image should have holes to serve"
         );
 
@@ -218,12 +242,22 @@ fn clients_read_every_format_as_vhdkit_does() {
         );
         client(
             "qemu-img",
-            &["compare", "-f", "raw", "-F", "raw", &served.uri, s(&reference)],
+            &[
+                "compare",
+                "-f",
+                "raw",
+                "-F",
+                "raw",
+                &served.uri,
+                s(&reference),
+            ],
         );
-        // A raw file's holes are the file system's business: vhdkit maps
-        // raw as data, and so must the export.
         assert_eq!(qemu_map(&served.uri), expected_map, "{what}: qemu-img map");
-        assert_eq!(nbdinfo_map(&served.uri), expected_map, "{what}: nbdinfo --map");
+        assert_eq!(
+            nbdinfo_map(&served.uri),
+            expected_map,
+            "{what}: nbdinfo --map"
+        );
         served.stop();
         std::fs::remove_file(&out).unwrap();
     }
@@ -243,9 +277,17 @@ fn qemu_io_writes_reach_the_image() {
     let raw = dir.path().join("w.raw");
     write_raw(&raw, &original);
     let cases: [(&str, &[&str], Option<&str>); 4] = [
-        ("w.vhdx", &["-O", "vhdx", "--block-size", "1M"], Some("vhdx")),
+        (
+            "w.vhdx",
+            &["-O", "vhdx", "--block-size", "1M"],
+            Some("vhdx"),
+        ),
         // qemu-img cannot open 4K-sector VHDX: vhdkit checks it alone.
-        ("w4k.vhdx", &["-O", "vhdx", "--block-size", "1M", "--sector-size", "4096"], None),
+        (
+            "w4k.vhdx",
+            &["-O", "vhdx", "--block-size", "1M", "--sector-size", "4096"],
+            None,
+        ),
         ("w.vhd", &["-O", "vhd", "--block-size", "512K"], Some("vpc")),
         ("w2.raw", &["-O", "raw"], None),
     ];
@@ -255,22 +297,35 @@ fn qemu_io_writes_reach_the_image() {
         a.extend_from_slice(conv);
         a.extend_from_slice(&[s(&raw), s(&image)]);
         vhdkit_ok(&a);
-        let fmt: &[&str] = if name.ends_with(".raw") { &["-f", "raw"] } else { &[] };
+        let fmt: &[&str] = if name.ends_with(".raw") {
+            &["-f", "raw"]
+        } else {
+            &[]
+        };
         let mut args = vec![s(&image), "--once"];
         args.extend_from_slice(fmt);
         let mut served = Served::start(dir.path(), &args);
         client(
             "qemu-io",
             &[
-                "-f", "raw",
-                "-c", "write -P 0x5a 0 64k",
-                "-c", "write -P 0x3c 1000 3000",
-                "-c", "write -z 2M 1M",
-                "-c", "write -z -u 4M 2M",
-                "-c", "discard 8M 2M",
-                "-c", "write -f -P 0x22 11M 4k",
-                "-c", "read -P 0x3c 1000 3000",
-                "-c", "flush",
+                "-f",
+                "raw",
+                "-c",
+                "write -P 0x5a 0 64k",
+                "-c",
+                "write -P 0x3c 1000 3000",
+                "-c",
+                "write -z 2M 1M",
+                "-c",
+                "write -z -u 4M 2M",
+                "-c",
+                "discard 8M 2M",
+                "-c",
+                "write -f -P 0x22 11M 4k",
+                "-c",
+                "read -P 0x3c 1000 3000",
+                "-c",
+                "flush",
                 &served.uri,
             ],
         );
@@ -298,7 +353,10 @@ fn qemu_io_writes_reach_the_image() {
             );
         }
         model[t0..t1].copy_from_slice(&got[t0..t1]);
-        assert!(got == model, "{name}: the image does not read back the model");
+        assert!(
+            got == model,
+            "{name}: the image does not read back the model"
+        );
         if !name.ends_with(".raw") {
             vhdkit_ok(["check", s(&image)]);
         }
@@ -308,7 +366,10 @@ fn qemu_io_writes_reach_the_image() {
                 client("qemu-img", &["check", "-f", q, s(&image)]);
             }
             write_raw(&back, &model);
-            client("qemu-img", &["compare", "-f", q, "-F", "raw", s(&image), s(&back)]);
+            client(
+                "qemu-img",
+                &["compare", "-f", q, "-F", "raw", s(&image), s(&back)],
+            );
         }
     }
 }
@@ -338,10 +399,19 @@ fn nbdcopy_fills_an_export_over_several_connections() {
     let served = Served::start(dir.path(), &[s(&dst)]);
     client(
         "nbdcopy",
-        &["--connections=4", "--requests=16", "--flush", s(&src), &served.uri],
+        &[
+            "--connections=4",
+            "--requests=16",
+            "--flush",
+            s(&src),
+            &served.uri,
+        ],
     );
     served.stop();
     vhdkit_ok(["check", s(&dst)]);
     client("qemu-img", &["check", "-f", "vhdx", s(&dst)]);
-    client("qemu-img", &["compare", "-f", "raw", "-F", "vhdx", s(&src), s(&dst)]);
+    client(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "vhdx", s(&src), s(&dst)],
+    );
 }
