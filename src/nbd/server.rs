@@ -24,6 +24,10 @@ use crate::handle::Disk;
 /// `NBD_CMD_FLAG_NO_HOLE`.
 const ZERO_CHUNK: usize = 1 << 20;
 
+/// Write payloads up to this size are read into a buffer of their full
+/// size at once; larger ones grow as their bytes arrive.
+const PAYLOAD_STEP: usize = 1 << 20;
+
 /// A counting semaphore of buffer bytes.
 struct Budget {
     left: Mutex<u64>,
@@ -143,52 +147,42 @@ fn work<W: Write + Send>(rx: &Mutex<Receiver<Job>>, conn: &Conn<'_, W>) {
 /// Read the next request and its payload; `None` ends the connection
 /// (end of stream, `NBD_CMD_DISC`, broken framing, a dead client).
 fn next_job<R: Read, W: Write>(r: &mut R, conn: &Conn<'_, W>) -> Option<Job> {
-    loop {
-        if conn.broken.load(Ordering::SeqCst) {
+    if conn.broken.load(Ordering::SeqCst) {
+        return None;
+    }
+    let head: [u8; REQUEST_LEN] = read_array(r).ok()?;
+    // Out of step: nothing after it can be trusted.
+    let req = Request::parse(&head).ok()?;
+    let held = match req.kind {
+        CMD_DISC => return None,
+        CMD_WRITE => {
+            if req.length > MAX_PAYLOAD {
+                // Its payload cannot be skipped at a bounded cost.
+                conn.fail(
+                    &req,
+                    EINVAL,
+                    format!("a write of {} bytes (at most {MAX_PAYLOAD})", req.length),
+                );
+                return None;
+            }
+            u64::from(req.length)
+        }
+        CMD_READ if req.length <= MAX_PAYLOAD => u64::from(req.length),
+        _ => 0,
+    };
+    conn.budget.take(held);
+    let mut data = Vec::new();
+    if req.kind == CMD_WRITE {
+        // Grown as the bytes arrive: a client that announces a payload and
+        // sends less makes the server hold only what it sent.
+        data.reserve_exact((req.length as usize).min(PAYLOAD_STEP));
+        let got = r.by_ref().take(held).read_to_end(&mut data);
+        if got.is_err() || data.len() as u64 != held {
+            conn.budget.give(held);
             return None;
         }
-        let head: [u8; REQUEST_LEN] = read_array(r).ok()?;
-        // Out of step: nothing after it can be trusted.
-        let req = Request::parse(&head).ok()?;
-        match req.kind {
-            CMD_DISC => return None,
-            CMD_WRITE => {
-                if req.length > MAX_PAYLOAD {
-                    // Its payload cannot be skipped at a bounded cost.
-                    conn.fail(
-                        &req,
-                        EINVAL,
-                        format!("a write of {} bytes (at most {MAX_PAYLOAD})", req.length),
-                    );
-                    return None;
-                }
-                let held = u64::from(req.length);
-                conn.budget.take(held);
-                let mut data = vec![0u8; req.length as usize];
-                if r.read_exact(&mut data).is_err() {
-                    conn.budget.give(held);
-                    return None;
-                }
-                return Some(Job { req, data, held });
-            }
-            CMD_READ if req.length <= MAX_PAYLOAD => {
-                let held = u64::from(req.length);
-                conn.budget.take(held);
-                return Some(Job {
-                    req,
-                    data: Vec::new(),
-                    held,
-                });
-            }
-            _ => {
-                return Some(Job {
-                    req,
-                    data: Vec::new(),
-                    held: 0,
-                });
-            }
-        }
     }
+    Some(Job { req, data, held })
 }
 
 /// The NBD error for a library error.
