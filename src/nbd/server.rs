@@ -28,6 +28,10 @@ const ZERO_CHUNK: usize = 1 << 20;
 /// size at once; larger ones grow as their bytes arrive.
 const PAYLOAD_STEP: usize = 1 << 20;
 
+/// Reads shorter than this are sent as one data chunk without asking the
+/// allocation map (a map lookup costs more than the bytes it could save).
+const SPARSE_READ_MIN: usize = 64 << 10;
+
 /// A counting semaphore of buffer bytes.
 struct Budget {
     left: Mutex<u64>,
@@ -326,7 +330,7 @@ impl<W: Write> Conn<'_, W> {
         let map = {
             let d = self.export.read().map_err(lib_err)?;
             d.read_at(&mut buf, off).map_err(lib_err)?;
-            if self.structured && req.flags & CMD_FLAG_DF == 0 && len > 0 {
+            if self.structured && req.flags & CMD_FLAG_DF == 0 && len >= SPARSE_READ_MIN {
                 d.map(off, len as u64).ok()
             } else {
                 None
@@ -338,6 +342,7 @@ impl<W: Write> Conn<'_, W> {
             return Ok(Replied::Yes);
         }
         if len == 0 {
+            // A chunk must describe at least one byte.
             let h = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, cookie, 0);
             self.send(&[&h]);
             return Ok(Replied::Yes);
