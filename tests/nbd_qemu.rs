@@ -415,3 +415,71 @@ fn nbdcopy_fills_an_export_over_several_connections() {
         &["compare", "-f", "raw", "-F", "vhdx", s(&src), s(&dst)],
     );
 }
+
+/// `--bind` with port 0 prints the TCP URI of the port taken; `--pid-file`
+/// holds the server's pid while it serves and is gone after SIGTERM; two
+/// images are two exports; a file where the socket should go is refused,
+/// a stale socket replaced.
+#[test]
+fn serve_options_tcp_pid_file_exports_and_sockets() {
+    if !require_tool("qemu-img") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.vhdx");
+    let b = dir.path().join("b.vhd");
+    vhdkit_ok(["create", s(&a), "4M"]);
+    vhdkit_ok(["create", s(&b), "8M"]);
+    let pid = dir.path().join("serve.pid");
+    let mut child = Command::new(vhdkit_bin())
+        .args(["serve", "--bind", "127.0.0.1:0", "--pid-file", s(&pid)])
+        .args(["--export-name", "first", s(&a), s(&b)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let lines: Vec<String> = BufReader::new(out)
+            .lines()
+            .take(2)
+            .map_while(Result::ok)
+            .collect();
+        let _ = tx.send(lines);
+    });
+    let lines = rx.recv_timeout(WAIT_LIMIT).unwrap_or_default();
+    let mut served = Served {
+        child,
+        uri: String::new(),
+    };
+    assert_eq!(lines.len(), 2, "one URI per export: {lines:?}");
+    assert!(lines[0].starts_with("nbd://127.0.0.1:") && lines[0].ends_with("/first"));
+    assert!(lines[1].ends_with("/b"), "{lines:?}");
+    assert!(!lines[0].contains(":0/"), "the port taken is printed");
+    let written = std::fs::read_to_string(&pid).unwrap();
+    assert_eq!(written.trim(), served.child.id().to_string());
+    for (uri, size) in [(&lines[0], "4194304"), (&lines[1], "8388608")] {
+        let info = String::from_utf8(client("qemu-img", &["info", "-f", "raw", uri])).unwrap();
+        assert!(info.contains(size), "{uri}: {info}");
+    }
+    served.uri = lines[0].clone();
+    served.stop();
+    assert!(!pid.exists(), "the pid file is removed on exit");
+
+    // A regular file where the socket should be: refused, left alone.
+    let f = dir.path().join("not-a-socket");
+    std::fs::write(&f, b"keep me").unwrap();
+    let err = vhdkit_fails(Some(1), &["serve", "--socket", s(&f), s(&a)]);
+    assert!(err.contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read(&f).unwrap(), b"keep me");
+    // A socket nobody listens on any more is replaced.
+    let stale = dir.path().join("nbd.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let mut served = Served::start(dir.path(), &[s(&a), "--once", "--read-only"]);
+    client("qemu-img", &["info", "-f", "raw", &served.uri]);
+    served.wait();
+    assert!(!stale.exists(), "the socket is removed on exit");
+}

@@ -49,8 +49,9 @@ pub fn serve(a: ServeArgs) -> Outcome {
             let at = l
                 .local_addr()
                 .map_err(|e| fail1(Error::io(e, "cannot read the address listened on")))?;
-            announce(names.iter().map(|n| format!("nbd://{at}/{}", encode(n))));
+            // The pid file first: whoever reads the URI may look for it.
             let _pid = PidFile::write(a.pid_file.as_deref())?;
+            announce(names.iter().map(|n| format!("nbd://{at}/{}", encode(n))));
             signals::stop_on_signals(move || stop.stop());
             server.serve(&l)
         }
@@ -61,12 +62,12 @@ pub fn serve(a: ServeArgs) -> Outcome {
             let l = bind_unix(&path).map_err(fail1)?;
             let _socket = RemoveOnDrop(path.clone());
             let p = encode(&path.to_string_lossy());
+            let _pid = PidFile::write(a.pid_file.as_deref())?;
             announce(
                 names
                     .iter()
                     .map(|n| format!("nbd+unix:///{}?socket={p}", encode(n))),
             );
-            let _pid = PidFile::write(a.pid_file.as_deref())?;
             signals::stop_on_signals(move || stop.stop());
             server.serve(&l)
         }
