@@ -329,7 +329,14 @@ impl<W: Write> Conn<'_, W> {
         let mut buf = vec![0u8; len];
         let map = {
             let d = self.export.read().map_err(lib_err)?;
-            d.read_at(&mut buf, off).map_err(lib_err)?;
+            // A raw file opened read-only is a mapping of its bytes: copy
+            // them from there rather than through the file's hole-aware
+            // reads, which suit whole-disk copies, not scattered requests.
+            let mapped = crate::VirtualDisk::fast_paths(&*d).and_then(|f| f.mapped(off, len));
+            match mapped {
+                Some(m) if m.len() == len => buf.copy_from_slice(m),
+                _ => d.read_at(&mut buf, off).map_err(lib_err)?,
+            }
             if self.structured && req.flags & CMD_FLAG_DF == 0 && len >= SPARSE_READ_MIN {
                 d.map(off, len as u64).ok()
             } else {
