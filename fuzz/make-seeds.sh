@@ -94,4 +94,6 @@ done
 cp test-key.xml "$tmp/pub.xml" corpus/keypair_xml/
 $B key export-pem test-key.xml -o corpus/keypair_xml/key.pem --force
 $B key export-pem test-key.xml --public -o corpus/keypair_xml/pub.pem --force
+# NBD client sessions (handshakes, options, requests).
+python3 nbd-seeds.py corpus/nbd_server
 echo "seeds in fuzz/corpus/"

@@ -30,7 +30,7 @@ declare -A max_len=([open_vhd]=65536 [open_vhdx]=262144 [open_evhd]=262144)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 status=0
-for t in open_vhd open_vhdx open_evhd keypair_xml vhdx_log write_ops; do
+for t in open_vhd open_vhdx open_evhd keypair_xml vhdx_log write_ops nbd_server; do
   mkdir -p "$tmp/$t" "artifacts/$t"
   # Every committed input runs first (corpus and former crashes, with
   # overflow checks: tests/fuzz_replay.rs replays them in the release

@@ -120,6 +120,7 @@ pub mod convert;
 pub mod damage;
 pub mod keyfile;
 pub mod merge;
+pub mod nbd;
 pub mod reparent;
 pub mod report;
 pub mod set_identity;

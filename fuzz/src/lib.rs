@@ -13,6 +13,8 @@ use vhdkit::{MemStorage, Storage};
 
 #[path = "evhd_seal.rs"]
 pub mod evhd_seal;
+#[path = "nbd_server.rs"]
+pub mod nbd_server;
 #[path = "vhdx_log.rs"]
 pub mod vhdx_log;
 #[path = "write_ops.rs"]
@@ -25,13 +27,14 @@ pub const READ_LIMIT: u64 = 16 << 20;
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets by name.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("open_vhd", open_vhd),
     ("open_vhdx", open_vhdx),
     ("open_evhd", open_evhd),
     ("keypair_xml", keypair_xml),
     ("vhdx_log", vhdx_log::run_bytes),
     ("write_ops", write_ops::run_bytes),
+    ("nbd_server", nbd_server::run_bytes),
 ];
 
 /// The throw-away key the EVHD seeds are addressed to (`test-key.xml`,

@@ -200,6 +200,8 @@ pub enum Command {
     Write(WriteArgs),
     /// Stop storing blocks that read as zeros and shrink the file in place (Optimize-VHD).
     Compact(CompactArgs),
+    /// Serve images as network block devices (NBD) until SIGINT or SIGTERM.
+    Serve(ServeArgs),
     /// Create a new RSA key pair in the .NET KeyPair.xml form.
     Keygen {
         /// Modulus size in bits (at least 2048).
@@ -378,6 +380,34 @@ pub struct ConvertArgs {
     /// Cipher of an EVHD output.
     #[arg(long, default_value = "aes-256-gcm")]
     pub cipher: CipherArg,
+}
+
+// The arguments of `serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The images to serve, one export each.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Listen on this Unix socket (default: a new one in the temporary folder).
+    #[arg(long, value_name = "PATH", conflicts_with = "bind")]
+    pub socket: Option<PathBuf>,
+    /// Listen on TCP at ADDR:PORT instead, e.g. 127.0.0.1:10809 (port 0: any free port).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub bind: Option<String>,
+    /// Refuse writes (the images are opened read-only).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Name of the export of the image in the same position (default: the file stem); repeatable.
+    #[arg(long = "export-name", value_name = "NAME")]
+    pub export_name: Vec<String>,
+    /// Exit once a client has connected and every client has disconnected.
+    #[arg(long)]
+    pub once: bool,
+    /// Write the server's process id to this file once it listens.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub parent: ParentArgs,
 }
 
 // The arguments of `write`.

@@ -14,6 +14,7 @@ mod lifecycle;
 mod merge;
 mod open;
 mod output;
+mod serve;
 mod signals;
 mod transform;
 
@@ -41,7 +42,10 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_exit(&e),
     };
-    signals::remove_temp_files_on_signals();
+    // `serve` stops on signals its own way (flush, exit 0).
+    if !matches!(cli.command, Command::Serve(_)) {
+        signals::remove_temp_files_on_signals();
+    }
     match run(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err((e, _)) if output::is_broken_pipe(&e) => ExitCode::from(output::EXIT_BROKEN_PIPE),
@@ -233,6 +237,7 @@ fn run(cmd: Command) -> Outcome {
         } => data::read(&image, &offset, &length, &parent, &salvage),
         Command::Write(a) => data::write(a),
         Command::Compact(a) => compact::compact(a),
+        Command::Serve(a) => serve::serve(a),
         Command::Keygen {
             bits,
             output,

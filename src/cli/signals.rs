@@ -21,3 +21,26 @@ pub fn remove_temp_files_on_signals() {
         }
     });
 }
+
+/// On the first SIGINT, SIGTERM or SIGHUP call `stop` (a command that
+/// ends cleanly on its own, e.g. `serve`); a second signal exits at once,
+/// as [`remove_temp_files_on_signals`] does.
+pub fn stop_on_signals(stop: impl FnOnce() + Send + 'static) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vhdkit: warning: cannot handle interrupts ({e}); stop with SIGKILL");
+            return;
+        }
+    };
+    std::thread::spawn(move || {
+        let mut forever = signals.forever();
+        if forever.next().is_some() {
+            stop();
+        }
+        if let Some(sig) = forever.next() {
+            vhdkit::unstable::pending::remove_all_and_exit(128 + sig);
+        }
+    });
+}

@@ -1,0 +1,162 @@
+//! `serve`: images as NBD exports on a Unix socket (default) or TCP, until
+//! a signal; the library's `vhdkit::nbd` does the serving.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use vhdkit::Error;
+use vhdkit::nbd::{Export, ServeOptions, Server};
+
+use super::args::ServeArgs;
+use super::open::warn_signature;
+use super::{Outcome, fail1, signals};
+
+/// `vhdkit serve`.
+pub fn serve(a: ServeArgs) -> Outcome {
+    if a.export_name.len() > a.images.len() {
+        return Err(fail1(Error::invalid_argument(format!(
+            "{} --export-name for {} images",
+            a.export_name.len(),
+            a.images.len()
+        ))));
+    }
+    // -U reads images without their locks: never write them then.
+    let read_only = a.read_only || a.parent.force_share;
+    let opts = a.parent.options().writable(!read_only);
+    let mut exports = Vec::new();
+    for (i, image) in a.images.iter().enumerate() {
+        let disk = a.parent.open(image, &opts).map_err(fail1)?;
+        warn_signature(disk.as_ref(), image);
+        let name = match a.export_name.get(i) {
+            Some(n) => n.clone(),
+            None => image
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        exports.push(Export::new(name, disk, read_only).map_err(fail1)?);
+    }
+    let server = Server::new(exports, ServeOptions::new().once(a.once)).map_err(fail1)?;
+    let names: Vec<String> = server.exports().map(|e| e.name().to_string()).collect();
+    let stop = server.stop_handle();
+    let served = match &a.bind {
+        Some(addr) => {
+            let l = TcpListener::bind(addr.as_str())
+                .map_err(|e| fail1(Error::io(e, format!("cannot listen on {addr}"))))?;
+            let at = l
+                .local_addr()
+                .map_err(|e| fail1(Error::io(e, "cannot read the address listened on")))?;
+            // The pid file first: whoever reads the URI may look for it.
+            let _pid = PidFile::write(a.pid_file.as_deref())?;
+            announce(names.iter().map(|n| format!("nbd://{at}/{}", encode(n))));
+            signals::stop_on_signals(move || stop.stop());
+            server.serve(&l)
+        }
+        None => {
+            let path = a.socket.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("vhdkit-nbd-{}.sock", std::process::id()))
+            });
+            let l = bind_unix(&path).map_err(fail1)?;
+            let _socket = RemoveOnDrop(path.clone());
+            let p = encode(&path.to_string_lossy());
+            let _pid = PidFile::write(a.pid_file.as_deref())?;
+            announce(
+                names
+                    .iter()
+                    .map(|n| format!("nbd+unix:///{}?socket={p}", encode(n))),
+            );
+            signals::stop_on_signals(move || stop.stop());
+            server.serve(&l)
+        }
+    };
+    let mut first = served.err();
+    for mut disk in server.into_disks() {
+        if let Err(e) = disk.close()
+            && first.is_none()
+        {
+            first = Some(e);
+        }
+    }
+    match first {
+        Some(e) => Err(fail1(e)),
+        None => Ok(0),
+    }
+}
+
+/// Print the URIs clients connect to, one a line, at once.
+fn announce(uris: impl Iterator<Item = String>) {
+    let mut out = std::io::stdout().lock();
+    for u in uris {
+        let _ = writeln!(out, "{u}");
+    }
+    let _ = out.flush();
+}
+
+/// Listen on the Unix socket `path`; a socket file left by a server that
+/// is gone (nothing accepts on it) is replaced, anything else is refused.
+fn bind_unix(path: &Path) -> vhdkit::Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(Error::invalid_argument(format!(
+                "{} exists and is not a socket",
+                path.display()
+            )));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(Error::invalid_argument(format!(
+                "{} is in use by another server",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| Error::io(e, "cannot remove a stale socket").with_path(path))?;
+    }
+    UnixListener::bind(path).map_err(|e| Error::io(e, "cannot listen").with_path(path))
+}
+
+/// Percent-encode `s` for a URI path or query value.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A file removed when the server exits.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The `--pid-file`, written whole (temporary name, then rename); the
+/// guard removes it on exit.
+struct PidFile;
+
+impl PidFile {
+    fn write(path: Option<&Path>) -> Result<Option<RemoveOnDrop>, (Error, u8)> {
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".tmp-{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                fail1(Error::io(e, "cannot write the pid file").with_path(path))
+            })?;
+        Ok(Some(RemoveOnDrop(path.to_path_buf())))
+    }
+}
