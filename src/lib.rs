@@ -118,6 +118,7 @@ pub mod convert;
 pub mod damage;
 pub mod keyfile;
 pub mod report;
+pub mod resize;
 pub mod size;
 pub mod unstable;
 
@@ -136,6 +137,7 @@ mod io;
 mod layer;
 mod lock;
 mod parent;
+mod partition_end;
 mod pending;
 mod raw;
 mod sparse;

@@ -195,6 +195,8 @@ pub enum Command {
     },
     /// Write bytes into the virtual disk.
     Write(WriteArgs),
+    /// Change an image's virtual size in place (a smaller size needs --shrink).
+    Resize(ResizeArgs),
     /// Create a new RSA key pair in the .NET KeyPair.xml form.
     Keygen {
         /// Modulus size in bits (at least 2048).
@@ -338,6 +340,25 @@ pub struct WriteArgs {
     /// after the write), nor warn about them.
     #[arg(long)]
     pub no_children_check: bool,
+    #[command(flatten)]
+    pub parent: ParentArgs,
+}
+
+#[derive(Args)]
+pub struct ResizeArgs {
+    /// The image to resize in place.
+    pub image: PathBuf,
+    /// The new virtual size, e.g. 20G or 21474836480.
+    #[arg(required_unless_present = "to_minimum", conflicts_with = "to_minimum")]
+    pub size: Option<String>,
+    /// Allow a size smaller than the current one: never into a partition,
+    /// nor over stored data when the disk has no partition table.
+    #[arg(long)]
+    pub shrink: bool,
+    /// Shrink to the end of the last partition (MBR or GPT, with the GPT's
+    /// backup after it); implies --shrink.
+    #[arg(long)]
+    pub to_minimum: bool,
     #[command(flatten)]
     pub parent: ParentArgs,
 }

@@ -11,6 +11,7 @@ mod inspect;
 mod keys;
 mod open;
 mod output;
+mod resize;
 mod signals;
 mod transform;
 
@@ -121,6 +122,7 @@ fn run(cmd: Command) -> Outcome {
             salvage,
         } => data::read(&image, &offset, &length, &parent, &salvage),
         Command::Write(a) => data::write(a),
+        Command::Resize(a) => resize::resize(a),
         Command::Keygen {
             bits,
             output,

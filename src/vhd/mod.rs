@@ -15,6 +15,7 @@ pub mod footer;
 pub mod geometry;
 mod info;
 mod open;
+pub mod resize;
 pub mod parent_locator;
 
 use std::path::{Path, PathBuf};
