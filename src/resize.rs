@@ -217,6 +217,8 @@ fn check_cut(disk: &dyn VirtualDisk, table: Option<&Table>, new: u64) -> Result<
     }
     let old = disk.virtual_size();
     let mut buf = vec![0u8; SCAN_CHUNK as usize];
+    // The first and last stored sectors that are not all zeros.
+    let mut found: Option<(u64, u64)> = None;
     for e in disk.map(new, old - new)? {
         if e.kind != ExtentKind::Data {
             continue;
@@ -225,15 +227,20 @@ fn check_cut(disk: &dyn VirtualDisk, table: Option<&Table>, new: u64) -> Result<
         while pos < e.end() {
             let n = (e.end() - pos).min(SCAN_CHUNK) as usize;
             disk.read_at(&mut buf[..n], pos)?;
-            if buf[..n].iter().any(|&b| b != 0) {
-                return Err(Error::invalid_argument(format!(
-                    "cannot shrink to {new} bytes: stored data in the range {:#x}..{:#x} would be cut off, and the disk has no partition table to show it unused",
-                    e.start,
-                    e.end()
-                )));
+            for (i, s) in buf[..n].chunks(512).enumerate() {
+                if s.iter().any(|&b| b != 0) {
+                    let at = pos + i as u64 * 512;
+                    let end = at + s.len() as u64;
+                    found = Some(found.map_or((at, end), |(f, _)| (f, end)));
+                }
             }
             pos += n as u64;
         }
+    }
+    if let Some((first, last)) = found {
+        return Err(Error::invalid_argument(format!(
+            "cannot shrink to {new} bytes: stored data in the range {first:#x}..{last:#x} would be cut off, and the disk has no partition table to show it unused"
+        )));
     }
     Ok(())
 }

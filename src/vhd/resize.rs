@@ -92,10 +92,12 @@ fn end_footer(storage: &dyn Storage) -> Result<(Footer, u64)> {
 }
 
 /// `footer` with the size and geometry of a new disk of `size` bytes.
+/// The original size follows too: libvhdi reads the disk's size from it.
 fn sized(footer: &Footer, size: u64) -> Footer {
     let mut f = footer.clone();
     let g = Geometry::to_store(size);
     f.current_size = size;
+    f.original_size = size;
     f.cylinders = g.cylinders;
     f.heads = g.heads;
     f.sectors_per_track = g.sectors_per_track;
@@ -303,8 +305,45 @@ impl Dynamic {
         }
         if new_n < old_n.min(self.bat.len()) {
             self.unlink(storage, new_n, old_n.min(self.bat.len()))?;
+            // Blocks unlinked at the end of the file are given back: the
+            // footer moves down over them (unused space until the file is
+            // cut), then the file is cut after it.
+            let end = self.used_end();
+            if end < self.footer_at {
+                write(storage, "VHD footer", &footer.to_bytes(), end)?;
+                flush(storage)?;
+                let len = end + FOOTER_SIZE as u64;
+                storage.set_len(len).map_err(io_err("VHD file", len))?;
+                flush(storage)?;
+            }
         }
         Ok(())
+    }
+
+    /// The end of the last structure in the file before the footer.
+    fn used_end(&self) -> u64 {
+        let blocks = self
+            .bat
+            .iter()
+            .filter(|&&e| e != UNUSED)
+            .map(|&e| u64::from(e) * SECTOR + self.block_span());
+        let locators = self
+            .header
+            .parent_locators
+            .iter()
+            .filter(|l| l.is_used())
+            .map(|l| l.platform_data_offset + u64::from(l.platform_data_space));
+        blocks
+            .chain(locators)
+            .chain([
+                FOOTER_SIZE as u64,
+                self.header_at + HEADER_SIZE as u64,
+                self.header.table_offset + bat::table_bytes(self.header.max_table_entries),
+            ])
+            .max()
+            .unwrap_or(0)
+            .div_ceil(SECTOR)
+            * SECTOR
     }
 
     /// Mark entries `[first, last)` unused (their blocks become leaked space).
