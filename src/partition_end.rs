@@ -6,6 +6,7 @@
 //! extended partition counts as a whole, so its logical partitions are
 //! inside it) and the GPT header and entry array (UEFI 2.10, 5.3).
 
+use crate::disk::VirtualDisk;
 use crate::error::{Error, Result};
 
 /// Bytes of the MBR sector.
@@ -32,8 +33,6 @@ const SECTOR_SIZES: [u64; 2] = [512, 4096];
 
 /// Reads `buf.len()` bytes at a byte offset of the virtual disk.
 pub type ReadFn<'a> = &'a dyn Fn(&mut [u8], u64) -> Result<()>;
-/// Writes bytes at a byte offset of the virtual disk.
-pub type WriteFn<'a> = &'a mut dyn FnMut(&[u8], u64) -> Result<()>;
 
 /// The partition table found on a disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,9 +209,13 @@ fn read_gpt(read: ReadFn<'_>, size: u64, sector: u64) -> Result<Option<Gpt>> {
 }
 
 /// Write the backup entry array and header at the last sectors of a disk
-/// of `size` bytes, then point the primary header at them. The backup is
-/// written first: until the primary changes, nothing refers to it.
-pub fn move_backup(gpt: &Gpt, size: u64, write: WriteFn<'_>) -> Result<()> {
+/// of `size` bytes, clear the old backup header (when it lies inside the
+/// disk's current size `now`, so that no tool takes it for the table),
+/// then point the primary header at the new backup. The backup is written
+/// first: until the primary changes, nothing refers to it; each step is
+/// flushed before the next.
+pub fn move_backup(gpt: &Gpt, size: u64, disk: &mut dyn VirtualDisk) -> Result<()> {
+    let now = disk.virtual_size();
     let sector = gpt.sector;
     let last_lba = size / sector - 1;
     let array_lba = last_lba - gpt.array_sectors();
@@ -231,13 +234,24 @@ pub fn move_backup(gpt: &Gpt, size: u64, write: WriteFn<'_>) -> Result<()> {
 
     let mut array = gpt.entries.clone();
     array.resize((gpt.array_sectors() * sector) as usize, 0);
-    write(&array, array_lba * sector)?;
+    disk.write_at(&array, array_lba * sector)?;
     let mut block = vec![0u8; sector as usize];
     block[..backup.len()].copy_from_slice(&backup);
-    write(&block, last_lba * sector)?;
+    disk.write_at(&block, last_lba * sector)?;
+    disk.flush()?;
+    let old = le64(&gpt.header, 32);
+    if old != last_lba
+        && old > 1
+        && old.checked_add(1).and_then(|e| e.checked_mul(sector)).is_some_and(|e| e <= now)
+        && old * sector >= gpt.partitions_end
+    {
+        disk.write_at(&vec![0u8; sector as usize], old * sector)?;
+        disk.flush()?;
+    }
     let mut block = vec![0u8; sector as usize];
     block[..primary.len()].copy_from_slice(&primary);
-    write(&block, sector)
+    disk.write_at(&block, sector)?;
+    disk.flush()
 }
 
 /// Whether the GPT's backup is where [`move_backup`] puts it for `size`.

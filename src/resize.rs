@@ -153,14 +153,6 @@ pub fn resize_storage(
         && !partition_end::backup_in_place(g, new)
     {
         move_gpt(&storage, path, opts, g, new)?;
-        // The old backup header, now inside the disk, is cleared so that
-        // no tool takes it for the table.
-        let old_last = (old / g.sector - 1) * g.sector;
-        if new > old {
-            let mut w = open_writable(&storage, path, opts)?;
-            w.write_at(&vec![0u8; g.sector as usize], old_last)?;
-            w.close()?;
-        }
         gpt_moved = true;
     }
     Ok(Resized {
@@ -188,10 +180,7 @@ fn move_gpt(
     size: u64,
 ) -> Result<()> {
     let mut disk = open_writable(storage, path, opts)?;
-    {
-        let mut write = |b: &[u8], o: u64| disk.write_at(b, o);
-        partition_end::move_backup(gpt, size, &mut write)?;
-    }
+    partition_end::move_backup(gpt, size, disk.as_mut())?;
     disk.close()
 }
 
