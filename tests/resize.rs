@@ -183,6 +183,10 @@ fn vhd_shrinks_past_the_last_partition_and_grows_back_to_zeros() {
         assert!(err.contains("partition ends at byte 5242880"), "{err}");
         assert_eq!(file_sha256(&path), before);
 
+        assert_eq!(info_json(&path)["minimum_size"].as_u64(), Some(5 * MIB));
+        let text = String::from_utf8_lossy(&vhdkit_ok([OsArg::from("info"), path.clone().into()]))
+            .into_owned();
+        assert!(text.contains("minimum size"), "{text}");
         resize_ok(&path, &["--to-minimum"]);
         model.truncate(5 * MIB as usize);
         assert_reads_as(&path, &model);
@@ -217,6 +221,8 @@ fn shrinking_over_stored_data_without_a_partition_table_is_refused() {
         resize_ok(&path, &["10M", "--shrink"]);
         model.truncate(10 * MIB as usize);
         assert_reads_as(&path, &model);
+        // Without a partition table there is no minimum to report.
+        assert!(info_json(&path).get("minimum_size").is_none());
         // --to-minimum needs a partition table.
         let before = file_sha256(&path);
         let out = resize_cli(&path, &["--to-minimum"]);
@@ -319,6 +325,11 @@ fn gpt_backup_moves_to_the_new_end_on_grow_and_shrink() {
         assert!(content[old_last..old_last + 512] == [0u8; 512]);
         assert_eq!(&content[(100 * MIB - 512) as usize..][..8], b"EFI PART");
 
+        // `info` reports the size --to-minimum shrinks to.
+        assert_eq!(
+            info_json(&image)["minimum_size"].as_u64(),
+            Some(part_end + 33 * 512)
+        );
         resize_ok(&image, &["--to-minimum"]);
         let (content, l) = gpt_state(&image, dir.path());
         assert_eq!(l, listing, "partitions changed by the shrink");

@@ -17,7 +17,10 @@ pub fn info(json: bool, image: &Path, parent: &ParentArgs) -> Outcome {
         .open(image, &parent.options().allow_missing_parent(true))
         .map_err(fail1)?;
     warn_signature(disk.as_ref(), image);
-    emit(json, &disk.info(), report::write_info_text)?;
+    let mut info = disk.info();
+    // A table that cannot be read only means there is no minimum to show.
+    info.minimum_size = vhdkit::resize::minimum_size(disk.as_ref()).unwrap_or(None);
+    emit(json, &info, report::write_info_text)?;
     Ok(0)
 }
 
