@@ -242,7 +242,10 @@ pub fn move_backup(gpt: &Gpt, size: u64, disk: &mut dyn VirtualDisk) -> Result<(
     let old = le64(&gpt.header, 32);
     if old != last_lba
         && old > 1
-        && old.checked_add(1).and_then(|e| e.checked_mul(sector)).is_some_and(|e| e <= now)
+        && old
+            .checked_add(1)
+            .and_then(|e| e.checked_mul(sector))
+            .is_some_and(|e| e <= now)
         && old * sector >= gpt.partitions_end
     {
         disk.write_at(&vec![0u8; sector as usize], old * sector)?;

@@ -103,7 +103,10 @@ fn resize_ok(path: &Path, args: &[&str]) {
     );
 }
 
-fn kinds() -> [(&'static str, fn(u64) -> VhdBuilder); 2] {
+/// Makes the builder of a disk kind for a size.
+type Make = fn(u64) -> VhdBuilder;
+
+fn kinds() -> [(&'static str, Make); 2] {
     [
         ("fixed", |s| VhdBuilder::new(s).fixed()),
         ("dynamic", |s| VhdBuilder::new(s).dynamic()),
@@ -141,7 +144,12 @@ fn vhd_grows_from_a_size_that_is_not_whole_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("odd.vhd");
     let size = 5 * MIB + 512;
-    let mut model = make_vhd(&path, VhdBuilder::new(size).dynamic(), size, &pieces(size, 3));
+    let mut model = make_vhd(
+        &path,
+        VhdBuilder::new(size).dynamic(),
+        size,
+        &pieces(size, 3),
+    );
     resize_ok(&path, &["12M"]);
     model.resize(12 * MIB as usize, 0);
     assert_reads_as(&path, &model);
@@ -216,7 +224,11 @@ fn shrinking_over_stored_data_without_a_partition_table_is_refused() {
             err.contains("stored data in the range 0x901000..0x903000"),
             "{err}"
         );
-        assert_eq!(file_sha256(&path), before, "a refused shrink changed the file");
+        assert_eq!(
+            file_sha256(&path),
+            before,
+            "a refused shrink changed the file"
+        );
         // Above the data, the cut holds nothing stored but zeros: allowed.
         resize_ok(&path, &["10M", "--shrink"]);
         model.truncate(10 * MIB as usize);
@@ -277,7 +289,8 @@ fn gpt_state(image: &Path, dir: &Path) -> (Vec<u8>, String) {
 /// sector to the end of the last partition are unchanged (the primary
 /// header at LBA 1 changes: it points at the moved backup).
 fn same_partitions(content: &[u8], orig: &[u8], part_end: u64) -> bool {
-    content[..512] == orig[..512] && content[1024..part_end as usize] == orig[1024..part_end as usize]
+    content[..512] == orig[..512]
+        && content[1024..part_end as usize] == orig[1024..part_end as usize]
 }
 
 #[test]
@@ -289,7 +302,10 @@ fn gpt_backup_moves_to_the_new_end_on_grow_and_shrink() {
     let raw = dir.path().join("disk.raw");
     let size = 64 * MIB;
     write_raw(&raw, &vec![0u8; size as usize]);
-    sgdisk(&["-n", "1:2048:+20M", "-n", "2:0:+10M", "-t", "2:8300"], &raw);
+    sgdisk(
+        &["-n", "1:2048:+20M", "-n", "2:0:+10M", "-t", "2:8300"],
+        &raw,
+    );
     // Data in each partition.
     let mut bytes = std::fs::read(&raw).unwrap();
     let p1 = random_bytes(MIB as usize, 21);
@@ -345,7 +361,12 @@ fn gpt_backup_moves_to_the_new_end_on_grow_and_shrink() {
 fn unsupported_images_are_refused_and_left_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let vhd = dir.path().join("d.vhd");
-    make_vhd(&vhd, VhdBuilder::new(8 * MIB).dynamic(), 8 * MIB, &pieces(8 * MIB, 1));
+    make_vhd(
+        &vhd,
+        VhdBuilder::new(8 * MIB).dynamic(),
+        8 * MIB,
+        &pieces(8 * MIB, 1),
+    );
     // A differencing VHD.
     let child = dir.path().join("c.vhd");
     vhdkit::create_vhd(&child, VhdBuilder::new(0).differencing(&vhd))

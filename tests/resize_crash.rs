@@ -138,7 +138,11 @@ fn cases() -> Vec<Case> {
     let size = 8 * MIB;
     for (name, b, target) in [
         ("fixed grow", VhdBuilder::new(size).fixed(), 12 * MIB),
-        ("dynamic grow in place", VhdBuilder::new(size).dynamic(), 24 * MIB),
+        (
+            "dynamic grow in place",
+            VhdBuilder::new(size).dynamic(),
+            24 * MIB,
+        ),
         (
             "dynamic grow, BAT moved",
             VhdBuilder::new(size).dynamic().block_size(512 << 10),
@@ -167,8 +171,14 @@ fn cases() -> Vec<Case> {
         gpt_end: None,
     });
     for (name, b) in [
-        ("fixed shrink to the partition end", VhdBuilder::new(size).fixed()),
-        ("dynamic shrink to the partition end", VhdBuilder::new(size).dynamic()),
+        (
+            "fixed shrink to the partition end",
+            VhdBuilder::new(size).fixed(),
+        ),
+        (
+            "dynamic shrink to the partition end",
+            VhdBuilder::new(size).dynamic(),
+        ),
     ] {
         let mut p = content_pieces(3 * MIB, 4);
         p.push((0, mbr(3 * MIB)));
@@ -184,10 +194,30 @@ fn cases() -> Vec<Case> {
         });
     }
     for (name, b, target, shrink) in [
-        ("GPT grow", VhdBuilder::new(size).dynamic(), Target::Size(12 * MIB), false),
-        ("GPT shrink", VhdBuilder::new(size).dynamic(), Target::Minimum, true),
-        ("GPT grow, fixed", VhdBuilder::new(size).fixed(), Target::Size(12 * MIB), false),
-        ("GPT shrink, fixed", VhdBuilder::new(size).fixed(), Target::Minimum, true),
+        (
+            "GPT grow",
+            VhdBuilder::new(size).dynamic(),
+            Target::Size(12 * MIB),
+            false,
+        ),
+        (
+            "GPT shrink",
+            VhdBuilder::new(size).dynamic(),
+            Target::Minimum,
+            true,
+        ),
+        (
+            "GPT grow, fixed",
+            VhdBuilder::new(size).fixed(),
+            Target::Size(12 * MIB),
+            false,
+        ),
+        (
+            "GPT shrink, fixed",
+            VhdBuilder::new(size).fixed(),
+            Target::Minimum,
+            true,
+        ),
     ] {
         let (base, old) = build(b, size, &gpt(size, 4 * MIB));
         v.push(Case {

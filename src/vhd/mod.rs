@@ -15,8 +15,8 @@ pub mod footer;
 pub mod geometry;
 mod info;
 mod open;
-pub mod resize;
 pub mod parent_locator;
+pub mod resize;
 
 use std::path::{Path, PathBuf};
 

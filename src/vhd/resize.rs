@@ -141,7 +141,12 @@ fn zero_range(storage: &dyn Storage, what: &'static str, start: u64, end: u64) -
 fn resize_fixed(storage: &dyn Storage, footer: Footer, at: u64, new_size: u64) -> Result<()> {
     let old = footer.current_size;
     if new_size < old {
-        write(storage, "VHD footer", &sized(&footer, new_size).to_bytes(), new_size)?;
+        write(
+            storage,
+            "VHD footer",
+            &sized(&footer, new_size).to_bytes(),
+            new_size,
+        )?;
         flush(storage)?;
         let len = new_size + FOOTER_SIZE as u64;
         storage.set_len(len).map_err(io_err("VHD file", len))?;
@@ -164,7 +169,12 @@ fn resize_fixed(storage: &dyn Storage, footer: Footer, at: u64, new_size: u64) -
     // The old footer and any leftovers between the data and the new end.
     zero_range(storage, "VHD data", old, new_size)?;
     flush(storage)?;
-    write(storage, "VHD footer", &sized(&footer, new_size).to_bytes(), new_size)?;
+    write(
+        storage,
+        "VHD footer",
+        &sized(&footer, new_size).to_bytes(),
+        new_size,
+    )?;
     flush(storage)
 }
 
@@ -239,11 +249,12 @@ impl Dynamic {
     /// Whether `[start, end)` of the file is used by anything but the BAT.
     fn used(&self, start: u64, end: u64) -> bool {
         let hit = |s: u64, e: u64| s < end && start < e;
-        let blocks = self
-            .bat
-            .iter()
-            .filter(|&&e| e != UNUSED)
-            .any(|&e| hit(u64::from(e) * SECTOR, u64::from(e) * SECTOR + self.block_span()));
+        let blocks = self.bat.iter().filter(|&&e| e != UNUSED).any(|&e| {
+            hit(
+                u64::from(e) * SECTOR,
+                u64::from(e) * SECTOR + self.block_span(),
+            )
+        });
         let locators = self
             .header
             .parent_locators
