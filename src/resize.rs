@@ -27,7 +27,7 @@ use crate::disk::{ExtentKind, VirtualDisk};
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::Storage;
 use crate::partition_end::{self, Table};
-use crate::report::Format;
+use crate::report::{DiskType, Format};
 use crate::{OpenOptions, detect};
 
 /// Reading the cut-off range to see whether it holds anything but zeros
@@ -86,12 +86,7 @@ pub fn resize_storage(
 ) -> Result<Resized> {
     match format {
         Format::Vhd => crate::vhd::resize::supported(storage.as_ref())?,
-        Format::Vhdx => {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "resizing a VHDX is not supported yet",
-            ));
-        }
+        Format::Vhdx => {}
         Format::Evhd => {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -107,6 +102,15 @@ pub fn resize_storage(
     }
     let ro = opts.clone().writable(false).print_warnings(false);
     let disk = crate::open_storage(Box::new(storage.clone()), path, &ro, &Chain::default())?;
+    if disk.info().disk_type == DiskType::Differencing {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "resizing a differencing {} is not supported yet",
+                format.as_str().to_uppercase()
+            ),
+        ));
+    }
     let old = disk.virtual_size();
     let sector = u64::from(disk.logical_sector_size());
     let table = {
@@ -146,6 +150,17 @@ pub fn resize_storage(
     }
     match format {
         Format::Vhd => crate::vhd::resize::resize(storage.as_ref(), new)?,
+        Format::Vhdx => {
+            let rw = opts.clone().writable(true).print_warnings(false);
+            let mut d = crate::vhdx::VhdxDisk::open(
+                Box::new(storage.clone()),
+                path.map(Path::to_path_buf),
+                &rw,
+                &Chain::default(),
+            )?;
+            d.resize(new)?;
+            d.close()?;
+        }
         _ => unreachable!("refused above"),
     }
     if new >= old

@@ -17,6 +17,7 @@ mod info;
 pub mod log;
 pub mod metadata;
 mod open;
+mod resize;
 pub mod parent_locator;
 pub mod region_table;
 pub mod sector_bitmap;

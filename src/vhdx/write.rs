@@ -56,7 +56,7 @@ impl Session {
     }
 }
 
-fn align_mib(x: u64) -> u64 {
+pub(super) fn align_mib(x: u64) -> u64 {
     x.div_ceil(REGION_ALIGNMENT) * REGION_ALIGNMENT
 }
 
@@ -67,7 +67,7 @@ impl VhdxDisk {
 
     /// Start a session if none is open: new FileWriteGuid, DataWriteGuid
     /// and LogGuid, written with the two-copy header update.
-    fn begin_session(&mut self) -> Result<()> {
+    pub(super) fn begin_session(&mut self) -> Result<()> {
         if self.session.is_some() {
             return Ok(());
         }
@@ -155,7 +155,7 @@ impl VhdxDisk {
     }
 
     /// Reserve `size` bytes (a whole number of MiB) at the end of the file.
-    fn allocate(&mut self, size: u64) -> u64 {
+    pub(super) fn allocate(&mut self, size: u64) -> u64 {
         let s = self.session();
         let off = s.next_free;
         s.next_free += size;
@@ -165,13 +165,13 @@ impl VhdxDisk {
     }
 
     /// Change BAT entry `index` in memory; it reaches the file at the next commit.
-    fn set_entry(&mut self, index: u64, value: u64) {
+    pub(super) fn set_entry(&mut self, index: u64, value: u64) {
         self.s.bat[index as usize] = value;
         self.session().dirty_bat.insert(index / ENTRIES_PER_PAGE);
     }
 
     /// Commit first if `pages` more changed pages would not fit in one entry.
-    fn reserve_pages(&mut self, pages: u64) -> Result<()> {
+    pub(super) fn reserve_pages(&mut self, pages: u64) -> Result<()> {
         let s = self.session();
         if s.dirty_pages() + pages > s.log.max_data_sectors() {
             self.commit()?;
@@ -453,14 +453,24 @@ impl VhdxDisk {
     /// Write the changed pages through the log: data durable, entry
     /// written and durable, pages applied.
     pub(super) fn commit(&mut self) -> Result<()> {
+        self.commit_with(Vec::new())
+    }
+
+    /// [`Self::commit`] with `extra` pages (metadata, region tables) in
+    /// the same log entry, so that they change with the BAT atomically.
+    pub(super) fn commit_with(&mut self, extra: Vec<Op>) -> Result<()> {
         let Some(s) = &self.session else {
             return Ok(());
         };
-        if s.dirty_pages() == 0 {
+        if s.dirty_pages() == 0 && extra.is_empty() {
             return Ok(());
         }
         const S: &str = "VHDX file";
-        let ops = self.dirty_ops()?;
+        let mut ops = self.dirty_ops()?;
+        ops.extend(extra);
+        ops.sort_by_key(|o| match o {
+            Op::Data { offset, .. } | Op::Zero { offset, .. } => *offset,
+        });
         let storage = &self.storage;
         let s = self.session.as_mut().expect("a write session is open");
         let len = storage.len().map_err(io_err(S, 0))?;
