@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use vhdkit::{OpenOptions, VhdBuilder};
+use vhdkit::{OpenOptions, VhdBuilder, VhdxBuilder};
 
 const MIB: u64 = 1 << 20;
 
@@ -28,6 +28,55 @@ fn pieces(size: u64, seed: u64) -> Vec<(u64, Vec<u8>)> {
     v
 }
 
+/// An image kind under test.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    VhdFixed,
+    VhdDynamic,
+    VhdxFixed,
+    VhdxDynamic,
+}
+
+const KINDS: [Kind; 4] = [
+    Kind::VhdFixed,
+    Kind::VhdDynamic,
+    Kind::VhdxFixed,
+    Kind::VhdxDynamic,
+];
+
+impl Kind {
+    fn ext(self) -> &'static str {
+        match self {
+            Kind::VhdFixed | Kind::VhdDynamic => "vhd",
+            _ => "vhdx",
+        }
+    }
+    fn create(self, path: &Path, size: u64) -> vhdkit::Disk {
+        match self {
+            Kind::VhdFixed => vhdkit::create_vhd(path, VhdBuilder::new(size).fixed()),
+            Kind::VhdDynamic => vhdkit::create_vhd(path, VhdBuilder::new(size).dynamic()),
+            Kind::VhdxFixed => vhdkit::create_vhdx(path, VhdxBuilder::new(size).fixed()),
+            Kind::VhdxDynamic => vhdkit::create_vhdx(path, VhdxBuilder::new(size)),
+        }
+        .unwrap()
+    }
+    fn path(self, dir: &Path) -> PathBuf {
+        dir.join(format!("{self:?}.{}", self.ext()))
+    }
+}
+
+/// An image of `kind` and `size` bytes holding `pieces`; returns its flat model.
+fn make(kind: Kind, path: &Path, size: u64, pieces: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut model = vec![0u8; size as usize];
+    let mut disk = kind.create(path, size);
+    for (off, data) in pieces {
+        disk.write_at(data, *off).unwrap();
+        model[*off as usize..*off as usize + data.len()].copy_from_slice(data);
+    }
+    disk.close().unwrap();
+    model
+}
+
 /// A VHD of `size` bytes holding `pieces`; returns its flat model.
 fn make_vhd(path: &Path, builder: VhdBuilder, size: u64, pieces: &[(u64, Vec<u8>)]) -> Vec<u8> {
     let mut model = vec![0u8; size as usize];
@@ -40,15 +89,19 @@ fn make_vhd(path: &Path, builder: VhdBuilder, size: u64, pieces: &[(u64, Vec<u8>
     model
 }
 
-/// The content as qemu-img reads it, its size from the footer's current
-/// size (qemu otherwise takes the CHS geometry for our creator).
+/// The content as qemu-img reads it; a VHD's size from the footer's
+/// current size (qemu otherwise takes the CHS geometry for our creator).
 fn qemu_read(path: &Path) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("q.raw");
-    let spec = format!(
-        "driver=vpc,force_size_calc=current_size,file.filename={}",
-        path.display()
-    );
+    let spec = if path.extension().is_some_and(|e| e == "vhdx") {
+        format!("driver=vhdx,file.filename={}", path.display())
+    } else {
+        format!(
+            "driver=vpc,force_size_calc=current_size,file.filename={}",
+            path.display()
+        )
+    };
     qemu_img([
         "convert".as_ref(),
         "--image-opts".as_ref(),
@@ -58,6 +111,20 @@ fn qemu_read(path: &Path) -> Vec<u8> {
         raw.as_os_str(),
     ]);
     std::fs::read(raw).unwrap()
+}
+
+/// `qemu-img check` of a VHDX (qemu cannot check VHD) finds nothing.
+fn qemu_check(path: &Path) {
+    if path.extension().is_some_and(|e| e == "vhdx") {
+        let out = String::from_utf8_lossy(&qemu_img([
+            "check".as_ref(),
+            "-f".as_ref(),
+            "vhdx".as_ref(),
+            path.as_os_str(),
+        ]))
+        .into_owned();
+        assert!(out.contains("No errors were found"), "qemu-img check: {out}");
+    }
 }
 
 /// vhdkit's check is clean (exit 0) and every reader sees `model`.
@@ -75,6 +142,7 @@ fn assert_reads_as(path: &Path, model: &[u8]) {
     assert_eq!(mine.len(), model.len(), "vhdkit size");
     assert!(mine == model, "vhdkit content differs from the model");
     if require_tool("qemu-img") {
+        qemu_check(path);
         let q = qemu_read(path);
         assert_eq!(q.len(), model.len(), "qemu-img size");
         assert!(q == model, "qemu-img content differs from the model");
@@ -103,26 +171,16 @@ fn resize_ok(path: &Path, args: &[&str]) {
     );
 }
 
-/// Makes the builder of a disk kind for a size.
-type Make = fn(u64) -> VhdBuilder;
-
-fn kinds() -> [(&'static str, Make); 2] {
-    [
-        ("fixed", |s| VhdBuilder::new(s).fixed()),
-        ("dynamic", |s| VhdBuilder::new(s).dynamic()),
-    ]
-}
-
 #[test]
-fn vhd_grows_with_the_old_content_then_zeros() {
+fn images_grow_with_the_old_content_then_zeros() {
     // 300 MiB needs 150 entries of 2 MiB blocks: more than the one sector
-    // of BAT a new 8 MiB disk has, so the BAT is moved; 40 MiB fits in it.
-    for (name, b) in kinds() {
+    // of BAT a new 8 MiB VHD has, so its BAT is moved; 40 MiB fits in it.
+    for kind in KINDS {
         for to in [40 * MIB, 300 * MIB] {
             let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join(format!("{name}.vhd"));
+            let path = kind.path(dir.path());
             let size = 8 * MIB;
-            let mut model = make_vhd(&path, b(size), size, &pieces(size, to));
+            let mut model = make(kind, &path, size, &pieces(size, to));
             resize_ok(&path, &[&to.to_string()]);
             model.resize(to as usize, 0);
             assert_reads_as(&path, &model);
@@ -137,6 +195,69 @@ fn vhd_grows_with_the_old_content_then_zeros() {
             assert_reads_as(&path, &model);
         }
     }
+}
+
+#[test]
+fn vhdx_bat_region_moves_when_it_must_grow() {
+    // 1 MiB of BAT holds 131072 entries: with 1 MiB blocks, 128 GiB.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.vhdx");
+    let data = random_bytes(3 * MIB as usize, 31);
+    let mut disk =
+        vhdkit::create_vhdx(&path, VhdxBuilder::new(8 * MIB).block_size(1 << 20)).unwrap();
+    disk.write_at(&data, MIB).unwrap();
+    disk.close().unwrap();
+    drop(disk);
+    let to = 200u64 << 30;
+    resize_ok(&path, &["200G"]);
+    let out = vhdkit([OsArg::from("check"), path.clone().into()]);
+    assert_eq!(out.status.code(), Some(0));
+    if require_tool("qemu-img") {
+        qemu_check(&path);
+        assert_eq!(qemu_virtual_size_vhdx(&path), to);
+    }
+    let late = random_bytes(2 * MIB as usize, 32);
+    let mut disk = vhdkit::open(&path, &OpenOptions::new().writable(true)).unwrap();
+    assert_eq!(disk.virtual_size(), to);
+    disk.write_at(&late, 150 << 30).unwrap();
+    disk.close().unwrap();
+    drop(disk);
+    if require_tool("qemu-img") {
+        qemu_check(&path);
+    }
+    let disk = open(&path);
+    let mut got = vec![0u8; 3 * MIB as usize];
+    disk.read_at(&mut got, MIB).unwrap();
+    assert!(got == data);
+    let mut got = vec![0u8; 2 * MIB as usize];
+    disk.read_at(&mut got, 150 << 30).unwrap();
+    assert!(got == late);
+    disk.read_at(&mut got, 100 << 30).unwrap();
+    assert!(got.iter().all(|&b| b == 0));
+    if require_tool("pyvhdi") {
+        let out = Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import sys, pyvhdi, hashlib\nf = pyvhdi.file()\nf.open(sys.argv[1])\nprint(f.get_media_size(), hashlib.sha256(f.read_buffer_at_offset(2 << 20, 150 << 30)).hexdigest())",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(text.trim(), format!("{to} {}", sha256_hex(&late)));
+    }
+}
+
+fn qemu_virtual_size_vhdx(path: &Path) -> u64 {
+    let out = qemu_img([
+        "info".as_ref(),
+        "-f".as_ref(),
+        "vhdx".as_ref(),
+        "--output=json".as_ref(),
+        path.as_os_str(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    v["virtual-size"].as_u64().unwrap()
 }
 
 #[test]
@@ -168,16 +289,16 @@ fn mbr(end: u64) -> Vec<u8> {
 }
 
 #[test]
-fn vhd_shrinks_past_the_last_partition_and_grows_back_to_zeros() {
-    for (name, b) in kinds() {
+fn images_shrink_past_the_last_partition_and_grow_back_to_zeros() {
+    for kind in KINDS {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(format!("{name}.vhd"));
+        let path = kind.path(dir.path());
         let size = 16 * MIB;
         let mut p = vec![(0, mbr(5 * MIB))];
         p.push((2 * MIB, random_bytes(MIB as usize, 9)));
         // Stored data past the partition: it may be cut off.
         p.push((11 * MIB, random_bytes(MIB as usize, 10)));
-        let mut model = make_vhd(&path, b(size), size, &p);
+        let mut model = make(kind, &path, size, &p);
         // Without --shrink, a smaller size is refused.
         let before = file_sha256(&path);
         let out = resize_cli(&path, &["6M"]);
@@ -206,13 +327,13 @@ fn vhd_shrinks_past_the_last_partition_and_grows_back_to_zeros() {
 
 #[test]
 fn shrinking_over_stored_data_without_a_partition_table_is_refused() {
-    for (name, b) in kinds() {
+    for kind in KINDS {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(format!("{name}.vhd"));
+        let path = kind.path(dir.path());
         let size = 16 * MIB;
-        let mut model = make_vhd(
+        let mut model = make(
+            kind,
             &path,
-            b(size),
             size,
             &[(9 * MIB + 4096, random_bytes(8192, 4))],
         );
@@ -316,13 +437,18 @@ fn gpt_backup_moves_to_the_new_end_on_grow_and_shrink() {
     let (_, listing) = gpt_state(&raw, dir.path());
     let part_end = (2048 + 20 * 2048 + 10 * 2048) * 512u64;
 
-    for kind in ["dynamic", "fixed"] {
-        let image: PathBuf = dir.path().join(format!("{kind}.vhd"));
+    for (fmt, kind) in [
+        ("vhdx", "dynamic"),
+        ("vhdx", "fixed"),
+        ("vhd", "dynamic"),
+        ("vhd", "fixed"),
+    ] {
+        let image: PathBuf = dir.path().join(format!("{kind}.{fmt}"));
         vhdkit_ok([
             OsArg::from("convert"),
             "-q".into(),
             "-O".into(),
-            "vhd".into(),
+            fmt.into(),
             "-t".into(),
             kind.into(),
             raw.as_os_str().into(),
@@ -383,10 +509,15 @@ fn unsupported_images_are_refused_and_left_unchanged() {
         vhd.as_os_str().into(),
         vhdx.as_os_str().into(),
     ]);
+    let xchild = dir.path().join("xc.vhdx");
+    vhdkit::create_vhdx(&xchild, VhdxBuilder::new(0).differencing(&vhdx))
+        .unwrap()
+        .close()
+        .unwrap();
     for (path, want) in [
         (&child, "differencing VHD is not supported"),
         (&evhd, "EVHD is not supported"),
-        (&vhdx, "VHDX is not supported"),
+        (&xchild, "differencing VHDX is not supported"),
     ] {
         let before = file_sha256(path);
         let out = resize_cli(path, &["16M"]);
