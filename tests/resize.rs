@@ -123,7 +123,10 @@ fn qemu_check(path: &Path) {
             path.as_os_str(),
         ]))
         .into_owned();
-        assert!(out.contains("No errors were found"), "qemu-img check: {out}");
+        assert!(
+            out.contains("No errors were found"),
+            "qemu-img check: {out}"
+        );
     }
 }
 

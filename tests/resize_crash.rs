@@ -22,12 +22,13 @@ use vhdkit::report::{CheckReport, FindingKind, Format, Severity};
 use vhdkit::resize::{Target, resize_storage};
 use vhdkit::unstable::chain::Chain;
 use vhdkit::unstable::io::{MemStorage, Storage};
-use vhdkit::{OpenOptions, VhdBuilder, VirtualDisk};
+use vhdkit::{OpenOptions, VhdBuilder, VhdxBuilder, VirtualDisk};
 
 const MIB: u64 = 1 << 20;
 
 struct Case {
     name: &'static str,
+    format: Format,
     /// The image before the resize.
     base: Vec<u8>,
     old: Vec<u8>,
@@ -36,10 +37,27 @@ struct Case {
     /// Only the MBR, the GPT entries and the partitions must stay intact
     /// in between (the GPT moves).
     gpt_end: Option<u64>,
+    /// Crash at every `stride`th operation (1: all): a grow to 200 GiB
+    /// commits its BAT pages in hundreds of log entries.
+    stride: u64,
 }
 
 /// Build a VHD in memory and write `pieces`; returns its bytes and content.
 fn build(builder: VhdBuilder, size: u64, pieces: &[(u64, Vec<u8>)]) -> (Vec<u8>, Vec<u8>) {
+    let probe = FaultStorage::new(Vec::new(), u64::MAX, CrashMode::Prefix { tear: false }, 0);
+    let mut disk = builder.create(Box::new(probe.clone()), None).unwrap();
+    let mut model = vec![0u8; size as usize];
+    for (off, data) in pieces {
+        disk.write_at(data, *off).unwrap();
+        model[*off as usize..*off as usize + data.len()].copy_from_slice(data);
+    }
+    disk.close().unwrap();
+    drop(disk);
+    (probe.durable(), model)
+}
+
+/// Build a VHDX in memory and write `pieces`; returns its bytes and content.
+fn build_vhdx(builder: VhdxBuilder, size: u64, pieces: &[(u64, Vec<u8>)]) -> (Vec<u8>, Vec<u8>) {
     let probe = FaultStorage::new(Vec::new(), u64::MAX, CrashMode::Prefix { tear: false }, 0);
     let mut disk = builder.create(Box::new(probe.clone()), None).unwrap();
     let mut model = vec![0u8; size as usize];
@@ -152,11 +170,13 @@ fn cases() -> Vec<Case> {
         let (base, old) = build(b, size, &content_pieces(size, target));
         v.push(Case {
             name,
+            format: Format::Vhd,
             base,
             old,
             target: Target::Size(target),
             shrink: false,
             gpt_end: None,
+            stride: 1,
         });
     }
     // Odd size: the last block's tail is zeroed.
@@ -164,11 +184,13 @@ fn cases() -> Vec<Case> {
     let (base, old) = build(VhdBuilder::new(odd).dynamic(), odd, &content_pieces(odd, 3));
     v.push(Case {
         name: "dynamic grow from part of a block",
+        format: Format::Vhd,
         base,
         old,
         target: Target::Size(9 * MIB),
         shrink: false,
         gpt_end: None,
+        stride: 1,
     });
     for (name, b) in [
         (
@@ -186,11 +208,13 @@ fn cases() -> Vec<Case> {
         let (base, old) = build(b, size, &p);
         v.push(Case {
             name,
+            format: Format::Vhd,
             base,
             old,
             target: Target::Minimum,
             shrink: true,
             gpt_end: None,
+            stride: 1,
         });
     }
     for (name, b, target, shrink) in [
@@ -222,11 +246,76 @@ fn cases() -> Vec<Case> {
         let (base, old) = build(b, size, &gpt(size, 4 * MIB));
         v.push(Case {
             name,
+            format: Format::Vhd,
             base,
             old,
             target,
             shrink,
             gpt_end: Some(4 * MIB),
+            stride: 1,
+        });
+    }
+    for (name, b, target, shrink) in [
+        (
+            "VHDX fixed grow",
+            VhdxBuilder::new(size).fixed(),
+            Target::Size(12 * MIB),
+            false,
+        ),
+        (
+            "VHDX dynamic grow",
+            VhdxBuilder::new(size),
+            Target::Size(40 * MIB),
+            false,
+        ),
+        (
+            "VHDX dynamic grow, BAT region moved",
+            VhdxBuilder::new(size).block_size(1 << 20),
+            Target::Size(200 << 30),
+            false,
+        ),
+        (
+            "VHDX fixed shrink",
+            VhdxBuilder::new(size).fixed(),
+            Target::Minimum,
+            true,
+        ),
+        (
+            "VHDX dynamic shrink",
+            VhdxBuilder::new(size),
+            Target::Minimum,
+            true,
+        ),
+    ] {
+        let mut p = content_pieces(3 * MIB, 6);
+        p.push((0, mbr(3 * MIB)));
+        p.push((6 * MIB, random_bytes(MIB as usize, 7)));
+        let (base, old) = build_vhdx(b, size, &p);
+        v.push(Case {
+            name,
+            format: Format::Vhdx,
+            base,
+            old,
+            target,
+            shrink,
+            gpt_end: None,
+            stride: if name.contains("BAT region") { 4 } else { 1 },
+        });
+    }
+    for (name, target, shrink) in [
+        ("VHDX GPT grow", Target::Size(12 * MIB), false),
+        ("VHDX GPT shrink", Target::Minimum, true),
+    ] {
+        let (base, old) = build_vhdx(VhdxBuilder::new(size), size, &gpt(size, 4 * MIB));
+        v.push(Case {
+            name,
+            format: Format::Vhdx,
+            base,
+            old,
+            target,
+            shrink,
+            gpt_end: Some(4 * MIB),
+            stride: 1,
         });
     }
     v
@@ -237,7 +326,7 @@ fn run(case: &Case, fs: &FaultStorage) -> vhdkit::Result<vhdkit::resize::Resized
     resize_storage(
         storage,
         None,
-        Format::Vhd,
+        case.format,
         case.target,
         case.shrink,
         &OpenOptions::new(),
@@ -246,10 +335,14 @@ fn run(case: &Case, fs: &FaultStorage) -> vhdkit::Result<vhdkit::resize::Resized
 
 /// `check`'s errors other than leaked space and, if `copy_may_differ`,
 /// the footer copy differing.
-fn check_errors(image: &[u8], copy_may_differ: bool) -> Vec<String> {
+fn check_errors(format: Format, image: &[u8], copy_may_differ: bool) -> Vec<String> {
     let storage = MemStorage::read_only(image.to_vec());
     let mut report = CheckReport::default();
-    if let Err(e) = vhdkit::unstable::vhd::check::check(&storage, &mut report, false) {
+    let r = match format {
+        Format::Vhd => vhdkit::unstable::vhd::check::check(&storage, &mut report, false),
+        _ => vhdkit::unstable::vhdx::check::check(&storage, &mut report, false),
+    };
+    if let Err(e) = r {
         return vec![e.to_string()];
     }
     report
@@ -261,41 +354,73 @@ fn check_errors(image: &[u8], copy_may_differ: bool) -> Vec<String> {
         .collect()
 }
 
-fn read(image: &[u8]) -> vhdkit::Result<Vec<u8>> {
+/// Most of a disk is read: the first [`HEAD`] bytes and the last MiB.
+const HEAD: u64 = 32 * MIB;
+
+/// What a disk reads as: its size, its first bytes and its last MiB.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    size: u64,
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+fn read(image: &[u8]) -> vhdkit::Result<Seen> {
     let disk = vhdkit::unstable::open_storage(
         Box::new(MemStorage::read_only(image.to_vec())),
         None,
         &OpenOptions::new(),
         &Chain::default(),
     )?;
-    Ok(read_disk(disk.as_ref()))
+    let size = disk.virtual_size();
+    let mut head = vec![0u8; size.min(HEAD) as usize];
+    disk.read_at(&mut head, 0)?;
+    let mut tail = vec![0u8; size.min(MIB) as usize];
+    let tail_at = size - tail.len() as u64;
+    disk.read_at(&mut tail, tail_at)?;
+    Ok(Seen { size, head, tail })
+}
+
+/// The old content cut or extended with zeros to `size`, at `[at, at + len)`.
+fn expected(case: &Case, size: u64, at: u64, len: usize) -> Vec<u8> {
+    (at..at + len as u64)
+        .map(|i| {
+            if i < size && (i as usize) < case.old.len() {
+                case.old[i as usize]
+            } else {
+                0
+            }
+        })
+        .collect()
 }
 
 /// Whether `got` is an allowed in-between content.
-fn allowed(case: &Case, got: &[u8], old_size: u64, new_size: u64, fixed: bool) -> bool {
-    let n = got.len() as u64;
+fn allowed(case: &Case, got: &Seen, old_size: u64, new_size: u64, fixed: bool) -> bool {
+    let n = got.size;
     if n != old_size && n != new_size {
         return false;
     }
     if let Some(end) = case.gpt_end {
         let end = end as usize;
-        return got[..512] == case.old[..512] && got[1024..end] == case.old[1024..end];
+        return got.head[..512] == case.old[..512] && got.head[1024..end] == case.old[1024..end];
     }
-    let keep = (n.min(case.old.len() as u64)) as usize;
-    if got[keep..].iter().any(|&b| b != 0) {
+    let tail_at = n - got.tail.len() as u64;
+    if got.tail != expected(case, n, tail_at, got.tail.len()) {
         return false;
     }
-    if got[..keep] == case.old[..keep] {
+    let want = expected(case, n, 0, got.head.len());
+    if got.head == want {
         return true;
     }
-    // A fixed shrink writes the new footer over the first sector it cuts
-    // before it truncates the file.
+    // A fixed VHD shrink writes the new footer over the first sector it
+    // cuts before it truncates the file.
     let s = new_size as usize;
     fixed
+        && case.format == Format::Vhd
         && n == old_size
         && new_size < old_size
-        && got[..s] == case.old[..s]
-        && got[s + 512..] == case.old[s + 512..]
+        && got.head[..s] == want[..s]
+        && got.head[s + 512..] == want[s + 512..]
 }
 
 fn crash_everywhere(case: &Case) -> usize {
@@ -310,18 +435,15 @@ fn crash_everywhere(case: &Case) -> usize {
     let total = fs.count();
     let want = fs.durable();
     let fixed = case.name.contains("fixed");
-    assert!(
-        check_errors(&want, false).is_empty(),
-        "{}: uncrashed",
-        case.name
-    );
+    let errors = check_errors(case.format, &want, false);
+    assert!(errors.is_empty(), "{}: uncrashed: {errors:?}", case.name);
     let want_content = read(&want).unwrap();
-    assert_eq!(want_content.len() as u64, done.new_size);
+    assert_eq!(want_content.size, done.new_size);
     let mut failures = Vec::new();
     let mut points = 0;
     // Each crash point in order with and without a torn write, and with
     // three different subsets of the unflushed writes.
-    for crash_at in 0..total {
+    for crash_at in (0..total).step_by(case.stride as usize) {
         for (mode, seed) in [
             (CrashMode::Prefix { tear: false }, 0),
             (CrashMode::Prefix { tear: true }, crash_at),
@@ -343,7 +465,7 @@ fn crash_everywhere(case: &Case) -> usize {
                 continue;
             }
             let image = fs.durable();
-            let errors = check_errors(&image, true);
+            let errors = check_errors(case.format, &image, true);
             if !errors.is_empty() {
                 failures.push(ctx(format!("check: {errors:?}")));
                 continue;
@@ -351,7 +473,7 @@ fn crash_everywhere(case: &Case) -> usize {
             match read(&image) {
                 Ok(got) if allowed(case, &got, done.old_size, done.new_size, fixed) => {}
                 Ok(got) => {
-                    failures.push(ctx(format!("content of {} bytes not allowed", got.len())));
+                    failures.push(ctx(format!("content of {} bytes not allowed", got.size)));
                     continue;
                 }
                 Err(e) => {
@@ -366,14 +488,15 @@ fn crash_everywhere(case: &Case) -> usize {
                 continue;
             }
             let after = again.durable();
-            let errors = check_errors(&after, false);
+            let errors = check_errors(case.format, &after, false);
             if !errors.is_empty() {
                 failures.push(ctx(format!("check after re-run: {errors:?}")));
-            } else if read(&after).ok().as_deref() != Some(&want_content[..]) {
+            } else if read(&after).ok().as_ref() != Some(&want_content) {
                 failures.push(ctx("content after re-run".into()));
             }
         }
     }
+    println!("{}: {points} crash states", case.name);
     assert!(
         failures.is_empty(),
         "{} of {points} crash states failed:\n{}",
@@ -386,8 +509,21 @@ fn crash_everywhere(case: &Case) -> usize {
 #[test]
 fn vhd_resize_survives_a_crash_at_every_storage_operation() {
     let mut total = 0;
-    for case in cases() {
-        total += crash_everywhere(&case);
+    for case in cases().iter().filter(|c| c.format == Format::Vhd) {
+        total += crash_everywhere(case);
     }
     assert!(total >= 500, "only {total} crash states");
+}
+
+#[test]
+fn vhdx_resize_survives_a_crash_at_every_storage_operation() {
+    let mut total = 0;
+    let only = std::env::var("RESIZE_CASE").unwrap_or_default();
+    for case in cases()
+        .iter()
+        .filter(|c| c.format == Format::Vhdx && c.name.contains(&only))
+    {
+        total += crash_everywhere(case);
+    }
+    assert!(total >= 300, "only {total} crash states");
 }

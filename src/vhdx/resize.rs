@@ -1,15 +1,20 @@
 //! Changing the virtual size of a fixed or dynamic VHDX in place.
 //!
-//! The virtual disk size metadata item, the BAT entries that come into
-//! use and, when the BAT region must grow, the region table (both copies)
-//! change in one log entry ([MS-VHDX] 2.3), so a crash replays all of them
-//! or none. Everything that entry points at is written and made durable
-//! before it, where nothing refers to it yet:
+//! The virtual disk size metadata item and the BAT entries that come into
+//! use change in one log entry ([MS-VHDX] 2.3), so a crash replays all of
+//! them or none. Everything that entry points at is written and made
+//! durable before it, where nothing refers to it yet:
 //!
 //! - the bytes of the old last block past the old size, zeroed;
-//! - fixed disks: the new blocks, appended (the file grows with zeros);
-//! - a BAT region too small for the new size: a new region after the end
-//!   of the file holding the whole table; the old one becomes unused.
+//! - fixed disks: the new blocks, appended (the file grows with zeros).
+//!
+//! A BAT region too small for the new size is moved first, on its own: the
+//! whole table is copied to a new, larger region after the end of the
+//! file, then the region table is switched to it copy by copy (the log
+//! may not write the header area). Only the table's first sector changes,
+//! so each copy changes in one atomic sector write, and both copies are
+//! valid at every point: the first is the one in use. A resize finding the
+//! second copy behind (a crash between the two) brings it up to date.
 //!
 //! Shrinking changes the size item alone: the entries past the new size
 //! stay in the region, outside the table, and a later grow rewrites them.
@@ -26,6 +31,9 @@ use super::write::align_mib;
 
 /// Size of the pages the log carries.
 const PAGE: u64 = LOG_SECTOR;
+/// The device's atomic unit: a region table copy changes one sector at a
+/// time.
+const SECTOR: usize = 512;
 
 impl VhdxDisk {
     /// Set the virtual size to `new_size` (a multiple of the logical sector
@@ -49,12 +57,12 @@ impl VhdxDisk {
             return Ok(());
         }
         self.begin_session()?;
+        self.sync_region_tables()?;
         // A fixed disk stores every block.
         let fixed = self.s.metadata.leave_block_allocated;
         let m = &self.s.metadata;
         let new_layout = Layout::new(new_size, m.block_size, m.logical_sector_size, false);
         let old_layout = self.s.layout;
-        let mut extra = Vec::new();
         if new_size > old {
             let bs = old_layout.block_size;
             let tail = old % bs;
@@ -69,7 +77,9 @@ impl VhdxDisk {
             }
             let new_total = new_layout.total_entries;
             let need = new_total * bat::ENTRY_SIZE;
-            let relocate = need > u64::from(self.s.bat_region.length);
+            if need > u64::from(self.s.bat_region.length) {
+                self.move_bat(need)?;
+            }
             self.s.bat.resize(new_total as usize, 0);
             self.s.layout = new_layout;
             // Entries past the old table: whatever a shrink left there goes.
@@ -84,23 +94,16 @@ impl VhdxDisk {
                     values.push((i, bat::entry(bat::PAYLOAD_FULLY_PRESENT, off)));
                 }
             }
-            if relocate {
-                for (i, v) in values {
-                    self.s.bat[i as usize] = v;
-                }
-                extra.extend(self.move_bat(need)?);
-            } else {
-                for (i, v) in values {
-                    self.reserve_pages(1)?;
-                    self.set_entry(i, v);
-                }
+            for (i, v) in values {
+                self.reserve_pages(1)?;
+                self.set_entry(i, v);
             }
         } else {
             self.s.layout = new_layout;
             self.s.bat.truncate(new_layout.total_entries as usize);
         }
-        extra.push(self.size_page(new_size)?);
-        self.commit_with(extra)?;
+        let size = self.size_page(new_size)?;
+        self.commit_with(vec![size])?;
         self.s.metadata.virtual_size = new_size;
         Ok(())
     }
@@ -128,10 +131,9 @@ impl VhdxDisk {
         })
     }
 
-    /// Write the whole BAT to a new region of `need` bytes (rounded up to a
-    /// MiB) after the end of the file; returns the log pages that point
-    /// both region tables at it.
-    fn move_bat(&mut self, need: u64) -> Result<Vec<Op>> {
+    /// Copy the BAT to a new region of `need` bytes (rounded up to a MiB)
+    /// after the end of the file, then point the region table at it.
+    fn move_bat(&mut self, need: u64) -> Result<()> {
         let len = align_mib(need);
         let length = u32::try_from(len).map_err(|_| {
             Error::invalid_argument(format!(
@@ -144,6 +146,7 @@ impl VhdxDisk {
         self.storage
             .write_at(&raw, at)
             .map_err(io_err("VHDX BAT", at))?;
+        self.storage.flush().map_err(io_err("VHDX file", 0))?;
         let mut entries = self.s.region_table.entries.clone();
         let region = entries
             .iter_mut()
@@ -153,27 +156,43 @@ impl VhdxDisk {
         region.length = length;
         let region = *region;
         let table = RegionTable::encode(&entries);
-        let mut ops = Vec::new();
         for off in REGION_TABLE_OFFSETS {
-            let mut old = vec![0u8; REGION_TABLE_SIZE];
-            self.storage
-                .read_at(&mut old, off)
-                .map_err(io_err("VHDX region table", off))?;
-            for (i, (new, was)) in table
-                .chunks(PAGE as usize)
-                .zip(old.chunks(PAGE as usize))
-                .enumerate()
-            {
-                if new != was {
-                    ops.push(Op::Data {
-                        offset: off + i as u64 * PAGE,
-                        sector: new.into(),
-                    });
-                }
-            }
+            self.write_changed(&table, off)?;
         }
         self.s.bat_region = region;
         self.s.region_table.entries = entries;
-        Ok(ops)
+        Ok(())
+    }
+
+    /// Write the sectors of `table` that differ from the region table copy
+    /// at `off`, then flush.
+    fn write_changed(&self, table: &[u8], off: u64) -> Result<()> {
+        const S: &str = "VHDX region table";
+        let mut old = vec![0u8; REGION_TABLE_SIZE];
+        self.storage
+            .read_at(&mut old, off)
+            .map_err(io_err(S, off))?;
+        for (i, (new, was)) in table.chunks(SECTOR).zip(old.chunks(SECTOR)).enumerate() {
+            if new != was {
+                let at = off + (i * SECTOR) as u64;
+                self.storage.write_at(new, at).map_err(io_err(S, at))?;
+            }
+        }
+        self.storage.flush().map_err(io_err(S, off))
+    }
+
+    /// When the first region table copy is in use and the second differs
+    /// from it (a BAT move cut short between the two), bring the second
+    /// up to date.
+    fn sync_region_tables(&self) -> Result<()> {
+        if self.s.region_table_used != 0 {
+            return Ok(());
+        }
+        let mut first = vec![0u8; REGION_TABLE_SIZE];
+        let at = REGION_TABLE_OFFSETS[0];
+        self.storage
+            .read_at(&mut first, at)
+            .map_err(io_err("VHDX region table", at))?;
+        self.write_changed(&first, REGION_TABLE_OFFSETS[1])
     }
 }
