@@ -299,7 +299,7 @@ fn cases() -> Vec<Case> {
             target,
             shrink,
             gpt_end: None,
-            stride: if name.contains("BAT region") { 4 } else { 1 },
+            stride: if name.contains("BAT region") { 16 } else { 1 },
         });
     }
     for (name, target, shrink) in [
