@@ -127,6 +127,7 @@ impl VirtualDisk for RawDisk {
             creator: None,
             // A sparse file stores less than its length: what its file
             // system says it occupies (never more than the disk).
+            minimum_size: None,
             allocated_bytes: self
                 .storage
                 .allocated_bytes()

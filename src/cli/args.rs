@@ -202,6 +202,8 @@ pub enum Command {
     Compact(CompactArgs),
     /// Serve images as network block devices (NBD) until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Change an image's virtual size in place (a smaller size needs --shrink).
+    Resize(ResizeArgs),
     /// Create a new RSA key pair in the .NET KeyPair.xml form.
     Keygen {
         /// Modulus size in bits (at least 2048).
@@ -448,6 +450,26 @@ pub struct CompactArgs {
     /// Print JSON instead of a summary.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub parent: ParentArgs,
+}
+
+// The arguments of `resize`.
+#[derive(Args)]
+pub struct ResizeArgs {
+    /// The image to resize in place.
+    pub image: PathBuf,
+    /// The new virtual size, e.g. 20G or 21474836480.
+    #[arg(required_unless_present = "to_minimum", conflicts_with = "to_minimum")]
+    pub size: Option<String>,
+    /// Allow a size smaller than the current one: never into a partition,
+    /// nor over stored data when the disk has no partition table.
+    #[arg(long)]
+    pub shrink: bool,
+    /// Shrink to the end of the last partition (MBR or GPT, with the GPT's
+    /// backup after it); implies --shrink.
+    #[arg(long)]
+    pub to_minimum: bool,
     #[command(flatten)]
     pub parent: ParentArgs,
 }

@@ -19,6 +19,8 @@ pub fn info(json: bool, image: &Path, parent: &ParentArgs) -> Outcome {
     warn_signature(disk.as_ref(), image);
     let mut info = disk.info();
     super::say_info_hints(&mut info);
+    // A table that cannot be read only means there is no minimum to show.
+    info.minimum_size = vhdkit::resize::minimum_size(disk.as_ref()).unwrap_or(None);
     emit(json, &info, report::write_info_text)?;
     Ok(0)
 }

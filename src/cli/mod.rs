@@ -14,6 +14,7 @@ mod lifecycle;
 mod merge;
 mod open;
 mod output;
+mod resize;
 mod serve;
 mod signals;
 mod transform;
@@ -238,6 +239,7 @@ fn run(cmd: Command) -> Outcome {
         Command::Write(a) => data::write(a),
         Command::Compact(a) => compact::compact(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Resize(a) => resize::resize(a),
         Command::Keygen {
             bits,
             output,

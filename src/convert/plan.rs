@@ -328,6 +328,7 @@ mod tests {
             disk_id: None,
             data_write_id: None,
             creator: None,
+            minimum_size: None,
             allocated_bytes: 0,
             parent: None,
             warnings: Vec::new(),

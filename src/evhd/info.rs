@@ -38,6 +38,7 @@ pub(super) fn image_info(image: &EvhdImage, keyed: Option<&Keyed>) -> ImageInfo 
         disk_id: Some(h.container_uuid().to_string()),
         data_write_id: None,
         creator: None,
+        minimum_size: None,
         allocated_bytes: allocated,
         parent: None,
         warnings: image

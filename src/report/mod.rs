@@ -118,6 +118,10 @@ pub struct ImageInfo {
     pub creator: Option<String>,
     /// Bytes of the virtual disk that are stored in this file.
     pub allocated_bytes: u64,
+    /// The smallest size the disk can be shrunk to: the end of its last
+    /// partition (see [`crate::resize::minimum_size`]); `None` when not
+    /// looked for or the disk has no partition table. Shown only when set.
+    pub minimum_size: Option<u64>,
     /// The parent of a differencing image.
     pub parent: Option<ParentInfo>,
     /// Problems found while opening (damage that did not prevent reading,
@@ -130,7 +134,7 @@ pub struct ImageInfo {
 impl Serialize for ImageInfo {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("ImageInfo", 14)?;
+        let mut st = s.serialize_struct("ImageInfo", 15)?;
         st.serialize_field("format", &self.format)?;
         st.serialize_field("type", &self.disk_type)?;
         st.serialize_field("virtual_size", &self.virtual_size)?;
@@ -145,6 +149,10 @@ impl Serialize for ImageInfo {
         }
         st.serialize_field("creator", &self.creator)?;
         st.serialize_field("allocated_bytes", &self.allocated_bytes)?;
+        match &self.minimum_size {
+            Some(m) => st.serialize_field("minimum_size", m)?,
+            None => st.skip_field("minimum_size")?,
+        }
         st.serialize_field("parent", &self.parent)?;
         st.serialize_field("warnings", &self.warnings)?;
         match &self.details {
@@ -183,6 +191,9 @@ pub fn write_info_text(info: &ImageInfo, out: &mut dyn Write) -> io::Result<()> 
         rows.push(("block size".into(), human_size(bs)));
     }
     rows.push(("allocated".into(), human_size(info.allocated_bytes)));
+    if let Some(m) = info.minimum_size {
+        rows.push(("minimum size".into(), human_size(m)));
+    }
     if let Some(id) = &info.disk_id {
         // VHDX has two identities; say which one this is.
         let label = match info.format {

@@ -127,6 +127,7 @@ impl VhdDisk {
             block_size,
             disk_id: Some(f.unique_id().to_string()),
             creator: Some(f.creator_summary()),
+            minimum_size: None,
             allocated_bytes: allocated,
             data_write_id: None,
             parent: self.parent.as_ref().map(Parent::info),

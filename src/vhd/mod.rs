@@ -19,6 +19,7 @@ mod info;
 mod open;
 pub mod parent_locator;
 pub(crate) mod reparent;
+pub mod resize;
 
 use std::path::{Path, PathBuf};
 

@@ -86,6 +86,7 @@ impl VhdxDisk {
             block_size: Some(u64::from(m.block_size)),
             disk_id: Some(m.page_83.to_string()),
             creator: Some(s.creator.clone()),
+            minimum_size: None,
             allocated_bytes: allocated,
             data_write_id: Some(h.data_write_guid().to_string()),
             parent: self.parent.as_ref().map(Parent::info),

@@ -21,6 +21,7 @@ mod open;
 pub mod parent_locator;
 pub mod region_table;
 mod reparent;
+mod resize;
 pub mod sector_bitmap;
 mod structure;
 mod write;

@@ -56,7 +56,7 @@ impl Session {
     }
 }
 
-fn align_mib(x: u64) -> u64 {
+pub(super) fn align_mib(x: u64) -> u64 {
     x.div_ceil(REGION_ALIGNMENT) * REGION_ALIGNMENT
 }
 
@@ -68,7 +68,7 @@ impl VhdxDisk {
     /// Start a session if none is open: new FileWriteGuid, DataWriteGuid
     /// (unless kept, see [`VhdxDisk::keep_data_write_id`]) and LogGuid,
     /// written with the two-copy header update.
-    fn begin_session(&mut self) -> Result<()> {
+    pub(super) fn begin_session(&mut self) -> Result<()> {
         self.begin_session_with(true)
     }
 
@@ -180,7 +180,7 @@ impl VhdxDisk {
     }
 
     /// Reserve `size` bytes (a whole number of MiB) at the end of the file.
-    fn allocate(&mut self, size: u64) -> u64 {
+    pub(super) fn allocate(&mut self, size: u64) -> u64 {
         let s = self.session();
         let off = s.next_free;
         s.next_free += size;
@@ -478,14 +478,24 @@ impl VhdxDisk {
     /// Write the changed pages through the log: data durable, entry
     /// written and durable, pages applied.
     pub(super) fn commit(&mut self) -> Result<()> {
+        self.commit_with(Vec::new())
+    }
+
+    /// [`Self::commit`] with `extra` pages (metadata, region tables) in
+    /// the same log entry, so that they change with the BAT atomically.
+    pub(super) fn commit_with(&mut self, extra: Vec<Op>) -> Result<()> {
         let Some(s) = &self.session else {
             return Ok(());
         };
-        if s.dirty_pages() == 0 {
+        if s.dirty_pages() == 0 && extra.is_empty() {
             return Ok(());
         }
         const S: &str = "VHDX file";
-        let ops = self.dirty_ops()?;
+        let mut ops = self.dirty_ops()?;
+        ops.extend(extra);
+        ops.sort_by_key(|o| match o {
+            Op::Data { offset, .. } | Op::Zero { offset, .. } => *offset,
+        });
         let storage = &self.storage;
         let s = self.session.as_mut().expect("a write session is open");
         let len = storage.len().map_err(io_err(S, 0))?;
