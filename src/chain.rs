@@ -103,8 +103,8 @@ fn compose<D: ChildLayer + VirtualDisk>(
                      {c:#x} bytes ({}); a differencing image and its parent must be the same \
                      size (ignoring the parent's id does not waive its size)",
                     path.display(),
-                    crate::report::human_size(p),
-                    crate::report::human_size(c),
+                    size_unit(p),
+                    size_unit(c),
                 ),
             );
             return Err(match layer.path() {
@@ -330,5 +330,16 @@ pub(crate) fn open_parent(
     } else {
         let tried: Vec<PathBuf> = paths.into_iter().map(|(p, _)| p).collect();
         Err(missing_error(&recorded, spec.expected_id, &tried))
+    }
+}
+
+/// `size` in binary units without the byte count `human_size` adds (the
+/// message states the count in hexadecimal already): `32 MiB`, as range
+/// errors write sizes.
+fn size_unit(size: u64) -> String {
+    let s = crate::report::human_size(size);
+    match s.split_once(" (") {
+        Some((unit, _)) => unit.to_string(),
+        None => s,
     }
 }

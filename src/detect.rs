@@ -225,17 +225,27 @@ pub fn guard_probed_raw(storage: &dyn Storage, data: &[u8], offset: u64) -> Resu
     }
 }
 
+/// How the note of [`damaged_detected`] begins.
+const DETECTED_NOTE: &str = " (detected as ";
+
 /// [`damaged`], and when the format was detected from `decided` (not
 /// stated), a note naming that signature and the hint that it may be raw.
 pub fn damaged_detected(format: Format, decided: Option<Trace>, e: Error) -> Error {
     let e = damaged(format, e);
     match decided {
-        Some(t) if e.context().is_some() && t.format == format => e
-            .with_note(&format!(
-                " (detected as {} from its {t})",
+        // An error from deeper in a parent chain may carry its own file's
+        // note already; one note per message.
+        Some(t)
+            if e.context().is_some()
+                && t.format == format
+                && !e.to_string().contains(DETECTED_NOTE) =>
+        {
+            e.with_note(&format!(
+                "{DETECTED_NOTE}{} from its {t})",
                 format_name(format)
             ))
-            .or_hint(crate::Hint::MaybeRaw),
+            .or_hint(crate::Hint::MaybeRaw)
+        }
         _ => e,
     }
 }

@@ -22,15 +22,71 @@ use crate::report::ImageInfo;
 const ZERO_CHUNK: usize = 1 << 20;
 
 /// An opened image: a virtual disk that knows its file.
+///
+/// [`Disk::close`] ends it: the file is closed and its lock released, and
+/// every later read, write, map, discard or zero-write fails.
 pub struct Disk {
     inner: Box<dyn VirtualDisk>,
     path: Option<PathBuf>,
+    closed: bool,
+}
+
+/// What a closed [`Disk`] keeps of its image: the facts `info` and the
+/// sizes report. Its data can no longer be read or written.
+struct Closed {
+    info: ImageInfo,
+    logical_sector_size: u32,
+    physical_sector_size: u32,
+    parent_link_id: Option<Uuid>,
+}
+
+impl Closed {
+    fn error() -> Error {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            "the disk was closed; open the image again to read or write it",
+        )
+    }
+}
+
+impl VirtualDisk for Closed {
+    fn virtual_size(&self) -> u64 {
+        self.info.virtual_size
+    }
+    fn logical_sector_size(&self) -> u32 {
+        self.logical_sector_size
+    }
+    fn physical_sector_size(&self) -> u32 {
+        self.physical_sector_size
+    }
+    fn read_at(&self, _buf: &mut [u8], _offset: u64) -> Result<()> {
+        Err(Closed::error())
+    }
+    fn write_at(&mut self, _buf: &[u8], _offset: u64) -> Result<()> {
+        Err(Closed::error())
+    }
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn map(&self, _offset: u64, _length: u64) -> Result<Vec<Extent>> {
+        Err(Closed::error())
+    }
+    fn info(&self) -> ImageInfo {
+        self.info.clone()
+    }
+    fn parent_link_id(&self) -> Option<Uuid> {
+        self.parent_link_id
+    }
 }
 
 impl Disk {
     /// Wrap `inner`, whose errors are to name `path` (if any).
     pub fn new(inner: Box<dyn VirtualDisk>, path: Option<PathBuf>) -> Self {
-        Disk { inner, path }
+        Disk {
+            inner,
+            path,
+            closed: false,
+        }
     }
 
     /// The image's file, if it has one.
@@ -93,16 +149,54 @@ impl Disk {
         self.named(r)
     }
 
-    /// Flush and leave the file in its at-rest form; dropping the disk does
+    /// Flush, leave the file in its at-rest form, close it and release its
+    /// lock (the image can be opened again at once). Dropping the disk does
     /// the same but cannot report errors.
+    ///
+    /// After a successful `close` the disk still answers [`Disk::info`] and
+    /// its sizes, but every read, write, map, discard and zero-write fails
+    /// with [`ErrorKind::InvalidArgument`]; `flush` and `close` do nothing.
+    /// When `close` fails the disk stays open (and holds its lock), so it
+    /// can be retried or dropped.
     pub fn close(&mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
         let r = self.inner.close();
-        self.named(r)
+        self.named(r)?;
+        let stub = Closed {
+            info: self.inner.info(),
+            logical_sector_size: self.inner.logical_sector_size(),
+            physical_sector_size: self.inner.physical_sector_size(),
+            parent_link_id: self.inner.parent_link_id(),
+        };
+        // Dropping the format's disk closes its files and releases the locks.
+        drop(std::mem::replace(&mut self.inner, Box::new(stub)));
+        self.closed = true;
+        Ok(())
+    }
+
+    /// Whether [`Disk::close`] has ended this disk.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Whether the disk's data cannot be read for want of a key: true for
+    /// an encrypted (EVHD) image opened without a key (a key that is none
+    /// of its recipients' fails the open instead). Such a disk answers [`Disk::info`] (and `check`), but
+    /// its reads and its allocation map fail with
+    /// [`ErrorKind::KeyRequired`].
+    pub fn needs_key(&self) -> bool {
+        matches!(self.inner.read_at(&mut [], 0), Err(e) if e.kind() == ErrorKind::KeyRequired)
     }
 
     /// The allocation map of `[offset, offset + length)` as maximal runs.
+    /// A range past the end of the disk is an [`ErrorKind::OutOfBounds`]
+    /// error, as for [`Disk::read_at`].
     pub fn map(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
-        self.named(self.inner.map(offset, length))
+        let r = check_extent(self.inner.virtual_size(), offset, length)
+            .and_then(|()| self.inner.map(offset, length));
+        self.named(r)
     }
 
     /// The allocation map of the whole disk: which runs are stored in the
@@ -130,6 +224,7 @@ impl Disk {
     /// [`ErrorKind::Unsupported`].
     pub fn discard(&mut self, offset: u64, len: u64) -> Result<u64> {
         let r = match self.inner.discarder() {
+            _ if self.closed => Err(Closed::error()),
             Some(d) => d.discard(offset, len),
             None => Err(Error::new(
                 ErrorKind::Unsupported,
@@ -152,6 +247,9 @@ impl Disk {
     }
 
     fn write_zeroes_(&mut self, offset: u64, len: u64) -> Result<()> {
+        if self.closed {
+            return Err(Closed::error());
+        }
         check_extent(self.inner.virtual_size(), offset, len)?;
         // Refused as any write is on a disk that cannot be written, even
         // where nothing would change.
@@ -335,10 +433,15 @@ fn to_io(e: Error) -> io::Error {
             .map_or(io::ErrorKind::Other, io::Error::kind),
         ErrorKind::ReadOnly => io::ErrorKind::PermissionDenied,
         ErrorKind::InUse => io::ErrorKind::ResourceBusy,
+        ErrorKind::KeyRequired | ErrorKind::KeyMismatch | ErrorKind::Untrusted => {
+            io::ErrorKind::PermissionDenied
+        }
+        ErrorKind::ParentMissing => io::ErrorKind::NotFound,
+        ErrorKind::NeedsRepair => io::ErrorKind::InvalidData,
+        ErrorKind::ParentMismatch | ErrorKind::InvalidKey => io::ErrorKind::InvalidData,
         ErrorKind::InvalidArgument | ErrorKind::OutOfBounds => io::ErrorKind::InvalidInput,
         ErrorKind::Corrupt | ErrorKind::Authentication => io::ErrorKind::InvalidData,
         ErrorKind::Unsupported => io::ErrorKind::Unsupported,
-        _ => io::ErrorKind::Other,
     };
     io::Error::new(kind, e)
 }
@@ -559,6 +662,15 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::ReadOnly);
         let e = d.discard(0, 512).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported);
+        for (kind, io_kind) in [
+            (ErrorKind::KeyRequired, io::ErrorKind::PermissionDenied),
+            (ErrorKind::KeyMismatch, io::ErrorKind::PermissionDenied),
+            (ErrorKind::ParentMissing, io::ErrorKind::NotFound),
+            (ErrorKind::ParentMismatch, io::ErrorKind::InvalidData),
+            (ErrorKind::OutOfBounds, io::ErrorKind::InvalidInput),
+        ] {
+            assert_eq!(to_io(Error::new(kind, "x")).kind(), io_kind, "{kind:?}");
+        }
     }
 
     #[test]

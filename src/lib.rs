@@ -23,6 +23,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! An encrypted (EVHD) image opens read-only without a key, so that its
+//! public fields can be inspected ([`Disk::info`], `check`); its data cannot
+//! be read then: [`Disk::needs_key`] is true, and every read and the
+//! allocation map fail with [`ErrorKind::KeyRequired`] (through
+//! [`Disk::reader`], [`std::io::ErrorKind::PermissionDenied`]). Give the key
+//! with [`OpenOptions::key`] to read it.
+//!
+//! [`Disk::close`] reports the errors of closing, closes the file and
+//! releases its lock; after it the disk refuses reads and writes.
+//!
 //! # Reading through the adapter
 //!
 //! [`Disk::reader`] is `Read + Seek`, so a partition crate (here `gptman`)
@@ -306,6 +316,11 @@ pub(crate) fn detect(storage: &dyn Storage) -> Format {
 /// Open the image at `path`, detecting its format, with its parent chain
 /// (see [`unstable::chain`]). Every error of the returned [`Disk`] names `path` (or
 /// the parent it concerns).
+///
+/// An encrypted (EVHD) image opened without a key (see
+/// [`OpenOptions::key`]) opens read-only all the same, for [`Disk::info`]
+/// and `check`: [`Disk::needs_key`] then says so, and every read fails with
+/// [`ErrorKind::KeyRequired`]. Asked for `writable`, it is that error here.
 pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Disk> {
     let path = path.as_ref();
     let inner = chain::open_path(path, opts, &Chain::default())?;
