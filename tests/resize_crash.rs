@@ -21,7 +21,7 @@ use common::*;
 use vhdkit::report::{CheckReport, FindingKind, Format, Severity};
 use vhdkit::resize::{Target, resize_storage};
 use vhdkit::unstable::chain::Chain;
-use vhdkit::unstable::io::{MemStorage, Storage};
+use vhdkit::{MemStorage, Storage};
 use vhdkit::{OpenOptions, VhdBuilder, VhdxBuilder, VirtualDisk};
 
 const MIB: u64 = 1 << 20;
