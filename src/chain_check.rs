@@ -74,7 +74,7 @@ pub enum Break {
         /// The file already in the chain.
         path: PathBuf,
     },
-    /// Deeper than [`MAX_CHAIN_DEPTH`].
+    /// Deeper than the chain depth limit (`MAX_CHAIN_DEPTH`).
     TooDeep,
 }
 

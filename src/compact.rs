@@ -7,7 +7,7 @@
 //! to the copy, and the space a block leaves is written to only after the
 //! table no longer points at it durably. The content never changes, so a
 //! differencing child's parent keeps its children valid. The formats do
-//! the work ([`crate::vhd`] and [`crate::vhdx`], each in its `compact`
+//! the work (`vhd` and `vhdx`, each in its `compact`
 //! module); this module opens the image and plans where blocks go.
 
 use std::path::Path;

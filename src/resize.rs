@@ -2,7 +2,7 @@
 //! shared by every format, the partition check that guards a shrink, and
 //! the GPT backup moved to the new last sectors.
 //!
-//! The format does the resize itself (see [`crate::vhd::resize`]); this
+//! The format does the resize itself (the `resize` modules of `vhd` and `vhdx`); this
 //! front decides the size and whether a shrink may cut what it cuts:
 //!
 //! - growing is always allowed; shrinking needs `shrink`;

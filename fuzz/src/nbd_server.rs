@@ -7,10 +7,10 @@
 
 use std::io::{Cursor, Write};
 
+use vhdkit::MemStorage;
 use vhdkit::nbd::{Export, ServeOptions, Server};
 use vhdkit::report::Format;
 use vhdkit::unstable::chain::Chain;
-use vhdkit::MemStorage;
 use vhdkit::{Disk, OpenOptions};
 
 /// Size of each served disk.
