@@ -11,6 +11,11 @@ use std::sync::RwLock;
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::lock::{LockMode, force_share_would_help, lock, lock_for_replace};
 
+mod sys;
+
+pub use sys::rename_into_place;
+use sys::{copy_within, map_read_only, pread_exact, punch_hole, pwrite_all};
+
 /// Positional byte storage holding an image file.
 pub trait Storage: Send + Sync {
     /// Fill `buf` from `offset`; reading past the end is an `UnexpectedEof` error.
@@ -233,91 +238,6 @@ impl Drop for FileStorage {
     }
 }
 
-/// Move the finished file `tmp` to `dest` (both in one directory).
-///
-/// With `replace` an existing `dest` is replaced atomically (`rename`; a
-/// symbolic link at `dest` is replaced itself, never followed). Without it
-/// an existing `dest`, even one that appeared after the caller checked, is
-/// never replaced: the result is an [`io::ErrorKind::AlreadyExists`] error
-/// and `tmp` stays where it is (the caller removes it). On Linux this is
-/// `renameat2(RENAME_NOREPLACE)`; where that is not available (another
-/// system, or a file system without it) a hard link, which also fails on
-/// an existing name, followed by removing `tmp`; where hard links are not
-/// supported either (FAT), a last existence check before `rename` (which
-/// leaves a short race, the best such a file system allows).
-pub fn rename_into_place(tmp: &Path, dest: &Path, replace: bool) -> io::Result<()> {
-    if replace {
-        return std::fs::rename(tmp, dest);
-    }
-    #[cfg(target_os = "linux")]
-    match rename_noreplace(tmp, dest) {
-        Ok(()) => return Ok(()),
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
-            ) => {}
-        Err(e) => return Err(e),
-    }
-    match std::fs::hard_link(tmp, dest) {
-        Ok(()) => return std::fs::remove_file(tmp),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(e),
-        Err(_) => {}
-    }
-    if std::fs::symlink_metadata(dest).is_ok() {
-        return Err(io::ErrorKind::AlreadyExists.into());
-    }
-    std::fs::rename(tmp, dest)
-}
-
-/// `renameat2(tmp, dest, RENAME_NOREPLACE)`: fails with `EEXIST` if `dest`
-/// exists, atomically.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
-fn rename_noreplace(tmp: &Path, dest: &Path) -> io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
-    };
-    let (from, to) = (c(tmp)?, c(dest)?);
-    // SAFETY: both pointers are NUL-terminated strings that outlive the call.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Map a file opened read-only, or `None` when it cannot be mapped (empty
-/// files, devices, pipes): reads then use `pread`.
-#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
-fn map_read_only(file: &File) -> Option<memmap2::Mmap> {
-    let len = file.metadata().ok()?.len();
-    if len == 0 || usize::try_from(len).is_err() {
-        return None;
-    }
-    // SAFETY: the mapping is read-only and only read through bounds-checked
-    // slices. The one hazard is another process truncating the file while it
-    // is mapped, which faults the reading process (SIGBUS). Only locked
-    // opens map: the shared lock keeps every vhdkit writer (and any program
-    // honouring flock) away, and vhdkit itself never modifies a file it
-    // opened read-only; `-U` opens, which read files others are changing,
-    // use pread instead. A program that ignores the lock and shrinks the
-    // file can still fault a locked reader (README, "Images in use").
-    unsafe { memmap2::Mmap::map(file) }.ok()
-}
-
 impl FileStorage {
     /// The length of the mapped file (the length of a locked read-only
     /// open, which does not change while it is open), or 0.
@@ -365,42 +285,6 @@ impl FileStorage {
             None => false,
         }
     }
-}
-
-#[cfg(unix)]
-fn pread_exact(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-}
-
-#[cfg(unix)]
-fn pwrite_all(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
-}
-
-#[cfg(windows)]
-fn pread_exact(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !buf.is_empty() {
-        match file.seek_read(buf, offset)? {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n => {
-                buf = &mut buf[n..];
-                offset += n as u64;
-            }
-        }
-    }
-    Ok(())
-}
-
-#[cfg(windows)]
-fn pwrite_all(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !buf.is_empty() {
-        let n = file.seek_write(buf, offset)?;
-        buf = &buf[n..];
-        offset += n as u64;
-    }
-    Ok(())
 }
 
 impl Storage for FileStorage {
@@ -479,91 +363,6 @@ impl Storage for FileStorage {
         }
         copy_within(&self.file, from, to, len)
     }
-}
-
-/// `copy_file_range` from `from` to `to` in `file`; `Ok(false)` when the
-/// kernel or file system cannot before anything was copied. A copy cut
-/// short later (the source ends) is finished by the caller's fallback only
-/// if nothing was copied, so a short source is an error here.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
-fn copy_within(file: &File, from: u64, to: u64, len: u64) -> io::Result<bool> {
-    use std::os::unix::io::AsRawFd;
-    let fd = file.as_raw_fd();
-    let (Ok(mut off_in), Ok(mut off_out)) = (i64::try_from(from), i64::try_from(to)) else {
-        return Ok(false);
-    };
-    let mut left = len;
-    while left > 0 {
-        let n = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
-        // SAFETY: both offsets are valid i64 locals the kernel updates;
-        // the descriptor is open for as long as `file` is borrowed.
-        let r = unsafe { libc::copy_file_range(fd, &mut off_in, fd, &mut off_out, n, 0) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            let unsupported = matches!(
-                e.raw_os_error(),
-                Some(libc::ENOSYS | libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL)
-            );
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            if unsupported && left == len {
-                return Ok(false);
-            }
-            return Err(e);
-        }
-        if r == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the copy's source ends early",
-            ));
-        }
-        left -= r as u64;
-    }
-    Ok(true)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn copy_within(_file: &File, _from: u64, _to: u64, _len: u64) -> io::Result<bool> {
-    Ok(false)
-}
-
-/// `fallocate(PUNCH_HOLE | KEEP_SIZE)`; `Ok(false)` when the file system
-/// refuses the operation.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
-fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<bool> {
-    use std::os::unix::io::AsRawFd;
-    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return Ok(false);
-    };
-    if n == 0 {
-        return Ok(true);
-    }
-    // SAFETY: the descriptor is open for as long as `file` is borrowed;
-    // fallocate reads no memory of ours.
-    let r = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off,
-            n,
-        )
-    };
-    if r == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL | libc::ENODEV) => Ok(false),
-        _ => Err(e),
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn punch_hole(_file: &File, _offset: u64, _len: u64) -> io::Result<bool> {
-    Ok(false)
 }
 
 /// An image held in memory, for tests and for building images before writing them out.
