@@ -47,7 +47,9 @@ impl DataMap {
     }
 
     /// Scan `start..need` fully, then on up to `ahead` while the map holds
-    /// fewer than `max_runs` runs; the map ends where the scan stopped.
+    /// fewer than `max_runs` runs; the map ends where the scan stopped, or
+    /// past `ahead` at the end of what the last call found (the hole or
+    /// data after the window).
     fn scan_ahead(
         file: &File,
         start: u64,
@@ -75,20 +77,29 @@ impl DataMap {
                 Err(e) => return Err(e),
             };
             if data >= ahead {
+                // `pos..data` is a hole: known without another call.
+                map.end = data;
                 break;
             }
             // A file that shrank since `data` was found ends the data there;
             // a system that cannot find the hole makes the rest data.
             let hole = match seek_hole(file, data) {
-                Ok(h) => h.unwrap_or(data),
+                Ok(h) => h.unwrap_or(data).max(data),
                 Err(e) if unsupported(&e) => ahead,
                 Err(e) => return Err(e),
-            }
-            .clamp(data, ahead);
+            };
             if hole == data {
                 break;
             }
             map.push(data, hole);
+            if hole > ahead {
+                // The system found the run's end past the window: the map
+                // covers it too (some file systems, tmpfs among them, walk
+                // every page up to the hole, so that walk is not repeated
+                // for the next request).
+                map.end = hole;
+                break;
+            }
             pos = hole;
         }
         Ok(Some(map))
@@ -392,6 +403,27 @@ mod tests {
         // Inside the window kept: no scan, the window stays.
         assert_eq!(w.data_in(&f, len, 4096, 512).unwrap(), Some(vec![]));
         assert_eq!(w.ahead.load(Relaxed), FIRST_WINDOW_BYTES);
+    }
+
+    #[test]
+    fn a_run_found_past_the_window_is_kept_whole() {
+        // A dense file: the first scan's SEEK_HOLE finds the end of the
+        // file, so the map covers it all and a far read needs no new scan.
+        let d = tempfile::tempdir().unwrap();
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(d.path().join("f"))
+            .unwrap();
+        let len = 4 * FIRST_WINDOW_BYTES;
+        f.write_all_at(&vec![1u8; len as usize], 0).unwrap();
+        let w = HoleWindow::default();
+        if w.data_in(&f, len, 0, 512).unwrap().is_none() {
+            return; // no hole reporting here
+        }
+        assert_eq!(w.known_hole(len - 4096, 4096), Some(false));
     }
 
     #[test]
