@@ -12,16 +12,9 @@ use std::io;
 /// is never read as data.
 pub const MAX_RUNS: usize = 1 << 16;
 
-/// How far ahead of a request a [`HoleWindow`] scans at most, so that a
-/// copy advancing through the file asks the file system once per window.
+/// How far ahead of a request a [`HoleWindow`] scans, so that a copy
+/// advancing through the file asks the file system once per window.
 pub const WINDOW_BYTES: u64 = 1 << 30;
-
-/// How far ahead of a request a [`HoleWindow`] scans when the request does
-/// not continue the window kept (a random read). Some file systems (tmpfs)
-/// walk every page of the range a `SEEK_HOLE` covers, so a random read
-/// must not pay for a scan of [`WINDOW_BYTES`]; the window doubles with
-/// each request that continues it, up to [`WINDOW_BYTES`].
-pub const FIRST_WINDOW_BYTES: u64 = 4 << 20;
 
 /// The runs of a byte range of a file that its file system stores: the
 /// bytes between them are holes, which read as zeros.
@@ -166,9 +159,7 @@ impl DataMap {
 /// The data map of a file that does not change while it is read (a locked
 /// read-only open), found one window at a time as reads advance: a request
 /// outside the window kept scans afresh from the request's start, through
-/// its end and on up to [`MAX_RUNS`] runs or a window further: the window
-/// starts at [`FIRST_WINDOW_BYTES`] and doubles, up to [`WINDOW_BYTES`],
-/// while requests continue where the window kept ends.
+/// its end and on up to [`WINDOW_BYTES`] or [`MAX_RUNS`] runs further.
 /// Memory stays bounded by the larger of a request and that window, and
 /// every hole stays a hole, however fragmented the file.
 #[derive(Debug, Default)]
@@ -176,8 +167,6 @@ pub struct HoleWindow {
     /// The window kept: `None` before the first request, `Some(None)` when
     /// the system cannot tell holes for this file.
     kept: std::sync::Mutex<Option<Option<DataMap>>>,
-    /// The window scanned last beyond its request (0 before the first).
-    ahead: std::sync::atomic::AtomicU64,
 }
 
 impl HoleWindow {
@@ -199,20 +188,8 @@ impl HoleWindow {
             }
             _ => {}
         }
-        // A request that starts inside the window kept (a copy advancing
-        // past its end) doubles the window; any other starts it afresh.
-        let continues =
-            matches!(&*kept, Some(Some(map)) if offset >= map.start && offset <= map.end);
-        let last = self.ahead.load(std::sync::atomic::Ordering::Relaxed);
-        let window = if continues && last > 0 {
-            last.saturating_mul(2).min(WINDOW_BYTES)
-        } else {
-            FIRST_WINDOW_BYTES
-        };
-        self.ahead
-            .store(window, std::sync::atomic::Ordering::Relaxed);
         let need = offset.saturating_add(len).min(file_len);
-        let ahead = need.saturating_add(window).min(file_len);
+        let ahead = need.saturating_add(WINDOW_BYTES).min(file_len);
         let map = DataMap::scan_ahead(file, offset, need, ahead, MAX_RUNS)?;
         let runs = map.as_ref().map(|m| m.data_in(offset, len));
         *kept = Some(map);
@@ -382,30 +359,6 @@ mod tests {
     }
 
     #[test]
-    fn the_window_grows_while_reads_continue_and_restarts_on_a_jump() {
-        use std::sync::atomic::Ordering::Relaxed;
-        let d = tempfile::tempdir().unwrap();
-        let f = File::create(d.path().join("f")).unwrap();
-        let len = 8 * FIRST_WINDOW_BYTES;
-        f.set_len(len).unwrap();
-        let w = HoleWindow::default();
-        if w.data_in(&f, len, 0, 512).unwrap().is_none() {
-            return; // no hole reporting here
-        }
-        assert_eq!(w.ahead.load(Relaxed), FIRST_WINDOW_BYTES);
-        // A read just past the window kept continues it: twice the window.
-        let end = FIRST_WINDOW_BYTES + 512;
-        assert_eq!(w.data_in(&f, len, end, 512).unwrap(), Some(vec![]));
-        assert_eq!(w.ahead.load(Relaxed), 2 * FIRST_WINDOW_BYTES);
-        // A jump back to the start is a random read: the first window again.
-        assert_eq!(w.data_in(&f, len, 0, 512).unwrap(), Some(vec![]));
-        assert_eq!(w.ahead.load(Relaxed), FIRST_WINDOW_BYTES);
-        // Inside the window kept: no scan, the window stays.
-        assert_eq!(w.data_in(&f, len, 4096, 512).unwrap(), Some(vec![]));
-        assert_eq!(w.ahead.load(Relaxed), FIRST_WINDOW_BYTES);
-    }
-
-    #[test]
     fn a_run_found_past_the_window_is_kept_whole() {
         // A dense file: the first scan's SEEK_HOLE finds the end of the
         // file, so the map covers it all and a far read needs no new scan.
@@ -417,7 +370,7 @@ mod tests {
             .truncate(true)
             .open(d.path().join("f"))
             .unwrap();
-        let len = 4 * FIRST_WINDOW_BYTES;
+        let len = 16u64 << 20;
         f.write_all_at(&vec![1u8; len as usize], 0).unwrap();
         let w = HoleWindow::default();
         if w.data_in(&f, len, 0, 512).unwrap().is_none() {
