@@ -259,7 +259,8 @@ pub trait Listener {
     /// Wait for the next client.
     fn accept(&self) -> io::Result<Self::Stream>;
     /// Something that makes a waiting [`Listener::accept`] return (for
-    /// example by connecting to the listener), called when the server stops.
+    /// example by shutting the listening socket down), called when the
+    /// server stops; `accept` may then fail.
     fn waker(&self) -> io::Result<Box<dyn Fn() + Send + Sync>>;
 }
 
@@ -299,14 +300,7 @@ impl Listener for UnixListener {
         UnixListener::accept(self).map(|(s, _)| s)
     }
     fn waker(&self) -> io::Result<Box<dyn Fn() + Send + Sync>> {
-        let addr = self.local_addr()?;
-        let path = addr
-            .as_pathname()
-            .ok_or_else(|| io::Error::other("the Unix socket has no path to wake it by"))?
-            .to_path_buf();
-        Ok(Box::new(move || {
-            let _ = UnixStream::connect(&path);
-        }))
+        shutdown_waker(self.try_clone()?.into())
     }
 }
 
@@ -319,17 +313,23 @@ impl Listener for TcpListener {
         Ok(s)
     }
     fn waker(&self) -> io::Result<Box<dyn Fn() + Send + Sync>> {
-        let mut addr = self.local_addr()?;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(match addr {
-                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
-        }
-        Ok(Box::new(move || {
-            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
-        }))
+        shutdown_waker(self.try_clone()?.into())
     }
+}
+
+/// A waker that shuts the listening socket down: a waiting `accept`
+/// returns an error at once. It goes by the descriptor, not by the address,
+/// so it works when the socket file is gone and never reaches another
+/// server listening on the same path.
+#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
+fn shutdown_waker(fd: std::os::fd::OwnedFd) -> io::Result<Box<dyn Fn() + Send + Sync>> {
+    use std::os::fd::AsRawFd;
+    Ok(Box::new(move || {
+        // SAFETY: shutdown(2) on a descriptor this closure owns.
+        unsafe {
+            libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR);
+        }
+    }))
 }
 
 /// Connections being served, for stopping.
@@ -455,6 +455,8 @@ impl Server {
             while !self.state.stopping() {
                 let stream = match listener.accept() {
                     Ok(s) => s,
+                    // Woken by the stop: the error says only that.
+                    Err(_) if self.state.stopping() => break,
                     Err(e) => match e.kind() {
                         io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => continue,
                         // Out of descriptors or memory: the clients that
@@ -489,6 +491,8 @@ impl Server {
             }
             self.close_connections();
         });
+        // The waker holds the listening socket: let it go with the listener.
+        *self.state.waker.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let flushed = self.flush();
         result.and(flushed)
     }
