@@ -483,3 +483,60 @@ fn serve_options_tcp_pid_file_exports_and_sockets() {
     served.wait();
     assert!(!stale.exists(), "the socket is removed on exit");
 }
+
+/// Send `sig` to the server.
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) on our own child's pid.
+    let r = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    assert_eq!(r, 0);
+}
+
+/// SIGINT stops the server even when its socket file was removed (the
+/// stop does not go by the path): it exits 0 with the writes flushed.
+#[test]
+fn sigint_stops_a_server_whose_socket_file_is_gone() {
+    if !require_tool("qemu-io") || !require_tool("qemu-img") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.vhdx");
+    vhdkit_ok(["create", s(&img), "4M"]);
+    let mut served = Served::start(dir.path(), &[s(&img)]);
+    client(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x5a 0 64k", &served.uri],
+    );
+    std::fs::remove_file(dir.path().join("nbd.sock")).unwrap();
+    signal(&served.child, libc::SIGINT);
+    served.wait();
+    let mut want = vec![0u8; 4 << 20];
+    want[..64 << 10].fill(0x5a);
+    let raw = dir.path().join("want.raw");
+    std::fs::write(&raw, &want).unwrap();
+    vhdkit_ok(["check", s(&img)]);
+    client(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "vhdx", s(&raw), s(&img)],
+    );
+}
+
+/// A second signal exits at once (130) but still removes the socket and
+/// the pid file; whichever way the server ends, neither is left behind.
+#[test]
+fn a_second_signal_leaves_no_socket_or_pid_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.vhdx");
+    vhdkit_ok(["create", s(&img), "4M"]);
+    let pid = dir.path().join("serve.pid");
+    let mut served = Served::start(dir.path(), &[s(&img), "--pid-file", s(&pid)]);
+    assert!(pid.exists());
+    signal(&served.child, libc::SIGINT);
+    signal(&served.child, libc::SIGINT);
+    let st = wait_bounded(&mut served.child, "vhdkit serve");
+    assert!(matches!(st.code(), Some(0 | 130)), "{st:?}");
+    assert!(!pid.exists(), "the pid file is removed ({st:?})");
+    assert!(
+        !dir.path().join("nbd.sock").exists(),
+        "the socket is removed ({st:?})"
+    );
+}

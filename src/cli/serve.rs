@@ -52,7 +52,8 @@ pub fn serve(a: ServeArgs) -> Outcome {
             // The pid file first: whoever reads the URI may look for it.
             let _pid = PidFile::write(a.pid_file.as_deref())?;
             announce(names.iter().map(|n| format!("nbd://{at}/{}", encode(n))));
-            signals::stop_on_signals(move || stop.stop());
+            let remove = a.pid_file.iter().cloned().collect();
+            signals::stop_on_signals(move || stop.stop(), remove);
             server.serve(&l)
         }
         None => {
@@ -68,7 +69,10 @@ pub fn serve(a: ServeArgs) -> Outcome {
                     .iter()
                     .map(|n| format!("nbd+unix:///{}?socket={p}", encode(n))),
             );
-            signals::stop_on_signals(move || stop.stop());
+            let remove = std::iter::once(path.clone())
+                .chain(a.pid_file.iter().cloned())
+                .collect();
+            signals::stop_on_signals(move || stop.stop(), remove);
             server.serve(&l)
         }
     };
