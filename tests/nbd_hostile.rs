@@ -615,3 +615,50 @@ impl PeekExact for UnixStream {
         }
     }
 }
+
+/// The handshake has one deadline, not one per read: a client trickling a
+/// byte at a time, each well within it, is still closed in the end.
+#[test]
+fn a_trickling_handshake_is_closed_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ServeOptions::new().handshake_timeout(Duration::from_millis(500));
+    let run = Running::start(dir.path(), opts);
+    let mut c = Client::hello(&run);
+    let mut b = IHAVEOPT.to_be_bytes().to_vec();
+    b.extend_from_slice(&OPT_GO.to_be_bytes());
+    b.extend_from_slice(&4000u32.to_be_bytes());
+    b.resize(4000 + 16, 0);
+    // 100 ms between bytes: a per-read limit of 500 ms would never fire.
+    let closed = b.iter().any(|byte| {
+        std::thread::sleep(Duration::from_millis(100));
+        c.s.write_all(&[*byte]).is_err()
+    });
+    assert!(closed, "the server kept a handshake going for 400 s");
+    good_client(&run);
+    run.stop();
+}
+
+/// Beyond `max_connections` new connections are closed at once; the
+/// connections held are served, and a place freed is taken again.
+#[test]
+fn connections_beyond_the_limit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(dir.path(), ServeOptions::new().max_connections(2));
+    let held = [Client::hello(&run), Client::hello(&run)];
+    let mut s = run.connect();
+    let mut g = [0u8; 18];
+    assert!(s.read_exact(&mut g).is_err(), "a third client is refused");
+    drop(held);
+    // The places are given back when the server sees the clients gone.
+    let served = (0..1000).any(|_| {
+        let mut s = run.connect();
+        if s.read_exact(&mut g).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        false
+    });
+    assert!(served, "a freed place is taken again");
+    good_client(&run);
+    run.stop();
+}

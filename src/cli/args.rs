@@ -405,6 +405,9 @@ pub struct ServeArgs {
     /// Exit once a client has connected and every client has disconnected.
     #[arg(long)]
     pub once: bool,
+    /// Most clients served at once; more are refused (closed when accepted).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub max_connections: usize,
     /// Write the server's process id to this file once it listens.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,

@@ -39,7 +39,13 @@ pub fn serve(a: ServeArgs) -> Outcome {
         };
         exports.push(Export::new(name, disk, read_only).map_err(fail1)?);
     }
-    let server = Server::new(exports, ServeOptions::new().once(a.once)).map_err(fail1)?;
+    let server = Server::new(
+        exports,
+        ServeOptions::new()
+            .once(a.once)
+            .max_connections(a.max_connections),
+    )
+    .map_err(fail1)?;
     let names: Vec<String> = server.exports().map(|e| e.name().to_string()).collect();
     let stop = server.stop_handle();
     let served = match &a.bind {

@@ -52,10 +52,17 @@ use crate::handle::Disk;
 
 pub use handshake::{MAX_OPTIONS, MAX_QUERIES};
 
-/// How long a client may take over each read of its handshake before it is
-/// disconnected, so that connections that never finish negotiating do not
-/// hold one of the [`ServeOptions::max_connections`] places for ever.
+/// How long a client may take over its whole handshake (from being accepted
+/// to the end of its options) before it is disconnected, so that
+/// connections that never finish negotiating do not hold one of the
+/// [`ServeOptions::max_connections`] places for ever (the default of
+/// [`ServeOptions::handshake_timeout`]). Clients that finished it may stay
+/// idle as long as they like: a mounted device idles for hours.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// At most one line on stderr per this long about connections refused for
+/// the connection limit.
+const REFUSAL_NOTICE_EVERY: Duration = Duration::from_secs(10);
 
 /// How long a stopping server waits for clients to take their last replies
 /// before it closes their connections outright.
@@ -185,6 +192,7 @@ pub struct ServeOptions {
     workers: usize,
     queue: usize,
     buffer_budget: u64,
+    handshake_timeout: Duration,
     once: bool,
 }
 
@@ -195,6 +203,7 @@ impl Default for ServeOptions {
             workers: 4,
             queue: 32,
             buffer_budget: 64 << 20,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
             once: false,
         }
     }
@@ -230,6 +239,13 @@ impl ServeOptions {
     /// least one largest request); reading the next request waits below it.
     pub fn buffer_budget(mut self, bytes: u64) -> Self {
         self.buffer_budget = bytes.max(u64::from(proto::MAX_PAYLOAD));
+        self
+    }
+
+    /// How long a client may take over its whole handshake
+    /// ([`HANDSHAKE_TIMEOUT`] by default; at least a millisecond).
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.handshake_timeout = t.max(Duration::from_millis(1));
         self
     }
 
@@ -332,6 +348,29 @@ fn shutdown_waker(fd: std::os::fd::OwnedFd) -> io::Result<Box<dyn Fn() + Send + 
     }))
 }
 
+/// A stream whose reads fail once a deadline has passed (each read waits
+/// at most until it).
+struct Deadlined<S> {
+    stream: S,
+    until: std::cell::Cell<Option<std::time::Instant>>,
+}
+
+impl<S: Stream> Read for Deadlined<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(until) = self.until.get() {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the handshake took too long",
+                ));
+            }
+            self.stream.set_read_timeout(Some(left))?;
+        }
+        self.stream.read(buf)
+    }
+}
+
 /// Connections being served, for stopping.
 #[derive(Default)]
 struct Connections {
@@ -341,6 +380,8 @@ struct Connections {
     closers: HashMap<u64, Box<dyn Fn(bool) + Send + Sync>>,
     /// Connections accepted so far.
     served: u64,
+    /// When a refusal for the connection limit was last told on stderr.
+    refusal_told: Option<std::time::Instant>,
 }
 
 /// State shared by a server and its stop handles.
@@ -504,6 +545,16 @@ impl Server {
         let mut c = self.state.conns();
         if c.closers.len() >= self.opts.max_connections {
             stream.shutdown_all();
+            let now = std::time::Instant::now();
+            if c.refusal_told
+                .is_none_or(|t| now.duration_since(t) >= REFUSAL_NOTICE_EVERY)
+            {
+                c.refusal_told = Some(now);
+                eprintln!(
+                    "vhdkit: connection limit ({}) reached; refusing new connections",
+                    self.opts.max_connections
+                );
+            }
             return None;
         }
         let id = c.next;
@@ -541,16 +592,21 @@ impl Server {
         drop(c);
     }
 
-    /// Serve one connection on this thread: handshake with a bounded wait
-    /// for each read, then requests until the client leaves.
+    /// Serve one connection on this thread: handshake within
+    /// [`ServeOptions::handshake_timeout`], then requests until the client
+    /// leaves.
     fn serve_stream<S: Stream>(&self, stream: S) {
         let Ok(writer) = stream.try_clone() else {
             return;
         };
-        let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-        let reader = stream;
+        let until = std::time::Instant::now() + self.opts.handshake_timeout;
+        let reader = Deadlined {
+            stream,
+            until: std::cell::Cell::new(Some(until)),
+        };
         self.run(reader, writer, |r| {
-            let _ = r.set_read_timeout(None);
+            r.until.set(None);
+            let _ = r.stream.set_read_timeout(None);
         });
     }
 
