@@ -662,3 +662,51 @@ fn connections_beyond_the_limit_are_refused() {
     good_client(&run);
     run.stop();
 }
+
+/// Connections flooding whole-disk reads share the server's buffer budget:
+/// the buffers held at once, by the server's own count, never exceed it,
+/// and every read still gets its bytes.
+#[test]
+fn pipelining_connections_stay_within_the_server_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = u64::from(MAX_PAYLOAD);
+    let opts = ServeOptions::new()
+        .workers(4)
+        .queue(16)
+        .server_budget(budget);
+    let run = Running::start(dir.path(), opts);
+    let clients: Vec<_> = (0..4u64)
+        .map(|n| {
+            let mut c = Client::hello(&run);
+            c.go("rw", false);
+            let mut w = c.s.try_clone().unwrap();
+            let writer = std::thread::spawn(move || {
+                for i in 0..24u64 {
+                    let r = Request {
+                        flags: 0,
+                        kind: CMD_READ,
+                        cookie: n * 100 + i,
+                        offset: 0,
+                        length: SIZE as u32,
+                    };
+                    w.write_all(&r.to_bytes()).unwrap();
+                }
+            });
+            let data = run.data.clone();
+            std::thread::spawn(move || {
+                for _ in 0..24 {
+                    let (_, got) = c.reply(Some((0, SIZE as usize)));
+                    assert!(got.unwrap() == data, "a read returns the disk");
+                }
+                writer.join().unwrap();
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let peak = run.server.buffer_peak();
+    assert!(peak <= budget, "{peak} bytes held at once, budget {budget}");
+    assert!(peak >= SIZE, "the reads were counted ({peak})");
+    run.stop();
+}

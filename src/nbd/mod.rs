@@ -16,7 +16,8 @@
 //! client controls is bounded: a request carries at most
 //! [`MAX_PAYLOAD`](proto::MAX_PAYLOAD) bytes, option data at most
 //! [`MAX_OPTION_LEN`](proto::MAX_OPTION_LEN), each connection holds at most
-//! [`ServeOptions::buffer_budget`] bytes of request and reply buffers, and
+//! [`ServeOptions::buffer_budget`] bytes of request and reply buffers, all
+//! connections together at most [`ServeOptions::server_budget`], and
 //! the server at most [`ServeOptions::max_connections`] connections.
 //!
 //! ```no_run
@@ -192,6 +193,7 @@ pub struct ServeOptions {
     workers: usize,
     queue: usize,
     buffer_budget: u64,
+    server_budget: u64,
     handshake_timeout: Duration,
     once: bool,
 }
@@ -203,6 +205,7 @@ impl Default for ServeOptions {
             workers: 4,
             queue: 32,
             buffer_budget: 64 << 20,
+            server_budget: 256 << 20,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             once: false,
         }
@@ -211,7 +214,8 @@ impl Default for ServeOptions {
 
 impl ServeOptions {
     /// The defaults: 32 connections, 4 workers and 32 queued requests per
-    /// connection, 64 MiB of buffers per connection, serve until stopped.
+    /// connection, 64 MiB of buffers per connection and 256 MiB for all,
+    /// a 30 s handshake, serve until stopped.
     pub fn new() -> Self {
         Self::default()
     }
@@ -239,6 +243,14 @@ impl ServeOptions {
     /// least one largest request); reading the next request waits below it.
     pub fn buffer_budget(mut self, bytes: u64) -> Self {
         self.buffer_budget = bytes.max(u64::from(proto::MAX_PAYLOAD));
+        self
+    }
+
+    /// Bytes of request and reply buffers all connections together may
+    /// hold (at least one largest request): a request waits for its share,
+    /// and its connection is not read meanwhile. 256 MiB by default.
+    pub fn server_budget(mut self, bytes: u64) -> Self {
+        self.server_budget = bytes.max(u64::from(proto::MAX_PAYLOAD));
         self
     }
 
@@ -439,6 +451,7 @@ pub struct Server {
     exports: Vec<Arc<Export>>,
     opts: ServeOptions,
     state: Arc<State>,
+    budget: server::Budget,
 }
 
 impl std::fmt::Debug for Server {
@@ -467,6 +480,7 @@ impl Server {
         }
         Ok(Server {
             exports: exports.into_iter().map(Arc::new).collect(),
+            budget: server::Budget::new(opts.server_budget),
             opts,
             state: Arc::default(),
         })
@@ -631,7 +645,7 @@ impl Server {
             _ => return,
         };
         on_transmission(&reader);
-        server::transmit(&mut reader, w, negotiated, &self.opts);
+        server::transmit(&mut reader, w, negotiated, &self.opts, &self.budget);
     }
 
     /// Flush every writable export's disk; the first error.
@@ -647,6 +661,12 @@ impl Server {
             }
         }
         first
+    }
+
+    /// The most bytes of request and reply buffers all connections held at
+    /// once so far (never more than [`ServeOptions::server_budget`]).
+    pub fn buffer_peak(&self) -> u64 {
+        self.budget.peak()
     }
 
     /// Connections accepted so far.
