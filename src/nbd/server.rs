@@ -423,14 +423,15 @@ impl<W: Write> Conn<'_, W> {
         }
         let extents = {
             let d = self.export.read().map_err(lib_err)?;
-            d.map(req.offset, u64::from(req.length)).map_err(lib_err)?
+            d.resolved_map(req.offset, u64::from(req.length))
+                .map_err(lib_err)?
         };
         let mut desc: Vec<(u32, u32)> = Vec::new();
         for e in &extents {
             let flags = match e.kind {
                 ExtentKind::Zero => STATE_HOLE | STATE_ZERO,
-                // Stored here, or in a parent this server cannot see into:
-                // allocated as far as the client is told.
+                // Stored somewhere in the chain, or in a parent that is not
+                // open: allocated as far as the client is told.
                 ExtentKind::Data | ExtentKind::Parent => 0,
             };
             // Extents lie inside the request, whose length is a u32.
