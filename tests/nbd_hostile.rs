@@ -710,3 +710,21 @@ fn pipelining_connections_stay_within_the_server_budget() {
     assert!(peak >= SIZE, "the reads were counted ({peak})");
     run.stop();
 }
+
+/// With `once`, a client that connects and leaves without a handshake (a
+/// probe of whether the socket is in use) does not end the server; the
+/// first client that negotiates and leaves does.
+#[test]
+fn once_counts_only_clients_that_negotiated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Running::start(dir.path(), ServeOptions::new().once(true));
+    drop(run.connect());
+    let mut s = run.connect();
+    let mut g = [0u8; 18];
+    s.read_exact(&mut g).unwrap();
+    drop(s);
+    // Still serving: this client gets its greeting and its reads.
+    good_client(&run);
+    let r = run.thread.take().unwrap().join().expect("no panic");
+    r.expect("the server ends cleanly after its client");
+}

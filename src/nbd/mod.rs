@@ -261,7 +261,10 @@ impl ServeOptions {
         self
     }
 
-    /// Stop serving once a client has connected and no client is left.
+    /// Stop serving once a client has completed its handshake and no
+    /// client is left (connections that leave before the end of their
+    /// handshake, such as probes of whether the socket is in use, do not
+    /// count).
     pub fn once(mut self, once: bool) -> Self {
         self.once = once;
         self
@@ -400,6 +403,9 @@ struct Connections {
 #[derive(Default)]
 struct State {
     stopping: AtomicBool,
+    /// A client has completed its handshake (what [`ServeOptions::once`]
+    /// waits for: a probe that connects and leaves does not count).
+    negotiated: AtomicBool,
     conns: Mutex<Connections>,
     changed: Condvar,
     waker: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
@@ -537,7 +543,7 @@ impl Server {
                         c.closers.remove(&id);
                         let idle = c.closers.is_empty();
                         drop(c);
-                        if self.opts.once && idle {
+                        if self.opts.once && idle && self.state.negotiated.load(Ordering::SeqCst) {
                             self.state.stop();
                         }
                         self.state.changed.notify_all();
@@ -644,6 +650,7 @@ impl Server {
             Ok(Some(n)) => n,
             _ => return,
         };
+        self.state.negotiated.store(true, Ordering::SeqCst);
         on_transmission(&reader);
         server::transmit(&mut reader, w, negotiated, &self.opts, &self.budget);
     }
