@@ -581,3 +581,57 @@ fn a_second_signal_leaves_no_socket_or_pid_file() {
         "the socket is removed ({st:?})"
     );
 }
+
+/// `--key` with several images applies to the EVHD ones; the others are
+/// served without it. With one image that is not EVHD it is still refused.
+#[test]
+fn a_key_serves_mixed_images() {
+    if !require_tool("qemu-img") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("d.vhdx");
+    vhdkit_ok(["create", s(&d), "4M"]);
+    let e = dir.path().join("e.evhd");
+    make_evhd(&d, &e);
+    let key = &test_key().1;
+    let err = vhdkit_fails(Some(1), &["serve", s(&d), "--key", s(key)]);
+    assert!(err.contains("--key is for encrypted"), "{err}");
+    let sock = dir.path().join("nbd.sock");
+    let mut child = Command::new(vhdkit_bin())
+        .args([
+            "serve",
+            "--read-only",
+            "--key",
+            s(key),
+            "--socket",
+            s(&sock),
+        ])
+        .args([s(&d), s(&e)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let lines: Vec<String> = BufReader::new(out)
+            .lines()
+            .take(2)
+            .map_while(Result::ok)
+            .collect();
+        let _ = tx.send(lines);
+    });
+    let lines = rx.recv_timeout(WAIT_LIMIT).unwrap_or_default();
+    let served = Served {
+        child,
+        uri: String::new(),
+    };
+    assert_eq!(lines.len(), 2, "one URI per export: {lines:?}");
+    for uri in &lines {
+        let info = String::from_utf8(client("qemu-img", &["info", "-f", "raw", uri])).unwrap();
+        assert!(info.contains("4194304"), "{uri}: {info}");
+    }
+    served.stop();
+}

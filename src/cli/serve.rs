@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use vhdkit::Error;
 use vhdkit::nbd::{Export, ServeOptions, Server};
 
-use super::args::ServeArgs;
+use super::args::{ParentArgs, ServeArgs};
 use super::open::warn_signature;
 use super::{Outcome, fail1, signals};
 
@@ -26,9 +26,26 @@ pub fn serve(a: ServeArgs) -> Outcome {
     // -U reads images without their locks: never write them then.
     let read_only = a.read_only || a.parent.force_share;
     let opts = a.parent.options().writable(!read_only);
+    // Several images: --key is for those of them that are EVHD (one must
+    // be); the others open without it.
+    let several = a.images.len() > 1 && !a.parent.key.is_empty();
+    if several {
+        let all: Vec<&Path> = a.images.iter().map(PathBuf::as_path).collect();
+        a.parent.refuse_key_for(&all, &opts).map_err(fail1)?;
+    }
+    let keyless = ParentArgs {
+        key: Vec::new(),
+        ..a.parent.clone()
+    };
+    let keyless_opts = keyless.options().writable(!read_only);
     let mut exports = Vec::new();
     for (i, image) in a.images.iter().enumerate() {
-        let disk = a.parent.open(image, &opts).map_err(fail1)?;
+        let disk = if several && !is_evhd(image, &opts) {
+            keyless.open(image, &keyless_opts)
+        } else {
+            a.parent.open(image, &opts)
+        }
+        .map_err(fail1)?;
         warn_signature(disk.as_ref(), image);
         let name = match a.export_name.get(i) {
             Some(n) => n.clone(),
@@ -94,6 +111,14 @@ pub fn serve(a: ServeArgs) -> Outcome {
         Some(e) => Err(fail1(e)),
         None => Ok(0),
     }
+}
+
+/// Whether `image` is an EVHD, judged from its signature (a file that
+/// cannot be read is left for the open to report).
+fn is_evhd(image: &Path, opts: &vhdkit::OpenOptions) -> bool {
+    vhdkit::unstable::open_file(image, false, opts.force_share)
+        .and_then(|s| vhdkit::unstable::detect::resolve(&s, opts.format))
+        .is_ok_and(|f| f == vhdkit::report::Format::Evhd)
 }
 
 /// Print the URIs clients connect to, one a line, at once.
