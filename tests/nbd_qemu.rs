@@ -635,3 +635,43 @@ fn a_key_serves_mixed_images() {
     }
     served.stop();
 }
+
+/// Two images with the same stem: the error names the way out. A bind to
+/// an address other than loopback warns that the export is unauthenticated
+/// and writable.
+#[test]
+fn same_stems_and_open_binds_are_told() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("b")).unwrap();
+    let a = dir.path().join("x.vhdx");
+    let b = dir.path().join("b").join("x.vhd");
+    vhdkit_ok(["create", s(&a), "4M"]);
+    vhdkit_ok(["create", s(&b), "4M"]);
+    let err = vhdkit_fails(Some(1), &["serve", s(&a), s(&b)]);
+    assert!(err.contains("(use --export-name)"), "{err}");
+
+    let mut child = Command::new(vhdkit_bin())
+        .args(["serve", "--bind", "0.0.0.0:0", s(&a)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(err).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(WAIT_LIMIT).unwrap_or_default();
+    let served = Served {
+        child,
+        uri: String::new(),
+    };
+    served.stop();
+    assert!(
+        line.contains("no authentication") && line.contains("write"),
+        "{line}"
+    );
+}

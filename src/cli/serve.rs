@@ -54,6 +54,11 @@ pub fn serve(a: ServeArgs) -> Outcome {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         };
+        if exports.iter().any(|e: &Export| e.name() == name) {
+            return Err(fail1(Error::invalid_argument(format!(
+                "two exports are named {name:?} (use --export-name)"
+            ))));
+        }
         exports.push(Export::new(name, disk, read_only).map_err(fail1)?);
     }
     let server = Server::new(
@@ -72,6 +77,16 @@ pub fn serve(a: ServeArgs) -> Outcome {
             let at = l
                 .local_addr()
                 .map_err(|e| fail1(Error::io(e, "cannot read the address listened on")))?;
+            if !at.ip().is_loopback() {
+                eprintln!(
+                    "vhdkit: warning: serving on {at}, reachable from other machines: NBD has no authentication, anyone who can connect {}",
+                    if read_only {
+                        "can read the images"
+                    } else {
+                        "can read and write the images (--read-only refuses writes)"
+                    }
+                );
+            }
             // The pid file first: whoever reads the URI may look for it.
             let _pid = PidFile::write(a.pid_file.as_deref())?;
             announce(names.iter().map(|n| format!("nbd://{at}/{}", encode(n))));
