@@ -723,8 +723,10 @@ fn once_counts_only_clients_that_negotiated() {
     let mut g = [0u8; 18];
     s.read_exact(&mut g).unwrap();
     drop(s);
-    // Still serving: this client gets its greeting and its reads.
-    good_client(&run);
+    // Still serving: this client negotiates; its leaving ends the server.
+    let mut c = Client::hello(&run);
+    c.go("rw", true);
+    drop(c);
     let r = run.thread.take().unwrap().join().expect("no panic");
     r.expect("the server ends cleanly after its client");
 }
