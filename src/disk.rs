@@ -113,6 +113,13 @@ pub trait VirtualDisk: Send + Sync {
     /// Everything known about the image, for `info`.
     fn info(&self) -> ImageInfo;
 
+    /// The open parent of a differencing disk (what its
+    /// [`ExtentKind::Parent`] runs read from); `None` for other disks and
+    /// for a parent that is missing or not the recorded one.
+    fn parent_disk(&self) -> Option<&dyn VirtualDisk> {
+        None
+    }
+
     /// The identifier a differencing child records to name this disk as its
     /// parent (VHD: the footer's unique id; VHDX: the DataWriteGuid).
     fn parent_link_id(&self) -> Option<Uuid> {

@@ -199,6 +199,17 @@ impl Disk {
         self.named(r)
     }
 
+    /// The allocation map of `[offset, offset + length)` with the runs that
+    /// come from the parent resolved through the chain: what each run reads
+    /// as (data or zeros) and never [`ExtentKind::Parent`], unless the
+    /// parent is not open (missing, or not the recorded one). Runs carry
+    /// no file offset (they may lie in different files).
+    pub fn resolved_map(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
+        let r = check_extent(self.inner.virtual_size(), offset, length)
+            .and_then(|()| resolve_map(self.inner.as_ref(), offset, length));
+        self.named(r)
+    }
+
     /// The allocation map of the whole disk: which runs are stored in the
     /// file, read as zeros, or come from the parent.
     pub fn allocation(&self) -> Result<Vec<Extent>> {
@@ -333,6 +344,27 @@ impl fmt::Debug for Disk {
     }
 }
 
+/// The map of `d` with its parent runs replaced by the parent's map (past
+/// the parent's end: zeros), down the chain.
+fn resolve_map(d: &dyn VirtualDisk, offset: u64, length: u64) -> Result<Vec<Extent>> {
+    let mut out = crate::disk::ExtentList::default();
+    for e in d.map(offset, length)? {
+        match (e.kind, d.parent_disk()) {
+            (ExtentKind::Parent, Some(p)) => {
+                let inside = p.virtual_size().clamp(e.start, e.end());
+                if inside > e.start {
+                    for pe in resolve_map(p, e.start, inside - e.start)? {
+                        out.push(pe.start, pe.length, pe.kind, None);
+                    }
+                }
+                out.push(inside, e.end() - inside, ExtentKind::Zero, None);
+            }
+            _ => out.push(e.start, e.length, e.kind, None),
+        }
+    }
+    Ok(out.into_vec())
+}
+
 impl VirtualDisk for Disk {
     fn virtual_size(&self) -> u64 {
         Disk::virtual_size(self)
@@ -357,6 +389,9 @@ impl VirtualDisk for Disk {
     }
     fn map(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
         Disk::map(self, offset, length)
+    }
+    fn parent_disk(&self) -> Option<&dyn VirtualDisk> {
+        self.inner.parent_disk()
     }
     fn info(&self) -> ImageInfo {
         Disk::info(self)

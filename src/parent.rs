@@ -137,6 +137,14 @@ impl Parent {
         }
     }
 
+    /// The parent disk, when it is open.
+    pub fn open_disk(&self) -> Option<&dyn VirtualDisk> {
+        match self {
+            Parent::Open { disk, .. } => Some(disk.as_ref()),
+            _ => None,
+        }
+    }
+
     /// The warning for a parent whose identity is not the recorded one
     /// (`None` when it matches or was not found).
     pub fn warning(&self) -> Option<Warning> {

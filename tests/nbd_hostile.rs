@@ -615,3 +615,118 @@ impl PeekExact for UnixStream {
         }
     }
 }
+
+/// The handshake has one deadline, not one per read: a client trickling a
+/// byte at a time, each well within it, is still closed in the end.
+#[test]
+fn a_trickling_handshake_is_closed_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ServeOptions::new().handshake_timeout(Duration::from_millis(500));
+    let run = Running::start(dir.path(), opts);
+    let mut c = Client::hello(&run);
+    let mut b = IHAVEOPT.to_be_bytes().to_vec();
+    b.extend_from_slice(&OPT_GO.to_be_bytes());
+    b.extend_from_slice(&4000u32.to_be_bytes());
+    b.resize(4000 + 16, 0);
+    // 100 ms between bytes: a per-read limit of 500 ms would never fire.
+    let closed = b.iter().any(|byte| {
+        std::thread::sleep(Duration::from_millis(100));
+        c.s.write_all(&[*byte]).is_err()
+    });
+    assert!(closed, "the server kept a handshake going for 400 s");
+    good_client(&run);
+    run.stop();
+}
+
+/// Beyond `max_connections` new connections are closed at once; the
+/// connections held are served, and a place freed is taken again.
+#[test]
+fn connections_beyond_the_limit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(dir.path(), ServeOptions::new().max_connections(2));
+    let held = [Client::hello(&run), Client::hello(&run)];
+    let mut s = run.connect();
+    let mut g = [0u8; 18];
+    assert!(s.read_exact(&mut g).is_err(), "a third client is refused");
+    drop(held);
+    // The places are given back when the server sees the clients gone.
+    let served = (0..1000).any(|_| {
+        let mut s = run.connect();
+        if s.read_exact(&mut g).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        false
+    });
+    assert!(served, "a freed place is taken again");
+    good_client(&run);
+    run.stop();
+}
+
+/// Connections flooding whole-disk reads share the server's buffer budget:
+/// the buffers held at once, by the server's own count, never exceed it,
+/// and every read still gets its bytes.
+#[test]
+fn pipelining_connections_stay_within_the_server_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = u64::from(MAX_PAYLOAD);
+    let opts = ServeOptions::new()
+        .workers(4)
+        .queue(16)
+        .server_budget(budget);
+    let run = Running::start(dir.path(), opts);
+    let clients: Vec<_> = (0..4u64)
+        .map(|n| {
+            let mut c = Client::hello(&run);
+            c.go("rw", false);
+            let mut w = c.s.try_clone().unwrap();
+            let writer = std::thread::spawn(move || {
+                for i in 0..24u64 {
+                    let r = Request {
+                        flags: 0,
+                        kind: CMD_READ,
+                        cookie: n * 100 + i,
+                        offset: 0,
+                        length: SIZE as u32,
+                    };
+                    w.write_all(&r.to_bytes()).unwrap();
+                }
+            });
+            let data = run.data.clone();
+            std::thread::spawn(move || {
+                for _ in 0..24 {
+                    let (_, got) = c.reply(Some((0, SIZE as usize)));
+                    assert!(got.unwrap() == data, "a read returns the disk");
+                }
+                writer.join().unwrap();
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let peak = run.server.buffer_peak();
+    assert!(peak <= budget, "{peak} bytes held at once, budget {budget}");
+    assert!(peak >= SIZE, "the reads were counted ({peak})");
+    run.stop();
+}
+
+/// With `once`, a client that connects and leaves without a handshake (a
+/// probe of whether the socket is in use) does not end the server; the
+/// first client that negotiates and leaves does.
+#[test]
+fn once_counts_only_clients_that_negotiated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Running::start(dir.path(), ServeOptions::new().once(true));
+    drop(run.connect());
+    let mut s = run.connect();
+    let mut g = [0u8; 18];
+    s.read_exact(&mut g).unwrap();
+    drop(s);
+    // Still serving: this client negotiates; its leaving ends the server.
+    let mut c = Client::hello(&run);
+    c.go("rw", true);
+    drop(c);
+    let r = run.thread.take().unwrap().join().expect("no panic");
+    r.expect("the server ends cleanly after its client");
+}

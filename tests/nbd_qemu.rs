@@ -117,6 +117,46 @@ fn vhdkit_map(image: &Path, extra: &[&str]) -> Vec<(u64, u64, bool)> {
     }))
 }
 
+/// The map of the differencing `child` over `parent`, its parent runs
+/// resolved through the parent's map (zeros past the parent's end): what
+/// the export's block status reports, holes in the base included.
+fn chain_map(child: &Path, parent: &Path) -> Vec<(u64, u64, bool)> {
+    let kinds = |image: &Path| -> Vec<(u64, u64, String)> {
+        let out = vhdkit_ok(["map", "--json", s(image)]);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["start"].as_u64().unwrap(),
+                    e["length"].as_u64().unwrap(),
+                    e["kind"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let base = kinds(parent);
+    let mut runs = Vec::new();
+    for (start, len, kind) in kinds(child) {
+        if kind != "parent" {
+            runs.push((start, len, kind == "zero"));
+            continue;
+        }
+        let end = start + len;
+        let mut covered = start;
+        for (b, bl, bk) in &base {
+            let (from, to) = ((*b).max(start), (b + bl).min(end));
+            if from < to {
+                runs.push((from, to - from, bk == "zero"));
+                covered = to;
+            }
+        }
+        runs.push((covered, end - covered, true));
+    }
+    merged(runs)
+}
+
 /// `qemu-img map --output=json` of the export.
 fn qemu_map(uri: &str) -> Vec<(u64, u64, bool)> {
     let out = client("qemu-img", &["map", "-f", "raw", "--output=json", uri]);
@@ -219,12 +259,13 @@ fn clients_read_every_format_as_vhdkit_does() {
         a.extend_from_slice(&extra);
         a.extend_from_slice(&[s(&image), s(&reference)]);
         vhdkit_ok(&a);
-        let expected_map = vhdkit_map(&image, &extra);
+        let expected_map = match what {
+            "vhd differencing" => chain_map(&image, &dir.path().join("dyn.vhd")),
+            "vhdx differencing" => chain_map(&image, &dir.path().join("s512.vhdx")),
+            _ => vhdkit_map(&image, &extra),
+        };
         assert!(
-            expected_map.iter().any(|r| r.2)
-                || ["fixed", "raw", "differencing"]
-                    .iter()
-                    .any(|w| what.contains(w)),
+            expected_map.iter().any(|r| r.2) || ["fixed", "raw"].iter().any(|w| what.contains(w)),
             "{what}: the image should have holes to serve"
         );
 
@@ -482,4 +523,155 @@ fn serve_options_tcp_pid_file_exports_and_sockets() {
     client("qemu-img", &["info", "-f", "raw", &served.uri]);
     served.wait();
     assert!(!stale.exists(), "the socket is removed on exit");
+}
+
+/// Send `sig` to the server.
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) on our own child's pid.
+    let r = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    assert_eq!(r, 0);
+}
+
+/// SIGINT stops the server even when its socket file was removed (the
+/// stop does not go by the path): it exits 0 with the writes flushed.
+#[test]
+fn sigint_stops_a_server_whose_socket_file_is_gone() {
+    if !require_tool("qemu-io") || !require_tool("qemu-img") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.vhdx");
+    vhdkit_ok(["create", s(&img), "4M"]);
+    let mut served = Served::start(dir.path(), &[s(&img)]);
+    client(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x5a 0 64k", &served.uri],
+    );
+    std::fs::remove_file(dir.path().join("nbd.sock")).unwrap();
+    signal(&served.child, libc::SIGINT);
+    served.wait();
+    let mut want = vec![0u8; 4 << 20];
+    want[..64 << 10].fill(0x5a);
+    let raw = dir.path().join("want.raw");
+    std::fs::write(&raw, &want).unwrap();
+    vhdkit_ok(["check", s(&img)]);
+    client(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "vhdx", s(&raw), s(&img)],
+    );
+}
+
+/// A second signal exits at once (130) but still removes the socket and
+/// the pid file; whichever way the server ends, neither is left behind.
+#[test]
+fn a_second_signal_leaves_no_socket_or_pid_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.vhdx");
+    vhdkit_ok(["create", s(&img), "4M"]);
+    let pid = dir.path().join("serve.pid");
+    let mut served = Served::start(dir.path(), &[s(&img), "--pid-file", s(&pid)]);
+    assert!(pid.exists());
+    signal(&served.child, libc::SIGINT);
+    signal(&served.child, libc::SIGINT);
+    let st = wait_bounded(&mut served.child, "vhdkit serve");
+    assert!(matches!(st.code(), Some(0 | 130)), "{st:?}");
+    assert!(!pid.exists(), "the pid file is removed ({st:?})");
+    assert!(
+        !dir.path().join("nbd.sock").exists(),
+        "the socket is removed ({st:?})"
+    );
+}
+
+/// `--key` with several images applies to the EVHD ones; the others are
+/// served without it. With one image that is not EVHD it is still refused.
+#[test]
+fn a_key_serves_mixed_images() {
+    if !require_tool("qemu-img") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("d.vhdx");
+    vhdkit_ok(["create", s(&d), "4M"]);
+    let e = dir.path().join("e.evhd");
+    make_evhd(&d, &e);
+    let key = &test_key().1;
+    let err = vhdkit_fails(Some(1), &["serve", s(&d), "--key", s(key)]);
+    assert!(err.contains("--key is for encrypted"), "{err}");
+    let sock = dir.path().join("nbd.sock");
+    let mut child = Command::new(vhdkit_bin())
+        .args([
+            "serve",
+            "--read-only",
+            "--key",
+            s(key),
+            "--socket",
+            s(&sock),
+        ])
+        .args([s(&d), s(&e)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let lines: Vec<String> = BufReader::new(out)
+            .lines()
+            .take(2)
+            .map_while(Result::ok)
+            .collect();
+        let _ = tx.send(lines);
+    });
+    let lines = rx.recv_timeout(WAIT_LIMIT).unwrap_or_default();
+    let served = Served {
+        child,
+        uri: String::new(),
+    };
+    assert_eq!(lines.len(), 2, "one URI per export: {lines:?}");
+    for uri in &lines {
+        let info = String::from_utf8(client("qemu-img", &["info", "-f", "raw", uri])).unwrap();
+        assert!(info.contains("4194304"), "{uri}: {info}");
+    }
+    served.stop();
+}
+
+/// Two images with the same stem: the error names the way out. A bind to
+/// an address other than loopback warns that the export is unauthenticated
+/// and writable.
+#[test]
+fn same_stems_and_open_binds_are_told() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("b")).unwrap();
+    let a = dir.path().join("x.vhdx");
+    let b = dir.path().join("b").join("x.vhd");
+    vhdkit_ok(["create", s(&a), "4M"]);
+    vhdkit_ok(["create", s(&b), "4M"]);
+    let err = vhdkit_fails(Some(1), &["serve", s(&a), s(&b)]);
+    assert!(err.contains("(use --export-name)"), "{err}");
+
+    let mut child = Command::new(vhdkit_bin())
+        .args(["serve", "--bind", "0.0.0.0:0", s(&a)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(err).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(WAIT_LIMIT).unwrap_or_default();
+    let served = Served {
+        child,
+        uri: String::new(),
+    };
+    served.stop();
+    assert!(
+        line.contains("no authentication") && line.contains("write"),
+        "{line}"
+    );
 }

@@ -402,9 +402,12 @@ pub struct ServeArgs {
     /// Name of the export of the image in the same position (default: the file stem); repeatable.
     #[arg(long = "export-name", value_name = "NAME")]
     pub export_name: Vec<String>,
-    /// Exit once a client has connected and every client has disconnected.
+    /// Exit once a client has completed its handshake and every client has disconnected.
     #[arg(long)]
     pub once: bool,
+    /// Most clients served at once; more are refused (closed when accepted).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub max_connections: usize,
     /// Write the server's process id to this file once it listens.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use vhdkit::Error;
 use vhdkit::nbd::{Export, ServeOptions, Server};
 
-use super::args::ServeArgs;
+use super::args::{ParentArgs, ServeArgs};
 use super::open::warn_signature;
 use super::{Outcome, fail1, signals};
 
@@ -26,9 +26,26 @@ pub fn serve(a: ServeArgs) -> Outcome {
     // -U reads images without their locks: never write them then.
     let read_only = a.read_only || a.parent.force_share;
     let opts = a.parent.options().writable(!read_only);
+    // Several images: --key is for those of them that are EVHD (one must
+    // be); the others open without it.
+    let several = a.images.len() > 1 && !a.parent.key.is_empty();
+    if several {
+        let all: Vec<&Path> = a.images.iter().map(PathBuf::as_path).collect();
+        a.parent.refuse_key_for(&all, &opts).map_err(fail1)?;
+    }
+    let keyless = ParentArgs {
+        key: Vec::new(),
+        ..a.parent.clone()
+    };
+    let keyless_opts = keyless.options().writable(!read_only);
     let mut exports = Vec::new();
     for (i, image) in a.images.iter().enumerate() {
-        let disk = a.parent.open(image, &opts).map_err(fail1)?;
+        let disk = if several && !is_evhd(image, &opts) {
+            keyless.open(image, &keyless_opts)
+        } else {
+            a.parent.open(image, &opts)
+        }
+        .map_err(fail1)?;
         warn_signature(disk.as_ref(), image);
         let name = match a.export_name.get(i) {
             Some(n) => n.clone(),
@@ -37,9 +54,20 @@ pub fn serve(a: ServeArgs) -> Outcome {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         };
+        if exports.iter().any(|e: &Export| e.name() == name) {
+            return Err(fail1(Error::invalid_argument(format!(
+                "two exports are named {name:?} (use --export-name)"
+            ))));
+        }
         exports.push(Export::new(name, disk, read_only).map_err(fail1)?);
     }
-    let server = Server::new(exports, ServeOptions::new().once(a.once)).map_err(fail1)?;
+    let server = Server::new(
+        exports,
+        ServeOptions::new()
+            .once(a.once)
+            .max_connections(a.max_connections),
+    )
+    .map_err(fail1)?;
     let names: Vec<String> = server.exports().map(|e| e.name().to_string()).collect();
     let stop = server.stop_handle();
     let served = match &a.bind {
@@ -49,10 +77,21 @@ pub fn serve(a: ServeArgs) -> Outcome {
             let at = l
                 .local_addr()
                 .map_err(|e| fail1(Error::io(e, "cannot read the address listened on")))?;
+            if !at.ip().is_loopback() {
+                eprintln!(
+                    "vhdkit: warning: serving on {at}, reachable from other machines: NBD has no authentication, anyone who can connect {}",
+                    if read_only {
+                        "can read the images"
+                    } else {
+                        "can read and write the images (--read-only refuses writes)"
+                    }
+                );
+            }
             // The pid file first: whoever reads the URI may look for it.
             let _pid = PidFile::write(a.pid_file.as_deref())?;
             announce(names.iter().map(|n| format!("nbd://{at}/{}", encode(n))));
-            signals::stop_on_signals(move || stop.stop());
+            let remove = a.pid_file.iter().cloned().collect();
+            signals::stop_on_signals(move || stop.stop(), remove);
             server.serve(&l)
         }
         None => {
@@ -68,7 +107,10 @@ pub fn serve(a: ServeArgs) -> Outcome {
                     .iter()
                     .map(|n| format!("nbd+unix:///{}?socket={p}", encode(n))),
             );
-            signals::stop_on_signals(move || stop.stop());
+            let remove = std::iter::once(path.clone())
+                .chain(a.pid_file.iter().cloned())
+                .collect();
+            signals::stop_on_signals(move || stop.stop(), remove);
             server.serve(&l)
         }
     };
@@ -84,6 +126,14 @@ pub fn serve(a: ServeArgs) -> Outcome {
         Some(e) => Err(fail1(e)),
         None => Ok(0),
     }
+}
+
+/// Whether `image` is an EVHD, judged from its signature (a file that
+/// cannot be read is left for the open to report).
+fn is_evhd(image: &Path, opts: &vhdkit::OpenOptions) -> bool {
+    vhdkit::unstable::open_file(image, false, opts.force_share)
+        .and_then(|s| vhdkit::unstable::detect::resolve(&s, opts.format))
+        .is_ok_and(|f| f == vhdkit::report::Format::Evhd)
 }
 
 /// Print the URIs clients connect to, one a line, at once.

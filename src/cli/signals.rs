@@ -24,8 +24,9 @@ pub fn remove_temp_files_on_signals() {
 
 /// On the first SIGINT, SIGTERM or SIGHUP call `stop` (a command that
 /// ends cleanly on its own, e.g. `serve`); a second signal exits at once,
-/// as [`remove_temp_files_on_signals`] does.
-pub fn stop_on_signals(stop: impl FnOnce() + Send + 'static) {
+/// as [`remove_temp_files_on_signals`] does, after removing `remove` (files
+/// the command would have removed on a clean exit: a socket, a pid file).
+pub fn stop_on_signals(stop: impl FnOnce() + Send + 'static, remove: Vec<std::path::PathBuf>) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,
@@ -40,6 +41,9 @@ pub fn stop_on_signals(stop: impl FnOnce() + Send + 'static) {
             stop();
         }
         if let Some(sig) = forever.next() {
+            for path in &remove {
+                let _ = std::fs::remove_file(path);
+            }
             vhdkit::unstable::pending::remove_all_and_exit(128 + sig);
         }
     });

@@ -16,7 +16,8 @@
 //! client controls is bounded: a request carries at most
 //! [`MAX_PAYLOAD`](proto::MAX_PAYLOAD) bytes, option data at most
 //! [`MAX_OPTION_LEN`](proto::MAX_OPTION_LEN), each connection holds at most
-//! [`ServeOptions::buffer_budget`] bytes of request and reply buffers, and
+//! [`ServeOptions::buffer_budget`] bytes of request and reply buffers, all
+//! connections together at most [`ServeOptions::server_budget`], and
 //! the server at most [`ServeOptions::max_connections`] connections.
 //!
 //! ```no_run
@@ -52,10 +53,17 @@ use crate::handle::Disk;
 
 pub use handshake::{MAX_OPTIONS, MAX_QUERIES};
 
-/// How long a client may take over each read of its handshake before it is
-/// disconnected, so that connections that never finish negotiating do not
-/// hold one of the [`ServeOptions::max_connections`] places for ever.
+/// How long a client may take over its whole handshake (from being accepted
+/// to the end of its options) before it is disconnected, so that
+/// connections that never finish negotiating do not hold one of the
+/// [`ServeOptions::max_connections`] places for ever (the default of
+/// [`ServeOptions::handshake_timeout`]). Clients that finished it may stay
+/// idle as long as they like: a mounted device idles for hours.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// At most one line on stderr per this long about connections refused for
+/// the connection limit.
+const REFUSAL_NOTICE_EVERY: Duration = Duration::from_secs(10);
 
 /// How long a stopping server waits for clients to take their last replies
 /// before it closes their connections outright.
@@ -185,6 +193,8 @@ pub struct ServeOptions {
     workers: usize,
     queue: usize,
     buffer_budget: u64,
+    server_budget: u64,
+    handshake_timeout: Duration,
     once: bool,
 }
 
@@ -195,6 +205,8 @@ impl Default for ServeOptions {
             workers: 4,
             queue: 32,
             buffer_budget: 64 << 20,
+            server_budget: 256 << 20,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
             once: false,
         }
     }
@@ -202,7 +214,8 @@ impl Default for ServeOptions {
 
 impl ServeOptions {
     /// The defaults: 32 connections, 4 workers and 32 queued requests per
-    /// connection, 64 MiB of buffers per connection, serve until stopped.
+    /// connection, 64 MiB of buffers per connection and 256 MiB for all,
+    /// a 30 s handshake, serve until stopped.
     pub fn new() -> Self {
         Self::default()
     }
@@ -233,7 +246,25 @@ impl ServeOptions {
         self
     }
 
-    /// Stop serving once a client has connected and no client is left.
+    /// Bytes of request and reply buffers all connections together may
+    /// hold (at least one largest request): a request waits for its share,
+    /// and its connection is not read meanwhile. 256 MiB by default.
+    pub fn server_budget(mut self, bytes: u64) -> Self {
+        self.server_budget = bytes.max(u64::from(proto::MAX_PAYLOAD));
+        self
+    }
+
+    /// How long a client may take over its whole handshake
+    /// ([`HANDSHAKE_TIMEOUT`] by default; at least a millisecond).
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.handshake_timeout = t.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Stop serving once a client has completed its handshake and no
+    /// client is left (connections that leave before the end of their
+    /// handshake, such as probes of whether the socket is in use, do not
+    /// count).
     pub fn once(mut self, once: bool) -> Self {
         self.once = once;
         self
@@ -259,7 +290,8 @@ pub trait Listener {
     /// Wait for the next client.
     fn accept(&self) -> io::Result<Self::Stream>;
     /// Something that makes a waiting [`Listener::accept`] return (for
-    /// example by connecting to the listener), called when the server stops.
+    /// example by shutting the listening socket down), called when the
+    /// server stops; `accept` may then fail.
     fn waker(&self) -> io::Result<Box<dyn Fn() + Send + Sync>>;
 }
 
@@ -299,14 +331,7 @@ impl Listener for UnixListener {
         UnixListener::accept(self).map(|(s, _)| s)
     }
     fn waker(&self) -> io::Result<Box<dyn Fn() + Send + Sync>> {
-        let addr = self.local_addr()?;
-        let path = addr
-            .as_pathname()
-            .ok_or_else(|| io::Error::other("the Unix socket has no path to wake it by"))?
-            .to_path_buf();
-        Ok(Box::new(move || {
-            let _ = UnixStream::connect(&path);
-        }))
+        shutdown_waker(self.try_clone()?.into())
     }
 }
 
@@ -319,16 +344,45 @@ impl Listener for TcpListener {
         Ok(s)
     }
     fn waker(&self) -> io::Result<Box<dyn Fn() + Send + Sync>> {
-        let mut addr = self.local_addr()?;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(match addr {
-                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
+        shutdown_waker(self.try_clone()?.into())
+    }
+}
+
+/// A waker that shuts the listening socket down: a waiting `accept`
+/// returns an error at once. It goes by the descriptor, not by the address,
+/// so it works when the socket file is gone and never reaches another
+/// server listening on the same path.
+#[allow(unsafe_code)] // each unsafe block below carries its SAFETY justification
+fn shutdown_waker(fd: std::os::fd::OwnedFd) -> io::Result<Box<dyn Fn() + Send + Sync>> {
+    use std::os::fd::AsRawFd;
+    Ok(Box::new(move || {
+        // SAFETY: shutdown(2) on a descriptor this closure owns.
+        unsafe {
+            libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR);
         }
-        Ok(Box::new(move || {
-            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
-        }))
+    }))
+}
+
+/// A stream whose reads fail once a deadline has passed (each read waits
+/// at most until it).
+struct Deadlined<S> {
+    stream: S,
+    until: std::cell::Cell<Option<std::time::Instant>>,
+}
+
+impl<S: Stream> Read for Deadlined<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(until) = self.until.get() {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the handshake took too long",
+                ));
+            }
+            self.stream.set_read_timeout(Some(left))?;
+        }
+        self.stream.read(buf)
     }
 }
 
@@ -341,12 +395,17 @@ struct Connections {
     closers: HashMap<u64, Box<dyn Fn(bool) + Send + Sync>>,
     /// Connections accepted so far.
     served: u64,
+    /// When a refusal for the connection limit was last told on stderr.
+    refusal_told: Option<std::time::Instant>,
 }
 
 /// State shared by a server and its stop handles.
 #[derive(Default)]
 struct State {
     stopping: AtomicBool,
+    /// A client has completed its handshake (what [`ServeOptions::once`]
+    /// waits for: a probe that connects and leaves does not count).
+    negotiated: AtomicBool,
     conns: Mutex<Connections>,
     changed: Condvar,
     waker: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
@@ -398,6 +457,7 @@ pub struct Server {
     exports: Vec<Arc<Export>>,
     opts: ServeOptions,
     state: Arc<State>,
+    budget: server::Budget,
 }
 
 impl std::fmt::Debug for Server {
@@ -426,6 +486,7 @@ impl Server {
         }
         Ok(Server {
             exports: exports.into_iter().map(Arc::new).collect(),
+            budget: server::Budget::new(opts.server_budget),
             opts,
             state: Arc::default(),
         })
@@ -455,6 +516,8 @@ impl Server {
             while !self.state.stopping() {
                 let stream = match listener.accept() {
                     Ok(s) => s,
+                    // Woken by the stop: the error says only that.
+                    Err(_) if self.state.stopping() => break,
                     Err(e) => match e.kind() {
                         io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => continue,
                         // Out of descriptors or memory: the clients that
@@ -480,7 +543,7 @@ impl Server {
                         c.closers.remove(&id);
                         let idle = c.closers.is_empty();
                         drop(c);
-                        if self.opts.once && idle {
+                        if self.opts.once && idle && self.state.negotiated.load(Ordering::SeqCst) {
                             self.state.stop();
                         }
                         self.state.changed.notify_all();
@@ -489,6 +552,8 @@ impl Server {
             }
             self.close_connections();
         });
+        // The waker holds the listening socket: let it go with the listener.
+        *self.state.waker.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let flushed = self.flush();
         result.and(flushed)
     }
@@ -500,6 +565,16 @@ impl Server {
         let mut c = self.state.conns();
         if c.closers.len() >= self.opts.max_connections {
             stream.shutdown_all();
+            let now = std::time::Instant::now();
+            if c.refusal_told
+                .is_none_or(|t| now.duration_since(t) >= REFUSAL_NOTICE_EVERY)
+            {
+                c.refusal_told = Some(now);
+                eprintln!(
+                    "vhdkit: connection limit ({}) reached; refusing new connections",
+                    self.opts.max_connections
+                );
+            }
             return None;
         }
         let id = c.next;
@@ -537,16 +612,21 @@ impl Server {
         drop(c);
     }
 
-    /// Serve one connection on this thread: handshake with a bounded wait
-    /// for each read, then requests until the client leaves.
+    /// Serve one connection on this thread: handshake within
+    /// [`ServeOptions::handshake_timeout`], then requests until the client
+    /// leaves.
     fn serve_stream<S: Stream>(&self, stream: S) {
         let Ok(writer) = stream.try_clone() else {
             return;
         };
-        let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-        let reader = stream;
+        let until = std::time::Instant::now() + self.opts.handshake_timeout;
+        let reader = Deadlined {
+            stream,
+            until: std::cell::Cell::new(Some(until)),
+        };
         self.run(reader, writer, |r| {
-            let _ = r.set_read_timeout(None);
+            r.until.set(None);
+            let _ = r.stream.set_read_timeout(None);
         });
     }
 
@@ -570,8 +650,9 @@ impl Server {
             Ok(Some(n)) => n,
             _ => return,
         };
+        self.state.negotiated.store(true, Ordering::SeqCst);
         on_transmission(&reader);
-        server::transmit(&mut reader, w, negotiated, &self.opts);
+        server::transmit(&mut reader, w, negotiated, &self.opts, &self.budget);
     }
 
     /// Flush every writable export's disk; the first error.
@@ -587,6 +668,12 @@ impl Server {
             }
         }
         first
+    }
+
+    /// The most bytes of request and reply buffers all connections held at
+    /// once so far (never more than [`ServeOptions::server_budget`]).
+    pub fn buffer_peak(&self) -> u64 {
+        self.budget.peak()
     }
 
     /// Connections accepted so far.

@@ -5,7 +5,8 @@
 //!
 //! Bounds: a request's payload is at most [`MAX_PAYLOAD`]; the buffers of a
 //! connection's requests in flight (write payloads, read replies) stay
-//! within the connection's buffer budget (reading the next request waits);
+//! within the connection's buffer budget and, with those of every other
+//! connection, within the server's (reading the next request waits);
 //! at most `queue` requests wait for a worker.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -32,17 +33,22 @@ const PAYLOAD_STEP: usize = 1 << 20;
 /// allocation map (a map lookup costs more than the bytes it could save).
 const SPARSE_READ_MIN: usize = 64 << 10;
 
-/// A counting semaphore of buffer bytes.
-struct Budget {
+/// A counting semaphore of buffer bytes, which remembers the most ever
+/// taken at once.
+pub(super) struct Budget {
     left: Mutex<u64>,
     freed: Condvar,
+    total: u64,
+    peak: std::sync::atomic::AtomicU64,
 }
 
 impl Budget {
-    fn new(bytes: u64) -> Self {
+    pub(super) fn new(bytes: u64) -> Self {
         Budget {
             left: Mutex::new(bytes),
             freed: Condvar::new(),
+            total: bytes,
+            peak: Default::default(),
         }
     }
 
@@ -53,6 +59,12 @@ impl Budget {
             left = self.freed.wait(left).unwrap_or_else(|e| e.into_inner());
         }
         *left -= n;
+        self.peak.fetch_max(self.total - *left, Ordering::SeqCst);
+    }
+
+    /// The most bytes ever taken at once.
+    pub(super) fn peak(&self) -> u64 {
+        self.peak.load(Ordering::SeqCst)
     }
 
     fn give(&self, n: u64) {
@@ -76,6 +88,8 @@ struct Conn<'a, W: Write> {
     structured: bool,
     allocation: bool,
     budget: Budget,
+    /// The budget of the whole server, shared with other connections.
+    shared: &'a Budget,
     /// A reply could not be written: the client is gone.
     broken: AtomicBool,
     /// Something was written to the disk through this connection.
@@ -98,13 +112,20 @@ enum Replied {
 /// Serve requests from `r` until the client disconnects, breaks framing
 /// or a reply cannot be written; then flush the disk if this connection
 /// wrote to it.
-pub fn transmit<R: Read, W: Write + Send>(r: &mut R, w: W, neg: Negotiated, opts: &ServeOptions) {
+pub fn transmit<R: Read, W: Write + Send>(
+    r: &mut R,
+    w: W,
+    neg: Negotiated,
+    opts: &ServeOptions,
+    shared: &Budget,
+) {
     let conn = Conn {
         out: Mutex::new(w),
         export: &neg.export,
         structured: neg.structured,
         allocation: neg.allocation,
         budget: Budget::new(opts.buffer_budget),
+        shared,
         broken: AtomicBool::new(false),
         wrote: AtomicBool::new(false),
     };
@@ -174,7 +195,10 @@ fn next_job<R: Read, W: Write>(r: &mut R, conn: &Conn<'_, W>) -> Option<Job> {
         CMD_READ if req.length <= MAX_PAYLOAD => u64::from(req.length),
         _ => 0,
     };
+    // The connection's own budget first: a connection waiting for the
+    // server's holds at most one request's worth of it.
     conn.budget.take(held);
+    conn.shared.take(held);
     let mut data = Vec::new();
     if req.kind == CMD_WRITE {
         // Grown as the bytes arrive: a client that announces a payload and
@@ -182,6 +206,7 @@ fn next_job<R: Read, W: Write>(r: &mut R, conn: &Conn<'_, W>) -> Option<Job> {
         data.reserve_exact((req.length as usize).min(PAYLOAD_STEP));
         let got = r.by_ref().take(held).read_to_end(&mut data);
         if got.is_err() || data.len() as u64 != held {
+            conn.shared.give(held);
             conn.budget.give(held);
             return None;
         }
@@ -236,6 +261,7 @@ impl<W: Write> Conn<'_, W> {
             Ok(Replied::No) => self.send(&[&simple_reply(0, req.cookie)]),
             Err((code, msg)) => self.fail(&req, code, msg),
         }
+        self.shared.give(held);
         self.budget.give(held);
     }
 
@@ -397,14 +423,15 @@ impl<W: Write> Conn<'_, W> {
         }
         let extents = {
             let d = self.export.read().map_err(lib_err)?;
-            d.map(req.offset, u64::from(req.length)).map_err(lib_err)?
+            d.resolved_map(req.offset, u64::from(req.length))
+                .map_err(lib_err)?
         };
         let mut desc: Vec<(u32, u32)> = Vec::new();
         for e in &extents {
             let flags = match e.kind {
                 ExtentKind::Zero => STATE_HOLE | STATE_ZERO,
-                // Stored here, or in a parent this server cannot see into:
-                // allocated as far as the client is told.
+                // Stored somewhere in the chain, or in a parent that is not
+                // open: allocated as far as the client is told.
                 ExtentKind::Data | ExtentKind::Parent => 0,
             };
             // Extents lie inside the request, whose length is a u32.

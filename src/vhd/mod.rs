@@ -259,6 +259,10 @@ impl VirtualDisk for VhdDisk {
         self.storage.flush().map_err(io_err("VHD file", 0))
     }
 
+    fn parent_disk(&self) -> Option<&dyn VirtualDisk> {
+        self.parent().and_then(Parent::open_disk)
+    }
+
     fn map(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
         let size = self.virtual_size();
         let end = offset.saturating_add(length).min(size);

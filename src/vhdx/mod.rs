@@ -195,6 +195,10 @@ impl VirtualDisk for VhdxDisk {
         self.close_session()
     }
 
+    fn parent_disk(&self) -> Option<&dyn VirtualDisk> {
+        self.parent().and_then(Parent::open_disk)
+    }
+
     fn map(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
         let size = self.virtual_size();
         let end = offset.saturating_add(length).min(size);
