@@ -89,9 +89,11 @@ pub fn serve(a: ServeArgs) -> Outcome {
             }
             // The pid file first: whoever reads the URI may look for it.
             let _pid = PidFile::write(a.pid_file.as_deref())?;
-            announce(names.iter().map(|n| format!("nbd://{at}/{}", encode(n))));
+            // Signals are handled before the URI is out: a client (or a
+            // test) that signals as soon as it reads it finds them handled.
             let remove = a.pid_file.iter().cloned().collect();
             signals::stop_on_signals(move || stop.stop(), remove);
+            announce(names.iter().map(|n| format!("nbd://{at}/{}", encode(n))));
             server.serve(&l)
         }
         None => {
@@ -102,15 +104,15 @@ pub fn serve(a: ServeArgs) -> Outcome {
             let _socket = RemoveOnDrop(path.clone());
             let p = encode(&path.to_string_lossy());
             let _pid = PidFile::write(a.pid_file.as_deref())?;
+            let remove = std::iter::once(path.clone())
+                .chain(a.pid_file.iter().cloned())
+                .collect();
+            signals::stop_on_signals(move || stop.stop(), remove);
             announce(
                 names
                     .iter()
                     .map(|n| format!("nbd+unix:///{}?socket={p}", encode(n))),
             );
-            let remove = std::iter::once(path.clone())
-                .chain(a.pid_file.iter().cloned())
-                .collect();
-            signals::stop_on_signals(move || stop.stop(), remove);
             server.serve(&l)
         }
     };
