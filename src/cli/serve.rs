@@ -77,6 +77,10 @@ pub fn serve(a: ServeArgs) -> Outcome {
             let at = l
                 .local_addr()
                 .map_err(|e| fail1(Error::io(e, "cannot read the address listened on")))?;
+            // Signals are handled before anything is printed: whoever
+            // signals as soon as it reads a line finds them handled.
+            let remove = a.pid_file.iter().cloned().collect();
+            signals::stop_on_signals(move || stop.stop(), remove);
             if !at.ip().is_loopback() {
                 eprintln!(
                     "vhdkit: warning: serving on {at}, reachable from other machines: NBD has no authentication, anyone who can connect {}",
@@ -89,10 +93,6 @@ pub fn serve(a: ServeArgs) -> Outcome {
             }
             // The pid file first: whoever reads the URI may look for it.
             let _pid = PidFile::write(a.pid_file.as_deref())?;
-            // Signals are handled before the URI is out: a client (or a
-            // test) that signals as soon as it reads it finds them handled.
-            let remove = a.pid_file.iter().cloned().collect();
-            signals::stop_on_signals(move || stop.stop(), remove);
             announce(names.iter().map(|n| format!("nbd://{at}/{}", encode(n))));
             server.serve(&l)
         }
