@@ -156,17 +156,31 @@ impl DataMap {
     }
 }
 
+/// Most windows a [`HoleWindow`] keeps: a disk read at random offsets
+/// finds each window of its file scanned once, not once per read.
+pub const MAX_WINDOWS: usize = 8;
+
 /// The data map of a file that does not change while it is read (a locked
-/// read-only open), found one window at a time as reads advance: a request
-/// outside the window kept scans afresh from the request's start, through
-/// its end and on up to [`WINDOW_BYTES`] or [`MAX_RUNS`] runs further.
-/// Memory stays bounded by the larger of a request and that window, and
-/// every hole stays a hole, however fragmented the file.
+/// read-only open), found one window at a time: the file is cut into
+/// windows of [`WINDOW_BYTES`] at multiples of it, and a request that no
+/// window kept covers scans the window it starts in (through the request's
+/// end, and on to the window's end unless [`MAX_RUNS`] runs are found
+/// first). The last [`MAX_WINDOWS`] windows are kept, so random reads all
+/// over a large image scan each window once (some file systems, tmpfs
+/// among them, walk every page up to the next hole on each scan). Memory
+/// stays bounded by that many windows, and every hole stays a hole,
+/// however fragmented the file.
 #[derive(Debug, Default)]
 pub struct HoleWindow {
-    /// The window kept: `None` before the first request, `Some(None)` when
-    /// the system cannot tell holes for this file.
-    kept: std::sync::Mutex<Option<Option<DataMap>>>,
+    kept: std::sync::Mutex<Kept>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    /// The system cannot tell holes for this file.
+    unsupported: bool,
+    /// The windows kept, the most recently scanned last.
+    windows: std::collections::VecDeque<DataMap>,
 }
 
 impl HoleWindow {
@@ -181,19 +195,25 @@ impl HoleWindow {
         len: u64,
     ) -> io::Result<Option<Vec<(u64, u64)>>> {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        match &*kept {
-            Some(None) => return Ok(None),
-            Some(Some(map)) if map.covers(offset, len) => {
-                return Ok(Some(map.data_in(offset, len)));
-            }
-            _ => {}
+        if kept.unsupported {
+            return Ok(None);
         }
+        if let Some(map) = kept.windows.iter().find(|m| m.covers(offset, len)) {
+            return Ok(Some(map.data_in(offset, len)));
+        }
+        let start = offset - offset % WINDOW_BYTES;
         let need = offset.saturating_add(len).min(file_len);
-        let ahead = need.saturating_add(WINDOW_BYTES).min(file_len);
-        let map = DataMap::scan_ahead(file, offset, need, ahead, MAX_RUNS)?;
-        let runs = map.as_ref().map(|m| m.data_in(offset, len));
-        *kept = Some(map);
-        Ok(runs)
+        let ahead = start.saturating_add(WINDOW_BYTES).min(file_len);
+        let Some(map) = DataMap::scan_ahead(file, start, need, ahead, MAX_RUNS)? else {
+            kept.unsupported = true;
+            return Ok(None);
+        };
+        let runs = map.data_in(offset, len);
+        kept.windows.push_back(map);
+        if kept.windows.len() > MAX_WINDOWS {
+            kept.windows.pop_front();
+        }
+        Ok(Some(runs))
     }
 
     /// Whether the window kept already says that all of `offset..offset +
@@ -202,10 +222,10 @@ impl HoleWindow {
     #[cfg(test)]
     pub fn known_hole(&self, offset: u64, len: u64) -> Option<bool> {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        match &*kept {
-            Some(Some(map)) if map.covers(offset, len) => Some(map.data_in(offset, len).is_empty()),
-            _ => None,
-        }
+        kept.windows
+            .iter()
+            .find(|m| m.covers(offset, len))
+            .map(|m| m.data_in(offset, len).is_empty())
     }
 }
 
@@ -342,7 +362,7 @@ mod tests {
         assert_eq!(first.len(), 1);
         {
             let kept = w.kept.lock().unwrap();
-            let map = kept.as_ref().unwrap().as_ref().unwrap();
+            let map = kept.windows.back().unwrap();
             assert!(map.run_count() <= MAX_RUNS + 1, "{}", map.run_count());
         }
         // Far past the first window: found by a new scan, still exact.
@@ -377,6 +397,42 @@ mod tests {
             return; // no hole reporting here
         }
         assert_eq!(w.known_hole(len - 4096, 4096), Some(false));
+    }
+
+    #[test]
+    fn random_reads_scan_each_window_once() {
+        // Holes every 4 MiB over three windows: after one read in each
+        // window, reads anywhere are answered from the windows kept.
+        let d = tempfile::tempdir().unwrap();
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(d.path().join("f"))
+            .unwrap();
+        let len = 3 * WINDOW_BYTES;
+        f.set_len(len).unwrap();
+        for i in 0..len / (4 << 20) {
+            f.write_all_at(&[7u8; 4096], i * (4 << 20)).unwrap();
+        }
+        let w = HoleWindow::default();
+        if w.data_in(&f, len, 5, 1).unwrap().is_none() {
+            return; // no hole reporting here
+        }
+        w.data_in(&f, len, 2 * WINDOW_BYTES + 12345, 1).unwrap();
+        w.data_in(&f, len, WINDOW_BYTES + 999, 1).unwrap();
+        assert_eq!(w.kept.lock().unwrap().windows.len(), 3);
+        for at in [
+            0,
+            WINDOW_BYTES - (4 << 20),
+            len - (4 << 20),
+            WINDOW_BYTES + (4 << 20),
+        ] {
+            assert_eq!(w.known_hole(at, 4096), Some(false), "{at:#x}");
+            assert_eq!(w.known_hole(at + 8192, 4096), Some(true), "{at:#x}");
+        }
+        assert_eq!(w.kept.lock().unwrap().windows.len(), 3, "no new scan");
     }
 
     #[test]
