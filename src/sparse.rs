@@ -298,6 +298,20 @@ mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
 
+    /// An empty read-write file in a new temporary directory (kept alive
+    /// by the returned guard).
+    fn scratch_file() -> (tempfile::TempDir, File) {
+        let d = tempfile::tempdir().unwrap();
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(d.path().join("f"))
+            .unwrap();
+        (d, f)
+    }
+
     #[test]
     fn finds_the_runs_of_a_sparse_file() {
         let d = tempfile::tempdir().unwrap();
@@ -382,14 +396,7 @@ mod tests {
     fn a_run_found_past_the_window_is_kept_whole() {
         // A dense file: the first scan's SEEK_HOLE finds the end of the
         // file, so the map covers it all and a far read needs no new scan.
-        let d = tempfile::tempdir().unwrap();
-        let f = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(d.path().join("f"))
-            .unwrap();
+        let (_d, f) = scratch_file();
         let len = 16u64 << 20;
         f.write_all_at(&vec![1u8; len as usize], 0).unwrap();
         let w = HoleWindow::default();
@@ -403,14 +410,7 @@ mod tests {
     fn random_reads_scan_each_window_once() {
         // Holes every 4 MiB over three windows: after one read in each
         // window, reads anywhere are answered from the windows kept.
-        let d = tempfile::tempdir().unwrap();
-        let f = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(d.path().join("f"))
-            .unwrap();
+        let (_d, f) = scratch_file();
         let len = 3 * WINDOW_BYTES;
         f.set_len(len).unwrap();
         for i in 0..len / (4 << 20) {

@@ -93,21 +93,7 @@ fn a_damaged_image_that_may_be_raw_says_so_without_naming_an_option() {
 #[test]
 fn a_child_of_a_rewritten_parent_refuses_reads_without_naming_an_option() {
     let dir = tempfile::tempdir().unwrap();
-    let parent = dir.path().join("p.vhdx");
-    let child = dir.path().join("c.vhdx");
-    vhdkit_ok(["create", s(&parent), "8M"]);
-    vhdkit_ok(["create", "--parent", s(&parent), s(&child)]);
-    vhdkit_ok([
-        "write",
-        s(&parent),
-        "--offset",
-        "0",
-        "--pattern",
-        "0xcd",
-        "--length",
-        "1",
-        "--no-children-check",
-    ]);
+    let child = stale_child(dir.path());
     let e = open_or_read_err(&child);
     assert_eq!(e.kind(), ErrorKind::ParentMismatch, "{e}");
     assert_fact_only(&e, Hint::IgnoreParentId);

@@ -24,11 +24,33 @@ impl Served {
     /// Start `vhdkit serve ARGS --socket DIR/nbd.sock` and wait for its URI.
     fn start(dir: &Path, args: &[&str]) -> Served {
         let sock = dir.join("nbd.sock");
+        let mut all = vec!["serve"];
+        all.extend_from_slice(args);
+        all.extend(["--socket", sock.to_str().unwrap()]);
+        let (mut served, lines) = Served::spawn(&all, 1);
+        served.uri = match lines.first() {
+            Some(l) if !l.is_empty() => l.trim().to_string(),
+            _ => {
+                kill_if_running(&mut served.child);
+                panic!("vhdkit serve printed no URI");
+            }
+        };
+        assert_eq!(
+            served.uri,
+            format!(
+                "nbd+unix:///{}?socket={}",
+                uri_name(&served.uri),
+                sock.display()
+            )
+        );
+        served
+    }
+
+    /// Start `vhdkit ARGS` and read the first `n` lines it prints (fewer
+    /// if it prints fewer within the wait limit); `uri` is left empty.
+    fn spawn(args: &[&str], n: usize) -> (Served, Vec<String>) {
         let mut child = Command::new(vhdkit_bin())
-            .arg("serve")
             .args(args)
-            .arg("--socket")
-            .arg(&sock)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -37,22 +59,19 @@ impl Served {
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(out).read_line(&mut line);
-            let _ = tx.send(line);
+            let lines: Vec<String> = BufReader::new(out)
+                .lines()
+                .take(n)
+                .map_while(Result::ok)
+                .collect();
+            let _ = tx.send(lines);
         });
-        let uri = match rx.recv_timeout(WAIT_LIMIT) {
-            Ok(l) if !l.is_empty() => l.trim().to_string(),
-            _ => {
-                kill_if_running(&mut child);
-                panic!("vhdkit serve printed no URI");
-            }
+        let lines = rx.recv_timeout(WAIT_LIMIT).unwrap_or_default();
+        let served = Served {
+            child,
+            uri: String::new(),
         };
-        assert_eq!(
-            uri,
-            format!("nbd+unix:///{}?socket={}", uri_name(&uri), sock.display())
-        );
-        Served { child, uri }
+        (served, lines)
     }
 
     /// SIGTERM: the server must flush and exit 0.
@@ -472,29 +491,20 @@ fn serve_options_tcp_pid_file_exports_and_sockets() {
     vhdkit_ok(["create", s(&a), "4M"]);
     vhdkit_ok(["create", s(&b), "8M"]);
     let pid = dir.path().join("serve.pid");
-    let mut child = Command::new(vhdkit_bin())
-        .args(["serve", "--bind", "127.0.0.1:0", "--pid-file", s(&pid)])
-        .args(["--export-name", "first", s(&a), s(&b)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let lines: Vec<String> = BufReader::new(out)
-            .lines()
-            .take(2)
-            .map_while(Result::ok)
-            .collect();
-        let _ = tx.send(lines);
-    });
-    let lines = rx.recv_timeout(WAIT_LIMIT).unwrap_or_default();
-    let mut served = Served {
-        child,
-        uri: String::new(),
-    };
+    let (mut served, lines) = Served::spawn(
+        &[
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--pid-file",
+            s(&pid),
+            "--export-name",
+            "first",
+            s(&a),
+            s(&b),
+        ],
+        2,
+    );
     assert_eq!(lines.len(), 2, "one URI per export: {lines:?}");
     assert!(lines[0].starts_with("nbd://127.0.0.1:") && lines[0].ends_with("/first"));
     assert!(lines[1].ends_with("/b"), "{lines:?}");
@@ -598,36 +608,19 @@ fn a_key_serves_mixed_images() {
     let err = vhdkit_fails(Some(1), &["serve", s(&d), "--key", s(key)]);
     assert!(err.contains("--key is for encrypted"), "{err}");
     let sock = dir.path().join("nbd.sock");
-    let mut child = Command::new(vhdkit_bin())
-        .args([
+    let (served, lines) = Served::spawn(
+        &[
             "serve",
             "--read-only",
             "--key",
             s(key),
             "--socket",
             s(&sock),
-        ])
-        .args([s(&d), s(&e)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let lines: Vec<String> = BufReader::new(out)
-            .lines()
-            .take(2)
-            .map_while(Result::ok)
-            .collect();
-        let _ = tx.send(lines);
-    });
-    let lines = rx.recv_timeout(WAIT_LIMIT).unwrap_or_default();
-    let served = Served {
-        child,
-        uri: String::new(),
-    };
+            s(&d),
+            s(&e),
+        ],
+        2,
+    );
     assert_eq!(lines.len(), 2, "one URI per export: {lines:?}");
     for uri in &lines {
         let info = String::from_utf8(client("qemu-img", &["info", "-f", "raw", uri])).unwrap();

@@ -526,19 +526,7 @@ fn info_merges_a_run_of_blocks_past_the_end_into_one_warning() {
     let lay = SparseLayout::read(&path);
     let start1 = u64::from(lay.bat[1]) * 512;
     // Cut inside block 1: blocks 1, 2 and 3 reach past the end.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(start1 + lay.bitmap_size() + 1000)
-        .unwrap();
-    let disk = vhdkit::open(&path, &OpenOptions::new()).unwrap();
-    let past: Vec<_> = disk
-        .info()
-        .warnings
-        .into_iter()
-        .filter(|w| w.kind == WarningKind::BlockPastEof)
-        .collect();
+    let past = past_eof_warnings_after_cut(&path, start1 + lay.bitmap_size() + 1000);
     assert_eq!(past.len(), 1, "{past:?}");
     assert_eq!(past[0].structure, Some("VHD block"));
     assert_eq!(past[0].offset, Some(start1));

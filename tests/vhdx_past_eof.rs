@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use vhdkit::report::WarningKind;
 use vhdkit::{OpenOptions, VhdxBuilder};
 
 /// Block size of the test image: the smallest VHDX allows.
@@ -40,19 +39,7 @@ fn info_merges_a_run_of_vhdx_blocks_past_the_end_into_one_warning() {
         "blocks allocated in order: {offsets:x?}"
     );
     // Cut inside block 1: blocks 1, 2 and 3 reach past the end.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(offsets[1] + 1000)
-        .unwrap();
-    let disk = vhdkit::open(&path, &OpenOptions::new()).unwrap();
-    let past: Vec<_> = disk
-        .info()
-        .warnings
-        .into_iter()
-        .filter(|w| w.kind == WarningKind::BlockPastEof)
-        .collect();
+    let past = past_eof_warnings_after_cut(&path, offsets[1] + 1000);
     assert_eq!(past.len(), 1, "{past:?}");
     assert_eq!(past[0].offset, Some(offsets[1]), "{past:?}");
     assert!(

@@ -473,6 +473,23 @@ pub fn file_sha256(path: &Path) -> String {
     sha256_hex(&std::fs::read(path).expect("read file"))
 }
 
+/// Cut the file at `path` to `len` bytes, open it, and return the
+/// `BlockPastEof` warnings the open gave.
+pub fn past_eof_warnings_after_cut(path: &Path, len: u64) -> Vec<vhdkit::report::Warning> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+    let disk = vhdkit::open(path, &OpenOptions::new()).unwrap();
+    disk.info()
+        .warnings
+        .into_iter()
+        .filter(|w| w.kind == vhdkit::report::WarningKind::BlockPastEof)
+        .collect()
+}
+
 /// Open `path` read-only through the library.
 pub fn open(path: &Path) -> vhdkit::Disk {
     vhdkit::open(path, &OpenOptions::new())
