@@ -91,12 +91,18 @@ fn crash(ext: &str) {
             rebase(&here, &newb).unwrap_or_else(|e| panic!("{ctx}: re-running fails: {e}"));
             let r = vhdkit::check(&here, &OpenOptions::new(), false).unwrap();
             for f in &r.findings {
-                assert!(f.severity == Severity::Leak, "{ctx}: after re-running: {f:?}");
+                assert!(
+                    f.severity == Severity::Leak,
+                    "{ctx}: after re-running: {f:?}"
+                );
             }
             let disk = vhdkit::open(&here, &OpenOptions::new()).unwrap();
             let p = std::fs::canonicalize(disk.info().parent.unwrap().path.unwrap()).unwrap();
             assert_eq!(p, new_canon, "{ctx}: not over the new base");
-            assert!(read_disk(disk.as_ref()) == model, "{ctx}: content after re-running");
+            assert!(
+                read_disk(disk.as_ref()) == model,
+                "{ctx}: content after re-running"
+            );
         }
     }
     assert!(states >= 20, "only {states} crash points");

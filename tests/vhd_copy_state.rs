@@ -125,10 +125,13 @@ fn a_set_parent_interrupted_before_the_copy_points_at_the_old_header() {
     assert_eq!(code, 2);
 }
 
+/// A change made to a footer copy.
+type Edit = fn(&mut [u8]);
+
 #[test]
 fn a_copy_no_update_makes_stays_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, fn(&mut [u8]), &str); 4] = [
+    let cases: [(&str, Edit, &str); 4] = [
         (
             "type.vhd",
             |c| c[60..64].copy_from_slice(&4u32.to_be_bytes()),
