@@ -12,6 +12,7 @@
 //! writes are crash safe: see `vhd/reparent.rs` and `vhdx/reparent.rs`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -269,6 +270,18 @@ pub struct RebaseOutcome {
 /// leaves the child over its old parent reading as before (it only gained
 /// data equal to what it read); running again completes it.
 pub fn rebase(child: &Path, new_base: &Path) -> Result<RebaseOutcome> {
+    let storage = crate::open_file(child, true, false)?;
+    rebase_in(Arc::new(storage), child, new_base)
+}
+
+/// [`rebase`] on a child held in `storage`; `child` is where it lives
+/// (its parent is found, and the relative locators computed, from its
+/// folder).
+pub fn rebase_in(
+    storage: Arc<dyn Storage>,
+    child: &Path,
+    new_base: &Path,
+) -> Result<RebaseOutcome> {
     let base_canon = std::fs::canonicalize(new_base)
         .map_err(|e| crate::io::io_err("new base image", 0)(e).with_path(new_base))?;
     let chain = Chain::default().enter(child)?;
@@ -277,7 +290,13 @@ pub fn rebase(child: &Path, new_base: &Path) -> Result<RebaseOutcome> {
         writable: true,
         ..OpenOptions::default()
     };
-    let mut disk = crate::open(child, &rw)?;
+    let mut disk = crate::open_storage(
+        Box::new(Arc::clone(&storage)),
+        Some(child),
+        &rw,
+        &Chain::default(),
+    )
+    .map_err(|e| e.with_path(child))?;
     let (cf, bf) = (disk.info().format, base.info().format);
     if cf != bf || !matches!(cf, Format::Vhd | Format::Vhdx) {
         return Err(Error::new(
@@ -353,7 +372,13 @@ pub fn rebase(child: &Path, new_base: &Path) -> Result<RebaseOutcome> {
     disk.close()?;
     drop(disk);
     drop(base);
-    let set = set_parent(child, &base_canon, &SetParentOptions { ignore_id: true })?;
+    let set = set_parent_in(
+        Box::new(storage),
+        child,
+        &base_canon,
+        &SetParentOptions { ignore_id: true },
+    )
+    .map_err(|e| e.with_path(child))?;
     Ok(RebaseOutcome {
         copied,
         set_parent: set,

@@ -151,6 +151,86 @@ fn read_footers(storage: &dyn Storage, len: u64) -> Result<Footers> {
     })
 }
 
+/// The fields in which the footer copy `c` differs from the end footer `e`.
+fn footer_differences(e: &Footer, c: &Footer) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    let mut d = |differs: bool, name: &'static str| {
+        if differs {
+            v.push(name);
+        }
+    };
+    d(e.features != c.features, "features");
+    d(
+        e.file_format_version != c.file_format_version,
+        "format version",
+    );
+    d(e.data_offset != c.data_offset, "data offset");
+    d(e.timestamp != c.timestamp, "time stamp");
+    d(
+        e.creator_application != c.creator_application
+            || e.creator_version != c.creator_version
+            || e.creator_host_os != c.creator_host_os,
+        "creator",
+    );
+    d(
+        e.original_size != c.original_size || e.current_size != c.current_size,
+        "size",
+    );
+    d(
+        (e.cylinders, e.heads, e.sectors_per_track) != (c.cylinders, c.heads, c.sectors_per_track),
+        "geometry",
+    );
+    d(e.disk_type != c.disk_type, "disk type");
+    d(e.unique_id != c.unique_id, "unique id");
+    d(e.saved_state != c.saved_state, "saved state");
+    d(e.reserved != c.reserved, "reserved bytes");
+    v
+}
+
+/// When the valid copy `c` differs from the valid end footer `e` only as
+/// an update interrupted between writing the end footer and its copy
+/// leaves it, the fields that differ (e.g. "size, geometry"); `None` when
+/// it differs in anything such an update never changes. The updates are
+/// resize (size and geometry), a new unique id, and set-parent (the data
+/// offset, moved to a new dynamic header: the copy's must then point at a
+/// whole header with the same block size and table).
+fn interrupted_update(storage: &dyn Storage, e: &Footer, c: &Footer) -> Result<Option<String>> {
+    let diffs = footer_differences(e, c);
+    let benign = ["data offset", "size", "geometry", "unique id"];
+    if diffs.is_empty() || diffs.iter().any(|d| !benign.contains(d)) {
+        return Ok(None);
+    }
+    if e.data_offset != c.data_offset {
+        let len = storage.len().map_err(io_err("VHD file", 0))?;
+        let header = |off: u64| -> Result<Option<DynamicHeader>> {
+            if off
+                .checked_add(HEADER_SIZE as u64)
+                .is_none_or(|end| end > len)
+            {
+                return Ok(None);
+            }
+            let mut hb = [0u8; HEADER_SIZE];
+            read_struct(storage, "VHD dynamic header", &mut hb, off)?;
+            Ok(DynamicHeader::parse(&hb, off)
+                .ok()
+                .filter(DynamicHeader::checksum_ok))
+        };
+        let (Some(now), Some(before)) = (header(e.data_offset)?, header(c.data_offset)?) else {
+            return Ok(None);
+        };
+        if (now.block_size, now.table_offset, now.max_table_entries)
+            != (
+                before.block_size,
+                before.table_offset,
+                before.max_table_entries,
+            )
+        {
+            return Ok(None);
+        }
+    }
+    Ok(Some(diffs.join(", ")))
+}
+
 /// Check the VHD in `storage`, adding findings to `report`. With `repair`,
 /// fix what can be fixed without guessing: checksums, a damaged or missing
 /// footer copy, a missing end footer.
@@ -291,13 +371,34 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
                 c.compute_checksum()
             ),
         ),
-        Some(c) if fs.end.as_ref().is_some_and(|e| e.checksum_ok() && e != c) => report.add(
-            Severity::Error,
-            FindingKind::CopyDiffers,
-            "VHD footer copy",
-            Some(0),
-            "the copy at offset 0 differs from the footer at the end",
-        ),
+        Some(c) if fs.end.as_ref().is_some_and(|e| e.checksum_ok() && e != c) => {
+            let e = fs.end.as_ref().expect("checked above");
+            match interrupted_update(storage, e, c)? {
+                Some(fields) => report.add(
+                    Severity::Info,
+                    FindingKind::CopyDiffers,
+                    "VHD footer copy",
+                    Some(0),
+                    format!(
+                        "the copy at offset 0 is an older footer of this disk (its {fields} \
+                         differ): an update was interrupted between the footer at the end, \
+                         which is in use, and its copy; a repair, or running the update \
+                         again, rewrites the copy"
+                    ),
+                ),
+                None => report.add(
+                    Severity::Error,
+                    FindingKind::CopyDiffers,
+                    "VHD footer copy",
+                    Some(0),
+                    format!(
+                        "the copy at offset 0 differs from the footer at the end in {}, which \
+                         no interrupted update changes",
+                        footer_differences(e, c).join(", ")
+                    ),
+                ),
+            }
+        }
         _ => {}
     }
 
