@@ -357,7 +357,7 @@ pub fn refusal(plan: &MergePlan, opts: &MergeOptions) -> Option<Error> {
     };
     Some(Error::new(
         ErrorKind::InvalidArgument,
-        format!("{text}; nothing was changed (the merge can be forced)"),
+        format!("{text}; nothing was changed"),
     ))
 }
 
