@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError};
 
-use common::{Rng, random_bytes};
+use common::{Rng, SparseLayout, random_bytes};
 use vhdkit::compact::Mode;
 use vhdkit::merge::MergeOptions;
 use vhdkit::report::Severity;
@@ -43,6 +43,15 @@ const SECTOR: u64 = 512;
 /// their size, and what a merge of a resized child must do, are then
 /// decided by that branch's rules and may need a line here.
 const RESIZE_DIFFERENCING: bool = false;
+
+/// A grow that must move a VHD's BAT appends the new table and leaves the
+/// old one's space referenced by nothing, and a full compact never moves
+/// the BAT: blocks below it move down and leave their space between the
+/// last block and the table. `check` reports such space as leaked once it
+/// lies after a block (a second grow, or a compact), so a VHD whose BAT a
+/// grow moved may report leaks from then on. Known gap (reported for issue
+/// 14): set this to false once grow or compact reclaims that space.
+const VHD_MOVED_BAT_LEAKS: bool = true;
 
 /// Longest chain the model builds (a snapshot on a chain this long is
 /// skipped).
@@ -118,9 +127,9 @@ enum NewSize {
     /// The current size plus this many sectors (negative: a shrink).
     Delta(i32),
     /// Just past the last non-zero byte of the model, plus this many
-    /// sectors: the smallest shrinks that succeed, and (with 0 and an
-    /// unaligned last byte) the largest that are refused.
-    PastData(u16),
+    /// bytes: the smallest shrinks that succeed and the largest that are
+    /// refused.
+    PastData(i32),
 }
 
 #[derive(Clone)]
@@ -219,7 +228,8 @@ fn new_size_strategy() -> impl Strategy<Value = NewSize> {
         ]
         .prop_map(NewSize::Bytes),
         2 => (-8192i32..8192).prop_map(NewSize::Delta),
-        2 => (0u16..4096).prop_map(NewSize::PastData),
+        1 => (0i32..(2 << 20)).prop_map(NewSize::PastData),
+        1 => (-1024i32..1024).prop_map(NewSize::PastData),
     ]
 }
 
@@ -249,7 +259,12 @@ fn case_strategy(fmt: Fmt) -> impl Strategy<Value = Case> {
         // 8 to 32 MiB, not always a whole number of blocks.
         (8 * MIB / SECTOR..=32 * MIB / SECTOR).prop_map(|s| s * SECTOR),
         prop::sample::select(block_sizes(fmt)),
-        prop::collection::vec(prop::sample::select(block_sizes(fmt)), 0..MAX_CHAIN),
+        // Half the cases start with the base alone (the only chain that
+        // resizes while RESIZE_DIFFERENCING is off).
+        prop_oneof![
+            Just(Vec::new()),
+            prop::collection::vec(prop::sample::select(block_sizes(fmt)), 1..MAX_CHAIN),
+        ],
         any::<u64>(),
         prop::collection::vec(op_strategy(fmt), 1..24),
     )
@@ -271,6 +286,8 @@ struct Image {
     /// Whether `check` may report leaked space: only after an operation
     /// documented to leave it, until a full compact of the image.
     leak_ok: bool,
+    /// A VHD whose BAT a grow moved (see [`VHD_MOVED_BAT_LEAKS`]).
+    bat_moved: bool,
 }
 
 /// The chain on disk and the model of what its top reads.
@@ -333,6 +350,7 @@ impl World {
             path,
             block_size: u64::from(case.block_size),
             leak_ok: false,
+            bat_moved: false,
         });
         Ok(w)
     }
@@ -469,6 +487,7 @@ impl World {
                     path,
                     block_size: u64::from(block_size),
                     leak_ok: false,
+                    bat_moved: false,
                 });
             }
         }
@@ -487,13 +506,13 @@ impl World {
             NewSize::Delta(d) => old
                 .saturating_add_signed(i64::from(d) * SECTOR as i64)
                 .max(MIB),
-            NewSize::PastData(pad) => {
+            NewSize::PastData(d) => {
                 let end = self
                     .model
                     .iter()
                     .rposition(|&b| b != 0)
                     .map_or(0, |i| i + 1);
-                (end as u64 + u64::from(pad) * SECTOR).max(MIB)
+                (end as u64).saturating_add_signed(i64::from(d)).max(MIB)
             }
         };
         // The size is rounded up to whole sectors.
@@ -511,6 +530,8 @@ impl World {
         ));
         let before = self.files();
         let path = self.top().path.clone();
+        let table = |p: &Path| (self.fmt == Fmt::Vhd).then(|| SparseLayout::read(p).table_offset);
+        let table_before = table(&path);
         let r = vhdkit::resize::resize(&path, Target::Size(asked), shrink, &OpenOptions::new());
         match (r, refusal) {
             (Ok(done), None) => {
@@ -521,6 +542,9 @@ impl World {
                     // src/vhd/resize.rs: the blocks of the entries a shrink
                     // unlinks become leaked space.
                     self.chain.last_mut().expect("chain").leak_ok = true;
+                }
+                if table(&path) != table_before {
+                    self.chain.last_mut().expect("chain").bat_moved = true;
                 }
                 self.model.resize(new as usize, 0);
             }
@@ -574,15 +598,24 @@ impl World {
     }
 
     /// Whether `img`'s check may report leaked space in `structure`: its
-    /// own, or a parent's (`in parent PATH: ...`).
+    /// own, or a parent's (`in parent PATH: ...`, repeated for each level).
     fn leak_ok(&self, img: &Image, structure: &str) -> bool {
-        match structure.strip_prefix("in parent ") {
-            None => img.leak_ok,
-            Some(rest) => self
+        let ok = |i: &Image| i.leak_ok || (VHD_MOVED_BAT_LEAKS && i.bat_moved);
+        // A parent's parent is prefixed twice: the innermost names the image.
+        let mut rest = structure;
+        let mut image = img;
+        while let Some(r) = rest.strip_prefix("in parent ") {
+            let Some(i) = self
                 .chain
                 .iter()
-                .any(|i| i.leak_ok && rest.starts_with(&format!("{}: ", i.path.display()))),
+                .find(|i| r.starts_with(&format!("{}: ", i.path.display())))
+            else {
+                return false;
+            };
+            rest = &r[i.path.display().to_string().len() + 2..];
+            image = i;
         }
+        ok(image)
     }
 
     /// Compare the whole top with the model and check every image.
