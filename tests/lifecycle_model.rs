@@ -186,6 +186,8 @@ impl std::fmt::Debug for Op {
 #[derive(Debug, Clone)]
 struct Case {
     fmt: Fmt,
+    /// The logical sector size (VHDX: 512 or 4096; VHD: 512).
+    sector: u64,
     size: u64,
     block_size: u32,
     /// Block sizes of the differencing children created at the start,
@@ -267,15 +269,22 @@ fn case_strategy(fmt: Fmt) -> impl Strategy<Value = Case> {
         ],
         any::<u64>(),
         prop::collection::vec(op_strategy(fmt), 1..24),
+        prop::sample::select(match fmt {
+            Fmt::Vhd => vec![SECTOR],
+            Fmt::Vhdx => vec![SECTOR, 4096],
+        }),
     )
-        .prop_map(move |(size, block_size, children, seed, ops)| Case {
-            fmt,
-            size,
-            block_size,
-            children,
-            seed,
-            ops,
-        })
+        .prop_map(
+            move |(size, block_size, children, seed, ops, sector)| Case {
+                fmt,
+                sector,
+                size: size.div_ceil(sector) * sector,
+                block_size,
+                children,
+                seed,
+                ops,
+            },
+        )
 }
 
 /// One image of the chain.
@@ -293,6 +302,8 @@ struct Image {
 /// The chain on disk and the model of what its top reads.
 struct World {
     fmt: Fmt,
+    /// The logical sector size: sizes are rounded up to it.
+    sector: u64,
     dir: tempfile::TempDir,
     /// Base first.
     chain: Vec<Image>,
@@ -323,6 +334,7 @@ impl World {
         .map_err(|e| e.to_string())?;
         let mut w = World {
             fmt: case.fmt,
+            sector: case.sector,
             dir,
             chain: Vec::new(),
             model: vec![0u8; case.size as usize],
@@ -330,8 +342,8 @@ impl World {
             trace: Vec::new(),
         };
         w.trace.push(format!(
-            "create {:?} base of {:#x} bytes, blocks of {:#x}",
-            case.fmt, case.size, case.block_size
+            "create {:?} base of {:#x} bytes, blocks of {:#x}, sectors of {}",
+            case.fmt, case.size, case.block_size, case.sector
         ));
         let path = w.new_path();
         let mut disk = match case.fmt {
@@ -341,7 +353,9 @@ impl World {
             ),
             Fmt::Vhdx => vhdkit::create_vhdx(
                 &path,
-                VhdxBuilder::new(case.size).block_size(case.block_size),
+                VhdxBuilder::new(case.size)
+                    .block_size(case.block_size)
+                    .logical_sector_size(case.sector as u32),
             ),
         }
         .map_err(err("create"))?;
@@ -515,8 +529,8 @@ impl World {
                 (end as u64).saturating_add_signed(i64::from(d)).max(MIB)
             }
         };
-        // The size is rounded up to whole sectors.
-        let new = asked.div_ceil(SECTOR) * SECTOR;
+        // The size is rounded up to whole logical sectors.
+        let new = asked.div_ceil(self.sector) * self.sector;
         let refusal = if new < old && !shrink {
             Some("a shrink without shrink")
         } else if new < old && self.model[new as usize..].iter().any(|&b| b != 0) {
