@@ -8,7 +8,9 @@
 //! from its paths. After every step the whole top image is read and
 //! compared with the model, its size too, and `check` runs on every image
 //! of the chain: no damage, nothing left unchecked, and leaked space only
-//! where the library documents it (see [`Image::leak_ok`]).
+//! after a quick compact (documented) or on a VHD whose BAT a grow moved
+//! (a known gap, [`VHD_MOVED_BAT_LEAKS`]). Images live in `/dev/shm` when
+//! it exists.
 //!
 //! Operations whose outcome depends on the content are predicted from the
 //! model and both outcomes are checked: a shrink is refused exactly when
