@@ -313,10 +313,13 @@ impl Dynamic {
             write(storage, "VHD footer copy", &footer.to_bytes(), 0)?;
             flush(storage)?;
         }
-        if new_n < old_n.min(self.bat.len()) {
-            self.unlink(storage, new_n, old_n.min(self.bat.len()))?;
-        }
         if new_size <= old {
+            // Entries past the new size, wherever they are: a crash may
+            // have left them linked after the footers changed.
+            let stale = (new_n..self.bat.len()).filter(|&i| self.bat[i] != UNUSED);
+            if let (Some(first), Some(last)) = (stale.clone().min(), stale.max()) {
+                self.unlink(storage, first, last + 1)?;
+            }
             // Blocks unlinked at the end of the file are given back: the
             // footer moves down over them (unused space until the file is
             // cut), then the file is cut after it. A shrink cut short

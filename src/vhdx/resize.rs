@@ -60,8 +60,9 @@ impl VhdxDisk {
         }
         let old = self.s.metadata.virtual_size;
         if new_size == old {
-            // A shrink cut short before the file was cut is completed.
-            return self.trim();
+            // A shrink cut short is completed.
+            let total = self.s.layout.total_entries;
+            return self.finish_shrink(total..total);
         }
         self.begin_session()?;
         self.sync_region_tables()?;
@@ -141,18 +142,32 @@ impl VhdxDisk {
         let size = self.size_page(new_size)?;
         self.commit_with(vec![size])?;
         self.s.metadata.virtual_size = new_size;
-        let cut = (new_layout.data_blocks..old_layout.data_blocks)
-            .map(|b| new_layout.payload_index(b))
-            .filter(|&i| i < new_layout.total_entries)
-            .chain(new_layout.total_entries..old_layout.total_entries);
-        for i in cut {
-            if self.s.bat[i as usize] != 0 {
+        self.finish_shrink(new_layout.total_entries..old_layout.total_entries)
+    }
+
+    /// Unlink the blocks past the end of the disk (the entries of payload
+    /// blocks past the last one that lie in the table, and `beyond`, past
+    /// the table but still in memory), drop `beyond` from memory, and cut
+    /// the file ([`Self::trim`]). The size is already the new one: the
+    /// entries changed are outside the disk, so any crash leaves it as it
+    /// is.
+    fn finish_shrink(&mut self, beyond: std::ops::Range<u64>) -> Result<()> {
+        let l = self.s.layout;
+        let stale: Vec<u64> = (l.data_blocks..)
+            .map(|b| l.payload_index(b))
+            .take_while(|&i| i < l.total_entries)
+            .chain(beyond)
+            .filter(|&i| self.s.bat[i as usize] != 0)
+            .collect();
+        if !stale.is_empty() {
+            self.begin_session()?;
+            for i in stale {
                 self.reserve_pages(1)?;
                 self.set_entry(i, 0);
             }
+            self.commit()?;
         }
-        self.commit()?;
-        self.s.bat.truncate(new_layout.total_entries as usize);
+        self.s.bat.truncate(l.total_entries as usize);
         self.trim()
     }
 
