@@ -479,3 +479,40 @@ fn libvhdi_reads_resized_children() {
         }
     }
 }
+
+/// A grown child over its smaller parent is not merged: the merge names
+/// both sizes and changes neither file. A child over a parent taken
+/// despite its identity is not resized.
+#[test]
+fn resized_children_are_not_merged_nor_resized_over_another_parent() {
+    for ext in ["vhd", "vhdx"] {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path().join(format!("p.{ext}"));
+        let other = dir.path().join(format!("o.{ext}"));
+        let child = dir.path().join(format!("c.{ext}"));
+        vhdkit_ok(["create", s(&parent), "8M"]);
+        vhdkit_ok(["create", s(&other), "8M"]);
+        vhdkit_ok(["create", "--parent", s(&parent), s(&child)]);
+        vhdkit_ok(["resize", s(&child), "12M"]);
+        let before = (file_sha256(&parent), file_sha256(&child));
+        let (code, _, err) = vhdkit_run(&["merge", s(&child)]);
+        assert_eq!(code, 1, "{ext}: {err}");
+        assert!(
+            err.contains("12582912 bytes") && err.contains("8388608 bytes"),
+            "{ext}: {err}"
+        );
+        assert_eq!((file_sha256(&parent), file_sha256(&child)), before, "{ext}");
+        // The wrong parent, its id waived: refused, nothing written.
+        let (code, _, err) = vhdkit_run(&[
+            "resize",
+            "--parent-file",
+            s(&other),
+            "--ignore-parent-id",
+            s(&child),
+            "16M",
+        ]);
+        assert_eq!(code, 1, "{ext}: {err}");
+        assert!(err.contains("recorded parent only"), "{ext}: {err}");
+        assert_eq!(file_sha256(&child), before.1, "{ext}");
+    }
+}
