@@ -82,9 +82,17 @@ pub(crate) trait ChildLayer {
 }
 
 /// `layer` with its parent (and so its whole chain) opened and attached.
-/// A parent whose virtual size is not the child's is refused, even with
-/// `ignore_parent_id`: that option waives the parent's identity, not its
-/// geometry, and a smaller parent would read as zeros past its end.
+///
+/// A child and its parent normally have one size. A differencing image
+/// that was resized (grown or shrunk like any disk, as Hyper-V's
+/// Resize-VHD allows for a differencing VHDX) has another size than its
+/// parent: it reads the parent's content up to the smaller of the two
+/// sizes, and zeros past the parent's end. That is allowed only when the
+/// parent's identity is the recorded one, so the parent is known to be
+/// the image the child was made over; a parent taken with
+/// `ignore_parent_id` must have the child's size (that option waives the
+/// identity, not the geometry, and a wrong smaller parent would silently
+/// read as zeros past its end).
 fn compose<D: ChildLayer + VirtualDisk>(
     mut layer: D,
     opts: &OpenOptions,
@@ -92,16 +100,23 @@ fn compose<D: ChildLayer + VirtualDisk>(
 ) -> Result<D> {
     if let Some(spec) = layer.parent_spec()? {
         let parent = open_parent(layer.path(), &spec, opts, chain)?;
-        if let Parent::Open { disk, path, .. } = &parent
+        if let Parent::Open {
+            disk,
+            path,
+            expected_id,
+            found_id,
+            ..
+        } = &parent
             && disk.virtual_size() != layer.virtual_size()
+            && *found_id != Some(*expected_id)
         {
             let (c, p) = (layer.virtual_size(), disk.virtual_size());
             let err = Error::new(
                 ErrorKind::ParentMismatch,
                 format!(
                     "the parent {} has a virtual size of {p:#x} bytes ({}), the child's is \
-                     {c:#x} bytes ({}); a differencing image and its parent must be the same \
-                     size (ignoring the parent's id does not waive its size)",
+                     {c:#x} bytes ({}); a parent whose id is not the recorded one must be the \
+                     child's size (ignoring the parent's id does not waive its size)",
                     path.display(),
                     size_unit(p),
                     size_unit(c),

@@ -1,8 +1,13 @@
 //! `check --chain` (like Hyper-V's `Test-VHD`): every link of a
 //! differencing chain is opened on its own and checked against what its
-//! child records (identity, virtual size), and the first link where the
-//! chain breaks is named with the locations its child records. When the
-//! chain holds, the whole chain's `check` report is attached.
+//! child records (identity), and the first link where the chain breaks is
+//! named with the locations its child records. When the chain holds, the
+//! whole chain's `check` report is attached.
+//!
+//! A link of another virtual size than its child does not break the
+//! chain when its identity is the recorded one: the child was resized,
+//! and reads the parent up to the smaller size and zeros past the
+//! parent's end, as opening the chain does ([`crate::chain`]).
 
 use std::path::{Path, PathBuf};
 
@@ -59,15 +64,6 @@ pub enum Break {
         expected: Uuid,
         /// The id the file has.
         found: Option<Uuid>,
-    },
-    /// The file found has another virtual size.
-    SizeMismatch {
-        /// The file found.
-        path: PathBuf,
-        /// The child's size.
-        child_size: u64,
-        /// The parent's size.
-        parent_size: u64,
     },
     /// A recorded location leads back into the chain.
     Loop {
@@ -144,14 +140,6 @@ impl ChainReport {
                         "{} is not its parent: id {}, expected {expected}",
                         path.display(),
                         found.map_or("none".to_string(), |u| u.to_string())
-                    ),
-                    Break::SizeMismatch {
-                        path,
-                        child_size,
-                        parent_size,
-                    } => format!(
-                        "{} has a virtual size of {parent_size} bytes, the child {child_size}",
-                        path.display()
                     ),
                     Break::Loop { path } => {
                         format!("its parent {} is already in the chain", path.display())
@@ -259,13 +247,6 @@ pub fn check_chain(image: &Path, opts: &OpenOptions) -> Result<ChainReport> {
                         path: p.clone(),
                         expected: sp.expected_id,
                         found: l.id,
-                    });
-                }
-                Ok((l, _)) if l.virtual_size != child.virtual_size => {
-                    first_problem.get_or_insert(Break::SizeMismatch {
-                        path: p.clone(),
-                        child_size: child.virtual_size,
-                        parent_size: l.virtual_size,
                     });
                 }
                 Ok(found) => {

@@ -166,6 +166,7 @@ pub fn plan(child: &Path, opts: &MergeOptions) -> Result<MergePlan> {
     open_opts.allow_missing_parent = false;
     let mut levels: Vec<Level> = Vec::new();
     let mut size = None;
+    let mut sizes: Vec<u64> = Vec::new();
     let mut cur = child.to_path_buf();
     loop {
         let disk = crate::open(&cur, &open_opts).map_err(|e| {
@@ -197,6 +198,7 @@ pub fn plan(child: &Path, opts: &MergeOptions) -> Result<MergePlan> {
             .with_hint(crate::Hint::Repair));
         }
         size.get_or_insert(disk.virtual_size());
+        sizes.push(disk.virtual_size());
         levels.push(Level {
             path: cur.clone(),
             format: info.format,
@@ -218,6 +220,25 @@ pub fn plan(child: &Path, opts: &MergeOptions) -> Result<MergePlan> {
         None => 1,
         Some(into) => find_level(&levels, into)?,
     };
+    // A resized differencing image reads its parent up to the smaller
+    // size: merged into an image of another size, its content would not
+    // fit (or would leave the ancestor's tail behind it).
+    if let Some(j) = (1..=target).find(|&j| sizes[j] != sizes[0]) {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "cannot merge {} ({} bytes) into {}: {} has a virtual size of {} bytes (an image \
+                 of the chain was resized); a merge needs the merged images and the ancestor \
+                 to have one size",
+                child.display(),
+                sizes[0],
+                levels[target].path.display(),
+                levels[j].path.display(),
+                sizes[j]
+            ),
+        )
+        .with_path(child));
+    }
     let ancestor = levels[target].clone();
     if !matches!(ancestor.format, Format::Vhd | Format::Vhdx) {
         return Err(Error::new(

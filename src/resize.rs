@@ -14,6 +14,12 @@
 //! - [`Target::Minimum`] is the end of the last partition (for a GPT, plus
 //!   the backup entry array and header).
 //!
+//! - a differencing image is resized over its recorded parent only (not
+//!   one taken despite its identity), and grown only where its parent ends
+//!   or reads as zeros, so that the range coming into use reads as zeros:
+//!   afterwards it reads its parent up to the smaller of the two
+//!   sizes, zeros past the parent's end (see [`crate::chain`]).
+//!
 //! The order makes every crash leave the old or the new size with the
 //! partitions intact, and running the resize again completes it: a grow
 //! resizes the format first and then moves the GPT backup out to the new
@@ -27,7 +33,7 @@ use crate::disk::{ExtentKind, VirtualDisk};
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::Storage;
 use crate::partition_end::{self, Table};
-use crate::report::{DiskType, Format};
+use crate::report::Format;
 use crate::{OpenOptions, detect};
 
 /// Reading the cut-off range to see whether it holds anything but zeros
@@ -100,17 +106,25 @@ pub fn resize_storage(
             ));
         }
     }
-    let ro = opts.clone().writable(false).print_warnings(false);
-    let disk = crate::open_storage(Box::new(storage.clone()), path, &ro, &Chain::default())?;
-    if disk.info().disk_type == DiskType::Differencing {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            format!(
-                "resizing a differencing {} is not supported yet",
-                format.as_str().to_uppercase()
-            ),
-        ));
-    }
+    // A differencing image is resized over its recorded parent only: a
+    // parent taken despite its identity must keep the child's size.
+    let mut ro = opts
+        .clone()
+        .writable(false)
+        .print_warnings(false)
+        .ignore_parent_id(false);
+    ro.allow_missing_parent = false;
+    let disk = crate::open_storage(Box::new(storage.clone()), path, &ro, &Chain::default())
+        .map_err(|e| {
+            if e.kind() == ErrorKind::ParentMismatch {
+                Error::new(
+                    ErrorKind::ParentMismatch,
+                    format!("{e}; a differencing image is resized over its recorded parent only"),
+                )
+            } else {
+                e
+            }
+        })?;
     let old = disk.virtual_size();
     let sector = u64::from(disk.logical_sector_size());
     let table = {
@@ -126,6 +140,9 @@ pub fn resize_storage(
         })?,
     };
     let new = new.div_ceil(sector) * sector;
+    if let Some(p) = disk.parent_disk() {
+        refuse_parent_shown(old, new, p)?;
+    }
     if new < old {
         if !shrink {
             return Err(Error::invalid_argument(format!(
@@ -177,6 +194,30 @@ pub fn resize_storage(
     })
 }
 
+/// Refuse to grow a differencing image from `old` to `new` bytes when its
+/// `parent` holds data that is not zeros in the range coming into use:
+/// that range must read as zeros, as on any grown disk, and the child
+/// stores nothing there to hide the parent's content (it was shrunk below
+/// its parent's size before).
+fn refuse_parent_shown(old: u64, new: u64, parent: &dyn VirtualDisk) -> Result<()> {
+    let end = new.min(parent.virtual_size());
+    if end <= old {
+        return Ok(());
+    }
+    match stored_range(parent, old, end)? {
+        None => Ok(()),
+        Some((first, last)) => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "cannot grow this differencing image from {old} to {new} bytes: its parent holds \
+                 data in the range {first:#x}..{last:#x}, which the grown range would show \
+                 instead of zeros (the image was shrunk below its parent's size); growing is \
+                 supported where the parent ends or reads as zeros"
+            ),
+        )),
+    }
+}
+
 fn open_writable(
     storage: &Arc<dyn Storage>,
     path: Option<&Path>,
@@ -219,12 +260,22 @@ fn check_cut(disk: &dyn VirtualDisk, table: Option<&Table>, new: u64) -> Result<
         // Everything cut off lies past the last partition.
         return Ok(());
     }
-    let old = disk.virtual_size();
+    if let Some((first, last)) = stored_range(disk, new, disk.virtual_size())? {
+        return Err(Error::invalid_argument(format!(
+            "cannot shrink to {new} bytes: stored data in the range {first:#x}..{last:#x} would be cut off, and the disk has no partition table to show it unused"
+        )));
+    }
+    Ok(())
+}
+
+/// The first and last sectors of `[start, end)` of `disk` that hold
+/// stored data (its own or, for a differencing image, its parent's) that
+/// is not all zeros: from the first one's start to the last one's end.
+fn stored_range(disk: &dyn VirtualDisk, start: u64, end: u64) -> Result<Option<(u64, u64)>> {
     let mut buf = vec![0u8; SCAN_CHUNK as usize];
-    // The first and last stored sectors that are not all zeros.
     let mut found: Option<(u64, u64)> = None;
-    for e in disk.map(new, old - new)? {
-        if e.kind != ExtentKind::Data {
+    for e in disk.map(start, end - start)? {
+        if !matches!(e.kind, ExtentKind::Data | ExtentKind::Parent) {
             continue;
         }
         let mut pos = e.start;
@@ -241,10 +292,5 @@ fn check_cut(disk: &dyn VirtualDisk, table: Option<&Table>, new: u64) -> Result<
             pos += n as u64;
         }
     }
-    if let Some((first, last)) = found {
-        return Err(Error::invalid_argument(format!(
-            "cannot shrink to {new} bytes: stored data in the range {first:#x}..{last:#x} would be cut off, and the disk has no partition table to show it unused"
-        )));
-    }
-    Ok(())
+    Ok(found)
 }

@@ -517,10 +517,25 @@ fn unsupported_images_are_refused_and_left_unchanged() {
         .unwrap()
         .close()
         .unwrap();
+    // The children hide their parents' data past 4 MiB with zeros and are
+    // shrunk to 4 MiB: growing them again would show that data.
+    for c in [&child, &xchild] {
+        let mut d = vhdkit::open(c, &OpenOptions::new().writable(true)).unwrap();
+        d.write_at(&vec![0u8; 4 * MIB as usize], 4 * MIB).unwrap();
+        d.close().unwrap();
+        drop(d);
+        vhdkit::resize::resize(
+            c,
+            vhdkit::resize::Target::Size(4 * MIB),
+            true,
+            &OpenOptions::new(),
+        )
+        .unwrap();
+    }
     for (path, want) in [
-        (&child, "differencing VHD is not supported"),
+        (&child, "..0x800000, which the grown range would show"),
         (&evhd, "EVHD is not supported"),
-        (&xchild, "differencing VHDX is not supported"),
+        (&xchild, "..0x800000, which the grown range would show"),
     ] {
         let before = file_sha256(path);
         let out = resize_cli(path, &["16M"]);

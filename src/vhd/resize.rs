@@ -1,4 +1,5 @@
-//! Changing the virtual size of a fixed or dynamic VHD in place.
+//! Changing the virtual size of a fixed, dynamic or differencing VHD in
+//! place.
 //!
 //! Every step leaves a file that opens as the old size or the new one,
 //! with the data inside that size intact; each step is made durable before
@@ -7,7 +8,7 @@
 //!
 //! - fixed grow: a copy of the old footer at the new end (the gap before
 //!   it is unused space until then), the gap zeroed, the new footer;
-//! - dynamic grow: the block allocation table (BAT) grown in place when
+//! - dynamic (and differencing) grow: the block allocation table (BAT) grown in place when
 //!   the sectors after it are free, otherwise written anew after the last
 //!   block (the file's footer moved first, as when a block is appended),
 //!   then the dynamic header's first sector (table offset, max table
@@ -15,7 +16,9 @@
 //!   entries and block tail that become visible cleared, then the footer
 //!   at the end and its copy;
 //! - shrink: the footers first, then (dynamic) the entries past the new
-//!   size unlinked, or (fixed) the file cut after the footer.
+//!   size unlinked and the file cut after the last block still in use
+//!   (the footer moved down first), or (fixed) the file cut after the
+//!   footer. A resize to the same size cuts what a crash left uncut.
 //!
 //! Between the end footer and its copy a crash leaves the copy at offset 0
 //! differing from the footer at the end; the end footer is the one in use,
@@ -37,18 +40,11 @@ use super::{MAX_VIRTUAL_SIZE, read_footer_at};
 /// Zeroing works in pieces of this size.
 const ZERO_CHUNK: u64 = 1 << 20;
 
-/// Whether a VHD in `storage` can be resized by [`resize`]: fixed and
-/// dynamic disks can; differencing ones are refused with the reason.
+/// Whether a VHD in `storage` can be resized by [`resize`]: its footer at
+/// the end of the file is whole and of a known type.
 pub fn supported(storage: &dyn Storage) -> Result<()> {
     let (footer, at) = end_footer(storage)?;
-    match footer.validate(at)? {
-        VhdType::Differencing => Err(Error::new(
-            ErrorKind::Unsupported,
-            "resizing a differencing VHD is not supported yet",
-        )
-        .at("VHD footer", at + 60)),
-        _ => Ok(()),
-    }
+    footer.validate(at).map(|_| ())
 }
 
 /// Set the virtual size of the VHD in `storage` to `new_size` (a multiple
@@ -63,8 +59,11 @@ pub fn resize(storage: &dyn Storage, new_size: u64) -> Result<()> {
     let (footer, at) = end_footer(storage)?;
     match footer.validate(at)? {
         VhdType::Fixed => resize_fixed(storage, footer, at, new_size),
-        VhdType::Dynamic => Dynamic::load(storage, footer, at)?.resize(storage, new_size),
-        VhdType::Differencing => supported(storage),
+        // A differencing disk's layout is a dynamic one's; the caller
+        // makes sure a grow shows no parent data.
+        VhdType::Dynamic | VhdType::Differencing => {
+            Dynamic::load(storage, footer, at)?.resize(storage, new_size)
+        }
     }
 }
 
@@ -314,11 +313,17 @@ impl Dynamic {
             write(storage, "VHD footer copy", &footer.to_bytes(), 0)?;
             flush(storage)?;
         }
-        if new_n < old_n.min(self.bat.len()) {
-            self.unlink(storage, new_n, old_n.min(self.bat.len()))?;
+        if new_size <= old {
+            // Entries past the new size, wherever they are: a crash may
+            // have left them linked after the footers changed.
+            let stale = (new_n..self.bat.len()).filter(|&i| self.bat[i] != UNUSED);
+            if let (Some(first), Some(last)) = (stale.clone().min(), stale.max()) {
+                self.unlink(storage, first, last + 1)?;
+            }
             // Blocks unlinked at the end of the file are given back: the
             // footer moves down over them (unused space until the file is
-            // cut), then the file is cut after it.
+            // cut), then the file is cut after it. A shrink cut short
+            // before that is completed by a resize to the same size.
             let end = self.used_end();
             if end < self.footer_at {
                 write(storage, "VHD footer", &footer.to_bytes(), end)?;
