@@ -574,3 +574,28 @@ fn the_library_call_resizes_and_reports_sizes() {
     assert_eq!(e.kind(), vhdkit::ErrorKind::InUse);
     drop(held);
 }
+
+#[test]
+fn a_parent_with_children_beside_it_is_resized_only_with_force() {
+    for ext in ["vhd", "vhdx"] {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path().join(format!("p.{ext}"));
+        let child = dir.path().join(format!("c.{ext}"));
+        vhdkit_ok(["create", s(&parent), "8M"]);
+        vhdkit_ok(["create", "--parent", s(&parent), s(&child)]);
+        let before = (file_sha256(&parent), file_sha256(&child));
+        let err = vhdkit_fails(Some(1), &["resize", s(&parent), "16M"]);
+        assert!(
+            err.contains("recorded parent of") && err.contains("c."),
+            "{ext}: {err}"
+        );
+        assert!(err.contains("nothing was changed"), "{ext}: {err}");
+        assert_eq!(before, (file_sha256(&parent), file_sha256(&child)), "{ext}");
+        vhdkit_ok(["resize", "--force", s(&parent), "16M"]);
+        assert_eq!(open(&parent).virtual_size(), 16 << 20, "{ext}");
+        // The child itself has no children: it resizes without --force.
+        let lone = dir.path().join(format!("lone.{ext}"));
+        vhdkit_ok(["create", s(&lone), "8M"]);
+        vhdkit_ok(["resize", s(&lone), "12M"]);
+    }
+}

@@ -473,6 +473,11 @@ pub struct ResizeArgs {
     /// backup after it); implies --shrink.
     #[arg(long)]
     pub to_minimum: bool,
+    /// Resize even though differencing images beside IMAGE record it as
+    /// their parent (a VHDX's children then no longer open; a shrunk VHD's
+    /// children read zeros where its data was cut).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub parent: ParentArgs,
 }

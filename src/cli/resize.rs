@@ -13,6 +13,9 @@ pub fn resize(a: ResizeArgs) -> Outcome {
         None => Target::Minimum,
     };
     let opts = a.parent.options();
+    if !a.force {
+        refuse_with_children(&a.image, &opts)?;
+    }
     let done = resize::resize(&a.image, target, a.shrink || a.to_minimum, &opts).map_err(fail1)?;
     if done.old_size == done.new_size {
         println!(
@@ -39,4 +42,34 @@ pub fn resize(a: ResizeArgs) -> Outcome {
         );
     }
     Ok(0)
+}
+
+/// Refuse to resize `image` while differencing images beside it record it
+/// as their parent: a VHDX parent's resize gives it a new data write id, so
+/// they no longer open; a VHD parent keeps its id, so a shrink would show
+/// them zeros where its data was.
+fn refuse_with_children(
+    image: &std::path::Path,
+    opts: &vhdkit::OpenOptions,
+) -> Result<(), (vhdkit::Error, u8)> {
+    let disk = vhdkit::open(image, &opts.clone().print_warnings(false)).map_err(fail1)?;
+    let Some(id) = disk.parent_link_id() else {
+        return Ok(());
+    };
+    drop(disk);
+    let scan = vhdkit::unstable::parent::children_beside(image, id);
+    if scan.children.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = scan
+        .children
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    Err(fail1(vhdkit::Error::invalid_argument(format!(
+        "{} is the recorded parent of {} beside it, which would no longer read what they \
+         were made over; nothing was changed (--force resizes anyway)",
+        image.display(),
+        names.join(", ")
+    ))))
 }
