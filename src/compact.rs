@@ -17,9 +17,9 @@ use serde::Serialize;
 use crate::OpenOptions;
 use crate::chain::Chain;
 use crate::error::{Error, ErrorKind, Result};
+use crate::evhd::EvhdDisk;
 use crate::io::{Storage, io_err};
 use crate::report::Format;
-use crate::evhd::EvhdDisk;
 use crate::vhd::VhdDisk;
 use crate::vhdx::VhdxDisk;
 

@@ -129,9 +129,20 @@ fn resize_and_compact_keep_the_content_of_a_flat_model() {
         assert_eq!((done.old_size, done.new_size), (len, target), "step {step}");
         model.resize(target as usize, 0);
         image = fs.durable();
-        assert_eq!(check_errors(&image), Vec::<String>::new(), "step {step}: resize");
-        assert!(content(&image) == model, "step {step}: content after resize");
-        let mode = if step % 2 == 0 { Mode::Full } else { Mode::Quick };
+        assert_eq!(
+            check_errors(&image),
+            Vec::<String>::new(),
+            "step {step}: resize"
+        );
+        assert!(
+            content(&image) == model,
+            "step {step}: content after resize"
+        );
+        let mode = if step % 2 == 0 {
+            Mode::Full
+        } else {
+            Mode::Quick
+        };
         let fs = no_crash(image);
         let before = fs.durable().len() as u64;
         let rep = compact_storage(Box::new(fs.clone()), None, &keyed(), mode).unwrap();
@@ -139,8 +150,15 @@ fn resize_and_compact_keep_the_content_of_a_flat_model() {
         assert!(rep.blocks_dropped >= 1, "step {step}: {rep:?}");
         assert_eq!(rep.size_before, before);
         assert_eq!(rep.size_after, image.len() as u64, "step {step}: {rep:?}");
-        assert_eq!(check_errors(&image), Vec::<String>::new(), "step {step}: compact");
-        assert!(content(&image) == model, "step {step}: content after compact");
+        assert_eq!(
+            check_errors(&image),
+            Vec::<String>::new(),
+            "step {step}: compact"
+        );
+        assert!(
+            content(&image) == model,
+            "step {step}: content after compact"
+        );
         // A full compact stores each block once: nothing beyond the last.
         if mode == Mode::Full {
             let d = EvhdDisk::open(
@@ -199,8 +217,8 @@ fn without_a_key_nothing_changes() {
         assert_eq!(sha256_hex(&fs.durable()), hash);
     }
     let fs = no_crash(image.clone());
-    let e = compact_storage(Box::new(fs.clone()), None, &OpenOptions::new(), Mode::Full)
-        .unwrap_err();
+    let e =
+        compact_storage(Box::new(fs.clone()), None, &OpenOptions::new(), Mode::Full).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::KeyRequired, "{e}");
     assert_eq!(e.hint(), Some(Hint::Key), "{e}");
     assert_eq!(sha256_hex(&fs.durable()), hash);

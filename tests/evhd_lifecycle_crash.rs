@@ -221,7 +221,13 @@ fn read(image: &[u8]) -> vhdkit::Result<Seen> {
 
 /// The old content cut or followed by zeros at `size`.
 fn expected(old: &[u8], size: u64) -> Seen {
-    let byte = |i: u64| if i < size { old.get(i as usize).copied().unwrap_or(0) } else { 0 };
+    let byte = |i: u64| {
+        if i < size {
+            old.get(i as usize).copied().unwrap_or(0)
+        } else {
+            0
+        }
+    };
     let head = (0..size.min(HEAD)).map(byte).collect();
     let t = size.min(MIB);
     let tail = (size - t..size).map(byte).collect();
@@ -237,7 +243,12 @@ fn crash_everywhere(case: &Case) -> usize {
     assert!(errors.is_empty(), "{}: uncrashed: {errors:?}", case.name);
     let want = read(&want_image).unwrap();
     let old_size = case.old.len() as u64;
-    assert_eq!(want, expected(&case.old, new_size), "{}: uncrashed content", case.name);
+    assert_eq!(
+        want,
+        expected(&case.old, new_size),
+        "{}: uncrashed content",
+        case.name
+    );
     if let Op::Resize(..) = case.op {
         assert_ne!(new_size, old_size, "{}: the size did not change", case.name);
     }
@@ -288,8 +299,7 @@ fn crash_everywhere(case: &Case) -> usize {
                 failures.push(ctx(format!("check after re-run: {errors:?}")));
             } else if read(&after).ok().as_ref() != Some(&want) {
                 failures.push(ctx("content after re-run".into()));
-            } else if matches!(case.op, Op::Compact(Mode::Full)) && after.len() > want_image.len()
-            {
+            } else if matches!(case.op, Op::Compact(Mode::Full)) && after.len() > want_image.len() {
                 failures.push(ctx(format!(
                     "{} bytes after re-run; the uninterrupted compact left {}",
                     after.len(),
@@ -318,7 +328,10 @@ fn evhd_resize_survives_a_crash_at_every_storage_operation() {
         total += crash_everywhere(case);
     }
     assert!(only.is_empty() || total > 0);
-    assert!(!only.is_empty() || total >= 300, "only {total} crash states");
+    assert!(
+        !only.is_empty() || total >= 300,
+        "only {total} crash states"
+    );
 }
 
 #[test]
@@ -344,7 +357,12 @@ fn the_cases_take_their_paths() {
         )
         .unwrap();
         let h = d.header();
-        (h.table_offset, h.journal_offset, h.data_offset, h.slot_count)
+        (
+            h.table_offset,
+            h.journal_offset,
+            h.data_offset,
+            h.slot_count,
+        )
     };
     for case in &cases {
         let fs = no_crash(case.base.clone());

@@ -66,14 +66,14 @@ pub(crate) fn resize(
 ) -> Result<()> {
     key_given(storage, opts)?;
     let rw = opts.clone().writable(true).print_warnings(false);
-    let mut d = EvhdDisk::open(
-        Box::new(storage.clone()),
-        path.map(Path::to_path_buf),
-        &rw,
-    )?;
+    let mut d = EvhdDisk::open(Box::new(storage.clone()), path.map(Path::to_path_buf), &rw)?;
     d.resize(new_size)?;
     d.close()
 }
+
+/// Table pages written at a time when a resize lays out new pages (4 MiB),
+/// so that a large table is never held whole twice.
+const TABLE_WRITE_PAGES: usize = 1024;
 
 /// The most blocks a resize gives a container: the block table is held in
 /// memory whole (48 bytes a block), so 2^28 blocks already take 12 GiB;
@@ -89,10 +89,7 @@ impl EvhdDisk {
                 ErrorKind::NeedsRepair,
                 format!("cannot {what} the image: block table page {p}: {why}"),
             )
-            .at(
-                TABLE,
-                self.image.header.table_offset + p * PAGE_SIZE as u64,
-            ));
+            .at(TABLE, self.image.header.table_offset + p * PAGE_SIZE as u64));
         }
         Ok(())
     }
@@ -233,21 +230,30 @@ impl EvhdDisk {
     /// return their MACs.
     fn write_empty_pages(&self, from: u64, to: u64, offset: u64) -> Result<Vec<[u8; 32]>> {
         let cid = self.image.header.container_id;
-        let mut bytes = Vec::with_capacity(((to - from) as usize) * PAGE_SIZE);
-        let mut macs = Vec::new();
-        for p in from..to {
-            let (page, mac) = table::encode_page(&self.state.mk.table_mac, &cid, p, &[]);
-            bytes.extend_from_slice(&page);
-            macs.push(mac);
-        }
         let s = self.image.storage.as_ref();
-        s.write_at(&bytes, offset).map_err(io_err(TABLE, offset))?;
+        let mut macs = Vec::new();
+        let mut p = from;
+        while p < to {
+            let n = (to - p).min(TABLE_WRITE_PAGES as u64);
+            let mut bytes = Vec::with_capacity(n as usize * PAGE_SIZE);
+            for q in p..p + n {
+                let (page, mac) = table::encode_page(&self.state.mk.table_mac, &cid, q, &[]);
+                bytes.extend_from_slice(&page);
+                macs.push(mac);
+            }
+            let at = offset + (p - from) * PAGE_SIZE as u64;
+            s.write_at(&bytes, at).map_err(io_err(TABLE, at))?;
+            p += n;
+        }
         Ok(macs)
     }
 
     fn grow_table_in_place(&mut self, new_size: u64, blocks: u64, pages: u64) -> Result<()> {
         let h = &self.image.header;
-        let (old_pages, at) = (h.table_pages, h.table_offset + h.table_pages * PAGE_SIZE as u64);
+        let (old_pages, at) = (
+            h.table_pages,
+            h.table_offset + h.table_pages * PAGE_SIZE as u64,
+        );
         // Past the committed table: nothing committed points here. The
         // commit syncs these pages before its journal record.
         let macs = self.write_empty_pages(old_pages, pages, at)?;
@@ -293,16 +299,6 @@ impl EvhdDisk {
         }
         entries.resize(blocks as usize, Entry::default());
         let cid = old.container_id;
-        let mut bytes = Vec::with_capacity(pages as usize * PAGE_SIZE);
-        let mut macs = Vec::with_capacity(pages as usize);
-        for (p, chunk) in entries.chunks(ENTRIES_PER_PAGE).enumerate() {
-            let (page, mac) = table::encode_page(&st.mk.table_mac, &cid, p as u64, chunk);
-            bytes.extend_from_slice(&page);
-            macs.push(mac);
-        }
-        st.entries = entries;
-        st.macs = macs;
-        st.dirty.clear();
         let s = self.image.storage.as_ref();
         if !journal_fits {
             // No stale record in the new journal region.
@@ -310,8 +306,23 @@ impl EvhdDisk {
             s.write_at(&zero, journal_offset)
                 .map_err(io_err(journal::STRUCTURE, journal_offset))?;
         }
-        s.write_at(&bytes, table_offset)
-            .map_err(io_err(TABLE, table_offset))?;
+        // Nothing committed points at this space (see `evacuate`).
+        let mut macs = Vec::with_capacity(pages as usize);
+        let per_write = ENTRIES_PER_PAGE * TABLE_WRITE_PAGES;
+        for (i, group) in entries.chunks(per_write).enumerate() {
+            let mut bytes = Vec::with_capacity(TABLE_WRITE_PAGES * PAGE_SIZE);
+            for (j, chunk) in group.chunks(ENTRIES_PER_PAGE).enumerate() {
+                let p = (i * TABLE_WRITE_PAGES + j) as u64;
+                let (page, mac) = table::encode_page(&st.mk.table_mac, &cid, p, chunk);
+                bytes.extend_from_slice(&page);
+                macs.push(mac);
+            }
+            let at = table_offset + (i * TABLE_WRITE_PAGES * PAGE_SIZE) as u64;
+            s.write_at(&bytes, at).map_err(io_err(TABLE, at))?;
+        }
+        st.entries = entries;
+        st.macs = macs;
+        st.dirty.clear();
         // The new header counts the slots up to the old end of the data
         // area, which the file must hold.
         let end = base + count * bs;
