@@ -502,7 +502,7 @@ fn unsupported_images_are_refused_and_left_unchanged() {
         .unwrap()
         .close()
         .unwrap();
-    // An EVHD, without its key.
+    // An EVHD, without its key (refused for the key, not as unsupported).
     let evhd = dir.path().join("e.evhd");
     make_evhd(&vhd, &evhd);
     let vhdx = dir.path().join("x.vhdx");
@@ -519,7 +519,7 @@ fn unsupported_images_are_refused_and_left_unchanged() {
         .unwrap();
     for (path, want) in [
         (&child, "differencing VHD is not supported"),
-        (&evhd, "EVHD is not supported"),
+        (&evhd, "needs the private key of one of its recipients"),
         (&xchild, "differencing VHDX is not supported"),
     ] {
         let before = file_sha256(path);
