@@ -59,19 +59,6 @@ pub fn check_with(
             } else {
                 "EVHD header copy B"
             };
-            if let Some(seq) = commit_in_flight(storage.as_ref(), &copies, i) {
-                report.add(
-                    Severity::Info,
-                    FindingKind::PendingLog,
-                    name,
-                    Some(e.offset().unwrap_or(COPY_OFFSETS[i])),
-                    format!(
-                        "{}: a commit was interrupted while writing this copy; the journal holds it whole (sequence {seq}), and opening writable with a key installs it",
-                        e.message()
-                    ),
-                );
-                continue;
-            }
             report.add(
                 Severity::Error,
                 FindingKind::Missing,
@@ -195,31 +182,6 @@ pub fn check_with(
         b += n;
     }
     Ok(())
-}
-
-/// The sequence of the commit that was writing the unusable copy `i` when
-/// it stopped: the other copy is usable and the journal holds a complete
-/// record of its sequence + 1 (the state every commit passes through, see
-/// [`fallback`]). Open replays that record (verifying its MAC with a key).
-fn commit_in_flight(
-    storage: &dyn Storage,
-    copies: &[Result<(Header, Vec<u8>)>; 2],
-    i: usize,
-) -> Option<u64> {
-    let Ok((other, _)) = &copies[1 - i] else {
-        return None;
-    };
-    let rec = journal::decode(
-        other.journal_offset,
-        other.journal_len,
-        &other.container_id,
-        other.table_pages,
-        |buf, o| read_struct(storage, journal::STRUCTURE, buf, other.journal_offset + o),
-    );
-    match rec {
-        Ok(Some(r)) if r.sequence == other.sequence + 1 => Some(r.sequence),
-        _ => None,
-    }
 }
 
 /// Report a fall back to the older header copy: an error when the newest
