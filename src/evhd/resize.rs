@@ -119,7 +119,7 @@ impl EvhdDisk {
     /// logical sector size; the caller has checked that a shrink cuts
     /// nothing it must keep). On an error the disk is left read-only and
     /// must be opened again to be written.
-    pub fn resize(&mut self, new_size: u64) -> Result<()> {
+    pub(crate) fn resize(&mut self, new_size: u64) -> Result<()> {
         let r = self.resize_inner(new_size);
         if r.is_err() {
             self.abandon();
