@@ -7,7 +7,7 @@
 //! to the copy, and the space a block leaves is written to only after the
 //! table no longer points at it durably. The content never changes, so a
 //! differencing child's parent keeps its children valid. The formats do
-//! the work (`vhd` and `vhdx`, each in its `compact`
+//! the work (`vhd`, `vhdx` and `evhd`, each in its `compact`
 //! module); this module opens the image and plans where blocks go.
 
 use std::path::Path;
@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::OpenOptions;
 use crate::chain::Chain;
 use crate::error::{Error, ErrorKind, Result};
+use crate::evhd::EvhdDisk;
 use crate::io::{Storage, io_err};
 use crate::report::Format;
 use crate::vhd::VhdDisk;
@@ -78,11 +79,7 @@ pub fn compact_storage(
     match format {
         Format::Vhd => VhdDisk::open(storage, path, &opts, &chain)?.compact(mode),
         Format::Vhdx => VhdxDisk::open(storage, path, &opts, &chain)?.compact(mode),
-        Format::Evhd => Err(Error::new(
-            ErrorKind::Unsupported,
-            "compacting an EVHD image in place is not supported (a new EVHD image \
-             written from its content stores no zero blocks)",
-        )),
+        Format::Evhd => EvhdDisk::open(storage, path, &opts)?.compact(mode),
         Format::Raw => Err(Error::new(
             ErrorKind::Unsupported,
             "a raw image has no blocks to compact",

@@ -93,12 +93,7 @@ pub fn resize_storage(
     match format {
         Format::Vhd => crate::vhd::resize::supported(storage.as_ref())?,
         Format::Vhdx => {}
-        Format::Evhd => {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "resizing an EVHD is not supported yet",
-            ));
-        }
+        Format::Evhd => crate::evhd::resize::key_given(&storage, opts)?,
         Format::Raw => {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -178,7 +173,8 @@ pub fn resize_storage(
             d.resize(new)?;
             d.close()?;
         }
-        _ => unreachable!("refused above"),
+        Format::Evhd => crate::evhd::resize::resize(&storage, path, opts, new)?,
+        Format::Raw => unreachable!("refused above"),
     }
     if new >= old
         && let Some(g) = gpt

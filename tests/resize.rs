@@ -502,7 +502,7 @@ fn unsupported_images_are_refused_and_left_unchanged() {
         .unwrap()
         .close()
         .unwrap();
-    // An EVHD, without its key.
+    // An EVHD, without its key (refused for the key, not as unsupported).
     let evhd = dir.path().join("e.evhd");
     make_evhd(&vhd, &evhd);
     let vhdx = dir.path().join("x.vhdx");
@@ -534,7 +534,7 @@ fn unsupported_images_are_refused_and_left_unchanged() {
     }
     for (path, want) in [
         (&child, "..0x800000, which the grown range would show"),
-        (&evhd, "EVHD is not supported"),
+        (&evhd, "needs the private key of one of its recipients"),
         (&xchild, "..0x800000, which the grown range would show"),
     ] {
         let before = file_sha256(path);

@@ -208,6 +208,15 @@ impl EvhdDisk {
     /// Commit: journal record (header + changed pages), sync, install the
     /// pages, sync, write the other header copy, sync. See [`journal`].
     pub(super) fn commit(&mut self) -> Result<()> {
+        let h = &self.image.header;
+        self.commit_through(h.journal_offset, h.journal_len)
+    }
+
+    /// [`Self::commit`] with the journal record written to the region at
+    /// `journal_offset` of `journal_len` bytes: the committed header's,
+    /// which a commit that moves the journal must still use, since that is
+    /// where an open after a crash looks for it.
+    pub(super) fn commit_through(&mut self, journal_offset: u64, journal_len: u64) -> Result<()> {
         let st = &mut self.state;
         if st.dirty.is_empty() && !st.header_dirty {
             return self.image.storage.flush().map_err(io_err("EVHD file", 0));
@@ -260,22 +269,21 @@ impl EvhdDisk {
         };
         let refs: Vec<(u64, &[u8])> = pages.iter().map(|(p, b)| (*p, &b[..])).collect();
         let rec = journal::encode(&cid, h.sequence, &hbytes, &refs);
-        if rec.len() as u64 > h.journal_len {
+        if rec.len() as u64 > journal_len {
             return Err(Error::corrupt(
                 journal::STRUCTURE,
-                h.journal_offset,
+                journal_offset,
                 format!(
-                    "a record of {} bytes does not fit the journal of {}",
+                    "a record of {} bytes does not fit the journal of {journal_len}",
                     rec.len(),
-                    h.journal_len
                 ),
             ));
         }
         let s = self.image.storage.as_ref();
-        s.write_at(&rec, h.journal_offset)
-            .map_err(io_err(journal::STRUCTURE, h.journal_offset))?;
+        s.write_at(&rec, journal_offset)
+            .map_err(io_err(journal::STRUCTURE, journal_offset))?;
         s.flush()
-            .map_err(io_err(journal::STRUCTURE, h.journal_offset))?;
+            .map_err(io_err(journal::STRUCTURE, journal_offset))?;
         for (p, bytes) in &pages {
             let o = h.table_offset + p * PAGE_SIZE as u64;
             s.write_at(bytes, o).map_err(io_err(TABLE, o))?;

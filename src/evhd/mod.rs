@@ -23,7 +23,7 @@
 //! image in `image`, unlocking in `open`, creating in `create`, the
 //! unlocked disk and its commits in `disk`, the parallel crypto engine in
 //! `engine`, the key lifecycle (recipients, `sign`, `rekey`) in `rekey`,
-//! `info` in `info`. Keys are in [`keys`] (RSA key files) and [`cipher`]
+//! `info` in `info`, resizing in `resize` and compacting in `compact`. Keys are in [`keys`] (RSA key files) and [`cipher`]
 //! (the symmetric key hierarchy); header signatures in [`signature`];
 //! `check` in [`check`]; a fall back to the older header copy that nothing
 //! confirms in [`fallback`]. The byte layout is described in
@@ -31,6 +31,7 @@
 
 pub mod check;
 pub mod cipher;
+mod compact;
 mod create;
 mod disk;
 mod engine;
@@ -46,6 +47,7 @@ mod open;
 mod origin;
 pub mod recipient;
 mod rekey;
+pub mod resize;
 pub mod signature;
 pub mod table;
 
