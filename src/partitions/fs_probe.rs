@@ -123,6 +123,9 @@ const BOOT_SIGNATURE: [u8; 2] = [0x55, 0xaa];
 const FAT12_CLUSTERS: u64 = 4085;
 /// Bytes of one NTFS MFT record read for the volume label, at most.
 const NTFS_RECORD_MAX: usize = 64 << 10;
+/// The update sequence protects the last two bytes of every 512 bytes of
+/// a record, whatever the sector size.
+const NTFS_FIXUP_STRIDE: usize = 512;
 /// MFT record number of $Volume.
 const NTFS_VOLUME_RECORD: u64 = 3;
 /// Attribute type $VOLUME_NAME.
@@ -290,19 +293,22 @@ fn ntfs_label(b: &[u8], win: &Window<'_>) -> Option<String> {
         return None;
     };
     let mut rec = vec![0u8; record as usize];
-    if win.read_exact_at(&mut rec, at).is_err() || &rec[..4] != b"FILE" || sector < 2 {
+    if win.read_exact_at(&mut rec, at).is_err() || &rec[..4] != b"FILE" {
         return None;
     }
-    // Undo the update sequence: the last two bytes of each sector were
-    // replaced by the sequence number and saved in the array.
+    // Undo the update sequence: the last two bytes of each 512-byte block
+    // (whatever the sector size) were replaced by the sequence number and
+    // saved in the array.
     let usa = usize::from(le16(&rec, 4));
     let usa_count = usize::from(le16(&rec, 6));
-    let sector = sector as usize;
-    if usa_count == 0 || usa + usa_count * 2 > rec.len() || (usa_count - 1) * sector > rec.len() {
+    if usa_count == 0
+        || usa + usa_count * 2 > rec.len()
+        || (usa_count - 1) * NTFS_FIXUP_STRIDE > rec.len()
+    {
         return None;
     }
     for i in 1..usa_count {
-        let end = i * sector;
+        let end = i * NTFS_FIXUP_STRIDE;
         let saved = [rec[usa + i * 2], rec[usa + i * 2 + 1]];
         rec[end - 2..end].copy_from_slice(&saved);
     }
@@ -439,6 +445,11 @@ fn superblocks(b: &[u8]) -> Option<FsInfo> {
 pub fn is_boot_sector_fs(fs: &FsInfo) -> bool {
     matches!(
         fs.kind,
-        FsKind::Ntfs | FsKind::Exfat | FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 | FsKind::BitLocker
+        FsKind::Ntfs
+            | FsKind::Exfat
+            | FsKind::Fat12
+            | FsKind::Fat16
+            | FsKind::Fat32
+            | FsKind::BitLocker
     )
 }
