@@ -283,15 +283,10 @@ fn ntfs_label(b: &[u8], win: &Window<'_>) -> Option<String> {
     } else {
         cluster.checked_mul(per_record as u64)
     };
-    let Some(record) = record.filter(|&r| (512..=NTFS_RECORD_MAX as u64).contains(&r)) else {
-        return None;
-    };
-    let Some(at) = le64(b, 0x30)
-        .checked_mul(cluster)
-        .and_then(|m| m.checked_add(NTFS_VOLUME_RECORD * record))
-    else {
-        return None;
-    };
+    let record = record.filter(|&r| (512..=NTFS_RECORD_MAX as u64).contains(&r))?;
+    let at = le64(b, 0x30)
+        .checked_mul(cluster)?
+        .checked_add(NTFS_VOLUME_RECORD * record)?;
     let mut rec = vec![0u8; record as usize];
     if win.read_exact_at(&mut rec, at).is_err() || &rec[..4] != b"FILE" {
         return None;
@@ -343,13 +338,7 @@ fn exfat_label(b: &[u8], win: &Window<'_>) -> Option<String> {
     let heap = u64::from(le32(b, 0x58)) << sector_shift;
     let root = u64::from(le32(b, 0x60));
     let cluster = 1u64 << (sector_shift + cluster_shift);
-    let Some(at) = root
-        .checked_sub(2)
-        .and_then(|r| r.checked_mul(cluster))
-        .and_then(|r| r.checked_add(heap))
-    else {
-        return None;
-    };
+    let at = root.checked_sub(2)?.checked_mul(cluster)?.checked_add(heap)?;
     let mut dir = vec![0u8; (cluster as usize).min(EXFAT_ROOT_MAX)];
     if win.read_exact_at(&mut dir, at).is_err() {
         return None;
