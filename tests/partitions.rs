@@ -625,6 +625,17 @@ fn real_images_match_sfdisk_and_blkid() {
             );
         }
     }
+    // The differencing images whose parents are not shipped: a clear error
+    // naming the missing parent.
+    for name in ["dfvfs/fat-differential.vhd", "dissect/differencing.avhdx"] {
+        let image = common::real_image(name).unwrap();
+        let (code, out, err) = partitions_run(&image);
+        assert_eq!(code, 1, "{name}: {out}");
+        assert!(
+            err.contains("parent image") && err.contains("not found"),
+            "{name}: {err}"
+        );
+    }
     // What the manifest says: Windows wrote one NTFS partition on the
     // dissect images; the dfvfs ones are bare ext2.
     for (name, scheme, kinds) in &seen {

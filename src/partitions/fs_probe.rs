@@ -338,7 +338,10 @@ fn exfat_label(b: &[u8], win: &Window<'_>) -> Option<String> {
     let heap = u64::from(le32(b, 0x58)) << sector_shift;
     let root = u64::from(le32(b, 0x60));
     let cluster = 1u64 << (sector_shift + cluster_shift);
-    let at = root.checked_sub(2)?.checked_mul(cluster)?.checked_add(heap)?;
+    let at = root
+        .checked_sub(2)?
+        .checked_mul(cluster)?
+        .checked_add(heap)?;
     let mut dir = vec![0u8; (cluster as usize).min(EXFAT_ROOT_MAX)];
     if win.read_exact_at(&mut dir, at).is_err() {
         return None;
