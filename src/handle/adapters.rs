@@ -10,7 +10,7 @@ use crate::error::{Error, ErrorKind};
 /// A library error as an I/O error of the nearest kind; the original is
 /// its inner error (`io::Error::get_ref`), so its kind, path and offset
 /// stay reachable.
-pub(super) fn to_io(e: Error) -> io::Error {
+pub(crate) fn to_io(e: Error) -> io::Error {
     let kind = match e.kind() {
         ErrorKind::Io => std::error::Error::source(&e)
             .and_then(|s| s.downcast_ref::<io::Error>())

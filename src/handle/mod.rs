@@ -19,6 +19,7 @@ use crate::report::ImageInfo;
 
 mod adapters;
 
+pub(crate) use adapters::to_io;
 pub use adapters::{DiskCursor, DiskReader};
 
 /// Bytes of zeros written per step by [`Disk::write_zeroes`].
@@ -464,7 +465,7 @@ impl From<Disk> for Box<dyn VirtualDisk> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use adapters::to_io;
+
     use std::io::{self, Read, Seek, SeekFrom, Write};
     use std::sync::{Arc, Mutex};
 
