@@ -461,7 +461,7 @@ impl From<Disk> for Box<dyn VirtualDisk> {
 /// A library error as an I/O error of the nearest kind; the original is
 /// its inner error (`io::Error::get_ref`), so its kind, path and offset
 /// stay reachable.
-fn to_io(e: Error) -> io::Error {
+pub(crate) fn to_io(e: Error) -> io::Error {
     let kind = match e.kind() {
         ErrorKind::Io => std::error::Error::source(&e)
             .and_then(|s| s.downcast_ref::<io::Error>())
