@@ -94,6 +94,24 @@ done
 cp test-key.xml "$tmp/pub.xml" corpus/keypair_xml/
 $B key export-pem test-key.xml -o corpus/keypair_xml/key.pem --force
 $B key export-pem test-key.xml --public -o corpus/keypair_xml/pub.pem --force
+# Partition tables (sgdisk, sfdisk) with small file systems in them, as
+# raw disks in the sparse form; the GPT seed's backup sits at its 8 MiB end.
+mkdir -p corpus/partitions
+if command -v sgdisk >/dev/null && command -v sfdisk >/dev/null && command -v mkfs.fat >/dev/null; then
+  truncate -s 8M "$tmp/g.raw"
+  sgdisk -n1:2048:+2M -t1:ef00 -c1:ESP -n2:0:+2M -t2:8300 -n3:0:0 -t3:0700 "$tmp/g.raw" >/dev/null
+  mkfs.fat -F 12 -n ESP -C "$tmp/f.fat" 2048 >/dev/null
+  dd if="$tmp/f.fat" of="$tmp/g.raw" bs=512 seek=2048 conv=notrunc status=none
+  mke2fs -q -t ext4 -L root "$tmp/e.ext" 2048
+  dd if="$tmp/e.ext" of="$tmp/g.raw" bs=512 seek=6144 conv=notrunc status=none
+  sparse "$tmp/g.raw" corpus/partitions/gpt.sparse
+  truncate -s 8M "$tmp/m.raw"
+  printf ',1024,c\n,,E\n,512,L\n,512,S\n' |
+    sfdisk -q "$tmp/m.raw"
+  sparse "$tmp/m.raw" corpus/partitions/mbr-logical.sparse
+  head -c 512 "$tmp/m.raw" > corpus/partitions/mbr-sector
+  sparse "$tmp/f.fat" corpus/partitions/bare-fat.sparse
+fi
 # NBD client sessions (handshakes, options, requests).
 python3 nbd-seeds.py corpus/nbd_server
 echo "seeds in fuzz/corpus/"

@@ -270,7 +270,7 @@ fn header_crc(header: &[u8]) -> u32 {
 }
 
 /// CRC-32 (IEEE 802.3, reflected, as UEFI uses).
-fn crc32(data: &[u8]) -> u32 {
+pub(crate) fn crc32(data: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in data {
         crc ^= u32::from(b);

@@ -27,7 +27,7 @@ pub const READ_LIMIT: u64 = 16 << 20;
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets by name.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("open_vhd", open_vhd),
     ("open_vhdx", open_vhdx),
     ("open_evhd", open_evhd),
@@ -35,6 +35,7 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("vhdx_log", vhdx_log::run_bytes),
     ("write_ops", write_ops::run_bytes),
     ("nbd_server", nbd_server::run_bytes),
+    ("partitions", partitions),
 ];
 
 /// The throw-away key the EVHD seeds are addressed to (`test-key.xml`,
@@ -72,6 +73,30 @@ pub fn open_vhd(data: &[u8]) {
 /// (replaying any log into memory), info, map and read.
 pub fn open_vhdx(data: &[u8]) {
     check_and_exercise(data, vhdkit::unstable::vhdx::check::check);
+}
+
+/// Arbitrary bytes (or the sparse form) as a raw disk: read its partition
+/// table, probe each partition's file system, print the table and read
+/// the first bytes of each partition through its window.
+pub fn partitions(data: &[u8]) {
+    use std::io::{Read, Seek, SeekFrom};
+    let file = Arc::new(MemStorage::read_only(image_bytes(data)));
+    let opts = OpenOptions::new().format(Some(vhdkit::Format::Raw));
+    let Ok(disk) = vhdkit::unstable::open_storage(Box::new(file), None, &opts, &Chain::default())
+    else {
+        return;
+    };
+    let Ok(table) = vhdkit::partitions::read(disk.as_ref()) else {
+        return;
+    };
+    let _ = vhdkit::partitions::write_text(&table, &mut std::io::sink());
+    let mut buf = [0u8; 4096];
+    for p in &table.partitions {
+        let _ = vhdkit::partitions::probe(disk.as_ref(), p.start, p.size);
+        let mut w = vhdkit::partitions::Window::partition(disk.as_ref(), p);
+        let _ = w.read(&mut buf);
+        let _ = w.seek(SeekFrom::End(-512)).and_then(|_| w.read(&mut buf));
+    }
 }
 
 /// First bytes of a sealed EVHD input: the rest is the sparse form's

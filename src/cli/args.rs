@@ -166,6 +166,16 @@ pub enum Command {
         #[command(flatten)]
         parent: ParentArgs,
     },
+    /// List the partitions (MBR or GPT) and the file system found in each.
+    Partitions {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The image file.
+        image: PathBuf,
+        #[command(flatten)]
+        parent: ParentArgs,
+    },
     /// Create a new image.
     Create(CreateArgs),
     /// Convert an image to another format or type; DST `-` streams raw bytes to stdout.

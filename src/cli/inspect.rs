@@ -22,6 +22,20 @@ pub fn info(json: bool, image: &Path, parent: &ParentArgs) -> Outcome {
     // A table that cannot be read only means there is no minimum to show.
     info.minimum_size = vhdkit::resize::minimum_size(disk.as_ref()).unwrap_or(None);
     emit(json, &info, report::write_info_text)?;
+    if !json {
+        print_rows(&super::partitions::info_lines(disk.as_ref()))?;
+    }
+    Ok(0)
+}
+
+/// Print `key  value` rows after the info report.
+fn print_rows(rows: &[(String, String)]) -> Outcome {
+    use std::io::Write;
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = std::io::stdout().lock();
+    for (k, v) in rows {
+        writeln!(out, "{k:<width$}  {v}").map_err(super::output::stdout_err)?;
+    }
     Ok(0)
 }
 

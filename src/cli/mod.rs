@@ -15,6 +15,7 @@ mod lifecycle;
 mod merge;
 mod open;
 mod output;
+mod partitions;
 mod resize;
 mod serve;
 mod signals;
@@ -222,6 +223,11 @@ fn run(cmd: Command) -> Outcome {
             image,
             parent,
         } => inspect::map(json, &image, &parent),
+        Command::Partitions {
+            json,
+            image,
+            parent,
+        } => partitions::partitions(json, &image, &parent),
         Command::Create(a) => image::create(a),
         Command::Convert(a) => transform::convert(a),
         Command::Compare {

@@ -4,7 +4,9 @@
 use serde::{Serialize, Serializer};
 
 use crate::disk::VirtualDisk;
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+use super::Window;
 
 /// A kind of file system (or volume) found by signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -79,8 +81,364 @@ pub struct FsInfo {
     pub uuid: Option<String>,
 }
 
+/// Bytes read from the start of a partition to probe it: through the Btrfs
+/// superblock at 64 KiB (its label ends at 0x1022b) and the largest swap
+/// page size (64 KiB) signature.
+const PROBE_BYTES: usize = 0x11000;
+/// Offset of the ext2/3/4 superblock.
+const EXT_SUPER: usize = 1024;
+/// ext2/3/4 superblock magic (s_magic, at 0x38 of the superblock).
+const EXT_MAGIC: u16 = 0xef53;
+/// ext3 has a journal (s_feature_compat).
+const EXT_COMPAT_JOURNAL: u32 = 0x4;
+/// The incompatible features ext3 knows (filetype, recover, meta_bg);
+/// any other makes the file system ext4.
+const EXT3_INCOMPAT: u32 = 0x2 | 0x4 | 0x10;
+/// The read-only compatible features ext3 knows (sparse_super,
+/// large_file, btree_dir); any other makes the file system ext4.
+const EXT3_RO_COMPAT: u32 = 0x1 | 0x2 | 0x4;
+/// An external journal device (not a file system).
+const EXT_INCOMPAT_JOURNAL_DEV: u32 = 0x8;
+/// XFS superblock magic at byte 0, "XFSB".
+const XFS_MAGIC: &[u8; 4] = b"XFSB";
+/// Btrfs superblock offset and its magic at 0x40 of it.
+const BTRFS_SUPER: usize = 0x10000;
+/// Btrfs magic, "_BHRfS_M".
+const BTRFS_MAGIC: &[u8; 8] = b"_BHRfS_M";
+/// Page sizes whose last 10 bytes may hold the swap signature.
+const SWAP_PAGES: [usize; 4] = [4096, 8192, 16384, 65536];
+/// LVM2 label signature, in one of the first four sectors.
+const LVM_LABEL: &[u8; 8] = b"LABELONE";
+/// LVM2 label type.
+const LVM_TYPE: &[u8; 8] = b"LVM2 001";
+/// OEM names of boot-sector volumes at byte 3.
+const NTFS_OEM: &[u8; 8] = b"NTFS    ";
+/// exFAT OEM name.
+const EXFAT_OEM: &[u8; 8] = b"EXFAT   ";
+/// BitLocker (Windows 7 and later) OEM name.
+const BITLOCKER_OEM: &[u8; 8] = b"-FVE-FS-";
+/// The boot signature at bytes 510-511 of a boot sector.
+const BOOT_SIGNATURE: [u8; 2] = [0x55, 0xaa];
+/// FAT12 has fewer clusters than this (Microsoft FAT specification 3.5).
+const FAT12_CLUSTERS: u64 = 4085;
+/// Bytes of one NTFS MFT record read for the volume label, at most.
+const NTFS_RECORD_MAX: usize = 64 << 10;
+/// MFT record number of $Volume.
+const NTFS_VOLUME_RECORD: u64 = 3;
+/// Attribute type $VOLUME_NAME.
+const NTFS_VOLUME_NAME: u32 = 0x60;
+/// Attribute type marking the end of a record's attributes.
+const NTFS_END: u32 = 0xffff_ffff;
+/// exFAT directory entry of the volume label.
+const EXFAT_LABEL_ENTRY: u8 = 0x83;
+/// Bytes of the exFAT root directory scanned for the label: its first
+/// cluster, at most this much.
+const EXFAT_ROOT_MAX: usize = 64 << 10;
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// A label stored as NUL- or space-padded bytes.
+fn text_label(b: &[u8]) -> Option<String> {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    let s = String::from_utf8_lossy(&b[..end]).trim_end().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+/// A label stored as UTF-16LE code units.
+fn utf16_label(b: &[u8]) -> Option<String> {
+    let units: Vec<u16> = b
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    let s = String::from_utf16_lossy(&units);
+    (!s.is_empty()).then_some(s)
+}
+
+fn uuid_at(b: &[u8], at: usize) -> Option<String> {
+    let u = uuid::Uuid::from_bytes(b[at..at + 16].try_into().expect("16 bytes"));
+    (!u.is_nil()).then(|| u.to_string())
+}
+
+/// A FAT or exFAT volume serial number as blkid prints it, `XXXX-XXXX`.
+fn serial32(v: u32) -> String {
+    format!("{:04X}-{:04X}", v >> 16, v & 0xffff)
+}
+
 /// Probe the `size` bytes at `start` of `disk` for a file system.
 pub fn probe(disk: &dyn VirtualDisk, start: u64, size: u64) -> Result<Option<FsInfo>> {
-    let _ = (disk, start, size);
-    Ok(None)
+    let win = Window::new(disk, start, size);
+    let n = (PROBE_BYTES as u64).min(win.len()) as usize;
+    let mut head = vec![0u8; PROBE_BYTES];
+    win.read_exact_at(&mut head[..n], 0)
+        .map_err(|e| Error::io(e, format!("probing the file system at {start:#x}")))?;
+    if n < 512 {
+        return Ok(None);
+    }
+    if let Some(fs) = boot_sector(&head, &win) {
+        return Ok(Some(fs));
+    }
+    Ok(superblocks(&head))
+}
+
+/// The volumes that start with a boot sector: BitLocker, NTFS, exFAT, FAT.
+fn boot_sector(b: &[u8], win: &Window<'_>) -> Option<FsInfo> {
+    let oem = &b[3..11];
+    if oem == BITLOCKER_OEM {
+        return Some(FsInfo {
+            kind: FsKind::BitLocker,
+            label: None,
+            uuid: None,
+        });
+    }
+    if b[510..512] != BOOT_SIGNATURE {
+        return None;
+    }
+    if oem == NTFS_OEM {
+        return Some(FsInfo {
+            kind: FsKind::Ntfs,
+            label: ntfs_label(b, win),
+            uuid: Some(format!("{:016X}", le64(b, 0x48))),
+        });
+    }
+    if oem == EXFAT_OEM {
+        return Some(FsInfo {
+            kind: FsKind::Exfat,
+            label: exfat_label(b, win),
+            uuid: Some(serial32(le32(b, 0x64))),
+        });
+    }
+    fat(b)
+}
+
+/// A FAT12/16/32 boot sector, told apart by its cluster count.
+fn fat(b: &[u8]) -> Option<FsInfo> {
+    if b[0] != 0xeb && b[0] != 0xe9 {
+        return None;
+    }
+    let bytes_per_sector = u64::from(le16(b, 0x0b));
+    let per_cluster = u64::from(b[0x0d]);
+    let reserved = u64::from(le16(b, 0x0e));
+    let fats = u64::from(b[0x10]);
+    let root_entries = u64::from(le16(b, 0x11));
+    let media = b[0x15];
+    if !(512..=4096).contains(&bytes_per_sector)
+        || !bytes_per_sector.is_power_of_two()
+        || per_cluster == 0
+        || !per_cluster.is_power_of_two()
+        || reserved == 0
+        || fats == 0
+        || (media != 0xf0 && media < 0xf8)
+    {
+        return None;
+    }
+    let total = match le16(b, 0x13) {
+        0 => u64::from(le32(b, 0x20)),
+        n => u64::from(n),
+    };
+    let fat_sectors = match le16(b, 0x16) {
+        0 => u64::from(le32(b, 0x24)),
+        n => u64::from(n),
+    };
+    let root_sectors = (root_entries * 32).div_ceil(bytes_per_sector);
+    let meta = reserved + fats * fat_sectors + root_sectors;
+    let clusters = total.checked_sub(meta)? / per_cluster;
+    let (kind, ext) = if le16(b, 0x16) == 0 {
+        (FsKind::Fat32, 0x40)
+    } else if clusters < FAT12_CLUSTERS {
+        (FsKind::Fat12, 0x24)
+    } else {
+        (FsKind::Fat16, 0x24)
+    };
+    // The extended boot signature says the serial and label are there.
+    let (label, uuid) = if b[ext + 2] == 0x29 {
+        let label = text_label(&b[ext + 7..ext + 18]).filter(|l| l != "NO NAME");
+        (label, Some(serial32(le32(b, ext + 3))))
+    } else {
+        (None, None)
+    };
+    Some(FsInfo { kind, label, uuid })
+}
+
+/// The volume name of an NTFS: the $VOLUME_NAME attribute of MFT record 3.
+fn ntfs_label(b: &[u8], win: &Window<'_>) -> Option<String> {
+    let sector = u64::from(le16(b, 0x0b));
+    let cluster = sector * u64::from(b[0x0d]);
+    let per_record = b[0x40] as i8;
+    let record = if per_record < 0 {
+        1u64.checked_shl(u32::from(per_record.unsigned_abs()))
+    } else {
+        cluster.checked_mul(per_record as u64)
+    };
+    let Some(record) = record.filter(|&r| (512..=NTFS_RECORD_MAX as u64).contains(&r)) else {
+        return None;
+    };
+    let Some(at) = le64(b, 0x30)
+        .checked_mul(cluster)
+        .and_then(|m| m.checked_add(NTFS_VOLUME_RECORD * record))
+    else {
+        return None;
+    };
+    let mut rec = vec![0u8; record as usize];
+    if win.read_exact_at(&mut rec, at).is_err() || &rec[..4] != b"FILE" || sector < 2 {
+        return None;
+    }
+    // Undo the update sequence: the last two bytes of each sector were
+    // replaced by the sequence number and saved in the array.
+    let usa = usize::from(le16(&rec, 4));
+    let usa_count = usize::from(le16(&rec, 6));
+    let sector = sector as usize;
+    if usa_count == 0 || usa + usa_count * 2 > rec.len() || (usa_count - 1) * sector > rec.len() {
+        return None;
+    }
+    for i in 1..usa_count {
+        let end = i * sector;
+        let saved = [rec[usa + i * 2], rec[usa + i * 2 + 1]];
+        rec[end - 2..end].copy_from_slice(&saved);
+    }
+    let mut pos = usize::from(le16(&rec, 0x14));
+    while pos + 0x18 <= rec.len() {
+        let kind = le32(&rec, pos);
+        let len = le32(&rec, pos + 4) as usize;
+        if kind == NTFS_END || len < 0x18 || pos + len > rec.len() {
+            break;
+        }
+        // Resident (non-resident flag 0 at 8): value length at 0x10,
+        // value offset at 0x14.
+        if kind == NTFS_VOLUME_NAME && rec[pos + 8] == 0 {
+            let vlen = le32(&rec, pos + 0x10) as usize;
+            let voff = usize::from(le16(&rec, pos + 0x14));
+            let v = rec.get(pos + voff..pos + voff + vlen);
+            return v.and_then(utf16_label);
+        }
+        pos += len;
+    }
+    None
+}
+
+/// The exFAT volume label: its entry in the first cluster of the root
+/// directory.
+fn exfat_label(b: &[u8], win: &Window<'_>) -> Option<String> {
+    let sector_shift = u32::from(b[0x6c]);
+    let cluster_shift = u32::from(b[0x6d]);
+    if !(9..=12).contains(&sector_shift) || sector_shift + cluster_shift > 25 {
+        return None;
+    }
+    let heap = u64::from(le32(b, 0x58)) << sector_shift;
+    let root = u64::from(le32(b, 0x60));
+    let cluster = 1u64 << (sector_shift + cluster_shift);
+    let Some(at) = root
+        .checked_sub(2)
+        .and_then(|r| r.checked_mul(cluster))
+        .and_then(|r| r.checked_add(heap))
+    else {
+        return None;
+    };
+    let mut dir = vec![0u8; (cluster as usize).min(EXFAT_ROOT_MAX)];
+    if win.read_exact_at(&mut dir, at).is_err() {
+        return None;
+    }
+    for e in dir.chunks_exact(32) {
+        if e[0] == 0 {
+            break;
+        }
+        if e[0] == EXFAT_LABEL_ENTRY {
+            let chars = usize::from(e[1]).min(11);
+            return utf16_label(&e[2..2 + chars * 2]);
+        }
+    }
+    None
+}
+
+/// The file systems found by a superblock magic: ext2/3/4, XFS, Btrfs,
+/// swap, LVM2.
+fn superblocks(b: &[u8]) -> Option<FsInfo> {
+    let sb = &b[EXT_SUPER..EXT_SUPER + 1024];
+    if le16(sb, 0x38) == EXT_MAGIC {
+        let compat = le32(sb, 0x5c);
+        let incompat = le32(sb, 0x60);
+        let ro_compat = le32(sb, 0x64);
+        if incompat & EXT_INCOMPAT_JOURNAL_DEV == 0 {
+            let kind = if incompat & !EXT3_INCOMPAT != 0 || ro_compat & !EXT3_RO_COMPAT != 0 {
+                FsKind::Ext4
+            } else if compat & EXT_COMPAT_JOURNAL != 0 {
+                FsKind::Ext3
+            } else {
+                FsKind::Ext2
+            };
+            return Some(FsInfo {
+                kind,
+                label: text_label(&sb[0x78..0x88]),
+                uuid: uuid_at(sb, 0x68),
+            });
+        }
+    }
+    if &b[..4] == XFS_MAGIC {
+        return Some(FsInfo {
+            kind: FsKind::Xfs,
+            label: text_label(&b[108..120]),
+            uuid: uuid_at(b, 32),
+        });
+    }
+    let btrfs = &b[BTRFS_SUPER..];
+    if &btrfs[0x40..0x48] == BTRFS_MAGIC {
+        return Some(FsInfo {
+            kind: FsKind::Btrfs,
+            label: text_label(&btrfs[0x12b..0x22b]),
+            uuid: uuid_at(btrfs, 0x20),
+        });
+    }
+    for page in SWAP_PAGES {
+        let sig = &b[page - 10..page];
+        if sig == b"SWAPSPACE2" || sig == b"SWAP-SPACE" {
+            return Some(FsInfo {
+                kind: FsKind::Swap,
+                label: text_label(&b[0x41c..0x42c]),
+                uuid: uuid_at(b, 0x40c),
+            });
+        }
+    }
+    for s in 0..4 {
+        let l = &b[s * 512..(s + 1) * 512];
+        if &l[..8] == LVM_LABEL && &l[24..32] == LVM_TYPE {
+            let off = le32(l, 20) as usize;
+            let id = l.get(off..off + 32)?;
+            let id = String::from_utf8_lossy(id);
+            // blkid groups the 32 characters 6-4-4-4-4-4-6.
+            let mut uuid = String::new();
+            let mut at = 0;
+            for (i, n) in [6, 4, 4, 4, 4, 4, 6].into_iter().enumerate() {
+                if i > 0 {
+                    uuid.push('-');
+                }
+                uuid.push_str(id.get(at..at + n)?);
+                at += n;
+            }
+            return Some(FsInfo {
+                kind: FsKind::LvmPv,
+                label: None,
+                uuid: Some(uuid),
+            });
+        }
+    }
+    None
+}
+
+/// Whether `fs` starts with a boot sector (so that sector 0 of a disk
+/// holding it whole is not an MBR).
+pub fn is_boot_sector_fs(fs: &FsInfo) -> bool {
+    matches!(
+        fs.kind,
+        FsKind::Ntfs | FsKind::Exfat | FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 | FsKind::BitLocker
+    )
 }
