@@ -41,9 +41,17 @@ fn sfdisk(disk: &Path, layout: &str) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    c.stdin.take().unwrap().write_all(layout.as_bytes()).unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(layout.as_bytes())
+        .unwrap();
     let o = c.wait_with_output().unwrap();
-    assert!(o.status.success(), "sfdisk: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "sfdisk: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn sh(cmd: &mut Command) -> String {
@@ -156,7 +164,10 @@ fn extract_matches(spec: &str, extra: &[&str], src: &Path, out: &Path, times: bo
                 file_sha256(&b),
                 "{rel} extracted from {spec}"
             ),
-            "symlink" => assert_eq!(std::fs::read_link(&a).unwrap(), std::fs::read_link(&b).unwrap()),
+            "symlink" => assert_eq!(
+                std::fs::read_link(&a).unwrap(),
+                std::fs::read_link(&b).unwrap()
+            ),
             _ => {}
         }
         if times && kind != "symlink" {
@@ -193,18 +204,27 @@ fn formats(dir: &Path, raw: &Path) -> Vec<(PathBuf, Vec<String>)> {
         (vhdx, vec![]),
         (vhdx4k, vec![]),
         (child.clone(), vec![]),
-        (child, vec!["--parent-file".into(), s(&dir.join("d.vhdx")).into()]),
+        (
+            child,
+            vec!["--parent-file".into(), s(&dir.join("d.vhdx")).into()],
+        ),
         (evhd, vec!["--key".into(), key]),
     ]
 }
 
 fn make_ext4(src: &Path, img: &Path) {
-    std::fs::File::create(img).unwrap().set_len(32 << 20).unwrap();
+    std::fs::File::create(img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
     run(Command::new("mkfs.ext4").args(["-q", "-F", "-d", s(src), s(img)]));
 }
 
 fn make_fat(src: &Path, img: &Path) {
-    std::fs::File::create(img).unwrap().set_len(64 << 20).unwrap();
+    std::fs::File::create(img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
     run(Command::new("mkfs.fat").args(["-F", "32", s(img)]));
     for e in std::fs::read_dir(src).unwrap() {
         let p = e.unwrap().path();
@@ -216,7 +236,10 @@ fn make_fat(src: &Path, img: &Path) {
 }
 
 fn make_ntfs(src: &Path, img: &Path) {
-    std::fs::File::create(img).unwrap().set_len(64 << 20).unwrap();
+    std::fs::File::create(img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
     run(Command::new("mkntfs").args(["-q", "-F", s(img)]));
     for e in std::fs::read_dir(src).unwrap() {
         let p = e.unwrap().path();
@@ -258,7 +281,10 @@ fn ext4_tree_through_every_format() {
     make_ext4(&src, &raw);
     check_all_formats(&src, &raw, true);
     // Modes are kept on ext4.
-    assert_eq!(mode(&dir.path().join("out0/hello.txt")), mode(&src.join("hello.txt")));
+    assert_eq!(
+        mode(&dir.path().join("out0/hello.txt")),
+        mode(&src.join("hello.txt"))
+    );
     // cat and ls -l of one file.
     let spec = format!("{}:/sub/deep/two.dat", raw.display());
     assert_eq!(vhdkit_ok_stdout(&["cat", &spec]), random_bytes(8193, 4));
@@ -268,7 +294,10 @@ fn ext4_tree_through_every_format() {
     let one = dir.path().join("one");
     std::fs::create_dir(&one).unwrap();
     vhdkit_ok_stdout(&["extract", &spec, s(&one)]);
-    assert_eq!(std::fs::read(one.join("two.dat")).unwrap(), random_bytes(8193, 4));
+    assert_eq!(
+        std::fs::read(one.join("two.dat")).unwrap(),
+        random_bytes(8193, 4)
+    );
     let err = vhdkit_fails(Some(1), &["extract", &spec, s(&one)]);
     assert!(err.contains("two.dat"), "{err}");
 }
@@ -303,7 +332,8 @@ fn ntfs_files_and_alternate_streams() {
     run(Command::new("ntfscp").args(["-N", "extra", s(&raw), s(&ads), "hello.txt"]));
     let l = vhdkit_stdout(&["ls", "-l", &format!("{}:/", raw.display())]);
     assert!(
-        l.lines().any(|x| x.contains("hello.txt:extra") && x.contains(" 16 ")),
+        l.lines()
+            .any(|x| x.contains("hello.txt:extra") && x.contains(" 16 ")),
         "{l}"
     );
     let v: serde_json::Value = serde_json::from_slice(&vhdkit_ok_stdout(&[
@@ -405,7 +435,14 @@ fn garble(path: &Path, at: u64, len: usize, seed: u64) {
 
 #[test]
 fn damaged_file_systems_fail_clearly() {
-    if !have(&["mkfs.ext4", "mkfs.fat", "mcopy", "mkntfs", "ntfscp", "dumpe2fs"]) {
+    if !have(&[
+        "mkfs.ext4",
+        "mkfs.fat",
+        "mcopy",
+        "mkntfs",
+        "ntfscp",
+        "dumpe2fs",
+    ]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -442,7 +479,10 @@ fn damaged_file_systems_fail_clearly() {
     let magic = file_bytes(&bad, 1024 + 0x38, 2);
     garble(&bad, 1024, 1024, 9);
     patch_file(&bad, 1024 + 0x38, &magic);
-    fails_clearly(&["ls", &format!("{}:/", bad.display())], &["the disk", "ext"]);
+    fails_clearly(
+        &["ls", &format!("{}:/", bad.display())],
+        &["the disk", "ext"],
+    );
 
     // Garbage inode tables: whatever is read, no panic, and it ends.
     let dump = sh(Command::new("dumpe2fs").arg(s(&ext)));
@@ -455,18 +495,23 @@ fn damaged_file_systems_fail_clearly() {
         .unwrap();
     let bad = dir.path().join("badinodes.img");
     std::fs::copy(&ext, &bad).unwrap();
-    for (i, l) in dump.lines().filter(|l| l.contains("Inode table at")).enumerate() {
+    for (i, l) in dump
+        .lines()
+        .filter(|l| l.contains("Inode table at"))
+        .enumerate()
+    {
         let range = l.split("Inode table at ").nth(1).unwrap();
         let range = range.split_whitespace().next().unwrap();
         let (a, b) = range.split_once('-').unwrap();
         let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
-        garble(&bad, a * block_size, ((b - a + 1) * block_size) as usize, 20 + i as u64);
+        garble(
+            &bad,
+            a * block_size,
+            ((b - a + 1) * block_size) as usize,
+            20 + i as u64,
+        );
     }
-    for args in [
-        vec!["ls", "-R", "-l"],
-        vec!["extract"],
-        vec!["cat"],
-    ] {
+    for args in [vec!["ls", "-R", "-l"], vec!["extract"], vec!["cat"]] {
         let mut a = args.clone();
         let spec = if args[0] == "cat" {
             format!("{}:/big.bin", bad.display())
@@ -494,7 +539,10 @@ fn damaged_file_systems_fail_clearly() {
     garble(&bad, reserved * 512, 4 << 20, 31);
     let o = vhdkit(["ls", "-R", &format!("{}:/", bad.display())]);
     let (code, _, err) = code_out_err(&o);
-    assert!(code == 0 || (code == 1 && err.contains("fat32")), "{code} {err}");
+    assert!(
+        code == 0 || (code == 1 && err.contains("fat32")),
+        "{code} {err}"
+    );
 
     // Garbage MFT.
     let bad = dir.path().join("badmft.img");
@@ -505,12 +553,21 @@ fn damaged_file_systems_fail_clearly() {
     garble(&bad, mft + 5 * 1024, 64 << 10, 41);
     let o = vhdkit(["ls", "-R", "-l", &format!("{}:/", bad.display())]);
     let (code, _, err) = code_out_err(&o);
-    assert!(code == 0 || (code == 1 && err.contains("ntfs")), "{code} {err}");
+    assert!(
+        code == 0 || (code == 1 && err.contains("ntfs")),
+        "{code} {err}"
+    );
 
     // No file system at all.
     let zeros = dir.path().join("zeros.img");
-    std::fs::File::create(&zeros).unwrap().set_len(1 << 20).unwrap();
-    fails_clearly(&["ls", &format!("{}:/", zeros.display())], &["no ext2/3/4, NTFS or FAT"]);
+    std::fs::File::create(&zeros)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    fails_clearly(
+        &["ls", &format!("{}:/", zeros.display())],
+        &["no ext2/3/4, NTFS or FAT"],
+    );
 }
 
 #[test]
@@ -561,13 +618,19 @@ fn partitions_are_selected_by_number_or_name() {
     };
     // MBR: 1 primary FAT32 (64 MiB at 1 MiB), 5 logical ext4 (32 MiB).
     let mbr = dir.path().join("mbr.img");
-    std::fs::File::create(&mbr).unwrap().set_len(128 << 20).unwrap();
+    std::fs::File::create(&mbr)
+        .unwrap()
+        .set_len(128 << 20)
+        .unwrap();
     let layout = "label: dos\nstart=2048, size=131072, type=c\nstart=133120, size=126976, type=5\nstart=135168, size=65536, type=83\n";
     sfdisk(&mbr, layout);
     put(&mbr, &fat, 2048);
     put(&mbr, &ext, 135168);
     let m = mbr.display();
-    let err = fails_clearly(&["ls", &format!("{m}:/")], &["2 partitions hold file systems"]);
+    let err = fails_clearly(
+        &["ls", &format!("{m}:/")],
+        &["2 partitions hold file systems"],
+    );
     assert!(err.contains("1: fat32") && err.contains("5: ext4"), "{err}");
     let want = expected(&src);
     assert_eq!(listed(&format!("{m}:1:/"), &[]), want);
@@ -575,7 +638,10 @@ fn partitions_are_selected_by_number_or_name() {
 
     // GPT with names.
     let gpt = dir.path().join("gpt.img");
-    std::fs::File::create(&gpt).unwrap().set_len(128 << 20).unwrap();
+    std::fs::File::create(&gpt)
+        .unwrap()
+        .set_len(128 << 20)
+        .unwrap();
     run(Command::new("sgdisk").args([
         "-n",
         "1:2048:+64M",

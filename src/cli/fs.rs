@@ -149,7 +149,11 @@ fn open_volume(t: &Target, parent: &ParentArgs) -> Result<Volume, Error> {
                         .collect();
                     named(Error::invalid_argument(format!(
                         "no partition {sel:?} (partitions: {})",
-                        if have.is_empty() { "none".into() } else { have.join(", ") }
+                        if have.is_empty() {
+                            "none".into()
+                        } else {
+                            have.join(", ")
+                        }
                     )))
                 })?;
             (window(p)?, format!("partition {}", p.number))
@@ -224,7 +228,9 @@ fn show_time(t: Mtime) -> String {
     let Ok(at) = time::OffsetDateTime::from_unix_timestamp(t.secs) else {
         return format!("@{}", t.secs);
     };
-    let at = at.replace_nanosecond(t.nanos.min(999_999_999)).unwrap_or(at);
+    let at = at
+        .replace_nanosecond(t.nanos.min(999_999_999))
+        .unwrap_or(at);
     let fmt = if t.nanos == 0 {
         time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z")
     } else {
@@ -321,8 +327,7 @@ pub fn ls(a: LsArgs) -> Outcome {
             )
             .map_err(stdout_err)?;
             for s in &e.streams {
-                writeln!(out, "{:>23} {:<30} {name}:{}", s.size, "", s.name)
-                    .map_err(stdout_err)?;
+                writeln!(out, "{:>23} {:<30} {name}:{}", s.size, "", s.name).map_err(stdout_err)?;
             }
         }
     }
@@ -377,7 +382,10 @@ mod tests {
     #[test]
     fn modes_and_times_print() {
         assert_eq!(show_mode(0o754), "rwxr-xr--");
-        assert_eq!(show_time(Mtime { secs: 0, nanos: 0 }), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            show_time(Mtime { secs: 0, nanos: 0 }),
+            "1970-01-01T00:00:00Z"
+        );
         assert_eq!(
             show_time(Mtime { secs: 1, nanos: 5 }),
             "1970-01-01T00:00:01.000000005Z"

@@ -34,13 +34,15 @@ pub(super) fn sniff(head: &[u8]) -> Option<FsKind> {
         return None;
     }
     let (compat, incompat, ro) = (le32(sb, 0x5C), le32(sb, 0x60), le32(sb, 0x64));
-    Some(if incompat & INCOMPAT_EXT4 != 0 || ro & RO_COMPAT_EXT4 != 0 {
-        FsKind::Ext4
-    } else if compat & COMPAT_HAS_JOURNAL != 0 {
-        FsKind::Ext3
-    } else {
-        FsKind::Ext2
-    })
+    Some(
+        if incompat & INCOMPAT_EXT4 != 0 || ro & RO_COMPAT_EXT4 != 0 {
+            FsKind::Ext4
+        } else if compat & COMPAT_HAS_JOURNAL != 0 {
+            FsKind::Ext3
+        } else {
+            FsKind::Ext2
+        },
+    )
 }
 
 /// The bytes the superblock says the file system spans: refused when the

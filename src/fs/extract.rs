@@ -107,9 +107,9 @@ pub fn extract(vol: &mut Volume, path: &str, dest: &Path) -> Result<ExtractRepor
         EntryType::File | EntryType::Symlink => {
             let target = match fs::metadata(dest) {
                 Ok(m) if m.is_dir() => {
-                    let name = components.last().ok_or_else(|| {
-                        Error::invalid_argument("the root is a directory")
-                    })?;
+                    let name = components
+                        .last()
+                        .ok_or_else(|| Error::invalid_argument("the root is a directory"))?;
                     check_name(name)?;
                     dest.join(name)
                 }
@@ -206,14 +206,13 @@ fn write_file(vol: &mut Volume, components: &[String], e: &Entry, target: &Path)
             .into_inner()
             .map_err(|x| out_err(x.into_error(), "writing", &tmp))?;
         if let Some(t) = e.mtime.and_then(system_time) {
-            file.set_modified(t).map_err(|x| out_err(x, "setting the time of", &tmp))?;
+            file.set_modified(t)
+                .map_err(|x| out_err(x, "setting the time of", &tmp))?;
         }
         drop(file);
         set_mode(&tmp, e.mode).map_err(|x| out_err(x, "setting the mode of", &tmp))?;
-        pending::commit(&tmp, || {
-            crate::io::rename_into_place(&tmp, target, false)
-        })
-        .map_err(|x| out_err(x, "renaming into place", target))?;
+        pending::commit(&tmp, || crate::io::rename_into_place(&tmp, target, false))
+            .map_err(|x| out_err(x, "renaming into place", target))?;
         Ok(n)
     })();
     if r.is_err() {
@@ -242,7 +241,10 @@ fn write_symlink(e: &Entry, target: &Path) -> Result<()> {
 fn write_symlink(_e: &Entry, target: &Path) -> Result<()> {
     Err(Error::new(
         ErrorKind::Unsupported,
-        format!("{}: symbolic links are not extracted on this system", target.display()),
+        format!(
+            "{}: symbolic links are not extracted on this system",
+            target.display()
+        ),
     ))
 }
 
@@ -276,7 +278,11 @@ mod tests {
 
     #[test]
     fn times_before_the_epoch_convert() {
-        let t = system_time(Mtime { secs: -10, nanos: 5 }).unwrap();
+        let t = system_time(Mtime {
+            secs: -10,
+            nanos: 5,
+        })
+        .unwrap();
         assert_eq!(
             SystemTime::UNIX_EPOCH.duration_since(t).unwrap(),
             Duration::from_secs(10) - Duration::from_nanos(5)

@@ -48,7 +48,9 @@ fn check_size(w: &Window) -> Result<(), FsError> {
         )));
     };
     let sectors = match le16(&boot, 19) {
-        0 => u64::from(u32::from_le_bytes(boot[32..36].try_into().expect("4 bytes"))),
+        0 => u64::from(u32::from_le_bytes(
+            boot[32..36].try_into().expect("4 bytes"),
+        )),
         n => u64::from(n),
     };
     if sectors * ss > w.len() {
@@ -111,9 +113,12 @@ fn find<'a>(d: &Dir<'a, Window>, name: &str) -> Result<fatfs::DirEntry<'a, Windo
 /// A FAT date and time (local, taken as UTC) as a point in time.
 fn mtime(t: fatfs::DateTime) -> Option<Mtime> {
     let month = time::Month::try_from(u8::try_from(t.date.month).ok()?).ok()?;
-    let date =
-        time::Date::from_calendar_date(i32::from(t.date.year), month, u8::try_from(t.date.day).ok()?)
-            .ok()?;
+    let date = time::Date::from_calendar_date(
+        i32::from(t.date.year),
+        month,
+        u8::try_from(t.date.day).ok()?,
+    )
+    .ok()?;
     let tod = time::Time::from_hms_milli(
         u8::try_from(t.time.hour).ok()?,
         u8::try_from(t.time.min).ok()?,

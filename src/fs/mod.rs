@@ -23,8 +23,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::error::{Error, ErrorKind, Result};
 
-pub use window::Window;
 use window::Budget;
+pub use window::Window;
 
 /// Entries one directory may list: more is taken for damage (a real
 /// directory this large is far beyond what any of these file systems
@@ -433,7 +433,9 @@ impl Volume {
         out: &mut dyn Write,
     ) -> Result<u64> {
         let budget = self.window_len.saturating_add(META_READ_BUDGET);
-        self.call(components, budget, |fs| fs.read_file(components, stream, out))
+        self.call(components, budget, |fs| {
+            fs.read_file(components, stream, out)
+        })
     }
 
     /// Visit every entry below directory `path`, depth first in name
@@ -563,18 +565,20 @@ impl Volume {
             )),
             FsError::TooMany(thing, max) => Error::new(
                 ErrorKind::Corrupt,
-                format!("{what}: {fs} file system{at}: more {thing} than the bound of {max}; the file system is damaged (or larger than this tool reads)"),
+                format!(
+                    "{what}: {fs} file system{at}: more {thing} than the bound of {max}; the file system is damaged (or larger than this tool reads)"
+                ),
             ),
-            FsError::Disk(d) => {
-                d.with_note(&format!(" (reading {what}, {fs} file system{at})"))
-            }
+            FsError::Disk(d) => d.with_note(&format!(" (reading {what}, {fs} file system{at})")),
             FsError::Budget => Error::new(
                 ErrorKind::Corrupt,
                 format!(
                     "{what}: {fs} file system{at}: its reader read more than this operation's bound without finishing; the file system is damaged (a loop in its structures)"
                 ),
             ),
-            FsError::Output(o) => Error::io(o, format!("writing the data of {}", path_or_root(path))),
+            FsError::Output(o) => {
+                Error::io(o, format!("writing the data of {}", path_or_root(path)))
+            }
             FsError::Crate(m) => Error::new(
                 ErrorKind::Corrupt,
                 format!("{what}: {fs} file system{at}: {m}"),

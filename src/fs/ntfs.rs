@@ -38,8 +38,8 @@ impl Read for Cached {
             self.pos += n as u64;
             return Ok(n);
         }
-        let inside = self.pos >= self.chunk_at
-            && self.pos < self.chunk_at + self.chunk.len() as u64;
+        let inside =
+            self.pos >= self.chunk_at && self.pos < self.chunk_at + self.chunk.len() as u64;
         if !inside {
             let at = self.pos - self.pos % CHUNK as u64;
             let n = (self.inner.len().saturating_sub(at)).min(CHUNK as u64) as usize;

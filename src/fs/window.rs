@@ -182,6 +182,7 @@ impl ext4_view::Ext4Read for Window {
         start_byte: u64,
         dst: &mut [u8],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
-        self.read_exact_at(dst, start_byte).map_err(|e| Box::new(e) as _)
+        self.read_exact_at(dst, start_byte)
+            .map_err(|e| Box::new(e) as _)
     }
 }

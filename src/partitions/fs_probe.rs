@@ -439,6 +439,11 @@ fn superblocks(b: &[u8]) -> Option<FsInfo> {
 pub fn is_boot_sector_fs(fs: &FsInfo) -> bool {
     matches!(
         fs.kind,
-        FsKind::Ntfs | FsKind::Exfat | FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 | FsKind::BitLocker
+        FsKind::Ntfs
+            | FsKind::Exfat
+            | FsKind::Fat12
+            | FsKind::Fat16
+            | FsKind::Fat32
+            | FsKind::BitLocker
     )
 }

@@ -171,7 +171,10 @@ pub fn write_text(table: &PartitionTable, out: &mut dyn std::io::Write) -> std::
                 p.size.to_string(),
                 p.type_name.clone(),
                 p.name.clone().unwrap_or_default(),
-                p.filesystem.as_ref().map(FsInfo::summary).unwrap_or_default(),
+                p.filesystem
+                    .as_ref()
+                    .map(FsInfo::summary)
+                    .unwrap_or_default(),
             ]
         })
         .collect();

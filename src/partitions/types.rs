@@ -31,24 +31,60 @@ const GPT_TYPES: &[(Uuid, &str)] = &[
     (LINUX_SWAP, "Linux swap"),
     (LINUX_LVM, "Linux LVM"),
     (uuid!("21686148-6449-6e6f-744e-656564454649"), "BIOS boot"),
-    (uuid!("5808c8aa-7e8f-42e0-85d2-e1e90434cfb3"), "Microsoft LDM metadata"),
-    (uuid!("af9b60a0-1431-4f62-bc68-3311714a69ad"), "Microsoft LDM data"),
-    (uuid!("e75caf8f-f680-4cee-afa3-b001e56efc2d"), "Microsoft Storage Spaces"),
+    (
+        uuid!("5808c8aa-7e8f-42e0-85d2-e1e90434cfb3"),
+        "Microsoft LDM metadata",
+    ),
+    (
+        uuid!("af9b60a0-1431-4f62-bc68-3311714a69ad"),
+        "Microsoft LDM data",
+    ),
+    (
+        uuid!("e75caf8f-f680-4cee-afa3-b001e56efc2d"),
+        "Microsoft Storage Spaces",
+    ),
     (uuid!("a19d880f-05fc-4d3b-a006-743f0f84911e"), "Linux RAID"),
-    (uuid!("4f68bce3-e8cd-4db1-96e7-fbcaf984b709"), "Linux root (x86-64)"),
-    (uuid!("44479540-f297-41b2-9af7-d131d5f0458a"), "Linux root (x86)"),
-    (uuid!("b921b045-1df0-41c3-af44-4c6f280d3fae"), "Linux root (ARM64)"),
-    (uuid!("8484680c-9521-48c6-9c11-b0720656f69e"), "Linux /usr (x86-64)"),
+    (
+        uuid!("4f68bce3-e8cd-4db1-96e7-fbcaf984b709"),
+        "Linux root (x86-64)",
+    ),
+    (
+        uuid!("44479540-f297-41b2-9af7-d131d5f0458a"),
+        "Linux root (x86)",
+    ),
+    (
+        uuid!("b921b045-1df0-41c3-af44-4c6f280d3fae"),
+        "Linux root (ARM64)",
+    ),
+    (
+        uuid!("8484680c-9521-48c6-9c11-b0720656f69e"),
+        "Linux /usr (x86-64)",
+    ),
     (uuid!("933ac7e1-2eb4-4f13-b844-0e14e2aef915"), "Linux /home"),
     (uuid!("3b8f8425-20e0-4f3b-907f-1a25a76f98e8"), "Linux /srv"),
     (uuid!("4d21b016-b534-45c2-a9fb-5c16e091fd2d"), "Linux /var"),
-    (uuid!("bc13c2ff-59e6-4262-a352-b275fd6f7172"), "Linux extended boot"),
-    (uuid!("8da63339-0007-60c0-c436-083ac8230908"), "Linux reserved"),
+    (
+        uuid!("bc13c2ff-59e6-4262-a352-b275fd6f7172"),
+        "Linux extended boot",
+    ),
+    (
+        uuid!("8da63339-0007-60c0-c436-083ac8230908"),
+        "Linux reserved",
+    ),
     (uuid!("ca7d7ccb-63ed-4c53-861c-1742536059cc"), "Linux LUKS"),
-    (uuid!("7ffec5c9-2d00-49b7-8941-3ea10a5586b7"), "Linux dm-crypt"),
-    (uuid!("516e7cb4-6ecf-11d6-8ff8-00022d09712b"), "FreeBSD disklabel"),
+    (
+        uuid!("7ffec5c9-2d00-49b7-8941-3ea10a5586b7"),
+        "Linux dm-crypt",
+    ),
+    (
+        uuid!("516e7cb4-6ecf-11d6-8ff8-00022d09712b"),
+        "FreeBSD disklabel",
+    ),
     (uuid!("516e7cba-6ecf-11d6-8ff8-00022d09712b"), "FreeBSD ZFS"),
-    (uuid!("48465300-0000-11aa-aa11-00306543ecac"), "Apple HFS/HFS+"),
+    (
+        uuid!("48465300-0000-11aa-aa11-00306543ecac"),
+        "Apple HFS/HFS+",
+    ),
     (uuid!("7c3457ef-0000-11aa-aa11-00306543ecac"), "Apple APFS"),
 ];
 

@@ -93,7 +93,10 @@ impl Seek for Window<'_> {
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
         self.pos = target.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "seek before the window's start")
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the window's start",
+            )
         })?;
         Ok(self.pos)
     }
