@@ -320,6 +320,10 @@ fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     })
 }
 
+/// What [`Volume::walk`] calls for each entry: the volume, the names of
+/// the entry's path relative to the walked directory, and the entry.
+pub type Visit<'a> = dyn FnMut(&mut Volume, &[String], &Entry) -> Result<()> + 'a;
+
 /// An opened file system inside a partition (or a whole disk).
 pub struct Volume {
     fs: Option<Box<dyn FileSystem>>,
@@ -442,11 +446,7 @@ impl Volume {
     /// order, with the names of its path relative to `path`; a directory is
     /// visited before its entries. Bounded by [`MAX_DEPTH`] and
     /// [`MAX_WALK_ENTRIES`]; a directory met twice (a loop) is an error.
-    pub fn walk(
-        &mut self,
-        path: &str,
-        visit: &mut dyn FnMut(&mut Volume, &[String], &Entry) -> Result<()>,
-    ) -> Result<()> {
+    pub fn walk(&mut self, path: &str, visit: &mut Visit<'_>) -> Result<()> {
         let base = split_path(path);
         let mut seen = HashSet::new();
         let mut count = 0usize;
@@ -459,7 +459,7 @@ impl Volume {
         rel: &mut Vec<String>,
         seen: &mut HashSet<u64>,
         count: &mut usize,
-        visit: &mut dyn FnMut(&mut Volume, &[String], &Entry) -> Result<()>,
+        visit: &mut Visit<'_>,
     ) -> Result<()> {
         let full: Vec<String> = base.iter().chain(rel.iter()).cloned().collect();
         if rel.len() >= MAX_DEPTH {
