@@ -544,6 +544,46 @@ fn damaged_file_systems_fail_clearly() {
         "{code} {err}"
     );
 
+    // A directory whose cluster chain loops onto itself, full of deleted
+    // entries: the reader would read it forever; its budget ends it.
+    let bad = dir.path().join("loopfat.img");
+    std::fs::copy(&fat, &bad).unwrap();
+    let b = file_bytes(&bad, 0, 512);
+    let bps = u64::from(u16::from_le_bytes([b[11], b[12]]));
+    let cluster = bps * u64::from(b[13]);
+    let reserved = u64::from(u16::from_le_bytes([b[14], b[15]]));
+    let fats = u64::from(b[16]);
+    let fat_len = u64::from(le32(&b, 36)) * bps;
+    let data = reserved * bps + fats * fat_len;
+    let root = file_bytes(
+        &bad,
+        data + (u64::from(le32(&b, 44)) - 2) * cluster,
+        cluster as usize,
+    );
+    let at = (0..root.len())
+        .step_by(32)
+        .find(|&i| &root[i..i + 11] == b"SUB        ")
+        .expect("SUB in the root directory");
+    let c = u32::from(u16::from_le_bytes([root[at + 26], root[at + 27]]))
+        | u32::from(u16::from_le_bytes([root[at + 20], root[at + 21]])) << 16;
+    let mut deleted = vec![0u8; cluster as usize];
+    for e in deleted.chunks_mut(32) {
+        e[..11].copy_from_slice(b"\xe5DELETED   ");
+        e[11] = 0x20;
+    }
+    patch_file(&bad, data + (u64::from(c) - 2) * cluster, &deleted);
+    for k in 0..fats {
+        patch_file(
+            &bad,
+            reserved * bps + k * fat_len + 4 * u64::from(c),
+            &c.to_le_bytes(),
+        );
+    }
+    fails_clearly(
+        &["ls", &format!("{}:/sub", bad.display())],
+        &["fat32", "/sub", "loop"],
+    );
+
     // Garbage MFT.
     let bad = dir.path().join("badmft.img");
     std::fs::copy(&ntfs, &bad).unwrap();

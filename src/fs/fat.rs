@@ -1,12 +1,14 @@
 //! FAT12/16/32 through the `fatfs` crate.
 //!
-//! `fatfs` asks for a writable stream; the [`Window`] refuses every write,
-//! so the flags it would update on unmount are never written.
+//! `fatfs` asks for a writable stream; the window refuses every write, so
+//! the flags it would update on unmount are never written. It reads 32
+//! bytes at a time (a directory entry): a [`Cached`] window serves those.
 
 use std::io::{Read, Write};
 
 use fatfs::{Dir, FatType, FileSystem, FsOptions};
 
+use super::window::Cached;
 use super::{Entry, EntryType, FsError, FsKind, Mtime, Window, copy_to};
 
 /// Boot sector signature at bytes 510..512.
@@ -64,13 +66,13 @@ fn check_size(w: &Window) -> Result<(), FsError> {
 }
 
 pub(super) struct FatFs {
-    fs: FileSystem<Window>,
+    fs: FileSystem<Cached>,
 }
 
 impl FatFs {
     pub(super) fn open(w: Window) -> Result<(FatFs, FsKind), FsError> {
         check_size(&w)?;
-        let fs = FileSystem::new(w, FsOptions::new()).map_err(FsError::from_io)?;
+        let fs = FileSystem::new(Cached::new(w), FsOptions::new()).map_err(FsError::from_io)?;
         let kind = match fs.fat_type() {
             FatType::Fat12 => FsKind::Fat12,
             FatType::Fat16 => FsKind::Fat16,
@@ -80,7 +82,7 @@ impl FatFs {
     }
 
     /// Directory `components`.
-    fn dir(&self, components: &[String]) -> Result<Dir<'_, Window>, FsError> {
+    fn dir(&self, components: &[String]) -> Result<Dir<'_, Cached>, FsError> {
         let mut d = self.fs.root_dir();
         for c in components {
             let e = find(&d, c)?;
@@ -95,7 +97,7 @@ impl FatFs {
 
 /// The entry named `name` in `d`: exactly, else ignoring ASCII case (as
 /// FAT compares names).
-fn find<'a>(d: &Dir<'a, Window>, name: &str) -> Result<fatfs::DirEntry<'a, Window>, FsError> {
+fn find<'a>(d: &Dir<'a, Cached>, name: &str) -> Result<fatfs::DirEntry<'a, Cached>, FsError> {
     let mut loose = None;
     for e in d.iter() {
         let e = e.map_err(FsError::from_io)?;
@@ -133,7 +135,7 @@ fn mtime(t: fatfs::DateTime) -> Option<Mtime> {
     })
 }
 
-fn entry(e: &fatfs::DirEntry<'_, Window>) -> Entry {
+fn entry(e: &fatfs::DirEntry<'_, Cached>) -> Entry {
     let kind = if e.is_dir() {
         EntryType::Dir
     } else {

@@ -1,12 +1,13 @@
 //! NTFS through the `ntfs` crate: named data streams (alternate data
 //! streams) are listed with each file and can be read by name.
 
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::Write;
 
 use ntfs::indexes::NtfsFileNameIndex;
 use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
 use ntfs::{Ntfs, NtfsAttributeType, NtfsError, NtfsFile, NtfsReadSeek, NtfsTime};
 
+use super::window::Cached;
 use super::{Entry, EntryType, FsError, Mtime, Stream, Window, copy_to};
 
 /// File records below this number are the file system's own metafiles
@@ -16,61 +17,6 @@ const FIRST_USER_RECORD: u64 = 24;
 /// NTFS times count 100 ns intervals from 1601-01-01 UTC; this many
 /// seconds lie between then and 1970-01-01.
 const EPOCH_DIFF_SECS: i64 = 11_644_473_600;
-
-/// Bytes a [`Cached`] reader reads at once.
-const CHUNK: usize = 64 << 10;
-
-/// The `ntfs` crate reads a few bytes at a time and seeks between them:
-/// `Cached` keeps the last chunk read so that those small reads do not
-/// each go through the image's format.
-struct Cached {
-    inner: Window,
-    pos: u64,
-    chunk_at: u64,
-    chunk: Vec<u8>,
-}
-
-impl Read for Cached {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.len() >= CHUNK {
-            self.inner.seek(SeekFrom::Start(self.pos))?;
-            let n = self.inner.read(buf)?;
-            self.pos += n as u64;
-            return Ok(n);
-        }
-        let inside =
-            self.pos >= self.chunk_at && self.pos < self.chunk_at + self.chunk.len() as u64;
-        if !inside {
-            let at = self.pos - self.pos % CHUNK as u64;
-            let n = (self.inner.len().saturating_sub(at)).min(CHUNK as u64) as usize;
-            self.chunk.resize(n, 0);
-            self.chunk_at = at;
-            if n == 0 {
-                return Ok(0);
-            }
-            if let Err(e) = self.inner.read_exact_at(&mut self.chunk, at) {
-                self.chunk.clear();
-                return Err(e);
-            }
-            if self.pos >= at + n as u64 {
-                return Ok(0);
-            }
-        }
-        let off = (self.pos - self.chunk_at) as usize;
-        let n = buf.len().min(self.chunk.len() - off);
-        buf[..n].copy_from_slice(&self.chunk[off..off + n]);
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Seek for Cached {
-    fn seek(&mut self, seek: SeekFrom) -> io::Result<u64> {
-        self.inner.seek(SeekFrom::Start(self.pos))?;
-        self.pos = self.inner.seek(seek)?;
-        Ok(self.pos)
-    }
-}
 
 pub(super) struct NtfsFs {
     ntfs: Ntfs,
@@ -94,18 +40,13 @@ fn mtime(t: NtfsTime) -> Mtime {
 
 impl NtfsFs {
     pub(super) fn open(w: Window) -> Result<NtfsFs, FsError> {
-        let mut reader = Cached {
-            inner: w,
-            pos: 0,
-            chunk_at: 0,
-            chunk: Vec::new(),
-        };
+        let mut reader = Cached::new(w);
         let mut ntfs = Ntfs::new(&mut reader).map_err(err)?;
-        if ntfs.size() > reader.inner.len() {
+        if ntfs.size() > reader.len() {
             return Err(FsError::Crate(format!(
                 "boot sector: the volume spans {} bytes, but the partition holds {} bytes (truncated?)",
                 ntfs.size(),
-                reader.inner.len()
+                reader.len()
             )));
         }
         ntfs.read_upcase_table(&mut reader).map_err(err)?;

@@ -14,6 +14,14 @@ use crate::error::Error;
 /// before each operation (see `fs::Volume`).
 pub(crate) type Budget = Rc<Cell<u64>>;
 
+/// Every read is charged at least this many bytes (a sector), so that a
+/// crate looping over tiny reads (FAT's 32-byte directory entries) spends
+/// its budget in about as many reads as one looping over sectors.
+const MIN_CHARGE: u64 = 512;
+
+/// Bytes a [`Cached`] reader reads from the disk at once.
+const CHUNK: usize = 64 << 10;
+
 /// The error a window's read returns when its budget is spent: damaged
 /// structures that make a crate read in a loop end here.
 #[derive(Debug)]
@@ -83,14 +91,22 @@ impl Window {
                 ),
             ));
         }
-        self.take(buf.len() as u64)?;
+        self.charge(buf.len() as u64)?;
+        self.read_uncharged(buf, offset)
+    }
+
+    /// [`Window::read_exact_at`] without charging the budget (for
+    /// [`Cached`], which charges each of its own reads), checked by the
+    /// caller to lie inside the window.
+    fn read_uncharged(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.disk
             .read_at(buf, self.start + offset)
             .map_err(io::Error::other)
     }
 
-    /// Charge `n` bytes to the budget.
-    fn take(&self, n: u64) -> io::Result<()> {
+    /// Charge `n` bytes (at least [`MIN_CHARGE`]) to the budget.
+    fn charge(&self, n: u64) -> io::Result<()> {
+        let n = n.max(MIN_CHARGE);
         let left = self.budget.get();
         if n > left {
             self.budget.set(0);
@@ -140,6 +156,86 @@ impl Write for Window {
             io::ErrorKind::PermissionDenied,
             "file systems are read-only here",
         ))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A [`Window`] that keeps the last 64 KiB chunk it read: the `ntfs` and
+/// `fatfs` crates read a few bytes at a time and seek between them, and
+/// each such read would otherwise go through the image's format. Every
+/// read is charged to the budget, whether the chunk serves it or not (a
+/// crate looping over cached bytes must still run out).
+pub(crate) struct Cached {
+    inner: Window,
+    pos: u64,
+    chunk_at: u64,
+    chunk: Vec<u8>,
+}
+
+impl Cached {
+    pub(crate) fn new(inner: Window) -> Cached {
+        Cached {
+            inner,
+            pos: 0,
+            chunk_at: 0,
+            chunk: Vec::new(),
+        }
+    }
+
+    /// Length of the window.
+    pub(crate) fn len(&self) -> u64 {
+        self.inner.len
+    }
+}
+
+impl Read for Cached {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let len = self.inner.len;
+        let n = (buf.len() as u64).min(len.saturating_sub(self.pos)) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.inner.charge(n as u64)?;
+        let buf = &mut buf[..n];
+        if n >= CHUNK {
+            self.inner.read_uncharged(buf, self.pos)?;
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        let inside =
+            self.pos >= self.chunk_at && self.pos < self.chunk_at + self.chunk.len() as u64;
+        if !inside {
+            let at = self.pos - self.pos % CHUNK as u64;
+            let size = (len - at).min(CHUNK as u64) as usize;
+            self.chunk.resize(size, 0);
+            self.chunk_at = at;
+            if let Err(e) = self.inner.read_uncharged(&mut self.chunk, at) {
+                self.chunk.clear();
+                return Err(e);
+            }
+        }
+        let off = (self.pos - self.chunk_at) as usize;
+        let n = n.min(self.chunk.len() - off);
+        buf[..n].copy_from_slice(&self.chunk[off..off + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Cached {
+    fn seek(&mut self, seek: SeekFrom) -> io::Result<u64> {
+        self.inner.pos = self.pos;
+        self.pos = self.inner.seek(seek)?;
+        Ok(self.pos)
+    }
+}
+
+/// Writes fail, as a [`Window`]'s do.
+impl Write for Cached {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
