@@ -712,3 +712,37 @@ fn partitions_are_selected_by_number_or_name() {
     assert_eq!(listed(&format!("{g}:esp:/"), &[]), want);
     assert_eq!(listed(&format!("{g}:2:/"), &[]), want);
 }
+
+/// A FAT long name edited to hold `../`: `extract` refuses it and writes
+/// nothing outside DEST.
+#[test]
+fn hostile_names_never_leave_the_destination() {
+    if !have(&["mkfs.fat", "mcopy"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("long name evil.txt"), b"evil").unwrap();
+    let img = dir.path().join("fat.img");
+    make_fat(&src, &img);
+    let raw = std::fs::read(&img).unwrap();
+    let long: Vec<u8> = "long".encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let at = raw
+        .windows(long.len())
+        .position(|w| w == long.as_slice())
+        .expect("the long name's first characters");
+    let evil: Vec<u8> = "../x".encode_utf16().flat_map(u16::to_le_bytes).collect();
+    patch_file(&img, at as u64, &evil);
+    let l = vhdkit_stdout(&["ls", &format!("{}:/", img.display())]);
+    assert!(l.contains("../x name evil.txt"), "{l}");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let out = work.join("out");
+    fails_clearly(
+        &["extract", &format!("{}:/", img.display()), s(&out)],
+        &["../x name evil.txt", "stay inside the destination"],
+    );
+    assert!(!work.join("x name evil.txt").exists());
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 1, "only DEST");
+}
