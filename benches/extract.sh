@@ -28,7 +28,7 @@ cd "$work"
 
 # Seconds `$@` takes, wall-clock and CPU: "WALL CPU".
 timed() {
-  /usr/bin/time -f '%e %U %S' -o time.out "$@" >/dev/null 2>&1
+  /usr/bin/time -f '%e %U %S' -o time.out "$@" >/dev/null
   awk '{ print $1, $2 + $3 }' time.out
 }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
@@ -42,8 +42,8 @@ make_disk() {
   local name=$1 tree=$2 mib=$3
   truncate -s "${mib}M" "$name.fs"
   mkfs.ext4 -q -F -d "$tree" "$name.fs"
-  truncate -s "$((mib + 2))M" "$name.raw"
-  sgdisk -q -n 1:2048:+"${mib}M" -t 1:8300 "$name.raw" >/dev/null
+  truncate -s "$((mib + 4))M" "$name.raw"
+  sgdisk -n 1:2048:+"${mib}M" -t 1:8300 "$name.raw" >/dev/null
   dd if="$name.fs" of="$name.raw" bs=1M seek=1 conv=notrunc,sparse status=none
   "$vhdkit" convert -q -f raw -O vhdx "$name.raw" "$name.vhdx"
   rm -f "$name.raw"
@@ -70,7 +70,7 @@ for tree in small big; do
     timed "$vhdkit" extract "$tree.vhdx:1:/" out >>"$tree.v.t"
     [ "$i" = 1 ] && { sums out | cmp -s - "$tree.want" || { echo "vhdkit extract differs" >&2; exit 1; }; }
     rm -rf out && mkdir out && sync
-    timed debugfs -R 'rdump / out' "$tree.fs" >>"$tree.d.t"
+    timed sh -c "debugfs -R 'rdump / out' $tree.fs 2>/dev/null" >>"$tree.d.t"
     [ "$i" = 1 ] && { sums out | cmp -s - "$tree.want" || { echo "debugfs rdump differs" >&2; exit 1; }; }
   done
   rm -rf out
