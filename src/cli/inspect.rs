@@ -21,22 +21,38 @@ pub fn info(json: bool, image: &Path, parent: &ParentArgs) -> Outcome {
     super::say_info_hints(&mut info);
     // A table that cannot be read only means there is no minimum to show.
     info.minimum_size = vhdkit::resize::minimum_size(disk.as_ref()).unwrap_or(None);
-    emit(json, &info, report::write_info_text)?;
-    if !json {
-        print_rows(&super::partitions::info_lines(disk.as_ref()))?;
+    if json {
+        emit(json, &info, report::write_info_text)?;
+    } else {
+        let mut text = Vec::new();
+        report::write_info_text(&info, &mut text).map_err(super::output::stdout_err)?;
+        add_rows(&mut text, &super::partitions::info_lines(disk.as_ref()));
+        use std::io::Write;
+        std::io::stdout()
+            .lock()
+            .write_all(&text)
+            .map_err(super::output::stdout_err)?;
     }
     Ok(0)
 }
 
-/// Print `key  value` rows after the info report.
-fn print_rows(rows: &[(String, String)]) -> Outcome {
+/// Append `key  value` rows to the info report `text`, their values in
+/// its value column (wider keys push theirs further).
+fn add_rows(text: &mut Vec<u8>, rows: &[(String, String)]) {
     use std::io::Write;
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    let mut out = std::io::stdout().lock();
+    // The report's value column: where the first line's value starts.
+    let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    let key_end = first.windows(2).position(|w| w == b"  ").unwrap_or(0);
+    let column = key_end + first[key_end..].iter().take_while(|&&b| b == b' ').count();
+    let width = rows
+        .iter()
+        .map(|(k, _)| k.len())
+        .chain([column.saturating_sub(2)])
+        .max()
+        .unwrap_or(0);
     for (k, v) in rows {
-        writeln!(out, "{k:<width$}  {v}").map_err(super::output::stdout_err)?;
+        let _ = writeln!(text, "{k:<width$}  {v}");
     }
-    Ok(0)
 }
 
 /// `vhdkit check`: the exit status is the report's.

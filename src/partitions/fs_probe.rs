@@ -123,6 +123,9 @@ const BOOT_SIGNATURE: [u8; 2] = [0x55, 0xaa];
 const FAT12_CLUSTERS: u64 = 4085;
 /// Bytes of one NTFS MFT record read for the volume label, at most.
 const NTFS_RECORD_MAX: usize = 64 << 10;
+/// The update sequence protects the last two bytes of every 512 bytes of
+/// a record, whatever the sector size.
+const NTFS_FIXUP_STRIDE: usize = 512;
 /// MFT record number of $Volume.
 const NTFS_VOLUME_RECORD: u64 = 3;
 /// Attribute type $VOLUME_NAME.
@@ -280,29 +283,27 @@ fn ntfs_label(b: &[u8], win: &Window<'_>) -> Option<String> {
     } else {
         cluster.checked_mul(per_record as u64)
     };
-    let Some(record) = record.filter(|&r| (512..=NTFS_RECORD_MAX as u64).contains(&r)) else {
-        return None;
-    };
-    let Some(at) = le64(b, 0x30)
-        .checked_mul(cluster)
-        .and_then(|m| m.checked_add(NTFS_VOLUME_RECORD * record))
-    else {
-        return None;
-    };
+    let record = record.filter(|&r| (512..=NTFS_RECORD_MAX as u64).contains(&r))?;
+    let at = le64(b, 0x30)
+        .checked_mul(cluster)?
+        .checked_add(NTFS_VOLUME_RECORD * record)?;
     let mut rec = vec![0u8; record as usize];
-    if win.read_exact_at(&mut rec, at).is_err() || &rec[..4] != b"FILE" || sector < 2 {
+    if win.read_exact_at(&mut rec, at).is_err() || &rec[..4] != b"FILE" {
         return None;
     }
-    // Undo the update sequence: the last two bytes of each sector were
-    // replaced by the sequence number and saved in the array.
+    // Undo the update sequence: the last two bytes of each 512-byte block
+    // (whatever the sector size) were replaced by the sequence number and
+    // saved in the array.
     let usa = usize::from(le16(&rec, 4));
     let usa_count = usize::from(le16(&rec, 6));
-    let sector = sector as usize;
-    if usa_count == 0 || usa + usa_count * 2 > rec.len() || (usa_count - 1) * sector > rec.len() {
+    if usa_count == 0
+        || usa + usa_count * 2 > rec.len()
+        || (usa_count - 1) * NTFS_FIXUP_STRIDE > rec.len()
+    {
         return None;
     }
     for i in 1..usa_count {
-        let end = i * sector;
+        let end = i * NTFS_FIXUP_STRIDE;
         let saved = [rec[usa + i * 2], rec[usa + i * 2 + 1]];
         rec[end - 2..end].copy_from_slice(&saved);
     }
@@ -337,13 +338,10 @@ fn exfat_label(b: &[u8], win: &Window<'_>) -> Option<String> {
     let heap = u64::from(le32(b, 0x58)) << sector_shift;
     let root = u64::from(le32(b, 0x60));
     let cluster = 1u64 << (sector_shift + cluster_shift);
-    let Some(at) = root
-        .checked_sub(2)
-        .and_then(|r| r.checked_mul(cluster))
-        .and_then(|r| r.checked_add(heap))
-    else {
-        return None;
-    };
+    let at = root
+        .checked_sub(2)?
+        .checked_mul(cluster)?
+        .checked_add(heap)?;
     let mut dir = vec![0u8; (cluster as usize).min(EXFAT_ROOT_MAX)];
     if win.read_exact_at(&mut dir, at).is_err() {
         return None;

@@ -9,11 +9,14 @@
 //! [`types`] (type names), [`fs_probe`] (file-system superblocks).
 //!
 //! The parsers are small and written here rather than taken from a crate:
-//! `gpt` needs a `Read + Write + Seek` device, and `gptman` allocates one
-//! entry per `number_of_partition_entries` of a header (up to 2^32) before
-//! reading any, rejects headers larger than 92 bytes, and does not say
-//! when it fell back to the backup header. Every count and offset read
-//! here is checked against a named limit and the disk's size first.
+//! `gpt` needs a `Read + Write + Seek` device; `gptman` allocates one entry
+//! per `number_of_partition_entries` of a header (up to 2^32) before
+//! reading any, computes entry offsets without overflow checks, rejects
+//! headers larger than 92 bytes, and does not say when it fell back to the
+//! backup header; `mbrman` computes EBR offsets in unchecked `u32`
+//! arithmetic (a hostile extended partition overflows it) and bounds an EBR
+//! chain only by the disk's size. Every count and offset read here is
+//! checked against a named limit and the disk's size first.
 
 pub mod fs_probe;
 pub mod gpt;
