@@ -112,6 +112,29 @@ if command -v sgdisk >/dev/null && command -v sfdisk >/dev/null && command -v mk
   head -c 512 "$tmp/m.raw" > corpus/partitions/mbr-sector
   sparse "$tmp/f.fat" corpus/partitions/bare-fat.sparse
 fi
+# Small bare file systems with a few files, for fs_list (sparse form).
+mkdir -p corpus/fs_list
+if command -v mkfs.fat >/dev/null && command -v mcopy >/dev/null && command -v mke2fs >/dev/null; then
+  mkdir -p "$tmp/tree/dir/sub"
+  printf 'hello\n' > "$tmp/tree/a.txt"
+  head -c 3000 /dev/zero | tr '\0' x > "$tmp/tree/dir/b.bin"
+  printf 'deep\n' > "$tmp/tree/dir/sub/c"
+  ln -s ../a.txt "$tmp/tree/dir/link"
+  mke2fs -q -t ext4 -d "$tmp/tree" "$tmp/s.ext4" 1024
+  sparse "$tmp/s.ext4" corpus/fs_list/ext4.sparse
+  mke2fs -q -t ext2 -d "$tmp/tree" "$tmp/s.ext2" 256
+  sparse "$tmp/s.ext2" corpus/fs_list/ext2.sparse
+  mkfs.fat -F 12 -C "$tmp/s.fat" 512 >/dev/null
+  mcopy -s -i "$tmp/s.fat" "$tmp/tree/a.txt" "$tmp/tree/dir" ::/ 2>/dev/null || true
+  sparse "$tmp/s.fat" corpus/fs_list/fat12.sparse
+fi
+if command -v mkntfs >/dev/null && command -v ntfscp >/dev/null; then
+  truncate -s 2M "$tmp/s.ntfs"
+  mkntfs -q -F "$tmp/s.ntfs" >/dev/null 2>&1
+  ntfscp "$tmp/s.ntfs" "$tmp/tree/a.txt" a.txt >/dev/null 2>&1
+  ntfscp -N ads "$tmp/s.ntfs" "$tmp/tree/dir/sub/c" a.txt >/dev/null 2>&1
+  sparse "$tmp/s.ntfs" corpus/fs_list/ntfs.sparse
+fi
 # NBD client sessions (handshakes, options, requests).
 python3 nbd-seeds.py corpus/nbd_server
 echo "seeds in fuzz/corpus/"

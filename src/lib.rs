@@ -128,6 +128,7 @@ pub mod chain_check;
 pub mod compact;
 pub mod convert;
 pub mod damage;
+pub mod fs;
 pub mod keyfile;
 pub mod merge;
 pub mod nbd;

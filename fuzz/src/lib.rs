@@ -13,6 +13,8 @@ use vhdkit::{MemStorage, Storage};
 
 #[path = "evhd_seal.rs"]
 pub mod evhd_seal;
+#[path = "fs_list.rs"]
+pub mod fs_list;
 #[path = "nbd_server.rs"]
 pub mod nbd_server;
 #[path = "vhdx_log.rs"]
@@ -27,7 +29,7 @@ pub const READ_LIMIT: u64 = 16 << 20;
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets by name.
-pub const TARGETS: [(&str, Target); 8] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("open_vhd", open_vhd),
     ("open_vhdx", open_vhdx),
     ("open_evhd", open_evhd),
@@ -36,6 +38,7 @@ pub const TARGETS: [(&str, Target); 8] = [
     ("write_ops", write_ops::run_bytes),
     ("nbd_server", nbd_server::run_bytes),
     ("partitions", partitions),
+    ("fs_list", fs_list::run_bytes),
 ];
 
 /// The throw-away key the EVHD seeds are addressed to (`test-key.xml`,

@@ -293,6 +293,12 @@ pub enum Command {
     },
     /// Merge a differencing image into its parent (or an older ancestor) in place.
     Merge(MergeArgs),
+    /// List a directory of a file system in the image (ext2/3/4, NTFS, FAT): IMAGE[:PART]:/PATH.
+    Ls(super::fs::LsArgs),
+    /// Print a file of a file system in the image to stdout: IMAGE[:PART]:/PATH.
+    Cat(super::fs::CatArgs),
+    /// Copy a file or directory tree out of a file system in the image: IMAGE[:PART]:/PATH DEST.
+    Extract(super::fs::ExtractArgs),
 }
 
 // The arguments of `merge`.

@@ -7,6 +7,7 @@ mod compact;
 mod data;
 mod device;
 mod evhd;
+mod fs;
 mod image;
 mod inspect;
 mod keys;
@@ -274,5 +275,8 @@ fn run(cmd: Command) -> Outcome {
             force,
         } => lifecycle::set(&image, reset_id, physical_sector_size, force),
         Command::Merge(a) => merge::merge(a),
+        Command::Ls(a) => fs::ls(a),
+        Command::Cat(a) => fs::cat(a),
+        Command::Extract(a) => fs::extract(a),
     }
 }

@@ -1,0 +1,170 @@
+//! ext2/3/4 through the `ext4-view` crate.
+
+use std::io::Write;
+
+use ext4_view::{Ext4, Ext4Error, FileType, Metadata};
+
+use super::{Entry, EntryType, FsError, FsKind, Mtime, Window, copy_to};
+
+/// Byte offset of the superblock in the file system.
+const SUPERBLOCK: usize = 1024;
+/// `s_magic` (offset in the superblock) and its value.
+const MAGIC_AT: usize = 0x38;
+const MAGIC: u16 = 0xEF53;
+/// `s_feature_compat`: a journal (ext3).
+const COMPAT_HAS_JOURNAL: u32 = 0x4;
+/// `s_feature_incompat` bits only ext4 sets: extents, 64bit, flex_bg.
+const INCOMPAT_EXT4: u32 = 0x40 | 0x80 | 0x200;
+/// `s_feature_incompat`: block numbers are 64 bits (`s_blocks_count_hi` counts).
+const INCOMPAT_64BIT: u32 = 0x80;
+/// `s_feature_ro_compat` bits only ext4 sets: huge_file, gdt_csum,
+/// dir_nlink, extra_isize, metadata_csum.
+const RO_COMPAT_EXT4: u32 = 0x8 | 0x10 | 0x20 | 0x40 | 0x400;
+/// Largest `s_log_block_size`: 64 KiB blocks.
+const MAX_LOG_BLOCK_SIZE: u32 = 6;
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// ext2, ext3 or ext4 by the superblock in `head` (the first 2 KiB).
+pub(super) fn sniff(head: &[u8]) -> Option<FsKind> {
+    let sb = head.get(SUPERBLOCK..SUPERBLOCK + 1024)?;
+    if u16::from_le_bytes([sb[MAGIC_AT], sb[MAGIC_AT + 1]]) != MAGIC {
+        return None;
+    }
+    let (compat, incompat, ro) = (le32(sb, 0x5C), le32(sb, 0x60), le32(sb, 0x64));
+    Some(
+        if incompat & INCOMPAT_EXT4 != 0 || ro & RO_COMPAT_EXT4 != 0 {
+            FsKind::Ext4
+        } else if compat & COMPAT_HAS_JOURNAL != 0 {
+            FsKind::Ext3
+        } else {
+            FsKind::Ext2
+        },
+    )
+}
+
+/// The bytes the superblock says the file system spans: refused when the
+/// partition is shorter (truncated) before the crate sizes anything on it.
+fn check_size(w: &Window) -> Result<(), FsError> {
+    let mut sb = vec![0u8; 1024];
+    w.read_exact_at(&mut sb, SUPERBLOCK as u64)
+        .map_err(FsError::from_io)?;
+    let log = le32(&sb, 0x18);
+    if log > MAX_LOG_BLOCK_SIZE {
+        return Err(FsError::Crate(format!(
+            "superblock: s_log_block_size {log} is over {MAX_LOG_BLOCK_SIZE} (blocks of at most 64 KiB)"
+        )));
+    }
+    let mut blocks = u64::from(le32(&sb, 0x4));
+    if le32(&sb, 0x60) & INCOMPAT_64BIT != 0 {
+        blocks |= u64::from(le32(&sb, 0x150)) << 32;
+    }
+    let bytes = u128::from(blocks) << (10 + log);
+    if bytes > u128::from(w.len()) {
+        return Err(FsError::Crate(format!(
+            "superblock: the file system spans {bytes} bytes ({blocks} blocks of {}), but the partition holds {} bytes (truncated?)",
+            1u64 << (10 + log),
+            w.len()
+        )));
+    }
+    Ok(())
+}
+
+pub(super) struct Ext4Fs {
+    fs: Ext4,
+}
+
+impl Ext4Fs {
+    pub(super) fn open(w: Window) -> Result<Ext4Fs, FsError> {
+        check_size(&w)?;
+        let fs = Ext4::load(Box::new(w)).map_err(err)?;
+        Ok(Ext4Fs { fs })
+    }
+
+    /// The entry for `path` whose metadata is `m`.
+    fn entry(&self, name: String, path: &str, m: &Metadata) -> Result<Entry, FsError> {
+        let kind = match m.file_type() {
+            FileType::Regular => EntryType::File,
+            FileType::Directory => EntryType::Dir,
+            FileType::Symlink => EntryType::Symlink,
+            _ => EntryType::Other,
+        };
+        let mut e = Entry::new(name, kind);
+        e.size = if kind == EntryType::Dir { 0 } else { m.len() };
+        let t = m.modified();
+        e.mtime = Some(Mtime {
+            secs: t.seconds(),
+            nanos: t.nanoseconds(),
+        });
+        e.mode = Some(u32::from(m.mode()) & 0o7777);
+        if kind == EntryType::Symlink {
+            let target = self.fs.read_link(path).map_err(err)?;
+            e.target = Some(target.display().to_string());
+        }
+        Ok(e)
+    }
+}
+
+/// The crate's path for `components`.
+fn path(components: &[String]) -> String {
+    format!("/{}", components.join("/"))
+}
+
+/// The crate's error as ours.
+fn err(e: Ext4Error) -> FsError {
+    match e {
+        Ext4Error::NotFound => FsError::NotFound,
+        Ext4Error::NotADirectory => FsError::NotADir,
+        Ext4Error::IsADirectory => FsError::IsADir,
+        Ext4Error::IsASpecialFile => FsError::NotAFile,
+        Ext4Error::Io(b) => match b.downcast::<std::io::Error>() {
+            Ok(io) => FsError::from_io(*io),
+            Err(b) => FsError::Crate(b.to_string()),
+        },
+        e => FsError::Crate(e.to_string()),
+    }
+}
+
+impl super::FileSystem for Ext4Fs {
+    fn stat(&mut self, components: &[String]) -> Result<Entry, FsError> {
+        let p = path(components);
+        let m = self.fs.symlink_metadata(p.as_str()).map_err(err)?;
+        let name = components.last().cloned().unwrap_or_else(|| "/".into());
+        self.entry(name, &p, &m)
+    }
+
+    fn list(&mut self, components: &[String], max: usize) -> Result<Vec<Entry>, FsError> {
+        let p = path(components);
+        let mut out = Vec::new();
+        for de in self.fs.read_dir(p.as_str()).map_err(err)? {
+            let de = de.map_err(err)?;
+            let name = de.file_name().display().to_string();
+            if name == "." || name == ".." {
+                continue;
+            }
+            if out.len() == max {
+                return Err(FsError::TooMany("entries in one directory", max));
+            }
+            let m = de.metadata().map_err(err)?;
+            let child = de.path().display().to_string();
+            out.push(self.entry(name, &child, &m)?);
+        }
+        Ok(out)
+    }
+
+    fn read_file(
+        &mut self,
+        components: &[String],
+        stream: Option<&str>,
+        out: &mut dyn Write,
+    ) -> Result<u64, FsError> {
+        if let Some(s) = stream {
+            return Err(FsError::NoStream(s.to_string()));
+        }
+        let mut f = self.fs.open(path(components).as_str()).map_err(err)?;
+        let len = f.metadata().len();
+        copy_to(|buf| f.read_bytes(buf).map_err(err), out, len)
+    }
+}
