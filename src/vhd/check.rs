@@ -31,6 +31,9 @@ enum Kind {
     OnMeta,
     Shared,
     Leak,
+    /// Unreferenced space that is a hole in the file: it takes no room
+    /// (what a quick compact leaves).
+    Punched,
 }
 
 impl Kind {
@@ -43,6 +46,11 @@ impl Kind {
             Kind::OnMeta => (Severity::Error, TABLE, "blocks overlapping metadata"),
             Kind::Shared => (Severity::Error, TABLE, "overlapping pairs of blocks"),
             Kind::Leak => (Severity::Leak, "VHD file", "unreferenced ranges"),
+            Kind::Punched => (
+                Severity::Info,
+                "VHD file",
+                "unreferenced ranges that are holes in the file",
+            ),
         }
     }
 
@@ -52,14 +60,14 @@ impl Kind {
             Kind::BeyondSize => FindingKind::BeyondSize,
             Kind::PastEnd => FindingKind::OutOfBounds,
             Kind::OnMeta | Kind::Shared => FindingKind::Overlap,
-            Kind::Leak => FindingKind::Leak,
+            Kind::Leak | Kind::Punched => FindingKind::Leak,
         }
     }
 }
 
 /// Counts of the findings of each [`Kind`].
 #[derive(Default)]
-struct Listed([usize; 5]);
+struct Listed([usize; 6]);
 
 impl Listed {
     /// Add a finding of `kind` (its message made only when it is listed).
@@ -86,6 +94,7 @@ impl Listed {
             Kind::OnMeta,
             Kind::Shared,
             Kind::Leak,
+            Kind::Punched,
         ] {
             let n = self.0[kind as usize];
             if n > MAX_LISTED {
@@ -600,12 +609,22 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         // no leak beyond the file's end.
         let s = s.min(len);
         if s > pos && s - pos >= span.max(4096) {
-            listed.add(report, Kind::Leak, Some(pos), || {
-                format!(
-                    "{} bytes at {pos:#x}..{s:#x} are referenced by no structure",
-                    s - pos
-                )
-            });
+            if is_hole(storage, pos, s) {
+                listed.add(report, Kind::Punched, Some(pos), || {
+                    format!(
+                        "{} bytes at {pos:#x}..{s:#x} are referenced by no structure and are a \
+                         hole in the file, taking no space (a full compact cuts them out)",
+                        s - pos
+                    )
+                });
+            } else {
+                listed.add(report, Kind::Leak, Some(pos), || {
+                    format!(
+                        "{} bytes at {pos:#x}..{s:#x} are referenced by no structure",
+                        s - pos
+                    )
+                });
+            }
         }
         pos = pos.max(e);
     }
@@ -618,6 +637,20 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         repair_footers(storage, &fs, &footer, &header, hoff, end_of_data, report)?;
     }
     Ok(())
+}
+
+/// Stored bytes a punched range may keep at its two ends: a hole covers
+/// only whole file-system blocks, so the partial ones at its edges stay.
+const PUNCH_EDGES: u64 = 2 * 4096;
+
+/// Whether `start..end` of the file is a hole but for its partial edge
+/// blocks (the storage says it holds no more data there); `false` when the
+/// storage cannot tell.
+fn is_hole(storage: &dyn Storage, start: u64, end: u64) -> bool {
+    match storage.data_runs(start, end - start) {
+        Ok(Some(runs)) => runs.iter().map(|&(_, n)| n).sum::<u64>() <= PUNCH_EDGES,
+        _ => false,
+    }
 }
 
 /// Rewrite what the checks showed to be damaged and can be rebuilt from a
