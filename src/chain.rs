@@ -81,6 +81,18 @@ pub(crate) trait ChildLayer {
     fn attach_parent(&mut self, parent: Parent);
 }
 
+/// What the error of a recorded parent path leading back into the chain
+/// says after the path it leads to.
+const LOOP_MARK: &str = "which is already in the parent chain";
+
+/// Whether `e` is the error of a recorded parent path that leads back to
+/// `path` (canonical), already in the chain being opened.
+pub(crate) fn loops_to(e: &Error, path: &Path) -> bool {
+    e.kind() == ErrorKind::Corrupt
+        && e.message()
+            .contains(&format!("leads to {}, {LOOP_MARK}", path.display()))
+}
+
 /// `layer` with its parent (and so its whole chain) opened and attached.
 ///
 /// A child and its parent normally have one size. A differencing image
@@ -293,7 +305,7 @@ pub(crate) fn open_parent(
                     c.structure,
                     c.offset,
                     format!(
-                        "parent path {:?} leads to {}, which is already in the parent chain ({}); expected a different image",
+                        "parent path {:?} leads to {}, {LOOP_MARK} ({}); expected a different image",
                         c.recorded,
                         p.display(),
                         chain.describe()

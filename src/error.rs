@@ -141,6 +141,12 @@ pub enum Hint {
     /// An in-place write was asked for but the target does not exist: an
     /// image file is created by an ordinary (not in-place) write.
     CreateImageFile,
+    /// A resize to a smaller size must be allowed explicitly
+    /// ([`crate::resize::resize`]'s `shrink`).
+    Shrink,
+    /// A shrink can go down to the disk's minimum size
+    /// ([`crate::resize::Target::Minimum`]).
+    ToMinimum,
 }
 
 /// An error with its context.

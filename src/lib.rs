@@ -464,19 +464,24 @@ fn check_in_chain(
                     .push(format!("what the child reads from its parent: {text}"));
             }
         }
-        // A parent that is missing or not the recorded one, or keys none of
-        // which opens the image, leave the image unchecked (exit 1 unless
-        // damage was found), not damaged.
+        // A parent that is missing, not the recorded one, in use by another
+        // program or unreadable, or keys none of which opens the image,
+        // leave the image unchecked (exit 1 unless damage was found), not
+        // damaged.
         Err(e)
             if matches!(
                 e.kind(),
-                ErrorKind::ParentMissing | ErrorKind::ParentMismatch | ErrorKind::KeyMismatch
+                ErrorKind::ParentMissing
+                    | ErrorKind::ParentMismatch
+                    | ErrorKind::KeyMismatch
+                    | ErrorKind::InUse
+                    | ErrorKind::Io
             ) =>
         {
             // The EVHD check has already said that no key given opens it.
             let said = format == Format::Evhd && e.kind() == ErrorKind::KeyMismatch;
             if !said {
-                report.not_checked.push(e.to_string());
+                report.add_not_checked(e.to_string(), e.hint());
             }
         }
         // An image that does not open as its format is reported as damaged

@@ -164,9 +164,7 @@ impl Link {
         })?;
         let path = std::fs::canonicalize(parent)
             .map_err(|e| crate::io::io_err("parent image", 0)(e).with_path(parent))?;
-        let chain = Chain::default().enter(child)?;
-        let popts = OpenOptions::default();
-        let p = crate::chain::open_path(&path, &popts, &chain)?;
+        let p = open_new_parent(&path, child, "parent")?;
         let pformat = p.info().format;
         if pformat != format {
             return Err(Error::new(
@@ -284,8 +282,7 @@ pub fn rebase_in(
 ) -> Result<RebaseOutcome> {
     let base_canon = std::fs::canonicalize(new_base)
         .map_err(|e| crate::io::io_err("new base image", 0)(e).with_path(new_base))?;
-    let chain = Chain::default().enter(child)?;
-    let base = crate::chain::open_path(&base_canon, &OpenOptions::default(), &chain)?;
+    let base = open_new_parent(&base_canon, child, "base")?;
     let rw = OpenOptions {
         writable: true,
         ..OpenOptions::default()
@@ -383,4 +380,29 @@ pub fn rebase_in(
         copied,
         set_parent: set,
     })
+}
+
+/// Open `path`, to become the parent (`role`: "parent" or "base") of
+/// `child`, with its own chain. A chain that passes through `child` would
+/// loop once `child` records it: that is the caller's mistake, not damage
+/// in `path`, and is refused as such.
+fn open_new_parent(
+    path: &Path,
+    child: &Path,
+    role: &str,
+) -> Result<Box<dyn crate::disk::VirtualDisk>> {
+    let chain = Chain::default().enter(child)?;
+    let opts = OpenOptions::default();
+    match crate::chain::open_path(path, &opts, &chain) {
+        Err(e) if std::fs::canonicalize(child).is_ok_and(|c| crate::chain::loops_to(&e, &c)) => {
+            Err(Error::invalid_argument(format!(
+                "{} cannot be the {role} of {}: its own parent chain leads back to {} (a chain \
+                 must not loop); nothing was changed",
+                path.display(),
+                child.display(),
+                child.display()
+            )))
+        }
+        r => r,
+    }
 }

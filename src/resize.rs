@@ -141,8 +141,9 @@ pub fn resize_storage(
     if new < old {
         if !shrink {
             return Err(Error::invalid_argument(format!(
-                "{new} bytes is smaller than the disk's {old} bytes; shrinking needs --shrink"
-            )));
+                "{new} bytes is smaller than the disk's {old} bytes; nothing was changed"
+            ))
+            .with_hint(crate::Hint::Shrink));
         }
         check_cut(disk.as_ref(), table.as_ref(), new)?;
     }
@@ -250,8 +251,9 @@ fn check_cut(disk: &dyn VirtualDisk, table: Option<&Table>, new: u64) -> Result<
                 ),
             };
             return Err(Error::invalid_argument(format!(
-                "cannot shrink to {new} bytes: {what} (the minimum size; see --to-minimum)"
-            )));
+                "cannot shrink to {new} bytes: {what}, the minimum size"
+            ))
+            .with_hint(crate::Hint::ToMinimum));
         }
         // Everything cut off lies past the last partition.
         return Ok(());

@@ -117,3 +117,43 @@ fn a_loop_is_named() {
     assert_eq!(r.links.len(), 2);
     assert_eq!(r.exit_code(), 2);
 }
+
+#[test]
+fn set_parent_and_rebase_onto_a_child_are_refused_as_a_loop() {
+    for ext in ["vhd", "vhdx"] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(format!("p.{ext}"));
+        let c = dir.path().join(format!("c.{ext}"));
+        let g = dir.path().join(format!("g.{ext}"));
+        vhdkit_ok(["create", s(&p), "8M"]);
+        vhdkit_ok(["create", "--parent", s(&p), s(&c)]);
+        vhdkit_ok(["create", "--parent", s(&c), s(&g)]);
+        let before: Vec<_> = [&p, &c, &g].iter().map(|f| file_sha256(f)).collect();
+        for args in [
+            vec!["set-parent", "--ignore-id", s(&c), s(&g)],
+            vec!["rebase", s(&c), s(&g)],
+        ] {
+            let err = vhdkit_fails(Some(1), &args);
+            assert!(err.contains("must not loop"), "{ext} {args:?}: {err}");
+            assert!(!err.contains("damaged"), "{ext} {args:?}: {err}");
+        }
+        let after: Vec<_> = [&p, &c, &g].iter().map(|f| file_sha256(f)).collect();
+        assert_eq!(before, after, "{ext}");
+    }
+}
+
+#[test]
+fn a_parent_in_use_leaves_the_child_unchecked_not_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.vhdx");
+    let c = dir.path().join("c.vhdx");
+    vhdkit_ok(["create", s(&p), "8M"]);
+    vhdkit_ok(["create", "--parent", s(&p), s(&c)]);
+    let _writer = vhdkit::open(&p, &OpenOptions::new().writable(true)).unwrap();
+    for args in [vec!["check", s(&c)], vec!["check", "--chain", s(&c)]] {
+        let (code, out, _) = vhdkit_run(&args);
+        let out = String::from_utf8_lossy(&out).into_owned();
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(out.contains("in use"), "{args:?}: {out}");
+    }
+}
