@@ -403,7 +403,13 @@ pub fn copy(
     let mut done = 0u64;
     crate::compact::read_ahead(
         &pieces,
-        |&(seg, _, n)| if seg.kind == ExtentKind::Zero { 0 } else { n as usize },
+        |&(seg, _, n)| {
+            if seg.kind == ExtentKind::Zero {
+                0
+            } else {
+                n as usize
+            }
+        },
         |&(seg, pos, _), buf| {
             if buf.is_empty() {
                 return Ok(());

@@ -161,8 +161,14 @@ pub(super) fn copy_within(file: &File, from: u64, to: u64, len: u64) -> io::Resu
         }
         return match e.raw_os_error() {
             Some(
-                libc::EOPNOTSUPP | libc::ENOTTY | libc::ENOSYS | libc::EXDEV | libc::EINVAL
-                | libc::EBADF | libc::EPERM | libc::ETXTBSY,
+                libc::EOPNOTSUPP
+                | libc::ENOTTY
+                | libc::ENOSYS
+                | libc::EXDEV
+                | libc::EINVAL
+                | libc::EBADF
+                | libc::EPERM
+                | libc::ETXTBSY,
             ) => Ok(false),
             _ => Err(e),
         };
