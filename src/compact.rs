@@ -239,18 +239,23 @@ const COPY_CHUNK: usize = 1 << 20;
 /// that hold data show it in their first bytes.
 const FIRST_PIECE: usize = 64 << 10;
 
-/// Most threads a compaction reads with.
+/// Threads a compaction tests blocks and copies them with. More than a
+/// small machine's cores: the work is I/O (several requests in flight
+/// keep a device busy), and a copy that shares a loaded machine with
+/// other work gets its share per thread (`qemu-img convert` runs 8
+/// coroutines over a pool of I/O threads).
 const MAX_THREADS: usize = 4;
 
 /// Pieces a [`read_ahead`] reads before they are written.
 const READ_AHEAD: usize = 4;
 
-/// Threads worth starting: the cores this process may use, at most
-/// [`MAX_THREADS`].
+/// Threads worth starting: [`MAX_THREADS`], or 1 where this process may
+/// use a single core only.
 fn threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_THREADS)
+    match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        1 => 1,
+        _ => MAX_THREADS,
+    }
 }
 
 /// Carry out the `moves` of a plan, `(from, to, len)` each, inside
