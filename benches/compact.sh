@@ -10,11 +10,18 @@
 # threads, vhdkit compact one), and the file sizes each produces (and a
 # fresh `vhdkit convert` of the same content, for scale).
 #
+# The copy each A works on is made with `cp --sparse=$COPY_SPARSE`: with
+# the default (auto) cp leaves the zeroed blocks as holes, as a file system
+# that passes discards through would, and compact finds them without
+# reading them; with never, every zero is stored and compact reads it.
+#
 #   benches/compact.sh            PAIRS (default 5), SIZE_MIB (default 2048),
-#                                 BENCH_DIR (default /dev/shm/vhdkit-compact)
+#                                 BENCH_DIR (default /dev/shm/vhdkit-compact),
+#                                 COPY_SPARSE (default auto; or never)
 set -euo pipefail
 pairs=${PAIRS:-5}
 size_mib=${SIZE_MIB:-2048}
+copy_sparse=${COPY_SPARSE:-auto}
 work=${BENCH_DIR:-/dev/shm/vhdkit-compact}
 here=$(cd "$(dirname "$0")/.." && pwd)
 (cd "$here" && cargo build --release -q --bin vhdkit)
@@ -41,7 +48,7 @@ blocks=$(( size_mib * 1048576 / block ))
 for ((b = 1; b < blocks; b += 2)); do
   $v write --no-children-check base.vhdx --offset $(( b * block )) --pattern 0 --length "$block"
 done
-echo "image: $size_mib MiB dynamic VHDX, $blocks blocks of $(( block >> 20 )) MiB, every other one zeroed"
+echo "image: $size_mib MiB dynamic VHDX, $blocks blocks of $(( block >> 20 )) MiB, every other one zeroed; copies made with cp --sparse=$copy_sparse"
 
 # "elapsed cpu" seconds of one command.
 timed() {
@@ -50,7 +57,7 @@ timed() {
 }
 a_times=() b_times=() a_cpu=() b_cpu=()
 for ((i = 0; i < pairs; i++)); do
-  cp base.vhdx a.vhdx
+  cp --sparse="$copy_sparse" base.vhdx a.vhdx
   sync
   read -r e c <<<"$(timed "$v" compact a.vhdx)"
   a_times+=("$e") a_cpu+=("$c")

@@ -405,30 +405,51 @@ pub fn copy(
         let extents = layer.map(0, size).map_err(|e| e.with_path(&level.path))?;
         maps.push(extents);
     }
-    let mut done = 0u64;
-    let mut buf = Vec::new();
+    // The pieces to write, in order: zero runs whole, data a piece of at
+    // most COPY_PIECE bytes at a time, read on a second thread ahead of
+    // the writes (which happen in the same order as without it).
+    let mut pieces: Vec<(Segment, u64, u64)> = Vec::new();
     for seg in newest_wins(&maps) {
-        let len = seg.end - seg.start;
-        match seg.kind {
-            ExtentKind::Zero => target.write_zeroes(seg.start, len)?,
-            _ => {
-                let layer = &layers[seg.layer];
-                let mut pos = seg.start;
-                while pos < seg.end {
-                    let n = (seg.end - pos).min(COPY_PIECE as u64) as usize;
-                    buf.resize(n, 0);
-                    layer
-                        .read_at(&mut buf, pos)
-                        .map_err(|e| e.with_path(&plan.merged[seg.layer].path))?;
-                    target.write_at(&buf, pos)?;
-                    pos += n as u64;
-                    progress(done + (pos - seg.start));
-                }
-            }
+        if seg.kind == ExtentKind::Zero {
+            pieces.push((seg, seg.start, seg.end - seg.start));
+            continue;
         }
-        done += len;
-        progress(done);
+        let mut pos = seg.start;
+        while pos < seg.end {
+            let n = (seg.end - pos).min(COPY_PIECE as u64);
+            pieces.push((seg, pos, n));
+            pos += n;
+        }
     }
+    let mut done = 0u64;
+    crate::compact::read_ahead(
+        &pieces,
+        |&(seg, _, n)| {
+            if seg.kind == ExtentKind::Zero {
+                0
+            } else {
+                n as usize
+            }
+        },
+        |&(seg, pos, _), buf| {
+            if buf.is_empty() {
+                return Ok(());
+            }
+            layers[seg.layer]
+                .read_at(buf, pos)
+                .map_err(|e| e.with_path(&plan.merged[seg.layer].path))
+        },
+        |&(seg, pos, n), buf| {
+            if seg.kind == ExtentKind::Zero {
+                target.write_zeroes(pos, n)?;
+            } else {
+                target.write_at(buf, pos)?;
+            }
+            done += n;
+            progress(done);
+            Ok(())
+        },
+    )?;
     target.close()?;
     Ok(done)
 }

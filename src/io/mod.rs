@@ -60,9 +60,9 @@ pub trait Storage: Send + Sync {
     }
 
     /// Copy `len` bytes from `from` to the disjoint range at `to` inside
-    /// the storage without passing them through the caller (the kernel's
-    /// `copy_file_range`, which may share the blocks): `Ok(false)` when the
-    /// storage cannot, and nothing was copied. Durable like a write.
+    /// the storage without passing them through the caller, by sharing
+    /// the file system's blocks (a reflink): `Ok(false)` when the storage
+    /// cannot, and nothing was copied. Durable like a write.
     fn copy_within(&self, _from: u64, _to: u64, _len: u64) -> io::Result<bool> {
         Ok(false)
     }

@@ -2,12 +2,14 @@
 //! [`crate::compact`]).
 //!
 //! The BAT is written in place, so each batch of changes goes: moved
-//! blocks copied, flush, BAT sectors written, flush. Only then may a later
-//! move overwrite the space those entries no longer point at. A BAT sector
-//! is written whole (the device's atomic unit), and each entry in it points
-//! either at the old copy, still intact, or at the new one, durable. The
-//! file is cut last: the footer is written at the new end and made durable
-//! before the length changes, so the file always ends in a footer.
+//! blocks copied, flush, BAT sectors written, flush. There are two
+//! batches: the dropped blocks first, then every move (copies land only
+//! in space the first batch freed, see [`crate::compact::plan_moves`]). A
+//! BAT sector is written whole (the device's atomic unit), and each entry
+//! in it points either at the old copy, still intact, or at the new one,
+//! durable. The file is cut last: the footer is written at the new end and
+//! made durable before the length changes, so the file always ends in a
+//! footer.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +19,7 @@ use super::geometry::SECTOR;
 use super::{VhdDisk, bat};
 use crate::VirtualDisk;
 use crate::compact::{
-    CompactReport, Freed, Mode, Packer, copy_down, fixed_refused, punch, reads_zero,
+    CompactReport, Freed, Mode, copy_blocks, fixed_refused, par_map, plan_moves, punch, reads_zero,
 };
 use crate::error::Result;
 use crate::fixed::FixedStruct;
@@ -47,33 +49,19 @@ impl VhdDisk {
             .map(|(i, &e)| (e, i))
             .collect();
         live.sort_unstable();
-        let mut packer = Packer::new(self.reserved(), SECTOR);
+        let drop = par_map(live.len(), |k, buf| self.droppable(live[k].1 as u64, buf))?;
         let mut freed = Freed::default();
         let mut pending: BTreeMap<usize, u32> = BTreeMap::new();
-        let mut buf = Vec::new();
-        for (entry, block) in live {
+        let mut kept: Vec<(u64, usize)> = Vec::new();
+        for (&(entry, block), drop) in live.iter().zip(drop) {
             let src = u64::from(entry) * SECTOR;
-            if self.droppable(block as u64, &mut buf)? {
+            if drop {
                 pending.insert(block, bat::UNUSED);
                 freed.add(src, span);
                 report.blocks_dropped += 1;
-                continue;
+            } else {
+                kept.push((src, block));
             }
-            if mode == Mode::Quick {
-                continue;
-            }
-            let dst = packer.place(src, span);
-            if dst == src {
-                continue;
-            }
-            if freed.hits(dst, span) {
-                self.commit_entries(&mut pending)?;
-                freed.clear();
-            }
-            copy_down(self.storage.as_ref(), "VHD block", src, dst, span)?;
-            pending.insert(block, (dst / SECTOR) as u32);
-            freed.add(src, span);
-            report.blocks_moved += 1;
         }
         let dropped = freed.merged();
         self.commit_entries(&mut pending)?;
@@ -81,7 +69,20 @@ impl VhdDisk {
             (report.bytes_punched, report.punch_refused) = punch(self.storage.as_ref(), &dropped)?;
             return Ok(report);
         }
-        self.cut(packer.end().div_ceil(SECTOR) * SECTOR)?;
+        let blocks: Vec<(u64, u64)> = kept.iter().map(|&(s, _)| (s, span)).collect();
+        let plan = plan_moves(&blocks, &self.reserved(), SECTOR);
+        let copies: Vec<(u64, u64, u64)> = plan
+            .moves
+            .iter()
+            .map(|&(k, to)| (kept[k].0, to, span))
+            .collect();
+        copy_blocks(self.storage.as_ref(), "VHD block", &copies)?;
+        for &(k, to) in &plan.moves {
+            pending.insert(kept[k].1, (to / SECTOR) as u32);
+            report.blocks_moved += 1;
+        }
+        self.commit_entries(&mut pending)?;
+        self.cut(plan.end.div_ceil(SECTOR) * SECTOR)?;
         report.size_after = self.storage.len().map_err(io_err("VHD file", 0))?;
         Ok(report)
     }
