@@ -18,6 +18,17 @@
 //! table), a VHD refuses discard, a merge of an image without parent is
 //! refused; a refused operation leaves every file of the chain unchanged.
 //!
+//! The top image is resized whether or not it is differencing (README,
+//! `resize`): a differencing image reads its parent up to the smaller of
+//! the two sizes and zeros past the parent's end, so the model keeps what
+//! each parent reads (a parent's content no longer changes while it has a
+//! child). Growing a child is refused (`Unsupported`) exactly when its
+//! parent reads a non-zero byte in the range coming into use (from the old
+//! size to the smaller of the new size and the parent's); a successful
+//! resize leaves the parents' files unchanged. A merge is refused
+//! (`Unsupported`) exactly when an image it merges, or the ancestor it
+//! writes into, has another size than the top.
+//!
 //! A failure prints the case (`Debug`, which proptest shrinks) and the trace
 //! of the operations as they were resolved against the sizes of the moment.
 
@@ -37,14 +48,6 @@ use vhdkit::{ErrorKind, OpenOptions, VhdBuilder, VhdxBuilder};
 
 const MIB: u64 = 1 << 20;
 const SECTOR: u64 = 512;
-
-/// Generate resize steps on chains of more than one image (the top,
-/// differencing image is resized). Off until resizing a differencing VHD
-/// or VHDX is supported (branch `diffresize`); turn it on after that
-/// merge. The model then resizes the top only: that the parents keep
-/// their size, and what a merge of a resized child must do, are then
-/// decided by that branch's rules and may need a line here.
-const RESIZE_DIFFERENCING: bool = false;
 
 /// A grow that must move a VHD's BAT appends the new table and leaves the
 /// old one's space referenced by nothing, and a full compact never moves
@@ -263,8 +266,7 @@ fn case_strategy(fmt: Fmt) -> impl Strategy<Value = Case> {
         // 8 to 32 MiB, not always a whole number of blocks.
         (8 * MIB / SECTOR..=32 * MIB / SECTOR).prop_map(|s| s * SECTOR),
         prop::sample::select(block_sizes(fmt)),
-        // Half the cases start with the base alone (the only chain that
-        // resizes while RESIZE_DIFFERENCING is off).
+        // Half the cases start with the base alone.
         prop_oneof![
             Just(Vec::new()),
             prop::collection::vec(prop::sample::select(block_sizes(fmt)), 1..MAX_CHAIN),
@@ -299,6 +301,9 @@ struct Image {
     leak_ok: bool,
     /// A VHD whose BAT a grow moved (see [`VHD_MOVED_BAT_LEAKS`]).
     bat_moved: bool,
+    /// What the image reads, kept once it is a parent (empty for the top:
+    /// its content is [`World::model`]).
+    reads: Vec<u8>,
 }
 
 /// The chain on disk and the model of what its top reads.
@@ -367,6 +372,7 @@ impl World {
             block_size: u64::from(case.block_size),
             leak_ok: false,
             bat_moved: false,
+            reads: Vec::new(),
         });
         Ok(w)
     }
@@ -380,6 +386,12 @@ impl World {
 
     fn top(&self) -> &Image {
         self.chain.last().expect("the chain is never empty")
+    }
+
+    /// What the top's parent reads, if the top has one.
+    fn parent(&self) -> Option<&[u8]> {
+        let n = self.chain.len();
+        (n > 1).then(|| self.chain[n - 2].reads.as_slice())
     }
 
     fn size(&self) -> u64 {
@@ -499,11 +511,13 @@ impl World {
                 }
                 .map_err(err("create child"))?;
                 disk.close().map_err(err("close after create"))?;
+                self.chain.last_mut().expect("chain").reads = self.model.clone();
                 self.chain.push(Image {
                     path,
                     block_size: u64::from(block_size),
                     leak_ok: false,
                     bat_moved: false,
+                    reads: Vec::new(),
                 });
             }
         }
@@ -511,11 +525,6 @@ impl World {
     }
 
     fn resize(&mut self, to: NewSize, shrink: bool) -> Step {
-        if self.chain.len() > 1 && !RESIZE_DIFFERENCING {
-            self.trace
-                .push("resize skipped (differencing resize is off)".into());
-            return Ok(());
-        }
         let old = self.size();
         let asked = match to {
             NewSize::Bytes(b) => b,
@@ -533,16 +542,24 @@ impl World {
         };
         // The size is rounded up to whole logical sectors.
         let new = asked.div_ceil(self.sector) * self.sector;
-        let refusal = if new < old && !shrink {
-            Some("a shrink without shrink")
+        // A grown child must read zeros where it comes into use: refused
+        // where its parent shows data there (it was shrunk below it).
+        let parent_shows = |p: &[u8]| {
+            let end = new.min(p.len() as u64);
+            end > old && p[old as usize..end as usize].iter().any(|&b| b != 0)
+        };
+        let refusal = if self.parent().is_some_and(parent_shows) {
+            Some(("a grow over the parent's data", ErrorKind::Unsupported))
+        } else if new < old && !shrink {
+            Some(("a shrink without shrink", ErrorKind::InvalidArgument))
         } else if new < old && self.model[new as usize..].iter().any(|&b| b != 0) {
-            Some("a shrink over non-zero data")
+            Some(("a shrink over non-zero data", ErrorKind::InvalidArgument))
         } else {
             None
         };
         self.trace.push(format!(
             "resize {old:#x} -> {asked:#x} (shrink {shrink}): {}",
-            refusal.map_or("succeeds".to_string(), |r| format!("refused as {r}"))
+            refusal.map_or("succeeds".to_string(), |(r, _)| format!("refused as {r}"))
         ));
         let before = self.files();
         let path = self.top().path.clone();
@@ -554,6 +571,10 @@ impl World {
                 if (done.old_size, done.new_size) != (old, new) {
                     return Err(format!("resize reports {done:?}"));
                 }
+                let n = self.chain.len();
+                if self.files()[..n - 1] != before[..n - 1] {
+                    return Err("the resize of the top changed a parent's file".into());
+                }
                 if new < old && self.fmt == Fmt::Vhd {
                     // src/vhd/resize.rs: the blocks of the entries a shrink
                     // unlinks become leaked space.
@@ -564,7 +585,7 @@ impl World {
                 }
                 self.model.resize(new as usize, 0);
             }
-            (Err(e), Some(_)) if e.kind() == ErrorKind::InvalidArgument => {
+            (Err(e), Some((_, kind))) if e.kind() == kind => {
                 self.unchanged(&before, "the resize")?
             }
             (r, _) => return Err(format!("resize: {r:?}, the model expected {refusal:?}")),
@@ -587,13 +608,31 @@ impl World {
         let up = 1 + usize::from(levels) % (n - 1);
         let ancestor = n - 1 - up;
         let into = self.chain[ancestor].path.clone();
+        // Every image merged and the ancestor need the top's size.
+        let other_size = self.chain[ancestor..n - 1]
+            .iter()
+            .find(|i| i.reads.len() as u64 != self.size());
         self.trace.push(format!(
-            "merge {} into {}{}",
+            "merge {} into {}{}: {}",
             name(&top),
             name(&into),
-            if up > 1 { " (--into)" } else { "" }
+            if up > 1 { " (--into)" } else { "" },
+            other_size.map_or("succeeds".to_string(), |i| format!(
+                "refused, {} has {:#x} bytes",
+                name(&i.path),
+                i.reads.len()
+            ))
         ));
         let opts = MergeOptions::new().into_ancestor((up > 1).then(|| into.clone()));
+        if other_size.is_some() {
+            let before = self.files();
+            return match vhdkit::merge::merge(&top, &opts, &mut |_| {}) {
+                Err(e) if e.kind() == ErrorKind::Unsupported => {
+                    self.unchanged(&before, "the merge of images of other sizes")
+                }
+                r => Err(format!("merge: {r:?}, the model expected a refusal for the sizes")),
+            };
+        }
         let report = vhdkit::merge::merge(&top, &opts, &mut |_| {}).map_err(err("merge"))?;
         let merged: Vec<PathBuf> = self.chain[ancestor + 1..]
             .iter()
@@ -610,6 +649,7 @@ impl World {
             return Err(format!("merged image {} still exists", p.display()));
         }
         self.chain.truncate(ancestor + 1);
+        self.chain[ancestor].reads = Vec::new();
         Ok(())
     }
 
