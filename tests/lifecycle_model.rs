@@ -135,6 +135,10 @@ enum NewSize {
     /// bytes: the smallest shrinks that succeed and the largest that are
     /// refused.
     PastData(i32),
+    /// The parent's size (the top's own without parent) plus this many
+    /// sectors: a child shrunk below its parent grows back over the
+    /// parent's data.
+    Parent(i32),
 }
 
 #[derive(Clone)]
@@ -237,12 +241,21 @@ fn new_size_strategy() -> impl Strategy<Value = NewSize> {
         2 => (-8192i32..8192).prop_map(NewSize::Delta),
         1 => (0i32..(2 << 20)).prop_map(NewSize::PastData),
         1 => (-1024i32..1024).prop_map(NewSize::PastData),
+        2 => (-64i32..64).prop_map(NewSize::Parent),
     ]
 }
 
 fn op_strategy(fmt: Fmt) -> impl Strategy<Value = Op> {
     let write = (pos_strategy(), 0u32..(3 << 20), fill_strategy())
         .prop_map(|(at, len, fill)| Op::Write { at, len, fill });
+    // Zeros from a position to the end (the length is cut at the end): a
+    // child hides its parent's tail, can then shrink below the parent's
+    // data, and growing it back must be refused.
+    let zero_tail = pos_strategy().prop_map(|at| Op::Write {
+        at,
+        len: u32::MAX,
+        fill: Fill::Zero,
+    });
     let discard = (pos_strategy(), 0u32..(12 << 20)).prop_map(|(at, len)| Op::Discard { at, len });
     let resize = (new_size_strategy(), prop::bool::weighted(0.8))
         .prop_map(|(to, shrink)| Op::Resize { to, shrink });
@@ -253,6 +266,7 @@ fn op_strategy(fmt: Fmt) -> impl Strategy<Value = Op> {
         prop::sample::select(block_sizes(fmt)).prop_map(|block_size| Op::Snapshot { block_size });
     prop_oneof![
         8 => write,
+        1 => zero_tail,
         3 => discard,
         3 => resize,
         3 => compact,
@@ -539,6 +553,11 @@ impl World {
                     .map_or(0, |i| i + 1);
                 (end as u64).saturating_add_signed(i64::from(d)).max(MIB)
             }
+            NewSize::Parent(d) => self
+                .parent()
+                .map_or(old, |p| p.len() as u64)
+                .saturating_add_signed(i64::from(d) * SECTOR as i64)
+                .max(MIB),
         };
         // The size is rounded up to whole logical sectors.
         let new = asked.div_ceil(self.sector) * self.sector;
@@ -558,7 +577,11 @@ impl World {
             None
         };
         self.trace.push(format!(
-            "resize {old:#x} -> {asked:#x} (shrink {shrink}): {}",
+            "resize {old:#x} -> {asked:#x} (shrink {shrink}){}: {}",
+            self.parent().map_or(String::new(), |p| format!(
+                " over a parent of {:#x}",
+                p.len()
+            )),
             refusal.map_or("succeeds".to_string(), |(r, _)| format!("refused as {r}"))
         ));
         let before = self.files();
@@ -630,7 +653,9 @@ impl World {
                 Err(e) if e.kind() == ErrorKind::Unsupported => {
                     self.unchanged(&before, "the merge of images of other sizes")
                 }
-                r => Err(format!("merge: {r:?}, the model expected a refusal for the sizes")),
+                r => Err(format!(
+                    "merge: {r:?}, the model expected a refusal for the sizes"
+                )),
             };
         }
         let report = vhdkit::merge::merge(&top, &opts, &mut |_| {}).map_err(err("merge"))?;
