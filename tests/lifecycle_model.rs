@@ -18,6 +18,17 @@
 //! table), a VHD refuses discard, a merge of an image without parent is
 //! refused; a refused operation leaves every file of the chain unchanged.
 //!
+//! The top image is resized whether or not it is differencing (README,
+//! `resize`): a differencing image reads its parent up to the smaller of
+//! the two sizes and zeros past the parent's end, so the model keeps what
+//! each parent reads (a parent's content no longer changes while it has a
+//! child). Growing a child is refused (`Unsupported`) exactly when its
+//! parent reads a non-zero byte in the range coming into use (from the old
+//! size to the smaller of the new size and the parent's); a successful
+//! resize leaves the parents' files unchanged. A merge is refused
+//! (`Unsupported`) exactly when an image it merges, or the ancestor it
+//! writes into, has another size than the top.
+//!
 //! A failure prints the case (`Debug`, which proptest shrinks) and the trace
 //! of the operations as they were resolved against the sizes of the moment.
 
@@ -37,14 +48,6 @@ use vhdkit::{ErrorKind, OpenOptions, VhdBuilder, VhdxBuilder};
 
 const MIB: u64 = 1 << 20;
 const SECTOR: u64 = 512;
-
-/// Generate resize steps on chains of more than one image (the top,
-/// differencing image is resized). Off until resizing a differencing VHD
-/// or VHDX is supported (branch `diffresize`); turn it on after that
-/// merge. The model then resizes the top only: that the parents keep
-/// their size, and what a merge of a resized child must do, are then
-/// decided by that branch's rules and may need a line here.
-const RESIZE_DIFFERENCING: bool = false;
 
 /// A grow that must move a VHD's BAT appends the new table and leaves the
 /// old one's space referenced by nothing, and a full compact never moves
@@ -132,6 +135,10 @@ enum NewSize {
     /// bytes: the smallest shrinks that succeed and the largest that are
     /// refused.
     PastData(i32),
+    /// The parent's size (the top's own without parent) plus this many
+    /// sectors: a child shrunk below its parent grows back over the
+    /// parent's data.
+    Parent(i32),
 }
 
 #[derive(Clone)]
@@ -234,12 +241,21 @@ fn new_size_strategy() -> impl Strategy<Value = NewSize> {
         2 => (-8192i32..8192).prop_map(NewSize::Delta),
         1 => (0i32..(2 << 20)).prop_map(NewSize::PastData),
         1 => (-1024i32..1024).prop_map(NewSize::PastData),
+        2 => (-64i32..64).prop_map(NewSize::Parent),
     ]
 }
 
 fn op_strategy(fmt: Fmt) -> impl Strategy<Value = Op> {
     let write = (pos_strategy(), 0u32..(3 << 20), fill_strategy())
         .prop_map(|(at, len, fill)| Op::Write { at, len, fill });
+    // Zeros from a position to the end (the length is cut at the end): a
+    // child hides its parent's tail, can then shrink below the parent's
+    // data, and growing it back must be refused.
+    let zero_tail = pos_strategy().prop_map(|at| Op::Write {
+        at,
+        len: u32::MAX,
+        fill: Fill::Zero,
+    });
     let discard = (pos_strategy(), 0u32..(12 << 20)).prop_map(|(at, len)| Op::Discard { at, len });
     let resize = (new_size_strategy(), prop::bool::weighted(0.8))
         .prop_map(|(to, shrink)| Op::Resize { to, shrink });
@@ -250,6 +266,7 @@ fn op_strategy(fmt: Fmt) -> impl Strategy<Value = Op> {
         prop::sample::select(block_sizes(fmt)).prop_map(|block_size| Op::Snapshot { block_size });
     prop_oneof![
         8 => write,
+        1 => zero_tail,
         3 => discard,
         3 => resize,
         3 => compact,
@@ -263,8 +280,7 @@ fn case_strategy(fmt: Fmt) -> impl Strategy<Value = Case> {
         // 8 to 32 MiB, not always a whole number of blocks.
         (8 * MIB / SECTOR..=32 * MIB / SECTOR).prop_map(|s| s * SECTOR),
         prop::sample::select(block_sizes(fmt)),
-        // Half the cases start with the base alone (the only chain that
-        // resizes while RESIZE_DIFFERENCING is off).
+        // Half the cases start with the base alone.
         prop_oneof![
             Just(Vec::new()),
             prop::collection::vec(prop::sample::select(block_sizes(fmt)), 1..MAX_CHAIN),
@@ -299,6 +315,9 @@ struct Image {
     leak_ok: bool,
     /// A VHD whose BAT a grow moved (see [`VHD_MOVED_BAT_LEAKS`]).
     bat_moved: bool,
+    /// What the image reads, kept once it is a parent (empty for the top:
+    /// its content is [`World::model`]).
+    reads: Vec<u8>,
 }
 
 /// The chain on disk and the model of what its top reads.
@@ -367,6 +386,7 @@ impl World {
             block_size: u64::from(case.block_size),
             leak_ok: false,
             bat_moved: false,
+            reads: Vec::new(),
         });
         Ok(w)
     }
@@ -380,6 +400,12 @@ impl World {
 
     fn top(&self) -> &Image {
         self.chain.last().expect("the chain is never empty")
+    }
+
+    /// What the top's parent reads, if the top has one.
+    fn parent(&self) -> Option<&[u8]> {
+        let n = self.chain.len();
+        (n > 1).then(|| self.chain[n - 2].reads.as_slice())
     }
 
     fn size(&self) -> u64 {
@@ -499,11 +525,13 @@ impl World {
                 }
                 .map_err(err("create child"))?;
                 disk.close().map_err(err("close after create"))?;
+                self.chain.last_mut().expect("chain").reads = self.model.clone();
                 self.chain.push(Image {
                     path,
                     block_size: u64::from(block_size),
                     leak_ok: false,
                     bat_moved: false,
+                    reads: Vec::new(),
                 });
             }
         }
@@ -511,11 +539,6 @@ impl World {
     }
 
     fn resize(&mut self, to: NewSize, shrink: bool) -> Step {
-        if self.chain.len() > 1 && !RESIZE_DIFFERENCING {
-            self.trace
-                .push("resize skipped (differencing resize is off)".into());
-            return Ok(());
-        }
         let old = self.size();
         let asked = match to {
             NewSize::Bytes(b) => b,
@@ -530,19 +553,36 @@ impl World {
                     .map_or(0, |i| i + 1);
                 (end as u64).saturating_add_signed(i64::from(d)).max(MIB)
             }
+            NewSize::Parent(d) => self
+                .parent()
+                .map_or(old, |p| p.len() as u64)
+                .saturating_add_signed(i64::from(d) * SECTOR as i64)
+                .max(MIB),
         };
         // The size is rounded up to whole logical sectors.
         let new = asked.div_ceil(self.sector) * self.sector;
-        let refusal = if new < old && !shrink {
-            Some("a shrink without shrink")
+        // A grown child must read zeros where it comes into use: refused
+        // where its parent shows data there (it was shrunk below it).
+        let parent_shows = |p: &[u8]| {
+            let end = new.min(p.len() as u64);
+            end > old && p[old as usize..end as usize].iter().any(|&b| b != 0)
+        };
+        let refusal = if self.parent().is_some_and(parent_shows) {
+            Some(("a grow over the parent's data", ErrorKind::Unsupported))
+        } else if new < old && !shrink {
+            Some(("a shrink without shrink", ErrorKind::InvalidArgument))
         } else if new < old && self.model[new as usize..].iter().any(|&b| b != 0) {
-            Some("a shrink over non-zero data")
+            Some(("a shrink over non-zero data", ErrorKind::InvalidArgument))
         } else {
             None
         };
         self.trace.push(format!(
-            "resize {old:#x} -> {asked:#x} (shrink {shrink}): {}",
-            refusal.map_or("succeeds".to_string(), |r| format!("refused as {r}"))
+            "resize {old:#x} -> {asked:#x} (shrink {shrink}){}: {}",
+            self.parent().map_or(String::new(), |p| format!(
+                " over a parent of {:#x}",
+                p.len()
+            )),
+            refusal.map_or("succeeds".to_string(), |(r, _)| format!("refused as {r}"))
         ));
         let before = self.files();
         let path = self.top().path.clone();
@@ -554,6 +594,10 @@ impl World {
                 if (done.old_size, done.new_size) != (old, new) {
                     return Err(format!("resize reports {done:?}"));
                 }
+                let n = self.chain.len();
+                if self.files()[..n - 1] != before[..n - 1] {
+                    return Err("the resize of the top changed a parent's file".into());
+                }
                 if new < old && self.fmt == Fmt::Vhd {
                     // src/vhd/resize.rs: the blocks of the entries a shrink
                     // unlinks become leaked space.
@@ -564,7 +608,7 @@ impl World {
                 }
                 self.model.resize(new as usize, 0);
             }
-            (Err(e), Some(_)) if e.kind() == ErrorKind::InvalidArgument => {
+            (Err(e), Some((_, kind))) if e.kind() == kind => {
                 self.unchanged(&before, "the resize")?
             }
             (r, _) => return Err(format!("resize: {r:?}, the model expected {refusal:?}")),
@@ -587,13 +631,33 @@ impl World {
         let up = 1 + usize::from(levels) % (n - 1);
         let ancestor = n - 1 - up;
         let into = self.chain[ancestor].path.clone();
+        // Every image merged and the ancestor need the top's size.
+        let other_size = self.chain[ancestor..n - 1]
+            .iter()
+            .find(|i| i.reads.len() as u64 != self.size());
         self.trace.push(format!(
-            "merge {} into {}{}",
+            "merge {} into {}{}: {}",
             name(&top),
             name(&into),
-            if up > 1 { " (--into)" } else { "" }
+            if up > 1 { " (--into)" } else { "" },
+            other_size.map_or("succeeds".to_string(), |i| format!(
+                "refused, {} has {:#x} bytes",
+                name(&i.path),
+                i.reads.len()
+            ))
         ));
         let opts = MergeOptions::new().into_ancestor((up > 1).then(|| into.clone()));
+        if other_size.is_some() {
+            let before = self.files();
+            return match vhdkit::merge::merge(&top, &opts, &mut |_| {}) {
+                Err(e) if e.kind() == ErrorKind::Unsupported => {
+                    self.unchanged(&before, "the merge of images of other sizes")
+                }
+                r => Err(format!(
+                    "merge: {r:?}, the model expected a refusal for the sizes"
+                )),
+            };
+        }
         let report = vhdkit::merge::merge(&top, &opts, &mut |_| {}).map_err(err("merge"))?;
         let merged: Vec<PathBuf> = self.chain[ancestor + 1..]
             .iter()
@@ -610,6 +674,7 @@ impl World {
             return Err(format!("merged image {} still exists", p.display()));
         }
         self.chain.truncate(ancestor + 1);
+        self.chain[ancestor].reads = Vec::new();
         Ok(())
     }
 
