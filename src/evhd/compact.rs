@@ -19,7 +19,7 @@
 
 use super::table::ENTRIES_PER_PAGE;
 use super::{DATA, EvhdDisk};
-use crate::compact::{CompactReport, Mode, copy_down, punch};
+use crate::compact::{CompactReport, Mode, copy_blocks, punch};
 use crate::disk::{VirtualDisk, is_zero};
 use crate::error::Result;
 use crate::io::io_err;
@@ -159,10 +159,16 @@ impl EvhdDisk {
             .take_while(|&s| s <= n)
             .collect();
         let storage = self.image.storage.clone();
+        // Every hole is a free slot below every mover's: the copies are
+        // disjoint and may go in any order.
+        let mut copies = Vec::with_capacity(movers.len().min(holes.len()));
         for (&(slot, b), &to_slot) in movers.iter().zip(&holes) {
             let from = self.slot_file_offset(b, slot)?;
             let to = self.slot_file_offset(b, to_slot)?;
-            copy_down(storage.as_ref(), DATA, from, to, bs)?;
+            copies.push((from, to, bs));
+        }
+        copy_blocks(storage.as_ref(), DATA, &copies)?;
+        for (&(_, b), &to_slot) in movers.iter().zip(&holes) {
             let st = &mut self.state;
             st.entries[b as usize].slot = to_slot;
             st.dirty.insert(b / ENTRIES_PER_PAGE as u64);
