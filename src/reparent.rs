@@ -156,14 +156,11 @@ impl Link {
         let spec = d.parent_spec()?.ok_or_else(|| {
             Error::new(
                 ErrorKind::InvalidArgument,
-                format!(
-                    "{} is not a differencing image: it has no parent to set",
-                    child.display()
-                ),
+                "not a differencing image: it has no parent to set",
             )
         })?;
         let path = std::fs::canonicalize(parent)
-            .map_err(|e| crate::io::io_err("parent image", 0)(e).with_path(parent))?;
+            .map_err(|e| Error::io(e, "cannot open the new parent").with_path(parent))?;
         let p = open_new_parent(&path, child, "parent")?;
         let pformat = p.info().format;
         if pformat != format {
@@ -281,7 +278,7 @@ pub fn rebase_in(
     new_base: &Path,
 ) -> Result<RebaseOutcome> {
     let base_canon = std::fs::canonicalize(new_base)
-        .map_err(|e| crate::io::io_err("new base image", 0)(e).with_path(new_base))?;
+        .map_err(|e| Error::io(e, "cannot open the new base").with_path(new_base))?;
     let base = open_new_parent(&base_canon, child, "base")?;
     let rw = OpenOptions {
         writable: true,

@@ -278,6 +278,7 @@ pub enum Command {
         new_base: PathBuf,
     },
     /// Change an image's identity or physical sector size.
+    #[command(group(clap::ArgGroup::new("change").required(true).args(["reset_id", "physical_sector_size"])))]
     Set {
         /// The image.
         image: PathBuf,
@@ -285,7 +286,7 @@ pub enum Command {
         #[arg(long, conflicts_with = "physical_sector_size")]
         reset_id: bool,
         /// The physical sector size to record (VHDX only).
-        #[arg(long, value_name = "512|4096", required_unless_present = "reset_id")]
+        #[arg(long, value_name = "512|4096")]
         physical_sector_size: Option<u32>,
         /// Reset the id even while differencing images beside it record the old one.
         #[arg(long)]

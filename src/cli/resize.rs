@@ -17,6 +17,14 @@ pub fn resize(a: ResizeArgs) -> Outcome {
         refuse_with_children(&a.image, &opts)?;
     }
     let done = resize::resize(&a.image, target, a.shrink || a.to_minimum, &opts).map_err(fail1)?;
+    if let Target::Size(asked) = target
+        && asked != done.new_size
+    {
+        eprintln!(
+            "vhdkit: note: {asked} bytes is not a whole number of the disk's sectors; rounded up to {}",
+            done.new_size
+        );
+    }
     if done.old_size == done.new_size {
         println!(
             "{}: already {} bytes{}",
