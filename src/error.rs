@@ -141,6 +141,9 @@ pub enum Hint {
     /// An in-place write was asked for but the target does not exist: an
     /// image file is created by an ordinary (not in-place) write.
     CreateImageFile,
+    /// A merge would leave images it cannot remove: keeping the merged
+    /// images ([`crate::merge::MergeOptions::keep`]) lets it go ahead.
+    KeepMerged,
 }
 
 /// An error with its context.

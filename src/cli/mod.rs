@@ -101,6 +101,7 @@ fn option_note(h: Hint) -> Option<&'static str> {
             "; DST `-` streams the raw content to standard output, which can be redirected into it"
         }
         Hint::CreateImageFile => " (leave out --device to create an image file)",
+        Hint::KeepMerged => " (--keep merges and keeps them)",
         Hint::Sign => " (`vhdkit sign` signs it; --require-signed refuses it)",
         Hint::Trust => {
             ": give its public key with --trust to trust it (--require-signed refuses it)"
