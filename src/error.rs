@@ -144,6 +144,9 @@ pub enum Hint {
     /// A merge would leave images it cannot remove: keeping the merged
     /// images ([`crate::merge::MergeOptions::keep`]) lets it go ahead.
     KeepMerged,
+    /// An operation was refused because it would break other images
+    /// (named in the message); forcing it goes ahead anyway.
+    Force,
 }
 
 /// An error with its context.

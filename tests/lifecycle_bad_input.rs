@@ -354,3 +354,30 @@ fn vhd_merge_through_a_link_removes_the_image() {
 fn vhdx_merge_through_a_link_removes_the_image() {
     merge_through_a_link("vhdx");
 }
+
+/// Rebasing a VHDX gives it a new DataWriteGuid: refused while an image
+/// beside it records it as its parent, naming that image; `--force`
+/// rebases anyway and warns about it.
+#[test]
+fn vhdx_rebase_of_a_parent_is_refused_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = image(d, "p.vhdx", "dynamic");
+    let q = image(d, "q.vhdx", "dynamic");
+    let c = d.join("c.vhdx");
+    vhdkit_ok(["create", "--parent", s(&p), s(&c)]);
+    pattern(&c, MIB, 4096, 0x51);
+    let g = d.join("g.vhdx");
+    vhdkit_ok(["create", "--parent", s(&c), s(&g)]);
+    let err = refused(d, &["rebase", s(&c), s(&q)]);
+    assert!(
+        err.contains("g.vhdx") && err.contains("DataWriteGuid") && err.contains("--force"),
+        "{err}"
+    );
+    let (code, _, err) = vhdkit_run(&["rebase", "--force", s(&c), s(&q)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("g.vhdx") && err.contains("no longer opens"),
+        "{err}"
+    );
+}

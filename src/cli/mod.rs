@@ -102,6 +102,7 @@ fn option_note(h: Hint) -> Option<&'static str> {
         }
         Hint::CreateImageFile => " (leave out --device to create an image file)",
         Hint::KeepMerged => " (--keep merges and keeps them)",
+        Hint::Force => " (--force goes ahead anyway)",
         Hint::Sign => " (`vhdkit sign` signs it; --require-signed refuses it)",
         Hint::Trust => {
             ": give its public key with --trust to trust it (--require-signed refuses it)"
@@ -268,7 +269,11 @@ fn run(cmd: Command) -> Outcome {
             parent,
             ignore_id,
         } => lifecycle::set_parent(&child, &parent, ignore_id),
-        Command::Rebase { child, new_base } => lifecycle::rebase(&child, &new_base),
+        Command::Rebase {
+            child,
+            new_base,
+            force,
+        } => lifecycle::rebase(&child, &new_base, force),
         Command::Set {
             image,
             reset_id,
