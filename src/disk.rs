@@ -301,6 +301,20 @@ pub(crate) fn refuse_damaged(warnings: &[crate::report::Warning]) -> Result<()> 
     .with_hint(crate::Hint::Repair))
 }
 
+/// [`refuse_damaged`] for the operations that rewrite an image's
+/// structures in place (resize, set, set-parent, rebase): a VHD footer
+/// copy that is whole and valid but older than the footer at the end is
+/// what a crash of one of them leaves, and running it again rewrites the
+/// copy, so that alone is no damage to them.
+pub(crate) fn refuse_damaged_rewrite(warnings: &[crate::report::Warning]) -> Result<()> {
+    let damage: Vec<crate::report::Warning> = warnings
+        .iter()
+        .filter(|w| w.kind != crate::report::WarningKind::CopyDiffers)
+        .cloned()
+        .collect();
+    refuse_damaged(&damage)
+}
+
 /// Check that `[offset, offset + len)` lies inside a disk of `size` bytes.
 pub fn check_range(size: u64, offset: u64, len: usize) -> Result<()> {
     check_extent(size, offset, len as u64)

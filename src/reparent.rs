@@ -80,7 +80,7 @@ pub fn set_parent_in(
     match format {
         Format::Vhd => {
             let mut d = VhdDisk::open_layer(storage, Some(child.to_path_buf()), &open_opts)?;
-            crate::disk::refuse_damaged(&d.info().warnings)?;
+            crate::disk::refuse_damaged_rewrite(&d.info().warnings)?;
             let link = Link::check(&d, child, parent, Format::Vhd, opts)?;
             let (code_abs, abs_data) = crate::vhd::create::absolute_locator(&link.path);
             let mut locators = Vec::new();
@@ -102,7 +102,7 @@ pub fn set_parent_in(
         }
         Format::Vhdx => {
             let mut d = VhdxDisk::open_layer(storage, Some(child.to_path_buf()), &open_opts)?;
-            crate::disk::refuse_damaged(&d.info().warnings)?;
+            crate::disk::refuse_damaged_rewrite(&d.info().warnings)?;
             let link = Link::check(&d, child, parent, Format::Vhdx, opts)?;
             let fresh = crate::vhdx::create::parent_locator(link.id, &link.path, Some(child))?;
             let mut loc = ParentLocator::parse(&fresh, 0)?;
@@ -352,7 +352,7 @@ pub fn rebase_in(
         &Chain::default(),
     )
     .map_err(|e| e.with_path(child))?;
-    crate::disk::refuse_damaged(&disk.info().warnings).map_err(|e| e.with_path(child))?;
+    crate::disk::refuse_damaged_rewrite(&disk.info().warnings).map_err(|e| e.with_path(child))?;
     let (cf, bf) = (disk.info().format, base.info().format);
     if cf != bf || !matches!(cf, Format::Vhd | Format::Vhdx) {
         return Err(Error::new(

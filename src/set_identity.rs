@@ -114,13 +114,13 @@ pub fn set_in(
                 ));
             }
             let mut d = VhdDisk::open_layer(storage, p, &open_opts)?;
-            crate::disk::refuse_damaged(&d.info().warnings)?;
+            crate::disk::refuse_damaged_rewrite(&d.info().warnings)?;
             out.new_id = Some(d.reset_unique_id()?);
             out.orphaned = children.to_vec();
         }
         Format::Vhdx => {
             let mut d = VhdxDisk::open_layer(storage, p, &open_opts)?;
-            crate::disk::refuse_damaged(&d.info().warnings)?;
+            crate::disk::refuse_damaged_rewrite(&d.info().warnings)?;
             if let Some(n) = opts.physical_sector_size {
                 out.sector_size_changed = d.rewrite_physical_sector_size(n)?;
             }
