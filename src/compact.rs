@@ -75,7 +75,30 @@ pub fn compact_storage(
     opts: &OpenOptions,
     mode: Mode,
 ) -> Result<CompactReport> {
-    let opts = opts.clone().writable(true);
+    // Zero blocks are judged through the chain: over a parent taken
+    // despite its identity, a block dropped for reading as that parent
+    // does would read the recorded parent's content instead. Only the
+    // recorded parent will do.
+    let opts = opts.clone().writable(true).ignore_parent_id(false);
+    compact_checked(storage, path, &opts, mode).map_err(|e| {
+        if e.kind() == ErrorKind::ParentMismatch {
+            Error::new(
+                ErrorKind::ParentMismatch,
+                format!("{e}; a differencing image is compacted over its recorded parent only"),
+            )
+        } else {
+            e
+        }
+    })
+}
+
+fn compact_checked(
+    storage: Box<dyn Storage>,
+    path: Option<&Path>,
+    opts: &OpenOptions,
+    mode: Mode,
+) -> Result<CompactReport> {
+    let opts = opts.clone();
     let chain = match path {
         Some(p) => Chain::default().enter(p)?,
         None => Chain::default(),

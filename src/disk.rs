@@ -261,20 +261,7 @@ pub(crate) fn ensure_writable(
             "the image is opened read-only",
         ));
     }
-    if !warnings.is_empty() {
-        return Err(Error::new(
-            ErrorKind::NeedsRepair,
-            format!(
-                "the image is damaged ({})",
-                warnings
-                    .iter()
-                    .map(|w| w.message.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        )
-        .with_hint(crate::Hint::Repair));
-    }
+    refuse_damaged(warnings)?;
     if let Some(crate::parent::Parent::Missing { .. }) = parent {
         return Err(Error::new(
             ErrorKind::ParentMissing,
@@ -291,6 +278,41 @@ pub(crate) fn ensure_writable(
         ));
     }
     Ok(())
+}
+
+/// The gate of every writer in place (write, compact, resize, set,
+/// set-parent, rebase): an image whose open reported `warnings` is
+/// damaged, and is repaired before it is written.
+pub(crate) fn refuse_damaged(warnings: &[crate::report::Warning]) -> Result<()> {
+    if warnings.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::NeedsRepair,
+        format!(
+            "the image is damaged ({})",
+            warnings
+                .iter()
+                .map(|w| w.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    )
+    .with_hint(crate::Hint::Repair))
+}
+
+/// [`refuse_damaged`] for the operations that rewrite an image's
+/// structures in place (resize, set, set-parent, rebase): a VHD footer
+/// copy that is whole and valid but older than the footer at the end is
+/// what a crash of one of them leaves, and running it again rewrites the
+/// copy, so that alone is no damage to them.
+pub(crate) fn refuse_damaged_rewrite(warnings: &[crate::report::Warning]) -> Result<()> {
+    let damage: Vec<crate::report::Warning> = warnings
+        .iter()
+        .filter(|w| w.kind != crate::report::WarningKind::CopyDiffers)
+        .cloned()
+        .collect();
+    refuse_damaged(&damage)
 }
 
 /// Check that `[offset, offset + len)` lies inside a disk of `size` bytes.

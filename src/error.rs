@@ -147,6 +147,12 @@ pub enum Hint {
     /// A shrink can go down to the disk's minimum size
     /// ([`crate::resize::Target::Minimum`]).
     ToMinimum,
+    /// A merge would leave images it cannot remove: keeping the merged
+    /// images ([`crate::merge::MergeOptions::keep`]) lets it go ahead.
+    KeepMerged,
+    /// An operation was refused because it would break other images
+    /// (named in the message); forcing it goes ahead anyway.
+    Force,
 }
 
 /// An error with its context.

@@ -305,22 +305,34 @@ pub fn execute(
     progress: &mut dyn FnMut(u64),
 ) -> Result<MergeReport> {
     let path = &plan.ancestor.path;
+    // What is removed is the image itself, not a link to it, and it must
+    // be removable before anything is written.
+    let doomed: Vec<PathBuf> = if opts.keep {
+        Vec::new()
+    } else {
+        let real = plan
+            .merged
+            .iter()
+            .map(|l| {
+                std::fs::canonicalize(&l.path)
+                    .map_err(|e| crate::io::io_err("merged image", 0)(e).with_path(&l.path))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        check_removable(&real, &dir_writable)?;
+        real
+    };
     let storage = crate::open_file(path, true, false)?;
     let bytes = copy(&plan, Box::new(storage), opts, progress).map_err(|e| e.with_path(path))?;
     let mut removed = Vec::new();
-    if !opts.keep {
-        for level in &plan.merged {
-            std::fs::remove_file(&level.path).map_err(|e| {
-                Error::new(
-                    ErrorKind::Io,
-                    format!(
-                        "the merge is complete, but the merged image could not be removed: {e}"
-                    ),
-                )
-                .with_path(&level.path)
-            })?;
-            removed.push(level.path.clone());
-        }
+    for real in doomed {
+        std::fs::remove_file(&real).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("the merge is complete, but the merged image could not be removed: {e}"),
+            )
+            .with_path(&real)
+        })?;
+        removed.push(real);
     }
     let renew = plan.ancestor.format == Format::Vhdx
         && (!plan.siblings.is_empty() || (opts.keep && plan.merged.len() > 1));
@@ -626,6 +638,51 @@ fn find_level(levels: &[Level], into: &Path) -> Result<usize> {
         })
 }
 
+/// Refuse, before anything is written, to merge images that could not
+/// be removed afterwards: `writable` says whether a folder lets entries
+/// be removed from it. `real` are the merged images' real paths.
+fn check_removable(real: &[PathBuf], writable: &dyn Fn(&Path) -> bool) -> Result<()> {
+    for p in real {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !writable(dir) {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "{} could not be removed after the merge: its folder {} is not writable; \
+                     nothing was changed",
+                    p.display(),
+                    dir.display()
+                ),
+            )
+            .with_path(p)
+            .with_hint(crate::Hint::KeepMerged));
+        }
+    }
+    Ok(())
+}
+
+/// Whether this process may create and remove entries in the folder
+/// `dir` (write and search permission).
+#[allow(unsafe_code)] // the unsafe block below carries its SAFETY justification
+fn dir_writable(dir: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: `c` is a NUL-terminated string that outlives the call.
+        unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::metadata(dir).is_ok_and(|m| !m.permissions().readonly())
+    }
+}
+
 fn canonical(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
@@ -656,5 +713,27 @@ mod tests {
             got,
             vec![(0, 10, 1, Data), (10, 20, 0, Data), (50, 60, 1, Zero)]
         );
+    }
+
+    /// Tests run as root, which may write into any folder, so the folder's
+    /// writability is given here rather than made with permissions.
+    #[test]
+    fn images_in_a_folder_that_is_not_writable_are_refused_before_writing() {
+        let real = vec![PathBuf::from("/a/c1.vhdx"), PathBuf::from("/b/c2.vhdx")];
+        assert!(check_removable(&real, &|_| true).is_ok());
+        let e = check_removable(&real, &|d| d != Path::new("/b")).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("/b/c2.vhdx") && text.contains("its folder /b is not writable"),
+            "{text}"
+        );
+        assert_eq!(e.hint(), Some(crate::Hint::KeepMerged));
+    }
+
+    #[test]
+    fn a_writable_folder_is_seen_as_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(dir_writable(dir.path()));
+        assert!(!dir_writable(&dir.path().join("absent")));
     }
 }

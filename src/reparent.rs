@@ -80,6 +80,7 @@ pub fn set_parent_in(
     match format {
         Format::Vhd => {
             let mut d = VhdDisk::open_layer(storage, Some(child.to_path_buf()), &open_opts)?;
+            crate::disk::refuse_damaged_rewrite(&d.info().warnings)?;
             let link = Link::check(&d, child, parent, Format::Vhd, opts)?;
             let (code_abs, abs_data) = crate::vhd::create::absolute_locator(&link.path);
             let mut locators = Vec::new();
@@ -101,6 +102,7 @@ pub fn set_parent_in(
         }
         Format::Vhdx => {
             let mut d = VhdxDisk::open_layer(storage, Some(child.to_path_buf()), &open_opts)?;
+            crate::disk::refuse_damaged_rewrite(&d.info().warnings)?;
             let link = Link::check(&d, child, parent, Format::Vhdx, opts)?;
             let fresh = crate::vhdx::create::parent_locator(link.id, &link.path, Some(child))?;
             let mut loc = ParentLocator::parse(&fresh, 0)?;
@@ -255,6 +257,17 @@ pub struct RebaseOutcome {
     pub copied: u64,
     /// The parent record written at the end.
     pub set_parent: SetParentOutcome,
+    /// Differencing images beside a VHDX child that recorded its
+    /// DataWriteGuid (rebased with `force`): they no longer open.
+    pub orphaned: Vec<PathBuf>,
+}
+
+/// How `rebase` treats the child's own children.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RebaseOptions {
+    /// Rebase a VHDX child even though differencing images beside it
+    /// record its DataWriteGuid, which the rebase changes.
+    pub force: bool,
 }
 
 /// Put the differencing image at `child` over `new_base`, keeping what it
@@ -265,8 +278,50 @@ pub struct RebaseOutcome {
 /// leaves the child over its old parent reading as before (it only gained
 /// data equal to what it read); running again completes it.
 pub fn rebase(child: &Path, new_base: &Path) -> Result<RebaseOutcome> {
+    rebase_with(child, new_base, &RebaseOptions::default())
+}
+
+/// [`rebase`], refusing (unless `opts.force`) a VHDX child that images
+/// beside it record as their parent: the rebase gives it a new
+/// DataWriteGuid, and they would no longer open. A VHD keeps its unique
+/// id, so its children keep their link.
+pub fn rebase_with(child: &Path, new_base: &Path, opts: &RebaseOptions) -> Result<RebaseOutcome> {
+    let children = vhdx_children(child).map_err(|e| e.with_path(child))?;
+    if !children.is_empty() && !opts.force {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "differencing images record this VHDX's DataWriteGuid as their parent's, which \
+                 the rebase changes, and would no longer open: {}; nothing was changed",
+                children
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .with_path(child)
+        .with_hint(crate::Hint::Force));
+    }
     let storage = crate::open_file(child, true, false)?;
-    rebase_in(Arc::new(storage), child, new_base)
+    let mut out = rebase_in(Arc::new(storage), child, new_base)?;
+    out.orphaned = children;
+    Ok(out)
+}
+
+/// The children beside the VHDX at `path` that record its DataWriteGuid
+/// (none for another format).
+fn vhdx_children(path: &Path) -> Result<Vec<PathBuf>> {
+    let storage = crate::open_file(path, false, false)?;
+    if detect::resolve(&storage, None)? != Format::Vhdx {
+        return Ok(Vec::new());
+    }
+    drop(storage);
+    let d = crate::open(path, &OpenOptions::default().allow_missing_parent(true))?;
+    let Some(id) = d.parent_link_id() else {
+        return Ok(Vec::new());
+    };
+    Ok(crate::parent::children_beside(path, id).children)
 }
 
 /// [`rebase`] on a child held in `storage`; `child` is where it lives
@@ -291,6 +346,7 @@ pub fn rebase_in(
         &Chain::default(),
     )
     .map_err(|e| e.with_path(child))?;
+    crate::disk::refuse_damaged_rewrite(&disk.info().warnings).map_err(|e| e.with_path(child))?;
     let (cf, bf) = (disk.info().format, base.info().format);
     if cf != bf || !matches!(cf, Format::Vhd | Format::Vhdx) {
         return Err(Error::new(
@@ -376,6 +432,7 @@ pub fn rebase_in(
     Ok(RebaseOutcome {
         copied,
         set_parent: set,
+        orphaned: Vec::new(),
     })
 }
 

@@ -120,6 +120,7 @@ pub fn resize_storage(
                 e
             }
         })?;
+    crate::disk::refuse_damaged_rewrite(&disk.info().warnings)?;
     let old = disk.virtual_size();
     let sector = u64::from(disk.logical_sector_size());
     let table = {

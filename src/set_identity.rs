@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
+use crate::disk::VirtualDisk;
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::Storage;
 use crate::report::Format;
@@ -113,11 +114,13 @@ pub fn set_in(
                 ));
             }
             let mut d = VhdDisk::open_layer(storage, p, &open_opts)?;
+            crate::disk::refuse_damaged_rewrite(&d.info().warnings)?;
             out.new_id = Some(d.reset_unique_id()?);
             out.orphaned = children.to_vec();
         }
         Format::Vhdx => {
             let mut d = VhdxDisk::open_layer(storage, p, &open_opts)?;
+            crate::disk::refuse_damaged_rewrite(&d.info().warnings)?;
             if let Some(n) = opts.physical_sector_size {
                 out.sector_size_changed = d.rewrite_physical_sector_size(n)?;
             }

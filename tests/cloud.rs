@@ -84,3 +84,26 @@ fn info_names_what_keeps_a_fixed_vhd_from_being_cloud_ready() {
     vhdkit_ok(["convert", "-t", "fixed", s(&src), s(&fixed)]);
     assert_eq!(info_json(&fixed)["vhd"]["cloud_ready"], true);
 }
+
+/// `--cloud` makes a VHD file: standard output (raw bytes) and a
+/// destination whose extension names another format are refused, and
+/// nothing is written.
+#[test]
+fn convert_cloud_refuses_stdout_and_another_extension() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    write_raw(&src, &vec![1u8; MIB]);
+    let (code, out, err) = vhdkit_run(&["convert", "--cloud", s(&src), "-"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty(), "{} bytes streamed", out.len());
+    assert!(err.contains("--cloud") && err.contains("stdout"), "{err}");
+    for name in ["out.vhdx", "out.img"] {
+        let dst = dir.path().join(name);
+        let err = vhdkit_fails(Some(1), &["convert", "--cloud", s(&src), s(&dst)]);
+        assert!(
+            err.contains("--cloud makes a fixed VHD") && err.contains(name),
+            "{name}: {err}"
+        );
+        assert!(!dst.exists(), "{name} was written");
+    }
+}

@@ -276,6 +276,9 @@ pub enum Command {
         child: PathBuf,
         /// The new base image.
         new_base: PathBuf,
+        /// Rebase a VHDX even while differencing images beside it record it as their parent.
+        #[arg(long)]
+        force: bool,
     },
     /// Change an image's identity or physical sector size.
     #[command(group(clap::ArgGroup::new("change").required(true).args(["reset_id", "physical_sector_size"])))]

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use vhdkit::reparent::{self, SetParentOptions};
+use vhdkit::reparent::{self, RebaseOptions, SetParentOptions};
 use vhdkit::set_identity::{self, SetOptions};
 
 use super::args::ParentArgs;
@@ -39,14 +39,20 @@ pub fn set_parent(child: &Path, parent: &Path, ignore_id: bool) -> Outcome {
 }
 
 /// `vhdkit rebase`.
-pub fn rebase(child: &Path, new_base: &Path) -> Outcome {
-    let out = reparent::rebase(child, new_base).map_err(fail1)?;
+pub fn rebase(child: &Path, new_base: &Path, force: bool) -> Outcome {
+    let out = reparent::rebase_with(child, new_base, &RebaseOptions { force }).map_err(fail1)?;
     println!(
         "{}: rebased onto {} ({} bytes copied from the old chain)",
         child.display(),
         out.set_parent.parent.display(),
         out.copied
     );
+    for c in &out.orphaned {
+        eprintln!(
+            "vhdkit: warning: {} recorded the old DataWriteGuid and no longer opens (--force)",
+            c.display()
+        );
+    }
     Ok(0)
 }
 

@@ -52,15 +52,20 @@ pub fn merge(a: MergeArgs) -> Outcome {
             .iter()
             .map(|l| l.path.display().to_string())
             .collect();
+        let removed: Vec<String> = report
+            .removed
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         println!(
             "merged {} into {} ({} bytes written){}",
             merged.join(", "),
             report.plan.ancestor.path.display(),
             report.bytes,
-            if report.removed.is_empty() {
-                "; the merged images are kept and no longer valid"
+            if removed.is_empty() {
+                "; the merged images are kept and no longer valid".to_string()
             } else {
-                "; the merged images are removed"
+                format!("; removed {}", removed.join(", "))
             }
         );
     }

@@ -103,6 +103,8 @@ fn option_note(h: Hint) -> Option<&'static str> {
         Hint::CreateImageFile => " (leave out --device to create an image file)",
         Hint::Shrink => " (--shrink allows it)",
         Hint::ToMinimum => " (--to-minimum shrinks to it)",
+        Hint::KeepMerged => " (--keep merges and keeps them)",
+        Hint::Force => " (--force goes ahead anyway)",
         Hint::Sign => " (`vhdkit sign` signs it; --require-signed refuses it)",
         Hint::Trust => {
             ": give its public key with --trust to trust it (--require-signed refuses it)"
@@ -269,7 +271,11 @@ fn run(cmd: Command) -> Outcome {
             parent,
             ignore_id,
         } => lifecycle::set_parent(&child, &parent, ignore_id),
-        Command::Rebase { child, new_base } => lifecycle::rebase(&child, &new_base),
+        Command::Rebase {
+            child,
+            new_base,
+            force,
+        } => lifecycle::rebase(&child, &new_base, force),
         Command::Set {
             image,
             reset_id,

@@ -36,6 +36,11 @@ pub fn convert(a: ConvertArgs) -> Outcome {
     };
     let source = &disk;
     if dst.as_os_str() == "-" {
+        if a.cloud {
+            return Err(fail1(Error::invalid_argument(
+                "--cloud makes a fixed VHD file and cannot stream to stdout (which gets raw bytes); give a DST ending in .vhd",
+            )));
+        }
         if a.base.is_some() {
             return Err(fail1(Error::invalid_argument(
                 "-B makes a differencing image and cannot stream to stdout",
@@ -46,6 +51,17 @@ pub fn convert(a: ConvertArgs) -> Outcome {
     } else {
         refuse_same_file(src, dst).map_err(fail1)?;
         if a.cloud {
+            // As for any convert, -O wins over DST's extension; without it
+            // an extension that names another format is refused.
+            if a.format.is_none()
+                && let Some(f) = Format::from_extension(dst).filter(|&f| f != Format::Vhd)
+            {
+                return Err(fail1(Error::invalid_argument(format!(
+                    "--cloud makes a fixed VHD, but the extension of {} names {}; give a DST ending in .vhd",
+                    dst.display(),
+                    f.as_str()
+                ))));
+            }
             let (spec, cloud_size) =
                 plan::cloud_spec(a.format.map(Format::from), size).map_err(fail1)?;
             let out = convert::OutputOptions {
