@@ -5,13 +5,25 @@
 use std::sync::Arc;
 
 use super::fallback::{self, Fallback};
-use super::header::{COPY_OFFSETS, Header};
+use super::header::{self, COPY_OFFSETS, HEADER_SIZE, Header};
 use super::keys::PrivateKey;
 use super::signature::Status;
 use super::{EvhdDisk, EvhdImage, journal, read_copies};
 use crate::error::Result;
 use crate::io::{Storage, io_err, read_struct};
 use crate::report::{CheckReport, FindingKind, Severity, WarningKind};
+
+/// Names of the header copies in findings.
+const COPY_NAMES: [&str; 2] = ["EVHD header copy A", "EVHD header copy B"];
+
+/// Bytes a torn write keeps or loses as a unit (the smallest sector).
+const TEAR_UNIT: usize = 512;
+
+/// Bytes the MAC of a torn copy may share with the record header's MAC.
+/// The end of a torn write still holds an older header's MAC, a keyed hash
+/// of other bytes: it shares a byte with the new MAC by chance (1 in 256
+/// per byte), so more than this many shared bytes is the new MAC altered.
+const MAX_SHARED_MAC_BYTES: usize = 8;
 
 /// Blocks verified per step.
 const CHUNK_BLOCKS: u64 = 64;
@@ -52,17 +64,15 @@ pub fn check_with(
     };
     let len = storage.len().map_err(io_err("EVHD file", 0))?;
     let copies = read_copies(storage.as_ref(), len);
+    let torn = torn_by_pending(storage.as_ref(), &copies);
     for (i, c) in copies.iter().enumerate() {
-        if let Err(e) = c {
-            let name = if i == 0 {
-                "EVHD header copy A"
-            } else {
-                "EVHD header copy B"
-            };
+        if let Err(e) = c
+            && torn.as_ref().is_none_or(|t| t.copy != i)
+        {
             report.add(
                 Severity::Error,
                 FindingKind::Missing,
-                name,
+                COPY_NAMES[i],
                 Some(e.offset().unwrap_or(COPY_OFFSETS[i])),
                 format!("{}; the next flush rewrites this copy", e.message()),
             );
@@ -73,6 +83,9 @@ pub fn check_with(
     }
     let assessment = fallback::assess(storage.as_ref(), &copies);
     if keys.is_empty() {
+        if let Some(t) = &torn {
+            t.report(report, false);
+        }
         if let Some(f) = assessment.and_then(|a| a.verdict(None, &[])) {
             add_fallback(report, &f);
         }
@@ -103,10 +116,16 @@ pub fn check_with(
         // Keys none of which is a recipient: the image could not be
         // checked (exit 1 unless damage was found), it is not damaged.
         Err(e) if e.kind() == crate::ErrorKind::KeyMismatch => {
+            if let Some(t) = &torn {
+                t.report(report, false);
+            }
             report.not_checked.push(e.message().to_string());
             return Ok(());
         }
         Err(e) => {
+            if let Some(t) = &torn {
+                t.report_unexplained(report);
+            }
             report.add(
                 Severity::Error,
                 FindingKind::of_error(&e),
@@ -117,6 +136,15 @@ pub fn check_with(
             return Ok(());
         }
     };
+    if let Some(t) = &torn {
+        // With the key, the record explains the copy only if open
+        // authenticated it and took its commit as the newest state.
+        if disk.header().sequence == t.sequence {
+            t.report(report, true);
+        } else {
+            t.report_unexplained(report);
+        }
+    }
     let f = assessment.and_then(|a| a.verdict(Some(disk.header().sequence), keys));
     if let Some(f) = &f {
         add_fallback(report, f);
@@ -296,4 +324,112 @@ fn report_signature(status: &Status, require_signed: bool, report: &mut CheckRep
             }
         }
     }
+}
+
+/// A header copy that an interrupted commit left torn, as far as the bytes
+/// show: see [`torn_by_pending`].
+struct Torn {
+    /// Index of the torn copy.
+    copy: usize,
+    /// Sequence of the commit the journal holds.
+    sequence: u64,
+    /// Why the copy does not decode.
+    why: String,
+    /// Where.
+    offset: u64,
+}
+
+impl Torn {
+    /// The information finding; `authenticated` when the record's header
+    /// MAC verified with a key.
+    fn report(&self, report: &mut CheckReport, authenticated: bool) {
+        let proof = if authenticated {
+            "its header verifies with the key"
+        } else {
+            "its header MAC is not verified without a key"
+        };
+        report.add(
+            Severity::Info,
+            FindingKind::PendingLog,
+            COPY_NAMES[self.copy],
+            Some(self.offset),
+            format!(
+                "{}: a commit (sequence {}) was interrupted while writing this copy; the journal holds that commit ({proof}), and opening writable or running the operation again completes it",
+                self.why, self.sequence
+            ),
+        );
+    }
+
+    /// The copy as damage: the record did not authenticate.
+    fn report_unexplained(&self, report: &mut CheckReport) {
+        report.add(
+            Severity::Error,
+            FindingKind::Missing,
+            COPY_NAMES[self.copy],
+            Some(self.offset),
+            format!(
+                "{}; the journal record of sequence {} that was writing it does not verify",
+                self.why, self.sequence
+            ),
+        );
+    }
+}
+
+/// The damaged copy a commit's last write tore, if that is what the bytes
+/// show. A commit writes its journal record (holding the new header) and
+/// syncs, installs the table pages and syncs, then writes the new header
+/// over the copy that is not current, in one write that can tear between
+/// sectors. The state it leaves, and nothing else, is matched: exactly one
+/// copy is unusable; the other decodes with sequence S; the journal holds a
+/// record (CRC-32C verified, same container) of sequence S + 1 whose header
+/// decodes as that sequence; and the unusable copy (the one that commit
+/// targets) begins with the record header's first sector or more, while its
+/// MAC, at the end of the write, is another header's (it shares at most
+/// [`MAX_SHARED_MAC_BYTES`] bytes with the record header's MAC). A copy
+/// damaged after such a write completed carries the record's MAC, or that
+/// MAC altered, and one damaged in its first sector does not start like
+/// the record: they stay errors. A completed copy whose last sector was
+/// replaced by another header's cannot be told from a torn one; the
+/// journal's authenticated record replaces it either way.
+fn torn_by_pending(storage: &dyn Storage, copies: &[Result<(Header, Vec<u8>)>; 2]) -> Option<Torn> {
+    let (copy, cur, err) = match copies {
+        [Ok((h, _)), Err(e)] => (1, h, e),
+        [Err(e), Ok((h, _))] => (0, h, e),
+        _ => return None,
+    };
+    let rec = journal::decode(
+        cur.journal_offset,
+        cur.journal_len,
+        &cur.container_id,
+        cur.table_pages,
+        |buf, o| read_struct(storage, journal::STRUCTURE, buf, cur.journal_offset + o),
+    )
+    .ok()
+    .flatten()?;
+    if rec.sequence != cur.sequence.checked_add(1)? {
+        return None;
+    }
+    let len = storage.len().ok()?;
+    let at = cur.journal_offset + journal::RECORD_HEADER as u64;
+    let h = Header::decode(&rec.header, at, len).ok()?;
+    if h.container_id != cur.container_id || h.sequence != rec.sequence {
+        return None;
+    }
+    let mut bytes = vec![0u8; HEADER_SIZE];
+    read_struct(storage, header::STRUCTURE, &mut bytes, COPY_OFFSETS[copy]).ok()?;
+    let mac = header::MAC_OFFSET..HEADER_SIZE;
+    let shared = bytes[mac.clone()]
+        .iter()
+        .zip(&rec.header[mac])
+        .filter(|(a, b)| a == b)
+        .count();
+    if bytes[..TEAR_UNIT] != rec.header[..TEAR_UNIT] || shared > MAX_SHARED_MAC_BYTES {
+        return None;
+    }
+    Some(Torn {
+        copy,
+        sequence: rec.sequence,
+        why: err.message().to_string(),
+        offset: err.offset().unwrap_or(COPY_OFFSETS[copy]),
+    })
 }
