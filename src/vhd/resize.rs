@@ -9,7 +9,8 @@
 //! - fixed grow: a copy of the old footer at the new end (the gap before
 //!   it is unused space until then), the gap zeroed, the new footer;
 //! - dynamic (and differencing) grow: the block allocation table (BAT) grown in place when
-//!   the sectors after it are free, otherwise written anew after the last
+//!   the sectors after it are free or hold only the footer (the footer
+//!   copied past the new table's end first), otherwise written anew after the last
 //!   block (the file's footer moved first, as when a block is appended),
 //!   then the dynamic header's first sector (table offset, max table
 //!   entries and checksum all lie in it, so it changes atomically), the
@@ -373,7 +374,8 @@ impl Dynamic {
     }
 
     /// Give the BAT `entries` entries: in place when the sectors after it
-    /// are free, otherwise as a new table appended to the file.
+    /// are free or hold only the footer (which then moves past the new
+    /// table first), otherwise as a new table appended to the file.
     fn grow_table(&mut self, storage: &dyn Storage, entries: u32) -> Result<()> {
         let table = self.header.table_offset;
         let old_entries = self.header.max_table_entries;
@@ -381,6 +383,17 @@ impl Dynamic {
         let new_end = table + bat::table_bytes(entries);
         let unused = UNUSED.to_be_bytes();
         let added = (entries - old_entries) as usize;
+        // A table with nothing but the footer after it (a grow moved it
+        // there, or the disk never had a block) grows over the footer: the
+        // footer first moves past the new end, as when a block is appended.
+        let at_end = new_end > self.footer_at
+            && old_end <= self.footer_at
+            && !self.used(old_end, self.footer_at);
+        if at_end {
+            write(storage, "VHD footer", &self.footer.to_bytes(), new_end)?;
+            flush(storage)?;
+            self.footer_at = new_end;
+        }
         let new_table = if !self.used(old_end, new_end) {
             // The new entries and the old table's padding after its last
             // entry, up to the end of the new table's last sector.
