@@ -308,9 +308,9 @@ fn differencing_vhdx_compaction_survives_a_crash_at_every_storage_operation() {
 
 /// A dynamic VHD of `blocks` blocks of `bs` bytes, blocks `data..`
 /// written (and blocks 0 to `data` written then zeroed), then grown to
-/// `grown` bytes: its BAT no longer fits before the blocks and the grow
-/// moves it past them, so a compaction must move it back down to cut the
-/// file.
+/// `grown` bytes the way vhdkit did before it moved blocks out of the
+/// table's way: the BAT written anew past the blocks, so a compaction
+/// must move it back down to cut the file.
 fn moved_bat_setup(bs: u64, blocks: u64, data: u64, grown: u64) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.vhd");
@@ -326,6 +326,27 @@ fn moved_bat_setup(bs: u64, blocks: u64, data: u64, grown: u64) -> Setup {
     disk.write_at(&content[..(data * bs) as usize], 0).unwrap();
     disk.close().unwrap();
     drop(disk);
+    // A grow of an older vhdkit: the table, with room for the new
+    // entries, written anew past the blocks (its old space left behind).
+    let mut img = probe.durable();
+    let h = 512;
+    let be64 = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap());
+    let table = be64(&img[h + 16..h + 24]) as usize;
+    let old_n = u32::from_be_bytes(img[h + 28..h + 32].try_into().unwrap()) as usize;
+    let new_n = grown.div_ceil(bs) as usize;
+    let mut raw = img[table..table + old_n * 4].to_vec();
+    raw.resize(new_n * 4, 0xff);
+    raw.resize((new_n * 4).div_ceil(512) * 512, 0xff);
+    let footer = img.split_off(img.len() - 512);
+    let at = img.len() as u64;
+    img.extend_from_slice(&raw);
+    img.extend_from_slice(&footer);
+    img[h + 16..h + 24].copy_from_slice(&at.to_be_bytes());
+    img[h + 28..h + 32].copy_from_slice(&(new_n as u32).to_be_bytes());
+    img[h + 36..h + 40].fill(0);
+    let sum = img[h..h + 1024].iter().fold(0u32, |a, &b| a + u32::from(b));
+    img[h + 36..h + 40].copy_from_slice(&(!sum).to_be_bytes());
+    let probe = FaultStorage::new(img, u64::MAX, CrashMode::Prefix { tear: false }, 0);
     let storage: Arc<dyn Storage> = Arc::new(probe.clone());
     vhdkit::resize::resize_storage(
         storage,

@@ -162,7 +162,7 @@ fn cases() -> Vec<Case> {
             24 * MIB,
         ),
         (
-            "dynamic grow, BAT moved",
+            "dynamic grow, blocks moved out of the BAT's way",
             VhdBuilder::new(size).dynamic().block_size(512 << 10),
             96 * MIB,
         ),
