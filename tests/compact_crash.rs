@@ -305,3 +305,114 @@ fn dynamic_vhdx_compaction_survives_a_crash_at_every_storage_operation() {
 fn differencing_vhdx_compaction_survives_a_crash_at_every_storage_operation() {
     both_modes(&differencing_setup(Fmt::Vhdx), 20);
 }
+
+/// A dynamic VHD of `blocks` blocks of `bs` bytes, blocks `data..`
+/// written (and blocks 0 to `data` written then zeroed), then grown to
+/// `grown` bytes the way vhdkit did before it moved blocks out of the
+/// table's way: the BAT written anew past the blocks, so a compaction
+/// must move it back down to cut the file.
+fn moved_bat_setup(bs: u64, blocks: u64, data: u64, grown: u64) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.vhd");
+    let old = blocks * bs;
+    let probe = no_crash();
+    let mut disk = VhdBuilder::new(old)
+        .block_size(bs as u32)
+        .create(Box::new(probe.clone()), Some(&path))
+        .unwrap();
+    let mut content = random_bytes(old as usize, 21);
+    disk.write_at(&content, 0).unwrap();
+    content[..(data * bs) as usize].fill(0);
+    disk.write_at(&content[..(data * bs) as usize], 0).unwrap();
+    disk.close().unwrap();
+    drop(disk);
+    // A grow of an older vhdkit: the table, with room for the new
+    // entries, written anew past the blocks (its old space left behind).
+    let mut img = probe.durable();
+    let h = 512;
+    let be64 = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap());
+    let table = be64(&img[h + 16..h + 24]) as usize;
+    let old_n = u32::from_be_bytes(img[h + 28..h + 32].try_into().unwrap()) as usize;
+    let new_n = grown.div_ceil(bs) as usize;
+    let mut raw = img[table..table + old_n * 4].to_vec();
+    raw.resize(new_n * 4, 0xff);
+    raw.resize((new_n * 4).div_ceil(512) * 512, 0xff);
+    let footer = img.split_off(img.len() - 512);
+    let at = img.len() as u64;
+    img.extend_from_slice(&raw);
+    img.extend_from_slice(&footer);
+    img[h + 16..h + 24].copy_from_slice(&at.to_be_bytes());
+    img[h + 28..h + 32].copy_from_slice(&(new_n as u32).to_be_bytes());
+    img[h + 36..h + 40].fill(0);
+    let sum = img[h..h + 1024].iter().fold(0u32, |a, &b| a + u32::from(b));
+    img[h + 36..h + 40].copy_from_slice(&(!sum).to_be_bytes());
+    let probe = FaultStorage::new(img, u64::MAX, CrashMode::Prefix { tear: false }, 0);
+    let storage: Arc<dyn Storage> = Arc::new(probe.clone());
+    vhdkit::resize::resize_storage(
+        storage,
+        None,
+        vhdkit::report::Format::Vhd,
+        vhdkit::resize::Target::Size(grown),
+        false,
+        &OpenOptions::new(),
+    )
+    .unwrap();
+    content.resize(grown as usize, 0);
+    Setup {
+        name: format!("dynamic VHD of {bs}-byte blocks, BAT moved by a grow"),
+        fmt: Fmt::Vhd,
+        base: probe.durable(),
+        content,
+        parent: None,
+        path,
+        _dir: dir,
+    }
+}
+
+/// Compacting `s` leaves an image that checks fully clean (no leaked
+/// space either) and is no larger than a fresh image (footer copy,
+/// header, a table of `table` bytes, `kept` blocks of `span` bytes,
+/// footer) plus one block; then the crash test in both modes.
+fn moved_bat_compacts_and_survives(s: &Setup, table: u64, kept: u64, span: u64) {
+    let at = u64::from_be_bytes(s.base[512 + 16..512 + 24].try_into().unwrap());
+    assert!(at > 0x600 + table, "{}: table at {at:#x}", s.name);
+    let image = Arc::new(MemStorage::from_vec(s.base.clone()));
+    s.compact(Box::new(image.clone()), Mode::Full).unwrap();
+    let done = image.to_vec();
+    let mut report = CheckReport::default();
+    vhdkit::unstable::vhd::check::check(&MemStorage::read_only(done.clone()), &mut report, false)
+        .unwrap();
+    assert!(
+        report.findings.is_empty(),
+        "{}: {:?}",
+        s.name,
+        report.findings
+    );
+    s.verify(&done).unwrap();
+    let fresh = 512 + 1024 + table + kept * span + 512;
+    assert!(
+        done.len() as u64 <= fresh + span,
+        "{}: {} bytes, a fresh image is {fresh}",
+        s.name,
+        done.len()
+    );
+    both_modes(s, 20);
+}
+
+#[test]
+fn vhd_with_a_moved_bat_compacts_to_a_fresh_layout_and_survives_a_crash_everywhere() {
+    // 16 blocks of 64 KiB, 3 with data, grown to 256 entries (2 sectors):
+    // the blocks move down, then the table into the space they left.
+    let s = moved_bat_setup(64 << 10, 16, 13, 16 * MIB);
+    moved_bat_compacts_and_survives(&s, 1024, 3, (64 << 10) + 512);
+}
+
+#[test]
+fn vhd_bat_that_fits_only_in_its_own_space_moves_down_through_the_end() {
+    // 1152 blocks of 4 KiB (a 9-sector table), the last with data, grown
+    // to 1280 entries (10 sectors): the block moves into the old table's
+    // 9 sectors, and only the grown table's own space makes the 10 below
+    // it, so it moves to the end of the file first and then down.
+    let s = moved_bat_setup(4096, 1152, 1151, 1280 * 4096);
+    moved_bat_compacts_and_survives(&s, 5120, 1, 4096 + 512);
+}

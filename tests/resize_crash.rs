@@ -162,7 +162,7 @@ fn cases() -> Vec<Case> {
             24 * MIB,
         ),
         (
-            "dynamic grow, BAT moved",
+            "dynamic grow, blocks moved out of the BAT's way",
             VhdBuilder::new(size).dynamic().block_size(512 << 10),
             96 * MIB,
         ),
@@ -179,6 +179,23 @@ fn cases() -> Vec<Case> {
             stride: 1,
         });
     }
+    // No block: the BAT has only the footer after it and grows over it
+    // (the footer moved past the new table first).
+    let (base, old) = build(
+        VhdBuilder::new(size).dynamic().block_size(512 << 10),
+        size,
+        &[],
+    );
+    v.push(Case {
+        name: "dynamic grow, BAT at the end grown over the footer",
+        format: Format::Vhd,
+        base,
+        old,
+        target: Target::Size(96 * MIB),
+        shrink: false,
+        gpt_end: None,
+        stride: 1,
+    });
     // Odd size: the last block's tail is zeroed.
     let odd = 5 * MIB + 512;
     let (base, old) = build(VhdBuilder::new(odd).dynamic(), odd, &content_pieces(odd, 3));

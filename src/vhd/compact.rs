@@ -4,7 +4,8 @@
 //! The BAT is written in place, so each batch of changes goes: moved
 //! blocks copied, flush, BAT sectors written, flush. There are two
 //! batches: the dropped blocks first, then every move (copies land only
-//! in space the first batch freed, see [`crate::compact::plan_moves`]). A
+//! in space the first batch freed, see [`crate::compact::plan_moves`]);
+//! the BAT itself may then move down (see `move_table_down`). A
 //! BAT sector is written whole (the device's atomic unit), and each entry
 //! in it points either at the old copy, still intact, or at the new one,
 //! durable. The file is cut last: the footer is written at the new end and
@@ -82,9 +83,107 @@ impl VhdDisk {
             report.blocks_moved += 1;
         }
         self.commit_entries(&mut pending)?;
-        self.cut(plan.end.div_ceil(SECTOR) * SECTOR)?;
+        let mut placed = blocks;
+        for &(k, to) in &plan.moves {
+            placed[k].0 = to;
+        }
+        let end = self.move_table_down(&placed)?;
+        self.cut(end.div_ceil(SECTOR) * SECTOR)?;
         report.size_after = self.storage.len().map_err(io_err("VHD file", 0))?;
         Ok(report)
+    }
+
+    /// When the BAT is the last structure in the file (a grow moved it
+    /// past the blocks) and moving it down shortens the file, move it:
+    /// into the lowest free space below it that holds it, or, when only
+    /// the table's own space would make that space big enough, first to
+    /// the end of the file (the footer moved past it first, as when a
+    /// block is appended) and from there down. Each move writes a copy to
+    /// free space and makes it durable, then switches the dynamic
+    /// header's first sector (table offset and checksum both lie in it:
+    /// one atomic write) and makes that durable; only then is the old
+    /// table's space free. `placed` are the blocks where they now durably
+    /// lie. Returns where the file may end.
+    fn move_table_down(&mut self, placed: &[(u64, u64)]) -> Result<u64> {
+        let sparse = self.sparse.as_ref().expect("sparse");
+        let bytes = bat::table_bytes(sparse.header.max_table_entries);
+        let old = sparse.header.table_offset;
+        let mut taken: Vec<(u64, u64)> = self
+            .reserved()
+            .into_iter()
+            .filter(|&r| r != (old, old + bytes))
+            .chain(placed.iter().map(|&(o, l)| (o, o + l)))
+            .collect();
+        taken.sort_unstable();
+        let others_end = taken.iter().map(|&(_, e)| e).max().unwrap_or(0);
+        if old + bytes <= others_end {
+            return Ok(others_end);
+        }
+        // The lowest free sector-aligned place that holds the table and
+        // lies wholly below `table`.
+        let below = |table: u64| {
+            let mut covered = 0u64;
+            for &(s, e) in taken.iter().chain([&(u64::MAX, u64::MAX)]) {
+                let at = covered.div_ceil(SECTOR) * SECTOR;
+                if at.saturating_add(bytes) <= s.min(table) {
+                    return Some(at);
+                }
+                covered = covered.max(e);
+                if covered >= table {
+                    break;
+                }
+            }
+            None
+        };
+        let to = match below(old) {
+            Some(to) => to,
+            None if others_end.div_ceil(SECTOR) * SECTOR + bytes < old + bytes => {
+                // Only the table's own space makes room: hop past the end.
+                let hop = self.sparse.as_ref().expect("sparse").next_free;
+                let fb = self.footer.to_bytes();
+                self.storage
+                    .write_at(&fb, hop + bytes)
+                    .map_err(io_err("VHD footer", hop + bytes))?;
+                self.storage.flush().map_err(io_err("VHD file", 0))?;
+                let sparse = self.sparse.as_mut().expect("sparse");
+                sparse.next_free = hop + bytes;
+                self.data_end = hop + bytes;
+                self.copy_table(hop)?;
+                match below(hop) {
+                    Some(to) => to,
+                    None => return Ok(hop + bytes),
+                }
+            }
+            None => return Ok(old + bytes),
+        };
+        self.copy_table(to)?;
+        Ok(others_end.max(to + bytes))
+    }
+
+    /// Write a copy of the BAT at `to` (free space) and make it durable,
+    /// then point the dynamic header at it and make that durable.
+    fn copy_table(&mut self, to: u64) -> Result<()> {
+        let sparse = self.sparse.as_mut().expect("sparse");
+        let table = sparse.header.table_offset;
+        let mut raw = vec![0u8; bat::table_bytes(sparse.header.max_table_entries) as usize];
+        self.storage
+            .read_at_or_zero(&mut raw, table)
+            .map_err(io_err("VHD block allocation table", table))?;
+        self.storage
+            .write_at(&raw, to)
+            .map_err(io_err("VHD block allocation table", to))?;
+        self.storage.flush().map_err(io_err("VHD file", 0))?;
+        let mut header = sparse.header.clone();
+        header.table_offset = to;
+        header.checksum = header.compute_checksum();
+        let b = header.to_bytes();
+        let at = sparse.header_offset;
+        self.storage
+            .write_at(&b[..SECTOR as usize], at)
+            .map_err(io_err("VHD dynamic header", at))?;
+        self.storage.flush().map_err(io_err("VHD file", 0))?;
+        sparse.header = header;
+        Ok(())
     }
 
     /// Ranges of the file that are not blocks: the footer copy, the

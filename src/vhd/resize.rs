@@ -9,7 +9,10 @@
 //! - fixed grow: a copy of the old footer at the new end (the gap before
 //!   it is unused space until then), the gap zeroed, the new footer;
 //! - dynamic (and differencing) grow: the block allocation table (BAT) grown in place when
-//!   the sectors after it are free, otherwise written anew after the last
+//!   the sectors after it are free or hold only blocks (copied to the end
+//!   of the file, the footer moved past them first, then their entries
+//!   switched) or the footer (copied past the new table's end first),
+//!   otherwise written anew after the last
 //!   block (the file's footer moved first, as when a block is appended),
 //!   then the dynamic header's first sector (table offset, max table
 //!   entries and checksum all lie in it, so it changes atomically), the
@@ -372,8 +375,86 @@ impl Dynamic {
         Ok(())
     }
 
+    /// Whether `[start, end)` holds a structure other than a block or the
+    /// BAT: the footer copy, the header, a parent locator's data.
+    fn used_by_structures(&self, start: u64, end: u64) -> bool {
+        let hit = |s: u64, e: u64| s < end && start < e;
+        self.header
+            .parent_locators
+            .iter()
+            .filter(|l| l.is_used())
+            .any(|l| {
+                hit(
+                    l.platform_data_offset,
+                    l.platform_data_offset + u64::from(l.platform_data_space),
+                )
+            })
+            || hit(0, FOOTER_SIZE as u64)
+            || hit(self.header_at, self.header_at + HEADER_SIZE as u64)
+    }
+
+    /// Move the blocks that lie in `[start, end)` (where the table grows)
+    /// to the end of the file, past `end`: the footer first moves past
+    /// their new place (as when a block is appended), the copies are made
+    /// durable, then the table sectors pointing at them are rewritten and
+    /// made durable. The space they leave is then free for the table, and
+    /// no hole is left behind as when the table itself moves.
+    fn move_blocks_out(&mut self, storage: &dyn Storage, start: u64, end: u64) -> Result<()> {
+        let span = self.block_span();
+        let hit = |e: u32| {
+            let s = u64::from(e) * SECTOR;
+            e != UNUSED && s < end && start < s + span
+        };
+        let mut moving: Vec<usize> = (0..self.bat.len()).filter(|&i| hit(self.bat[i])).collect();
+        if moving.is_empty() {
+            return Ok(());
+        }
+        moving.sort_unstable_by_key(|&i| self.bat[i]);
+        let dest = self.next_free().max(end.div_ceil(SECTOR) * SECTOR);
+        let footer_at = dest + moving.len() as u64 * span;
+        write(storage, "VHD footer", &self.footer.to_bytes(), footer_at)?;
+        flush(storage)?;
+        self.footer_at = footer_at;
+        let mut buf = vec![0u8; span as usize];
+        let mut entries = Vec::with_capacity(moving.len());
+        for (k, &i) in moving.iter().enumerate() {
+            let from = u64::from(self.bat[i]) * SECTOR;
+            let to = dest + k as u64 * span;
+            storage
+                .read_at_or_zero(&mut buf, from)
+                .map_err(io_err("VHD block", from))?;
+            write(storage, "VHD block", &buf, to)?;
+            entries.push((i, (to / SECTOR) as u32));
+        }
+        flush(storage)?;
+        let per_sector = (SECTOR / bat::ENTRY_SIZE) as usize;
+        for &(i, e) in &entries {
+            self.bat[i] = e;
+        }
+        let mut sectors: Vec<usize> = entries.iter().map(|&(i, _)| i / per_sector).collect();
+        sectors.sort_unstable();
+        sectors.dedup();
+        for s in sectors {
+            let first = s * per_sector;
+            let at = bat::entry_offset(self.header.table_offset, first);
+            let mut raw = vec![0u8; SECTOR as usize];
+            storage
+                .read_at_or_zero(&mut raw, at)
+                .map_err(io_err("VHD block allocation table", at))?;
+            for (k, e) in raw.chunks_exact_mut(4).enumerate() {
+                if let Some(v) = self.bat.get(first + k) {
+                    e.copy_from_slice(&v.to_be_bytes());
+                }
+            }
+            write(storage, "VHD block allocation table", &raw, at)?;
+        }
+        flush(storage)
+    }
+
     /// Give the BAT `entries` entries: in place when the sectors after it
-    /// are free, otherwise as a new table appended to the file.
+    /// are free, hold only blocks (moved to the end first) or the footer
+    /// (moved past the new table first), otherwise (a parent locator in
+    /// the way) as a new table appended to the file.
     fn grow_table(&mut self, storage: &dyn Storage, entries: u32) -> Result<()> {
         let table = self.header.table_offset;
         let old_entries = self.header.max_table_entries;
@@ -381,6 +462,20 @@ impl Dynamic {
         let new_end = table + bat::table_bytes(entries);
         let unused = UNUSED.to_be_bytes();
         let added = (entries - old_entries) as usize;
+        if self.used(old_end, new_end) && !self.used_by_structures(old_end, new_end) {
+            self.move_blocks_out(storage, old_end, new_end)?;
+        }
+        // A table with nothing but the footer after it (a grow moved it
+        // there, or the disk never had a block) grows over the footer: the
+        // footer first moves past the new end, as when a block is appended.
+        let at_end = new_end > self.footer_at
+            && old_end <= self.footer_at
+            && !self.used(old_end, self.footer_at);
+        if at_end {
+            write(storage, "VHD footer", &self.footer.to_bytes(), new_end)?;
+            flush(storage)?;
+            self.footer_at = new_end;
+        }
         let new_table = if !self.used(old_end, new_end) {
             // The new entries and the old table's padding after its last
             // entry, up to the end of the new table's last sector.
