@@ -8,8 +8,8 @@
 //! from its paths. After every step the whole top image is read and
 //! compared with the model, its size too, and `check` runs on every image
 //! of the chain: no damage, nothing left unchecked, and leaked space only
-//! after a quick compact (documented) or on a VHD whose BAT a grow moved
-//! (a known gap, [`VHD_MOVED_BAT_LEAKS`]). Images live in `/dev/shm` when
+//! after a quick compact (documented) or a VHD shrink (its unlinked
+//! blocks). Images live in `/dev/shm` when
 //! it exists.
 //!
 //! Operations whose outcome depends on the content are predicted from the
@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError};
 
-use common::{Rng, SparseLayout, random_bytes};
+use common::{Rng, random_bytes};
 use vhdkit::compact::Mode;
 use vhdkit::merge::MergeOptions;
 use vhdkit::report::Severity;
@@ -48,15 +48,6 @@ use vhdkit::{ErrorKind, OpenOptions, VhdBuilder, VhdxBuilder};
 
 const MIB: u64 = 1 << 20;
 const SECTOR: u64 = 512;
-
-/// A grow that must move a VHD's BAT appends the new table and leaves the
-/// old one's space referenced by nothing, and a full compact never moves
-/// the BAT: blocks below it move down and leave their space between the
-/// last block and the table. `check` reports such space as leaked once it
-/// lies after a block (a second grow, or a compact), so a VHD whose BAT a
-/// grow moved may report leaks from then on. Known gap (reported for issue
-/// 14): set this to false once grow or compact reclaims that space.
-const VHD_MOVED_BAT_LEAKS: bool = false;
 
 /// Longest chain the model builds (a snapshot on a chain this long is
 /// skipped).
@@ -313,8 +304,6 @@ struct Image {
     /// Whether `check` may report leaked space: only after an operation
     /// documented to leave it, until a full compact of the image.
     leak_ok: bool,
-    /// A VHD whose BAT a grow moved (see [`VHD_MOVED_BAT_LEAKS`]).
-    bat_moved: bool,
     /// What the image reads, kept once it is a parent (empty for the top:
     /// its content is [`World::model`]).
     reads: Vec<u8>,
@@ -385,7 +374,6 @@ impl World {
             path,
             block_size: u64::from(case.block_size),
             leak_ok: false,
-            bat_moved: false,
             reads: Vec::new(),
         });
         Ok(w)
@@ -530,7 +518,6 @@ impl World {
                     path,
                     block_size: u64::from(block_size),
                     leak_ok: false,
-                    bat_moved: false,
                     reads: Vec::new(),
                 });
             }
@@ -586,8 +573,6 @@ impl World {
         ));
         let before = self.files();
         let path = self.top().path.clone();
-        let table = |p: &Path| (self.fmt == Fmt::Vhd).then(|| SparseLayout::read(p).table_offset);
-        let table_before = table(&path);
         let r = vhdkit::resize::resize(&path, Target::Size(asked), shrink, &OpenOptions::new());
         match (r, refusal) {
             (Ok(done), None) => {
@@ -602,9 +587,6 @@ impl World {
                     // src/vhd/resize.rs: the blocks of the entries a shrink
                     // unlinks become leaked space.
                     self.chain.last_mut().expect("chain").leak_ok = true;
-                }
-                if table(&path) != table_before {
-                    self.chain.last_mut().expect("chain").bat_moved = true;
                 }
                 self.model.resize(new as usize, 0);
             }
@@ -681,7 +663,7 @@ impl World {
     /// Whether `img`'s check may report leaked space in `structure`: its
     /// own, or a parent's (`in parent PATH: ...`, repeated for each level).
     fn leak_ok(&self, img: &Image, structure: &str) -> bool {
-        let ok = |i: &Image| i.leak_ok || (VHD_MOVED_BAT_LEAKS && i.bat_moved);
+        let ok = |i: &Image| i.leak_ok;
         // A parent's parent is prefixed twice: the innermost names the image.
         let mut rest = structure;
         let mut image = img;

@@ -60,7 +60,11 @@ fn refuse_with_children(
     image: &std::path::Path,
     opts: &vhdkit::OpenOptions,
 ) -> Result<(), (vhdkit::Error, u8)> {
-    let disk = vhdkit::open(image, &opts.clone().print_warnings(false)).map_err(fail1)?;
+    // An image that does not open is refused by the resize itself, with
+    // its own reason.
+    let Ok(disk) = vhdkit::open(image, &opts.clone().print_warnings(false)) else {
+        return Ok(());
+    };
     let Some(id) = disk.parent_link_id() else {
         return Ok(());
     };
