@@ -6,22 +6,25 @@
 # the image (the copy is not timed). Prints the median of the per-pair
 # ratios B time / A time (above 1: compact is faster) with their range, the
 # median times, the median CPU time (user + system) of each, which a
-# loaded machine disturbs less than elapsed time (qemu-img runs several
-# threads, vhdkit compact one), and the file sizes each produces (and a
-# fresh `vhdkit convert` of the same content, for scale).
+# loaded machine disturbs less than elapsed time (both tools run several
+# threads), and the file sizes each produces (and a fresh `vhdkit convert`
+# of the same content, for scale).
 #
-# The copy each A works on is made with `cp --sparse=$COPY_SPARSE`: with
-# the default (auto) cp leaves the zeroed blocks as holes, as a file system
-# that passes discards through would, and compact finds them without
-# reading them; with never, every zero is stored and compact reads it.
+# The image is dense: `vhdkit write` stores the zeros, as a guest zeroing
+# its disk leaves them. The copy each A works on is made with
+# `cp --sparse=$COPY_SPARSE`: by default (never) the copy is as dense as the
+# image qemu-img reads, and compact reads every zero; with always, cp turns
+# the zeroed blocks into holes (as a file system that passes discards
+# through would) and compact finds them without reading them, while
+# qemu-img still reads the dense image.
 #
 #   benches/compact.sh            PAIRS (default 5), SIZE_MIB (default 2048),
 #                                 BENCH_DIR (default /dev/shm/vhdkit-compact),
-#                                 COPY_SPARSE (default auto; or never)
+#                                 COPY_SPARSE (default never; or always)
 set -euo pipefail
 pairs=${PAIRS:-5}
 size_mib=${SIZE_MIB:-2048}
-copy_sparse=${COPY_SPARSE:-auto}
+copy_sparse=${COPY_SPARSE:-never}
 work=${BENCH_DIR:-/dev/shm/vhdkit-compact}
 here=$(cd "$(dirname "$0")/.." && pwd)
 (cd "$here" && cargo build --release -q --bin vhdkit)
