@@ -302,14 +302,24 @@ pub(crate) fn refuse_damaged(warnings: &[crate::report::Warning]) -> Result<()> 
 }
 
 /// [`refuse_damaged`] for the operations that rewrite an image's
-/// structures in place (resize, set, set-parent, rebase): a VHD footer
-/// copy that is whole and valid but older than the footer at the end is
-/// what a crash of one of them leaves, and running it again rewrites the
-/// copy, so that alone is no damage to them.
+/// structures in place (resize, set, set-parent, rebase), given the
+/// warnings of a read-only open. What a crash of one of them leaves, and
+/// the writable open of running it again completes, is no damage to them:
+/// a VHD footer copy that is whole and valid but older than the footer at
+/// the end; an EVHD commit held in the journal (installed by the writable
+/// open), with the header copy that commit was writing torn. Signature
+/// warnings are about trust, not damage.
 pub(crate) fn refuse_damaged_rewrite(warnings: &[crate::report::Warning]) -> Result<()> {
+    use crate::report::WarningKind as K;
+    let pending = warnings.iter().any(|w| w.kind == K::JournalInMemory);
     let damage: Vec<crate::report::Warning> = warnings
         .iter()
-        .filter(|w| w.kind != crate::report::WarningKind::CopyDiffers)
+        .filter(|w| {
+            !matches!(
+                w.kind,
+                K::CopyDiffers | K::JournalInMemory | K::Unsigned | K::UntrustedSigner
+            ) && !(pending && w.kind == K::CopyUnusable && w.structure == Some("EVHD header"))
+        })
         .cloned()
         .collect();
     refuse_damaged(&damage)
