@@ -639,16 +639,21 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
     Ok(())
 }
 
-/// Stored bytes a punched range may keep at its two ends: a hole covers
-/// only whole file-system blocks, so the partial ones at its edges stay.
-const PUNCH_EDGES: u64 = 2 * 4096;
+/// The file-system block a punch frees whole: the partial blocks at the
+/// two ends of a punched range keep their bytes.
+const PUNCH_BLOCK: u64 = 4096;
 
-/// Whether `start..end` of the file is a hole but for its partial edge
-/// blocks (the storage says it holds no more data there); `false` when the
-/// storage cannot tell.
+/// Whether `start..end` of the file is a hole but for the partial
+/// file-system blocks at its two ends (the storage says it stores nothing
+/// else there); `false` when the storage cannot tell.
 fn is_hole(storage: &dyn Storage, start: u64, end: u64) -> bool {
+    let head_end = start.div_ceil(PUNCH_BLOCK) * PUNCH_BLOCK;
+    let tail_start = (end / PUNCH_BLOCK * PUNCH_BLOCK).max(head_end);
     match storage.data_runs(start, end - start) {
-        Ok(Some(runs)) => runs.iter().map(|&(_, n)| n).sum::<u64>() <= PUNCH_EDGES,
+        Ok(Some(runs)) => runs.iter().all(|&(s, n)| {
+            let (s, e) = (s.max(start), s.saturating_add(n).min(end));
+            s >= e || e <= head_end || s >= tail_start
+        }),
         _ => false,
     }
 }
