@@ -7,7 +7,7 @@
 //! A link of another virtual size than its child does not break the
 //! chain when its identity is the recorded one: the child was resized,
 //! and reads the parent up to the smaller size and zeros past the
-//! parent's end, as opening the chain does ([`crate::chain`]).
+//! parent's end, as opening the chain does.
 
 use std::path::{Path, PathBuf};
 

@@ -18,7 +18,7 @@
 //!   one taken despite its identity), and grown only where its parent ends
 //!   or reads as zeros, so that the range coming into use reads as zeros:
 //!   afterwards it reads its parent up to the smaller of the two
-//!   sizes, zeros past the parent's end (see [`crate::chain`]).
+//!   sizes, zeros past the parent's end (as opening the chain does).
 //!
 //! The order makes every crash leave the old or the new size with the
 //! partitions intact, and running the resize again completes it: a grow

@@ -296,7 +296,7 @@ impl Disk {
     /// A `Read + Write + Seek` stream over the virtual disk, starting at
     /// byte 0. Writes need not be sector-aligned (partial sectors are read,
     /// patched and written back); on a disk opened read-only they fail with
-    /// [`io::ErrorKind::PermissionDenied`].
+    /// [`std::io::ErrorKind::PermissionDenied`].
     pub fn cursor(&mut self) -> DiskCursor<'_> {
         DiskCursor { disk: self, pos: 0 }
     }
