@@ -25,12 +25,13 @@ export RUSTFLAGS="-Cpasses=sancov-module \
 export CARGO_TARGET_DIR=target/smoke
 cargo build --release --bins --target "$host" --quiet
 
-# Longest input per target: image targets read sparse seeds of up to 256 KiB.
-declare -A max_len=([open_vhd]=65536 [open_vhdx]=262144 [open_evhd]=262144 [partitions]=65536)
+# Longest input per target: image targets read sparse seeds of up to 256 KiB,
+# file systems (fs_list) seeds of up to 1 MiB.
+declare -A max_len=([open_vhd]=65536 [open_vhdx]=262144 [open_evhd]=262144 [partitions]=65536 [fs_list]=1048576)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 status=0
-for t in open_vhd open_vhdx open_evhd keypair_xml vhdx_log write_ops nbd_server partitions; do
+for t in open_vhd open_vhdx open_evhd keypair_xml vhdx_log write_ops nbd_server partitions fs_list; do
   mkdir -p "$tmp/$t" "artifacts/$t"
   # Every committed input runs first (corpus and former crashes, with
   # overflow checks: tests/fuzz_replay.rs replays them in the release
