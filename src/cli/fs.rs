@@ -16,6 +16,29 @@ use super::open::warn_signature;
 use super::output::stdout_err;
 use super::{Outcome, fail1};
 
+/// Stop the command (exit 1, unfinished output files removed) when a
+/// file-system reader goes [`vhdkit::fs::STALL_AFTER`] without a read or
+/// an output write: it loops over its own cached structures, out of the
+/// read budget's sight, and its thread cannot be stopped otherwise.
+fn watch_for_stalls(image: &std::path::Path) {
+    let image = image.to_path_buf();
+    std::thread::spawn(move || {
+        let mut watch = vhdkit::fs::StallWatch::new(vhdkit::fs::STALL_AFTER);
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            if watch.observe(vhdkit::fs::reader_progress(), std::time::Instant::now()) {
+                eprintln!(
+                    "vhdkit: error: {}: the file-system reader made no progress for {} s (no \
+                     read, no output): it is stuck on damaged structures; stopped",
+                    image.display(),
+                    vhdkit::fs::STALL_AFTER.as_secs()
+                );
+                vhdkit::unstable::pending::remove_all_and_exit(1);
+            }
+        }
+    });
+}
+
 /// `vhdkit ls`.
 #[derive(Args)]
 pub struct LsArgs {
@@ -106,6 +129,7 @@ fn readable(w: &Window) -> Option<FsKind> {
 
 /// Open the image of `t` and the file system that `t.part` selects.
 fn open_volume(t: &Target, parent: &ParentArgs) -> Result<Volume, Error> {
+    watch_for_stalls(&t.image);
     parent.warn_force_share(&[&t.image]);
     let disk = parent.open(&t.image, &parent.options())?;
     warn_signature(disk.as_ref(), &t.image);

@@ -231,6 +231,14 @@ fn write_symlink(e: &Entry, target: &Path) -> Result<()> {
         pending::forget(&tmp);
         return Err(out_err(x, "creating", &tmp));
     }
+    // The link's own time (the rename keeps it), never its target's.
+    if let Some(t) = e.mtime.and_then(system_time) {
+        let t = filetime::FileTime::from_system_time(t);
+        if let Err(x) = filetime::set_symlink_file_times(&tmp, t, t) {
+            pending::discard(&tmp);
+            return Err(out_err(x, "setting the time of", &tmp));
+        }
+    }
     pending::commit(&tmp, || crate::io::rename_into_place(&tmp, target, false)).map_err(|x| {
         pending::discard(&tmp);
         out_err(x, "renaming into place", target)

@@ -106,6 +106,7 @@ impl Window {
 
     /// Charge `n` bytes (at least [`MIN_CHARGE`]) to the budget.
     fn charge(&self, n: u64) -> io::Result<()> {
+        super::note_activity();
         let n = n.max(MIN_CHARGE);
         let left = self.budget.get();
         if n > left {
