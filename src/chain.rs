@@ -256,19 +256,32 @@ pub(crate) fn open_parent(
         .first()
         .map(|c| c.recorded.clone())
         .unwrap_or_else(|| "(no recorded path)".to_string());
+    // A relative record is taken from the child's folder as named, then
+    // (for a child reached through a symbolic link) from the folder the
+    // child really is in, where it was made.
     let child_dir = child
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
+    let mut child_dirs = vec![child_dir];
+    if let Some(real) = child
+        .filter(|c| c.is_symlink())
+        .and_then(|c| std::fs::canonicalize(c).ok())
+        .and_then(|c| c.parent().map(Path::to_path_buf))
+    {
+        child_dirs.push(real);
+    }
     // Each path with the record that names it (none for an explicit path).
     let paths: Vec<(PathBuf, Option<&Candidate>)> = match &opts.parent_path {
         Some(p) => vec![(p.clone(), None)],
         None => {
             let mut v: Vec<(PathBuf, Option<&Candidate>)> = Vec::new();
-            for c in &spec.candidates {
-                let p = c.resolve(&child_dir);
-                if !v.iter().any(|(q, _)| *q == p) {
-                    v.push((p, Some(c)));
+            for dir in &child_dirs {
+                for c in &spec.candidates {
+                    let p = c.resolve(dir);
+                    if !v.iter().any(|(q, _)| *q == p) {
+                        v.push((p, Some(c)));
+                    }
                 }
             }
             v

@@ -315,10 +315,13 @@ pub(crate) fn refuse_damaged_rewrite(warnings: &[crate::report::Warning]) -> Res
     let damage: Vec<crate::report::Warning> = warnings
         .iter()
         .filter(|w| {
-            !matches!(
+            let recoverable = matches!(
                 w.kind,
                 K::CopyDiffers | K::JournalInMemory | K::Unsigned | K::UntrustedSigner
-            ) && !(pending && w.kind == K::CopyUnusable && w.structure == Some("EVHD header"))
+            );
+            let torn_by_pending =
+                pending && w.kind == K::CopyUnusable && w.structure == Some("EVHD header");
+            !(recoverable || torn_by_pending)
         })
         .cloned()
         .collect();

@@ -153,6 +153,12 @@ pub enum Hint {
     /// An operation was refused because it would break other images
     /// (named in the message); forcing it goes ahead anyway.
     Force,
+    /// A differencing image whose parent no longer has the recorded
+    /// identity (it was changed or resized elsewhere) cannot be rebased,
+    /// which reads the old chain; when that parent's content is still
+    /// what the child was made over, `set-parent` taking its identity
+    /// ([`crate::reparent::SetParentOptions::ignore_id`]) links them again.
+    SetParentIgnoreId,
 }
 
 /// An error with its context.

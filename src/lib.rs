@@ -486,13 +486,18 @@ fn check_in_chain(
         }
         // An image that does not open as its format is reported as damaged
         // even beside the format's own findings, which may not say so.
+        // The same fault (same structure and offset) found by the format's
+        // check is not said twice.
         Err(e)
             if report.worst() != Some(report::Severity::Error)
                 || (e.context().is_some()
-                    && !report
-                        .findings
-                        .iter()
-                        .any(|f| f.message == finding_text(&e, path))) =>
+                    && !report.findings.iter().any(|f| {
+                        f.message == finding_text(&e, path)
+                            || (f.severity == report::Severity::Error
+                                && Some(f.structure.as_str()) == e.structure()
+                                && f.offset.is_some()
+                                && f.offset == e.offset())
+                    })) =>
         {
             report.add_error(&e, finding_text(&e, path));
         }

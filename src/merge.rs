@@ -227,10 +227,9 @@ pub fn plan(child: &Path, opts: &MergeOptions) -> Result<MergePlan> {
         return Err(Error::new(
             ErrorKind::Unsupported,
             format!(
-                "cannot merge {} ({} bytes) into {}: {} has a virtual size of {} bytes (an image \
-                 of the chain was resized); a merge needs the merged images and the ancestor \
-                 to have one size",
-                child.display(),
+                "cannot merge it ({} bytes) into {}: {} has a virtual size of {} bytes (an \
+                 image of the chain was resized); a merge needs the merged images and the \
+                 ancestor to have one size",
                 sizes[0],
                 levels[target].path.display(),
                 levels[j].path.display(),

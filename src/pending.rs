@@ -99,6 +99,10 @@ pub fn remove_all_and_exit(code: i32) -> ! {
         // Everything was written and synced: the command succeeded, the
         // signal only came before the process could exit.
         Some(InPlace::Done(code)) => std::process::exit(i32::from(*code)),
+        Some(InPlace::Changing(p, verb)) => eprintln!(
+            "vhdkit: interrupted while {verb} {}: the change is crash safe, so it reads as it did before or as it will after; running the same command again completes it",
+            p.display()
+        ),
         None => {}
     }
     std::process::exit(code)
@@ -112,6 +116,10 @@ enum InPlace {
     /// The write completed and was synced; the command exits with this
     /// status even when a signal arrives before it could exit.
     Done(u8),
+    /// The image is changed in place by a crash-safe command (`verb`, as
+    /// in "interrupted while resizing"): an interruption leaves it as
+    /// before or after, and a re-run completes it.
+    Changing(PathBuf, &'static str),
 }
 
 /// The target being written in place, which no clean-up can restore:
@@ -124,6 +132,14 @@ static IN_PLACE: Mutex<Option<InPlace>> = Mutex::new(None);
 pub fn writing_in_place(target: &Path) {
     *IN_PLACE.lock().unwrap_or_else(|p| p.into_inner()) =
         Some(InPlace::Writing(target.to_path_buf()));
+}
+
+/// Record that `target` is being changed in place by a crash-safe command
+/// (`verb`: "resizing", "compacting" ...), so that an interrupted process
+/// says what state the image is in and how to finish.
+pub fn changing_in_place(target: &Path, verb: &'static str) {
+    *IN_PLACE.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some(InPlace::Changing(target.to_path_buf(), verb));
 }
 
 /// Record that the write in place completed and was synced, and that the

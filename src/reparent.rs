@@ -5,11 +5,16 @@
 //! `set-parent` rewrites everything the child records about where its
 //! parent is (VHD: the locators and the parent's name; VHDX: the parent
 //! locator item), after checking that the image at the new path is the
-//! recorded parent: same identity (VHD unique id, VHDX DataWriteGuid) and
-//! same virtual size. With `ignore_id` the new parent's identity is taken
-//! into the child instead, for a parent that was changed elsewhere (its
-//! content is then trusted to be what the child was made over). The
-//! writes are crash safe: see `vhd/reparent.rs` and `vhdx/reparent.rs`.
+//! recorded parent: same identity (VHD unique id, VHDX DataWriteGuid). A
+//! parent with the recorded identity may have another virtual size than
+//! the child (either was resized; the chain reads the parent up to the
+//! smaller size and zeros past its end). With `ignore_id` the new
+//! parent's identity is taken into the child instead, for a parent that
+//! was changed or resized elsewhere (its content is then trusted to be
+//! what the child was made over); such a parent must then cover the
+//! whole child, since the child's reads past a smaller parent's end would
+//! turn into zeros. The writes are crash safe: see `vhd/reparent.rs` and
+//! `vhdx/reparent.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -72,6 +77,26 @@ pub fn set_parent_in(
     parent: &Path,
     opts: &SetParentOptions,
 ) -> Result<SetParentOutcome> {
+    set_parent_sized(storage, child, parent, opts, SizeRule::CoverChild)
+}
+
+/// Which sizes a parent taken with `ignore_id` may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SizeRule {
+    /// At least the child's size: the child reads nothing past its end.
+    CoverChild,
+    /// Any: `rebase` already copied into the child every byte where the
+    /// new parent (zeros past its end) differs from the old chain.
+    Any,
+}
+
+fn set_parent_sized(
+    storage: Box<dyn Storage>,
+    child: &Path,
+    parent: &Path,
+    opts: &SetParentOptions,
+    sizes: SizeRule,
+) -> Result<SetParentOutcome> {
     let format = detect::resolve(storage.as_ref(), None)?;
     let open_opts = OpenOptions {
         writable: true,
@@ -81,7 +106,7 @@ pub fn set_parent_in(
         Format::Vhd => {
             let mut d = VhdDisk::open_layer(storage, Some(child.to_path_buf()), &open_opts)?;
             crate::disk::refuse_damaged_rewrite(&d.info().warnings)?;
-            let link = Link::check(&d, child, parent, Format::Vhd, opts)?;
+            let link = Link::check(&d, child, parent, Format::Vhd, opts, sizes)?;
             let (code_abs, abs_data) = crate::vhd::create::absolute_locator(&link.path);
             let mut locators = Vec::new();
             if let Some(rel) = relative_from(child, &link.path) {
@@ -103,7 +128,7 @@ pub fn set_parent_in(
         Format::Vhdx => {
             let mut d = VhdxDisk::open_layer(storage, Some(child.to_path_buf()), &open_opts)?;
             crate::disk::refuse_damaged_rewrite(&d.info().warnings)?;
-            let link = Link::check(&d, child, parent, Format::Vhdx, opts)?;
+            let link = Link::check(&d, child, parent, Format::Vhdx, opts, sizes)?;
             let fresh = crate::vhdx::create::parent_locator(link.id, &link.path, Some(child))?;
             let mut loc = ParentLocator::parse(&fresh, 0)?;
             // Keys vhdkit does not write are kept, unless they name the old
@@ -146,14 +171,15 @@ struct Link {
 
 impl Link {
     /// Open `parent` read-only and check it against the child `d`: same
-    /// format, same virtual size, no loop, and the recorded identity
-    /// (unless `ignore_id`).
+    /// format, no loop, and the recorded identity (unless `ignore_id`,
+    /// when its size must follow `sizes`).
     fn check<D: ChildLayer + VirtualDisk>(
         d: &D,
         child: &Path,
         parent: &Path,
         format: Format,
         opts: &SetParentOptions,
+        sizes: SizeRule,
     ) -> Result<Link> {
         let spec = d.parent_spec()?.ok_or_else(|| {
             Error::new(
@@ -177,25 +203,28 @@ impl Link {
                 ),
             ));
         }
-        let (c, s) = (d.virtual_size(), p.virtual_size());
-        if c != s {
-            return Err(Error::new(
-                ErrorKind::ParentMismatch,
-                format!(
-                    "{} has a virtual size of {}, the child {} has {}; a differencing image and \
-                     its parent must be the same size",
-                    path.display(),
-                    crate::report::human_size(s),
-                    child.display(),
-                    crate::report::human_size(c),
-                ),
-            ));
-        }
         let found = p.parent_link_id();
         let mut replaced = None;
         let id = match found {
             Some(f) if f == spec.expected_id => f,
             Some(f) if opts.ignore_id => {
+                let (c, s) = (d.virtual_size(), p.virtual_size());
+                if s < c && sizes == SizeRule::CoverChild {
+                    return Err(Error::new(
+                        ErrorKind::ParentMismatch,
+                        format!(
+                            "{} has a virtual size of {}, smaller than the child's {}: the \
+                             child reads its parent's bytes from {} to {}, which would turn into \
+                             zeros; a parent whose id is not the recorded one must cover the \
+                             whole child (rebase onto it copies those bytes into the child first)",
+                            path.display(),
+                            crate::report::human_size(s),
+                            crate::report::human_size(c),
+                            s,
+                            c
+                        ),
+                    ));
+                }
                 replaced = Some(spec.expected_id);
                 f
             }
@@ -345,7 +374,16 @@ pub fn rebase_in(
         &rw,
         &Chain::default(),
     )
-    .map_err(|e| e.with_path(child))?;
+    .map_err(|e| {
+        // Rebase reads the old chain and cannot take a parent that is not
+        // the recorded one; set-parent can, when its content still holds.
+        let e = e.with_path(child);
+        if e.hint() == Some(crate::Hint::IgnoreParentId) {
+            e.with_hint(crate::Hint::SetParentIgnoreId)
+        } else {
+            e
+        }
+    })?;
     crate::disk::refuse_damaged_rewrite(&disk.info().warnings).map_err(|e| e.with_path(child))?;
     let (cf, bf) = (disk.info().format, base.info().format);
     if cf != bf || !matches!(cf, Format::Vhd | Format::Vhdx) {
@@ -368,20 +406,11 @@ pub fn rebase_in(
         )
         .with_path(child));
     }
+    // The base may have another size than the child: the child then
+    // reads it up to the smaller size and zeros past its end, and that is
+    // what the old chain's content is compared with.
     let size = disk.virtual_size();
-    if base.virtual_size() != size {
-        return Err(Error::new(
-            ErrorKind::ParentMismatch,
-            format!(
-                "{} has a virtual size of {}, the child has {}; a differencing image and its \
-                 parent must be the same size",
-                base_canon.display(),
-                crate::report::human_size(base.virtual_size()),
-                crate::report::human_size(size)
-            ),
-        )
-        .with_path(child));
-    }
+    let base_size = base.virtual_size();
     let from_parent: Vec<(u64, u64)> = disk
         .map(0, size)?
         .into_iter()
@@ -398,7 +427,11 @@ pub fn rebase_in(
                 .min(end.next_multiple_of(REBASE_UNIT as u64).min(size) - pos)
                 as usize;
             disk.read_at(&mut old[..n], pos)?;
-            base.read_at(&mut new[..n], pos)?;
+            let in_base = base_size.saturating_sub(pos).min(n as u64) as usize;
+            if in_base > 0 {
+                base.read_at(&mut new[..in_base], pos)?;
+            }
+            new[in_base..n].fill(0);
             let mut i = 0;
             while i < n {
                 let u = REBASE_UNIT.min(n - i);
@@ -422,11 +455,12 @@ pub fn rebase_in(
     disk.close()?;
     drop(disk);
     drop(base);
-    let set = set_parent_in(
+    let set = set_parent_sized(
         Box::new(storage),
         child,
         &base_canon,
         &SetParentOptions { ignore_id: true },
+        SizeRule::Any,
     )
     .map_err(|e| e.with_path(child))?;
     Ok(RebaseOutcome {

@@ -134,7 +134,9 @@ pub mod parent {
 
 /// Output files being written and their crash recovery.
 pub mod pending {
-    pub use crate::pending::{remove_all_and_exit, writing_in_place, written_in_place};
+    pub use crate::pending::{
+        changing_in_place, remove_all_and_exit, writing_in_place, written_in_place,
+    };
 }
 
 /// Flat (raw) disks.

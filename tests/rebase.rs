@@ -1,7 +1,8 @@
 //! `rebase` (issue 14, point 4): a child put over another base keeps what
 //! it reads, for vhdkit and for libvhdi (pyvhdi, with the new base as its
-//! parent); only what differs is copied; a base of another size is refused
-//! and the child is unchanged.
+//! parent); only what differs is copied; a base of another size (the
+//! child then reads zeros past its end) is taken, the child keeping its
+//! content.
 
 mod common;
 
@@ -68,12 +69,34 @@ fn rebase_keeps_content(ext: &str) {
     std::fs::remove_file(&old).unwrap();
     assert!(read_image(&child) == model);
 
+    // A smaller base: what the child read past its end (the old base's
+    // data at 1..3 MiB is before it; the child's own sectors) stays, and
+    // the rest of the child reads zeros as before.
     let small = d.join(format!("small.{ext}"));
-    vhdkit_ok(["create", s(&small), "4M"]);
-    let before = file_sha256(&child);
-    let err = vhdkit_fails(Some(1), &["rebase", s(&child), s(&small)]);
-    assert!(err.contains("same size"), "{err}");
-    assert_eq!(file_sha256(&child), before);
+    vhdkit_ok(["create", s(&small), "2M"]);
+    write_pattern(&small, 0, 4096, 0x55);
+    let out = vhdkit_stdout(&["rebase", s(&child), s(&small)]);
+    assert!(out.contains("rebased onto"), "{out}");
+    assert_eq!(vhdkit_run(&["check", s(&child)]).0, 0);
+    assert!(read_image(&child) == model, "over a smaller base");
+    if require_tool("pyvhdi") {
+        // libvhdi reads a child over a smaller parent only up to the
+        // parent's end (see tests/resize_diff_crash.rs).
+        let (_, got) = pyvhdi_prefix(&child, &small, 2 * MIB as u64);
+        assert!(got == model[..2 * MIB], "libvhdi up to the base's end");
+    }
+    // A larger base: its bytes past the child's end are never read.
+    let big = d.join(format!("big.{ext}"));
+    vhdkit_ok(["create", s(&big), "16M"]);
+    write_pattern(&big, 0, 16 * MIB, 0x66);
+    vhdkit_ok(["rebase", s(&child), s(&big)]);
+    assert_eq!(vhdkit_run(&["check", s(&child)]).0, 0);
+    let got = read_image(&child);
+    assert_eq!(got.len(), model.len());
+    assert!(got == model, "over a larger base");
+    if require_tool("pyvhdi") {
+        assert!(pyvhdi_read(&[&child, &big]).1 == model, "libvhdi too");
+    }
 }
 
 #[test]

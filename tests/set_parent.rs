@@ -113,8 +113,20 @@ fn refused(ext: &str) {
     vhdkit_ok(["create", s(&other), "16M"]);
     let before = file_sha256(&child);
     let err = vhdkit_fails(Some(1), &["set-parent", s(&child), s(&other)]);
-    assert!(err.contains("must be the same size"), "{err}");
-    assert!(err.contains("16 MiB") && err.contains("8 MiB"), "{err}");
+    assert!(err.contains("--ignore-id"), "{err}");
+    assert_eq!(file_sha256(&child), before);
+    // --ignore-id takes a parent of another identity only when it covers
+    // the whole child.
+    let small = dir.path().join(format!("small.{ext}"));
+    vhdkit_ok(["create", s(&small), "4M"]);
+    let err = vhdkit_fails(
+        Some(1),
+        &["set-parent", "--ignore-id", s(&child), s(&small)],
+    );
+    assert!(
+        err.contains("smaller than the child's") && err.contains("4 MiB") && err.contains("8 MiB"),
+        "{err}"
+    );
     assert_eq!(file_sha256(&child), before);
 
     // A parent of the right size but another identity: refused unless
@@ -289,4 +301,65 @@ fn vhd_header_moved_by_set_parent_is_honoured() {
     vhdkit_ok(["merge", s(&child)]);
     assert_eq!(check_code(&moved), 0);
     assert!(read_image(&moved) == model, "the merged parent");
+}
+
+/// A parent resized with `--force` while its child was beside it (review
+/// of issue 14): a VHDX parent gets a new DataWriteGuid and the child no
+/// longer opens; rebase (which reads the old chain) says set-parent
+/// --ignore-id links them again, and it does, the child reading as
+/// before. A VHD parent keeps its unique id: the child still opens.
+fn parent_resized_under_child(ext: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, child, model) = chain(dir.path(), ext);
+    vhdkit_ok(["resize", "--force", s(&base), "12M"]);
+    if ext == "vhd" {
+        assert!(read_image(&child) == model, "VHD child over a grown parent");
+        return;
+    }
+    let before = file_sha256(&child);
+    let err = vhdkit_fails(Some(1), &["rebase", s(&child), s(&base)]);
+    assert!(err.contains("set-parent --ignore-id"), "{err}");
+    assert!(!err.contains("--ignore-parent-id"), "{err}");
+    assert_eq!(file_sha256(&child), before);
+    let (code, _, err) = vhdkit_run(&["set-parent", "--ignore-id", s(&child), s(&base)]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(check_code(&child), 0);
+    assert!(read_image(&child) == model, "the child reads as before");
+    if require_tool("pyvhdi") {
+        assert!(pyvhdi_read(&[&child, &base]).1 == model, "libvhdi too");
+    }
+}
+
+#[test]
+fn vhd_child_of_a_resized_parent_still_opens() {
+    parent_resized_under_child("vhd");
+}
+
+#[test]
+fn vhdx_child_of_a_resized_parent_is_linked_again() {
+    parent_resized_under_child("vhdx");
+}
+
+/// A child reached through a symbolic link in another folder finds its
+/// parent from the folder it really is in (a VHDX records only a relative
+/// locator off Windows).
+fn child_through_a_link(ext: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, child, model) = chain(dir.path(), ext);
+    let b = dir.path().join("b");
+    std::fs::create_dir(&b).unwrap();
+    let link = b.join(format!("link.{ext}"));
+    std::os::unix::fs::symlink(&child, &link).unwrap();
+    assert!(read_image(&link) == model);
+    assert_eq!(check_code(&link), 0);
+}
+
+#[test]
+fn vhd_child_through_a_link_finds_its_parent() {
+    child_through_a_link("vhd");
+}
+
+#[test]
+fn vhdx_child_through_a_link_finds_its_parent() {
+    child_through_a_link("vhdx");
 }

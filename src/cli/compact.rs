@@ -29,6 +29,11 @@ fn describe(r: &CompactReport, mode: Mode) -> String {
         "{} block(s) that read as zeros dropped, {} block(s) moved\n",
         r.blocks_dropped, r.blocks_moved
     );
+    if r.blocks_dropped == 0 && r.blocks_moved == 0 && r.size_after < r.size_before {
+        // Space freed earlier (blocks unmapped by writes of zeros, a
+        // shrink, an interrupted compact) lay at the end of the file.
+        s += "the file was cut after its last block in use: the space past it was free\n";
+    }
     s += &format!("file size before: {}\n", human_size(r.size_before));
     s += &format!("file size after:  {}\n", human_size(r.size_after));
     if mode == Mode::Quick {

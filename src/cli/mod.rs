@@ -49,6 +49,9 @@ pub fn main() -> ExitCode {
     if !matches!(cli.command, Command::Serve(_)) {
         signals::remove_temp_files_on_signals();
     }
+    if let Some((image, verb)) = changes_in_place(&cli.command) {
+        vhdkit::unstable::pending::changing_in_place(image, verb);
+    }
     match run(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err((e, _)) if output::is_broken_pipe(&e) => ExitCode::from(output::EXIT_BROKEN_PIPE),
@@ -57,6 +60,20 @@ pub fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// The image a crash-safe command changes in place, and what it does to
+/// it, for the message an interrupt prints.
+fn changes_in_place(c: &Command) -> Option<(&std::path::Path, &'static str)> {
+    Some(match c {
+        Command::Resize(a) => (&a.image, "resizing"),
+        Command::Compact(a) => (&a.image, "compacting"),
+        Command::Merge(a) => (&a.child, "merging"),
+        Command::SetParent { child, .. } => (child, "setting the parent of"),
+        Command::Rebase { child, .. } => (child, "rebasing"),
+        Command::Set { image, .. } => (image, "changing"),
+        _ => return None,
+    })
 }
 
 /// `e` with the library's hint said in terms of this tool's options.
@@ -105,6 +122,9 @@ fn option_note(h: Hint) -> Option<&'static str> {
         Hint::ToMinimum => " (--to-minimum shrinks to it)",
         Hint::KeepMerged => " (--keep merges and keeps them)",
         Hint::Force => " (--force goes ahead anyway)",
+        Hint::SetParentIgnoreId => {
+            "; if that parent's content is still what the child was made over (it was only resized or its id changed), `vhdkit set-parent --ignore-id CHILD PARENT` links them again"
+        }
         Hint::Sign => " (`vhdkit sign` signs it; --require-signed refuses it)",
         Hint::Trust => {
             ": give its public key with --trust to trust it (--require-signed refuses it)"

@@ -425,16 +425,8 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
     let mut hb = [0u8; HEADER_SIZE];
     read_struct(storage, "VHD dynamic header", &mut hb, hoff)?;
     let header = DynamicHeader::parse(&hb, hoff)?;
-    if let Err(e) = header.validate(hoff, footer.current_size, len) {
-        report.add(
-            Severity::Error,
-            FindingKind::of_error(&e),
-            "VHD dynamic header",
-            e.offset(),
-            e.message().to_string(),
-        );
-        return Ok(());
-    }
+    // The checksum first: a field that fails validation under a bad
+    // checksum points at damage in the file rather than a writer's bug.
     if !header.checksum_ok() {
         report.add(
             Severity::Error,
@@ -450,6 +442,16 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         );
     }
 
+    if let Err(e) = header.validate(hoff, footer.current_size, len) {
+        report.add(
+            Severity::Error,
+            FindingKind::of_error(&e),
+            "VHD dynamic header",
+            e.offset(),
+            e.message().to_string(),
+        );
+        return Ok(());
+    }
     // Everything that occupies the file besides blocks.
     let mut meta = vec![
         Region {

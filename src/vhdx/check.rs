@@ -7,7 +7,7 @@ use std::io;
 
 use super::header;
 use super::log::{self, Overlay};
-use super::region_table::{HEADER_AREA, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE};
+use super::region_table::{HEADER_AREA, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE, ROLE};
 use super::{Structure, bat, pending_log, read_file_identifier, replay_and_clear};
 use crate::damage::{MissingBlock, MissingRuns};
 use crate::error::{Error, Result};
@@ -190,7 +190,11 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
                 FindingKind::Missing,
                 "VHDX region table",
                 Some(REGION_TABLE_OFFSETS[i]),
-                format!("copy {} is unusable: {p}", i + 1),
+                format!(
+                    "the {} region table is unusable: {p}; the {} is read",
+                    ROLE[i],
+                    ROLE[1 - i]
+                ),
             );
             if repair && overlay.is_none() {
                 let mut b = vec![0u8; REGION_TABLE_SIZE];
@@ -202,8 +206,9 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
                     .and_then(|_| storage.flush())
                     .map_err(io_err("VHDX region table", to))?;
                 report.repaired.push(format!(
-                    "rewrote region table {} from the valid copy",
-                    i + 1
+                    "rewrote the {} region table from the {}",
+                    ROLE[i],
+                    ROLE[1 - i]
                 ));
             }
         }

@@ -112,7 +112,11 @@ impl VhdxDisk {
             warnings.push(
                 Warning::new(
                     WarningKind::CopyUnusable,
-                    format!("region table copy is unusable: {p}"),
+                    format!(
+                        "the {} region table is unusable: {p}; the {} is read",
+                        super::region_table::ROLE[copy],
+                        super::region_table::ROLE[1 - copy]
+                    ),
                 )
                 .at(
                     "VHDX region table",

@@ -12,6 +12,9 @@ use crate::guid::{from_ms_bytes, to_ms_bytes};
 
 /// File offsets of region table 1 and region table 2.
 pub const REGION_TABLE_OFFSETS: [u64; 2] = [192 * 1024, 256 * 1024];
+/// What each of the two region tables is called, by index in
+/// [`REGION_TABLE_OFFSETS`] ([MS-VHDX] 2.2.3: the first is read first).
+pub const ROLE: [&str; 2] = ["primary", "backup"];
 /// Bytes covered by a region table's checksum.
 pub const REGION_TABLE_SIZE: usize = 64 * 1024;
 /// Region table signature, "regi".
@@ -137,9 +140,11 @@ impl RegionTable {
         if computed != header.checksum {
             return Err(Error::corrupt(
                 S,
-                offset + CHECKSUM_FIELD as u64,
+                offset,
                 format!(
-                    "bad CRC-32C: stored {:#010x}, computed {computed:#010x}",
+                    "bad CRC-32C (its checksum field at {:#x}): stored {:#010x}, computed \
+                     {computed:#010x}",
+                    offset + CHECKSUM_FIELD as u64,
                     header.checksum
                 ),
             ));

@@ -60,7 +60,15 @@ pub fn read_region_tables(
             .and_then(|_| RegionTable::parse(&b, off))
         {
             Ok(t) => tables[i] = Some(t),
-            Err(e) => problems[i] = Some(e.to_string()),
+            // Said of the table by the caller: the message alone, with
+            // the field's offset when it is not the table's.
+            Err(e) => {
+                problems[i] = Some(match (e.structure(), e.offset()) {
+                    (Some("VHDX region table"), Some(o)) if o == off => e.message().to_string(),
+                    (Some("VHDX region table"), Some(o)) => format!("at {o:#x}: {}", e.message()),
+                    _ => e.to_string(),
+                })
+            }
         }
     }
     let [a, b] = tables;
@@ -71,8 +79,10 @@ pub fn read_region_tables(
             "VHDX region table",
             REGION_TABLE_OFFSETS[0],
             format!(
-                "neither region table is valid: {}; {}",
+                "neither region table is valid: the primary (at {:#x}): {}; the backup (at {:#x}): {}",
+                REGION_TABLE_OFFSETS[0],
                 problems[0].as_deref().unwrap_or("?"),
+                REGION_TABLE_OFFSETS[1],
                 problems[1].as_deref().unwrap_or("?")
             ),
         )),

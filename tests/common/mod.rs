@@ -435,6 +435,41 @@ pub fn pyvhdi_read(chain: &[&Path]) -> (u64, Vec<u8>) {
     (size, out.stdout[8..].to_vec())
 }
 
+/// Reads `[0, length)` of a child over its parent with libvhdi's Python
+/// binding: prints the media size as 8 little-endian bytes, then the
+/// bytes.
+const PYVHDI_PREFIX: &str = r#"
+import sys, pyvhdi
+c = pyvhdi.file()
+c.open(sys.argv[1])
+p = pyvhdi.file()
+p.open(sys.argv[2])
+c.set_parent(p)
+out = sys.stdout.buffer
+out.write(c.get_media_size().to_bytes(8, "little"))
+out.write(c.read_buffer_at_offset(int(sys.argv[3]), 0))
+out.flush()
+"#;
+
+pub fn pyvhdi_prefix(child: &Path, parent: &Path, length: u64) -> (u64, Vec<u8>) {
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(PYVHDI_PREFIX)
+        .arg(child)
+        .arg(parent)
+        .arg(length.to_string())
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "pyvhdi could not read {}:\n{}",
+        child.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let size = u64::from_le_bytes(out.stdout[..8].try_into().unwrap());
+    (size, out.stdout[8..].to_vec())
+}
+
 /// Media size `vhdiinfo` prints for an image.
 pub fn vhdiinfo_media_size(path: &Path) -> u64 {
     let out = Command::new("vhdiinfo")
