@@ -749,3 +749,64 @@ fn hostile_names_never_leave_the_destination() {
     assert!(!work.join("x name evil.txt").exists());
     assert_eq!(std::fs::read_dir(&work).unwrap().count(), 1, "only DEST");
 }
+
+/// ext2/3/4 names are any bytes: a name that is not UTF-8 is listed with
+/// U+FFFD in place of its bad bytes, is found by that name (`cat`), and is
+/// extracted under its stored bytes; two names that list alike are told
+/// apart by neither, and say so.
+#[test]
+fn ext4_names_that_are_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    if !have(&["mkfs.ext4"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    std::fs::write(src.join("d").join(latin1), b"latin-1 name\n").unwrap();
+    std::fs::create_dir(src.join(std::ffi::OsStr::from_bytes(b"sub\xff"))).unwrap();
+    std::fs::write(src.join(std::ffi::OsStr::from_bytes(b"sub\xff/x")), b"x\n").unwrap();
+    // Two names that both list as "twin\u{FFFD}".
+    for raw in [&b"twin\xfe"[..], &b"twin\xfd"[..]] {
+        std::fs::write(src.join(std::ffi::OsStr::from_bytes(raw)), raw).unwrap();
+    }
+    let raw = dir.path().join("ext4.img");
+    make_ext4(&src, &raw);
+    let img = dir.path().join("ext4.vhdx");
+    vhdkit_ok(["convert", "-q", "-f", "raw", s(&raw), s(&img)]);
+    let listing = listed(&format!("{}:/", img.display()), &[]);
+    for name in [
+        "d/caf\u{FFFD}.txt",
+        "sub\u{FFFD}",
+        "sub\u{FFFD}/x",
+        "twin\u{FFFD}",
+    ] {
+        assert!(listing.contains_key(name), "{name:?} in {listing:?}");
+    }
+    let cat = |p: &str| vhdkit_ok_stdout(&["cat", &format!("{}:{p}", img.display())]);
+    assert_eq!(cat("/d/caf\u{FFFD}.txt"), b"latin-1 name\n");
+    assert_eq!(cat("/sub\u{FFFD}/x"), b"x\n");
+    let err = vhdkit_fails(
+        Some(1),
+        &["cat", &format!("{}:/twin\u{FFFD}", img.display())],
+    );
+    assert!(err.contains("cannot tell them apart"), "{err}");
+    // Extract keeps the stored bytes of every name.
+    let out = dir.path().join("out");
+    vhdkit_ok_stdout(&["extract", &format!("{}:/", img.display()), s(&out)]);
+    assert_eq!(
+        std::fs::read(out.join("d").join(latin1)).unwrap(),
+        b"latin-1 name\n"
+    );
+    assert_eq!(
+        std::fs::read(out.join(std::ffi::OsStr::from_bytes(b"sub\xff/x"))).unwrap(),
+        b"x\n"
+    );
+    for raw in [&b"twin\xfe"[..], &b"twin\xfd"[..]] {
+        assert_eq!(
+            std::fs::read(out.join(std::ffi::OsStr::from_bytes(raw))).unwrap(),
+            raw
+        );
+    }
+}

@@ -234,6 +234,9 @@ struct JsonEntry<'a> {
     target: Option<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     streams: Vec<JsonStream<'a>>,
+    /// The stored bytes of a name that is not UTF-8, in hexadecimal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name_hex: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -317,6 +320,10 @@ pub fn ls(a: LsArgs) -> Outcome {
                 mtime: e.mtime.map(show_time),
                 mode: e.mode.map(|m| format!("{m:04o}")),
                 target: e.target.as_deref(),
+                name_hex: e
+                    .raw_name
+                    .as_ref()
+                    .map(|b| b.iter().map(|x| format!("{x:02x}")).collect()),
                 streams: e
                     .streams
                     .iter()

@@ -84,7 +84,7 @@ impl Ext4Fs {
     }
 
     /// The entry for `path` whose metadata is `m`.
-    fn entry(&self, name: String, path: &str, m: &Metadata) -> Result<Entry, FsError> {
+    fn entry(&self, name: String, path: &[u8], m: &Metadata) -> Result<Entry, FsError> {
         let kind = match m.file_type() {
             FileType::Regular => EntryType::File,
             FileType::Directory => EntryType::Dir,
@@ -107,9 +107,56 @@ impl Ext4Fs {
     }
 }
 
-/// The crate's path for `components`.
-fn path(components: &[String]) -> String {
-    format!("/{}", components.join("/"))
+/// What a name that is not UTF-8 shows in place of its bad bytes.
+const REPLACEMENT: char = '\u{FFFD}';
+
+impl Ext4Fs {
+    /// The crate's path (bytes) for `components`. A component showing
+    /// U+FFFD may stand for a stored name that is not UTF-8 (as
+    /// [`Entry::name`] shows it): it is looked up in its directory and
+    /// its stored bytes taken, unless it is stored as it is written.
+    fn path(&self, components: &[String]) -> Result<Vec<u8>, FsError> {
+        let mut p = Vec::new();
+        for c in components {
+            if let Some(raw) = super::raw_component(c) {
+                p.push(b'/');
+                p.extend_from_slice(&raw);
+                continue;
+            }
+            let exact = {
+                let mut q = p.clone();
+                q.push(b'/');
+                q.extend_from_slice(c.as_bytes());
+                q
+            };
+            if !c.contains(REPLACEMENT) || self.fs.exists(exact.as_slice()).map_err(err)? {
+                p = exact;
+                continue;
+            }
+            let dir: &[u8] = if p.is_empty() { b"/" } else { &p };
+            let mut found: Option<Vec<u8>> = None;
+            for de in self.fs.read_dir(dir).map_err(err)? {
+                let de = de.map_err(err)?;
+                if de.file_name().display().to_string() != *c {
+                    continue;
+                }
+                if found.is_some() {
+                    return Err(FsError::Crate(format!(
+                        "two names in the directory read {c:?} once the bytes that are not \
+                         UTF-8 are shown as U+FFFD; this tool cannot tell them apart"
+                    )));
+                }
+                found = Some(de.file_name().as_ref().to_vec());
+            }
+            let name = found.ok_or(FsError::NotFound)?;
+            p.push(b'/');
+            p.extend_from_slice(&name);
+        }
+        if p.is_empty() {
+            p.push(b'/');
+        }
+        Ok(p)
+    }
 }
 
 /// The crate's error as ours.
@@ -129,27 +176,36 @@ fn err(e: Ext4Error) -> FsError {
 
 impl super::FileSystem for Ext4Fs {
     fn stat(&mut self, components: &[String]) -> Result<Entry, FsError> {
-        let p = path(components);
-        let m = self.fs.symlink_metadata(p.as_str()).map_err(err)?;
+        let p = self.path(components)?;
+        let m = self.fs.symlink_metadata(p.as_slice()).map_err(err)?;
         let name = components.last().cloned().unwrap_or_else(|| "/".into());
-        self.entry(name, &p, &m)
+        let mut e = self.entry(name, &p, &m)?;
+        let stored = p.rsplit(|&b| b == b'/').next().unwrap_or_default();
+        if std::str::from_utf8(stored).is_err() {
+            e.raw_name = Some(stored.to_vec());
+        }
+        Ok(e)
     }
 
     fn list(&mut self, components: &[String], max: usize) -> Result<Vec<Entry>, FsError> {
-        let p = path(components);
+        let p = self.path(components)?;
         let mut out = Vec::new();
-        for de in self.fs.read_dir(p.as_str()).map_err(err)? {
+        for de in self.fs.read_dir(p.as_slice()).map_err(err)? {
             let de = de.map_err(err)?;
-            let name = de.file_name().display().to_string();
-            if name == "." || name == ".." {
+            let raw = de.file_name();
+            if raw == b"." || raw == b".." {
                 continue;
             }
             if out.len() == max {
                 return Err(FsError::TooMany("entries in one directory", max));
             }
             let m = de.metadata().map_err(err)?;
-            let child = de.path().display().to_string();
-            out.push(self.entry(name, &child, &m)?);
+            let child = de.path();
+            let mut e = self.entry(raw.display().to_string(), child.as_ref(), &m)?;
+            if raw.as_str().is_err() {
+                e.raw_name = Some(raw.as_ref().to_vec());
+            }
+            out.push(e);
         }
         Ok(out)
     }
@@ -163,7 +219,8 @@ impl super::FileSystem for Ext4Fs {
         if let Some(s) = stream {
             return Err(FsError::NoStream(s.to_string()));
         }
-        let mut f = self.fs.open(path(components).as_str()).map_err(err)?;
+        let p = self.path(components)?;
+        let mut f = self.fs.open(p.as_slice()).map_err(err)?;
         let len = f.metadata().len();
         copy_to(|buf| f.read_bytes(buf).map_err(err), out, len)
     }

@@ -75,17 +75,29 @@ pub fn extract(vol: &mut Volume, path: &str, dest: &Path) -> Result<ExtractRepor
             };
             report.dirs += u64::from(created);
             let mut dirs: Vec<(PathBuf, Entry)> = vec![(dest.to_path_buf(), top.clone())];
+            // The host folder of each directory level being walked (the
+            // walk visits a directory before its entries), so that names
+            // keep their stored bytes (see `host_name`).
+            let mut folders: Vec<PathBuf> = vec![dest.to_path_buf()];
+            // The components that find each level (a name that is not
+            // UTF-8 by its stored bytes: see `Entry::component`).
+            let mut keys: Vec<String> = Vec::new();
             vol.walk(path, &mut |vol, rel, e| {
-                let target = target_path(dest, rel)?;
+                folders.truncate(rel.len());
+                keys.truncate(rel.len() - 1);
+                keys.push(e.component());
+                let folder = folders.last().expect("the destination is the first folder");
+                let target = folder.join(host_name(e)?);
                 match e.kind {
                     EntryType::Dir => {
                         fs::create_dir(&target).map_err(|x| out_err(x, "creating", &target))?;
                         report.dirs += 1;
-                        dirs.push((target, e.clone()));
+                        dirs.push((target.clone(), e.clone()));
+                        folders.push(target);
                     }
                     EntryType::File => {
                         let full: Vec<String> =
-                            components.iter().chain(rel.iter()).cloned().collect();
+                            components.iter().chain(keys.iter()).cloned().collect();
                         report.bytes += write_file(vol, &full, e, &target)?;
                         report.files += 1;
                     }
@@ -107,11 +119,10 @@ pub fn extract(vol: &mut Volume, path: &str, dest: &Path) -> Result<ExtractRepor
         EntryType::File | EntryType::Symlink => {
             let target = match fs::metadata(dest) {
                 Ok(m) if m.is_dir() => {
-                    let name = components
-                        .last()
-                        .ok_or_else(|| Error::invalid_argument("the root is a directory"))?;
-                    check_name(name)?;
-                    dest.join(name)
+                    if components.is_empty() {
+                        return Err(Error::invalid_argument("the root is a directory"));
+                    }
+                    dest.join(host_name(&top)?)
                 }
                 _ => dest.to_path_buf(),
             };
@@ -146,14 +157,26 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// `dest` joined with the names `rel`, each checked.
-fn target_path(dest: &Path, rel: &[String]) -> Result<PathBuf> {
-    let mut p = dest.to_path_buf();
-    for name in rel {
-        check_name(name)?;
-        p.push(name);
+/// The name `e` gets on this system, checked: its stored bytes where
+/// they are not UTF-8 (on Unix, where a name is any bytes), else its name.
+fn host_name(e: &Entry) -> Result<std::ffi::OsString> {
+    check_name(&e.name)?;
+    #[cfg(unix)]
+    if let Some(raw) = &e.raw_name {
+        use std::os::unix::ffi::OsStrExt;
+        let bad = raw.is_empty() || raw == b"." || raw == b".." || raw.contains(&b'/');
+        if bad || raw.contains(&0) {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "refusing the entry name {:?}: as a path it would not stay inside the destination",
+                    e.name
+                ),
+            ));
+        }
+        return Ok(std::ffi::OsStr::from_bytes(raw).to_os_string());
     }
-    Ok(p)
+    Ok(e.name.clone().into())
 }
 
 fn out_err(e: io::Error, doing: &str, path: &Path) -> Error {
@@ -276,12 +299,21 @@ mod tests {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         check_name("...").unwrap();
-        let d = Path::new("/dest");
-        assert!(target_path(d, &["a".into(), "..".into()]).is_err());
-        assert_eq!(
-            target_path(d, &["a".into(), "b c".into()]).unwrap(),
-            Path::new("/dest/a/b c")
-        );
+        let named = |name: &str, raw: Option<&[u8]>| {
+            let mut e = Entry::new(name.to_string(), EntryType::File);
+            e.raw_name = raw.map(<[u8]>::to_vec);
+            host_name(&e)
+        };
+        assert!(named("..", None).is_err());
+        assert_eq!(named("b c", None).unwrap(), "b c");
+        assert!(named("a\u{FFFD}", Some(b"a/\xff")).is_err());
+        assert!(named("\u{FFFD}", Some(b"\xff\0")).is_err());
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let n = named("a\u{FFFD}", Some(b"a\xff")).unwrap();
+            assert_eq!(n.as_bytes(), b"a\xff");
+        }
     }
 
     #[test]

@@ -218,13 +218,49 @@ pub struct Entry {
     pub target: Option<String>,
     /// Named data streams (NTFS).
     pub streams: Vec<Stream>,
+    /// The name's bytes as stored when they are not UTF-8 (ext2/3/4 names
+    /// are any bytes): `name` then shows them with U+FFFD in place of
+    /// what is not UTF-8, and still finds the entry in paths given to
+    /// this module (unless two names of the directory show alike).
+    pub raw_name: Option<Vec<u8>>,
     /// An identity of the directory or file within the file system, where
     /// the crate gives one (MFT record, first cluster): finds loops.
     pub(crate) id: Option<u64>,
 }
 
+/// First character of a path component that names an entry by its stored
+/// bytes (in hexadecimal after it): no file-system name holds NUL, so it
+/// never stands for a name as written.
+const RAW_COMPONENT: char = '\0';
+
+/// The stored bytes a component made by [`Entry::component`] names, when
+/// `c` is one.
+pub(crate) fn raw_component(c: &str) -> Option<Vec<u8>> {
+    let hex = c.strip_prefix(RAW_COMPONENT)?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 impl Entry {
-    fn new(name: String, kind: EntryType) -> Entry {
+    /// The path component that finds this entry in its directory: its
+    /// name, or for a name that is not UTF-8 its stored bytes (two such
+    /// names may show alike).
+    pub(crate) fn component(&self) -> String {
+        match &self.raw_name {
+            Some(raw) => {
+                let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+                format!("{RAW_COMPONENT}{hex}")
+            }
+            None => self.name.clone(),
+        }
+    }
+
+    pub(crate) fn new(name: String, kind: EntryType) -> Entry {
         Entry {
             name,
             kind,
@@ -233,6 +269,7 @@ impl Entry {
             mode: None,
             target: None,
             streams: Vec::new(),
+            raw_name: None,
             id: None,
         }
     }
@@ -393,6 +430,14 @@ fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
 /// the entry's path relative to the walked directory, and the entry.
 pub type Visit<'a> = dyn FnMut(&mut Volume, &[String], &Entry) -> Result<()> + 'a;
 
+/// The path below the walked directory during [`Volume::walk`]: names as
+/// shown, and the components that find them ([`Entry::component`]).
+#[derive(Default)]
+struct Walked {
+    names: Vec<String>,
+    keys: Vec<String>,
+}
+
 /// An opened file system inside a partition (or a whole disk).
 pub struct Volume {
     fs: Option<Box<dyn FileSystem>>,
@@ -519,38 +564,48 @@ impl Volume {
         let base = split_path(path);
         let mut seen = HashSet::new();
         let mut count = 0usize;
-        self.walk_dir(&base, &mut Vec::new(), &mut seen, &mut count, visit)
+        let mut rel = Walked::default();
+        self.walk_dir(&base, &mut rel, &mut seen, &mut count, visit)
     }
 
     fn walk_dir(
         &mut self,
         base: &[String],
-        rel: &mut Vec<String>,
+        rel: &mut Walked,
         seen: &mut HashSet<u64>,
         count: &mut usize,
         visit: &mut Visit<'_>,
     ) -> Result<()> {
-        let full: Vec<String> = base.iter().chain(rel.iter()).cloned().collect();
-        if rel.len() >= MAX_DEPTH {
-            return Err(self.error(&show(&full), FsError::TooMany("directory depth", MAX_DEPTH)));
+        let full: Vec<String> = base.iter().chain(rel.keys.iter()).cloned().collect();
+        let shown = |rel: &Walked| -> String {
+            show(
+                &base
+                    .iter()
+                    .chain(rel.names.iter())
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )
+        };
+        if rel.names.len() >= MAX_DEPTH {
+            return Err(self.error(&shown(rel), FsError::TooMany("directory depth", MAX_DEPTH)));
         }
         for e in self.list_components(&full)? {
             *count += 1;
             if *count > MAX_WALK_ENTRIES {
                 return Err(self.error(
-                    &show(&full),
+                    &shown(rel),
                     FsError::TooMany("entries in a recursive walk", MAX_WALK_ENTRIES),
                 ));
             }
-            rel.push(e.name.clone());
-            visit(self, rel, &e)?;
+            rel.names.push(e.name.clone());
+            rel.keys.push(e.component());
+            visit(self, &rel.names, &e)?;
             if e.kind == EntryType::Dir {
                 if let Some(id) = e.id
                     && !seen.insert(id)
                 {
-                    let p: Vec<String> = base.iter().chain(rel.iter()).cloned().collect();
                     return Err(self.error(
-                        &show(&p),
+                        &shown(rel),
                         FsError::Crate(
                             "this directory was already listed: the directory tree has a loop"
                                 .into(),
@@ -559,7 +614,8 @@ impl Volume {
                 }
                 self.walk_dir(base, rel, seen, count, visit)?;
             }
-            rel.pop();
+            rel.names.pop();
+            rel.keys.pop();
         }
         Ok(())
     }
