@@ -291,6 +291,24 @@ pub struct ChildScan {
     pub truncated: bool,
 }
 
+/// The children beside `image` that record its current identity, when
+/// `image` is of `format` (an identity change of that format breaks them:
+/// a VHDX's DataWriteGuid on rebase, a VHD's unique id on reset); none for
+/// an image of another format.
+pub(crate) fn children_if(image: &Path, format: crate::report::Format) -> Result<Vec<PathBuf>> {
+    let storage = crate::open_file(image, false, false)?;
+    if crate::detect::resolve(&storage, None)? != format {
+        return Ok(Vec::new());
+    }
+    drop(storage);
+    let opts = crate::OpenOptions::default().allow_missing_parent(true);
+    let d = crate::open(image, &opts)?;
+    let Some(id) = d.parent_link_id() else {
+        return Ok(Vec::new());
+    };
+    Ok(children_beside(image, id).children)
+}
+
 /// The differencing images in `image`'s folder (files named `*.vhd`,
 /// `*.vhdx`, `*.avhd`, `*.avhdx`) that record `image` as their parent with
 /// identity `id` (its [`VirtualDisk::parent_link_id`]): a recorded location

@@ -315,7 +315,8 @@ pub fn rebase(child: &Path, new_base: &Path) -> Result<RebaseOutcome> {
 /// DataWriteGuid, and they would no longer open. A VHD keeps its unique
 /// id, so its children keep their link.
 pub fn rebase_with(child: &Path, new_base: &Path, opts: &RebaseOptions) -> Result<RebaseOutcome> {
-    let children = vhdx_children(child).map_err(|e| e.with_path(child))?;
+    let children =
+        crate::parent::children_if(child, Format::Vhdx).map_err(|e| e.with_path(child))?;
     if !children.is_empty() && !opts.force {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
@@ -336,21 +337,6 @@ pub fn rebase_with(child: &Path, new_base: &Path, opts: &RebaseOptions) -> Resul
     let mut out = rebase_in(Arc::new(storage), child, new_base)?;
     out.orphaned = children;
     Ok(out)
-}
-
-/// The children beside the VHDX at `path` that record its DataWriteGuid
-/// (none for another format).
-fn vhdx_children(path: &Path) -> Result<Vec<PathBuf>> {
-    let storage = crate::open_file(path, false, false)?;
-    if detect::resolve(&storage, None)? != Format::Vhdx {
-        return Ok(Vec::new());
-    }
-    drop(storage);
-    let d = crate::open(path, &OpenOptions::default().allow_missing_parent(true))?;
-    let Some(id) = d.parent_link_id() else {
-        return Ok(Vec::new());
-    };
-    Ok(crate::parent::children_beside(path, id).children)
 }
 
 /// [`rebase`] on a child held in `storage`; `child` is where it lives

@@ -49,27 +49,12 @@ pub struct SetOutcome {
 /// Apply `opts` to the image at `path`, opened for writing (and locked).
 pub fn set(path: &Path, opts: &SetOptions) -> Result<SetOutcome> {
     let children = if opts.reset_id {
-        id_children(path)?
+        crate::parent::children_if(path, Format::Vhd)?
     } else {
         Vec::new()
     };
     let storage = crate::open_file(path, true, false)?;
     set_in(Box::new(storage), Some(path), &children, opts).map_err(|e| e.with_path(path))
-}
-
-/// The children beside `path` that record its current id, when that id
-/// is the one a reset changes (VHD).
-fn id_children(path: &Path) -> Result<Vec<PathBuf>> {
-    let storage = crate::open_file(path, false, false)?;
-    if detect::resolve(&storage, None)? != Format::Vhd {
-        return Ok(Vec::new());
-    }
-    drop(storage);
-    let d = crate::open(path, &OpenOptions::default().allow_missing_parent(true))?;
-    let Some(id) = d.parent_link_id() else {
-        return Ok(Vec::new());
-    };
-    Ok(crate::parent::children_beside(path, id).children)
 }
 
 /// [`set`] on an image held in `storage`; `children` are those that record
