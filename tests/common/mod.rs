@@ -173,6 +173,18 @@ pub fn require_tool(name: &str) -> bool {
                 c.arg("version");
                 c
             }
+            // `-V` prints its version (no `--version`).
+            "mkfs.xfs" => {
+                let mut c = Command::new(name);
+                c.arg("-V");
+                c
+            }
+            // Its `-V` exits 1 (exfatprogs 1.2): looked up on PATH.
+            "mkfs.exfat" => {
+                let mut c = Command::new("sh");
+                c.args(["-c", "command -v mkfs.exfat"]);
+                c
+            }
             other => {
                 let mut c = Command::new(other);
                 c.arg("--version");
