@@ -485,21 +485,32 @@ fn check_in_chain(
             }
         }
         // An image that does not open as its format is reported as damaged
-        // even beside the format's own findings, which may not say so.
-        // The same fault (same structure and offset) found by the format's
-        // check is not said twice.
+        // even beside the format's own findings, which may not say so. The
+        // same fault (same structure and offset) found by the format's
+        // check is said once, in the open's words (which name the format
+        // found damaged).
         Err(e)
             if report.worst() != Some(report::Severity::Error)
                 || (e.context().is_some()
-                    && !report.findings.iter().any(|f| {
-                        f.message == finding_text(&e, path)
-                            || (f.severity == report::Severity::Error
-                                && Some(f.structure.as_str()) == e.structure()
-                                && f.offset.is_some()
-                                && f.offset == e.offset())
-                    })) =>
+                    && !report
+                        .findings
+                        .iter()
+                        .any(|f| f.message == finding_text(&e, path))) =>
         {
-            report.add_error(&e, finding_text(&e, path));
+            let text = finding_text(&e, path);
+            let same = report.findings.iter().position(|f| {
+                f.severity == report::Severity::Error
+                    && Some(f.structure.as_str()) == e.structure()
+                    && f.offset == e.offset()
+                    && text.contains(&f.message)
+            });
+            match same {
+                Some(i) => {
+                    report.findings[i].message = text;
+                    report.findings[i].hint = e.hint();
+                }
+                None => report.add_error(&e, text),
+            }
         }
         Err(_) => {}
     }

@@ -4,45 +4,17 @@ use std::io::Write;
 
 use ext4_view::{Ext4, Ext4Error, FileType, Metadata};
 
-use super::{Entry, EntryType, FsError, FsKind, Mtime, Window, copy_to};
+use super::{Entry, EntryType, FsError, Mtime, Window, copy_to};
 
 /// Byte offset of the superblock in the file system.
 const SUPERBLOCK: usize = 1024;
-/// `s_magic` (offset in the superblock) and its value.
-const MAGIC_AT: usize = 0x38;
-const MAGIC: u16 = 0xEF53;
-/// `s_feature_compat`: a journal (ext3).
-const COMPAT_HAS_JOURNAL: u32 = 0x4;
-/// `s_feature_incompat` bits only ext4 sets: extents, 64bit, flex_bg.
-const INCOMPAT_EXT4: u32 = 0x40 | 0x80 | 0x200;
 /// `s_feature_incompat`: block numbers are 64 bits (`s_blocks_count_hi` counts).
 const INCOMPAT_64BIT: u32 = 0x80;
-/// `s_feature_ro_compat` bits only ext4 sets: huge_file, gdt_csum,
-/// dir_nlink, extra_isize, metadata_csum.
-const RO_COMPAT_EXT4: u32 = 0x8 | 0x10 | 0x20 | 0x40 | 0x400;
 /// Largest `s_log_block_size`: 64 KiB blocks.
 const MAX_LOG_BLOCK_SIZE: u32 = 6;
 
 fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-/// ext2, ext3 or ext4 by the superblock in `head` (the first 2 KiB).
-pub(super) fn sniff(head: &[u8]) -> Option<FsKind> {
-    let sb = head.get(SUPERBLOCK..SUPERBLOCK + 1024)?;
-    if u16::from_le_bytes([sb[MAGIC_AT], sb[MAGIC_AT + 1]]) != MAGIC {
-        return None;
-    }
-    let (compat, incompat, ro) = (le32(sb, 0x5C), le32(sb, 0x60), le32(sb, 0x64));
-    Some(
-        if incompat & INCOMPAT_EXT4 != 0 || ro & RO_COMPAT_EXT4 != 0 {
-            FsKind::Ext4
-        } else if compat & COMPAT_HAS_JOURNAL != 0 {
-            FsKind::Ext3
-        } else {
-            FsKind::Ext2
-        },
-    )
 }
 
 /// The bytes the superblock says the file system spans: refused when the

@@ -11,12 +11,6 @@ use fatfs::{Dir, FatType, FileSystem, FsOptions};
 use super::window::Cached;
 use super::{Entry, EntryType, FsError, FsKind, Mtime, Window, copy_to};
 
-/// Boot sector signature at bytes 510..512.
-const BOOT_SIGNATURE: [u8; 2] = [0x55, 0xAA];
-/// File-system type strings of the FAT12/16 and FAT32 extended BPBs.
-const FS_TYPE_16_AT: usize = 54;
-const FS_TYPE_32_AT: usize = 82;
-
 fn le16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
@@ -25,18 +19,6 @@ fn le16(b: &[u8], at: usize) -> u16 {
 fn sector_size(boot: &[u8]) -> Option<u64> {
     let s = le16(boot, 11);
     (matches!(s, 512 | 1024 | 2048 | 4096)).then_some(u64::from(s))
-}
-
-/// A FAT boot sector in `head` (its FAT type is told by the crate).
-pub(super) fn sniff(head: &[u8]) -> Option<FsKind> {
-    if head.len() < 512 || head[510..512] != BOOT_SIGNATURE {
-        return None;
-    }
-    sector_size(head)?;
-    let named = head[FS_TYPE_16_AT..FS_TYPE_16_AT + 3] == *b"FAT"
-        || head[FS_TYPE_32_AT..FS_TYPE_32_AT + 5] == *b"FAT32";
-    // Sectors per cluster: a power of two.
-    (named && head[13].is_power_of_two()).then_some(FsKind::Fat32)
 }
 
 /// The bytes the BPB says the volume spans against the partition's.

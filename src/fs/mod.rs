@@ -111,47 +111,19 @@ impl StallWatch {
     }
 }
 
-/// Which file system a partition holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum FsKind {
-    /// ext2 (no journal, no extents).
-    Ext2,
-    /// ext3 (a journal, no ext4 features).
-    Ext3,
-    /// ext4.
-    Ext4,
-    /// NTFS.
-    Ntfs,
-    /// FAT12.
-    Fat12,
-    /// FAT16.
-    Fat16,
-    /// FAT32.
-    Fat32,
-}
+/// The file system kinds, as found by their signatures
+/// ([`crate::partitions::FsInfo`]); these commands read ext2/3/4, NTFS and
+/// FAT12/16/32 ([`reader`]).
+pub use crate::partitions::FsKind;
 
-impl FsKind {
-    /// Short lowercase name, as `blkid` says it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FsKind::Ext2 => "ext2",
-            FsKind::Ext3 => "ext3",
-            FsKind::Ext4 => "ext4",
-            FsKind::Ntfs => "ntfs",
-            FsKind::Fat12 => "fat12",
-            FsKind::Fat16 => "fat16",
-            FsKind::Fat32 => "fat32",
-        }
-    }
-
-    /// The crate that reads this file system (named in errors about it).
-    fn reader(self) -> &'static str {
-        match self {
-            FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => "ext4-view",
-            FsKind::Ntfs => "ntfs",
-            FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 => "fatfs",
-        }
+/// The crate that reads file systems of `kind` (named in errors about
+/// it), or `None` for a kind this module does not read.
+pub fn reader(kind: FsKind) -> Option<&'static str> {
+    match kind {
+        FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => Some("ext4-view"),
+        FsKind::Ntfs => Some("ntfs"),
+        FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 => Some("fatfs"),
+        _ => None,
     }
 }
 
@@ -354,17 +326,11 @@ fn show(components: &[String]) -> String {
     format!("/{}", components.join("/"))
 }
 
-/// The file system found by its signature at the start of `w`, if any.
+/// The file system this module reads found by its signature at the start
+/// of `w` (as `vhdkit partitions` finds it), if any.
 pub fn detect(w: &Window) -> Option<FsKind> {
-    let mut head = vec![0u8; 2048.min(w.len() as usize)];
-    w.read_exact_at(&mut head, 0).ok()?;
-    if head.len() >= 11 && &head[3..11] == b"NTFS    " {
-        return Some(FsKind::Ntfs);
-    }
-    if let Some(k) = ext4::sniff(&head) {
-        return Some(k);
-    }
-    fat::sniff(&head)
+    let found = crate::partitions::probe(w.disk(), w.start(), w.len()).ok()??;
+    reader(found.kind).map(|_| found.kind)
 }
 
 thread_local! {
@@ -461,11 +427,14 @@ impl Volume {
     /// names the partition in errors ("partition 2", "the disk").
     pub fn open(window: Window, what: &str) -> Result<Volume> {
         let kind = detect(&window).ok_or_else(|| {
+            let found = crate::partitions::probe(window.disk(), window.start(), window.len());
+            let found = match found {
+                Ok(Some(f)) => format!("it holds {}", f.kind.as_str()),
+                _ => "no signature at its start".to_string(),
+            };
             Error::new(
                 ErrorKind::Unsupported,
-                format!(
-                    "{what}: no ext2/3/4, NTFS or FAT file system found (no signature at its start)"
-                ),
+                format!("{what}: no ext2/3/4, NTFS or FAT file system found ({found})"),
             )
         })?;
         Volume::open_as(window, what, kind)
@@ -492,6 +461,12 @@ impl Volume {
                 FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 => {
                     let (fs, kind) = fat::FatFs::open(window)?;
                     (Box::new(fs), kind)
+                }
+                other => {
+                    return Err(FsError::Crate(format!(
+                        "{} file systems are not read by this tool (ext2/3/4, NTFS and FAT are)",
+                        other.as_str()
+                    )));
                 }
             })
         });
@@ -662,7 +637,7 @@ impl Volume {
                 self.what,
                 self.kind.as_str(),
                 at(path),
-                self.kind.reader()
+                reader(self.kind).unwrap_or("no reader")
             ),
         )
     }

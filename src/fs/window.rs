@@ -73,6 +73,16 @@ impl Window {
         self.len == 0
     }
 
+    /// The disk the window is part of.
+    pub(crate) fn disk(&self) -> &dyn VirtualDisk {
+        self.disk.as_ref()
+    }
+
+    /// Where the window starts on its disk.
+    pub(crate) fn start(&self) -> u64 {
+        self.start
+    }
+
     /// The budget this window's reads draw on.
     pub(crate) fn budget(&self) -> Budget {
         self.budget.clone()
