@@ -11,9 +11,9 @@
 //! smaller size and zeros past its end). With `ignore_id` the new
 //! parent's identity is taken into the child instead, for a parent that
 //! was changed or resized elsewhere (its content is then trusted to be
-//! what the child was made over); such a parent must then cover the
-//! whole child, since the child's reads past a smaller parent's end would
-//! turn into zeros. The writes are crash safe: see `vhd/reparent.rs` and
+//! what the child was made over); when it is smaller than the child, the
+//! outcome says so (the child reads zeros past its end where it stores
+//! nothing). The writes are crash safe: see `vhd/reparent.rs` and
 //! `vhdx/reparent.rs`.
 
 use std::path::{Path, PathBuf};
@@ -53,6 +53,11 @@ pub struct SetParentOutcome {
     pub parent_id: Uuid,
     /// The identity the child recorded before, when `ignore_id` replaced it.
     pub replaced_id: Option<Uuid>,
+    /// (parent size, child size) when a parent taken with `ignore_id` is
+    /// smaller than the child: where the child stores nothing past the
+    /// parent's end it now reads zeros (it read its old parent there, if
+    /// that one was larger and held data).
+    pub shorter_parent: Option<(u64, u64)>,
     /// Whether anything was written (false: the child already recorded
     /// exactly this).
     pub changed: bool,
@@ -77,16 +82,17 @@ pub fn set_parent_in(
     parent: &Path,
     opts: &SetParentOptions,
 ) -> Result<SetParentOutcome> {
-    set_parent_sized(storage, child, parent, opts, SizeRule::CoverChild)
+    set_parent_sized(storage, child, parent, opts, SizeRule::Warn)
 }
 
-/// Which sizes a parent taken with `ignore_id` may have.
+/// What `set-parent` says of a parent taken with `ignore_id` that is
+/// smaller than the child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SizeRule {
-    /// At least the child's size: the child reads nothing past its end.
-    CoverChild,
-    /// Any: `rebase` already copied into the child every byte where the
-    /// new parent (zeros past its end) differs from the old chain.
+    /// Reported in the outcome ([`SetParentOutcome::shorter_parent`]).
+    Warn,
+    /// Nothing: `rebase` already copied into the child every byte where
+    /// the new parent (zeros past its end) differs from the old chain.
     Any,
 }
 
@@ -167,12 +173,13 @@ struct Link {
     path: PathBuf,
     id: Uuid,
     replaced: Option<Uuid>,
+    shorter: Option<(u64, u64)>,
 }
 
 impl Link {
     /// Open `parent` read-only and check it against the child `d`: same
-    /// format, no loop, and the recorded identity (unless `ignore_id`,
-    /// when its size must follow `sizes`).
+    /// format, no loop, and the recorded identity (unless `ignore_id`:
+    /// then a smaller parent is reported as `sizes` says).
     fn check<D: ChildLayer + VirtualDisk>(
         d: &D,
         child: &Path,
@@ -205,25 +212,13 @@ impl Link {
         }
         let found = p.parent_link_id();
         let mut replaced = None;
+        let mut shorter = None;
         let id = match found {
             Some(f) if f == spec.expected_id => f,
             Some(f) if opts.ignore_id => {
                 let (c, s) = (d.virtual_size(), p.virtual_size());
-                if s < c && sizes == SizeRule::CoverChild {
-                    return Err(Error::new(
-                        ErrorKind::ParentMismatch,
-                        format!(
-                            "{} has a virtual size of {}, smaller than the child's {}: the \
-                             child reads its parent's bytes from {} to {}, which would turn into \
-                             zeros; a parent whose id is not the recorded one must cover the \
-                             whole child (rebase onto it copies those bytes into the child first)",
-                            path.display(),
-                            crate::report::human_size(s),
-                            crate::report::human_size(c),
-                            s,
-                            c
-                        ),
-                    ));
+                if s < c && sizes == SizeRule::Warn {
+                    shorter = Some((s, c));
                 }
                 replaced = Some(spec.expected_id);
                 f
@@ -239,7 +234,12 @@ impl Link {
                 ));
             }
         };
-        Ok(Link { path, id, replaced })
+        Ok(Link {
+            path,
+            id,
+            replaced,
+            shorter,
+        })
     }
 
     fn outcome(self, format: Format, changed: bool) -> SetParentOutcome {
@@ -248,6 +248,7 @@ impl Link {
             parent: self.path,
             parent_id: self.id,
             replaced_id: self.replaced,
+            shorter_parent: self.shorter,
             changed,
         }
     }

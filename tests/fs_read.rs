@@ -810,3 +810,39 @@ fn ext4_names_that_are_not_utf8() {
         );
     }
 }
+
+/// A FAT file whose cluster chain ends before its recorded size (damage
+/// `fsck.fat` reports) is an error naming the file, never a short file
+/// passed off as whole; extract leaves nothing of it.
+#[test]
+fn a_cluster_chain_shorter_than_the_file_is_an_error() {
+    if !have(&["mkfs.fat", "mcopy"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("r.bin"), random_bytes(3_000_000, 9)).unwrap();
+    let img = dir.path().join("f.img");
+    make_fat(&src, &img);
+    let bpb = file_bytes(&img, 0, 512);
+    let sector = u64::from(u16::from_le_bytes([bpb[11], bpb[12]]));
+    let reserved = u64::from(u16::from_le_bytes([bpb[14], bpb[15]]));
+    let fat_sectors = u64::from(le32(&bpb, 0x24));
+    // End the chain at cluster 100 in both FATs.
+    for k in 0..u64::from(bpb[16]) {
+        let at = (reserved + k * fat_sectors) * sector + 4 * 100;
+        patch_file(&img, at, &0x0FFF_FFF8u32.to_le_bytes());
+    }
+    let spec = format!("{}:/r.bin", img.display());
+    let err = vhdkit_fails(Some(1), &["cat", &spec]);
+    assert!(
+        err.contains("/r.bin") && err.contains("before its recorded length of 3000000 bytes"),
+        "{err}"
+    );
+    let out = dir.path().join("out");
+    let err = vhdkit_fails(Some(1), &["extract", &spec, s(&out)]);
+    assert!(err.contains("before its recorded length"), "{err}");
+    assert!(!out.exists(), "nothing extracted");
+    assert!(temp_debris(dir.path()).is_empty());
+}

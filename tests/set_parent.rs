@@ -115,19 +115,29 @@ fn refused(ext: &str) {
     let err = vhdkit_fails(Some(1), &["set-parent", s(&child), s(&other)]);
     assert!(err.contains("--ignore-id"), "{err}");
     assert_eq!(file_sha256(&child), before);
-    // --ignore-id takes a parent of another identity only when it covers
-    // the whole child.
+    // --ignore-id takes a smaller parent too, saying that the child reads
+    // zeros past its end where it stores nothing.
     let small = dir.path().join(format!("small.{ext}"));
+    let small_child = dir.path().join(format!("small-child.{ext}"));
     vhdkit_ok(["create", s(&small), "4M"]);
-    let err = vhdkit_fails(
-        Some(1),
-        &["set-parent", "--ignore-id", s(&child), s(&small)],
-    );
+    std::fs::copy(&child, &small_child).unwrap();
+    let (code, _, err) = vhdkit_run(&["set-parent", "--ignore-id", s(&small_child), s(&small)]);
+    assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("smaller than the child's") && err.contains("4 MiB") && err.contains("8 MiB"),
+        err.contains("the parent ends at byte 4194304, before the child's end (8388608)"),
         "{err}"
     );
-    assert_eq!(file_sha256(&child), before);
+    assert_eq!(check_code(&small_child), 0);
+    let got = read_image(&small_child);
+    assert!(got[4 << 20..].iter().enumerate().all(|(i, &b)| {
+        let at = (4 << 20) + i;
+        b == if (5 * MIB + 512..5 * MIB + 2048).contains(&at) {
+            0x43
+        } else {
+            0
+        }
+    }));
+    std::fs::remove_file(&small_child).unwrap();
 
     // A parent of the right size but another identity: refused unless
     // --ignore-id, which takes its id.

@@ -138,6 +138,10 @@ fn open_volume(t: &Target, parent: &ParentArgs) -> Result<Volume, Error> {
     let size = disk.virtual_size();
     let whole = || Window::new(disk.clone(), 0, size).expect("the whole disk");
     let table = vhdkit::partitions::read(disk.as_ref()).map_err(named)?;
+    // As `partitions` says them: a GPT read from its backup, ...
+    for w in &table.warnings {
+        eprintln!("vhdkit: warning: {}: {w}", t.image.display());
+    }
     let window = |p: &vhdkit::Partition| {
         Window::new(disk.clone(), p.start, p.size).ok_or_else(|| {
             Error::new(
@@ -335,7 +339,7 @@ pub fn ls(a: LsArgs) -> Outcome {
             })
             .collect();
         serde_json::to_writer_pretty(&mut out, &JsonListing { entries })
-            .map_err(|e| fail1(Error::invalid_argument(format!("cannot print JSON: {e}"))))?;
+            .map_err(super::output::json_err)?;
         writeln!(out).map_err(stdout_err)?;
     } else {
         for (name, e) in &listed {

@@ -27,6 +27,14 @@ pub fn set_parent(child: &Path, parent: &Path, ignore_id: bool) -> Outcome {
         out.parent.display(),
         out.parent_id
     );
+    if let Some((p, c)) = out.shorter_parent {
+        eprintln!(
+            "vhdkit: warning: {}: the parent ends at byte {p}, before the child's end ({c}): where \
+             the child stores nothing past {p} it reads zeros (it read its old parent there, if \
+             that one was larger and held data)",
+            child.display()
+        );
+    }
     if let Some(old) = out.replaced_id {
         eprintln!(
             "vhdkit: warning: {}: the recorded parent id {old} was replaced by the new parent's \

@@ -21,8 +21,7 @@ pub fn emit<T: serde::Serialize + ?Sized>(
 ) -> Result<(), (Error, u8)> {
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer_pretty(&mut out, value)
-            .map_err(|e| fail1(Error::invalid_argument(format!("cannot print JSON: {e}"))))?;
+        serde_json::to_writer_pretty(&mut out, value).map_err(json_err)?;
         writeln!(out).map_err(stdout_err)
     } else {
         text(value, &mut out).map_err(stdout_err)
@@ -43,6 +42,15 @@ pub fn is_broken_pipe(e: &Error) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<std::io::Error>())
         .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// A failure to print JSON: a reader gone away is a broken pipe like any
+/// other write to stdout (see [`is_broken_pipe`]).
+pub fn json_err(e: serde_json::Error) -> (Error, u8) {
+    match e.io_error_kind() {
+        Some(kind) => stdout_err(std::io::Error::from(kind)),
+        None => fail1(Error::invalid_argument(format!("cannot print JSON: {e}"))),
+    }
 }
 
 /// A failure to write to stdout.

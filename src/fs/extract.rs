@@ -9,7 +9,7 @@
 //! lands outside the destination.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -223,11 +223,9 @@ fn write_file(vol: &mut Volume, components: &[String], e: &Entry, target: &Path)
         }
     };
     let r = (|| -> Result<u64> {
-        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut out = Sparse { file, pos: 0 };
         let n = vol.read_components(components, None, &mut out)?;
-        let file = out
-            .into_inner()
-            .map_err(|x| out_err(x.into_error(), "writing", &tmp))?;
+        let file = out.finish().map_err(|x| out_err(x, "writing", &tmp))?;
         if let Some(t) = e.mtime.and_then(system_time) {
             file.set_modified(t)
                 .map_err(|x| out_err(x, "setting the time of", &tmp))?;
@@ -242,6 +240,63 @@ fn write_file(vol: &mut Volume, components: &[String], e: &Entry, target: &Path)
         pending::discard(&tmp);
     }
     r
+}
+
+/// Pieces of an extracted file that are all zeros are not written: they
+/// stay holes (a sparse file is not made dense on the way out).
+const SPARSE_PIECE: usize = 64 << 10;
+
+/// A file written with the zero pieces of its data left as holes.
+struct Sparse {
+    file: File,
+    pos: u64,
+}
+
+impl Write for Sparse {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Runs of pieces holding data are written at once.
+        let mut run: Option<usize> = None;
+        let mut at = 0;
+        for piece in buf.chunks(SPARSE_PIECE) {
+            let zero = piece.iter().all(|&b| b == 0);
+            match (zero, run) {
+                (false, None) => run = Some(at),
+                (true, Some(start)) => {
+                    self.write_run(&buf[start..at])?;
+                    run = None;
+                }
+                _ => {}
+            }
+            at += piece.len();
+            if zero {
+                self.pos += piece.len() as u64;
+            }
+        }
+        if let Some(start) = run {
+            self.write_run(&buf[start..])?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Sparse {
+    /// Write `data` at the current position.
+    fn write_run(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.seek(SeekFrom::Start(self.pos))?;
+        self.file.write_all(data)?;
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+
+    /// Give the file its whole length (a hole at its end too).
+    fn finish(self) -> io::Result<File> {
+        self.file.set_len(self.pos)?;
+        Ok(self.file)
+    }
 }
 
 /// Create symbolic link `target` as `e` says (through a temporary name).
@@ -314,6 +369,25 @@ mod tests {
             let n = named("a\u{FFFD}", Some(b"a\xff")).unwrap();
             assert_eq!(n.as_bytes(), b"a\xff");
         }
+    }
+
+    #[test]
+    fn zero_pieces_stay_holes_and_the_content_is_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut want = vec![0u8; 5 * SPARSE_PIECE + 100];
+        want[SPARSE_PIECE + 7] = 1;
+        want[2 * SPARSE_PIECE..3 * SPARSE_PIECE].fill(2);
+        let mut w = Sparse {
+            file: File::create(&path).unwrap(),
+            pos: 0,
+        };
+        // In uneven writes, ending in zeros (a hole at the end).
+        for part in want.chunks(SPARSE_PIECE * 3 / 2) {
+            w.write_all(part).unwrap();
+        }
+        drop(w.finish().unwrap());
+        assert_eq!(fs::read(&path).unwrap(), want);
     }
 
     #[test]

@@ -426,17 +426,27 @@ impl Volume {
     /// Open the file system in `window`, found by its signature; `what`
     /// names the partition in errors ("partition 2", "the disk").
     pub fn open(window: Window, what: &str) -> Result<Volume> {
-        let kind = detect(&window).ok_or_else(|| {
-            let found = crate::partitions::probe(window.disk(), window.start(), window.len());
-            let found = match found {
-                Ok(Some(f)) => format!("it holds {}", f.kind.as_str()),
-                _ => "no signature at its start".to_string(),
-            };
-            Error::new(
-                ErrorKind::Unsupported,
-                format!("{what}: no ext2/3/4, NTFS or FAT file system found ({found})"),
-            )
-        })?;
+        // A read that fails (a truncated image) is said as such, not taken
+        // for a missing file system.
+        let found = crate::partitions::probe(window.disk(), window.start(), window.len())
+            .map_err(|e| e.with_note(&format!(" (reading {what})")))?;
+        let kind = found
+            .as_ref()
+            .map(|f| f.kind)
+            .filter(|&k| reader(k).is_some())
+            .ok_or_else(|| {
+                let found = match &found {
+                    Some(f) => format!(
+                        "it holds {}, which these commands do not read",
+                        f.kind.as_str()
+                    ),
+                    None => "no signature at its start".to_string(),
+                };
+                Error::new(
+                    ErrorKind::Unsupported,
+                    format!("{what}: no ext2/3/4, NTFS or FAT file system found ({found})"),
+                )
+            })?;
         Volume::open_as(window, what, kind)
     }
 
@@ -713,6 +723,14 @@ pub(crate) fn copy_to(
     loop {
         let n = read(&mut buf)?;
         if n == 0 {
+            // A data chain or run list shorter than the recorded length
+            // (damage) is never passed off as the whole file.
+            if total < limit {
+                return Err(FsError::Crate(format!(
+                    "the file's data ends after {total} bytes, before its recorded length of \
+                     {limit} bytes (its cluster chain or data runs are damaged)"
+                )));
+            }
             return Ok(total);
         }
         total += n as u64;

@@ -5,7 +5,9 @@ use std::io::Write;
 
 use ntfs::indexes::NtfsFileNameIndex;
 use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
-use ntfs::{Ntfs, NtfsAttributeType, NtfsError, NtfsFile, NtfsReadSeek, NtfsTime};
+use ntfs::{
+    Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsError, NtfsFile, NtfsReadSeek, NtfsTime,
+};
 
 use super::window::Cached;
 use super::{Entry, EntryType, FsError, Mtime, Stream, Window, copy_to};
@@ -174,6 +176,19 @@ impl super::FileSystem for NtfsFs {
             })?
             .map_err(err)?;
         let attribute = item.to_attribute().map_err(err)?;
+        // The crate hands out compressed (LZNT1) and encrypted (EFS)
+        // values as stored: never passed off as the file's content.
+        let flags = attribute.flags();
+        for (flag, what) in [
+            (NtfsAttributeFlags::COMPRESSED, "compressed (LZNT1)"),
+            (NtfsAttributeFlags::ENCRYPTED, "encrypted (EFS)"),
+        ] {
+            if flags.contains(flag) {
+                return Err(FsError::Crate(format!(
+                    "the file's data is {what}, which this tool does not decode; it is not read"
+                )));
+            }
+        }
         let mut value = attribute.value(fs).map_err(err)?;
         let len = value.len();
         copy_to(|buf| value.read(fs, buf).map_err(err), out, len)

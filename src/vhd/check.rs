@@ -589,11 +589,12 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         }
     }
 
-    // Leaked space: gaps after the first block big enough to have held a
-    // block (a block allocated but never linked, e.g. after a crash).
-    // Smaller gaps and the space before the first block are alignment
-    // padding: Windows puts each block's data on a 4 KiB boundary. The
-    // covered ranges are the sorted metadata merged with the sorted blocks.
+    // Leaked space: gaps big enough to have held a block (a block
+    // allocated but never linked, a block table abandoned by an
+    // interrupted grow), from the start of the file on. Smaller gaps are
+    // alignment padding: Windows puts each block's data on a 4 KiB
+    // boundary. The covered ranges are the sorted metadata merged with the
+    // sorted blocks.
     let mut regions: Vec<(u64, u64)> = meta.iter().map(|m| (m.start, m.end)).collect();
     regions.push((data_end, data_end));
     regions.sort_unstable();
@@ -602,10 +603,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         (s, s + span)
     });
     let covered = merge_sorted(regions.into_iter(), block_ranges);
-    let meta_end = meta.iter().map(|m| m.end).max().unwrap_or(0);
-    let mut pos = blocks
-        .first()
-        .map_or(data_end.max(meta_end), |&(s, _)| u64::from(s) * SECTOR);
+    let mut pos = 0;
     for (s, e) in covered {
         // A block past the end of the file (damage reported above) leaves
         // no leak beyond the file's end.
