@@ -34,6 +34,10 @@ enum Kind {
     /// Unreferenced space that is a hole in the file: it takes no room
     /// (what a quick compact leaves).
     Punched,
+    /// Unreferenced space before the first block: a block table that a
+    /// grow moved to the end (or an interrupted grow's leftovers). Stored,
+    /// but no leaked block: said, with what gives it back.
+    BeforeBlocks,
 }
 
 impl Kind {
@@ -51,6 +55,11 @@ impl Kind {
                 "VHD file",
                 "unreferenced ranges that are holes in the file",
             ),
+            Kind::BeforeBlocks => (
+                Severity::Info,
+                "VHD file",
+                "unreferenced ranges before the first block",
+            ),
         }
     }
 
@@ -60,14 +69,14 @@ impl Kind {
             Kind::BeyondSize => FindingKind::BeyondSize,
             Kind::PastEnd => FindingKind::OutOfBounds,
             Kind::OnMeta | Kind::Shared => FindingKind::Overlap,
-            Kind::Leak | Kind::Punched => FindingKind::Leak,
+            Kind::Leak | Kind::Punched | Kind::BeforeBlocks => FindingKind::Leak,
         }
     }
 }
 
 /// Counts of the findings of each [`Kind`].
 #[derive(Default)]
-struct Listed([usize; 6]);
+struct Listed([usize; 7]);
 
 impl Listed {
     /// Add a finding of `kind` (its message made only when it is listed).
@@ -95,6 +104,7 @@ impl Listed {
             Kind::Shared,
             Kind::Leak,
             Kind::Punched,
+            Kind::BeforeBlocks,
         ] {
             let n = self.0[kind as usize];
             if n > MAX_LISTED {
@@ -603,6 +613,7 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
         (s, s + span)
     });
     let covered = merge_sorted(regions.into_iter(), block_ranges);
+    let first_block = blocks.first().map(|&(s, _)| u64::from(s) * SECTOR);
     let mut pos = 0;
     for (s, e) in covered {
         // A block past the end of the file (damage reported above) leaves
@@ -614,6 +625,15 @@ pub fn check(storage: &dyn Storage, report: &mut CheckReport, repair: bool) -> R
                     format!(
                         "{} bytes at {pos:#x}..{s:#x} are referenced by no structure and are a \
                          hole in the file, taking no space (a full compact cuts them out)",
+                        s - pos
+                    )
+                });
+            } else if first_block.is_none_or(|f| s <= f) {
+                listed.add(report, Kind::BeforeBlocks, Some(pos), || {
+                    format!(
+                        "{} bytes at {pos:#x}..{s:#x}, before the first block, are referenced by \
+                         no structure (a block table a grow moved, or what an interrupted grow \
+                         left); a full compact gives them back",
                         s - pos
                     )
                 });
