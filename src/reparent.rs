@@ -225,11 +225,21 @@ impl Link {
             }
             _ => {
                 let e = mismatch_error(&path, spec.expected_id, found, spec.id_name);
+                let (c, s) = (d.virtual_size(), p.virtual_size());
+                let sizes = if c == s {
+                    String::new()
+                } else {
+                    format!(
+                        " (and its virtual size is {}, the child's {})",
+                        crate::report::human_size(s),
+                        crate::report::human_size(c)
+                    )
+                };
                 return Err(Error::new(
                     ErrorKind::ParentMismatch,
                     format!(
-                        "{e}; --ignore-id records the new parent's id instead (only when its \
-                         content is what the child was made over)"
+                        "{e}{sizes}; --ignore-id records the new parent's id instead (only when \
+                         its content is what the child was made over)"
                     ),
                 ));
             }

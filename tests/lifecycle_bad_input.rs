@@ -128,7 +128,10 @@ fn other_image(ext: &str) {
     vhdkit_ok(["create", s(&big), "16M"]);
     let err = refused(d, &["set-parent", s(&c), s(&big)]);
     assert!(
-        err.contains("--ignore-id") && err.contains(&format!("big.{ext}")),
+        err.contains("--ignore-id")
+            && err.contains(&format!("big.{ext}"))
+            && err.contains("its virtual size is 16 MiB")
+            && err.contains("the child's 8 MiB"),
         "{ext}: {err}"
     );
 }
