@@ -9,7 +9,7 @@
 //! lands outside the destination.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -223,9 +223,15 @@ fn write_file(vol: &mut Volume, components: &[String], e: &Entry, target: &Path)
         }
     };
     let r = (|| -> Result<u64> {
-        let mut out = Sparse { file, pos: 0 };
+        // Small reads of the crate are gathered before the zero test.
+        let cap = e.size.clamp(SPARSE_PIECE as u64, 1 << 20) as usize;
+        let mut out = BufWriter::with_capacity(cap, Sparse { file, pos: 0 });
         let n = vol.read_components(components, None, &mut out)?;
-        let file = out.finish().map_err(|x| out_err(x, "writing", &tmp))?;
+        let file = out
+            .into_inner()
+            .map_err(|x| out_err(x.into_error(), "writing", &tmp))?
+            .finish()
+            .map_err(|x| out_err(x, "writing", &tmp))?;
         if let Some(t) = e.mtime.and_then(system_time) {
             file.set_modified(t)
                 .map_err(|x| out_err(x, "setting the time of", &tmp))?;

@@ -710,6 +710,9 @@ fn path_or_root(path: &str) -> &str {
     if path.is_empty() { "/" } else { path }
 }
 
+/// Bytes a file's data is copied in at a time.
+const COPY_BUFFER: usize = 1 << 20;
+
 /// A writer that counts bytes and maps its failures to
 /// [`FsError::Output`] (the crates' reads and the sink's writes fail
 /// apart).
@@ -718,7 +721,9 @@ pub(crate) fn copy_to(
     out: &mut dyn Write,
     limit: u64,
 ) -> Result<u64, FsError> {
-    let mut buf = vec![0u8; 1 << 20];
+    // As large as the file (at least a byte, to see data past its end),
+    // at most COPY_BUFFER: a small file costs no large zeroed buffer.
+    let mut buf = vec![0u8; limit.clamp(1, COPY_BUFFER as u64) as usize];
     let mut total = 0u64;
     loop {
         let n = read(&mut buf)?;
