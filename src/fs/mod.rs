@@ -17,17 +17,19 @@ mod ext4;
 pub mod extract;
 mod fat;
 mod ntfs;
+mod stall;
 mod window;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::io::{self, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
 
 use crate::error::{Error, ErrorKind, Result};
 
+use stall::{CALLS, WRITING, note_activity};
+pub use stall::{STALL_AFTER, StallWatch, reader_progress};
 use window::Budget;
 pub use window::Window;
 
@@ -49,67 +51,6 @@ pub const MAX_WALK_ENTRIES: usize = 5_000_000;
 /// from the partition: ten times what a directory of [`MAX_DIR_ENTRIES`]
 /// needs; a crate that reads in a loop over damaged structures stops here.
 pub const META_READ_BUDGET: u64 = 1 << 30;
-
-/// Crate calls in progress in this process (see [`reader_progress`]).
-static CALLS: AtomicUsize = AtomicUsize::new(0);
-/// Reads and output writes made by crate calls so far.
-static ACTIVITY: AtomicU64 = AtomicU64::new(0);
-/// Output writes in progress: waiting on whoever consumes the output (a
-/// pipe read slowly) is not the crate's doing.
-static WRITING: AtomicUsize = AtomicUsize::new(0);
-
-/// Count one read or output write of a crate call.
-pub(crate) fn note_activity() {
-    ACTIVITY.fetch_add(1, Ordering::Relaxed);
-}
-
-/// `None` when no file-system crate call is in progress; otherwise a
-/// counter of the reads and output writes such calls have made, which a
-/// crate making progress keeps moving (see [`StallWatch`]).
-pub fn reader_progress() -> Option<u64> {
-    (CALLS.load(Ordering::Relaxed) > 0 && WRITING.load(Ordering::Relaxed) == 0)
-        .then(|| ACTIVITY.load(Ordering::Relaxed))
-}
-
-/// How long a crate call may go without a read or an output write before
-/// [`StallWatch`] takes it for stuck: far beyond the time a crate spends
-/// on its cached structures between two reads.
-pub const STALL_AFTER: Duration = Duration::from_secs(30);
-
-/// Sees a file-system crate call that makes no progress (loops over its
-/// own cached structures, where the read budget cannot see it). A
-/// watchdog thread calls [`StallWatch::observe`] with
-/// [`reader_progress`] now and then; a front end then stops the
-/// operation (the crate's thread cannot be stopped from outside).
-#[derive(Debug)]
-pub struct StallWatch {
-    after: Duration,
-    last: Option<(u64, Instant)>,
-}
-
-impl StallWatch {
-    /// A watch that reports a call stuck after `after` without progress.
-    pub fn new(after: Duration) -> StallWatch {
-        StallWatch { after, last: None }
-    }
-
-    /// Take `progress` (from [`reader_progress`]) seen at `now`; true when
-    /// a call has been in progress without any read or output since at
-    /// least `after` ago.
-    pub fn observe(&mut self, progress: Option<u64>, now: Instant) -> bool {
-        match (progress, self.last) {
-            (None, _) => {
-                self.last = None;
-                false
-            }
-            (Some(p), Some((q, since))) if p == q => now.duration_since(since) >= self.after,
-            (Some(p), _) => {
-                self.last = Some((p, now));
-                false
-            }
-        }
-    }
-}
 
 /// The file system kinds, as found by their signatures
 /// ([`crate::partitions::FsInfo`]); these commands read ext2/3/4, NTFS and
@@ -761,23 +702,6 @@ mod tests {
         assert_eq!(split_path("/a//b/./c/"), ["a", "b", "c"]);
         assert_eq!(split_path("/../../x/../y"), ["y"]);
         assert!(split_path("/").is_empty());
-    }
-
-    #[test]
-    fn a_call_without_progress_is_seen_stuck() {
-        let t0 = Instant::now();
-        let s = |n| t0 + Duration::from_secs(n);
-        let mut w = StallWatch::new(Duration::from_secs(30));
-        assert!(!w.observe(Some(5), s(0)));
-        assert!(!w.observe(Some(5), s(29)));
-        assert!(w.observe(Some(5), s(30)), "no read for 30 s");
-        // Progress restarts the clock; so does a gap between calls.
-        assert!(!w.observe(Some(6), s(31)));
-        assert!(!w.observe(Some(6), s(60)));
-        assert!(!w.observe(None, s(70)));
-        assert!(!w.observe(Some(6), s(71)));
-        assert!(!w.observe(Some(6), s(100)));
-        assert!(w.observe(Some(6), s(101)));
     }
 
     #[test]
